@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Each builds
+# .venv when it is missing (Python 3.11+), so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=69" wheel
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Start the local stack, run the main job, stop the stack whatever happened.
+demo: $(STAMP)
+	$(BIN)/crisis up
+	$(BIN)/crisis demo; status=$$?; $(BIN)/crisis down; exit $$status
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Unit tests only: no servers started.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e" tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/bench_validation.py
+
+clean:
+	rm -rf $(VENV) .crisis .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Deployment side of prefect-crisis: the local stack and the `crisis` CLI."""

@@ -1,0 +1,125 @@
+"""The `crisis` command line, in the style of Prefect's own (cyclopts).
+
+    crisis up        start the local Prefect server (state in .crisis/)
+    crisis status    what runs: Prefect server, MLflow store
+    crisis demo      run the demo flow on the stack and show what it left
+    crisis validate  validate one parquet/CSV batch against a saved contract
+    crisis down      stop the local Prefect server
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import cyclopts
+from rich.console import Console
+from rich.table import Table
+
+from prefect_crisis.deployments import stack
+from prefect_crisis.tasks.errors import CrisisError
+
+app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
+console = Console(highlight=False)
+
+HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
+
+
+@app.command
+def up(
+    *,
+    port: Annotated[int, cyclopts.Parameter("--port", help="Port of the local server.")] = 4200,
+    home: HomeOption = None,
+    timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds to wait for the server's health check.")] = 90.0,
+) -> None:
+    """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one."""
+    configured = stack.configured_api_url()
+    if configured:
+        console.print(f"PREFECT_API_URL is set: using {configured}, nothing started")
+        return
+    state = stack.start_server(home, port=port, timeout=timeout, progress=console.print)
+    console.print(f"[green]Prefect server ready[/green]: UI {state.ui_url}  API {state.api_url}")
+    console.print(f"MLflow tracking URI: {stack.default_tracking_uri()}")
+
+
+@app.command
+def down(*, home: HomeOption = None) -> None:
+    """Stop the local Prefect server started by `crisis up`."""
+    state = stack.stop_server(home)
+    if state is None:
+        console.print("no local Prefect server recorded: nothing to stop")
+    else:
+        console.print(f"stopped Prefect server (pid {state.pid})")
+
+
+@app.command
+def status(*, home: HomeOption = None) -> None:
+    """Say what runs: the Prefect server in use and the MLflow store."""
+    report = stack.stack_status(home)
+    table = Table(show_header=False, box=None)
+    prefect = report["prefect"]
+    table.add_row("home", str(report["home"]))
+    table.add_row("prefect", f"{prefect['source']}: {prefect.get('api_url', '-')} ({'healthy' if prefect['healthy'] else 'not running'})")
+    if "ui_url" in prefect:
+        table.add_row("prefect UI", str(prefect["ui_url"]))
+    table.add_row("mlflow", str(report["mlflow_tracking_uri"]))
+    console.print(table)
+
+
+@app.command
+def demo(
+    *,
+    model: Annotated[str, cyclopts.Parameter("--model", help="Model name the batches feed.")] = "synthetic",
+    rows: Annotated[int, cyclopts.Parameter("--rows", help="Rows per batch.")] = 5_000,
+    home: HomeOption = None,
+) -> None:
+    """Run the demo stream through validation on the stack, then read back what it left."""
+    from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
+    from prefect_crisis.flows.demo import crisis_demo
+
+    with stack.use_stack(home) as api_url:
+        console.print(f"running the demo against {api_url}")
+        state = crisis_demo(model_name=model, rows=rows, return_state=True)
+        summary = state.result()
+        table = Table("batch", "condition", "verdict", "kept", "quarantined", "drifted", title="Synthetic stream")
+        for row in summary:
+            table.add_row(*(str(row[k]) for k in ("batch", "condition", "verdict", "kept", "quarantined", "drifted")))
+        console.print(table)
+        artifacts = read_artifacts_of_flow_run(state.state_details.flow_run_id)
+        console.print(f"{len(artifacts)} artifacts visible through the Prefect API for this demo and its subflows:")
+        for artifact in artifacts:
+            console.print(f"  - {artifact.key} ({artifact.type}): {artifact.description}")
+        ui_url = api_url.removesuffix("/api")
+        console.print(f"open {ui_url}/runs/flow-run/{state.state_details.flow_run_id} to read the timeline")
+
+
+@app.command
+def validate(
+    batch: Path,
+    *,
+    model: Annotated[str, cyclopts.Parameter("--model", help="Model name the batch feeds.")],
+    contract: Annotated[str, cyclopts.Parameter("--contract", help="Name of the saved DataContract block.")],
+    home: HomeOption = None,
+) -> None:
+    """Validate one parquet or CSV batch against a saved DataContract block."""
+    from prefect_crisis.flows.validate_batch import validate_batch
+
+    with stack.use_stack(home):
+        report = validate_batch(model_name=model, contract_block=contract, batch_path=str(batch.resolve()))
+    console.print(f"{report.verdict.value}: {report.kept} kept, {report.quarantined} quarantined of {report.rows}")
+    if report.verdict.value == "reject":
+        sys.exit(3)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning project errors into one clear line."""
+    try:
+        app()
+    except CrisisError as error:
+        console.print(f"[red]error:[/red] {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

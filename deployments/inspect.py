@@ -1,0 +1,53 @@
+"""Read back through the Prefect API what a run left behind: artifacts and
+crisis events. Used by the CLI and by tests, so both see what a user sees."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+)
+from prefect.client.schemas.objects import Artifact
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.events.schemas.events import ReceivedEvent
+
+
+def flow_run_family(flow_run_id: UUID) -> list[UUID]:
+    """The flow run and its subflow runs (depth-first)."""
+    family = [flow_run_id]
+    with get_client(sync_client=True) as client:
+        frontier = [flow_run_id]
+        while frontier:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier))
+            )
+            frontier = [child.id for child in children]
+            family.extend(frontier)
+    return family
+
+
+def read_artifacts_of_flow_run(flow_run_id: UUID) -> list[Artifact]:
+    """Artifacts created by a flow run or any of its subflows."""
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_family(flow_run_id)))
+        )
+
+
+def read_crisis_events(model: str, prefix: str = "ml.", since: timedelta = timedelta(hours=1)) -> list[ReceivedEvent]:
+    """Events about `model` whose name starts with `prefix`, oldest first."""
+    now = datetime.now(timezone.utc)
+    event_filter = EventFilter(
+        occurred=EventOccurredFilter(since=now - since, until=now + timedelta(minutes=1)),
+        event=EventNameFilter(prefix=[prefix]),
+        resource=EventResourceFilter(id=[f"ml.model.{model}"]),
+    )
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=event_filter, limit=200)
+    return sorted(page.events, key=lambda event: event.occurred)

@@ -1,0 +1,78 @@
+"""The validate_batch flow: load a batch, validate it against the saved
+contract and reference, persist kept and quarantined parts, publish the report."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from prefect_crisis.blocks.contract import DataContract
+from prefect_crisis.tasks.batches import SyntheticCondition, load_batch, load_frame
+from prefect_crisis.tasks.errors import ContractError, ContractErrorReason
+from prefect_crisis.tasks.paths import default_storage
+from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
+from prefect_crisis.tasks.validation import ValidationReport
+
+
+def load_contract(name: str) -> DataContract:
+    """Load a saved DataContract block, with an error that says how to make one."""
+    try:
+        return DataContract.load(name)
+    except ValueError as error:
+        raise ContractError(
+            ContractErrorReason.NOT_FOUND,
+            f"no DataContract block named {name!r} on the Prefect server: save one with "
+            f"DataContract(...).save({name!r}) or run `crisis demo` for the synthetic one",
+        ) from error
+
+
+def _batch_id() -> str:
+    run_id = flow_run.get_id() or "local"
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{run_id[:8]}"
+
+
+@flow(name="validate-batch", log_prints=True)
+def validate_batch(
+    model_name: str = "synthetic",
+    contract_block: str = "synthetic-stream",
+    batch_path: str | None = None,
+    reference_path: str | None = None,
+    storage: str | None = None,
+    synthetic_condition: SyntheticCondition = "clean",
+    synthetic_rows: int = 5_000,
+    seed: int = 0,
+) -> ValidationReport:
+    """Validate one batch for `model_name` and quarantine what fails.
+
+    Args:
+        model_name: the model the batch feeds; names the events' resource.
+        contract_block: name of the saved DataContract block.
+        batch_path: parquet or CSV file (path or fsspec URL); None makes a synthetic batch.
+        reference_path: reference data for drift; defaults to the contract's `reference_uri`.
+        storage: where kept and quarantined parts are written; defaults to `.crisis/data`.
+        synthetic_condition: clean, corrupted or drifted, when no batch_path is given.
+        synthetic_rows: rows of the synthetic batch.
+        seed: seed of the synthetic batch.
+    """
+    logger = get_run_logger()
+    contract = load_contract(contract_block)
+    frame = load_batch(batch_path, synthetic_condition, synthetic_rows, seed)
+    reference_uri = reference_path or contract.reference_uri
+    reference = load_frame(reference_uri) if reference_uri else None
+    batch_id = _batch_id()
+    result = validate_data_task(frame, contract, model_name, reference)
+    report = result.report
+    persisted = persist_parts_task(result, storage or default_storage(), model_name, batch_id)
+    publish_validation(report, model_name, batch_id, persisted)
+    logger.info(
+        "batch %s: %s, %d rows, %d kept, %d quarantined%s",
+        batch_id,
+        report.verdict.value,
+        report.rows,
+        report.kept,
+        report.quarantined,
+        f", drifted: {report.drifted_features}" if report.drifted_features else "",
+    )
+    return report

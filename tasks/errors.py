@@ -1,0 +1,62 @@
+"""The project's exception types.
+
+One base class, `CrisisError`, so callers can catch everything this plugin
+raises on purpose in one clause; each subclass carries a reason from an Enum,
+so code (and tests) can branch on *why* without parsing the message. Messages
+say what was wrong with the input and what to do, in one line.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class CrisisError(Exception):
+    """Base class of every error prefect-crisis raises on purpose."""
+
+
+class InputErrorReason(str, Enum):
+    """Why a batch could not be validated at all."""
+
+    NOT_A_DATAFRAME = "not_a_dataframe"
+    EMPTY_FRAME = "empty_frame"
+    DUPLICATE_COLUMN_NAMES = "duplicate_column_names"
+    ALL_NULL_COLUMN = "all_null_column"
+    TEXT_IN_NUMERIC_COLUMN = "text_in_numeric_column"
+    UNHASHABLE_VALUES = "unhashable_values"
+    UNREADABLE_SOURCE = "unreadable_source"
+
+
+class DataInputError(CrisisError):
+    """The input is not something validation can judge row by row.
+
+    Attributes:
+        reason: an `InputErrorReason`.
+        column: the offending column, when one is to blame.
+    """
+
+    def __init__(self, reason: InputErrorReason, message: str, column: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.column = column
+
+
+class ContractErrorReason(str, Enum):
+    """Why a data contract cannot be applied."""
+
+    UNKNOWN_COLUMN = "unknown_column"
+    NOT_FOUND = "not_found"
+    INCOMPATIBLE_REFERENCE = "incompatible_reference"
+
+
+class ContractError(CrisisError):
+    """The data contract itself is inconsistent with what it is applied to."""
+
+    def __init__(self, reason: ContractErrorReason, message: str, columns: list[str] | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.columns = columns or []
+
+
+class StackError(CrisisError):
+    """The local Prefect/MLflow stack could not be started, reached or stopped."""

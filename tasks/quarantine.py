@@ -1,0 +1,145 @@
+"""Persist and publish a validation: parquet parts, Prefect artifacts, an event.
+
+Kept and quarantined rows are written as parquet (a local path or any fsspec
+URL pandas can write to), so nothing validation sets aside is lost; the report
+becomes a markdown artifact, the failures a table artifact, and the verdict an
+`ml.data.validated` or `ml.data.rejected` event on the model's timeline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from prefect_crisis.blocks.contract import DataContract
+from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+from prefect_crisis.tasks.validation import ValidationReport, ValidationResult, Verdict, validate_data
+
+
+@dataclass(frozen=True)
+class PersistedBatch:
+    """Where the two parts of a validated batch were written."""
+
+    kept_uri: str
+    quarantine_uri: str | None
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from free text."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def storage_uri(root: str, *parts: str) -> str:
+    """`root` joined with `parts`; local parent folders are created."""
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *parts])
+    path = Path(root).joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path.resolve())
+
+
+def write_parquet(frame: pd.DataFrame, uri: str) -> None:
+    """Write `frame` with its index; columns of mixed Python objects, which
+    Arrow cannot type, are written as their text rather than not at all."""
+    try:
+        frame.to_parquet(uri, index=True)
+    except (pa.ArrowException, TypeError, ValueError):
+        mixed = frame.select_dtypes(include="object").columns
+        frame.assign(**{name: frame[name].map(lambda v: None if v is None else repr(v)) for name in mixed}).to_parquet(
+            uri, index=True
+        )
+
+
+def persist_parts(result: ValidationResult, storage: str, model: str, batch_id: str) -> PersistedBatch:
+    """Write kept rows and, when there are any, quarantined rows with their reasons."""
+    kept_uri = storage_uri(storage, model, "kept", f"{batch_id}.parquet")
+    write_parquet(result.kept, kept_uri)
+    quarantine_uri = None
+    if len(result.quarantined):
+        quarantine_uri = storage_uri(storage, model, "quarantine", f"{batch_id}.parquet")
+        write_parquet(result.quarantined, quarantine_uri)
+    return PersistedBatch(kept_uri, quarantine_uri)
+
+
+def render_markdown(report: ValidationReport, model: str, batch_id: str, persisted: PersistedBatch | None) -> str:
+    """The report as the markdown artifact a person reads in the Prefect UI."""
+    icon = {Verdict.ACCEPT: "✅", Verdict.ACCEPT_WITH_QUARANTINE: "⚠️", Verdict.REJECT: "⛔"}[report.verdict]
+    lines = [
+        f"# {icon} Validation of `{model}` batch `{batch_id}`: **{report.verdict.value}**",
+        "",
+        "| rows | kept | quarantined | quarantine ratio | fingerprint |",
+        "|---:|---:|---:|---:|---|",
+        f"| {report.rows:,} | {report.kept:,} | {report.quarantined:,} | {report.quarantine_ratio:.2%} | `{report.fingerprint or '-'}` |",
+        "",
+    ]
+    if report.rejection_reasons:
+        lines += ["**Rejected because:**", *[f"- {reason}" for reason in report.rejection_reasons], ""]
+    if report.failures:
+        lines += ["## Failed checks", "", "| check | column | rows | first rows (index) |", "|---|---|---:|---|"]
+        for failure in report.failures:
+            examples = ", ".join(str(e) for e in failure.examples)
+            lines.append(f"| {failure.reason.value} | {failure.column or '(row)'} | {failure.rows:,} | {examples} |")
+        lines.append("")
+    if report.coercions:
+        lines += ["## Coerced columns", "", *[f"- `{name}`: {what}" for name, what in report.coercions.items()], ""]
+    if report.drift:
+        lines += ["## Drift against the reference", "", "| feature | PSI | KS distance | KS p-value | drifted |", "|---|---:|---:|---:|---|"]
+        for figures in sorted(report.drift.values(), key=lambda f: -f.psi):
+            ks = "-" if figures.ks_statistic is None else f"{figures.ks_statistic:.3f}"
+            pvalue = "-" if figures.ks_pvalue is None else f"{figures.ks_pvalue:.2g}"
+            lines.append(f"| {figures.feature} | {figures.psi:.3f} | {ks} | {pvalue} | {'**yes**' if figures.drifted else 'no'} |")
+        lines.append("")
+    if persisted is not None:
+        lines += ["## Where the rows went", "", f"- kept: `{persisted.kept_uri}`"]
+        if persisted.quarantine_uri:
+            lines.append(f"- quarantined (with a `quarantine_reasons` column): `{persisted.quarantine_uri}`")
+    return "\n".join(lines)
+
+
+# Batches can be millions of rows: hashing them for a cache key would cost more than validating.
+@task(name="validate-data", task_run_name="validate-data-{model}", cache_policy=NO_CACHE)
+def validate_data_task(
+    frame: pd.DataFrame, contract: DataContract, model: str, reference: pd.DataFrame | None = None
+) -> ValidationResult:
+    """Run `validate_data` as a Prefect task (see it for arguments)."""
+    return validate_data(frame, contract, reference)
+
+
+@task(name="persist-parts", cache_policy=NO_CACHE)
+def persist_parts_task(result: ValidationResult, storage: str, model: str, batch_id: str) -> PersistedBatch:
+    """Write kept and quarantined rows as parquet; see `persist_parts`."""
+    return persist_parts(result, storage, model, batch_id)
+
+
+@task(name="publish-validation", cache_policy=NO_CACHE)
+def publish_validation(report: ValidationReport, model: str, batch_id: str, persisted: PersistedBatch | None) -> str:
+    """Publish the report as artifacts and an event; return the markdown artifact's key."""
+    key = artifact_key("validation", model)
+    create_markdown_artifact(
+        key=key,
+        markdown=render_markdown(report, model, batch_id, persisted),
+        description=f"Validation of {model} batch {batch_id}: {report.verdict.value}",
+    )
+    if report.failures:
+        create_table_artifact(
+            key=artifact_key("validation-failures", model),
+            table=[
+                {"check": f.reason.value, "column": f.column or "(row)", "rows": f.rows, "examples": ", ".join(map(str, f.examples))}
+                for f in report.failures
+            ],
+            description=f"Failed checks of {model} batch {batch_id}",
+        )
+    payload = {"batch": batch_id, **report.to_dict()}
+    payload.pop("drift")  # per-feature figures stay in the artifact; the event names what drifted
+    if persisted is not None:
+        payload.update(kept_uri=persisted.kept_uri, quarantine_uri=persisted.quarantine_uri)
+    event = CrisisEvent.DATA_REJECTED if report.verdict is Verdict.REJECT else CrisisEvent.DATA_VALIDATED
+    emit_crisis_event(event, model, payload)
+    return key

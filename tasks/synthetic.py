@@ -1,0 +1,93 @@
+"""A synthetic stream of labelled batches, with corruption and drift on demand.
+
+Used by the demo, the drill, the tests and the benchmarks, so all of them
+exercise the same shapes: numeric features `f00..fNN`, two categorical
+columns, and a binary label that depends on the features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+
+SEGMENTS = ["consumer", "smb", "enterprise", "public", "education"]
+CHANNELS = ["web", "mobile", "partner"]
+FEATURE_LIMIT = 50.0
+
+
+def feature_names(n_numeric: int) -> list[str]:
+    return [f"f{i:02d}" for i in range(n_numeric)]
+
+
+def synthetic_contract(n_numeric: int = 20, *, with_label: bool = True, **overrides) -> DataContract:
+    """The contract the synthetic stream is written against.
+
+    Its outlier threshold is 5 rather than the usual 3.5: with 20 Gaussian
+    features, 3.5 would quarantine about 1% of perfectly clean rows.
+    """
+    overrides.setdefault("outlier_threshold", 5.0)
+    columns = [
+        ColumnSpec(name=name, dtype="float", min_value=-FEATURE_LIMIT, max_value=FEATURE_LIMIT)
+        for name in feature_names(n_numeric)
+    ]
+    columns += [
+        ColumnSpec(name="segment", dtype="string", allowed_values=SEGMENTS),
+        ColumnSpec(name="channel", dtype="string", allowed_values=CHANNELS),
+    ]
+    if with_label:
+        columns.append(ColumnSpec(name="label", dtype="int", min_value=0, max_value=1, check_outliers=False, check_drift=False))
+    return DataContract(columns=columns, **overrides)
+
+
+def make_batch(
+    rows: int,
+    *,
+    seed: int = 0,
+    n_numeric: int = 20,
+    corrupt_fraction: float = 0.0,
+    drift_features: tuple[str, ...] = (),
+    drift_shift: float = 1.5,
+    with_label: bool = True,
+) -> pd.DataFrame:
+    """One batch of `rows` rows.
+
+    Args:
+        corrupt_fraction: share of rows given one defect each, in equal parts
+            a missing value, an out-of-range value and an unknown category.
+        drift_features: features whose mean moves by `drift_shift` standard deviations.
+
+    Example:
+        >>> batch = make_batch(1_000, seed=1, corrupt_fraction=0.03)
+        >>> batch.shape, int(batch["f00"].isna().sum()) > 0
+        ((1000, 23), True)
+    """
+    rng = np.random.default_rng(seed)
+    names = feature_names(n_numeric)
+    features = rng.standard_normal((rows, n_numeric))
+    for name in drift_features:
+        features[:, names.index(name)] += drift_shift
+    frame = pd.DataFrame(features, columns=names)
+    frame["segment"] = pd.array(rng.choice(SEGMENTS, size=rows), dtype="str")
+    frame["channel"] = pd.array(rng.choice(CHANNELS, size=rows, p=[0.6, 0.3, 0.1]), dtype="str")
+    if with_label:
+        signal = features[:, : min(5, n_numeric)] @ np.linspace(1.0, 0.2, min(5, n_numeric))
+        frame["label"] = (signal + 0.5 * rng.standard_normal(rows) > 0).astype(np.int64)
+    if corrupt_fraction > 0:
+        _corrupt(frame, rng, names, corrupt_fraction)
+    return frame
+
+
+def _corrupt(frame: pd.DataFrame, rng: np.random.Generator, names: list[str], fraction: float) -> None:
+    rows = len(frame)
+    chosen = rng.choice(rows, size=max(1, int(rows * fraction)), replace=False)
+    missing, out_of_range, unknown = np.array_split(chosen, 3)
+    columns = rng.integers(0, len(names), size=len(chosen))
+    values = frame[names].to_numpy(copy=True)
+    values[missing, columns[: len(missing)]] = np.nan
+    values[out_of_range, columns[len(missing) : len(missing) + len(out_of_range)]] = 10 * FEATURE_LIMIT
+    frame[names] = values
+    segment = frame["segment"].to_numpy(dtype=object)
+    segment[unknown] = "unknown-segment"
+    frame["segment"] = pd.array(segment, dtype="str")

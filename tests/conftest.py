@@ -1,0 +1,46 @@
+"""Shared fixtures: one real Prefect server for the session (Prefect's test
+harness runs it as a subprocess) and a temporary MLflow SQLite store per module."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server with a temporary SQLite database, for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def mlflow_tracking_uri(tmp_path_factory, monkeypatch_module):
+    """A temporary SQLite-backed MLflow tracking store and registry for one test module."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture
+def crisis_home(tmp_path, monkeypatch):
+    """A private `.crisis` folder for one test."""
+    home = tmp_path / ".crisis"
+    monkeypatch.setenv("CRISIS_HOME", str(home))
+    monkeypatch.delenv("CRISIS_STORAGE", raising=False)
+    return home
