@@ -40,14 +40,21 @@ def read_artifacts_of_flow_run(flow_run_id: UUID) -> list[Artifact]:
         )
 
 
-def read_crisis_events(model: str, prefix: str = "ml.", since: timedelta = timedelta(hours=1)) -> list[ReceivedEvent]:
-    """Events about `model` whose name starts with `prefix`, oldest first."""
+def read_crisis_events(
+    model: str, prefix: str = "ml.", since: timedelta = timedelta(hours=1), limit: int = 500
+) -> list[ReceivedEvent]:
+    """Events about `model` whose name starts with `prefix`, oldest first (at most about `limit`)."""
     now = datetime.now(timezone.utc)
     event_filter = EventFilter(
         occurred=EventOccurredFilter(since=now - since, until=now + timedelta(minutes=1)),
         event=EventNameFilter(prefix=[prefix]),
         resource=EventResourceFilter(id=[f"ml.model.{model}"]),
     )
+    events: list[ReceivedEvent] = []
     with get_client(sync_client=True) as client:
-        page = client.read_events(filter=event_filter, limit=200)
-    return sorted(page.events, key=lambda event: event.occurred)
+        page = client.read_events(filter=event_filter, limit=50)  # the API's largest page
+        events.extend(page.events)
+        while page.next_page and len(events) < limit:
+            page = client.read_events_page(page.next_page)
+            events.extend(page.events)
+    return sorted(events, key=lambda event: event.occurred)

@@ -66,7 +66,7 @@ def _numeric(series: pd.Series, spec: ColumnSpec) -> CoercedColumn:
             raise DataInputError(
                 InputErrorReason.TEXT_IN_NUMERIC_COLUMN,
                 f"column {spec.name!r} is declared {spec.dtype} but {int(unparsed.sum())} of its values are text "
-                f"(first {series.iloc[first]!r} at index {series.index[first]!r}): fix the feed or declare it string",
+                f"(first {series.iloc[first]!r} at index {series.index[first]}): fix the feed or declare it string",
                 column=spec.name,
             )
         series = parsed

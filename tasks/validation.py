@@ -373,9 +373,9 @@ def validate_data(
         >>> import pandas as pd
         >>> from prefect_crisis.blocks import ColumnSpec, DataContract
         >>> contract = DataContract(columns=[ColumnSpec(name="age", dtype="int", min_value=0, max_value=120)])
-        >>> result = validate_data(pd.DataFrame({"age": [34, 51, -3, 47]}), contract)
+        >>> result = validate_data(pd.DataFrame({"age": [34, 51, -3, 47, 29]}), contract)
         >>> result.report.verdict.value, result.report.kept, result.report.quarantined
-        ('accept_with_quarantine', 3, 1)
+        ('accept_with_quarantine', 4, 1)
         >>> result.quarantined[REASONS_COLUMN].tolist()
         ['out_of_range:age']
     """
@@ -441,7 +441,9 @@ def validate_data(
 
     quarantined_positions = np.flatnonzero(flagged)
     quarantined = frame.iloc[quarantined_positions].copy()
-    quarantined[REASONS_COLUMN] = _reasons_per_row(findings, quarantined_positions)
+    quarantined[REASONS_COLUMN] = pd.Series(
+        _reasons_per_row(findings, quarantined_positions), index=quarantined.index, dtype=str
+    )
     kept = frame.iloc[np.flatnonzero(~flagged)]
     coerced = {name: column for name, column in columns.items() if column.coercion is not None}
     if coerced:

@@ -8,6 +8,8 @@ import os
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Persist events every half second (default 5 s), so read-backs are quick.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5")
 
 
 @pytest.fixture(scope="session")

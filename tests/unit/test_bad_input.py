@@ -1,0 +1,156 @@
+"""Bad input gets a clear error from the project's own types, with a reason enum;
+random frames never crash validation and always keep the row accounting exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prefect_crisis.blocks import ColumnSpec, DataContract
+from prefect_crisis.tasks.batches import load_frame
+from prefect_crisis.tasks.errors import (
+    ContractError,
+    ContractErrorReason,
+    CrisisError,
+    DataInputError,
+    InputErrorReason,
+)
+from prefect_crisis.tasks.validation import REASONS_COLUMN, validate_data
+
+CONTRACT = DataContract(
+    columns=[
+        ColumnSpec(name="x", dtype="float", min_value=-100, max_value=100),
+        ColumnSpec(name="n", dtype="int", nullable=True),
+        ColumnSpec(name="c", dtype="string", allowed_values=["a", "b"]),
+        ColumnSpec(name="flag", dtype="bool", required=False),
+    ],
+    key_column="n",
+    max_quarantine_ratio=0.5,
+)
+
+
+@pytest.mark.parametrize(
+    ("batch", "reason"),
+    [
+        ([[1, 2]], InputErrorReason.NOT_A_DATAFRAME),
+        (pd.DataFrame(), InputErrorReason.EMPTY_FRAME),
+        (pd.DataFrame({"x": [], "n": [], "c": []}), InputErrorReason.EMPTY_FRAME),
+        (pd.DataFrame([[1.0, 2, "a"]], columns=["x", "x", "c"]), InputErrorReason.DUPLICATE_COLUMN_NAMES),
+        (pd.DataFrame({"x": [np.nan, np.nan], "n": [1, 2], "c": ["a", "b"]}), InputErrorReason.ALL_NULL_COLUMN),
+        (pd.DataFrame({"x": [1.0, "twelve", 3.0], "n": [1, 2, 3], "c": ["a", "b", "a"]}), InputErrorReason.TEXT_IN_NUMERIC_COLUMN),
+        (pd.DataFrame({"x": [1.0, 2.0], "n": [[1], [2]], "c": ["a", "b"]}), InputErrorReason.TEXT_IN_NUMERIC_COLUMN),
+    ],
+    ids=["list", "empty", "no-rows", "duplicate-columns", "all-nan", "text-in-numeric", "lists-in-numeric"],
+)
+def test_bad_input_raises_data_input_error_with_its_reason(batch, reason):
+    with pytest.raises(DataInputError) as caught:
+        validate_data(batch, CONTRACT)
+    assert caught.value.reason is reason
+    assert "\n" not in str(caught.value)
+
+
+def test_text_in_numeric_column_names_the_column_the_count_and_the_first_value():
+    batch = pd.DataFrame({"x": ["1.5", "abc", "x", "4"], "n": [1, 2, 3, 4], "c": ["a"] * 4}, index=[10, 11, 12, 13])
+    with pytest.raises(DataInputError, match=r"column 'x' .* 2 of its values are text \(first 'abc' at index 11\)"):
+        validate_data(batch, CONTRACT)
+
+
+def test_contract_naming_an_undeclared_key_column_is_a_contract_error():
+    broken = DataContract(columns=[ColumnSpec(name="x")], key_column="customer_id")
+    with pytest.raises(ContractError) as caught:
+        validate_data(pd.DataFrame({"x": [1.0]}), broken)
+    assert caught.value.reason is ContractErrorReason.UNKNOWN_COLUMN
+    assert caught.value.columns == ["customer_id"]
+
+
+def test_reference_without_the_contract_columns_is_a_contract_error():
+    batch = pd.DataFrame({"x": [1.0, 2.0], "n": [1, 2], "c": ["a", "b"]})
+    with pytest.raises(ContractError) as caught:
+        validate_data(batch, CONTRACT, reference=pd.DataFrame({"x": [1.0]}))
+    assert caught.value.reason is ContractErrorReason.INCOMPATIBLE_REFERENCE
+    assert caught.value.columns == ["n", "c"]
+
+
+def test_contract_shape_errors_are_caught_when_the_block_is_built():
+    with pytest.raises(ValueError, match="min_value 5.0 is above max_value 1.0"):
+        ColumnSpec(name="x", min_value=5, max_value=1)
+    with pytest.raises(ValueError, match="declares columns more than once"):
+        DataContract(columns=[ColumnSpec(name="x"), ColumnSpec(name="x")])
+
+
+@pytest.mark.parametrize("name", ["missing.parquet", "batch.txt"])
+def test_unreadable_sources_raise_data_input_error(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".txt"):
+        path.write_text("x\n1\n")
+    with pytest.raises(DataInputError) as caught:
+        load_frame(str(path))
+    assert caught.value.reason is InputErrorReason.UNREADABLE_SOURCE
+
+
+def test_all_errors_share_the_project_base_class():
+    assert issubclass(DataInputError, CrisisError) and issubclass(ContractError, CrisisError)
+
+
+cells = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-1e308, max_value=1e308),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from(["a", "b", "c", "", "1.5", "nan", "inf", "-0"]),
+    st.text(max_size=5),
+    st.booleans(),
+)
+
+
+mostly_in_range = st.one_of(
+    st.floats(-100, 100), st.floats(-100, 100), st.floats(-100, 100), st.floats(allow_nan=True, allow_infinity=True)
+)
+
+
+@st.composite
+def random_frames(draw):
+    rows = draw(st.integers(min_value=0, max_value=25))
+    # Mostly the contract's columns in their own kinds, so that accepted and
+    # partly quarantined batches are as common as rejected and refused ones.
+    usual = {"x": "float", "n": "int", "c": "text", "flag": "bool", "extra": "mixed"}
+    complete = draw(st.booleans())
+    names = [name for name in usual if (complete and name in "xnc") or draw(st.booleans())]
+    data = {}
+    for name in names:
+        kind = usual[name] if complete else draw(st.sampled_from([usual[name], "float", "int", "text", "mixed"]))
+        if kind == "float":
+            column = draw(st.lists(mostly_in_range, min_size=rows, max_size=rows))
+        elif kind == "bool":
+            column = draw(st.lists(st.booleans(), min_size=rows, max_size=rows))
+        elif kind == "int":
+            column = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=rows, max_size=rows))
+        elif kind == "text":
+            column = draw(st.lists(st.sampled_from(["a", "b", "a", "b", "zzz", None]), min_size=rows, max_size=rows))
+        else:
+            column = draw(st.lists(cells, min_size=rows, max_size=rows))
+        data[name] = pd.Series(column, dtype=object if kind == "mixed" else None)
+    index = draw(st.sampled_from([None, "shuffled", "strings"]))
+    frame = pd.DataFrame(data)
+    if index == "shuffled" and rows:
+        frame.index = np.random.default_rng(rows).permutation(rows) * 7
+    elif index == "strings":
+        frame.index = [f"r{i}" for i in range(len(frame))]
+    return frame
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_frames())
+def test_random_frames_never_crash_and_keep_exact_row_accounting(frame):
+    try:
+        result = validate_data(frame, CONTRACT)
+    except CrisisError:
+        return  # a clear, typed error is the contract for unusable input
+    report = result.report
+    assert report.kept + report.quarantined == report.rows == len(frame)
+    assert sorted(map(str, result.kept.index.append(result.quarantined.index))) == sorted(map(str, frame.index))
+    assert result.quarantined[REASONS_COLUMN].str.len().gt(0).all()
+    assert set(result.kept.columns) == set(frame.columns)

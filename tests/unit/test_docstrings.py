@@ -1,0 +1,21 @@
+"""Docstring examples are run, so they cannot drift from the code."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "prefect_crisis.tasks.drift",
+    "prefect_crisis.tasks.synthetic",
+    "prefect_crisis.tasks.validation",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
