@@ -103,9 +103,10 @@ def validate(
     home: HomeOption = None,
 ) -> None:
     """Validate one parquet or CSV batch against a saved DataContract block."""
-    from prefect_crisis.flows.validate_batch import validate_batch
+    from prefect_crisis.flows.validate_batch import load_contract, validate_batch
 
     with stack.use_stack(home):
+        load_contract(contract)  # a missing block is one clear line here, not a failed run
         report = validate_batch(model_name=model, contract_block=contract, batch_path=str(batch.resolve()))
     console.print(f"{report.verdict.value}: {report.kept} kept, {report.quarantined} quarantined of {report.rows}")
     if report.verdict.value == "reject":
