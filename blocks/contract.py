@@ -40,7 +40,8 @@ class ColumnSpec(BaseModel):
     )
     check_outliers: bool = Field(
         default=True,
-        description="Quarantine robust outliers (modified z-score) in this numeric column.",
+        description="Quarantine robust outliers (modified z-score) in this numeric column: "
+        "values inside the range that the batch's median and MAD make implausible.",
     )
     check_drift: bool = Field(
         default=True, description="Compare this column with the reference for drift."

@@ -23,6 +23,9 @@ from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
 from prefect_crisis.tasks.validation import ValidationReport, ValidationResult, Verdict, validate_data
 
 
+_MARKDOWN_FAILURES = 12
+
+
 @dataclass(frozen=True)
 class PersistedBatch:
     """Where the two parts of a validated batch were written."""
@@ -82,10 +85,15 @@ def render_markdown(report: ValidationReport, model: str, batch_id: str, persist
     if report.rejection_reasons:
         lines += ["**Rejected because:**", *[f"- {reason}" for reason in report.rejection_reasons], ""]
     if report.failures:
-        lines += ["## Failed checks", "", "| check | column | rows | first rows (index) |", "|---|---|---:|---|"]
-        for failure in report.failures:
+        lines += ["## Failed checks", "", "| check | rows |", "|---|---:|"]
+        lines += [f"| {reason} | {rows:,} |" for reason, rows in sorted(report.check_counts.items(), key=lambda item: -item[1])]
+        worst = sorted(report.failures, key=lambda failure: -failure.rows)[:_MARKDOWN_FAILURES]
+        lines += ["", "| check | column | rows | first rows (index) |", "|---|---|---:|---|"]
+        for failure in worst:
             examples = ", ".join(str(e) for e in failure.examples)
             lines.append(f"| {failure.reason.value} | {failure.column or '(row)'} | {failure.rows:,} | {examples} |")
+        if len(report.failures) > len(worst):
+            lines.append(f"\n{len(report.failures) - len(worst)} more check/column pairs in the failures table artifact.")
         lines.append("")
     if report.coercions:
         lines += ["## Coerced columns", "", *[f"- `{name}`: {what}" for name, what in report.coercions.items()], ""]

@@ -246,14 +246,18 @@ def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContrac
         values = column.values
         finite = np.isfinite(values)
         findings.append((RowReason.NOT_FINITE, spec.name, ~finite & ~column.null))
+        out_of_range = np.zeros(len(values), dtype=bool)
         if spec.min_value is not None or spec.max_value is not None:
             with np.errstate(invalid="ignore"):
                 low = values < spec.min_value if spec.min_value is not None else False
                 high = values > spec.max_value if spec.max_value is not None else False
-            findings.append((RowReason.OUT_OF_RANGE, spec.name, finite & (low | high)))
+            out_of_range = finite & (low | high)
+            findings.append((RowReason.OUT_OF_RANGE, spec.name, out_of_range))
         if spec.check_outliers:
+            # An outlier is a value the contract allows but the batch makes
+            # implausible; a value already out of range needs no second reason.
             outliers = robust_outliers(values, contract.outlier_threshold, contract.outlier_min_rows)
-            findings.append((RowReason.OUTLIER, spec.name, outliers))
+            findings.append((RowReason.OUTLIER, spec.name, outliers & ~out_of_range))
     elif spec.allowed_values is not None:
         known = column.series.isin(spec.allowed_values).to_numpy()
         findings.append((RowReason.UNKNOWN_CATEGORY, spec.name, ~known & ~column.null))

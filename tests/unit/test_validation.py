@@ -210,3 +210,12 @@ def test_fingerprint_identifies_the_batch_content():
     first = validate_data(frame(), contract()).report.fingerprint
     assert first == validate_data(frame(), contract()).report.fingerprint
     assert first != validate_data(frame(amount=[11.0, 20.0, 30.0, 40.0, 50.0, 60.0]), contract()).report.fingerprint
+
+
+def test_a_value_out_of_range_is_not_also_called_an_outlier():
+    batch = make_batch(2_000, seed=4, with_label=False)
+    batch.loc[5, "f02"] = 500.0  # out of the contract's range and far from the median
+    batch.loc[6, "f02"] = 40.0  # inside the range, far from the median
+    result = validate_data(batch, synthetic_contract(with_label=False))
+    assert reasons_of(result, 5) == {"out_of_range:f02"}
+    assert reasons_of(result, 6) == {"outlier:f02"}
