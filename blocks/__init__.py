@@ -4,5 +4,6 @@ Registered with `prefect block register -m prefect_crisis.blocks`.
 """
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, VersionInfo
 
-__all__ = ["ColumnSpec", "DataContract"]
+__all__ = ["AliasMove", "ColumnSpec", "DataContract", "ModelRegistry", "VersionInfo"]

@@ -4,6 +4,9 @@
     crisis status    what runs: Prefect server, MLflow store
     crisis demo      run the demo flow on the stack and show what it left
     crisis validate  validate one parquet/CSV batch against a saved contract
+    crisis train     train a model on one batch (validate, train, register, gate)
+    crisis stop      raise a model's stop flag: its training halts at the next mini-batch
+    crisis resume    lower the stop flag
     crisis down      stop the local Prefect server
 """
 
@@ -111,6 +114,55 @@ def validate(
     console.print(f"{report.verdict.value}: {report.kept} kept, {report.quarantined} quarantined of {report.rows}")
     if report.verdict.value == "reject":
         sys.exit(3)
+
+
+@app.command
+def stop(
+    model: str,
+    *,
+    reason: Annotated[str, cyclopts.Parameter("--reason", help="Why; recorded in the flag, the event and the run.")] = "stopped by an operator",
+    home: HomeOption = None,
+) -> None:
+    """Raise MODEL's stop flag (Prefect Variable crisis-stop-MODEL)."""
+    from prefect_crisis.tasks.training_run import set_stop_flag, stop_flag_name
+
+    with stack.use_stack(home):
+        set_stop_flag(model, reason)
+    console.print(f"stop flag {stop_flag_name(model)!r} raised: training of {model} halts at its next mini-batch")
+
+
+@app.command
+def resume(model: str, *, home: HomeOption = None) -> None:
+    """Lower MODEL's stop flag so training may run again."""
+    from prefect_crisis.tasks.training_run import clear_stop_flag, stop_flag_name
+
+    with stack.use_stack(home):
+        was_set = clear_stop_flag(model)
+    console.print(f"stop flag {stop_flag_name(model)!r} {'lowered' if was_set else 'was not raised'}")
+
+
+@app.command
+def train(
+    *,
+    model: Annotated[str, cyclopts.Parameter("--model", help="Registered model name.")] = "synthetic",
+    contract: Annotated[str, cyclopts.Parameter("--contract", help="DataContract block name.")] = "synthetic-stream",
+    batch: Annotated[Path | None, cyclopts.Parameter("--batch", help="Parquet/CSV batch; default: a synthetic one.")] = None,
+    policy: Annotated[str | None, cyclopts.Parameter("--policy", help="TrainingPolicy block name.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Run the continuous-training flow once."""
+    from prefect_crisis.flows.continuous_training import continuous_training
+    from prefect_crisis.flows.validate_batch import load_contract
+
+    with stack.use_stack(home):
+        load_contract(contract)
+        state = continuous_training(
+            model_name=model, contract_block=contract, policy_block=policy,
+            batch_path=str(batch.resolve()) if batch else None, return_state=True,
+        )
+    console.print(f"{state.name}: {state.message}")
+    if state.is_failed():
+        sys.exit(1)
 
 
 def main() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pandas as pd
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -13,7 +15,7 @@ from prefect_crisis.tasks.batches import SyntheticCondition, load_batch, load_fr
 from prefect_crisis.tasks.errors import ContractError, ContractErrorReason
 from prefect_crisis.tasks.paths import default_storage
 from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
-from prefect_crisis.tasks.validation import ValidationReport
+from prefect_crisis.tasks.validation import ValidationReport, ValidationResult
 
 
 def load_contract(name: str) -> DataContract:
@@ -56,9 +58,16 @@ def validate_batch(
         synthetic_rows: rows of the synthetic batch.
         seed: seed of the synthetic batch.
     """
-    logger = get_run_logger()
     contract = load_contract(contract_block)
     frame = load_batch(batch_path, synthetic_condition, synthetic_rows, seed)
+    return validate_and_publish(frame, contract, model_name, reference_path, storage).report
+
+
+def validate_and_publish(
+    frame: pd.DataFrame, contract: DataContract, model_name: str, reference_path: str | None = None, storage: str | None = None
+) -> ValidationResult:
+    """Validate inside a flow run, persist both parts, publish report and event."""
+    logger = get_run_logger()
     reference_uri = reference_path or contract.reference_uri
     reference = load_frame(reference_uri) if reference_uri else None
     batch_id = _batch_id()
@@ -75,4 +84,4 @@ def validate_batch(
         report.quarantined,
         f", drifted: {report.drifted_features}" if report.drifted_features else "",
     )
-    return report
+    return result

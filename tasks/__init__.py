@@ -1,42 +1,46 @@
-"""Crisis steps as Prefect tasks over plain functions."""
+"""Crisis steps as Prefect tasks over plain functions.
 
-from prefect_crisis.tasks.errors import (
-    ContractError,
-    ContractErrorReason,
-    CrisisError,
-    DataInputError,
-    InputErrorReason,
-    StackError,
-)
-from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
-from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
-from prefect_crisis.tasks.validation import (
-    REASONS_COLUMN,
-    CheckFailure,
-    RowReason,
-    ValidationReport,
-    ValidationResult,
-    Verdict,
-    validate_data,
-)
+Names are re-exported lazily (PEP 562), so that importing one light module
+such as `prefect_crisis.tasks.errors` does not import every crisis step, and
+blocks can depend on errors without an import cycle.
+"""
 
-__all__ = [
-    "REASONS_COLUMN",
-    "CheckFailure",
-    "ContractError",
-    "ContractErrorReason",
-    "CrisisError",
-    "CrisisEvent",
-    "DataInputError",
-    "InputErrorReason",
-    "RowReason",
-    "StackError",
-    "ValidationReport",
-    "ValidationResult",
-    "Verdict",
-    "emit_crisis_event",
-    "persist_parts_task",
-    "publish_validation",
-    "validate_data",
-    "validate_data_task",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CrisisError": "errors",
+    "ContractError": "errors",
+    "ContractErrorReason": "errors",
+    "DataInputError": "errors",
+    "InputErrorReason": "errors",
+    "RegistryError": "errors",
+    "StackError": "errors",
+    "TrainingError": "errors",
+    "CrisisEvent": "events",
+    "emit_crisis_event": "events",
+    "validate_data": "validation",
+    "ValidationReport": "validation",
+    "ValidationResult": "validation",
+    "CheckFailure": "validation",
+    "RowReason": "validation",
+    "Verdict": "validation",
+    "REASONS_COLUMN": "validation",
+    "validate_data_task": "quarantine",
+    "persist_parts_task": "quarantine",
+    "publish_validation": "quarantine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

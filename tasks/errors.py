@@ -60,3 +60,11 @@ class ContractError(CrisisError):
 
 class StackError(CrisisError):
     """The local Prefect/MLflow stack could not be started, reached or stopped."""
+
+
+class RegistryError(CrisisError):
+    """A registry action could not be done; the registry is left as it was."""
+
+
+class TrainingError(CrisisError):
+    """Training cannot start or continue (bad policy, estimator or checkpoint)."""

@@ -1,0 +1,312 @@
+"""The ModelRegistry block: one model in MLflow's registry, with an audit.
+
+Aliases name the roles (`champion` serves, `challenger` is the newest
+candidate, `fallback` is the simple model). MLflow keeps no history of alias
+moves, so every move is also written to an append-only audit: an MLflow
+experiment (`crisis-audit`) with one run per action. That answers "what was
+serving at time T". Versions are never deleted; they are retired by tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from prefect.blocks.core import Block
+from pydantic import Field, PrivateAttr
+
+from prefect_crisis.tasks.errors import RegistryError
+from prefect_crisis.tasks.paths import default_tracking_uri
+
+TAG = "crisis."
+NO_VERSION = "none"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One entry of the audit: an alias moved (or an action tried) at a time."""
+
+    action: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+    incident: str | None
+    flow_run_id: str | None
+    at: datetime
+    outcome: str  # "applied" or "failed: <why>"
+    audit_run_id: str
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered version with the metrics of the run that trained it."""
+
+    version: str
+    run_id: str | None
+    created: datetime
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @property
+    def retired(self) -> bool:
+        return f"{TAG}retired" in self.tags
+
+
+class ModelRegistry(Block):
+    """One registered model in MLflow, with audited alias moves.
+
+    Example:
+        ```python
+        from prefect_crisis.blocks import ModelRegistry
+
+        registry = ModelRegistry(model_name="churn")  # MLFLOW_TRACKING_URI or .crisis/mlflow.db
+        registry.save("churn", overwrite=True)
+        champion = registry.champion()
+        if champion:
+            print(champion.version, champion.metrics)
+        registry.serving_at(datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc))
+        ```
+    """
+
+    _block_type_name = "Crisis Model Registry"
+    _block_type_slug = "crisis-model-registry"
+    _description = "One model in MLflow's registry: champion, challenger and fallback aliases, with an audit of every move."
+
+    model_name: str = Field(description="Registered model name in MLflow.")
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking and registry URI; empty uses MLFLOW_TRACKING_URI, else .crisis/mlflow.db.",
+    )
+    champion_alias: str = Field(default="champion", description="Alias of the version that serves.")
+    challenger_alias: str = Field(default="challenger", description="Alias of the newest candidate.")
+    fallback_alias: str = Field(default="fallback", description="Alias of the simple model served when all else fails.")
+    audit_experiment: str = Field(default="crisis-audit", description="MLflow experiment holding the audit of alias moves.")
+
+    _client: MlflowClient | None = PrivateAttr(default=None)
+    _clock: Callable[[], datetime] | None = PrivateAttr(default=None)
+
+    def use(self, *, client: MlflowClient | None = None, clock: Callable[[], datetime] | None = None) -> "ModelRegistry":
+        """Inject the MLflow client and the clock (tests, or a shared client)."""
+        if client is not None:
+            self._client = client
+        if clock is not None:
+            self._clock = clock
+        return self
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or default_tracking_uri()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            uri = self.resolved_tracking_uri
+            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return self._client
+
+    def now(self) -> datetime:
+        return (self._clock or utc_now)()
+
+    # -- versions -----------------------------------------------------------------
+
+    def ensure_registered_model(self) -> None:
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(self.model_name, tags={f"{TAG}managed": "true"})
+
+    def register_version(self, model_uri: str, run_id: str, model_id: str | None, tags: dict[str, str]) -> VersionInfo:
+        """Register a logged model as a new version (never touches aliases)."""
+        self.ensure_registered_model()
+        created = self.client.create_model_version(
+            self.model_name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id
+        )
+        self._audit("register", None, None, created.version, "registered", None)
+        return self.version(created.version)
+
+    def version(self, version: str | int) -> VersionInfo:
+        try:
+            found = self.client.get_model_version(self.model_name, str(version))
+        except MlflowException as error:
+            raise RegistryError(f"model {self.model_name!r} has no version {version}: list them with registry.versions()") from error
+        metrics = self.client.get_run(found.run_id).data.metrics if found.run_id else {}
+        return VersionInfo(
+            version=str(found.version),
+            run_id=found.run_id,
+            created=datetime.fromtimestamp(found.creation_timestamp / 1000, tz=timezone.utc),
+            metrics=dict(metrics),
+            tags=dict(found.tags),
+            aliases=tuple(found.aliases),
+        )
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version, newest first (retired ones included, marked by tag)."""
+        found = self.client.search_model_versions(f"name='{self.model_name}'", order_by=["version_number DESC"])
+        return [self.version(item.version) for item in found]
+
+    def version_by_alias(self, alias: str) -> VersionInfo | None:
+        try:
+            found = self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:
+            return None
+        return self.version(found.version)
+
+    def champion(self) -> VersionInfo | None:
+        """The version that serves now, or None before the first promotion."""
+        return self.version_by_alias(self.champion_alias)
+
+    def champion_since(self) -> datetime | None:
+        """When the current champion took the alias (from the audit)."""
+        moves = [m for m in self.audit_trail(self.champion_alias) if m.outcome == "applied"]
+        return moves[-1].at if moves else None
+
+    def retire(self, version: str | int, reason: str, incident: str | None = None) -> None:
+        """Mark a version as retired for cause; it stays in the registry."""
+        self.client.set_model_version_tag(self.model_name, str(version), f"{TAG}retired", reason)
+        self._audit("retire", None, str(version), None, reason, incident)
+
+    # -- aliases ------------------------------------------------------------------
+
+    def move_alias(
+        self, alias: str, version: str | int, reason: str, incident: str | None = None, action: str = "move"
+    ) -> AliasMove:
+        """Point `alias` at `version`, audited; on failure the alias stays where it was.
+
+        Raises:
+            RegistryError: the version does not exist, is retired, or MLflow refused.
+        """
+        version = str(version)
+        current = self.version_by_alias(alias)
+        from_version = current.version if current else None
+        target = self.version(version)
+        if target.retired and alias != self.fallback_alias:
+            raise RegistryError(
+                f"version {version} of {self.model_name!r} is retired ({target.tags[f'{TAG}retired']}): pick another version"
+            )
+        audit = self._audit(action, alias, from_version, version, reason, incident, finished=False)
+        try:
+            self.client.set_registered_model_alias(self.model_name, alias, version)
+        except MlflowException as error:
+            self._finish_audit(audit, f"failed: {error.message}")
+            raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {error.message}") from error
+        self._finish_audit(audit, "applied")
+        return self._move_from_run(self.client.get_run(audit))
+
+    def promote(self, version: str | int, reason: str, incident: str | None = None) -> AliasMove:
+        """Make `version` the champion."""
+        return self.move_alias(self.champion_alias, version, reason, incident, action="promote")
+
+    # -- audit --------------------------------------------------------------------
+
+    def _audit_experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.audit_experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(self.audit_experiment, tags={f"{TAG}audit": "true"})
+        except MlflowException:  # created concurrently
+            return self.client.get_experiment_by_name(self.audit_experiment).experiment_id
+
+    def _audit(
+        self,
+        action: str,
+        alias: str | None,
+        from_version: str | None,
+        to_version: str | None,
+        reason: str,
+        incident: str | None,
+        finished: bool = True,
+    ) -> str:
+        from prefect.runtime import flow_run
+
+        at = self.now()
+        tags: dict[str, Any] = {
+            f"{TAG}model": self.model_name,
+            f"{TAG}action": action,
+            f"{TAG}alias": alias or "",
+            f"{TAG}from_version": from_version or NO_VERSION,
+            f"{TAG}to_version": to_version or NO_VERSION,
+            f"{TAG}reason": reason,
+            f"{TAG}incident": incident or "",
+            f"{TAG}flow_run_id": flow_run.get_id() or "",
+            f"{TAG}at": at.isoformat(),
+            f"{TAG}outcome": "applied" if finished else "pending",
+        }
+        run = self.client.create_run(
+            self._audit_experiment_id(), start_time=_ms(at), tags=tags, run_name=f"{action}-{self.model_name}"
+        )
+        if finished:
+            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=_ms(at))
+        return run.info.run_id
+
+    def _finish_audit(self, run_id: str, outcome: str) -> None:
+        self.client.set_tag(run_id, f"{TAG}outcome", outcome)
+        status = RunStatus.FINISHED if outcome == "applied" else RunStatus.FAILED
+        self.client.set_terminated(run_id, RunStatus.to_string(status), end_time=_ms(self.now()))
+
+    @staticmethod
+    def _move_from_run(run) -> AliasMove:
+        tags = run.data.tags
+
+        def version(key: str) -> str | None:
+            value = tags.get(f"{TAG}{key}", NO_VERSION)
+            return None if value == NO_VERSION else value
+
+        return AliasMove(
+            action=tags[f"{TAG}action"],
+            alias=tags.get(f"{TAG}alias", ""),
+            from_version=version("from_version"),
+            to_version=version("to_version"),
+            reason=tags.get(f"{TAG}reason", ""),
+            incident=tags.get(f"{TAG}incident") or None,
+            flow_run_id=tags.get(f"{TAG}flow_run_id") or None,
+            at=datetime.fromisoformat(tags[f"{TAG}at"]),
+            outcome=tags.get(f"{TAG}outcome", ""),
+            audit_run_id=run.info.run_id,
+        )
+
+    def audit_trail(self, alias: str | None = None) -> list[AliasMove]:
+        """Every audited action on this model (optionally one alias), oldest first."""
+        experiment = self.client.get_experiment_by_name(self.audit_experiment)
+        if experiment is None:
+            return []
+        query = f"tags.`{TAG}model` = '{self.model_name}'"
+        if alias is not None:
+            query += f" and tags.`{TAG}alias` = '{alias}'"
+        runs = []
+        page_token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment.experiment_id], query, max_results=1000, order_by=["attributes.start_time ASC"], page_token=page_token
+            )
+            runs.extend(page)
+            page_token = page.token
+            if not page_token:
+                break
+        return sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at)
+
+    def serving_at(self, when: datetime, alias: str | None = None) -> str | None:
+        """The version `alias` (default: champion) pointed at, at time `when`."""
+        alias = alias or self.champion_alias
+        serving = None
+        for move in self.audit_trail(alias):
+            if move.at > when:
+                break
+            if move.outcome == "applied":
+                serving = move.to_version
+        return serving

@@ -1,0 +1,46 @@
+"""The TrainingPolicy block: how a model is trained, guarded and promoted."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "error_rate", "mae", "rmse"})
+
+
+class TrainingPolicy(Block):
+    """Training, stop guards and the promotion gate for one model.
+
+    Example:
+        ```python
+        from prefect_crisis.blocks import TrainingPolicy
+
+        TrainingPolicy(epochs=10, primary_metric="f1", promotion_margin=0.005).save("churn", overwrite=True)
+        ```
+    """
+
+    _block_type_name = "Crisis Training Policy"
+    _block_type_slug = "crisis-training-policy"
+    _description = "How a model is trained in stoppable mini-batches, which guards stop it, and when a candidate is promoted."
+
+    estimator: Literal["sgd", "mlp"] = Field(default="sgd", description="SGDClassifier (log loss) or MLPClassifier.")
+    estimator_params: dict[str, Any] = Field(default_factory=dict, description="Extra estimator parameters, e.g. {'alpha': 1e-3}.")
+    label_column: str = Field(default="label", description="Column holding the target.")
+    feature_columns: list[str] | None = Field(default=None, description="Feature columns; empty uses every numeric column but the label.")
+    epochs: int = Field(default=5, ge=1, description="Passes over the batch.")
+    batch_size: int = Field(default=256, ge=1, description="Rows per mini-batch; the stop hook runs between mini-batches.")
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Share of rows held out for evaluation.")
+    seed: int = Field(default=0, description="Seed of the split and the shuffles.")
+    time_budget_seconds: float | None = Field(default=900.0, gt=0, description="Stop training after this long.")
+    divergence_factor: float | None = Field(default=10.0, gt=1.0, description="Stop when the loss passes this multiple of its best.")
+    stall_patience_batches: int | None = Field(default=None, ge=1, description="Stop after this many mini-batches without a new best loss.")
+    flag_poll_seconds: float = Field(default=0.2, gt=0, description="How often the stop flag Variable is read.")
+    primary_metric: str = Field(default="accuracy", description="Holdout metric the promotion gate compares.")
+    promotion_margin: float = Field(default=0.0, ge=0.0, description="How much a candidate must beat the champion on the primary metric.")
+    guard_metrics: dict[str, float] = Field(
+        default_factory=lambda: {"log_loss": 0.05},
+        description="Metric -> largest allowed worsening against the champion (absolute).",
+    )
+    min_primary_metric: float | None = Field(default=None, description="A first model is promoted only if it reaches this.")

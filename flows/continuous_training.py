@@ -1,0 +1,75 @@
+"""The continuous_training flow: load batch -> validate -> train with stop hook
+-> evaluate -> register -> promotion gate.
+
+A rejected batch trains nothing. A stopped training ends the run in a state
+that says why: Cancelled for a cancel, `Stopped` (Completed) for the stop flag,
+a stall or the time budget, Failed for a loss that blew up or diverged. The
+partial model is never registered; its checkpoint is, as an MLflow artifact.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed, State
+
+from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.blocks.training_policy import TrainingPolicy
+from prefect_crisis.flows.validate_batch import load_contract, validate_and_publish
+from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
+from prefect_crisis.tasks.promotion import register_and_gate
+from prefect_crisis.tasks.training_run import split_training_data, train_model
+from prefect_crisis.tasks.validation import Verdict
+
+
+def load_policy(name: str | None) -> TrainingPolicy:
+    return TrainingPolicy.load(name) if name else TrainingPolicy()
+
+
+def load_registry(name: str | None, model_name: str) -> ModelRegistry:
+    return ModelRegistry.load(name) if name else ModelRegistry(model_name=model_name)
+
+
+@flow(name="continuous-training", log_prints=True)
+def continuous_training(
+    model_name: str = "synthetic",
+    contract_block: str = "synthetic-stream",
+    policy_block: str | None = None,
+    registry_block: str | None = None,
+    batch_path: str | None = None,
+    synthetic_condition: SyntheticCondition = "clean",
+    synthetic_rows: int = 5_000,
+    seed: int = 0,
+    resume: bool = True,
+    storage: str | None = None,
+) -> State:
+    """Train `model_name` on one validated batch and promote it if it is better.
+
+    Args:
+        model_name: registered model name (when no registry block is named).
+        contract_block: DataContract block the batch is validated against.
+        policy_block: TrainingPolicy block; defaults apply when empty.
+        registry_block: ModelRegistry block; empty uses `model_name` on the default MLflow store.
+        batch_path: parquet or CSV batch; empty makes a synthetic batch.
+        resume: continue from the latest checkpoint of a stopped run on the same data.
+    """
+    logger = get_run_logger()
+    contract = load_contract(contract_block)
+    policy = load_policy(policy_block)
+    registry = load_registry(registry_block, model_name)
+    frame = load_batch(batch_path, synthetic_condition, synthetic_rows, seed)
+    validation = validate_and_publish(frame, contract, registry.model_name, storage=storage)
+    report = validation.report
+    if report.verdict is Verdict.REJECT:
+        return Completed(name="Skipped", message=f"batch rejected, nothing trained: {'; '.join(report.rejection_reasons)}")
+
+    data = split_training_data(validation.kept, policy, report.fingerprint)
+    training = train_model(data, policy, registry, resume)
+    if not training.outcome.completed:
+        reason = training.outcome.stop_reason
+        message = f"training stopped ({reason}); checkpoint {training.outcome.checkpoint_uri}; nothing registered"
+        return Failed(name="Stopped", message=message) if reason.kind.is_failure else Completed(name="Stopped", message=message)
+
+    candidate = register_and_gate(training, data, registry, policy, report.to_dict())
+    verdict = "promoted to champion" if candidate.decision.promote else "registered as challenger, not promoted"
+    logger.info("v%s %s: %s", candidate.version, verdict, candidate.decision.reason)
+    return Completed(message=f"v{candidate.version} {verdict}: {candidate.decision.reason}", data=candidate)

@@ -1,0 +1,156 @@
+"""Evaluate a candidate, register it fast, and decide promotion by the policy's gate."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import sklearn
+from mlflow.models import infer_signature
+from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER, TrainingPolicy
+from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+
+# Explicit requirements: MLflow otherwise spends seconds inferring them.
+PIP_REQUIREMENTS = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}"]
+
+
+def evaluate(estimator, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """Holdout metrics: accuracy, macro F1, log loss."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        predicted = estimator.predict(X)
+        probabilities = estimator.predict_proba(X)
+    metrics = {"accuracy": float(accuracy_score(y, predicted)), "f1": float(f1_score(y, predicted, average="macro"))}
+    if np.all(np.isfinite(probabilities)):
+        metrics["log_loss"] = float(log_loss(y, probabilities, labels=classes))
+    return metrics
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def _better(metric: str, candidate: float, champion: float) -> float:
+    """How much better the candidate is (positive) in the metric's direction."""
+    return champion - candidate if metric in LOWER_IS_BETTER else candidate - champion
+
+
+def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | None, policy: TrainingPolicy) -> PromotionDecision:
+    """The promotion gate: beat the champion by the margin, break no guard.
+
+    Example:
+        >>> policy = TrainingPolicy(promotion_margin=0.01)
+        >>> decide_promotion({"accuracy": 0.90, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy).promote
+        True
+        >>> decide_promotion({"accuracy": 0.885, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy).reason
+        'accuracy 0.8850 does not beat the champion 0.8800 by 0.01'
+    """
+    metric = policy.primary_metric
+    if metric not in candidate:
+        return PromotionDecision(False, f"candidate has no {metric}")
+    if champion is None or metric not in champion:
+        if policy.min_primary_metric is not None and _better(metric, candidate[metric], policy.min_primary_metric) < 0:
+            return PromotionDecision(False, f"first model's {metric} {candidate[metric]:.4f} misses the minimum {policy.min_primary_metric}")
+        return PromotionDecision(True, f"no champion yet; {metric} {candidate[metric]:.4f}")
+    gain = _better(metric, candidate[metric], champion[metric])
+    if gain < policy.promotion_margin or (policy.promotion_margin == 0 and gain <= 0):
+        return PromotionDecision(
+            False, f"{metric} {candidate[metric]:.4f} does not beat the champion {champion[metric]:.4f} by {policy.promotion_margin:g}"
+        )
+    for guard, allowed in policy.guard_metrics.items():
+        if guard in candidate and guard in champion and -_better(guard, candidate[guard], champion[guard]) > allowed:
+            return PromotionDecision(
+                False, f"guard {guard} worsens from {champion[guard]:.4f} to {candidate[guard]:.4f} (allowed {allowed:g})"
+            )
+    return PromotionDecision(True, f"{metric} {candidate[metric]:.4f} beats the champion {champion[metric]:.4f}")
+
+
+def log_candidate(estimator, X_example: np.ndarray, run_id: str):
+    """Log the estimator as an MLflow model of the run (fast: explicit requirements).
+
+    Must be called with the MLflow tracking URI of the registry set globally.
+    """
+    import mlflow
+    import mlflow.sklearn
+
+    signature = infer_signature(X_example[:50], estimator.predict(X_example[:50]))
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        return mlflow.sklearn.log_model(
+            estimator, name="model", signature=signature, pip_requirements=PIP_REQUIREMENTS
+        )
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    version: str
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    champion_version: str | None
+    decision: PromotionDecision
+
+
+def champion_metrics_on(registry, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[str | None, dict[str, float] | None]:
+    """The champion evaluated on the candidate's holdout, so both are judged on
+    the same rows; its recorded metrics when its model cannot be loaded."""
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    champion = registry.champion()
+    if champion is None:
+        return None, None
+    try:
+        model = mlflow.sklearn.load_model(f"models:/{registry.model_name}@{registry.champion_alias}")
+        return champion.version, evaluate(model, X, y, classes)
+    except (MlflowException, OSError, ValueError):
+        return champion.version, dict(champion.metrics)
+
+
+@task(name="register-and-gate", cache_policy=NO_CACHE)
+def register_and_gate(training, data, registry, policy: TrainingPolicy, validation: dict | None = None) -> CandidateResult:
+    """Evaluate on the holdout, register the version as challenger, promote it
+    to champion if the policy's gate holds. Emits completed/registered/promoted."""
+    import mlflow
+
+    logger = get_run_logger()
+    model = registry.model_name
+    mlflow.set_tracking_uri(registry.resolved_tracking_uri)
+    estimator = training.outcome.estimator
+    metrics = evaluate(estimator, data.X_holdout, data.y_holdout, data.classes)
+    for name, value in metrics.items():
+        registry.client.log_metric(training.run_id, name, value)
+    emit_crisis_event(CrisisEvent.TRAINING_COMPLETED, model, {"run_id": training.run_id, "metrics": metrics, "batches": training.outcome.progress.batches_seen})
+
+    info = log_candidate(estimator, data.X_holdout, training.run_id)
+    tags = {
+        "crisis.fingerprint": data.fingerprint,
+        "crisis.flow_run_id": flow_run.get_id() or "",
+        "crisis.features": ",".join(data.features),
+        "crisis.validation": json.dumps(validation or {})[:4_000],
+    }
+    version = registry.register_version(info.model_uri, training.run_id, info.model_id, tags)
+    registry.move_alias(registry.challenger_alias, version.version, "new candidate")
+    emit_crisis_event(CrisisEvent.MODEL_REGISTERED, model, {"version": version.version, "run_id": training.run_id, "metrics": metrics}, version=version.version)
+
+    champion_version, champion_metrics = champion_metrics_on(registry, data.X_holdout, data.y_holdout, data.classes)
+    decision = decide_promotion(metrics, champion_metrics, policy)
+    if decision.promote:
+        registry.promote(version.version, decision.reason)
+        emit_crisis_event(
+            CrisisEvent.MODEL_PROMOTED,
+            model,
+            {"from_version": champion_version, "to_version": version.version, "reason": decision.reason, "metrics": metrics},
+            version=version.version,
+        )
+    logger.info("v%s: %s (%s)", version.version, "promoted to champion" if decision.promote else "kept as challenger", decision.reason)
+    registry.client.set_terminated(training.run_id, "FINISHED")
+    return CandidateResult(version.version, metrics, champion_metrics, champion_version, decision)

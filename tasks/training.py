@@ -1,0 +1,164 @@
+"""Training with a stop hook (seed slide 1), as a plain function.
+
+`train_with_stop_hook` trains any scikit-learn estimator with `partial_fit`
+over epochs of shuffled mini-batches. After every mini-batch it records the
+loss and asks the stop condition whether to go on; on a stop it hands the
+estimator and its position to `on_stop` (which writes the checkpoint) before
+returning. Resuming from a checkpoint replays the same shuffles, so a resumed
+run continues exactly where the stopped one left off.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import SGDClassifier
+from sklearn.metrics import log_loss
+from sklearn.neural_network import MLPClassifier
+
+from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.tasks.stopping import StopCondition, StopReason, TrainingProgress
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training resumes: the next mini-batch to train on."""
+
+    epoch: int
+    batch_index: int
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """Everything needed to continue training: estimator state and position."""
+
+    estimator: Any
+    position: Position
+    fingerprint: str
+    losses: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingOutcome:
+    """How training ended: completed, or stopped with a reason (and checkpoint)."""
+
+    estimator: Any
+    progress: TrainingProgress
+    stop_reason: StopReason | None = None
+    checkpoint_uri: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.stop_reason is None
+
+
+def make_estimator(kind: str = "sgd", params: dict[str, Any] | None = None, seed: int = 0):
+    """A fresh estimator with `partial_fit` and `predict_proba`."""
+    params = dict(params or {})
+    if kind == "sgd":
+        return SGDClassifier(**{"loss": "log_loss", "alpha": 1e-4, "random_state": seed, **params})
+    if kind == "mlp":
+        return MLPClassifier(**{"hidden_layer_sizes": (32,), "random_state": seed, **params})
+    raise TrainingError(f"unknown estimator {kind!r}: use 'sgd' or 'mlp', or pass an estimator with partial_fit")
+
+
+def batch_loss(estimator, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
+    """Log loss of the estimator on one mini-batch; NaN when it cannot be computed
+    (weights blown up to inf/NaN make probabilities meaningless)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            probabilities = estimator.predict_proba(X)
+        except (ValueError, FloatingPointError, OverflowError):
+            return math.nan
+        if not np.all(np.isfinite(probabilities)):
+            return math.nan
+        return float(log_loss(y, probabilities, labels=classes))
+
+
+def epoch_order(rows: int, epoch: int, seed: int) -> np.ndarray:
+    """The shuffle of one epoch: the same for a run and its resumption."""
+    return np.random.default_rng([seed, epoch]).permutation(rows)
+
+
+def train_with_stop_hook(
+    estimator,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    classes: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    stop: StopCondition,
+    on_stop: Callable[[Checkpoint], str | None] = lambda checkpoint: None,
+    on_epoch: Callable[[TrainingProgress], None] = lambda progress: None,
+    resume_from: Checkpoint | None = None,
+    fingerprint: str = "",
+    seed: int = 0,
+    clock: Callable[[], float] = time.monotonic,
+) -> TrainingOutcome:
+    """Train with `partial_fit`, checking `stop` between mini-batches.
+
+    Args:
+        estimator: a scikit-learn estimator with `partial_fit` (cloned unless resuming).
+        classes: every class label, as `partial_fit` needs on its first call.
+        stop: the stop condition, e.g. `stop_when_flag_set(...) | stop_on_nonfinite_loss()`.
+        on_stop: writes the checkpoint when a stop is decided; returns its URI.
+        on_epoch: called after each epoch (progress reporting).
+        resume_from: a checkpoint to continue from (its estimator is used as is).
+
+    Returns:
+        A `TrainingOutcome`; `stop_reason` is None when every epoch ran.
+
+    Example:
+        >>> from prefect_crisis.tasks.stopping import stop_after_seconds
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(2_000, 4)); y = (X[:, 0] > 0).astype(int)
+        >>> outcome = train_with_stop_hook(make_estimator(), X, y, classes=np.array([0, 1]),
+        ...     epochs=3, batch_size=100, stop=stop_after_seconds(60))
+        >>> outcome.completed, outcome.progress.batches_seen, outcome.progress.loss < 0.3
+        (True, 60, True)
+    """
+    if not hasattr(estimator, "partial_fit"):
+        raise TrainingError(f"{type(estimator).__name__} has no partial_fit: it cannot be trained in stoppable mini-batches")
+    if batch_size < 1 or epochs < 1:
+        raise TrainingError(f"epochs ({epochs}) and batch_size ({batch_size}) must be at least 1")
+    start = resume_from.position if resume_from else Position(0, 0)
+    model = resume_from.estimator if resume_from else clone(estimator)
+    progress = TrainingProgress(epoch=start.epoch, batch_index=start.batch_index)
+    if resume_from:
+        for loss in resume_from.losses:
+            progress.record(loss)
+    batches = math.ceil(len(X) / batch_size)
+    started = clock()
+    for epoch in range(start.epoch, epochs):
+        order = epoch_order(len(X), epoch, seed)
+        first = start.batch_index if epoch == start.epoch else 0
+        for batch_index in range(first, batches):
+            rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                with np.errstate(all="ignore"):
+                    try:
+                        model.partial_fit(X[rows], y[rows], classes=classes)
+                        loss = batch_loss(model, X[rows], y[rows], classes)
+                    except (ValueError, FloatingPointError, OverflowError):
+                        loss = math.nan  # blown-up weights: the non-finite-loss guard stops training
+            progress.epoch, progress.batch_index = epoch, batch_index
+            progress.record(loss)
+            progress.elapsed_seconds = clock() - started
+            reason = stop(progress)
+            if reason is not None:
+                resume_at = Position(epoch, batch_index + 1) if batch_index + 1 < batches else Position(epoch + 1, 0)
+                uri = on_stop(Checkpoint(model, resume_at, fingerprint, tuple(progress.losses)))
+                return TrainingOutcome(model, progress, reason, uri)
+        on_epoch(progress)
+    return TrainingOutcome(model, progress)

@@ -1,0 +1,249 @@
+"""Training as Prefect tasks: the stop flag, cancellation, MLflow runs, registration.
+
+The stop hook listens to three things between mini-batches:
+1. the stop flag, a Prefect Variable `crisis-stop-<model>` (`crisis stop MODEL`);
+2. cancellation of the flow run: SIGTERM is deferred while a mini-batch runs,
+   the checkpoint is written, then the signal is re-delivered to Prefect's own
+   handler, so the run still ends Cancelled;
+3. guards on training itself (non-finite loss, divergence, stall, time budget).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, RunStatus
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.variables import Variable
+
+from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.blocks.training_policy import TrainingPolicy
+from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, save_checkpoint, training_experiment
+from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+from prefect_crisis.tasks.stopping import (
+    StopCondition,
+    StopKind,
+    stop_after_seconds,
+    stop_on_divergence,
+    stop_on_nonfinite_loss,
+    stop_on_stall,
+    stop_when_cancelled,
+    stop_when_flag_set,
+)
+from prefect_crisis.tasks.training import Checkpoint, TrainingOutcome, make_estimator, train_with_stop_hook
+
+TAG = "crisis."
+
+
+# -- the stop flag --------------------------------------------------------------
+
+
+def stop_flag_name(model: str) -> str:
+    """Name of the model's stop-flag Variable."""
+    return "crisis-stop-" + re.sub(r"[^a-z0-9_-]+", "-", model.lower()).strip("-")
+
+
+def set_stop_flag(model: str, reason: str, by: str = "crisis stop") -> None:
+    """Raise the stop flag: running training of `model` halts at its next mini-batch."""
+    value = {"reason": reason, "by": by, "at": datetime.now(timezone.utc).isoformat()}
+    Variable.set(stop_flag_name(model), value, overwrite=True)
+
+
+def clear_stop_flag(model: str) -> bool:
+    """Lower the stop flag; True if it was raised."""
+    return Variable.unset(stop_flag_name(model))
+
+
+def read_stop_flag(model: str) -> str | None:
+    """The flag's reason, or None when training may run."""
+    value = Variable.get(stop_flag_name(model), default=None)
+    if value is None:
+        return None
+    return value.get("reason", "stop flag set") if isinstance(value, dict) else str(value)
+
+
+@contextlib.contextmanager
+def deferred_termination() -> Iterator[threading.Event]:
+    """Turn SIGTERM into an event for the duration, so a mini-batch is never
+    cut in half; the caller re-delivers it with `redeliver_termination`."""
+    received = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        previous = None
+    try:
+        yield received
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def redeliver_termination() -> None:
+    """Hand the deferred SIGTERM to the handler that was there before (Prefect's)."""
+    signal.raise_signal(signal.SIGTERM)
+
+
+# -- data -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_holdout: np.ndarray
+    y_holdout: np.ndarray
+    classes: np.ndarray
+    features: list[str]
+    fingerprint: str
+
+
+def split_training_data(frame: pd.DataFrame, policy: TrainingPolicy, fingerprint: str) -> TrainingData:
+    """Features and label as arrays, split into train and holdout (seeded)."""
+    if policy.label_column not in frame.columns:
+        raise TrainingError(f"the batch has no label column {policy.label_column!r}: set label_column in the TrainingPolicy")
+    features = policy.feature_columns or [
+        name for name in frame.select_dtypes(include="number").columns if name != policy.label_column
+    ]
+    if not features:
+        raise TrainingError("no numeric feature columns to train on: set feature_columns in the TrainingPolicy")
+    X = frame[features].to_numpy(dtype=np.float64)
+    y = frame[policy.label_column].to_numpy()
+    order = np.random.default_rng(policy.seed).permutation(len(frame))
+    cut = int(len(frame) * (1 - policy.holdout_fraction))
+    train, holdout = order[:cut], order[cut:]
+    return TrainingData(X[train], y[train], X[holdout], y[holdout], np.unique(y), list(features), fingerprint)
+
+
+def build_stop_condition(
+    policy: TrainingPolicy, model: str, cancelled: Callable[[], bool], clock: Callable[[], float] = time.monotonic
+) -> StopCondition:
+    """The stop hook the policy asks for."""
+    stop = stop_when_cancelled(cancelled) | stop_when_flag_set(lambda: read_stop_flag(model), policy.flag_poll_seconds, clock)
+    stop = stop | stop_on_nonfinite_loss()
+    if policy.divergence_factor:
+        stop = stop | stop_on_divergence(policy.divergence_factor)
+    if policy.stall_patience_batches:
+        stop = stop | stop_on_stall(policy.stall_patience_batches)
+    if policy.time_budget_seconds:
+        stop = stop | stop_after_seconds(policy.time_budget_seconds)
+    return stop
+
+
+# -- the training task ------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingRun:
+    run_id: str
+    outcome: TrainingOutcome
+    resumed_from: str | None
+
+
+def _resume_point(registry: ModelRegistry, model: str, fingerprint: str, logger) -> tuple[Checkpoint | None, str | None]:
+    run_id = latest_checkpoint_run(registry.client, model)
+    if run_id is None:
+        return None, None
+    checkpoint = load_checkpoint(registry.client, run_id)
+    if checkpoint.fingerprint != fingerprint:
+        logger.warning("checkpoint of run %s is for other data (%s, not %s): training from scratch", run_id, checkpoint.fingerprint, fingerprint)
+        return None, None
+    logger.info("resuming from run %s at epoch %d, batch %d", run_id, checkpoint.position.epoch, checkpoint.position.batch_index)
+    return checkpoint, run_id
+
+
+@task(name="train-with-stop-hook", cache_policy=NO_CACHE)
+def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegistry, resume: bool = True) -> TrainingRun:
+    """Train in stoppable mini-batches inside an MLflow run; checkpoint on any stop.
+
+    A cancellation is re-delivered to Prefect after the checkpoint is written,
+    so the flow run ends Cancelled; other stops return normally.
+    """
+    logger = get_run_logger()
+    model = registry.model_name
+    client = registry.client
+    resume_from, resumed_run = _resume_point(registry, model, data.fingerprint, logger) if resume else (None, None)
+    run = client.create_run(
+        training_experiment(client, model),
+        tags={
+            f"{TAG}model": model,
+            f"{TAG}status": "running",
+            f"{TAG}fingerprint": data.fingerprint,
+            f"{TAG}flow_run_id": flow_run.get_id() or "",
+            f"{TAG}resumed_from": resumed_run or "",
+        },
+        run_name=f"train-{model}",
+    )
+    run_id = run.info.run_id
+    for key, value in policy.model_dump(exclude={"block_type_slug"}).items():
+        client.log_param(run_id, key, str(value)[:500])
+    emit_crisis_event(CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run})
+    progress_id = create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}")
+
+    def on_epoch(progress) -> None:
+        update_progress_artifact(progress_id, progress=100.0 * (progress.epoch + 1) / policy.epochs)
+        logger.info("epoch %d/%d: loss %.4f (best %.4f)", progress.epoch + 1, policy.epochs, progress.loss, progress.best_loss)
+
+    with deferred_termination() as terminated:
+        outcome = train_with_stop_hook(
+            make_estimator(policy.estimator, policy.estimator_params, policy.seed),
+            data.X_train,
+            data.y_train,
+            classes=data.classes,
+            epochs=policy.epochs,
+            batch_size=policy.batch_size,
+            stop=build_stop_condition(policy, model, terminated.is_set),
+            on_stop=lambda checkpoint: save_checkpoint(client, run_id, checkpoint),
+            on_epoch=on_epoch,
+            resume_from=resume_from,
+            fingerprint=data.fingerprint,
+            seed=policy.seed,
+        )
+    _log_losses(client, run_id, outcome.progress.losses)
+    if resumed_run:
+        client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
+    if outcome.completed:
+        client.set_tag(run_id, f"{TAG}status", "completed")
+        return TrainingRun(run_id, outcome, resumed_run)
+
+    reason = outcome.stop_reason
+    client.set_tag(run_id, f"{TAG}status", "stopped")
+    client.set_tag(run_id, f"{TAG}stop_reason", str(reason))
+    status = RunStatus.KILLED if reason.kind is StopKind.CANCELLED else RunStatus.FAILED if reason.kind.is_failure else RunStatus.FINISHED
+    client.set_terminated(run_id, RunStatus.to_string(status))
+    emit_crisis_event(
+        CrisisEvent.TRAINING_STOPPED,
+        model,
+        {
+            "reason": reason.kind.value,
+            "detail": reason.detail,
+            "epoch": outcome.progress.epoch,
+            "batch": outcome.progress.batch_index,
+            "checkpoint_uri": outcome.checkpoint_uri,
+            "run_id": run_id,
+        },
+    )
+    logger.warning("training stopped (%s); checkpoint %s", reason, outcome.checkpoint_uri)
+    if reason.kind is StopKind.CANCELLED:
+        redeliver_termination()
+    return TrainingRun(run_id, outcome, resumed_run)
+
+
+def _log_losses(client, run_id: str, losses: list[float], most: int = 1_000) -> None:
+    step = max(1, len(losses) // most)
+    now = int(time.time() * 1000)
+    metrics = [Metric("batch_loss", float(loss), now, index) for index, loss in enumerate(losses) if index % step == 0 and np.isfinite(loss)]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start : start + 500])
