@@ -1,6 +1,11 @@
-"""Flows composed of the crisis tasks."""
+"""Flows composed of the crisis tasks.
 
+Flow modules keep real (not postponed) annotations: Prefect builds the
+parameter schema from them, and postponed ones fail to resolve in deployments.
+"""
+
+from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.flows.demo import crisis_demo
 from prefect_crisis.flows.validate_batch import validate_batch
 
-__all__ = ["crisis_demo", "validate_batch"]
+__all__ = ["continuous_training", "crisis_demo", "validate_batch"]

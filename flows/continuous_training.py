@@ -7,8 +7,6 @@ a stall or the time budget, Failed for a loss that blew up or diverged. The
 partial model is never registered; its checkpoint is, as an MLflow artifact.
 """
 
-from __future__ import annotations
-
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 

@@ -6,8 +6,6 @@ Each batch runs as a `validate-batch` subflow, so the UI shows one run per batch
 with its report artifact and its event.
 """
 
-from __future__ import annotations
-
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 

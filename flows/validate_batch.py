@@ -1,8 +1,6 @@
 """The validate_batch flow: load a batch, validate it against the saved
 contract and reference, persist kept and quarantined parts, publish the report."""
 
-from __future__ import annotations
-
 from datetime import datetime, timezone
 
 import pandas as pd

@@ -6,8 +6,8 @@ import json
 import warnings
 from dataclasses import dataclass
 
+import mlflow.sklearn
 import numpy as np
-import sklearn
 from mlflow.models import infer_signature
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
@@ -18,8 +18,8 @@ from prefect.runtime import flow_run
 from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER, TrainingPolicy
 from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
 
-# Explicit requirements: MLflow otherwise spends seconds inferring them.
-PIP_REQUIREMENTS = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}"]
+# Explicit requirements: MLflow otherwise spends seconds inferring them in a subprocess.
+PIP_REQUIREMENTS = [*mlflow.sklearn.get_default_pip_requirements(include_skops=True), f"numpy=={np.__version__}"]
 
 
 def evaluate(estimator, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> dict[str, float]:
@@ -81,7 +81,6 @@ def log_candidate(estimator, X_example: np.ndarray, run_id: str):
     Must be called with the MLflow tracking URI of the registry set globally.
     """
     import mlflow
-    import mlflow.sklearn
 
     signature = infer_signature(X_example[:50], estimator.predict(X_example[:50]))
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):

@@ -44,23 +44,33 @@ class StopReason:
 
 @dataclass
 class TrainingProgress:
-    """Where training is: updated by the loop after every mini-batch."""
+    """Where training is: updated by the loop after every mini-batch.
+
+    Mini-batch losses are noisy, so the guards that compare losses over time
+    (divergence, stall) look at an exponential moving average of them
+    (`smoothing` is its weight on the newest loss; 1.0 turns smoothing off).
+    """
 
     epoch: int = 0
     batch_index: int = 0
     batches_seen: int = 0
     loss: float = math.nan
+    smoothed_loss: float = math.nan
     best_loss: float = math.inf
     batches_since_best: int = 0
     elapsed_seconds: float = 0.0
+    smoothing: float = 0.1
     losses: list[float] = field(default_factory=list)
 
     def record(self, loss: float, min_delta: float = 0.0) -> None:
         self.loss = loss
         self.batches_seen += 1
         self.losses.append(loss)
-        if math.isfinite(loss) and loss < self.best_loss - min_delta:
-            self.best_loss = loss
+        if math.isfinite(loss):
+            previous = self.smoothed_loss
+            self.smoothed_loss = loss if math.isnan(previous) else (1 - self.smoothing) * previous + self.smoothing * loss
+        if math.isfinite(self.smoothed_loss) and self.smoothed_loss < self.best_loss - min_delta:
+            self.best_loss = self.smoothed_loss
             self.batches_since_best = 0
         else:
             self.batches_since_best += 1
@@ -117,18 +127,6 @@ class stop_when_flag_set(StopCondition):
         return None if flag is None else StopReason(StopKind.FLAG, flag)
 
 
-class stop_when_cancelled(StopCondition):
-    """Stop when the run is being cancelled (a termination signal arrived)."""
-
-    def __init__(self, is_cancelled: Callable[[], bool]):
-        self.is_cancelled = is_cancelled
-
-    def __call__(self, progress: TrainingProgress) -> StopReason | None:
-        if self.is_cancelled():
-            return StopReason(StopKind.CANCELLED, "the flow run was cancelled")
-        return None
-
-
 class stop_on_nonfinite_loss(StopCondition):
     """Stop as soon as the loss is NaN or infinite."""
 
@@ -139,7 +137,7 @@ class stop_on_nonfinite_loss(StopCondition):
 
 
 class stop_on_divergence(StopCondition):
-    """Stop when the loss exceeds `factor` times the best loss seen (after a warm-up)."""
+    """Stop when the smoothed loss exceeds `factor` times its best (after a warm-up)."""
 
     def __init__(self, factor: float = 10.0, warmup_batches: int = 10):
         self.factor = factor
@@ -148,15 +146,15 @@ class stop_on_divergence(StopCondition):
     def __call__(self, progress: TrainingProgress) -> StopReason | None:
         if progress.batches_seen <= self.warmup_batches or not math.isfinite(progress.best_loss):
             return None
-        if progress.loss > self.factor * progress.best_loss:
+        if progress.smoothed_loss > self.factor * progress.best_loss:
             return StopReason(
-                StopKind.DIVERGED, f"loss {progress.loss:.4g} is over {self.factor:g}x the best {progress.best_loss:.4g}"
+                StopKind.DIVERGED, f"loss {progress.smoothed_loss:.4g} is over {self.factor:g}x the best {progress.best_loss:.4g}"
             )
         return None
 
 
 class stop_on_stall(StopCondition):
-    """Stop when the best loss has not improved for `patience_batches` mini-batches."""
+    """Stop when the smoothed loss has not set a new best for `patience_batches` mini-batches."""
 
     def __init__(self, patience_batches: int):
         self.patience_batches = patience_batches

@@ -134,31 +134,38 @@ def train_with_stop_hook(
     start = resume_from.position if resume_from else Position(0, 0)
     model = resume_from.estimator if resume_from else clone(estimator)
     progress = TrainingProgress(epoch=start.epoch, batch_index=start.batch_index)
-    if resume_from:
-        for loss in resume_from.losses:
-            progress.record(loss)
+    for loss in resume_from.losses if resume_from else ():
+        progress.record(loss)
     batches = math.ceil(len(X) / batch_size)
+    done = start  # the next mini-batch to train: everything before it is in `model`
+
+    def checkpoint() -> str | None:
+        return on_stop(Checkpoint(model, done, fingerprint, tuple(progress.losses)))
+
     started = clock()
-    for epoch in range(start.epoch, epochs):
-        order = epoch_order(len(X), epoch, seed)
-        first = start.batch_index if epoch == start.epoch else 0
-        for batch_index in range(first, batches):
-            rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                with np.errstate(all="ignore"):
+    try:
+        for epoch in range(start.epoch, epochs):
+            order = epoch_order(len(X), epoch, seed)
+            for batch_index in range(start.batch_index if epoch == start.epoch else 0, batches):
+                rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore", ConvergenceWarning)
                     try:
                         model.partial_fit(X[rows], y[rows], classes=classes)
                         loss = batch_loss(model, X[rows], y[rows], classes)
                     except (ValueError, FloatingPointError, OverflowError):
                         loss = math.nan  # blown-up weights: the non-finite-loss guard stops training
-            progress.epoch, progress.batch_index = epoch, batch_index
-            progress.record(loss)
-            progress.elapsed_seconds = clock() - started
-            reason = stop(progress)
-            if reason is not None:
-                resume_at = Position(epoch, batch_index + 1) if batch_index + 1 < batches else Position(epoch + 1, 0)
-                uri = on_stop(Checkpoint(model, resume_at, fingerprint, tuple(progress.losses)))
-                return TrainingOutcome(model, progress, reason, uri)
-        on_epoch(progress)
+                done = Position(epoch, batch_index + 1) if batch_index + 1 < batches else Position(epoch + 1, 0)
+                progress.epoch, progress.batch_index = epoch, batch_index
+                progress.record(loss)
+                progress.elapsed_seconds = clock() - started
+                reason = stop(progress)
+                if reason is not None:
+                    return TrainingOutcome(model, progress, reason, checkpoint())
+            on_epoch(progress)
+    except BaseException:
+        # Interrupted from outside (Prefect's TerminationSignal on a cancel,
+        # Ctrl-C): keep the work done. A mini-batch in flight is trained again on resume.
+        checkpoint()
+        raise
     return TrainingOutcome(model, progress)

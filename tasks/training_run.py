@@ -1,21 +1,22 @@
 """Training as Prefect tasks: the stop flag, cancellation, MLflow runs, registration.
 
-The stop hook listens to three things between mini-batches:
-1. the stop flag, a Prefect Variable `crisis-stop-<model>` (`crisis stop MODEL`);
-2. cancellation of the flow run: SIGTERM is deferred while a mini-batch runs,
-   the checkpoint is written, then the signal is re-delivered to Prefect's own
-   handler, so the run still ends Cancelled;
-3. guards on training itself (non-finite loss, divergence, stall, time budget).
+Training stops for:
+1. the stop flag, a Prefect Variable `crisis-stop-<model>` (`crisis stop MODEL`),
+   read between mini-batches;
+2. cancellation of the flow run (UI, CLI, automation): the runner sends SIGTERM,
+   Prefect raises `TerminationSignal` in the flow's main thread, the training
+   loop writes its checkpoint and lets the signal go on, so the run ends
+   Cancelled well inside the runner's 30 s grace period (this needs the task
+   called directly in the flow, not `.submit()`ted to a worker thread);
+3. guards on training itself (non-finite loss, divergence, stall, time budget),
+   read between mini-batches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -25,6 +26,7 @@ from mlflow.entities import Metric, RunStatus
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
@@ -36,11 +38,11 @@ from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
 from prefect_crisis.tasks.stopping import (
     StopCondition,
     StopKind,
+    StopReason,
     stop_after_seconds,
     stop_on_divergence,
     stop_on_nonfinite_loss,
     stop_on_stall,
-    stop_when_cancelled,
     stop_when_flag_set,
 )
 from prefect_crisis.tasks.training import Checkpoint, TrainingOutcome, make_estimator, train_with_stop_hook
@@ -75,27 +77,6 @@ def read_stop_flag(model: str) -> str | None:
     return value.get("reason", "stop flag set") if isinstance(value, dict) else str(value)
 
 
-@contextlib.contextmanager
-def deferred_termination() -> Iterator[threading.Event]:
-    """Turn SIGTERM into an event for the duration, so a mini-batch is never
-    cut in half; the caller re-delivers it with `redeliver_termination`."""
-    received = threading.Event()
-    try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
-    except ValueError:  # not the main thread: signals stay with whoever owns them
-        previous = None
-    try:
-        yield received
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def redeliver_termination() -> None:
-    """Hand the deferred SIGTERM to the handler that was there before (Prefect's)."""
-    signal.raise_signal(signal.SIGTERM)
-
-
 # -- data -----------------------------------------------------------------------
 
 
@@ -127,12 +108,9 @@ def split_training_data(frame: pd.DataFrame, policy: TrainingPolicy, fingerprint
     return TrainingData(X[train], y[train], X[holdout], y[holdout], np.unique(y), list(features), fingerprint)
 
 
-def build_stop_condition(
-    policy: TrainingPolicy, model: str, cancelled: Callable[[], bool], clock: Callable[[], float] = time.monotonic
-) -> StopCondition:
+def build_stop_condition(policy: TrainingPolicy, model: str, clock: Callable[[], float] = time.monotonic) -> StopCondition:
     """The stop hook the policy asks for."""
-    stop = stop_when_cancelled(cancelled) | stop_when_flag_set(lambda: read_stop_flag(model), policy.flag_poll_seconds, clock)
-    stop = stop | stop_on_nonfinite_loss()
+    stop = stop_when_flag_set(lambda: read_stop_flag(model), policy.flag_poll_seconds, clock) | stop_on_nonfinite_loss()
     if policy.divergence_factor:
         stop = stop | stop_on_divergence(policy.divergence_factor)
     if policy.stall_patience_batches:
@@ -196,7 +174,7 @@ def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegis
         update_progress_artifact(progress_id, progress=100.0 * (progress.epoch + 1) / policy.epochs)
         logger.info("epoch %d/%d: loss %.4f (best %.4f)", progress.epoch + 1, policy.epochs, progress.loss, progress.best_loss)
 
-    with deferred_termination() as terminated:
+    try:
         outcome = train_with_stop_hook(
             make_estimator(policy.estimator, policy.estimator_params, policy.seed),
             data.X_train,
@@ -204,41 +182,41 @@ def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegis
             classes=data.classes,
             epochs=policy.epochs,
             batch_size=policy.batch_size,
-            stop=build_stop_condition(policy, model, terminated.is_set),
+            stop=build_stop_condition(policy, model),
             on_stop=lambda checkpoint: save_checkpoint(client, run_id, checkpoint),
             on_epoch=on_epoch,
             resume_from=resume_from,
             fingerprint=data.fingerprint,
             seed=policy.seed,
         )
+    except TerminationSignal:
+        # The loop has written its checkpoint; record why and let Prefect cancel the run.
+        _record_stop(client, run_id, model, StopReason(StopKind.CANCELLED, "the flow run was cancelled"), None, resumed_run)
+        raise
     _log_losses(client, run_id, outcome.progress.losses)
-    if resumed_run:
-        client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
     if outcome.completed:
         client.set_tag(run_id, f"{TAG}status", "completed")
+        if resumed_run:
+            client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
         return TrainingRun(run_id, outcome, resumed_run)
 
-    reason = outcome.stop_reason
+    _record_stop(client, run_id, model, outcome.stop_reason, outcome, resumed_run)
+    logger.warning("training stopped (%s); checkpoint %s", outcome.stop_reason, outcome.checkpoint_uri)
+    return TrainingRun(run_id, outcome, resumed_run)
+
+
+def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: TrainingOutcome | None, resumed_run: str | None) -> None:
+    """Tag and end the MLflow run of a stopped training, and emit ml.training.stopped."""
     client.set_tag(run_id, f"{TAG}status", "stopped")
     client.set_tag(run_id, f"{TAG}stop_reason", str(reason))
+    if resumed_run:
+        client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
     status = RunStatus.KILLED if reason.kind is StopKind.CANCELLED else RunStatus.FAILED if reason.kind.is_failure else RunStatus.FINISHED
     client.set_terminated(run_id, RunStatus.to_string(status))
-    emit_crisis_event(
-        CrisisEvent.TRAINING_STOPPED,
-        model,
-        {
-            "reason": reason.kind.value,
-            "detail": reason.detail,
-            "epoch": outcome.progress.epoch,
-            "batch": outcome.progress.batch_index,
-            "checkpoint_uri": outcome.checkpoint_uri,
-            "run_id": run_id,
-        },
-    )
-    logger.warning("training stopped (%s); checkpoint %s", reason, outcome.checkpoint_uri)
-    if reason.kind is StopKind.CANCELLED:
-        redeliver_termination()
-    return TrainingRun(run_id, outcome, resumed_run)
+    payload = {"reason": reason.kind.value, "detail": reason.detail, "run_id": run_id, "checkpoint_uri": f"runs:/{run_id}/checkpoint"}
+    if outcome is not None:
+        payload.update(epoch=outcome.progress.epoch, batch=outcome.progress.batch_index)
+    emit_crisis_event(CrisisEvent.TRAINING_STOPPED, model, payload)
 
 
 def _log_losses(client, run_id: str, losses: list[float], most: int = 1_000) -> None:
