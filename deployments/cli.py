@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -77,7 +78,8 @@ def demo(
     rows: Annotated[int, cyclopts.Parameter("--rows", help="Rows per batch.")] = 5_000,
     home: HomeOption = None,
 ) -> None:
-    """Run the demo stream through validation on the stack, then read back what it left."""
+    """Run the demo on the stack (validate a stream, train, stop, resume), then read back what it left."""
+    from prefect_crisis.blocks import ModelRegistry
     from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
     from prefect_crisis.flows.demo import crisis_demo
 
@@ -85,14 +87,20 @@ def demo(
         console.print(f"running the demo against {api_url}")
         state = crisis_demo(model_name=model, rows=rows, return_state=True)
         summary = state.result()
-        table = Table("batch", "condition", "verdict", "kept", "quarantined", "drifted", title="Synthetic stream")
+        table = Table("step", "condition", "outcome", "detail", title="prefect-crisis demo", show_lines=True)
         for row in summary:
-            table.add_row(*(str(row[k]) for k in ("batch", "condition", "verdict", "kept", "quarantined", "drifted")))
+            table.add_row(row["step"], row["condition"], row["outcome"], row["detail"])
         console.print(table)
+        registry = ModelRegistry(model_name=model)
+        champion = registry.champion()
+        console.print(f"MLflow registry {registry.resolved_tracking_uri}: champion of {model!r} is v{champion.version if champion else '-'}")
+        for move in registry.audit_trail(registry.champion_alias)[-3:]:
+            console.print(f"  audit {move.at:%H:%M:%S} {move.action}: champion v{move.from_version or '-'} -> v{move.to_version} ({move.reason})")
         artifacts = read_artifacts_of_flow_run(state.state_details.flow_run_id)
         console.print(f"{len(artifacts)} artifacts visible through the Prefect API for this demo and its subflows:")
-        for artifact in artifacts:
-            console.print(f"  - {artifact.key} ({artifact.type}): {artifact.description}")
+        kinds = Counter((artifact.key or "(unkeyed)", artifact.type) for artifact in artifacts)
+        for (key, kind), count in sorted(kinds.items()):
+            console.print(f"  {count} x {kind:8} {key}")
         ui_url = api_url.removesuffix("/api")
         console.print(f"open {ui_url}/runs/flow-run/{state.state_details.flow_run_id} to read the timeline")
 

@@ -1,20 +1,25 @@
-"""The demo: a stream of synthetic batches through validation on the local stack.
+"""The demo: the synthetic stream through validation, then training on the
+local stack: a first model promoted, a stop, and a resume from its checkpoint.
 
-One batch of the stream is corrupted (2% of rows broken: quarantined), one has
-drifted, one is broken (30% of rows: rejected whole); the others are clean.
-Each batch runs as a `validate-batch` subflow, so the UI shows one run per batch
-with its report artifact and its event.
+Batches: clean, corrupted (2% of rows broken: quarantined), drifted
+(reported), broken (30% of rows: rejected whole), clean. Each runs as a
+`validate-batch` subflow; each training as a `continuous-training` subflow,
+so the UI shows one run per step with its artifacts and events.
 """
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from prefect_crisis.blocks.training_policy import TrainingPolicy
+from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.tasks.paths import default_storage
-from prefect_crisis.tasks.quarantine import storage_uri, artifact_key, write_parquet
+from prefect_crisis.tasks.quarantine import artifact_key, storage_uri, write_parquet
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
+from prefect_crisis.tasks.training_run import clear_stop_flag, set_stop_flag
 
 DEMO_CONTRACT = "synthetic-stream"
+DEMO_POLICY = "synthetic-training"
 STREAM = ("clean", "corrupted", "drifted", "broken", "clean")
 
 
@@ -26,33 +31,49 @@ def save_synthetic_contract(model_name: str, storage: str, rows: int) -> str:
     return reference_uri
 
 
-@flow(name="crisis-demo", log_prints=True)
-def crisis_demo(model_name: str = "synthetic", rows: int = 5_000, storage: str | None = None) -> list[dict]:
-    """Validate the synthetic stream: clean, corrupted, drifted, broken, clean."""
-    storage = storage or default_storage()
-    reference_uri = save_synthetic_contract(model_name, storage, rows)
-    print(f"saved DataContract block {DEMO_CONTRACT!r} with reference {reference_uri}")
+def _validate_stream(model_name: str, rows: int, storage: str) -> list[dict]:
     summary = []
     for number, condition in enumerate(STREAM):
         report = validate_batch(
-            model_name=model_name,
-            contract_block=DEMO_CONTRACT,
-            storage=storage,
-            synthetic_condition=condition,
-            synthetic_rows=rows,
-            seed=number,
+            model_name=model_name, contract_block=DEMO_CONTRACT, storage=storage,
+            synthetic_condition=condition, synthetic_rows=rows, seed=number,
         )
         summary.append(
             {
-                "batch": number,
+                "step": f"validate batch {number}",
                 "condition": condition,
-                "verdict": report.verdict.value,
-                "rows": report.rows,
-                "kept": report.kept,
-                "quarantined": report.quarantined,
-                "drifted": ", ".join(report.drifted_features) or "-",
+                "outcome": report.verdict.value,
+                "detail": f"kept {report.kept}, quarantined {report.quarantined}"
+                + (f", drifted {', '.join(report.drifted_features)}" if report.drifted_features else ""),
             }
         )
-        print(f"batch {number} ({condition}): {summary[-1]['verdict']}, quarantined {report.quarantined}, drifted {summary[-1]['drifted']}")
-    create_table_artifact(key=artifact_key("demo-stream", model_name), table=summary, description="The synthetic stream, batch by batch")
+        print(f"batch {number} ({condition}): {summary[-1]['outcome']}, {summary[-1]['detail']}")
+    return summary
+
+
+def _train(model_name: str, rows: int, storage: str, seed: int, step: str) -> dict:
+    state = continuous_training(
+        model_name=model_name, contract_block=DEMO_CONTRACT, policy_block=DEMO_POLICY,
+        synthetic_rows=rows, seed=seed, storage=storage, return_state=True,
+    )
+    print(f"{step}: {state.name}: {state.message}")
+    return {"step": step, "condition": f"clean, seed {seed}", "outcome": state.name, "detail": state.message}
+
+
+@flow(name="crisis-demo", log_prints=True)
+def crisis_demo(model_name: str = "synthetic", rows: int = 5_000, storage: str | None = None) -> list[dict]:
+    """Validate the synthetic stream, train and promote, stop a training, resume it."""
+    storage = storage or default_storage()
+    reference_uri = save_synthetic_contract(model_name, storage, rows)
+    TrainingPolicy(epochs=5, batch_size=64).save(DEMO_POLICY, overwrite=True)
+    print(f"saved DataContract {DEMO_CONTRACT!r} (reference {reference_uri}) and TrainingPolicy {DEMO_POLICY!r}")
+    summary = _validate_stream(model_name, rows, storage)
+    summary.append(_train(model_name, rows, storage, seed=100, step="train"))
+    set_stop_flag(model_name, "demo: an operator halts training", by="crisis-demo")
+    try:
+        summary.append(_train(model_name, rows, storage, seed=101, step="train with the stop flag raised"))
+    finally:
+        clear_stop_flag(model_name)
+    summary.append(_train(model_name, rows, storage, seed=101, step="train again: resumes from the checkpoint"))
+    create_table_artifact(key=artifact_key("demo", model_name), table=summary, description="The demo, step by step")
     return summary

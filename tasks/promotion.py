@@ -64,8 +64,9 @@ def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | N
         return PromotionDecision(True, f"no champion yet; {metric} {candidate[metric]:.4f}")
     gain = _better(metric, candidate[metric], champion[metric])
     if gain < policy.promotion_margin or (policy.promotion_margin == 0 and gain <= 0):
+        margin = f" by {policy.promotion_margin:g}" if policy.promotion_margin else ""
         return PromotionDecision(
-            False, f"{metric} {candidate[metric]:.4f} does not beat the champion {champion[metric]:.4f} by {policy.promotion_margin:g}"
+            False, f"{metric} {candidate[metric]:.4f} does not beat the champion {champion[metric]:.4f}{margin}"
         )
     for guard, allowed in policy.guard_metrics.items():
         if guard in candidate and guard in champion and -_better(guard, candidate[guard], champion[guard]) > allowed:
