@@ -58,7 +58,8 @@ def test_up_status_demo_down(cli_env, tmp_path):
         assert "artifacts visible through the Prefect API" in demo.stdout
         for verdict in ("accept_with_quarantine", "reject", "f01, f03", "v1 promoted to champion", "Stopped", "stop-flag"):
             assert verdict in demo.stdout
-        assert "champion of 'synthetic' is v1" in demo.stdout
+        assert "champion v- -> v1" in demo.stdout  # the audit's first promotion
+        assert "champion of 'synthetic' is v" in demo.stdout
         assert (home / "mlflow.db").exists()
         quarantine = sorted((home / "data" / "synthetic" / "quarantine").glob("*.parquet"))
         assert len(quarantine) == 2  # the corrupted batch and the broken one (training batches are clean)
