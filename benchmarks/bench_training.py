@@ -1,28 +1,24 @@
-"""How fast training stops, and how fast a candidate is registered, against real services.
+"""How fast training stops, and how fast a candidate is registered, against real services:
+a Prefect server (Prefect's test harness: a subprocess, temporary SQLite database) and
+an MLflow SQLite store in a temporary folder, also the working directory (./mlruns).
 
-Everything runs against a real Prefect server (Prefect's test harness, a
-subprocess with a temporary SQLite database) and a real MLflow SQLite store in
-a temporary folder, which is also the working directory (MLflow writes its
-artifacts under ./mlruns).
+1. Stop flag: the `train_model` task trains inside a small flow on a batch that would
+   take minutes (10,000 epochs of 20-row mini-batches). A thread waits until the loop is
+   under way (MLflow run tagged running, the policy's params logged: the task logs them
+   right before its loop) and raises the stop flag. Latency: flag raised -> `train_model`
+   returns (checkpoint in MLflow, run tagged).
+2. Cancel: `continuous_training` served by a `prefect.runner.Runner` on a thread, run by
+   `run_deployment`, set to Cancelling once training is under way. Latencies: cancel ->
+   checkpoint written (the MLflow run's end time, set right after the checkpoint) and
+   cancel -> Cancelled (the state's timestamp, polled from the API). Every run must end
+   Cancelled with a loadable checkpoint.
+3. Candidate log + register: `log_candidate` (explicit pip requirements) +
+   `ModelRegistry.register_version` against MLflow's default
+   `mlflow.sklearn.log_model(..., registered_model_name=...)`, which infers requirements
+   in a subprocess.
 
-1. Stop flag: the `train_model` task trains, inside a small flow, on a batch
-   that would take minutes (10,000 epochs of 20-row mini-batches). A thread
-   waits until the training loop is under way (the MLflow run is tagged
-   running and the task has logged the policy's params, which it does right
-   before the loop), then raises the stop flag (`set_stop_flag`). Latency: flag
-   raised -> `train_model` returns (the checkpoint is in MLflow, the run tagged).
-2. Cancel: `continuous_training` is served by a `prefect.runner.Runner` on a
-   thread and run with `run_deployment`; once training is under way the flow
-   run is set to Cancelling. Latencies: cancel request -> checkpoint written
-   (the MLflow run's end time, set right after the checkpoint) and cancel
-   request -> flow run Cancelled (the Cancelled state's timestamp, read by
-   polling the API). Each run must end Cancelled with a loadable checkpoint.
-3. Candidate log + register: this project's path (`log_candidate` with
-   explicit pip requirements, then `ModelRegistry.register_version`) against
-   MLflow's default `mlflow.sklearn.log_model(..., registered_model_name=...)`,
-   which infers the requirements in a subprocess.
-
-Run: `.venv/bin/python benchmarks/bench_training.py` (several minutes).
+Run: `.venv/bin/python benchmarks/bench_training.py` (several minutes); results go to
+benchmarks/results/training.json.
 """
 
 from __future__ import annotations

@@ -300,6 +300,11 @@ class ModelRegistry(Block):
                 break
         return sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at)
 
+    def history(self, version: str | int) -> list[AliasMove]:
+        """The serving history of one version: every audited action that moved an alias to or from it."""
+        version = str(version)
+        return [move for move in self.audit_trail() if version in (move.from_version, move.to_version)]
+
     def serving_at(self, when: datetime, alias: str | None = None) -> str | None:
         """The version `alias` (default: champion) pointed at, at time `when`."""
         alias = alias or self.champion_alias

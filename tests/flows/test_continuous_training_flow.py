@@ -171,9 +171,24 @@ def test_audit_answers_what_was_serving_when_after_two_promotions(model):
     moves = registry.audit_trail("champion")
     assert [(m.from_version, m.to_version, m.reason, m.incident) for m in moves] == [(None, "1", "first model", None), ("1", "2", "better", "inc-7")]
 
+    assert [(m.action, m.alias, m.to_version) for m in registry.history("1")] == [
+        ("register", "", "1"), ("promote", "champion", "1"), ("promote", "champion", "2"),
+    ]
+
     registry.retire("1", "poisoned data")
     assert registry.version("1").retired
     with pytest.raises(Exception, match="retired"):
         registry.promote("1", "roll back")
     assert registry.champion().version == "2"  # a refused move leaves the alias where it was
     assert [v.version for v in registry.versions()] == ["2", "1"]  # never deleted
+
+
+def test_blocks_register_and_round_trip_through_the_server(model):
+    from prefect_crisis.blocks import DataContract
+
+    for block_type in (DataContract, ModelRegistry, TrainingPolicy):
+        block_type.register_type_and_schema()
+    ModelRegistry(model_name=model, champion_alias="live").save(model, overwrite=True)
+    TrainingPolicy(epochs=7, guard_metrics={"log_loss": 0.01}).save(model, overwrite=True)
+    assert ModelRegistry.load(model).champion_alias == "live"
+    assert TrainingPolicy.load(model).guard_metrics == {"log_loss": 0.01}
