@@ -141,7 +141,7 @@ def cancel_once(deployment: str, storage: Path) -> tuple[float, float]:
     return client.get_run(run_id).info.end_time / 1000 - requested, state.timestamp.timestamp() - requested
 
 
-def cancel_latencies(runs: int, storage: Path) -> tuple[list[float], list[float]]:
+def cancel_latencies(runs: int, storage: Path) -> list[list[float]]:
     """Serve continuous_training with a Runner on a thread (as tests/e2e does) and cancel `runs` runs."""
     os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # for the runner's child processes
     runner = Runner(name=f"bench-{uuid.uuid4().hex[:6]}", query_seconds=1, pause_on_shutdown=False)
@@ -157,18 +157,16 @@ def cancel_latencies(runs: int, storage: Path) -> tuple[list[float], list[float]
     while not runner.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert runner.started, "the runner did not start within 60 s"
-    to_checkpoint, to_cancelled = [], []
+    timings = []
     try:
         for index in range(runs):
-            checkpoint, cancelled = cancel_once(f"continuous-training/{deployment_name}", storage)
-            to_checkpoint.append(checkpoint)
-            to_cancelled.append(cancelled)
-            print(f"  cancel {index + 1}/{runs}: checkpoint after {checkpoint:.3f} s, Cancelled after {cancelled:.3f} s", flush=True)
+            timings.append(cancel_once(f"continuous-training/{deployment_name}", storage))
+            print(f"  cancel {index + 1}/{runs}: checkpoint after {timings[-1][0]:.3f} s, Cancelled after {timings[-1][1]:.3f} s", flush=True)
     finally:
         runner.execute_in_background(runner.astop).result(timeout=60)
         thread.join(60)
         del os.environ["PREFECT_API_URL"]
-    return to_checkpoint, to_cancelled
+    return [list(column) for column in zip(*timings)]
 
 
 # -- 3. candidate log + register -------------------------------------------------------
@@ -197,9 +195,6 @@ def register_times(repeats: int) -> tuple[list[float], list[float]]:
     return fast, default
 
 
-# -- main ---------------------------------------------------------------------------------
-
-
 def quiet_prefect_console() -> None:
     """Warnings only on the console (run logs still go to the API); the variable
     reaches the runner's child processes, the handler level this process."""
@@ -220,11 +215,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-training-") as folder:
         os.chdir(folder)  # MLflow's artifacts (./mlruns) and any .crisis state stay in the temporary folder
         uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
-        os.environ.update(
-            MLFLOW_TRACKING_URI=uri,
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="0.5",
-        )
+        os.environ.update(MLFLOW_TRACKING_URI=uri, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        os.environ["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL"] = "0.5"  # events persisted quickly
         mlflow.set_tracking_uri(uri)
         try:
             print("starting a Prefect server (test harness) ...", flush=True)
@@ -252,18 +244,12 @@ def main() -> None:
     print(f"{'prefect-crisis: log_candidate + register_version':58} {fast_median:7.2f}")
     print(f"{'MLflow default: log_model(registered_model_name=...)':58} {default_median:7.2f}   {default_median / fast_median:.1f}x slower")
     print(f"\nstop flag p50 {stop['p50']:.3f} s: {'meets' if stop['p50'] < 1 else 'MISSES'} the target of p50 < 1 s")
-    print(
-        "Cancelled comes ~3 s after the checkpoint by Prefect's design: after SIGTERM the runner sleeps\n"
-        "max(grace 30 s / 10, 1 s) = 3 s before it checks the process is gone and marks the run Cancelled."
-    )
+    print("Cancelled comes ~3 s after the checkpoint by Prefect's design: after SIGTERM the runner sleeps")
+    print("max(grace 30 s / 10, 1 s) = 3 s before it checks the process is gone and marks the run Cancelled.")
 
     RESULTS.mkdir(exist_ok=True)
-    results = {
-        "stop_flag": stop,
-        "cancel_to_checkpoint": checkpoint,
-        "cancel_to_cancelled": cancelled,
-        "log_and_register": {"prefect_crisis": fast, "mlflow_default": default, "median_ratio": default_median / fast_median},
-    }
+    register = {"prefect_crisis": fast, "mlflow_default": default, "median_ratio": default_median / fast_median}
+    results = {"stop_flag": stop, "cancel_to_checkpoint": checkpoint, "cancel_to_cancelled": cancelled, "log_and_register": register}
     (RESULTS / "training.json").write_text(json.dumps(results, indent=2))
 
 

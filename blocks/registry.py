@@ -21,7 +21,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr
 
 from prefect_crisis.tasks.errors import RegistryError
-from prefect_crisis.tasks.paths import default_tracking_uri
+from prefect_crisis.tasks.paths import default_tracking_uri, ensure_experiment
 
 TAG = "crisis."
 NO_VERSION = "none"
@@ -214,13 +214,7 @@ class ModelRegistry(Block):
     # -- audit --------------------------------------------------------------------
 
     def _audit_experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.audit_experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return self.client.create_experiment(self.audit_experiment, tags={f"{TAG}audit": "true"})
-        except MlflowException:  # created concurrently
-            return self.client.get_experiment_by_name(self.audit_experiment).experiment_id
+        return ensure_experiment(self.client, self.audit_experiment, {f"{TAG}audit": "true"})
 
     def _audit(
         self,

@@ -5,7 +5,8 @@ parameter schema from them, and postponed ones fail to resolve in deployments.
 """
 
 from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.demo import crisis_demo
 from prefect_crisis.flows.validate_batch import validate_batch
 
-__all__ = ["continuous_training", "crisis_demo", "validate_batch"]
+__all__ = ["continuous_training", "crisis_demo", "crisis_response", "validate_batch"]

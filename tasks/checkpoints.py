@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.tasks.paths import ensure_experiment
 from prefect_crisis.tasks.training import Checkpoint, Position
 
 TAG = "crisis."
@@ -20,11 +21,7 @@ ARTIFACT_DIR = "checkpoint"
 
 def training_experiment(client: MlflowClient, model: str) -> str:
     """Id of the model's training experiment, created on first use."""
-    name = f"crisis-training-{model}"
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, tags={f"{TAG}model": model})
+    return ensure_experiment(client, f"crisis-training-{model}", {f"{TAG}model": model})
 
 
 def save_checkpoint(client: MlflowClient, run_id: str, checkpoint: Checkpoint) -> str:

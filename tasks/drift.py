@@ -9,12 +9,18 @@ worth alerting on.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 # Floor for an empty bin's share, so PSI stays finite (a common convention).
 _PSI_EPSILON = 1e-4
@@ -108,41 +114,90 @@ def ks_two_sample(reference: np.ndarray, current: np.ndarray, sample_size: int |
     return float(result.statistic), float(result.pvalue)
 
 
-def numeric_drift(
-    feature: str,
-    reference: np.ndarray,
-    current: np.ndarray,
-    *,
-    bins: int,
-    psi_threshold: float,
-    ks_pvalue_threshold: float,
-    ks_statistic_threshold: float,
-    sample_size: int | None,
-) -> FeatureDrift:
+@dataclass(frozen=True)
+class DriftSettings:
+    """Thresholds of the drift tests (a DataContract carries the same fields)."""
+
+    bins: int = 10
+    psi_threshold: float = 0.2
+    ks_pvalue_threshold: float = 0.01
+    ks_statistic_threshold: float = 0.1
+    sample_size: int | None = 100_000
+
+    @classmethod
+    def from_contract(cls, contract) -> "DriftSettings":
+        return cls(
+            contract.psi_bins,
+            contract.psi_threshold,
+            contract.ks_pvalue_threshold,
+            contract.ks_statistic_threshold,
+            contract.drift_sample_size,
+        )
+
+
+def numeric_drift(feature: str, reference: np.ndarray, current: np.ndarray, settings: DriftSettings) -> FeatureDrift:
     """Drift of one numeric feature; NaN and inf are left out of both sides."""
     reference = reference[np.isfinite(reference)]
     current = current[np.isfinite(current)]
     if len(reference) == 0 or len(current) == 0:
         return FeatureDrift(feature, "numeric", 0.0, None, None, False, len(reference), len(current))
-    psi = psi_numeric(reference, current, bins)
-    ks_statistic, ks_pvalue = ks_two_sample(reference, current, sample_size)
-    drifted = psi > psi_threshold or (
-        ks_pvalue < ks_pvalue_threshold and ks_statistic > ks_statistic_threshold
+    psi = psi_numeric(reference, current, settings.bins)
+    ks_statistic, ks_pvalue = ks_two_sample(reference, current, settings.sample_size)
+    drifted = psi > settings.psi_threshold or (
+        ks_pvalue < settings.ks_pvalue_threshold and ks_statistic > settings.ks_statistic_threshold
     )
-    return FeatureDrift(
-        feature, "numeric", psi, ks_statistic, ks_pvalue, bool(drifted), len(reference), len(current)
-    )
+    return FeatureDrift(feature, "numeric", psi, ks_statistic, ks_pvalue, bool(drifted), len(reference), len(current))
 
 
-def categorical_drift(
-    feature: str, reference: pd.Series, current: pd.Series, *, psi_threshold: float
-) -> FeatureDrift:
+def categorical_drift(feature: str, reference: pd.Series, current: pd.Series, settings: DriftSettings) -> FeatureDrift:
     """Drift of one categorical feature by PSI over the categories of both sides."""
     reference = reference.dropna()
     current = current.dropna()
     if len(reference) == 0 or len(current) == 0:
         return FeatureDrift(feature, "categorical", 0.0, None, None, False, len(reference), len(current))
     psi = psi_categorical(reference.astype(str), current.astype(str))
-    return FeatureDrift(
-        feature, "categorical", psi, None, None, psi > psi_threshold, len(reference), len(current)
-    )
+    return FeatureDrift(feature, "categorical", psi, None, None, psi > settings.psi_threshold, len(reference), len(current))
+
+
+def _as_float(values) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def frame_drift(
+    reference: pd.DataFrame,
+    current: Mapping[str, Callable[[], np.ndarray | pd.Series]],
+    kinds: Mapping[str, Literal["numeric", "categorical"]],
+    settings: DriftSettings,
+) -> dict[str, FeatureDrift]:
+    """Drift of every feature in `kinds`, the features on a few threads.
+
+    `current` maps a feature to a function returning its live values, so a
+    caller holding columns in another form (validation's coerced arrays) does
+    not build a frame for this.
+    """
+    reference = reference.iloc[deterministic_sample(np.arange(len(reference)), settings.sample_size, seed=3)]
+
+    def one(feature: str) -> FeatureDrift:
+        if kinds[feature] == "numeric":
+            return numeric_drift(feature, _as_float(reference[feature]), _as_float(current[feature]()), settings)
+        return categorical_drift(feature, reference[feature], pd.Series(current[feature]()), settings)
+
+    return {figures.feature: figures for figures in parallel_map(one, list(kinds))}
+
+
+def dataframe_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings | None = None) -> dict[str, FeatureDrift]:
+    """Drift of every column the two frames share: numeric or categorical by dtype."""
+    shared = [name for name in current.columns if name in reference.columns]
+    kinds = {name: "numeric" if pd.api.types.is_numeric_dtype(current[name]) and not pd.api.types.is_bool_dtype(current[name]) else "categorical" for name in shared}
+    return frame_drift(reference, {name: (lambda name=name: current[name]) for name in shared}, kinds, settings or DriftSettings())
+
+
+def parallel_map(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """Map over columns on a few threads: numpy releases the GIL in the
+    partitions, comparisons and sorts that dominate, so columns overlap."""
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crisis-columns") as pool:
+        return list(pool.map(function, items))

@@ -21,3 +21,29 @@ def default_tracking_uri() -> str:
 def default_storage() -> str:
     """Where validated batches and their quarantine are written (`CRISIS_STORAGE` overrides)."""
     return os.environ.get("CRISIS_STORAGE") or str(crisis_home() / "data")
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the database for a
+    SQLite store (MLflow would otherwise use ./mlruns of whatever folder the
+    process runs in); None lets a tracking server decide."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.parent / "mlartifacts" / experiment).resolve().as_uri()
+
+
+def ensure_experiment(client, name: str, tags: dict[str, str] | None = None) -> str:
+    """Id of the MLflow experiment `name`, created (with a sane artifact location) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name), tags=tags)
+    except MlflowException:  # created concurrently by another process: read it back
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id

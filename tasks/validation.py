@@ -14,19 +14,15 @@ fast on millions of rows.
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
 from prefect_crisis.tasks.columns import CoercedColumn, coerce_column
-from prefect_crisis.tasks.drift import FeatureDrift, categorical_drift, deterministic_sample, numeric_drift
+from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, frame_drift, parallel_map
 from prefect_crisis.tasks.errors import (
     ContractError,
     ContractErrorReason,
@@ -36,21 +32,6 @@ from prefect_crisis.tasks.errors import (
 
 REASONS_COLUMN = "quarantine_reasons"
 _EXAMPLES_PER_FAILURE = 5
-
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
-
-def parallel_map(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """Map over columns on a few threads: numpy releases the GIL in the
-    partitions, comparisons and sorts that dominate, so columns overlap."""
-    items = list(items)
-    workers = min(len(items), os.cpu_count() or 1, 8)
-    if workers <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crisis-validate") as pool:
-        return list(pool.map(function, items))
 
 
 class RowReason(str, Enum):
@@ -317,31 +298,17 @@ def _failures(findings: _Findings, index: pd.Index) -> tuple[CheckFailure, ...]:
 def _drift(
     contract: DataContract, columns: dict[str, CoercedColumn], kept: np.ndarray, reference: pd.DataFrame
 ) -> dict[str, FeatureDrift]:
-    reference = reference.iloc[deterministic_sample(np.arange(len(reference)), contract.drift_sample_size, seed=3)]
-
-    def one_feature(spec: ColumnSpec) -> FeatureDrift:
-        if spec.is_numeric:
-            reference_values = pd.to_numeric(reference[spec.name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-            return numeric_drift(
-                spec.name,
-                reference_values,
-                columns[spec.name].values[kept],
-                bins=contract.psi_bins,
-                psi_threshold=contract.psi_threshold,
-                ks_pvalue_threshold=contract.ks_pvalue_threshold,
-                ks_statistic_threshold=contract.ks_statistic_threshold,
-                sample_size=contract.drift_sample_size,
-            )
-        return categorical_drift(
-            spec.name, reference[spec.name], columns[spec.name].series[kept], psi_threshold=contract.psi_threshold
-        )
-
     specs = [
         spec
         for spec in contract.columns
         if spec.check_drift and spec.name in columns and spec.name in reference.columns and spec.dtype != "datetime"
     ]
-    return {figures.feature: figures for figures in parallel_map(one_feature, specs)}
+    live = {
+        spec.name: (lambda spec=spec: columns[spec.name].values[kept] if spec.is_numeric else columns[spec.name].series[kept])
+        for spec in specs
+    }
+    kinds = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
+    return frame_drift(reference, live, kinds, DriftSettings.from_contract(contract))
 
 
 def _kept_values(spec: ColumnSpec, column: CoercedColumn, kept: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:

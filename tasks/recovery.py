@@ -1,0 +1,150 @@
+"""Execute recovery (seed slide 5): a strategy per violation, verify, escalate.
+
+Each violation type has an ordered list of strategies. After each action the
+new champion is verified on the recent labelled window; when it does not meet
+the policy the next strategy is tried, and when none is left
+`ml.recovery.failed` is emitted (the emergency automation listens to it).
+Every action is idempotent for one incident: the registry's audit records the
+incident id, and a second run for the same incident changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.tasks.errors import RegistryError
+from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+from prefect_crisis.tasks.rollback import DecisionKind, RollbackDecision
+
+
+class ViolationType(str, Enum):
+    QUALITY = "quality"
+    LATENCY = "latency"
+    ERRORS = "errors"
+    DATA_INTEGRITY = "data-integrity"
+
+
+class Strategy(str, Enum):
+    ROLLBACK = "rollback"
+    FALLBACK = "fallback"
+    STOP_TRAINING = "stop-training"
+
+
+STRATEGIES: dict[ViolationType, tuple[Strategy, ...]] = {
+    ViolationType.QUALITY: (Strategy.ROLLBACK, Strategy.FALLBACK),
+    ViolationType.LATENCY: (Strategy.FALLBACK,),
+    ViolationType.ERRORS: (Strategy.ROLLBACK, Strategy.FALLBACK),
+    ViolationType.DATA_INTEGRITY: (Strategy.STOP_TRAINING,),
+}
+
+
+@dataclass(frozen=True)
+class Verification:
+    passed: bool
+    detail: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    strategy: Strategy
+    version: str | None
+    verification: Verification | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RecoveryOutcome:
+    incident: str
+    recovered: bool
+    already_handled: bool
+    champion_before: str | None
+    champion_after: str | None
+    attempts: tuple[Attempt, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "incident": self.incident,
+            "recovered": self.recovered,
+            "already_handled": self.already_handled,
+            "champion_before": self.champion_before,
+            "champion_after": self.champion_after,
+            "attempts": [
+                {
+                    "strategy": a.strategy.value,
+                    "version": a.version,
+                    "verified": None if a.verification is None else a.verification.passed,
+                    "detail": a.note or (a.verification.detail if a.verification else ""),
+                }
+                for a in self.attempts
+            ],
+        }
+
+
+def already_handled(registry: ModelRegistry, incident: str) -> bool:
+    """True when an alias move for this incident is already in the audit."""
+    return any(move.incident == incident and move.outcome == "applied" for move in registry.audit_trail())
+
+
+def execute_recovery(
+    registry: ModelRegistry,
+    decision: RollbackDecision,
+    violation: ViolationType,
+    incident: str,
+    verify: Callable[[str], Verification],
+    stop_training: Callable[[str], None],
+) -> RecoveryOutcome:
+    """Run the violation's strategies in order until one verifies.
+
+    Args:
+        decision: the rollback decision; its target is the ROLLBACK strategy's version.
+        verify: evaluates a version on the recent labelled window.
+        stop_training: raises the model's stop flag (DATA_INTEGRITY).
+    """
+    champion = registry.champion()
+    before = champion.version if champion else None
+    if already_handled(registry, incident):
+        return RecoveryOutcome(incident, True, True, before, before)
+    attempts: list[Attempt] = []
+    for strategy in STRATEGIES[violation]:
+        if strategy is Strategy.STOP_TRAINING:
+            stop_training(f"incident {incident}: {decision.reason}")
+            attempts.append(Attempt(strategy, None, Verification(True, "stop flag raised"), "stop flag raised"))
+            break
+        if strategy is Strategy.ROLLBACK:
+            target = decision.target_version if decision.kind is DecisionKind.ROLLBACK else None
+        else:
+            fallback = registry.version_by_alias(registry.fallback_alias)
+            target = fallback.version if fallback else None
+        if target is None:
+            attempts.append(Attempt(strategy, None, None, f"no {strategy.value} target"))
+            continue
+        try:
+            registry.move_alias(registry.champion_alias, target, f"{strategy.value}: {decision.reason}", incident, action=strategy.value)
+        except RegistryError as error:
+            attempts.append(Attempt(strategy, target, None, f"alias move refused: {error}"))
+            continue
+        if strategy is Strategy.ROLLBACK:
+            emit_crisis_event(
+                CrisisEvent.MODEL_ROLLED_BACK, registry.model_name,
+                {"from_version": before, "to_version": target, "reason": decision.reason, "incident": incident},
+                version=target, incident=incident,
+            )
+        verification = verify(target)
+        attempts.append(Attempt(strategy, target, verification))
+        if verification.passed:
+            break
+    recovered = bool(attempts) and attempts[-1].verification is not None and attempts[-1].verification.passed
+    after = registry.champion()
+    outcome = RecoveryOutcome(incident, recovered, False, before, after.version if after else None, tuple(attempts))
+    emit_crisis_event(
+        CrisisEvent.RECOVERY_SUCCEEDED if recovered else CrisisEvent.RECOVERY_FAILED,
+        registry.model_name,
+        {"violation": violation.value, **outcome.to_dict()},
+        version=outcome.champion_after,
+        incident=incident,
+    )
+    return outcome

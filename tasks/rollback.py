@@ -1,0 +1,238 @@
+"""Decide a rollback (seed slides 3 and 13), as a plain function over values.
+
+The seed's rule fired when accuracy did *not* drop (it compared a relative
+change with `> -0.05`) and its target was the best accuracy ever seen, however
+stale. Here: a metric is degraded only when the live window's confidence bound
+says so with enough samples, and the target is the most recent version that
+served through a whole stability window without an incident.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+import numpy as np
+from scipy import stats
+
+from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
+
+
+class DecisionKind(str, Enum):
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+    FALLBACK = "fallback"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Severity(str, Enum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+    EMERGENCY = "emergency"
+
+
+@dataclass(frozen=True)
+class LiveWindow:
+    """What the live model did recently: counts for rates, samples for latency."""
+
+    successes: dict[str, int]  # rate metric -> successes (e.g. correct predictions)
+    samples: dict[str, int]  # rate metric -> trials
+    latencies_ms: tuple[float, ...] = ()
+
+    def value(self, rule: MetricRule) -> tuple[float, int]:
+        if rule.kind == "latency":
+            return (float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else math.nan), len(self.latencies_ms)
+        trials = self.samples.get(rule.metric, 0)
+        return (self.successes.get(rule.metric, 0) / trials if trials else math.nan), trials
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registered version as the decision sees it."""
+
+    version: str
+    served_from: datetime | None  # when it last became champion; None: never served
+    served_until: datetime | None  # when it stopped serving; None: serving now
+    metrics: dict[str, float]
+    incident: bool = False  # an incident was recorded while it served
+    retired: bool = False
+
+
+@dataclass(frozen=True)
+class Violation:
+    metric: str
+    live: float
+    bound: float
+    baseline: float
+    samples: int
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.live:.4g} (bound {self.bound:.4g}) vs baseline {self.baseline:.4g}, n={self.samples}"
+
+
+@dataclass(frozen=True)
+class RollbackDecision:
+    kind: DecisionKind
+    reason: str
+    target_version: str | None = None
+    violations: tuple[Violation, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "decision": self.kind.value,
+            "reason": self.reason,
+            "target_version": self.target_version,
+            "violations": [str(v) for v in self.violations],
+        }
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion.
+
+    Example:
+        >>> [round(x, 3) for x in wilson_interval(80, 100)]
+        [0.711, 0.867]
+    """
+    if trials == 0:
+        return 0.0, 1.0
+    z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return centre - half, centre + half
+
+
+def _allowed(rule: MetricRule, baseline: float) -> float:
+    slack = rule.tolerance * abs(baseline) if rule.relative else rule.tolerance
+    return baseline - slack if rule.higher_is_better else baseline + slack
+
+
+def check_rule(rule: MetricRule, live: LiveWindow, baseline: float, confidence: float) -> Violation | None:
+    """A violation when the live metric is worse than allowed beyond doubt.
+
+    For rates the *optimistic* end of the Wilson interval must still be worse
+    than the allowed value, so one noisy window does not roll back a model.
+    """
+    value, samples = live.value(rule)
+    if math.isnan(value):
+        return None
+    allowed = _allowed(rule, baseline)
+    if rule.kind == "rate":
+        low, high = wilson_interval(round(value * samples), samples, confidence)
+        bound = high if rule.higher_is_better else low
+    else:
+        bound = value
+    worse = bound < allowed if rule.higher_is_better else bound > allowed
+    return Violation(rule.metric, value, bound, baseline, samples) if worse else None
+
+
+def stable_versions(candidates: Sequence[Candidate], current: str | None, now: datetime, window: timedelta) -> list[Candidate]:
+    """Versions that served at least `window` without an incident, not retired, not the current one."""
+    stable = []
+    for candidate in candidates:
+        if candidate.version == current or candidate.retired or candidate.incident or candidate.served_from is None:
+            continue
+        until = candidate.served_until or now
+        if until - candidate.served_from >= window:
+            stable.append(candidate)
+    return stable
+
+
+def choose_target(stable: Sequence[Candidate], policy: RollbackPolicy) -> Candidate | None:
+    if not stable:
+        return None
+    if policy.prefer == "best-metric" and policy.rules:
+        rule = policy.rules[0]
+        scored = [c for c in stable if rule.metric in c.metrics]
+        if scored:
+            sign = 1 if rule.higher_is_better else -1
+            return max(scored, key=lambda c: sign * c.metrics[rule.metric])
+    return max(stable, key=lambda c: c.served_until or c.served_from)
+
+
+def decide_rollback(
+    live: LiveWindow,
+    champion: Candidate,
+    candidates: Sequence[Candidate],
+    policy: RollbackPolicy,
+    *,
+    now: datetime,
+    baseline: dict[str, float] | None = None,
+    last_rollback_at: datetime | None = None,
+    severity: Severity = Severity.CRITICAL,
+) -> RollbackDecision:
+    """HOLD, ROLLBACK(target), FALLBACK (no stable version) or INCONCLUSIVE (too few samples).
+
+    Args:
+        live: the live window of the current champion.
+        champion: the current champion; its metrics are the baseline unless `baseline` is given.
+        candidates: every registered version, with its serving history.
+        now: the decision's clock (injected; tests pass fixed times).
+        last_rollback_at: the last rollback of this model, for the cool-down.
+    """
+    baseline = baseline if baseline is not None else champion.metrics
+    violations, undecided = [], []
+    for rule in policy.rules:
+        if rule.metric not in baseline:
+            continue
+        _, samples = live.value(rule)
+        if samples < rule.min_samples:
+            undecided.append(f"{rule.metric}: {samples} samples < {rule.min_samples}")
+            continue
+        violation = check_rule(rule, live, baseline[rule.metric], policy.confidence)
+        if violation:
+            violations.append(violation)
+    if not violations:
+        if undecided:
+            return RollbackDecision(DecisionKind.INCONCLUSIVE, "too few samples to tell: " + "; ".join(undecided) + " (escalate to a person)")
+        return RollbackDecision(DecisionKind.HOLD, "no metric is worse than its tolerance allows")
+    if last_rollback_at is not None and severity is not Severity.EMERGENCY:
+        cooldown = timedelta(minutes=policy.cooldown_minutes)
+        if now - last_rollback_at < cooldown:
+            return RollbackDecision(
+                DecisionKind.HOLD, f"cool-down: last rollback at {last_rollback_at.isoformat()}, within {policy.cooldown_minutes:g} min", violations=tuple(violations)
+            )
+    stable = stable_versions(candidates, champion.version, now, timedelta(minutes=policy.stability_window_minutes))
+    target = choose_target(stable, policy)
+    summary = "; ".join(str(v) for v in violations)
+    if target is None:
+        return RollbackDecision(DecisionKind.FALLBACK, f"degraded ({summary}) and no stable version to return to", violations=tuple(violations))
+    return RollbackDecision(DecisionKind.ROLLBACK, f"degraded ({summary}); v{target.version} served stably", target.version, tuple(violations))
+
+
+def candidates_from_registry(registry) -> tuple[Candidate | None, list[Candidate], datetime | None]:
+    """Champion, every version with its latest serving interval, and the last
+    rollback time, from the registry's audit (MLflow keeps no alias history)."""
+    served_from: dict[str, datetime] = {}
+    served_until: dict[str, datetime] = {}
+    incident: set[str] = set()
+    last_rollback_at = None
+    for move in registry.audit_trail(registry.champion_alias):
+        if move.outcome != "applied":
+            continue
+        if move.from_version:
+            served_until[move.from_version] = move.at
+            if move.incident:
+                incident.add(move.from_version)
+        if move.to_version:
+            served_from[move.to_version] = move.at
+            served_until.pop(move.to_version, None)
+        if move.action in ("rollback", "fallback"):
+            last_rollback_at = move.at
+    champion_info = registry.champion()
+    candidates = [
+        Candidate(
+            version=info.version,
+            served_from=served_from.get(info.version),
+            served_until=served_until.get(info.version),
+            metrics=dict(info.metrics),
+            incident=info.version in incident,
+            retired=info.retired,
+        )
+        for info in registry.versions()
+    ]
+    champion = next((c for c in candidates if champion_info and c.version == champion_info.version), None)
+    return champion, candidates, last_rollback_at

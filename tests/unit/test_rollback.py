@@ -1,0 +1,111 @@
+"""The rollback decision rules, with an injected clock."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from prefect_crisis.blocks import MetricRule, RollbackPolicy
+from prefect_crisis.tasks.rollback import (
+    Candidate,
+    DecisionKind,
+    LiveWindow,
+    Severity,
+    check_rule,
+    decide_rollback,
+    wilson_interval,
+)
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+POLICY = RollbackPolicy(rules=[MetricRule(metric="accuracy", tolerance=0.02, min_samples=200)], stability_window_minutes=60, cooldown_minutes=30)
+
+
+def hours_ago(hours: float) -> datetime:
+    return NOW - timedelta(hours=hours)
+
+
+def window(correct: int, total: int, latencies=()) -> LiveWindow:
+    return LiveWindow({"accuracy": correct}, {"accuracy": total}, tuple(latencies))
+
+
+CHAMPION = Candidate("3", hours_ago(0.5), None, {"accuracy": 0.90})
+HISTORY = [
+    Candidate("1", hours_ago(48), hours_ago(24), {"accuracy": 0.93}),  # stable long ago, best ever
+    Candidate("2", hours_ago(24), hours_ago(0.5), {"accuracy": 0.89}),  # stable, most recent
+    CHAMPION,
+]
+
+
+def test_the_seeds_direction_bug_does_not_come_back():
+    # The seed rolled back when (new - old) / old > -0.05, i.e. when accuracy did NOT drop.
+    improved = decide_rollback(window(950, 1_000), CHAMPION, HISTORY, POLICY, now=NOW)
+    assert improved.kind is DecisionKind.HOLD
+    dropped = decide_rollback(window(700, 1_000), CHAMPION, HISTORY, POLICY, now=NOW)
+    assert dropped.kind is DecisionKind.ROLLBACK
+
+
+def test_one_noisy_window_is_not_degradation_the_wilson_bound_must_agree():
+    # 86.5% on 200 samples is below 90% - 2%, but its upper bound (about 0.90) is not.
+    assert decide_rollback(window(173, 200), CHAMPION, HISTORY, POLICY, now=NOW).kind is DecisionKind.HOLD
+    # The same rate on 5,000 samples is conclusive.
+    assert decide_rollback(window(4_325, 5_000), CHAMPION, HISTORY, POLICY, now=NOW).kind is DecisionKind.ROLLBACK
+
+
+def test_too_few_samples_is_inconclusive_not_hold():
+    decision = decide_rollback(window(10, 100), CHAMPION, HISTORY, POLICY, now=NOW)
+    assert decision.kind is DecisionKind.INCONCLUSIVE and "100 samples < 200" in decision.reason
+
+
+def test_target_is_the_most_recent_stable_version_never_the_current_one():
+    decision = decide_rollback(window(700, 1_000), CHAMPION, HISTORY, POLICY, now=NOW)
+    assert decision.target_version == "2"
+
+
+def test_best_metric_preference_picks_the_best_stable_version():
+    policy = POLICY.model_copy(update={"prefer": "best-metric"})
+    assert decide_rollback(window(700, 1_000), CHAMPION, HISTORY, policy, now=NOW).target_version == "1"
+
+
+def test_stability_window_excludes_versions_that_served_too_briefly():
+    history = [Candidate("2", hours_ago(1.0), hours_ago(0.5), {"accuracy": 0.89}), CHAMPION]  # served 30 min
+    decision = decide_rollback(window(700, 1_000), CHAMPION, history, POLICY, now=NOW)
+    assert decision.kind is DecisionKind.FALLBACK and "no stable version" in decision.reason
+    longer = POLICY.model_copy(update={"stability_window_minutes": 20})
+    assert decide_rollback(window(700, 1_000), CHAMPION, history, longer, now=NOW).target_version == "2"
+
+
+def test_versions_with_incidents_or_retired_are_not_targets():
+    history = [
+        Candidate("1", hours_ago(48), hours_ago(24), {"accuracy": 0.93}, retired=True),
+        Candidate("2", hours_ago(24), hours_ago(0.5), {"accuracy": 0.89}, incident=True),
+        CHAMPION,
+    ]
+    assert decide_rollback(window(700, 1_000), CHAMPION, history, POLICY, now=NOW).kind is DecisionKind.FALLBACK
+
+
+def test_cool_down_holds_a_second_rollback_unless_emergency():
+    recent = NOW - timedelta(minutes=10)
+    held = decide_rollback(window(700, 1_000), CHAMPION, HISTORY, POLICY, now=NOW, last_rollback_at=recent)
+    assert held.kind is DecisionKind.HOLD and "cool-down" in held.reason and held.violations
+    forced = decide_rollback(window(700, 1_000), CHAMPION, HISTORY, POLICY, now=NOW, last_rollback_at=recent, severity=Severity.EMERGENCY)
+    assert forced.kind is DecisionKind.ROLLBACK
+    later = decide_rollback(window(700, 1_000), CHAMPION, HISTORY, POLICY, now=NOW, last_rollback_at=NOW - timedelta(minutes=31))
+    assert later.kind is DecisionKind.ROLLBACK
+
+
+def test_latency_compares_the_95th_percentile_with_a_relative_tolerance():
+    rule = MetricRule(metric="latency_p95_ms", kind="latency", higher_is_better=False, tolerance=0.5, relative=True, min_samples=50)
+    fast = window(0, 0, latencies=np.full(100, 40.0))
+    slow = window(0, 0, latencies=np.r_[np.full(90, 40.0), np.full(10, 400.0)])
+    assert check_rule(rule, fast, baseline=50.0, confidence=0.95) is None
+    violation = check_rule(rule, slow, baseline=50.0, confidence=0.95)
+    assert violation is not None and violation.live == pytest.approx(400.0)
+
+
+def test_lower_is_better_rates_use_the_lower_wilson_bound():
+    rule = MetricRule(metric="error_rate", higher_is_better=False, tolerance=0.02)
+    live = LiveWindow({"error_rate": 150}, {"error_rate": 1_000})
+    violation = check_rule(rule, live, baseline=0.10, confidence=0.95)
+    assert violation is not None and violation.bound == pytest.approx(wilson_interval(150, 1_000)[0])
