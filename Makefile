@@ -27,9 +27,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e" tests/unit
 
+# Figures side by side with the peers (pandera, MLflow's defaults, Evidently);
+# several minutes. Not part of make test.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/bench_validation.py
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_diagnostics.py
 
 clean:
 	rm -rf $(VENV) .crisis .pytest_cache .hypothesis

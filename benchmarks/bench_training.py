@@ -1,6 +1,6 @@
 """How fast training stops, and how fast a candidate is registered, against real services:
 a Prefect server (Prefect's test harness: a subprocess, temporary SQLite database) and
-an MLflow SQLite store in a temporary folder, also the working directory (./mlruns).
+an MLflow SQLite store in a temporary folder.
 
 1. Stop flag: the `train_model` task trains inside a small flow on a batch that would
    take minutes (10,000 epochs of 20-row mini-batches). A thread waits until the loop is

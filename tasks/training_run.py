@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -146,8 +146,10 @@ def _resume_point(registry: ModelRegistry, model: str, fingerprint: str, logger)
 def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegistry, resume: bool = True) -> TrainingRun:
     """Train in stoppable mini-batches inside an MLflow run; checkpoint on any stop.
 
-    A cancellation is re-delivered to Prefect after the checkpoint is written,
-    so the flow run ends Cancelled; other stops return normally.
+    On a cancellation the loop writes its checkpoint, the run is recorded as
+    stopped, and Prefect's TerminationSignal goes on: the flow run ends
+    Cancelled (this task run shows as Crashed, which is how Prefect marks a
+    task that a termination signal interrupted). Other stops return normally.
     """
     logger = get_run_logger()
     model = registry.model_name
@@ -165,32 +167,10 @@ def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegis
         run_name=f"train-{model}",
     )
     run_id = run.info.run_id
-    for key, value in policy.model_dump(exclude={"block_type_slug"}).items():
-        client.log_param(run_id, key, str(value)[:500])
-    emit_crisis_event(CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run})
-    progress_id = create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}")
-
-    def on_epoch(progress) -> None:
-        update_progress_artifact(progress_id, progress=100.0 * (progress.epoch + 1) / policy.epochs)
-        logger.info("epoch %d/%d: loss %.4f (best %.4f)", progress.epoch + 1, policy.epochs, progress.loss, progress.best_loss)
-
     try:
-        outcome = train_with_stop_hook(
-            make_estimator(policy.estimator, policy.estimator_params, policy.seed),
-            data.X_train,
-            data.y_train,
-            classes=data.classes,
-            epochs=policy.epochs,
-            batch_size=policy.batch_size,
-            stop=build_stop_condition(policy, model),
-            on_stop=lambda checkpoint: save_checkpoint(client, run_id, checkpoint),
-            on_epoch=on_epoch,
-            resume_from=resume_from,
-            fingerprint=data.fingerprint,
-            seed=policy.seed,
-        )
+        outcome = _train_in_run(client, run_id, data, policy, model, resume_from, resumed_run, logger)
     except TerminationSignal:
-        # The loop has written its checkpoint; record why and let Prefect cancel the run.
+        # Cancelled: the loop has written its checkpoint if it had started; record why, let Prefect cancel.
         _record_stop(client, run_id, model, StopReason(StopKind.CANCELLED, "the flow run was cancelled"), None, resumed_run)
         raise
     _log_losses(client, run_id, outcome.progress.losses)
@@ -205,6 +185,31 @@ def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegis
     return TrainingRun(run_id, outcome, resumed_run)
 
 
+def _train_in_run(client, run_id: str, data: TrainingData, policy: TrainingPolicy, model: str, resume_from, resumed_run, logger) -> TrainingOutcome:
+    client.log_batch(run_id, params=[Param(key, str(value)[:500]) for key, value in policy.model_dump(exclude={"block_type_slug"}).items()])
+    emit_crisis_event(CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run})
+    progress_id = create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}")
+
+    def on_epoch(progress) -> None:
+        update_progress_artifact(progress_id, progress=100.0 * (progress.epoch + 1) / policy.epochs)
+        logger.info("epoch %d/%d: loss %.4f (best %.4f)", progress.epoch + 1, policy.epochs, progress.loss, progress.best_loss)
+
+    return train_with_stop_hook(
+        make_estimator(policy.estimator, policy.estimator_params, policy.seed),
+        data.X_train,
+        data.y_train,
+        classes=data.classes,
+        epochs=policy.epochs,
+        batch_size=policy.batch_size,
+        stop=build_stop_condition(policy, model),
+        on_stop=lambda checkpoint: save_checkpoint(client, run_id, checkpoint),
+        on_epoch=on_epoch,
+        resume_from=resume_from,
+        fingerprint=data.fingerprint,
+        seed=policy.seed,
+    )
+
+
 def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: TrainingOutcome | None, resumed_run: str | None) -> None:
     """Tag and end the MLflow run of a stopped training, and emit ml.training.stopped."""
     client.set_tag(run_id, f"{TAG}status", "stopped")
@@ -213,7 +218,8 @@ def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: T
         client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
     status = RunStatus.KILLED if reason.kind is StopKind.CANCELLED else RunStatus.FAILED if reason.kind.is_failure else RunStatus.FINISHED
     client.set_terminated(run_id, RunStatus.to_string(status))
-    payload = {"reason": reason.kind.value, "detail": reason.detail, "run_id": run_id, "checkpoint_uri": f"runs:/{run_id}/checkpoint"}
+    checkpointed = client.get_run(run_id).data.tags.get(f"{TAG}checkpoint") == "true"
+    payload = {"reason": reason.kind.value, "detail": reason.detail, "run_id": run_id, "checkpoint_uri": f"runs:/{run_id}/checkpoint" if checkpointed else None}
     if outcome is not None:
         payload.update(epoch=outcome.progress.epoch, batch=outcome.progress.batch_index)
     emit_crisis_event(CrisisEvent.TRAINING_STOPPED, model, payload)

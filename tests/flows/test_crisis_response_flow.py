@@ -1,0 +1,115 @@
+"""crisis_response against a real Prefect server and MLflow store: a poisoned
+v2 is rolled back to the stable v1; the audit and events say why; a rerun of
+the same incident changes nothing; with nowhere to go, recovery fails loudly."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from sklearn.linear_model import LogisticRegression
+
+from prefect_crisis.blocks import ModelRegistry
+from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
+from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.tasks.checkpoints import training_experiment
+from prefect_crisis.tasks.promotion import log_candidate
+from prefect_crisis.tasks.synthetic import feature_names, make_batch
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
+FEATURES = feature_names(20)
+
+
+def register(registry: ModelRegistry, labels_flipped: bool, seed: int) -> str:
+    batch = make_batch(3_000, seed=seed)
+    X, y = batch[FEATURES].to_numpy(), batch["label"].to_numpy()
+    y = 1 - y if labels_flipped else y
+    model = LogisticRegression(max_iter=500).fit(X[:2_400], y[:2_400])
+    client = MlflowClient()
+    run = client.create_run(training_experiment(client, registry.model_name))
+    client.log_metric(run.info.run_id, "accuracy", float(model.score(X[2_400:], y[2_400:])))
+    info = log_candidate(model, X, run.info.run_id)
+    return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {"crisis.features": ",".join(FEATURES)}).version
+
+
+@pytest.fixture
+def model():
+    return f"respond-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def window_path(tmp_path):
+    window = make_batch(3_000, seed=42)
+    window["timestamp"] = pd.date_range(datetime.now(timezone.utc) - timedelta(hours=1), periods=3_000, freq="s")
+    path = tmp_path / "window.parquet"
+    window.to_parquet(path)
+    return str(path)
+
+
+def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_path):
+    now = datetime.now(timezone.utc)
+    clock = [now - timedelta(hours=3)]
+    registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
+    good, poisoned = register(registry, False, seed=1), register(registry, True, seed=2)
+    registry.promote(good, "first model")
+    clock[0] = now - timedelta(minutes=10)
+    registry.promote(poisoned, "retrained on the latest batch")  # its labels were flipped upstream
+
+    state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-1", return_state=True)
+    assert state.is_completed() and state.name == "Recovered", state.message
+    assert f"champion v{poisoned} -> v{good}" in state.message
+    live = ModelRegistry(model_name=model)
+    assert live.champion().version == good
+    last = live.audit_trail("champion")[-1]
+    assert (last.action, last.from_version, last.to_version, last.incident) == ("rollback", poisoned, good, "inc-1")
+    assert "accuracy" in last.reason and f"v{good} served stably" in last.reason
+
+    events = wait_for(lambda: read_crisis_events(model, prefix="ml."), lambda found: any(e.event == "ml.recovery.succeeded" for e in found))
+    names = [e.event for e in events]
+    assert names[-2:] == ["ml.model.rolled-back", "ml.recovery.succeeded"]
+    succeeded = events[-1]
+    assert succeeded.payload["attempts"][0]["verified"] is True and succeeded.payload["champion_after"] == good
+    assert any(r.id == "ml.incident.inc-1" and r.role == "incident" for r in succeeded.related)
+
+    artifacts = {a.key: a for a in read_artifacts_of_flow_run(state.state_details.flow_run_id)}
+    diagnosis = artifacts[f"diagnosis-{model}"].data
+    assert "error rate" in diagnosis and "diagnosis.png" in diagnosis
+    plot = urlparse(re.search(r"`([^`]+diagnosis\.png)`", diagnosis).group(1))
+    assert plot.scheme == "file" and Path(plot.path).name == "diagnosis.png" and Path(plot.path).stat().st_size > 1_000
+
+    audit_before = len(live.audit_trail())
+    again = crisis_response(model_name=model, window_path=window_path, incident_id="inc-1", return_state=True)
+    assert again.name == "Already handled"
+    assert len(live.audit_trail()) == audit_before and live.champion().version == good
+
+
+def test_with_no_stable_version_and_no_fallback_recovery_fails_and_leaves_the_registry(model, window_path):
+    registry = ModelRegistry(model_name=model)
+    poisoned = register(registry, True, seed=3)
+    registry.promote(poisoned, "only model")
+    audit_before = len(registry.audit_trail())
+
+    state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-2", return_state=True)
+    assert state.is_failed() and state.name == "Not recovered"
+    assert registry.champion().version == poisoned and len(registry.audit_trail()) == audit_before
+    events = wait_for(lambda: read_crisis_events(model), lambda found: any(e.event == "ml.recovery.failed" for e in found))
+    failed = [e for e in events if e.event == "ml.recovery.failed"][0]
+    assert [a["detail"] for a in failed.payload["attempts"]] == ["no rollback target", "no fallback target"]
+
+
+def test_a_healthy_champion_is_held_and_the_response_limit_is_released(model, window_path):
+    registry = ModelRegistry(model_name=model)
+    registry.promote(register(registry, False, seed=4), "good")
+    state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-3", return_state=True)
+    assert state.name == "Hold"
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(f"crisis-response-{model}")
+    assert limit.limit == 1 and limit.active_slots == 0
