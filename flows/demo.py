@@ -1,5 +1,7 @@
 """The demo: the synthetic stream through validation, then training on the
-local stack: a first model promoted, a stop, and a resume from its checkpoint.
+local stack: a first model promoted, a stop, a resume from its checkpoint, and
+a crisis: a retrain on poisoned labels gets promoted, the crisis response
+diagnoses it on fresh labelled data and rolls back.
 
 Batches: clean, corrupted (2% of rows broken: quarantined), drifted
 (reported), broken (30% of rows: rejected whole), clean. Each runs as a
@@ -10,8 +12,12 @@ so the UI shows one run per step with its artifacts and events.
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from datetime import datetime, timedelta, timezone
+
+from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.tasks.paths import default_storage
 from prefect_crisis.tasks.quarantine import artifact_key, storage_uri, write_parquet
@@ -20,6 +26,7 @@ from prefect_crisis.tasks.training_run import clear_stop_flag, set_stop_flag
 
 DEMO_CONTRACT = "synthetic-stream"
 DEMO_POLICY = "synthetic-training"
+DEMO_ROLLBACK = "synthetic-rollback"
 STREAM = ("clean", "corrupted", "drifted", "broken", "clean")
 
 
@@ -51,21 +58,37 @@ def _validate_stream(model_name: str, rows: int, storage: str) -> list[dict]:
     return summary
 
 
-def _train(model_name: str, rows: int, storage: str, seed: int, step: str) -> dict:
+def _train(model_name: str, rows: int, storage: str, seed: int, step: str, condition: str = "clean") -> dict:
     state = continuous_training(
         model_name=model_name, contract_block=DEMO_CONTRACT, policy_block=DEMO_POLICY,
-        synthetic_rows=rows, seed=seed, storage=storage, return_state=True,
+        synthetic_condition=condition, synthetic_rows=rows, seed=seed, storage=storage, return_state=True,
     )
     print(f"{step}: {state.name}: {state.message}")
-    return {"step": step, "condition": f"clean, seed {seed}", "outcome": state.name, "detail": state.message}
+    return {"step": step, "condition": f"{condition}, seed {seed}", "outcome": state.name, "detail": state.message}
+
+
+def _respond(model_name: str, rows: int, storage: str) -> dict:
+    """A fresh labelled window (true labels) and the crisis response on it."""
+    window = make_batch(rows, seed=500)
+    window["timestamp"] = [datetime.now(timezone.utc) - timedelta(seconds=rows - i) for i in range(rows)]
+    window_uri = storage_uri(storage, model_name, "labelled-window.parquet")
+    write_parquet(window, window_uri)
+    incident = f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    state = crisis_response(
+        model_name=model_name, window_path=window_uri, incident_id=incident, rollback_policy_block=DEMO_ROLLBACK, return_state=True
+    )
+    print(f"crisis response: {state.name}: {state.message}")
+    return {"step": "crisis response (fresh labelled window)", "condition": incident, "outcome": state.name, "detail": state.message}
 
 
 @flow(name="crisis-demo", log_prints=True)
 def crisis_demo(model_name: str = "synthetic", rows: int = 5_000, storage: str | None = None) -> list[dict]:
-    """Validate the synthetic stream, train and promote, stop a training, resume it."""
+    """Validate the synthetic stream, train and promote, stop and resume, then a poisoned retrain and its rollback."""
     storage = storage or default_storage()
     reference_uri = save_synthetic_contract(model_name, storage, rows)
     TrainingPolicy(epochs=5, batch_size=64).save(DEMO_POLICY, overwrite=True)
+    # The demo's versions live for seconds, so no stability window; production keeps the default hour.
+    RollbackPolicy(stability_window_minutes=0).save(DEMO_ROLLBACK, overwrite=True)
     print(f"saved DataContract {DEMO_CONTRACT!r} (reference {reference_uri}) and TrainingPolicy {DEMO_POLICY!r}")
     summary = _validate_stream(model_name, rows, storage)
     summary.append(_train(model_name, rows, storage, seed=100, step="train"))
@@ -75,5 +98,7 @@ def crisis_demo(model_name: str = "synthetic", rows: int = 5_000, storage: str |
     finally:
         clear_stop_flag(model_name)
     summary.append(_train(model_name, rows, storage, seed=101, step="train again: resumes from the checkpoint"))
+    summary.append(_train(model_name, rows, storage, seed=102, step="retrain on a poisoned batch", condition="poisoned"))
+    summary.append(_respond(model_name, rows, storage))
     create_table_artifact(key=artifact_key("demo", model_name), table=summary, description="The demo, step by step")
     return summary

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
 from prefect_crisis.tasks.synthetic import make_batch
 
-SyntheticCondition = Literal["clean", "corrupted", "drifted", "broken"]
+SyntheticCondition = Literal["clean", "corrupted", "drifted", "broken", "poisoned"]
 
 # Share of rows given a defect: "corrupted" is quarantined row by row, "broken"
 # is past any sane contract's limit and gets the whole batch rejected.
@@ -47,7 +47,11 @@ def synthetic_batch(condition: SyntheticCondition, rows: int, seed: int) -> pd.D
         return make_batch(rows, seed=seed, corrupt_fraction=CORRUPT_FRACTION[condition])
     if condition == "drifted":
         return make_batch(rows, seed=seed, drift_features=("f01", "f03"))
-    return make_batch(rows, seed=seed)
+    batch = make_batch(rows, seed=seed)
+    if condition == "poisoned":
+        # Labels flipped upstream: every value is valid, so validation passes it.
+        batch["label"] = 1 - batch["label"]
+    return batch
 
 
 @task(name="load-batch", cache_policy=NO_CACHE)

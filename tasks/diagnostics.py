@@ -74,6 +74,7 @@ class OperationalContext:
     """What the monitoring knows beyond the labels (all optional)."""
 
     new_version_since: datetime | None = None
+    baseline_error_rate: float | None = None  # what the serving version showed before it went live
     latency_p95_ms: float | None = None
     latency_baseline_p95_ms: float | None = None
     memory_percent: float | None = None
@@ -199,12 +200,22 @@ def recommend(report: DiagnosticReport, context: OperationalContext) -> list[Rec
         )
     elif drifted:
         found.append(Recommendation(Action.INVESTIGATE_DATA, f"features {sorted(drifted)} drifted but errors do not follow them", tuple(f"drift:{name}" for name in sorted(drifted))))
-    if not drifted and context.new_version_since is not None and report.change_window is not None and (report.change or 0) > 0:
+    rose_in_window = report.change_window is not None and (report.change or 0) > 0
+    above_baseline = (
+        context.baseline_error_rate is not None
+        and report.error_rate is not None
+        and report.error_rate > context.baseline_error_rate + 0.05
+    )
+    if not drifted and context.new_version_since is not None and (rose_in_window or above_baseline):
+        evidence = (
+            f"errors rose by {report.change:.1%}" if rose_in_window and not above_baseline
+            else f"error rate {report.error_rate:.1%} vs {context.baseline_error_rate:.1%} before it went live"
+        )
         found.append(
             Recommendation(
                 Action.ROLL_BACK,
-                f"no drift, but a new version serves since {context.new_version_since.isoformat()} and errors rose by {report.change:.1%}",
-                ("no-drift", f"new-version:{context.new_version_since.isoformat()}", f"error-change:{report.change_window.start}"),
+                f"no drift, but a new version serves since {context.new_version_since.isoformat()} and {evidence}",
+                ("no-drift", f"new-version:{context.new_version_since.isoformat()}", "error-rise"),
             )
         )
     slow = (

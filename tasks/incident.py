@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
-from prefect_crisis.tasks.diagnostics import DiagnosticReport, diagnose
+from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.errors import RegistryError
 from prefect_crisis.tasks.paths import ensure_experiment
 from prefect_crisis.tasks.quarantine import artifact_key
@@ -78,15 +78,17 @@ def plot_diagnosis(report: DiagnosticReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.imshow(np.array(report.confusion), cmap="Blues")
+    confusion = np.array(report.confusion)
+    left.imshow(confusion, cmap="Blues")
     left.set(title="Confusion matrix", xlabel="predicted", ylabel="true", xticks=range(len(report.labels)), yticks=range(len(report.labels)))
     left.set_xticklabels(report.labels)
     left.set_yticklabels(report.labels)
-    for (row, column), value in np.ndenumerate(np.array(report.confusion)):
-        left.text(column, row, str(value), ha="center", va="center")
+    for (row, column), value in np.ndenumerate(confusion):
+        dark = value > confusion.max() / 2
+        left.text(column, row, f"{value:,}", ha="center", va="center", color="white" if dark else "black")
     rates = [w.error_rate for w in report.error_over_time]
     right.plot(range(len(rates)), rates, marker="o")
-    right.set(title="Error rate over time", xlabel="window", ylabel="error rate")
+    right.set(title="Error rate over time", xlabel="time window", ylabel="error rate", ylim=(0, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
@@ -97,7 +99,12 @@ def diagnose_model(registry: ModelRegistry, version: str, window: pd.DataFrame, 
     """Score the window with `version`, diagnose, publish markdown + plot (MLflow run `crisis-incidents`)."""
     y_pred, proba = predict_with(registry, version, window)
     features = window.drop(columns=[c for c in (label, "timestamp") if c in window.columns])
-    report = diagnose(window[label].to_numpy(), y_pred, proba, features, window.get("timestamp"), reference)
+    baseline_accuracy = registry.version(version).metrics.get("accuracy")
+    context = OperationalContext(
+        new_version_since=registry.champion_since(),
+        baseline_error_rate=None if baseline_accuracy is None else 1 - baseline_accuracy,
+    )
+    report = diagnose(window[label].to_numpy(), y_pred, proba, features, window.get("timestamp"), reference, context=context)
     client = registry.client
     run = client.create_run(
         ensure_experiment(client, "crisis-incidents"),

@@ -56,13 +56,13 @@ def test_up_status_demo_down(cli_env, tmp_path):
         demo = crisis(cli_env, "demo", "--rows", "2000")
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "artifacts visible through the Prefect API" in demo.stdout
-        for verdict in ("accept_with_quarantine", "reject", "f01, f03", "v1 promoted to champion", "Stopped", "stop-flag"):
+        for verdict in ("accept_with_quarantine", "reject", "f01, f03", "v1 promoted to champion", "Stopped", "stop-flag", "Recovered", "rollback: champion"):
             assert verdict in demo.stdout
         assert "champion v- -> v1" in demo.stdout  # the audit's first promotion
         assert "champion of 'synthetic' is v" in demo.stdout
         assert (home / "mlflow.db").exists()
         quarantine = sorted((home / "data" / "synthetic" / "quarantine").glob("*.parquet"))
-        assert len(quarantine) == 2  # the corrupted batch and the broken one (training batches are clean)
+        assert len(quarantine) == 2  # the corrupted batch and the broken one (training batches are valid)
         assert all(pd.read_parquet(path)[REASONS_COLUMN].str.len().gt(0).all() for path in quarantine)
     finally:
         stopped = crisis(cli_env, "down")

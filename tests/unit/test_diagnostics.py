@@ -80,3 +80,12 @@ def test_regression_reports_its_errors():
     truth = rng.normal(size=500)
     report = diagnose(truth, truth + rng.normal(scale=0.1, size=500))
     assert report.kind == "regression" and report.regression["r2"] > 0.95
+
+
+def test_a_new_version_far_worse_than_before_it_went_live_recommends_rollback():
+    y = np.array([0, 1] * 500)
+    predicted = np.where(np.arange(1_000) % 2 == 0, 1 - y, y)  # 50% wrong from the first row on
+    context = OperationalContext(new_version_since=datetime(2026, 11, 27, tzinfo=timezone.utc), baseline_error_rate=0.12)
+    report = diagnose(y, predicted, timestamps=pd.date_range("2026-11-27", periods=1_000, freq="s"), context=context)
+    rollback = [r for r in report.recommendations if r.action is Action.ROLL_BACK]
+    assert rollback and "error rate 50.0% vs 12.0% before it went live" in rollback[0].reason
