@@ -24,7 +24,6 @@ benchmarks/results/training.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextvars
 import json
 import logging
@@ -43,14 +42,13 @@ from mlflow import MlflowClient
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.runner import Runner
-from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 from prefect.testing.utilities import prefect_test_harness
 from sklearn.linear_model import SGDClassifier
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
+from prefect_crisis.deployments.runner import serving
 from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.tasks.checkpoints import load_checkpoint, training_experiment
 from prefect_crisis.tasks.promotion import log_candidate
@@ -143,28 +141,13 @@ def cancel_once(deployment: str, storage: Path) -> tuple[float, float]:
 
 def cancel_latencies(runs: int, storage: Path) -> list[list[float]]:
     """Serve continuous_training with a Runner on a thread (as tests/e2e does) and cancel `runs` runs."""
-    os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # for the runner's child processes
-    runner = Runner(name=f"bench-{uuid.uuid4().hex[:6]}", query_seconds=1, pause_on_shutdown=False)
-    deployment_name = f"bench-cancel-{uuid.uuid4().hex[:6]}"
-
-    async def serve():
-        await runner.aadd_flow(continuous_training, name=deployment_name)
-        await runner.start()
-
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not runner.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert runner.started, "the runner did not start within 60 s"
     timings = []
     try:
-        for index in range(runs):
-            timings.append(cancel_once(f"continuous-training/{deployment_name}", storage))
-            print(f"  cancel {index + 1}/{runs}: checkpoint after {timings[-1][0]:.3f} s, Cancelled after {timings[-1][1]:.3f} s", flush=True)
+        with serving(continuous_training) as deployment:
+            for index in range(runs):
+                timings.append(cancel_once(deployment, storage))
+                print(f"  cancel {index + 1}/{runs}: checkpoint after {timings[-1][0]:.3f} s, Cancelled after {timings[-1][1]:.3f} s", flush=True)
     finally:
-        runner.execute_in_background(runner.astop).result(timeout=60)
-        thread.join(60)
         del os.environ["PREFECT_API_URL"]
     return [list(column) for column in zip(*timings)]
 

@@ -87,10 +87,10 @@ def demo(
         console.print(f"running the demo against {api_url}")
         state = crisis_demo(model_name=model, rows=rows, return_state=True)
         summary = state.result()
-        table = Table("step", "condition", "outcome", "detail", title="prefect-crisis demo", show_lines=True)
-        for row in summary:
-            table.add_row(row["step"], row["condition"], row["outcome"], row["detail"])
-        console.print(table)
+        console.rule("prefect-crisis demo")
+        for number, row in enumerate(summary, start=1):
+            console.print(f"{number:2}. {row['step']} [{row['condition']}]: [bold]{row['outcome']}[/bold] - {row['detail']}", soft_wrap=True)
+        console.rule()
         registry = ModelRegistry(model_name=model)
         champion = registry.champion()
         console.print(f"MLflow registry {registry.resolved_tracking_uri}: champion of {model!r} is v{champion.version if champion else '-'}")

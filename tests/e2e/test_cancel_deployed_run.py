@@ -3,21 +3,18 @@ checkpoint is written before the process goes, and the run ends Cancelled."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 import uuid
 
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.deployments.inspect import read_crisis_events
+from prefect_crisis.deployments.runner import serving
 from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.tasks.checkpoints import load_checkpoint, training_experiment
 from prefect_crisis.tasks.synthetic import synthetic_contract
@@ -29,23 +26,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "mlflow
 @pytest.fixture
 def served_training(monkeypatch):
     """continuous_training served by a Runner on a background thread."""
-    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for the runner's child processes
-    runner = Runner(name=f"crisis-test-{uuid.uuid4().hex[:6]}", query_seconds=1, pause_on_shutdown=False)
-    deployment_name = f"cancel-{uuid.uuid4().hex[:6]}"
-
-    async def serve():
-        await runner.aadd_flow(continuous_training, name=deployment_name)
-        await runner.start()
-
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not runner.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert runner.started
-    yield f"continuous-training/{deployment_name}"
-    runner.execute_in_background(runner.astop).result(timeout=60)
-    thread.join(60)
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # restored after the test
+    with serving(continuous_training) as deployment:
+        yield deployment
 
 
 def running_training_run(model: str):

@@ -5,6 +5,8 @@ the same incident changes nothing; with nowhere to go, recovery fails loudly."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,11 +16,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
 from sklearn.linear_model import LogisticRegression
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
-from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.flows.crisis_response import crisis_response, response_limit
 from prefect_crisis.tasks.checkpoints import training_experiment
 from prefect_crisis.tasks.promotion import log_candidate
 from prefect_crisis.tasks.synthetic import feature_names, make_batch
@@ -113,3 +116,19 @@ def test_a_healthy_champion_is_held_and_the_response_limit_is_released(model, wi
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(f"crisis-response-{model}")
     assert limit.limit == 1 and limit.active_slots == 0
+
+
+def test_a_response_waits_while_another_holds_the_models_slot(model, window_path):
+    registry = ModelRegistry(model_name=model)
+    registry.promote(register(registry, False, seed=5), "good")
+    states = {}
+    responder = threading.Thread(
+        target=lambda: states.update(late=crisis_response(model_name=model, window_path=window_path, incident_id="inc-late", return_state=True)),
+        daemon=True,
+    )
+    with concurrency(response_limit(model), occupy=1, strict=True):  # another response is running
+        responder.start()
+        time.sleep(4)  # an unguarded response diagnoses and decides in about a second
+        assert states == {}, "the second response ran while the first held the model's slot"
+    responder.join(60)
+    assert states["late"].name == "Hold"
