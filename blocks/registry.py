@@ -139,11 +139,7 @@ class ModelRegistry(Block):
         self._audit("register", None, None, created.version, "registered", None)
         return self.version(created.version)
 
-    def version(self, version: str | int) -> VersionInfo:
-        try:
-            found = self.client.get_model_version(self.model_name, str(version))
-        except MlflowException as error:
-            raise RegistryError(f"model {self.model_name!r} has no version {version}: list them with registry.versions()") from error
+    def _info(self, found, aliases: tuple[str, ...]) -> VersionInfo:
         metrics = self.client.get_run(found.run_id).data.metrics if found.run_id else {}
         return VersionInfo(
             version=str(found.version),
@@ -151,20 +147,35 @@ class ModelRegistry(Block):
             created=datetime.fromtimestamp(found.creation_timestamp / 1000, tz=timezone.utc),
             metrics=dict(metrics),
             tags=dict(found.tags),
-            aliases=tuple(found.aliases),
+            aliases=aliases,
         )
+
+    def version(self, version: str | int) -> VersionInfo:
+        try:
+            found = self.client.get_model_version(self.model_name, str(version))
+        except MlflowException as error:
+            raise RegistryError(f"model {self.model_name!r} has no version {version}: list them with registry.versions()") from error
+        return self._info(found, tuple(found.aliases))
 
     def versions(self) -> list[VersionInfo]:
         """Every version, newest first (retired ones included, marked by tag)."""
+        try:
+            alias_map = self.client.get_registered_model(self.model_name).aliases
+        except MlflowException:
+            return []
         found = self.client.search_model_versions(f"name='{self.model_name}'", order_by=["version_number DESC"])
-        return [self.version(item.version) for item in found]
+        # Search results carry no aliases (MLflow leaves them out), so they come from the model, once.
+        return [
+            self._info(item, tuple(alias for alias, version in alias_map.items() if str(version) == str(item.version)))
+            for item in found
+        ]
 
     def version_by_alias(self, alias: str) -> VersionInfo | None:
         try:
             found = self.client.get_model_version_by_alias(self.model_name, alias)
         except MlflowException:
             return None
-        return self.version(found.version)
+        return self._info(found, tuple(found.aliases))
 
     def champion(self) -> VersionInfo | None:
         """The version that serves now, or None before the first promotion."""

@@ -222,7 +222,7 @@ def candidates_from_registry(registry) -> tuple[Candidate | None, list[Candidate
             served_until.pop(move.to_version, None)
         if move.action in ("rollback", "fallback"):
             last_rollback_at = move.at
-    champion_info = registry.champion()
+    versions = registry.versions()
     candidates = [
         Candidate(
             version=info.version,
@@ -232,7 +232,7 @@ def candidates_from_registry(registry) -> tuple[Candidate | None, list[Candidate
             incident=info.version in incident,
             retired=info.retired,
         )
-        for info in registry.versions()
+        for info in versions
     ]
-    champion = next((c for c in candidates if champion_info and c.version == champion_info.version), None)
+    champion = next((c for c, info in zip(candidates, versions) if registry.champion_alias in info.aliases), None)
     return champion, candidates, last_rollback_at
