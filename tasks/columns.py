@@ -2,9 +2,10 @@
 
 Safe coercions (int to float, numeric text to numbers, integral floats to
 int, numbers to strings) are applied and reported; values that cannot be
-converted are either flagged per row (`wrong_type`) or, for text in a numeric
-column, refused with a `DataInputError`: a numeric column holding words is a
-broken feed, not a few bad rows.
+converted are flagged per row (`wrong_type`): one "N/A" in a numeric column
+quarantines its row, and validation rejects the batch only when a column's
+wrong values are more than the quarantine ratio allows (a broken feed).
+Values that cannot even be compared (lists, dicts) raise a `DataInputError`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def _all_null_error(spec: ColumnSpec) -> DataInputError:
 def _numeric(series: pd.Series, spec: ColumnSpec) -> CoercedColumn:
     dtype = series.dtype
     coercion = None
+    unparsed = np.zeros(len(series), dtype=bool)
     if ptypes.is_bool_dtype(dtype) or not ptypes.is_numeric_dtype(dtype):
         original_null = series.isna().to_numpy()
         try:
@@ -60,15 +62,9 @@ def _numeric(series: pd.Series, spec: ColumnSpec) -> CoercedColumn:
                 f"column {spec.name!r} is declared {spec.dtype} but holds values that are not numbers ({error})",
                 column=spec.name,
             ) from error
+        # Text that is not a number ("N/A", "twelve") makes its row wrong_type;
+        # validation rejects the batch when that is more than the quarantine allows.
         unparsed = parsed.isna().to_numpy() & ~original_null
-        if unparsed.any():
-            first = int(np.flatnonzero(unparsed)[0])
-            raise DataInputError(
-                InputErrorReason.TEXT_IN_NUMERIC_COLUMN,
-                f"column {spec.name!r} is declared {spec.dtype} but {int(unparsed.sum())} of its values are text "
-                f"(first {series.iloc[first]!r} at index {series.index[first]}): fix the feed or declare it string",
-                column=spec.name,
-            )
         series = parsed
         coercion = f"{dtype} -> {spec.dtype}"
     try:
@@ -79,14 +75,15 @@ def _numeric(series: pd.Series, spec: ColumnSpec) -> CoercedColumn:
             f"column {spec.name!r} is declared {spec.dtype} but its values do not fit a float64 ({error})",
             column=spec.name,
         ) from error
-    null = np.isnan(values) if values.dtype.kind == "f" else np.zeros(len(values), dtype=bool)
+    null = np.isnan(values) & ~unparsed
     if null.all():
         raise _all_null_error(spec)
-    wrong_type = None
+    wrong_type = unparsed if unparsed.any() else None
     if spec.dtype == "int":
         if ptypes.is_float_dtype(series.dtype):
             with np.errstate(invalid="ignore"):
-                wrong_type = np.isfinite(values) & (values != np.floor(values))
+                non_integral = np.isfinite(values) & (values != np.floor(values))
+            wrong_type = non_integral if wrong_type is None else wrong_type | non_integral
             coercion = coercion or f"{dtype} -> int (integral values)"
         elif coercion is None and not ptypes.is_integer_dtype(series.dtype):
             coercion = f"{dtype} -> int"

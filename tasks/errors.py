@@ -47,6 +47,7 @@ class ContractErrorReason(str, Enum):
     UNKNOWN_COLUMN = "unknown_column"
     NOT_FOUND = "not_found"
     INCOMPATIBLE_REFERENCE = "incompatible_reference"
+    REFERENCE_TOO_SMALL = "reference_too_small"
 
 
 class ContractError(CrisisError):

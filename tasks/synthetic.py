@@ -22,12 +22,7 @@ def feature_names(n_numeric: int) -> list[str]:
 
 
 def synthetic_contract(n_numeric: int = 20, *, with_label: bool = True, **overrides) -> DataContract:
-    """The contract the synthetic stream is written against.
-
-    Its outlier threshold is 5 rather than the usual 3.5: with 20 Gaussian
-    features, 3.5 would quarantine about 1% of perfectly clean rows.
-    """
-    overrides.setdefault("outlier_threshold", 5.0)
+    """The contract the synthetic stream is written against."""
     columns = [
         ColumnSpec(name=name, dtype="float", min_value=-FEATURE_LIMIT, max_value=FEATURE_LIMIT)
         for name in feature_names(n_numeric)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+from prefect_crisis.core.fences import Fences, batch_fences, rate_per_side, reference_fences
 from prefect_crisis.tasks.columns import CoercedColumn, coerce_column
 from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, frame_drift, parallel_map
 from prefect_crisis.tasks.errors import (
@@ -184,49 +185,36 @@ def check_contract(contract: DataContract, reference: pd.DataFrame | None = None
             )
 
 
-def robust_outliers(values: np.ndarray, threshold: float, min_rows: int) -> np.ndarray:
-    """Mask of values whose modified z-score (median/MAD) exceeds `threshold`.
+def column_fences(spec: ColumnSpec, contract: DataContract, reference: pd.DataFrame | None) -> Fences | None:
+    """The outlier fences of one numeric column: stored in the contract, else
+    learned from the reference; None means the batch sets its own."""
+    if spec.outlier_low is not None or spec.outlier_high is not None:
+        return Fences(spec.outlier_low, spec.outlier_high)
+    if reference is None or spec.name not in reference.columns:
+        return None
+    values = pd.to_numeric(reference[spec.name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return reference_fences(values, outlier_rate(contract))
 
-    Unlike the mean/std z-score, the median and MAD are not dragged by the
-    outliers themselves. When MAD is 0 (over half the values equal) the mean
-    absolute deviation stands in, scaled as Iglewicz and Hoaglin suggest.
 
-    Example:
-        >>> values = np.array([10.0, 11, 9, 10, 12, 10, 11, 9, 10, 300])
-        >>> robust_outliers(values, threshold=3.5, min_rows=5).nonzero()[0].tolist()
-        [9]
-    """
-    finite = np.isfinite(values)
-    sample = values[finite]
-    if len(sample) < min_rows:
-        return np.zeros(len(values), dtype=bool)
-    median = np.median(sample)
-    deviation = np.abs(sample - median)
-    mad = np.median(deviation)
-    if mad > 0:
-        scale = mad / 0.6745
-    else:
-        mean_deviation = deviation.mean()
-        if mean_deviation == 0:
-            return np.zeros(len(values), dtype=bool)
-        scale = 1.253314 * mean_deviation
-    with np.errstate(invalid="ignore"):
-        return finite & (np.abs(values - median) > threshold * scale)
+def outlier_rate(contract: DataContract) -> float:
+    """The false-flag budget of one side of one checked column."""
+    checked = sum(1 for spec in contract.columns if spec.is_numeric and spec.check_outliers)
+    return rate_per_side(contract.outlier_rate, checked)
 
 
 Finding = tuple[RowReason, str | None, np.ndarray]
 
 
-def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContract) -> list[Finding]:
+def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContract, fences: Fences | None) -> list[Finding]:
     findings: list[Finding] = []
-    if column.wrong_type is not None:
-        findings.append((RowReason.WRONG_TYPE, spec.name, column.wrong_type))
+    wrong_type = column.wrong_type if column.wrong_type is not None else np.zeros(len(column.null), dtype=bool)
+    findings.append((RowReason.WRONG_TYPE, spec.name, wrong_type))
     if not spec.nullable:
         findings.append((RowReason.NULL, spec.name, column.null))
     if spec.is_numeric:
         values = column.values
         finite = np.isfinite(values)
-        findings.append((RowReason.NOT_FINITE, spec.name, ~finite & ~column.null))
+        findings.append((RowReason.NOT_FINITE, spec.name, ~finite & ~column.null & ~wrong_type))
         out_of_range = np.zeros(len(values), dtype=bool)
         if spec.min_value is not None or spec.max_value is not None:
             with np.errstate(invalid="ignore"):
@@ -235,19 +223,24 @@ def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContrac
             out_of_range = finite & (low | high)
             findings.append((RowReason.OUT_OF_RANGE, spec.name, out_of_range))
         if spec.check_outliers:
-            # An outlier is a value the contract allows but the batch makes
-            # implausible; a value already out of range needs no second reason.
-            outliers = robust_outliers(values, contract.outlier_threshold, contract.outlier_min_rows)
-            findings.append((RowReason.OUTLIER, spec.name, outliers & ~out_of_range))
+            # An outlier is a value the contract allows but the column's
+            # population makes implausible; a value already out of range needs
+            # no second reason.
+            fences = fences or batch_fences(values, outlier_rate(contract), contract.outlier_min_rows)
+            if fences is not None:
+                findings.append((RowReason.OUTLIER, spec.name, fences.outside(values) & ~out_of_range))
     elif spec.allowed_values is not None:
         known = column.series.isin(spec.allowed_values).to_numpy()
         findings.append((RowReason.UNKNOWN_CATEGORY, spec.name, ~known & ~column.null))
     return findings
 
 
-def _coerce_and_check(spec: ColumnSpec, series: pd.Series, contract: DataContract) -> tuple[CoercedColumn, list[Finding]]:
+def _coerce_and_check(
+    spec: ColumnSpec, series: pd.Series, contract: DataContract, reference: pd.DataFrame | None
+) -> tuple[CoercedColumn, list[Finding]]:
     column = coerce_column(series, spec)
-    return column, _check_column(spec, column, contract)
+    fences = column_fences(spec, contract, reference) if spec.is_numeric and spec.check_outliers else None
+    return column, _check_column(spec, column, contract, fences)
 
 
 def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
@@ -364,12 +357,19 @@ def validate_data(
         rejection_reasons.append(f"columns not in the contract {[str(name) for name in extra]}")
 
     present = [spec for spec in contract.columns if spec.name in frame.columns]
-    checked = parallel_map(lambda spec: _coerce_and_check(spec, frame[spec.name], contract), present)
+    checked = parallel_map(
+        lambda spec: _coerce_and_check(spec, frame[spec.name], contract, reference), present, parallel=rows >= 20_000
+    )
     columns: dict[str, CoercedColumn] = {}
     for spec, (column, column_findings) in zip(present, checked):
         columns[spec.name] = column
         for reason, name, mask in column_findings:
             findings.add(reason, name, mask)
+            if reason is RowReason.WRONG_TYPE and mask.mean() > contract.max_quarantine_ratio:
+                rejection_reasons.append(
+                    f"column {spec.name!r} is declared {spec.dtype} but {mask.mean():.0%} of its values are not: "
+                    "fix the feed, or declare the column string"
+                )
 
     duplicate_rows = np.zeros(rows, dtype=bool)
     fingerprint = ""

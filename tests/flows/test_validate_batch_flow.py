@@ -50,7 +50,9 @@ def test_validate_batch_quarantines_publishes_the_report_and_emits_validated(tmp
     assert len(quarantine_files) == len(kept_files) == 1
     quarantined = pd.read_parquet(quarantine_files[0])
     assert len(quarantined) == report.quarantined
-    assert quarantined[REASONS_COLUMN].str.contains("null:|out_of_range:|unknown_category:").all()
+    # The corrupted rows, and a few outliers within the contract's 1% budget.
+    assert quarantined[REASONS_COLUMN].str.contains("null:|out_of_range:|unknown_category:|outlier:").all()
+    assert report.check_counts.get("outlier", 0) <= 0.01 * 4_000
     assert len(pd.read_parquet(kept_files[0])) == report.kept
 
     artifacts = read_artifacts_of_flow_run(state.state_details.flow_run_id)
@@ -86,8 +88,11 @@ def test_a_rejected_batch_emits_rejected_and_keeps_every_row_in_quarantine(tmp_p
 
 def test_synthetic_batches_need_no_file(tmp_path, model, contract_block):
     report = validate_batch(model_name=model, contract_block=contract_block, synthetic_condition="drifted", storage=str(tmp_path))
-    assert report.verdict is Verdict.ACCEPT
+    assert report.verdict is not Verdict.REJECT
     assert report.drifted_features == ["f01", "f03"]
+    # Clean but for the shift: at most the outlier budget is quarantined.
+    assert set(report.check_counts) <= {"outlier"}
+    assert report.quarantined <= 0.01 * report.rows
 
 
 def test_an_unknown_contract_block_is_a_contract_error(model):

@@ -10,7 +10,7 @@ import pytest
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.validation import REASONS_COLUMN, RowReason, Verdict, robust_outliers, validate_data
+from prefect_crisis.tasks.validation import REASONS_COLUMN, RowReason, Verdict, validate_data
 
 
 def contract(**overrides) -> DataContract:
@@ -138,28 +138,6 @@ def test_failures_count_rows_and_name_examples_by_index():
     (failure,) = report.failures
     assert (failure.reason, failure.column, failure.rows, failure.examples) == (RowReason.NULL, "amount", 2, (100, 101))
     assert report.check_counts == {"null": 2}
-
-
-def seed_zscore_outliers(values: np.ndarray) -> np.ndarray:
-    """The seed's detector: mean/std z-score above 3."""
-    return np.abs((values - values.mean()) / values.std()) > 3
-
-
-def test_robust_outliers_catch_what_the_seeds_mean_std_zscore_misses():
-    # Fifteen values at 50 among a hundred near 0 inflate the mean and std so
-    # much that none of them scores above 3 by z-score; median and MAD are unmoved.
-    rng = np.random.default_rng(7)
-    values = np.concatenate([rng.normal(0, 1, 100), np.full(15, 50.0)])
-    assert not seed_zscore_outliers(values)[100:].any()
-    robust = robust_outliers(values, threshold=3.5, min_rows=20)
-    assert robust[100:].all()
-    assert robust[:100].sum() <= 1
-
-
-def test_robust_outliers_fall_back_to_mean_deviation_when_mad_is_zero():
-    values = np.array([5.0] * 30 + [5.5, 4.5, 90.0])
-    mask = robust_outliers(values, threshold=3.5, min_rows=20)
-    assert mask.nonzero()[0].tolist() == [32]
 
 
 def test_outliers_are_quarantined_through_the_contract():
