@@ -157,7 +157,7 @@ def resume_point(client, model: str, key: ResumeKey, epochs: int) -> tuple[Resum
     try:
         position, stored_key = load_checkpoint_state(client, run_id)
     except TrainingError as error:
-        return ResumeDecision(run_id, ResumeRefusal.NOT_RESUMABLE, str(error).split(":")[0]), None
+        return ResumeDecision(run_id, ResumeRefusal.NOT_RESUMABLE, f"its state cannot be read ({error.__cause__})"), None
     decision = decide_resume(run_id, stored_key, stop_kind_of(client.get_run(run_id).data.tags), key, position.epoch, epochs)
     if not decision.resume:
         return decision, None

@@ -149,3 +149,34 @@ def test_ctrl_c_ends_the_run_killed_and_the_next_run_resumes_it_exactly(model):
     assert uninterrupted.resumed_from is None
     np.testing.assert_array_equal(resumed.outcome.estimator.coef_, uninterrupted.outcome.estimator.coef_)
     assert resumed.outcome.progress.batches_seen == uninterrupted.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
+
+
+class WritesAFile:
+    """Unpickling this creates `path`: what a hostile checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+def test_a_pickled_checkpoint_left_in_the_store_is_refused_not_loaded(model, tmp_path):
+    import json
+    import pickle
+
+    client = MlflowClient()
+    run_id = client.create_run(training_experiment(client, model), tags={"crisis.status": "stopped", "crisis.stop_reason": "stop-flag: pause"}).info.run_id
+    marker, folder = tmp_path / "code-ran", tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"epoch": 0, "batch_index": 1, "fingerprint": "batch-3", "losses": [0.5], "estimator": "SGDClassifier"}))
+    (folder / "estimator.pkl").write_bytes(pickle.dumps(WritesAFile(marker)))
+    client.log_artifacts(run_id, str(folder), artifact_path="checkpoint")
+    client.set_tag(run_id, "crisis.checkpoint", "true")
+    client.set_terminated(run_id, "FINISHED")
+
+    training = train_once(model)
+
+    assert not marker.exists()
+    assert training.resume.run_id == run_id and training.resume.refusal.value == "not-resumable"
+    assert training.outcome.completed and training.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
