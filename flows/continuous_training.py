@@ -48,7 +48,9 @@ def continuous_training(
         policy_block: TrainingPolicy block; defaults apply when empty.
         registry_block: ModelRegistry block; empty uses `model_name` on the default MLflow store.
         batch_path: parquet or CSV batch; empty makes a synthetic batch.
-        resume: continue from the latest checkpoint of a stopped run on the same data.
+        resume: continue from the model's latest checkpoint when data, estimator, its
+            parameters and the batch layout match and it was not a failure stop; a refused
+            resume trains from scratch and says why in the run's message.
     """
     logger = get_run_logger()
     contract = load_contract(contract_block)
@@ -62,12 +64,14 @@ def continuous_training(
 
     data = split_training_data(validation.kept, policy, report.fingerprint)
     training = train_model(data, policy, registry, resume)
+    # A refused resume is news the person who asked for it must see in the run's message.
+    refused = f"; {training.resume}" if training.resume.refusal else ""
     if not training.outcome.completed:
         reason = training.outcome.stop_reason
-        message = f"training stopped ({reason}); checkpoint {training.outcome.checkpoint_uri}; nothing registered"
+        message = f"training stopped ({reason}); checkpoint {training.outcome.checkpoint_uri}; nothing registered{refused}"
         return Failed(name="Stopped", message=message) if reason.kind.is_failure else Completed(name="Stopped", message=message)
 
     candidate = register_and_gate(training, data, registry, policy, report.to_dict())
     verdict = "promoted to champion" if candidate.decision.promote else "registered as challenger, not promoted"
     logger.info("v%s %s: %s", candidate.version, verdict, candidate.decision.reason)
-    return Completed(message=f"v{candidate.version} {verdict}: {candidate.decision.reason}", data=candidate)
+    return Completed(message=f"v{candidate.version} {verdict}: {candidate.decision.reason}{refused}", data=candidate)

@@ -22,6 +22,8 @@ class StopKind(str, Enum):
 
     FLAG = "stop-flag"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    CRASHED = "crashed"
     NON_FINITE_LOSS = "non-finite-loss"
     DIVERGED = "diverged"
     STALLED = "stalled"
@@ -29,7 +31,8 @@ class StopKind(str, Enum):
 
     @property
     def is_failure(self) -> bool:
-        """A guard caught training going wrong (as opposed to being told to stop)."""
+        """A guard caught training going wrong (as opposed to being told to stop, or
+        interrupted from outside): its checkpoint holds the failed weights."""
         return self in (StopKind.NON_FINITE_LOSS, StopKind.DIVERGED)
 
 

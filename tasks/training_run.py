@@ -9,7 +9,13 @@ Training stops for:
    Cancelled well inside the runner's 30 s grace period (this needs the task
    called directly in the flow, not `.submit()`ted to a worker thread);
 3. guards on training itself (non-finite loss, divergence, stall, time budget),
-   read between mini-batches.
+   read between mini-batches;
+4. an interruption (Ctrl-C) or a crash: the loop writes its checkpoint, the
+   MLflow run ends KILLED (interrupted) or FAILED (crashed), and the error goes on.
+
+Every stop but a failure (non-finite loss, divergence) leaves a resumable
+checkpoint; the next run resumes it only if data, estimator, parameters and
+batch layout match (`prefect_crisis.tasks.resume`), and says why when not.
 """
 
 from __future__ import annotations
@@ -32,8 +38,16 @@ from prefect.variables import Variable
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
-from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, save_checkpoint, training_experiment
+from prefect_crisis.tasks.checkpoints import (
+    latest_checkpoint_run,
+    load_checkpoint,
+    load_checkpoint_state,
+    save_checkpoint,
+    stop_kind_of,
+    training_experiment,
+)
 from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.tasks.resume import NOTHING_TO_RESUME, ResumeDecision, ResumeKey, ResumeRefusal, decide_resume
 from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
 from prefect_crisis.tasks.stopping import (
     StopCondition,
@@ -127,34 +141,62 @@ def build_stop_condition(policy: TrainingPolicy, model: str, clock: Callable[[],
 class TrainingRun:
     run_id: str
     outcome: TrainingOutcome
-    resumed_from: str | None
+    resume: ResumeDecision = NOTHING_TO_RESUME
+
+    @property
+    def resumed_from(self) -> str | None:
+        """The run whose checkpoint this one continued, if any."""
+        return self.resume.run_id if self.resume.resume else None
 
 
-def _resume_point(registry: ModelRegistry, model: str, fingerprint: str, logger) -> tuple[Checkpoint | None, str | None]:
-    run_id = latest_checkpoint_run(registry.client, model)
+def resume_point(client, model: str, key: ResumeKey, epochs: int) -> tuple[ResumeDecision, Checkpoint | None]:
+    """The model's latest checkpoint if a run with `key` may resume it, and the decision."""
+    run_id = latest_checkpoint_run(client, model)
     if run_id is None:
-        return None, None
-    checkpoint = load_checkpoint(registry.client, run_id)
-    if checkpoint.fingerprint != fingerprint:
-        logger.warning("checkpoint of run %s is for other data (%s, not %s): training from scratch", run_id, checkpoint.fingerprint, fingerprint)
-        return None, None
-    logger.info("resuming from run %s at epoch %d, batch %d", run_id, checkpoint.position.epoch, checkpoint.position.batch_index)
-    return checkpoint, run_id
+        return NOTHING_TO_RESUME, None
+    try:
+        position, stored_key = load_checkpoint_state(client, run_id)
+    except TrainingError as error:
+        return ResumeDecision(run_id, ResumeRefusal.NOT_RESUMABLE, f"its state cannot be read ({error.__cause__})"), None
+    decision = decide_resume(run_id, stored_key, stop_kind_of(client.get_run(run_id).data.tags), key, position.epoch, epochs)
+    if not decision.resume:
+        return decision, None
+    try:
+        return decision, load_checkpoint(client, run_id)
+    except TrainingError as error:
+        return ResumeDecision(run_id, ResumeRefusal.NOT_RESUMABLE, f"its estimator cannot be loaded ({error.__cause__})"), None
 
 
 @task(name="train-with-stop-hook", cache_policy=NO_CACHE)
-def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegistry, resume: bool = True) -> TrainingRun:
+def train_model(
+    data: TrainingData,
+    policy: TrainingPolicy,
+    registry: ModelRegistry,
+    resume: bool = True,
+    also_stop_when: StopCondition | None = None,
+) -> TrainingRun:
     """Train in stoppable mini-batches inside an MLflow run; checkpoint on any stop.
 
     On a cancellation the loop writes its checkpoint, the run is recorded as
     stopped, and Prefect's TerminationSignal goes on: the flow run ends
     Cancelled (this task run shows as Crashed, which is how Prefect marks a
-    task that a termination signal interrupted). Other stops return normally.
+    task that a termination signal interrupted). An interruption (Ctrl-C) or a
+    crash is recorded the same way and goes on. Other stops return normally.
+
+    Args:
+        resume: continue from the model's latest checkpoint when it is compatible.
+        also_stop_when: a stop condition to check besides the policy's guards.
     """
     logger = get_run_logger()
     model = registry.model_name
     client = registry.client
-    resume_from, resumed_run = _resume_point(registry, model, data.fingerprint, logger) if resume else (None, None)
+    key = ResumeKey.of(policy, data.fingerprint, data.features)
+    decision, resume_from = resume_point(client, model, key, policy.epochs) if resume else (NOTHING_TO_RESUME, None)
+    if decision.refusal is not None:
+        logger.warning("%s", decision)
+    elif resume_from is not None:
+        logger.info("resuming from run %s at epoch %d, batch %d", decision.run_id, resume_from.position.epoch, resume_from.position.batch_index)
+    resumed_run = decision.run_id if decision.resume else None
     run = client.create_run(
         training_experiment(client, model),
         tags={
@@ -163,29 +205,41 @@ def train_model(data: TrainingData, policy: TrainingPolicy, registry: ModelRegis
             f"{TAG}fingerprint": data.fingerprint,
             f"{TAG}flow_run_id": flow_run.get_id() or "",
             f"{TAG}resumed_from": resumed_run or "",
+            **({f"{TAG}resume_refused": f"{decision.refusal.value}: {decision.detail}"[:5000]} if decision.refusal else {}),
         },
         run_name=f"train-{model}",
     )
     run_id = run.info.run_id
+    stop = build_stop_condition(policy, model)
+    if also_stop_when is not None:
+        stop = stop | also_stop_when
     try:
-        outcome = _train_in_run(client, run_id, data, policy, model, resume_from, resumed_run, logger)
+        outcome = _train_in_run(client, run_id, data, policy, model, stop, key, resume_from, resumed_run, logger)
     except TerminationSignal:
         # Cancelled: the loop has written its checkpoint if it had started; record why, let Prefect cancel.
         _record_stop(client, run_id, model, StopReason(StopKind.CANCELLED, "the flow run was cancelled"), None, resumed_run)
+        raise
+    except (KeyboardInterrupt, SystemExit) as error:
+        _record_stop(client, run_id, model, StopReason(StopKind.INTERRUPTED, f"training was interrupted ({type(error).__name__})"), None, resumed_run)
+        raise
+    except Exception as error:
+        _record_stop(client, run_id, model, StopReason(StopKind.CRASHED, f"{type(error).__name__}: {error}"[:500]), None, resumed_run)
         raise
     _log_losses(client, run_id, outcome.progress.losses)
     if outcome.completed:
         client.set_tag(run_id, f"{TAG}status", "completed")
         if resumed_run:
             client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
-        return TrainingRun(run_id, outcome, resumed_run)
+        return TrainingRun(run_id, outcome, decision)
 
     _record_stop(client, run_id, model, outcome.stop_reason, outcome, resumed_run)
     logger.warning("training stopped (%s); checkpoint %s", outcome.stop_reason, outcome.checkpoint_uri)
-    return TrainingRun(run_id, outcome, resumed_run)
+    return TrainingRun(run_id, outcome, decision)
 
 
-def _train_in_run(client, run_id: str, data: TrainingData, policy: TrainingPolicy, model: str, resume_from, resumed_run, logger) -> TrainingOutcome:
+def _train_in_run(
+    client, run_id: str, data: TrainingData, policy: TrainingPolicy, model: str, stop: StopCondition, key: ResumeKey, resume_from, resumed_run, logger
+) -> TrainingOutcome:
     client.log_batch(run_id, params=[Param(key, str(value)[:500]) for key, value in policy.model_dump(exclude={"block_type_slug"}).items()])
     emit_crisis_event(CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run})
     progress_id = create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}")
@@ -201,8 +255,8 @@ def _train_in_run(client, run_id: str, data: TrainingData, policy: TrainingPolic
         classes=data.classes,
         epochs=policy.epochs,
         batch_size=policy.batch_size,
-        stop=build_stop_condition(policy, model),
-        on_stop=lambda checkpoint: save_checkpoint(client, run_id, checkpoint),
+        stop=stop,
+        on_stop=lambda checkpoint: save_checkpoint(client, run_id, checkpoint, key),
         on_epoch=on_epoch,
         resume_from=resume_from,
         fingerprint=data.fingerprint,
@@ -210,14 +264,24 @@ def _train_in_run(client, run_id: str, data: TrainingData, policy: TrainingPolic
     )
 
 
+# How the MLflow run of a stopped training ends (the rest end FINISHED).
+_RUN_STATUS = {
+    StopKind.CANCELLED: RunStatus.KILLED,
+    StopKind.INTERRUPTED: RunStatus.KILLED,
+    StopKind.CRASHED: RunStatus.FAILED,
+    StopKind.NON_FINITE_LOSS: RunStatus.FAILED,
+    StopKind.DIVERGED: RunStatus.FAILED,
+}
+
+
 def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: TrainingOutcome | None, resumed_run: str | None) -> None:
     """Tag and end the MLflow run of a stopped training, and emit ml.training.stopped."""
     client.set_tag(run_id, f"{TAG}status", "stopped")
     client.set_tag(run_id, f"{TAG}stop_reason", str(reason))
+    client.set_tag(run_id, f"{TAG}stop_kind", reason.kind.value)
     if resumed_run:
         client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
-    status = RunStatus.KILLED if reason.kind is StopKind.CANCELLED else RunStatus.FAILED if reason.kind.is_failure else RunStatus.FINISHED
-    client.set_terminated(run_id, RunStatus.to_string(status))
+    client.set_terminated(run_id, RunStatus.to_string(_RUN_STATUS.get(reason.kind, RunStatus.FINISHED)))
     checkpointed = client.get_run(run_id).data.tags.get(f"{TAG}checkpoint") == "true"
     payload = {"reason": reason.kind.value, "detail": reason.detail, "run_id": run_id, "checkpoint_uri": f"runs:/{run_id}/checkpoint" if checkpointed else None}
     if outcome is not None:

@@ -1,0 +1,182 @@
+"""Which checkpoint a training run resumes, and what an interruption leaves behind,
+against a real Prefect server and a real MLflow store."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from prefect import flow
+
+from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
+from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
+from prefect_crisis.tasks.stopping import StopCondition, TrainingProgress
+from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
+from prefect_crisis.tasks.training_run import clear_stop_flag, set_stop_flag, split_training_data, train_model
+
+pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
+
+ROWS = 2_000
+BATCHES_PER_EPOCH = -(-int(ROWS * 0.8) // 50)  # holdout is 20%, 50 rows a mini-batch
+
+
+@pytest.fixture
+def model():
+    name = f"resume-{uuid.uuid4().hex[:8]}"
+    synthetic_contract(max_quarantine_ratio=0.1).save(name, overwrite=True)
+    return name
+
+
+def save_policy(name: str, **fields) -> str:
+    TrainingPolicy(**{"epochs": 3, "batch_size": 50, "flag_poll_seconds": 0.0, **fields}).save(name, overwrite=True)
+    return name
+
+
+def train(model: str, policy: str, **parameters):
+    return continuous_training(
+        model_name=model, contract_block=model, policy_block=policy, synthetic_rows=ROWS, return_state=True, **parameters
+    )
+
+
+def stop_by_flag(model: str, policy: str, tmp_path) -> str:
+    set_stop_flag(model, "pause")
+    try:
+        assert train(model, policy, storage=str(tmp_path)).name == "Stopped"
+    finally:
+        clear_stop_flag(model)
+    return latest_checkpoint_run(MlflowClient(), model)
+
+
+def training_runs(model: str) -> list:
+    client = MlflowClient()
+    return client.search_runs([training_experiment(client, model)], order_by=["attributes.start_time ASC"])
+
+
+@flow
+def train_once(model: str, resume: bool = True, also_stop_when: StopCondition | None = None, **policy_fields):
+    """train_model alone (no promotion) on one synthetic batch, in a small flow."""
+    policy = TrainingPolicy(**{"epochs": 2, "batch_size": 50, "flag_poll_seconds": 0.0, **policy_fields})
+    data = split_training_data(make_batch(ROWS, seed=3), policy, fingerprint="batch-3")
+    return train_model(data, policy, ModelRegistry(model_name=model), resume, also_stop_when)
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"estimator": "mlp"}, "other-estimator"),
+        ({"estimator_params": {"alpha": 1e-3}}, "other-parameters"),
+        ({"batch_size": 40}, "other-batch-layout"),
+        ({"seed": 1}, "other-batch-layout"),
+        ({"holdout_fraction": 0.3}, "other-data"),
+    ],
+)
+def test_a_checkpoint_is_not_resumed_under_another_estimator_parameters_or_batch_layout(model, change, refusal):
+    set_stop_flag(model, "pause")
+    try:
+        stopped = train_once(model)
+    finally:
+        clear_stop_flag(model)
+    assert not stopped.outcome.completed
+
+    again = train_once(model, **change)
+
+    assert again.resumed_from is None and again.resume.refusal.value == refusal
+    assert again.outcome.completed and type(again.outcome.estimator).__name__ == ("MLPClassifier" if "estimator" in change else "SGDClassifier")
+    first, second = training_runs(model)
+    assert second.data.tags["crisis.resumed_from"] == "" and second.data.tags["crisis.resume_refused"].startswith(refusal)
+    assert "crisis.resumed_by" not in first.data.tags
+    rows = int(ROWS * (1 - change.get("holdout_fraction", 0.2)))
+    assert again.outcome.progress.batches_seen == 2 * -(-rows // change.get("batch_size", 50))  # every mini-batch, from scratch
+
+
+def test_a_refused_resume_is_said_in_the_flow_runs_message(model, tmp_path):
+    stopped_run = stop_by_flag(model, save_policy(model), tmp_path)
+    state = train(model, save_policy(f"{model}-other", batch_size=40), storage=str(tmp_path))
+    assert state.is_completed() and state.message.startswith("v1 promoted to champion")
+    assert f"not resuming the checkpoint of run {stopped_run} (other-batch-layout: batch_size was 50, is 40); training from scratch" in state.message
+
+
+def test_a_failure_stop_is_kept_for_diagnosis_and_never_resumed(model, tmp_path):
+    exploding = save_policy(model, estimator_params={"learning_rate": "constant", "eta0": 1e308})
+    assert train(model, exploding, storage=str(tmp_path)).is_failed()
+    failed_run = training_runs(model)[0].info.run_id
+
+    state = train(model, exploding, storage=str(tmp_path))
+
+    assert f"not resuming the checkpoint of run {failed_run} (failure-stop: it stopped on non-finite-loss" in state.message
+    first, second = training_runs(model)
+    assert second.data.tags["crisis.resumed_from"] == "" and "crisis.resumed_by" not in first.data.tags
+    assert load_checkpoint(MlflowClient(), failed_run).position.batch_index >= 1  # still there to diagnose
+
+
+def test_a_resume_under_the_same_policy_still_continues(model, tmp_path):
+    policy = save_policy(model)
+    stopped_run = stop_by_flag(model, policy, tmp_path)
+    state = train(model, policy, storage=str(tmp_path))
+    assert state.is_completed() and "not resuming" not in state.message
+    assert training_runs(model)[1].data.tags["crisis.resumed_from"] == stopped_run
+
+
+class ctrl_c_after(StopCondition):
+    """Presses Ctrl-C (a real SIGINT to this process) after `batches` mini-batches."""
+
+    def __init__(self, batches: int):
+        self.batches = batches
+
+    def __call__(self, progress: TrainingProgress):
+        if progress.batches_seen == self.batches:
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+
+def test_ctrl_c_ends_the_run_killed_and_the_next_run_resumes_it_exactly(model):
+    client = MlflowClient()
+    with pytest.raises(KeyboardInterrupt):
+        train_once(model, resume=True, also_stop_when=ctrl_c_after(BATCHES_PER_EPOCH + 5))
+    (interrupted,) = training_runs(model)
+    assert interrupted.info.status == "KILLED"
+    assert interrupted.data.tags["crisis.status"] == "stopped" and interrupted.data.tags["crisis.stop_kind"] == "interrupted"
+    checkpoint = load_checkpoint(client, interrupted.info.run_id)
+    assert (checkpoint.position.epoch, checkpoint.position.batch_index) == (1, 5)
+
+    resumed = train_once(model, resume=True)
+    assert resumed.resumed_from == interrupted.info.run_id and resumed.outcome.completed
+    uninterrupted = train_once(model, resume=False)
+    assert uninterrupted.resumed_from is None
+    np.testing.assert_array_equal(resumed.outcome.estimator.coef_, uninterrupted.outcome.estimator.coef_)
+    assert resumed.outcome.progress.batches_seen == uninterrupted.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
+
+
+class WritesAFile:
+    """Unpickling this creates `path`: what a hostile checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+def test_a_pickled_checkpoint_left_in_the_store_is_refused_not_loaded(model, tmp_path):
+    import json
+    import pickle
+
+    client = MlflowClient()
+    run_id = client.create_run(training_experiment(client, model), tags={"crisis.status": "stopped", "crisis.stop_reason": "stop-flag: pause"}).info.run_id
+    marker, folder = tmp_path / "code-ran", tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"epoch": 0, "batch_index": 1, "fingerprint": "batch-3", "losses": [0.5], "estimator": "SGDClassifier"}))
+    (folder / "estimator.pkl").write_bytes(pickle.dumps(WritesAFile(marker)))
+    client.log_artifacts(run_id, str(folder), artifact_path="checkpoint")
+    client.set_tag(run_id, "crisis.checkpoint", "true")
+    client.set_terminated(run_id, "FINISHED")
+
+    training = train_once(model)
+
+    assert not marker.exists()
+    assert training.resume.run_id == run_id and training.resume.refusal.value == "not-resumable"
+    assert training.outcome.completed and training.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
