@@ -17,6 +17,7 @@ from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.errors import RegistryError
+from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.paths import ensure_experiment
 from prefect_crisis.tasks.quarantine import artifact_key
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, ViolationType, execute_recovery
@@ -33,14 +34,12 @@ from prefect_crisis.tasks.training_run import set_stop_flag
 
 def predict_with(registry: ModelRegistry, version: str, window: pd.DataFrame):
     """Predictions (and probabilities) of a registered version on the window."""
-    import mlflow.sklearn
-
     info = registry.version(version)
     features = info.tags.get("crisis.features", "").split(",")
     missing = [name for name in features if name not in window.columns]
     if not features or missing:
         raise RegistryError(f"v{version} of {registry.model_name!r} needs features {missing or '(unknown)'} the window lacks")
-    model = mlflow.sklearn.load_model(f"models:/{registry.model_name}/{version}")
+    model = load_sklearn_model(registry.client, registry.model_name, version)
     X = window[features].to_numpy(dtype=float)
     return model.predict(X), (model.predict_proba(X) if hasattr(model, "predict_proba") else None)
 

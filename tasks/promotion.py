@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import mlflow.sklearn
 import numpy as np
-from mlflow.models import infer_signature
+from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 from prefect import get_run_logger, task
@@ -16,7 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER, TrainingPolicy
+from prefect_crisis.tasks.errors import RegistryError
 from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+from prefect_crisis.tasks.models import load_sklearn_model, log_sklearn_model
 
 # Explicit requirements: MLflow otherwise spends seconds inferring them in a subprocess.
 PIP_REQUIREMENTS = [*mlflow.sklearn.get_default_pip_requirements(include_skops=True), f"numpy=={np.__version__}"]
@@ -76,18 +78,10 @@ def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | N
     return PromotionDecision(True, f"{metric} {candidate[metric]:.4f} beats the champion {champion[metric]:.4f}")
 
 
-def log_candidate(estimator, X_example: np.ndarray, run_id: str):
-    """Log the estimator as an MLflow model of the run (fast: explicit requirements).
-
-    Must be called with the MLflow tracking URI of the registry set globally.
-    """
-    import mlflow
-
-    signature = infer_signature(X_example[:50], estimator.predict(X_example[:50]))
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        return mlflow.sklearn.log_model(
-            estimator, name="model", signature=signature, pip_requirements=PIP_REQUIREMENTS
-        )
+def log_candidate(estimator, X_example: np.ndarray, run_id: str, client: MlflowClient):
+    """Log the estimator as an MLflow model of the run, in `client`'s store
+    (fast: explicit requirements; no process-global MLflow state)."""
+    return log_sklearn_model(client, estimator, X_example, run_id, PIP_REQUIREMENTS)
 
 
 @dataclass(frozen=True)
@@ -102,16 +96,13 @@ class CandidateResult:
 def champion_metrics_on(registry, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[str | None, dict[str, float] | None]:
     """The champion evaluated on the candidate's holdout, so both are judged on
     the same rows; its recorded metrics when its model cannot be loaded."""
-    import mlflow.sklearn
-    from mlflow.exceptions import MlflowException
-
     champion = registry.champion()
     if champion is None:
         return None, None
     try:
-        model = mlflow.sklearn.load_model(f"models:/{registry.model_name}@{registry.champion_alias}")
+        model = load_sklearn_model(registry.client, registry.model_name, champion.version)
         return champion.version, evaluate(model, X, y, classes)
-    except (MlflowException, OSError, ValueError):
+    except (RegistryError, OSError, ValueError):
         return champion.version, dict(champion.metrics)
 
 
@@ -119,18 +110,15 @@ def champion_metrics_on(registry, X: np.ndarray, y: np.ndarray, classes: np.ndar
 def register_and_gate(training, data, registry, policy: TrainingPolicy, validation: dict | None = None) -> CandidateResult:
     """Evaluate on the holdout, register the version as challenger, promote it
     to champion if the policy's gate holds. Emits completed/registered/promoted."""
-    import mlflow
-
     logger = get_run_logger()
     model = registry.model_name
-    mlflow.set_tracking_uri(registry.resolved_tracking_uri)
     estimator = training.outcome.estimator
     metrics = evaluate(estimator, data.X_holdout, data.y_holdout, data.classes)
     for name, value in metrics.items():
         registry.client.log_metric(training.run_id, name, value)
     emit_crisis_event(CrisisEvent.TRAINING_COMPLETED, model, {"run_id": training.run_id, "metrics": metrics, "batches": training.outcome.progress.batches_seen})
 
-    info = log_candidate(estimator, data.X_holdout, training.run_id)
+    info = log_candidate(estimator, data.X_holdout, training.run_id, registry.client)
     tags = {
         "crisis.fingerprint": data.fingerprint,
         "crisis.flow_run_id": flow_run.get_id() or "",

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from sklearn.linear_model import LogisticRegression
@@ -36,10 +35,10 @@ def register(registry: ModelRegistry, labels_flipped: bool, seed: int) -> str:
     X, y = batch[FEATURES].to_numpy(), batch["label"].to_numpy()
     y = 1 - y if labels_flipped else y
     model = LogisticRegression(max_iter=500).fit(X[:2_400], y[:2_400])
-    client = MlflowClient()
+    client = registry.client
     run = client.create_run(training_experiment(client, registry.model_name))
     client.log_metric(run.info.run_id, "accuracy", float(model.score(X[2_400:], y[2_400:])))
-    info = log_candidate(model, X, run.info.run_id)
+    info = log_candidate(model, X, run.info.run_id, client)
     return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {"crisis.features": ",".join(FEATURES)}).version
 
 
