@@ -47,16 +47,27 @@ def _better(metric: str, candidate: float, champion: float) -> float:
     return champion - candidate if metric in LOWER_IS_BETTER else candidate - champion
 
 
-def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | None, policy: TrainingPolicy) -> PromotionDecision:
-    """The promotion gate: beat the champion by the margin, break no guard.
+def decide_promotion(
+    candidate: dict[str, float], champion: dict[str, float] | None, policy: TrainingPolicy, *, holdout_rows: int
+) -> PromotionDecision:
+    """The promotion gate: a holdout large enough to judge, beat the champion by
+    the margin, break no guard.
 
     Example:
         >>> policy = TrainingPolicy(promotion_margin=0.01)
-        >>> decide_promotion({"accuracy": 0.90, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy).promote
+        >>> decide_promotion({"accuracy": 0.90, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy, holdout_rows=1_000).promote
         True
-        >>> decide_promotion({"accuracy": 0.885, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy).reason
+        >>> decide_promotion({"accuracy": 0.885, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy, holdout_rows=1_000).reason
         'accuracy 0.8850 does not beat the champion 0.8800 by 0.01'
+        >>> decide_promotion({"accuracy": 1.0}, {"accuracy": 0.0}, policy, holdout_rows=2).reason
+        'holdout of 2 rows is below min_holdout_rows 200: train on a larger batch or lower the policy minimum'
     """
+    if holdout_rows < policy.min_holdout_rows:
+        return PromotionDecision(
+            False,
+            f"holdout of {holdout_rows} rows is below min_holdout_rows {policy.min_holdout_rows}: "
+            "train on a larger batch or lower the policy minimum",
+        )
     metric = policy.primary_metric
     if metric not in candidate:
         return PromotionDecision(False, f"candidate has no {metric}")
@@ -130,7 +141,7 @@ def register_and_gate(training, data, registry, policy: TrainingPolicy, validati
     emit_crisis_event(CrisisEvent.MODEL_REGISTERED, model, {"version": version.version, "run_id": training.run_id, "metrics": metrics}, version=version.version)
 
     champion_version, champion_metrics = champion_metrics_on(registry, data.X_holdout, data.y_holdout, data.classes)
-    decision = decide_promotion(metrics, champion_metrics, policy)
+    decision = decide_promotion(metrics, champion_metrics, policy, holdout_rows=len(data.y_holdout))
     if decision.promote:
         registry.promote(version.version, decision.reason)
         emit_crisis_event(
