@@ -133,8 +133,13 @@ class ModelRegistry(Block):
     def register_version(self, model_uri: str, run_id: str, model_id: str | None, tags: dict[str, str]) -> VersionInfo:
         """Register a logged model as a new version (never touches aliases)."""
         self.ensure_registered_model()
+        source = model_uri
+        if model_id and model_uri == f"models:/{model_id}":
+            # MLflow's SQL registry resolves a models:/ source through the process-global
+            # tracking URI (a ./mlflow.db when unset); resolve it through this block's store.
+            source = self.client.get_logged_model(model_id).artifact_location
         created = self.client.create_model_version(
-            self.model_name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id
+            self.model_name, source=source, run_id=run_id, tags=tags, model_id=model_id
         )
         self._audit("register", None, None, created.version, "registered", None)
         return self.version(created.version)

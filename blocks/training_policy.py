@@ -44,3 +44,6 @@ class TrainingPolicy(Block):
         description="Metric -> largest allowed worsening against the champion (absolute).",
     )
     min_primary_metric: float | None = Field(default=None, description="A first model is promoted only if it reaches this.")
+    min_holdout_rows: int = Field(
+        default=200, ge=1, description="No promotion when the holdout has fewer rows: its metrics would be noise."
+    )

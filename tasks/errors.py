@@ -69,3 +69,7 @@ class RegistryError(CrisisError):
 
 class TrainingError(CrisisError):
     """Training cannot start or continue (bad policy, estimator or checkpoint)."""
+
+
+class PolicyError(CrisisError):
+    """A policy block cannot be applied as written (unknown metric, contradictory rule)."""

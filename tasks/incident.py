@@ -17,6 +17,7 @@ from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.errors import RegistryError
+from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.paths import ensure_experiment
 from prefect_crisis.tasks.quarantine import artifact_key
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, ViolationType, execute_recovery
@@ -25,29 +26,27 @@ from prefect_crisis.tasks.rollback import (
     RollbackDecision,
     Severity,
     candidates_from_registry,
-    check_rule,
     decide_rollback,
+    judge_rules,
 )
 from prefect_crisis.tasks.training_run import set_stop_flag
 
 
 def predict_with(registry: ModelRegistry, version: str, window: pd.DataFrame):
     """Predictions (and probabilities) of a registered version on the window."""
-    import mlflow.sklearn
-
     info = registry.version(version)
     features = info.tags.get("crisis.features", "").split(",")
     missing = [name for name in features if name not in window.columns]
     if not features or missing:
         raise RegistryError(f"v{version} of {registry.model_name!r} needs features {missing or '(unknown)'} the window lacks")
-    model = mlflow.sklearn.load_model(f"models:/{registry.model_name}/{version}")
+    model = load_sklearn_model(registry.client, registry.model_name, version)
     X = window[features].to_numpy(dtype=float)
     return model.predict(X), (model.predict_proba(X) if hasattr(model, "predict_proba") else None)
 
 
 def live_window(y_true: np.ndarray, y_pred: np.ndarray, latencies_ms=()) -> LiveWindow:
-    correct = int((y_true == y_pred).sum())
-    return LiveWindow({"accuracy": correct, "error_rate": len(y_true) - correct}, {"accuracy": len(y_true), "error_rate": len(y_true)}, tuple(latencies_ms))
+    """The labelled window as the rollback rules see it; error_rate is derived from accuracy."""
+    return LiveWindow({"accuracy": int((y_true == y_pred).sum())}, {"accuracy": len(y_true)}, tuple(latencies_ms))
 
 
 def render_diagnosis(report: DiagnosticReport, model: str, version: str, plot_uri: str | None) -> str:
@@ -142,9 +141,12 @@ def execute_recovery_task(
     def verify(version: str) -> Verification:
         y_pred, _ = predict_with(registry, version, window)
         live = live_window(window[label].to_numpy(), y_pred)
-        failing = [str(v) for rule in policy.rules if rule.metric in baseline and (v := check_rule(rule, live, baseline[rule.metric], policy.confidence))]
+        judged = judge_rules(live, baseline, policy)
+        failing = [str(v) for v in judged.violations] + list(judged.undecided)  # a rule that cannot be judged does not verify
         accuracy = live.successes["accuracy"] / live.samples["accuracy"]
         detail = f"v{version} accuracy {accuracy:.4f} on the window" + (f"; still failing: {failing}" if failing else "")
+        if judged.not_measured:
+            detail += f"; not measured: {', '.join(judged.not_measured)}"
         return Verification(not failing, detail, {"accuracy": accuracy})
 
     outcome = execute_recovery(registry, decision, violation, incident, verify, lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import mlflow.sklearn
 import numpy as np
-from mlflow.models import infer_signature
+from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
 from prefect import get_run_logger, task
@@ -16,7 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER, TrainingPolicy
+from prefect_crisis.tasks.errors import RegistryError
 from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+from prefect_crisis.tasks.models import load_sklearn_model, log_sklearn_model
 
 # Explicit requirements: MLflow otherwise spends seconds inferring them in a subprocess.
 PIP_REQUIREMENTS = [*mlflow.sklearn.get_default_pip_requirements(include_skops=True), f"numpy=={np.__version__}"]
@@ -45,16 +47,27 @@ def _better(metric: str, candidate: float, champion: float) -> float:
     return champion - candidate if metric in LOWER_IS_BETTER else candidate - champion
 
 
-def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | None, policy: TrainingPolicy) -> PromotionDecision:
-    """The promotion gate: beat the champion by the margin, break no guard.
+def decide_promotion(
+    candidate: dict[str, float], champion: dict[str, float] | None, policy: TrainingPolicy, *, holdout_rows: int
+) -> PromotionDecision:
+    """The promotion gate: a holdout large enough to judge, beat the champion by
+    the margin, break no guard.
 
     Example:
         >>> policy = TrainingPolicy(promotion_margin=0.01)
-        >>> decide_promotion({"accuracy": 0.90, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy).promote
+        >>> decide_promotion({"accuracy": 0.90, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy, holdout_rows=1_000).promote
         True
-        >>> decide_promotion({"accuracy": 0.885, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy).reason
+        >>> decide_promotion({"accuracy": 0.885, "log_loss": 0.30}, {"accuracy": 0.88, "log_loss": 0.31}, policy, holdout_rows=1_000).reason
         'accuracy 0.8850 does not beat the champion 0.8800 by 0.01'
+        >>> decide_promotion({"accuracy": 1.0}, {"accuracy": 0.0}, policy, holdout_rows=2).reason
+        'holdout of 2 rows is below min_holdout_rows 200: train on a larger batch or lower the policy minimum'
     """
+    if holdout_rows < policy.min_holdout_rows:
+        return PromotionDecision(
+            False,
+            f"holdout of {holdout_rows} rows is below min_holdout_rows {policy.min_holdout_rows}: "
+            "train on a larger batch or lower the policy minimum",
+        )
     metric = policy.primary_metric
     if metric not in candidate:
         return PromotionDecision(False, f"candidate has no {metric}")
@@ -76,18 +89,10 @@ def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | N
     return PromotionDecision(True, f"{metric} {candidate[metric]:.4f} beats the champion {champion[metric]:.4f}")
 
 
-def log_candidate(estimator, X_example: np.ndarray, run_id: str):
-    """Log the estimator as an MLflow model of the run (fast: explicit requirements).
-
-    Must be called with the MLflow tracking URI of the registry set globally.
-    """
-    import mlflow
-
-    signature = infer_signature(X_example[:50], estimator.predict(X_example[:50]))
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        return mlflow.sklearn.log_model(
-            estimator, name="model", signature=signature, pip_requirements=PIP_REQUIREMENTS
-        )
+def log_candidate(estimator, X_example: np.ndarray, run_id: str, client: MlflowClient):
+    """Log the estimator as an MLflow model of the run, in `client`'s store
+    (fast: explicit requirements; no process-global MLflow state)."""
+    return log_sklearn_model(client, estimator, X_example, run_id, PIP_REQUIREMENTS)
 
 
 @dataclass(frozen=True)
@@ -102,16 +107,13 @@ class CandidateResult:
 def champion_metrics_on(registry, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[str | None, dict[str, float] | None]:
     """The champion evaluated on the candidate's holdout, so both are judged on
     the same rows; its recorded metrics when its model cannot be loaded."""
-    import mlflow.sklearn
-    from mlflow.exceptions import MlflowException
-
     champion = registry.champion()
     if champion is None:
         return None, None
     try:
-        model = mlflow.sklearn.load_model(f"models:/{registry.model_name}@{registry.champion_alias}")
+        model = load_sklearn_model(registry.client, registry.model_name, champion.version)
         return champion.version, evaluate(model, X, y, classes)
-    except (MlflowException, OSError, ValueError):
+    except (RegistryError, OSError, ValueError):
         return champion.version, dict(champion.metrics)
 
 
@@ -119,18 +121,15 @@ def champion_metrics_on(registry, X: np.ndarray, y: np.ndarray, classes: np.ndar
 def register_and_gate(training, data, registry, policy: TrainingPolicy, validation: dict | None = None) -> CandidateResult:
     """Evaluate on the holdout, register the version as challenger, promote it
     to champion if the policy's gate holds. Emits completed/registered/promoted."""
-    import mlflow
-
     logger = get_run_logger()
     model = registry.model_name
-    mlflow.set_tracking_uri(registry.resolved_tracking_uri)
     estimator = training.outcome.estimator
     metrics = evaluate(estimator, data.X_holdout, data.y_holdout, data.classes)
     for name, value in metrics.items():
         registry.client.log_metric(training.run_id, name, value)
     emit_crisis_event(CrisisEvent.TRAINING_COMPLETED, model, {"run_id": training.run_id, "metrics": metrics, "batches": training.outcome.progress.batches_seen})
 
-    info = log_candidate(estimator, data.X_holdout, training.run_id)
+    info = log_candidate(estimator, data.X_holdout, training.run_id, registry.client)
     tags = {
         "crisis.fingerprint": data.fingerprint,
         "crisis.flow_run_id": flow_run.get_id() or "",
@@ -142,7 +141,7 @@ def register_and_gate(training, data, registry, policy: TrainingPolicy, validati
     emit_crisis_event(CrisisEvent.MODEL_REGISTERED, model, {"version": version.version, "run_id": training.run_id, "metrics": metrics}, version=version.version)
 
     champion_version, champion_metrics = champion_metrics_on(registry, data.X_holdout, data.y_holdout, data.classes)
-    decision = decide_promotion(metrics, champion_metrics, policy)
+    decision = decide_promotion(metrics, champion_metrics, policy, holdout_rows=len(data.y_holdout))
     if decision.promote:
         registry.promote(version.version, decision.reason)
         emit_crisis_event(

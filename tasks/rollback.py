@@ -18,7 +18,7 @@ from enum import Enum
 import numpy as np
 from scipy import stats
 
-from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
+from prefect_crisis.blocks.rollback_policy import METRICS, MetricRule, RollbackPolicy
 
 
 class DecisionKind(str, Enum):
@@ -36,17 +36,54 @@ class Severity(str, Enum):
 
 @dataclass(frozen=True)
 class LiveWindow:
-    """What the live model did recently: counts for rates, samples for latency."""
+    """What the live model did recently: counts for rates, samples for latency.
 
-    successes: dict[str, int]  # rate metric -> successes (e.g. correct predictions)
+    `successes[metric]` counts the rate's numerator: correct predictions for
+    accuracy, errors for error_rate. Either one is enough; the other is
+    derived (they are one fact).
+
+    Example:
+        >>> LiveWindow({"accuracy": 430}, {"accuracy": 1_000}).rate("error_rate")
+        (0.57, 1000)
+    """
+
+    successes: dict[str, int]  # rate metric -> count of its numerator events
     samples: dict[str, int]  # rate metric -> trials
     latencies_ms: tuple[float, ...] = ()
 
-    def value(self, rule: MetricRule) -> tuple[float, int]:
+    def rate(self, metric: str) -> tuple[float, int] | None:
+        """(value, trials) of a rate, derived from its complement if need be; None: not reported."""
+        if metric in self.samples:
+            trials = self.samples[metric]
+            return (self.successes.get(metric, 0) / trials if trials else math.nan), trials
+        complement = METRICS[metric].complement if metric in METRICS else None
+        if complement is not None and complement in self.samples:
+            trials = self.samples[complement]
+            return ((trials - self.successes.get(complement, 0)) / trials if trials else math.nan), trials
+        return None
+
+    def value(self, rule: MetricRule) -> tuple[float, int] | None:
+        """(value, samples) of the rule's metric; None when the window does not measure it."""
         if rule.kind == "latency":
-            return (float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else math.nan), len(self.latencies_ms)
-        trials = self.samples.get(rule.metric, 0)
-        return (self.successes.get(rule.metric, 0) / trials if trials else math.nan), trials
+            if not self.latencies_ms:
+                return None
+            return float(np.percentile(self.latencies_ms, rule.spec.percentile)), len(self.latencies_ms)
+        return self.rate(rule.metric)
+
+
+def baseline_value(metric: str, baseline: dict[str, float]) -> float | None:
+    """The baseline of `metric`, or 1 minus its complement's (accuracy <-> error_rate); None if neither.
+
+    Example:
+        >>> baseline_value("error_rate", {"accuracy": 0.9, "f1": 0.88})
+        0.1
+    """
+    if metric in baseline:
+        return baseline[metric]
+    complement = METRICS[metric].complement if metric in METRICS else None
+    if complement is not None and complement in baseline:
+        return round(1.0 - baseline[complement], 12)
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,11 +111,22 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class RuleResults:
+    """Every rule of a policy judged on one live window: nothing is skipped silently."""
+
+    violations: tuple[Violation, ...] = ()
+    undecided: tuple[str, ...] = ()  # rules that cannot be judged: each says why
+    not_measured: tuple[str, ...] = ()  # latency rules with no latency samples at all
+
+
+@dataclass(frozen=True)
 class RollbackDecision:
     kind: DecisionKind
     reason: str
     target_version: str | None = None
     violations: tuple[Violation, ...] = ()
+    undecided: tuple[str, ...] = ()
+    not_measured: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -86,6 +134,8 @@ class RollbackDecision:
             "reason": self.reason,
             "target_version": self.target_version,
             "violations": [str(v) for v in self.violations],
+            "undecided": list(self.undecided),
+            "not_measured": list(self.not_measured),
         }
 
 
@@ -116,9 +166,10 @@ def check_rule(rule: MetricRule, live: LiveWindow, baseline: float, confidence: 
     For rates the *optimistic* end of the Wilson interval must still be worse
     than the allowed value, so one noisy window does not roll back a model.
     """
-    value, samples = live.value(rule)
-    if math.isnan(value):
+    measured = live.value(rule)
+    if measured is None or math.isnan(measured[0]):
         return None
+    value, samples = measured
     allowed = _allowed(rule, baseline)
     if rule.kind == "rate":
         low, high = wilson_interval(round(value * samples), samples, confidence)
@@ -127,6 +178,41 @@ def check_rule(rule: MetricRule, live: LiveWindow, baseline: float, confidence: 
         bound = value
     worse = bound < allowed if rule.higher_is_better else bound > allowed
     return Violation(rule.metric, value, bound, baseline, samples) if worse else None
+
+
+def judge_rules(live: LiveWindow, baseline: dict[str, float], policy: RollbackPolicy) -> RuleResults:
+    """Judge every rule; a rule that cannot be judged is named in `undecided`.
+
+    A latency rule with no latency samples at all is `not_measured` (latency
+    is not collected), which does not stand in the way of a HOLD.
+
+    Example:
+        >>> policy = RollbackPolicy(rules=[MetricRule(metric="error_rate", tolerance=0.02)])
+        >>> judge_rules(LiveWindow({"accuracy": 430}, {"accuracy": 1_000}), {"accuracy": 0.9}, policy).violations[0].metric
+        'error_rate'
+    """
+    violations, undecided, not_measured = [], [], []
+    for rule in policy.rules:
+        measured = live.value(rule)
+        if measured is None:
+            if rule.kind == "latency":
+                not_measured.append(f"{rule.metric} (no latency samples)")
+            else:
+                undecided.append(f"{rule.metric}: the live window does not report it")
+            continue
+        reference = baseline_value(rule.metric, baseline)
+        if reference is None:
+            known = ", ".join(sorted(baseline)) or "none"
+            undecided.append(f"{rule.metric}: no baseline (the champion records {known})")
+            continue
+        _, samples = measured
+        if samples < rule.min_samples:
+            undecided.append(f"{rule.metric}: {samples} samples < {rule.min_samples}")
+            continue
+        violation = check_rule(rule, live, reference, policy.confidence)
+        if violation:
+            violations.append(violation)
+    return RuleResults(tuple(violations), tuple(undecided), tuple(not_measured))
 
 
 def stable_versions(candidates: Sequence[Candidate], current: str | None, now: datetime, window: timedelta) -> list[Candidate]:
@@ -146,10 +232,10 @@ def choose_target(stable: Sequence[Candidate], policy: RollbackPolicy) -> Candid
         return None
     if policy.prefer == "best-metric" and policy.rules:
         rule = policy.rules[0]
-        scored = [c for c in stable if rule.metric in c.metrics]
+        scored = [(c, score) for c in stable if (score := baseline_value(rule.metric, c.metrics)) is not None]
         if scored:
             sign = 1 if rule.higher_is_better else -1
-            return max(scored, key=lambda c: sign * c.metrics[rule.metric])
+            return max(scored, key=lambda pair: sign * pair[1])[0]
     return max(stable, key=lambda c: c.served_until or c.served_from)
 
 
@@ -164,7 +250,8 @@ def decide_rollback(
     last_rollback_at: datetime | None = None,
     severity: Severity = Severity.CRITICAL,
 ) -> RollbackDecision:
-    """HOLD, ROLLBACK(target), FALLBACK (no stable version) or INCONCLUSIVE (too few samples).
+    """HOLD, ROLLBACK(target), FALLBACK (no stable version) or INCONCLUSIVE (a
+    rule cannot be judged: too few samples, no baseline, metric not reported).
 
     Args:
         live: the live window of the current champion.
@@ -174,33 +261,29 @@ def decide_rollback(
         last_rollback_at: the last rollback of this model, for the cool-down.
     """
     baseline = baseline if baseline is not None else champion.metrics
-    violations, undecided = [], []
-    for rule in policy.rules:
-        if rule.metric not in baseline:
-            continue
-        _, samples = live.value(rule)
-        if samples < rule.min_samples:
-            undecided.append(f"{rule.metric}: {samples} samples < {rule.min_samples}")
-            continue
-        violation = check_rule(rule, live, baseline[rule.metric], policy.confidence)
-        if violation:
-            violations.append(violation)
+    results = judge_rules(live, baseline, policy)
+    violations, undecided = results.violations, results.undecided
+    judged = {"violations": violations, "undecided": undecided, "not_measured": results.not_measured}
+    unmeasured = f"; not measured: {', '.join(results.not_measured)}" if results.not_measured else ""
     if not violations:
         if undecided:
-            return RollbackDecision(DecisionKind.INCONCLUSIVE, "too few samples to tell: " + "; ".join(undecided) + " (escalate to a person)")
-        return RollbackDecision(DecisionKind.HOLD, "no metric is worse than its tolerance allows")
+            return RollbackDecision(
+                DecisionKind.INCONCLUSIVE, "cannot tell: " + "; ".join(undecided) + unmeasured + " (escalate to a person)",
+                undecided=undecided, not_measured=results.not_measured,
+            )
+        return RollbackDecision(DecisionKind.HOLD, "no metric is worse than its tolerance allows" + unmeasured, not_measured=results.not_measured)
     if last_rollback_at is not None and severity is not Severity.EMERGENCY:
         cooldown = timedelta(minutes=policy.cooldown_minutes)
         if now - last_rollback_at < cooldown:
             return RollbackDecision(
-                DecisionKind.HOLD, f"cool-down: last rollback at {last_rollback_at.isoformat()}, within {policy.cooldown_minutes:g} min", violations=tuple(violations)
+                DecisionKind.HOLD, f"cool-down: last rollback at {last_rollback_at.isoformat()}, within {policy.cooldown_minutes:g} min", **judged
             )
     stable = stable_versions(candidates, champion.version, now, timedelta(minutes=policy.stability_window_minutes))
     target = choose_target(stable, policy)
     summary = "; ".join(str(v) for v in violations)
     if target is None:
-        return RollbackDecision(DecisionKind.FALLBACK, f"degraded ({summary}) and no stable version to return to", violations=tuple(violations))
-    return RollbackDecision(DecisionKind.ROLLBACK, f"degraded ({summary}); v{target.version} served stably", target.version, tuple(violations))
+        return RollbackDecision(DecisionKind.FALLBACK, f"degraded ({summary}) and no stable version to return to", **judged)
+    return RollbackDecision(DecisionKind.ROLLBACK, f"degraded ({summary}); v{target.version} served stably", target.version, **judged)
 
 
 def candidates_from_registry(registry) -> tuple[Candidate | None, list[Candidate], datetime | None]:

@@ -153,7 +153,7 @@ def test_audit_answers_what_was_serving_when_after_two_promotions(model):
     versions = []
     for _ in range(2):
         run = client.create_run(training_experiment(client, model))
-        info = log_candidate(LogisticRegression().fit(X, y), X, run.info.run_id)
+        info = log_candidate(LogisticRegression().fit(X, y), X, run.info.run_id, client)
         versions.append(registry.register_version(info.model_uri, run.info.run_id, info.model_id, {}).version)
     assert versions == ["1", "2"]
 

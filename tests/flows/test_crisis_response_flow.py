@@ -14,12 +14,11 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from sklearn.linear_model import LogisticRegression
 
-from prefect_crisis.blocks import ModelRegistry
+from prefect_crisis.blocks import MetricRule, ModelRegistry, RollbackPolicy
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
 from prefect_crisis.flows.crisis_response import crisis_response, response_limit
 from prefect_crisis.tasks.checkpoints import training_experiment
@@ -36,10 +35,10 @@ def register(registry: ModelRegistry, labels_flipped: bool, seed: int) -> str:
     X, y = batch[FEATURES].to_numpy(), batch["label"].to_numpy()
     y = 1 - y if labels_flipped else y
     model = LogisticRegression(max_iter=500).fit(X[:2_400], y[:2_400])
-    client = MlflowClient()
+    client = registry.client
     run = client.create_run(training_experiment(client, registry.model_name))
     client.log_metric(run.info.run_id, "accuracy", float(model.score(X[2_400:], y[2_400:])))
-    info = log_candidate(model, X, run.info.run_id)
+    info = log_candidate(model, X, run.info.run_id, client)
     return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {"crisis.features": ",".join(FEATURES)}).version
 
 
@@ -92,6 +91,23 @@ def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_pa
     again = crisis_response(model_name=model, window_path=window_path, incident_id="inc-1", return_state=True)
     assert again.name == "Already handled"
     assert len(live.audit_trail()) == audit_before and live.champion().version == good
+
+
+def test_an_error_rate_policy_rolls_back_a_poisoned_champion_whose_registry_records_accuracy(model, window_path):
+    # The champion's registered metrics are accuracy/f1/log loss; before, an error_rate rule was skipped: Hold.
+    now = datetime.now(timezone.utc)
+    clock = [now - timedelta(hours=3)]
+    registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
+    good, poisoned = register(registry, False, seed=6), register(registry, True, seed=7)
+    registry.promote(good, "first model")
+    clock[0] = now - timedelta(minutes=10)
+    registry.promote(poisoned, "retrained on the latest batch")
+    RollbackPolicy(rules=[MetricRule(metric="error_rate", tolerance=0.02)]).save(f"errors-{model}")
+
+    state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-errors", rollback_policy_block=f"errors-{model}", return_state=True)
+    assert state.name == "Recovered", state.message
+    assert ModelRegistry(model_name=model).champion().version == good
+    assert ModelRegistry(model_name=model).audit_trail("champion")[-1].reason.startswith("rollback: degraded (error_rate ")
 
 
 def test_with_no_stable_version_and_no_fallback_recovery_fails_and_leaves_the_registry(model, window_path):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import doctest
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
+import prefect_crisis.blocks.rollback_policy
 from prefect_crisis.blocks import MetricRule, RollbackPolicy
+from prefect_crisis.tasks.errors import PolicyError
+from prefect_crisis.tasks.incident import live_window
 from prefect_crisis.tasks.rollback import (
     Candidate,
     DecisionKind,
@@ -109,3 +113,83 @@ def test_lower_is_better_rates_use_the_lower_wilson_bound():
     live = LiveWindow({"error_rate": 150}, {"error_rate": 1_000})
     violation = check_rule(rule, live, baseline=0.10, confidence=0.95)
     assert violation is not None and violation.bound == pytest.approx(wilson_interval(150, 1_000)[0])
+
+
+# Registered champion metrics are accuracy, f1 and log loss; no error rate, no latency.
+REGISTERED = {"accuracy": 0.90, "f1": 0.89, "log_loss": 0.31}
+
+
+def test_an_error_rate_rule_is_judged_against_the_champions_accuracy():
+    # Before: the rule was skipped (no error_rate in the baseline) and a 57% error rate decided HOLD.
+    policy = RollbackPolicy(rules=[MetricRule(metric="error_rate", tolerance=0.02)])
+    champion = Candidate("3", hours_ago(0.5), None, REGISTERED)
+    labels = np.r_[np.ones(430, dtype=int), np.zeros(570, dtype=int)]
+    live = live_window(np.ones(1_000, dtype=int), labels)  # 570 errors in 1,000
+    decision = decide_rollback(live, champion, HISTORY, policy, now=NOW)
+    assert decision.kind is DecisionKind.ROLLBACK, decision.reason
+    (violation,) = decision.violations
+    assert (violation.metric, violation.live, violation.baseline) == ("error_rate", pytest.approx(0.57), pytest.approx(0.10))
+
+
+def test_accuracy_is_derived_from_a_window_that_reports_only_errors():
+    errors_only = LiveWindow({"error_rate": 570}, {"error_rate": 1_000})
+    decision = decide_rollback(errors_only, CHAMPION, HISTORY, POLICY, now=NOW)
+    assert decision.kind is DecisionKind.ROLLBACK and decision.violations[0].live == pytest.approx(0.43)
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ({"metric": "acuracy"}, "unknown metric 'acuracy'"),
+        ({"metric": "error_rate", "higher_is_better": True}, "for error_rate lower is better"),
+        ({"metric": "accuracy", "kind": "latency"}, "accuracy is a rate, not a latency"),
+    ],
+)
+def test_a_rule_that_could_never_fire_is_refused_when_the_policy_is_built(rule, message):
+    with pytest.raises(PolicyError, match=message):
+        MetricRule(**rule)
+    with pytest.raises(PolicyError, match=message):
+        RollbackPolicy(rules=[rule])  # as a saved block's document is loaded
+
+
+def test_a_rule_without_a_baseline_is_inconclusive_and_named_never_a_silent_hold():
+    champion = Candidate("3", hours_ago(0.5), None, {"f1": 0.89})
+    decision = decide_rollback(window(430, 1_000), champion, HISTORY, POLICY, now=NOW)
+    assert decision.kind is DecisionKind.INCONCLUSIVE
+    assert decision.undecided == ("accuracy: no baseline (the champion records f1)",)
+
+
+def test_a_rate_the_live_window_does_not_report_is_inconclusive():
+    decision = decide_rollback(LiveWindow({}, {}), CHAMPION, HISTORY, POLICY, now=NOW)
+    assert decision.kind is DecisionKind.INCONCLUSIVE and "accuracy: the live window does not report it" in decision.reason
+
+
+def test_latency_not_measured_is_reported_and_does_not_block_a_clear_hold():
+    policy = RollbackPolicy()  # accuracy, and latency_p95_ms with min_samples 50
+    decision = decide_rollback(window(900, 1_000), CHAMPION, HISTORY, policy, now=NOW)
+    assert decision.kind is DecisionKind.HOLD
+    assert decision.not_measured == ("latency_p95_ms (no latency samples)",) and "not measured: latency_p95_ms" in decision.reason
+    # Measured, but too few samples, still cannot decide.
+    few = window(900, 1_000, latencies=np.full(10, 40.0))
+    held_back = decide_rollback(few, CHAMPION, HISTORY, policy, now=NOW, baseline={**CHAMPION.metrics, "latency_p95_ms": 50.0})
+    assert held_back.kind is DecisionKind.INCONCLUSIVE and "latency_p95_ms: 10 samples < 50" in held_back.reason
+
+
+def test_a_latency_rule_uses_the_percentile_its_name_says():
+    latencies = np.r_[np.full(97, 40.0), np.full(3, 400.0)]
+    p95 = MetricRule(metric="latency_p95_ms", tolerance=0.5, relative=True, min_samples=50)
+    p99 = MetricRule(metric="latency_p99_ms", tolerance=0.5, relative=True, min_samples=50)
+    live = window(0, 0, latencies=latencies)
+    assert check_rule(p95, live, baseline=50.0, confidence=0.95) is None
+    assert check_rule(p99, live, baseline=50.0, confidence=0.95).live > 300
+
+
+def test_best_metric_preference_works_for_an_error_rate_rule():
+    policy = RollbackPolicy(rules=[MetricRule(metric="error_rate")], prefer="best-metric", stability_window_minutes=60)
+    decision = decide_rollback(window(700, 1_000), CHAMPION, HISTORY, policy, now=NOW)
+    assert decision.target_version == "1"  # lowest error rate = best accuracy, 0.93
+
+
+def test_rollback_policy_docstring_examples_run():
+    result = doctest.testmod(prefect_crisis.blocks.rollback_policy, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

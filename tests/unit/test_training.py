@@ -158,14 +158,14 @@ def test_estimators_without_partial_fit_are_refused():
     ],
 )
 def test_promotion_gate(candidate, champion, promote, why):
-    decision = decide_promotion(candidate, champion, TrainingPolicy(promotion_margin=0.01))
+    decision = decide_promotion(candidate, champion, TrainingPolicy(promotion_margin=0.01), holdout_rows=1_000)
     assert decision.promote is promote and why in decision.reason
 
 
 def test_promotion_gate_respects_lower_is_better_primary_metrics():
     policy = TrainingPolicy(primary_metric="log_loss", guard_metrics={})
-    assert decide_promotion({"log_loss": 0.2}, {"log_loss": 0.3}, policy).promote
-    assert not decide_promotion({"log_loss": 0.4}, {"log_loss": 0.3}, policy).promote
+    assert decide_promotion({"log_loss": 0.2}, {"log_loss": 0.3}, policy, holdout_rows=1_000).promote
+    assert not decide_promotion({"log_loss": 0.4}, {"log_loss": 0.3}, policy, holdout_rows=1_000).promote
 
 
 def test_an_interruption_from_outside_writes_the_checkpoint_then_propagates():
