@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
+from prefect_crisis.tasks.checkpoints import TRUSTED_TYPES
 from prefect_crisis.tasks.errors import RegistryError
 
 
@@ -40,7 +41,15 @@ def log_sklearn_model(client: MlflowClient, estimator, X_example: np.ndarray, ru
         signature = infer_signature(X_example[:50], estimator.predict(X_example[:50]))
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / "model"
-            mlflow.sklearn.save_model(estimator, path=str(local), mlflow_model=description, signature=signature, pip_requirements=pip_requirements)
+            mlflow.sklearn.save_model(
+                estimator,
+                path=str(local),
+                mlflow_model=description,
+                signature=signature,
+                pip_requirements=pip_requirements,
+                # skops refuses an MLP's optimizer unless it is named trusted: the same list checkpoints trust.
+                skops_trusted_types=sorted(TRUSTED_TYPES),
+            )
             client.log_model_artifacts(logged.model_id, str(local))
     except BaseException:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
