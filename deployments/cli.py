@@ -96,11 +96,11 @@ def demo(
     home: HomeOption = None,
 ) -> None:
     """Run the demo on the stack (validate a stream, train, stop, resume), then read back what it left."""
-    from prefect_crisis.blocks import ModelRegistry
-    from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
-    from prefect_crisis.flows.demo import crisis_demo
+    with stack.use_stack(home, **LONG_COMMAND) as api_url:  # before the slow imports: a dead server is told at once
+        from prefect_crisis.blocks import ModelRegistry
+        from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
+        from prefect_crisis.flows.demo import crisis_demo
 
-    with stack.use_stack(home, **LONG_COMMAND) as api_url:
         console.print(f"running the demo against {mask_uri(api_url)}")
         state = crisis_demo(model_name=model, rows=rows, return_state=True)
         summary = state.result()
@@ -181,10 +181,10 @@ def train(
     home: HomeOption = None,
 ) -> None:
     """Run the continuous-training flow once."""
-    from prefect_crisis.flows.continuous_training import continuous_training
-    from prefect_crisis.flows.validate_batch import load_contract
+    with stack.use_stack(home, **LONG_COMMAND):  # before the slow imports: a dead server is told at once
+        from prefect_crisis.flows.continuous_training import continuous_training
+        from prefect_crisis.flows.validate_batch import load_contract
 
-    with stack.use_stack(home, **LONG_COMMAND):
         load_contract(contract)
         state = continuous_training(
             model_name=model, contract_block=contract, policy_block=policy,
