@@ -21,7 +21,7 @@ from prefect_crisis.tasks.errors import ExitCode
 from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401  (cli_env is a fixture)
 
 pytestmark = pytest.mark.e2e
-ANSWER_WITHIN = 15.0  # seconds: the issue asks "about 10 s"; CLI start-up alone is 3-5 s on a loaded 2-core box
+ANSWER_WITHIN = 10.0  # seconds, as the issue asks; most of it is Python start-up (2-4 s measured)
 
 
 def home_env(cli_env: dict[str, str], home: Path) -> dict[str, str]:
@@ -168,7 +168,45 @@ LONG_FLOW = textwrap.dedent(
 )
 
 
-def test_frozen_and_dead_server_answer_at_once_and_leftovers_are_marked_crashed(cli_env, tmp_path):
+def test_frozen_and_dead_server_every_command_answers_at_once(cli_env):
+    home = Path(cli_env["CRISIS_HOME"])
+    port = free_port()
+    try:
+        up = crisis(cli_env, "up", "--port", str(port), timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        server_pid = recorded_pid(home)
+
+        # frozen: every command answers within seconds, one line, exit 4
+        os.kill(server_pid, signal.SIGSTOP)
+        figures = {}
+        for command in (("stop", "synthetic"), ("resume", "synthetic"), ("demo", "--rows", "300"), ("train",), ("status",)):
+            result, seconds = timed(cli_env, *command)
+            figures[f"frozen {command[0]}"] = round(seconds, 1)
+            assert seconds < ANSWER_WITHIN, (command, seconds)
+            if command[0] == "status":
+                assert "frozen" in result.stdout
+                continue
+            assert result.returncode == ExitCode.STACK, (command, result.stdout + result.stderr)
+            message = one_line_error(result)
+            assert f"pid {server_pid}) is frozen" in message
+            if command[0] == "stop":
+                assert "the stop flag was NOT raised" in message and "cancel the training flow run" in message
+
+        # dead (SIGKILL): the same, and it says the server is gone
+        os.kill(server_pid, signal.SIGKILL)
+        os.kill(server_pid, signal.SIGCONT)
+        for command in (("stop", "synthetic"), ("demo", "--rows", "300"), ("train",)):
+            result, seconds = timed(cli_env, *command)
+            figures[f"dead {command[0]}"] = round(seconds, 1)
+            assert seconds < ANSWER_WITHIN, (command, seconds)
+            assert result.returncode == ExitCode.STACK
+            assert "server is gone" in one_line_error(result)
+        print("seconds to answer:", figures)
+    finally:
+        kill_servers_on(port)
+
+
+def test_the_next_up_marks_what_a_dead_stack_left_running_as_crashed(cli_env, tmp_path):
     home = Path(cli_env["CRISIS_HOME"])
     port = free_port()
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
@@ -186,39 +224,15 @@ def test_frozen_and_dead_server_answer_at_once_and_leftovers_are_marked_crashed(
             env={**cli_env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
-        line = training.stdout.readline()  # bounded: the process sleeps 600 s at most, and pytest-timeout
+        line = training.stdout.readline()  # bounded by the script's own 600 s sleep and pytest-timeout
         assert line.startswith("RUNNING"), line
         _, flow_run_id, mlflow_run_id = line.split()
 
-        # frozen: every command answers within seconds, one line, exit 4
-        os.kill(server_pid, signal.SIGSTOP)
-        figures = {}
-        for command in (("stop", "synthetic"), ("resume", "synthetic"), ("demo", "--rows", "300"), ("train",), ("status",)):
-            result, seconds = timed(cli_env, *command)
-            figures[f"frozen {command[0]}"] = round(seconds, 1)
-            assert seconds < ANSWER_WITHIN, (command, seconds)
-            if command[0] == "status":
-                assert "frozen" in result.stdout
-                continue
-            assert result.returncode == ExitCode.STACK, (command, result.stdout + result.stderr)
-            message = one_line_error(result)
-            assert f"pid {server_pid}) is frozen" in message
-        assert "the stop flag was NOT raised" in crisis(cli_env, "stop", "synthetic", timeout=60).stdout
-
-        # dead: the server and the training process are killed, as in a crash
+        # a crash: the server and the training process die together
         os.kill(server_pid, signal.SIGKILL)
-        os.kill(server_pid, signal.SIGCONT)
         training.kill()
         training.wait(timeout=30)
-        for command in (("stop", "synthetic"), ("demo", "--rows", "300"), ("train",)):
-            result, seconds = timed(cli_env, *command)
-            figures[f"dead {command[0]}"] = round(seconds, 1)
-            assert seconds < ANSWER_WITHIN, (command, seconds)
-            assert result.returncode == ExitCode.STACK
-            assert "server is gone" in one_line_error(result)
-        print("seconds to answer:", figures)
 
-        # the next `crisis up` marks what the dead stack left behind, in both stores, and says so
         again = crisis(cli_env, "up", "--port", str(port), timeout=240)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "1 flow run(s)" in again.stdout and "1 MLflow training run(s) -> FAILED" in again.stdout, again.stdout
