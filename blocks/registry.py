@@ -18,10 +18,11 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from prefect.blocks.core import Block
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 
 from prefect_crisis.tasks.errors import RegistryError
 from prefect_crisis.tasks.paths import default_tracking_uri, ensure_experiment
+from prefect_crisis.tasks.uris import mask_uri, split_password, with_password
 
 TAG = "crisis."
 NO_VERSION = "none"
@@ -90,7 +91,14 @@ class ModelRegistry(Block):
     model_name: str = Field(description="Registered model name in MLflow.")
     tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking and registry URI; empty uses MLFLOW_TRACKING_URI, else .crisis/mlflow.db.",
+        description=(
+            "MLflow tracking and registry URI, without its password (a password given in it is moved to "
+            "tracking_password); empty uses MLFLOW_TRACKING_URI, else .crisis/mlflow.db."
+        ),
+    )
+    tracking_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the tracking URI's user (a database or an HTTP tracking server); stored as a secret.",
     )
     champion_alias: str = Field(default="champion", description="Alias of the version that serves.")
     challenger_alias: str = Field(default="challenger", description="Alias of the newest candidate.")
@@ -108,9 +116,31 @@ class ModelRegistry(Block):
             self._clock = clock
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_the_password_apart(cls, values: Any) -> Any:
+        # `tracking_uri` is shown in the UI and in reprs: a password written into it
+        # (the way MLflow and SQLAlchemy take it) is moved to the secret field.
+        if isinstance(values, dict) and isinstance(values.get("tracking_uri"), str):
+            uri, password = split_password(values["tracking_uri"])
+            if password is not None:
+                values = {**values, "tracking_uri": uri}
+                if not values.get("tracking_password"):
+                    values["tracking_password"] = SecretStr(password)
+        return values
+
     @property
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or default_tracking_uri()
+        """The URI MLflow is given, with the password; never print it (`display_tracking_uri` is for that)."""
+        if not self.tracking_uri:
+            return default_tracking_uri()
+        password = self.tracking_password.get_secret_value() if self.tracking_password else None
+        return with_password(self.tracking_uri, password)
+
+    @property
+    def display_tracking_uri(self) -> str:
+        """The tracking URI with its credentials masked, for output, logs and artifacts."""
+        return mask_uri(self.resolved_tracking_uri)
 
     @property
     def client(self) -> MlflowClient:

@@ -18,14 +18,21 @@ from pathlib import Path
 from typing import Annotated
 
 import cyclopts
+import httpx
 from rich.console import Console
 from rich.table import Table
 
 from prefect_crisis.deployments import stack
-from prefect_crisis.tasks.errors import CrisisError
+from prefect_crisis.tasks.errors import CrisisError, ExitCode, StackError
+from prefect_crisis.tasks.uris import mask_uri
 
 app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
 console = Console(highlight=False)
+
+# Bounds on every Prefect API call a command makes, for this CLI's process only (Prefect's
+# defaults, 60 s and 5 retries with back-off, make a frozen server look like minutes of silence).
+LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 1}  # demo, train, validate: flows with many calls
+SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 
@@ -40,21 +47,30 @@ def up(
     """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one."""
     configured = stack.configured_api_url()
     if configured:
-        console.print(f"PREFECT_API_URL is set: using {configured}, nothing started")
+        console.print(f"PREFECT_API_URL is set: using {mask_uri(configured)}, nothing started")
         return
+    already_running = stack.running_server(home)
     state = stack.start_server(home, port=port, timeout=timeout, progress=console.print)
     console.print(f"[green]Prefect server ready[/green]: UI {state.ui_url}  API {state.api_url}")
-    console.print(f"MLflow tracking URI: {stack.default_tracking_uri()}")
+    console.print(f"MLflow tracking URI: {mask_uri(stack.default_tracking_uri())}")
+    if already_running is None:
+        from prefect_crisis.deployments.leftovers import mark_leftovers_crashed
+
+        leftovers = mark_leftovers_crashed(state.api_url, stack.default_tracking_uri())
+        if leftovers.flow_runs or leftovers.training_runs:
+            console.print(leftovers.summary())
 
 
 @app.command
 def down(*, home: HomeOption = None) -> None:
     """Stop the local Prefect server started by `crisis up`."""
-    state = stack.stop_server(home)
-    if state is None:
+    outcome = stack.stop_server(home)
+    if outcome is None:
         console.print("no local Prefect server recorded: nothing to stop")
+    elif outcome.stopped:
+        console.print(f"stopped Prefect server (pid {outcome.state.pid})")
     else:
-        console.print(f"stopped Prefect server (pid {state.pid})")
+        console.print(f"stale server record ({outcome.stale_reason}): no process signalled, record cleared")
 
 
 @app.command
@@ -64,7 +80,8 @@ def status(*, home: HomeOption = None) -> None:
     table = Table(show_header=False, box=None)
     prefect = report["prefect"]
     table.add_row("home", str(report["home"]))
-    table.add_row("prefect", f"{prefect['source']}: {prefect.get('api_url', '-')} ({'healthy' if prefect['healthy'] else 'not running'})")
+    condition = "healthy" if prefect["healthy"] else prefect.get("problem") or "not running"
+    table.add_row("prefect", f"{prefect['source']}: {prefect.get('api_url', '-')} ({condition})")
     if "ui_url" in prefect:
         table.add_row("prefect UI", str(prefect["ui_url"]))
     table.add_row("mlflow", str(report["mlflow_tracking_uri"]))
@@ -79,12 +96,12 @@ def demo(
     home: HomeOption = None,
 ) -> None:
     """Run the demo on the stack (validate a stream, train, stop, resume), then read back what it left."""
-    from prefect_crisis.blocks import ModelRegistry
-    from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
-    from prefect_crisis.flows.demo import crisis_demo
+    with stack.use_stack(home, **LONG_COMMAND) as api_url:  # before the slow imports: a dead server is told at once
+        from prefect_crisis.blocks import ModelRegistry
+        from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
+        from prefect_crisis.flows.demo import crisis_demo
 
-    with stack.use_stack(home) as api_url:
-        console.print(f"running the demo against {api_url}")
+        console.print(f"running the demo against {mask_uri(api_url)}")
         state = crisis_demo(model_name=model, rows=rows, return_state=True)
         summary = state.result()
         console.rule("prefect-crisis demo")
@@ -93,7 +110,7 @@ def demo(
         console.rule()
         registry = ModelRegistry(model_name=model)
         champion = registry.champion()
-        console.print(f"MLflow registry {registry.resolved_tracking_uri}: champion of {model!r} is v{champion.version if champion else '-'}")
+        console.print(f"MLflow registry {registry.display_tracking_uri}: champion of {model!r} is v{champion.version if champion else '-'}")
         for move in registry.audit_trail(registry.champion_alias)[-3:]:
             console.print(f"  audit {move.at:%H:%M:%S} {move.action}: champion v{move.from_version or '-'} -> v{move.to_version} ({move.reason})")
         artifacts = read_artifacts_of_flow_run(state.state_details.flow_run_id)
@@ -116,7 +133,7 @@ def validate(
     """Validate one parquet or CSV batch against a saved DataContract block."""
     from prefect_crisis.flows.validate_batch import load_contract, validate_batch
 
-    with stack.use_stack(home):
+    with stack.use_stack(home, **LONG_COMMAND):
         load_contract(contract)  # a missing block is one clear line here, not a failed run
         report = validate_batch(model_name=model, contract_block=contract, batch_path=str(batch.resolve()))
     console.print(f"{report.verdict.value}: {report.kept} kept, {report.quarantined} quarantined of {report.rows}")
@@ -132,19 +149,24 @@ def stop(
     home: HomeOption = None,
 ) -> None:
     """Raise MODEL's stop flag (Prefect Variable crisis-stop-MODEL)."""
-    from prefect_crisis.tasks.training_run import set_stop_flag, stop_flag_name
+    try:
+        with stack.use_stack(home, **SHORT_COMMAND):  # checked before the slow imports: the answer comes at once
+            from prefect_crisis.tasks.training_run import set_stop_flag, stop_flag_name
 
-    with stack.use_stack(home):
-        set_stop_flag(model, reason)
+            set_stop_flag(model, reason)
+    except StackError as error:
+        raise StackError(f"{error}; the stop flag was NOT raised: {other_ways_to_stop(model)}") from None
+    except httpx.HTTPError as error:
+        raise StackError(f"the Prefect server did not take the stop flag ({type(error).__name__}); the stop flag was NOT raised: {other_ways_to_stop(model)}") from None
     console.print(f"stop flag {stop_flag_name(model)!r} raised: training of {model} halts at its next mini-batch")
 
 
 @app.command
 def resume(model: str, *, home: HomeOption = None) -> None:
     """Lower MODEL's stop flag so training may run again."""
-    from prefect_crisis.tasks.training_run import clear_stop_flag, stop_flag_name
+    with stack.use_stack(home, **SHORT_COMMAND):
+        from prefect_crisis.tasks.training_run import clear_stop_flag, stop_flag_name
 
-    with stack.use_stack(home):
         was_set = clear_stop_flag(model)
     console.print(f"stop flag {stop_flag_name(model)!r} {'lowered' if was_set else 'was not raised'}")
 
@@ -159,10 +181,10 @@ def train(
     home: HomeOption = None,
 ) -> None:
     """Run the continuous-training flow once."""
-    from prefect_crisis.flows.continuous_training import continuous_training
-    from prefect_crisis.flows.validate_batch import load_contract
+    with stack.use_stack(home, **LONG_COMMAND):  # before the slow imports: a dead server is told at once
+        from prefect_crisis.flows.continuous_training import continuous_training
+        from prefect_crisis.flows.validate_batch import load_contract
 
-    with stack.use_stack(home):
         load_contract(contract)
         state = continuous_training(
             model_name=model, contract_block=contract, policy_block=policy,
@@ -173,13 +195,33 @@ def train(
         sys.exit(1)
 
 
+def other_ways_to_stop(model: str) -> str:
+    """What halts MODEL's training when the stop flag cannot be raised (one line)."""
+    import psutil
+
+    pids = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        is_crisis = any(part.endswith(("crisis", "prefect_crisis.deployments.cli")) for part in cmdline)
+        named = next((b for a, b in zip(cmdline, cmdline[1:]) if a == "--model"), "synthetic")
+        if is_crisis and "train" in cmdline and named == model:
+            pids.append(str(process.info["pid"]))
+    where = f"`kill -INT {' '.join(pids)}` (crisis train of {model} on this machine)" if pids else "stop the training process (Ctrl-C or kill)"
+    return f"cancel the training flow run (Prefect UI, or `prefect flow-run cancel ID` once the server answers), or {where}"
+
+
+def exit_code_of(error: CrisisError) -> ExitCode:
+    """The documented exit code for a project error (see the README's exit codes)."""
+    return ExitCode.STACK if isinstance(error, StackError) else ExitCode.USAGE
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning project errors into one clear line."""
     try:
         app()
     except CrisisError as error:
-        console.print(f"[red]error:[/red] {error}")
-        sys.exit(2)
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        sys.exit(exit_code_of(error))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """The embedded default: a Prefect server on loopback with its state in `.crisis/`.
 
 `start_server` runs `prefect server start` as a child process (SQLite
-database and PREFECT_HOME under the crisis home, analytics off), records its
-pid and URL in `server.json`, and waits for `/api/health`. `stop_server`
-stops it by the recorded pid. When `PREFECT_API_URL` is already set (a team's
-server, or Prefect Cloud) nothing is started and that server is used.
+database and PREFECT_HOME under the crisis home, analytics off), waits until
+that child itself listens on the port and answers `/api/health`, then records
+its pid, start time and URL in `server.json`. `stop_server` signals the
+recorded pid only when it is still that server (command line and start time);
+a stale record is cleared. `use_stack` checks, within seconds, that the server
+is alive and answering before a command talks to it. When `PREFECT_API_URL`
+is already set (a team's server, or Prefect Cloud) nothing is started and that
+server is used.
 """
 
 from __future__ import annotations
@@ -18,31 +22,59 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
-from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+import psutil
+from prefect.settings import (
+    PREFECT_API_REQUEST_TIMEOUT,
+    PREFECT_API_URL,
+    PREFECT_CLIENT_MAX_RETRIES,
+    get_current_settings,
+    temporary_settings,
+)
 
 from prefect_crisis.tasks.errors import StackError
 from prefect_crisis.tasks.paths import crisis_home, default_tracking_uri
+from prefect_crisis.tasks.uris import mask_uri
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
+REACH_TIMEOUT = 5.0  # seconds a command waits for the server's health check before giving up
 
 
 @dataclass(frozen=True)
 class ServerState:
-    """A local server this stack started."""
+    """A local server this stack started.
+
+    `started_at` is the process's start time (psutil's create_time): with the
+    command line it tells our server from a process that later got the same pid.
+    """
 
     pid: int
     api_url: str
     home: str
     log: str
+    started_at: float | None = None
 
     @property
     def ui_url(self) -> str:
         return self.api_url.removesuffix("/api")
+
+    @property
+    def port(self) -> int | None:
+        return urlsplit(self.api_url).port
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """What `stop_server` did: stopped the recorded server, or cleared a stale record."""
+
+    state: ServerState
+    stopped: bool
+    stale_reason: str | None = None
 
 
 def configured_api_url() -> str | None:
@@ -54,7 +86,16 @@ def read_state(home: Path | None = None) -> ServerState | None:
     path = (home or crisis_home()) / STATE_FILE
     if not path.exists():
         return None
-    return ServerState(**json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+        known = {field.name for field in fields(ServerState)}
+        return ServerState(**{key: value for key, value in data.items() if key in known})
+    except (ValueError, TypeError):  # unreadable record: nothing it names can be trusted
+        return None
+
+
+def _clear_state(home: Path) -> None:
+    (home / STATE_FILE).unlink(missing_ok=True)
 
 
 def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -65,14 +106,78 @@ def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _is_server_command(cmdline: list[str], port: int | None) -> bool:
+    """True for `... prefect server start ... --port PORT` (how `start_server` runs it)."""
+    if not ("prefect" in " ".join(cmdline[:3]) and "server" in cmdline and "start" in cmdline):
         return False
-    except PermissionError:
-        return True
-    return True
+    return port is None or any(a == "--port" and b == str(port) for a, b in zip(cmdline, cmdline[1:]))
+
+
+def why_not_our_server(state: ServerState) -> str | None:
+    """None when `state.pid` is the server this stack started; else why the record is stale."""
+    try:
+        process = psutil.Process(state.pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return f"pid {state.pid} has exited"
+        cmdline, created = process.cmdline(), process.create_time()
+    except psutil.NoSuchProcess:
+        return f"pid {state.pid} is not running"
+    except psutil.AccessDenied:
+        return f"pid {state.pid} belongs to another user"
+    if not _is_server_command(cmdline, state.port):
+        return f"pid {state.pid} is now another program ({' '.join(cmdline)[:80] or '?'})"
+    if state.started_at is not None and abs(created - state.started_at) > 1.0:
+        return f"pid {state.pid} is another Prefect server, started at a different time"
+    return None
+
+
+def server_is_frozen(state: ServerState) -> bool:
+    """True when our server process is stopped by a signal (SIGSTOP, SIGTSTP)."""
+    try:
+        return psutil.Process(state.pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """True when process `pid` (or a child of it) holds a listening socket on `port`."""
+    try:
+        process = psutil.Process(pid)
+        candidates = [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for candidate in candidates:
+        try:
+            for connection in candidate.net_connections(kind="tcp"):
+                if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
+                    return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM (and SIGCONT, so a frozen server handles it) to the group `pid` leads, SIGKILL after `timeout`."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+
+    def send(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signum) if group == pid else os.kill(pid, signum)
+
+    send(signal.SIGTERM)
+    send(signal.SIGCONT)
+    try:
+        process = psutil.Process(pid)
+        process.wait(timeout=timeout)
+    except psutil.TimeoutExpired:
+        send(signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            process.wait(timeout=5)
+    except psutil.Error:
+        pass
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -91,6 +196,12 @@ def server_environment(home: Path) -> dict[str, str]:
     return environment
 
 
+def running_server(home: Path | None = None) -> ServerState | None:
+    """The recorded local server when it is still the process this stack started."""
+    state = read_state((home or crisis_home()).resolve())
+    return state if state and why_not_our_server(state) is None else None
+
+
 def start_server(
     home: Path | None = None,
     host: str = "127.0.0.1",
@@ -100,20 +211,34 @@ def start_server(
 ) -> ServerState:
     """Start the local Prefect server, or return the one already running.
 
+    Ready means: the child started here is alive, listens on the port itself,
+    and answers its health check; a server of someone else's on that port is
+    never mistaken for ours.
+
     Raises:
-        StackError: the port is taken by something else, or the server did not
-            become healthy within `timeout` seconds (the log's tail says why).
+        StackError: the port is served by another process, the recorded server
+            is frozen or not answering, or the server did not become healthy
+            within `timeout` seconds.
     """
     home = (home or crisis_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     state = read_state(home)
-    if state and _process_alive(state.pid) and is_healthy(state.api_url):
-        progress(f"Prefect server already running (pid {state.pid})")
-        return state
+    if state:
+        stale = why_not_our_server(state)
+        if stale is None:
+            if server_is_frozen(state):
+                raise StackError(f"the local Prefect server (pid {state.pid}) is frozen (stopped by a signal): `kill -CONT {state.pid}` resumes it, `crisis down` stops it")
+            if is_healthy(state.api_url, timeout=REACH_TIMEOUT):
+                progress(f"Prefect server already running (pid {state.pid})")
+                return state
+            raise StackError(f"the local Prefect server (pid {state.pid}) runs but does not answer at {state.api_url}: `crisis down`, then `crisis up`")
+        progress(f"the recorded server is gone ({stale}): starting a new one")
+        _clear_state(home)
     if not _port_free(host, port):
         raise StackError(f"port {port} on {host} is in use by another process: pass --port to use another one")
     log_path = home / LOG_FILE
     api_url = f"http://{host}:{port}/api"
+    log_start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"],
@@ -123,83 +248,142 @@ def start_server(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    state = ServerState(pid=process.pid, api_url=api_url, home=str(home), log=str(log_path))
-    (home / STATE_FILE).write_text(json.dumps(asdict(state)))
+    try:
+        started_at = psutil.Process(process.pid).create_time()
+    except psutil.Error:
+        started_at = None
+    state = ServerState(pid=process.pid, api_url=api_url, home=str(home), log=str(log_path), started_at=started_at)
     progress(f"starting Prefect server on {state.ui_url} (pid {process.pid}, log {log_path})")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        if is_healthy(api_url):
+    while time.monotonic() < deadline and process.poll() is None:
+        if _listens_on(process.pid, port) and is_healthy(api_url) and process.poll() is None:
+            # recorded only now: a start that fails never overwrites the record of a running server
+            (home / STATE_FILE).write_text(json.dumps(asdict(state)))
             return state
         time.sleep(0.5)
-    stop_server(home)
-    tail = log_path.read_text(errors="replace").splitlines()[-15:]
-    raise StackError(f"the Prefect server did not become healthy within {timeout:.0f}s; log tail:\n" + "\n".join(tail))
+    exited = process.poll() is not None
+    _terminate(process.pid, timeout=10)
+    with contextlib.suppress(ChildProcessError):
+        process.wait(timeout=1)
+    log_text = log_path.read_text(errors="replace")[log_start:]
+    if "address already in use" in log_text.lower() or "errno 98" in log_text.lower():
+        raise StackError(f"port {port} on {host} is already served by another process: pass --port to use another one")
+    last = next((line.strip() for line in reversed(log_text.splitlines()) if line.strip()), "(empty log)")
+    why = "exited" if exited else f"did not become healthy within {timeout:.0f}s"
+    raise StackError(f"the Prefect server {why}; last log line: {last[:200]} (log {log_path})")
 
 
-def stop_server(home: Path | None = None, timeout: float = 20.0) -> ServerState | None:
-    """Stop the server this stack started (SIGTERM, then SIGKILL); None if none ran."""
+def stop_server(home: Path | None = None, timeout: float = 20.0) -> StopOutcome | None:
+    """Stop the server this stack started (SIGTERM, then SIGKILL); None if none is recorded.
+
+    The recorded pid is signalled only when it is still our server (command
+    line and start time); otherwise the record is stale, cleared, and no
+    process is touched.
+    """
     home = (home or crisis_home()).resolve()
     state = read_state(home)
     if state is None:
+        if (home / STATE_FILE).exists():
+            _clear_state(home)
+            return StopOutcome(ServerState(pid=0, api_url="", home=str(home), log=""), stopped=False, stale_reason="the record was unreadable")
         return None
-    if _process_alive(state.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(state.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _process_alive(state.pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(state.pid, os.WNOHANG)
-            time.sleep(0.2)
-        if _process_alive(state.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(state.pid, signal.SIGKILL)
-    (home / STATE_FILE).unlink(missing_ok=True)
-    return state
+    stale = why_not_our_server(state)
+    if stale is None:
+        _terminate(state.pid, timeout)
+    _clear_state(home)
+    return StopOutcome(state, stopped=stale is None, stale_reason=stale)
 
 
 def resolve_api_url(home: Path | None = None) -> str | None:
-    """The configured server if there is one, else the local stack's, else None."""
+    """The configured server if there is one, else the local stack's (if it is still ours), else None."""
     configured = configured_api_url()
     if configured:
         return configured
-    state = read_state(home)
-    if state and _process_alive(state.pid):
-        return state.api_url
-    return None
+    state = running_server(home)
+    return state.api_url if state else None
+
+
+def check_reachable(api_url: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Raise StackError within `timeout` seconds unless the server answers its health check."""
+    where = mask_uri(api_url)
+    try:
+        response = httpx.get(f"{api_url}/health", timeout=timeout)
+    except httpx.TimeoutException:
+        raise StackError(f"the Prefect server at {where} did not answer within {timeout:.0f}s: it is frozen or overloaded") from None
+    except httpx.HTTPError as error:
+        raise StackError(f"cannot reach the Prefect server at {where}: {type(error).__name__} (is it running?)") from None
+    if response.status_code != 200:
+        raise StackError(f"the Prefect server at {where} answers its health check with HTTP {response.status_code}")
+
+
+def require_server(home: Path | None = None, timeout: float = REACH_TIMEOUT) -> str:
+    """The API URL of a server that is alive and answering, checked within `timeout` seconds.
+
+    Raises:
+        StackError: no server configured or started, the local one died, is
+            frozen, or does not answer; one line that says which and what to do.
+    """
+    configured = configured_api_url()
+    if configured:
+        check_reachable(configured, timeout)
+        return configured
+    state = read_state((home or crisis_home()).resolve())
+    if state is None:
+        raise StackError("no Prefect server: run `crisis up`, or set PREFECT_API_URL to your server")
+    stale = why_not_our_server(state)
+    if stale is not None:
+        raise StackError(f"the local Prefect server is gone ({stale}): it crashed or was killed; `crisis up` starts it again and marks the runs it left behind as crashed")
+    if server_is_frozen(state):
+        raise StackError(f"the local Prefect server (pid {state.pid}) is frozen (stopped by a signal): `kill -CONT {state.pid}` resumes it, `crisis down` stops it")
+    check_reachable(state.api_url, timeout)
+    return state.api_url
 
 
 @contextlib.contextmanager
-def use_stack(home: Path | None = None) -> Iterator[str]:
-    """Point Prefect clients in this process at the stack's server.
+def use_stack(
+    home: Path | None = None,
+    *,
+    request_timeout: float | None = None,
+    max_retries: int | None = None,
+    reach_timeout: float = REACH_TIMEOUT,
+) -> Iterator[str]:
+    """Point Prefect clients in this process at the stack's server, once it answers.
+
+    `request_timeout` and `max_retries` bound each Prefect API call made inside
+    the block (Prefect's defaults are 60 s and 5 retries with back-off: minutes
+    on a frozen server); they are scoped to this context, not set for the process.
 
     Raises:
-        StackError: no server is configured and the local stack is not running.
+        StackError: see `require_server`.
     """
-    api_url = resolve_api_url(home)
-    if api_url is None:
-        raise StackError("no Prefect server: run `crisis up`, or set PREFECT_API_URL to your server")
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    api_url = require_server(home, reach_timeout)
+    updates: dict = {PREFECT_API_URL: api_url}
+    if request_timeout is not None:
+        updates[PREFECT_API_REQUEST_TIMEOUT] = request_timeout
+    if max_retries is not None:
+        updates[PREFECT_CLIENT_MAX_RETRIES] = max_retries
+    with temporary_settings(updates=updates):
         yield api_url
 
 
 def stack_status(home: Path | None = None) -> dict[str, object]:
-    """What runs: the Prefect server (configured or local) and the MLflow store."""
+    """What runs: the Prefect server (configured or local) and the MLflow store; credentials masked."""
     home = (home or crisis_home()).resolve()
     configured = configured_api_url()
     state = read_state(home)
     if configured:
-        prefect = {"source": "PREFECT_API_URL", "api_url": configured, "healthy": is_healthy(configured)}
+        prefect = {"source": "PREFECT_API_URL", "api_url": mask_uri(configured), "healthy": is_healthy(configured)}
     elif state:
-        alive = _process_alive(state.pid)
+        stale = why_not_our_server(state)
+        frozen = stale is None and server_is_frozen(state)
         prefect = {
             "source": "local stack",
             "api_url": state.api_url,
             "ui_url": state.ui_url,
             "pid": state.pid,
-            "healthy": alive and is_healthy(state.api_url),
+            "healthy": stale is None and not frozen and is_healthy(state.api_url),
+            "problem": stale or ("frozen (stopped by a signal)" if frozen else None),
         }
     else:
         prefect = {"source": "none", "healthy": False}
-    return {"home": str(home), "prefect": prefect, "mlflow_tracking_uri": default_tracking_uri()}
+    return {"home": str(home), "prefect": prefect, "mlflow_tracking_uri": mask_uri(default_tracking_uri())}

@@ -8,7 +8,7 @@ say what was wrong with the input and what to do, in one line.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, IntEnum
 
 
 class CrisisError(Exception):
@@ -73,3 +73,19 @@ class TrainingError(CrisisError):
 
 class PolicyError(CrisisError):
     """A policy block cannot be applied as written (unknown metric, contradictory rule)."""
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the `crisis` command line, one scheme for every command.
+
+    0 done; 1 an unexpected failure (a bug: the traceback is printed);
+    2 a usage or input error (bad argument, unknown name, missing file);
+    3 the work was refused or halted on purpose (batch rejected, training stopped);
+    4 the stack cannot be used (no server, server unreachable or frozen, port taken).
+    """
+
+    DONE = 0
+    FAILURE = 1
+    USAGE = 2
+    REJECTED = 3
+    STACK = 4

@@ -1,0 +1,94 @@
+"""What a dead stack leaves behind, marked as crashed in both stores.
+
+When the local Prefect server dies (SIGKILL, a crash, a power cut) the flow
+runs it was orchestrating stay Running in its database, and the MLflow
+training runs they had opened stay RUNNING: nothing is left to finish them.
+A freshly started server on that database has, by construction, no live run
+talking to it yet, so every Running/Pending/Cancelling flow run in it is a
+leftover. `mark_leftovers_crashed` sets those to Prefect's Crashed state and
+ends the MLflow training runs they own (tag `crisis.status` = running) as
+FAILED, with `crisis.status` = crashed and a `crisis.crash_reason` tag.
+
+Only MLflow runs whose `crisis.flow_run_id` names a flow run of this server
+that is no longer running are touched, so a shared tracking server's other
+runs are never ended from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Crashed
+
+TAG = "crisis."
+UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
+REASON = "the Prefect server stopped while this run was in progress; marked crashed when the stack was started again"
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What was marked: flow run ids (Prefect) and run ids (MLflow)."""
+
+    flow_runs: tuple[str, ...]
+    task_runs: int
+    training_runs: tuple[str, ...]
+
+    def summary(self) -> str:
+        return (
+            f"marked what the previous server left running as crashed: {len(self.flow_runs)} flow run(s) "
+            f"({self.task_runs} task run(s)) -> Crashed, {len(self.training_runs)} MLflow training run(s) -> FAILED"
+        )
+
+
+def _store_exists(tracking_uri: str) -> bool:
+    # A SQLite store that does not exist yet holds nothing to mark; opening it would create it.
+    return not tracking_uri.startswith("sqlite:///") or Path(tracking_uri.removeprefix("sqlite:///")).exists()
+
+
+def mark_leftovers_crashed(api_url: str, tracking_uri: str, reason: str = REASON) -> Leftovers:
+    """Mark unfinished flow runs of the server at `api_url` Crashed, and their MLflow training runs FAILED."""
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED))))
+        for run in flow_runs:
+            client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+        task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED))))
+        for task_run in task_runs:
+            client.set_task_run_state(task_run.id, Crashed(message=reason), force=True)
+        training_runs = _end_orphaned_training_runs(client, tracking_uri, reason) if _store_exists(tracking_uri) else ()
+    return Leftovers(tuple(str(run.id) for run in flow_runs), len(task_runs), training_runs)
+
+
+def _end_orphaned_training_runs(prefect_client, tracking_uri: str, reason: str) -> tuple[str, ...]:
+    mlflow_client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiments = mlflow_client.search_experiments(filter_string="name LIKE 'crisis-training-%'")
+    if not experiments:
+        return ()
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id for experiment in experiments],
+        filter_string=f"tags.`{TAG}status` = 'running' AND attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    ended = []
+    for run in runs:
+        flow_run_id = run.data.tags.get(f"{TAG}flow_run_id")
+        if not flow_run_id:
+            continue
+        try:
+            flow_run = prefect_client.read_flow_run(flow_run_id)
+        except ObjectNotFound:  # a run of another server sharing this tracking store: not ours to end
+            continue
+        if flow_run.state is None or not flow_run.state.is_final():
+            continue
+        mlflow_client.set_tag(run.info.run_id, f"{TAG}status", "crashed")
+        mlflow_client.set_tag(run.info.run_id, f"{TAG}crash_reason", reason)
+        mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        ended.append(run.info.run_id)
+    return tuple(ended)
