@@ -87,14 +87,15 @@ def reference_fences(reference: np.ndarray, rate: float) -> Fences | None:
         >>> float(np.mean(fences.outside(rng.lognormal(size=200_000)))) < 0.001
         True
     """
-    values = np.sort(reference[np.isfinite(reference)])
+    values = reference[np.isfinite(reference)]
     n = len(values)
     if n < 20:
         return None
     k = max(1, int(rate * (n + 1)))
     inner_rank = min(_INNER_FACTOR * k, n // 2)
-    high_base, high_inner = values[n - k], values[n - inner_rank]
-    low_base, low_inner = values[k - 1], values[inner_rank - 1]
+    # Four order statistics need a partition, not a sort (linear on a million rows).
+    positions = [k - 1, inner_rank - 1, n - inner_rank, n - k]
+    low_base, low_inner, high_inner, high_base = np.partition(values, positions)[positions]
     return Fences(
         low=float(low_base - (low_inner - low_base)),
         high=float(high_base + (high_base - high_inner)),

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_crisis.deployments import stack
+from prefect_crisis.deployments.contract_cli import contract_app
 from prefect_crisis.tasks.errors import CrisisError, ExitCode, StackError
 from prefect_crisis.tasks.uris import mask_uri
 
@@ -33,6 +34,8 @@ console = Console(highlight=False)
 # defaults, 60 s and 5 retries with back-off, make a frozen server look like minutes of silence).
 LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 1}  # demo, train, validate: flows with many calls
 SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
+
+app.command(contract_app)
 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 

@@ -48,6 +48,7 @@ class ContractErrorReason(str, Enum):
     NOT_FOUND = "not_found"
     INCOMPATIBLE_REFERENCE = "incompatible_reference"
     REFERENCE_TOO_SMALL = "reference_too_small"
+    INVALID_NAME = "invalid_name"
 
 
 class ContractError(CrisisError):

@@ -86,3 +86,31 @@ def _corrupt(frame: pd.DataFrame, rng: np.random.Generator, names: list[str], fr
     segment = frame["segment"].to_numpy(dtype=object)
     segment[unknown] = "unknown-segment"
     frame["segment"] = pd.array(segment, dtype="str")
+
+
+def customer_table(rng: np.random.Generator, rows: int) -> pd.DataFrame:
+    """Thirty numeric columns shaped as a customer table has them, a key and a plan.
+
+    Log-normal amounts, heavy-tailed scores (Student t, 3 degrees of freedom),
+    Pareto revenues, Poisson visit counts and mostly-zero refunds: the shapes
+    that break statistics tuned on Gaussians.
+
+    Example:
+        >>> table = customer_table(np.random.default_rng(0), 100)
+        >>> table.shape, int(table["customer_id"].is_unique)
+        ((100, 32), 1)
+    """
+    columns: dict[str, np.ndarray] = {"customer_id": rng.integers(0, 10**12) + np.arange(rows)}
+    for i in range(6):
+        columns[f"amount_{i}"] = rng.lognormal(3, 0.8 + 0.2 * i, rows).round(2)
+    for i in range(6):
+        columns[f"score_{i}"] = rng.standard_t(3, rows) * 10 + i
+    for i in range(6):
+        columns[f"revenue_{i}"] = ((rng.pareto(2.0 + 0.5 * i, rows) + 1) * 1_000).round(2)
+    for i in range(6):
+        columns[f"visits_{i}"] = rng.poisson(0.5 + i, rows)
+    for i in range(6):
+        # Mostly zero, then skewed: ties on most rows.
+        columns[f"refunds_{i}"] = np.where(rng.random(rows) < 0.8, 0.0, rng.gamma(2, 50, rows)).round(2)
+    columns["plan"] = rng.choice(["free", "pro", "team"], rows, p=[0.6, 0.3, 0.1])
+    return pd.DataFrame(columns)

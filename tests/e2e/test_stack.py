@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from prefect_crisis.tasks.synthetic import customer_table
 from prefect_crisis.tasks.validation import REASONS_COLUMN
 
 pytestmark = pytest.mark.e2e
@@ -63,8 +65,23 @@ def test_up_status_demo_down(cli_env, tmp_path):
         assert re.search(r"champion of 'synthetic' is v[12]\b", demo.stdout)
         assert (home / "mlflow.db").exists()
         quarantine = sorted((home / "data" / "synthetic" / "quarantine").glob("*.parquet"))
-        assert len(quarantine) == 2  # the corrupted batch and the broken one (training batches are valid)
-        assert all(pd.read_parquet(path)[REASONS_COLUMN].str.len().gt(0).all() for path in quarantine)
+        parts = [pd.read_parquet(path)[REASONS_COLUMN] for path in quarantine]
+        assert all(reasons.str.len().gt(0).all() for reasons in parts)
+        # The corrupted batch and the broken one; clean batches lose at most a few rows to the outlier budget (1%).
+        defective = [reasons for reasons in parts if not reasons.str.fullmatch(r"outlier:f\d\d").all()]
+        assert len(defective) == 2
+        assert all(len(reasons) <= 20 for reasons in parts if reasons.str.fullmatch(r"outlier:f\d\d").all())
+
+        # A contract learned from a reference, saved with its drift reference, judges a clean batch of the same population.
+        rng = np.random.default_rng(0)
+        customer_table(rng, 2_000).to_parquet(tmp_path / "reference.parquet")
+        customer_table(rng, 200).to_parquet(tmp_path / "batch.parquet")
+        saved = crisis(cli_env, "contract", "infer", str(tmp_path / "reference.parquet"), "--key", "customer_id", "--save", "churn-input")
+        assert saved.returncode == 0, saved.stdout + saved.stderr
+        assert (home / "references" / "churn-input.parquet").exists()
+        checked = crisis(cli_env, "validate", str(tmp_path / "batch.parquet"), "--model", "churn", "--contract", "churn-input")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert re.search(r"^accept(_with_quarantine)?: (19\d|200) kept", checked.stdout, re.M), checked.stdout
     finally:
         stopped = crisis(cli_env, "down")
     assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
@@ -85,3 +102,19 @@ def test_demo_without_a_server_says_what_to_do(cli_env):
     result = crisis(cli_env, "demo")
     assert result.returncode == 4  # ExitCode.STACK: the stack cannot be used
     assert "no Prefect server: run `crisis up`" in result.stdout
+
+
+def test_contract_infer_prints_a_contract_to_review_and_refuses_bad_names(cli_env, tmp_path):
+    customer_table(np.random.default_rng(1), 500).to_parquet(tmp_path / "reference.parquet")
+    printed = crisis(cli_env, "contract", "infer", str(tmp_path / "reference.parquet"), "--key", "customer_id", "--json")
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    contract = __import__("json").loads(printed.stdout)
+    columns = {column["name"]: column for column in contract["columns"]}
+    assert contract["key_column"] == "customer_id" and columns["customer_id"]["check_drift"] is False
+    assert columns["plan"]["allowed_values"] == ["free", "pro", "team"]
+    assert columns["visits_0"]["dtype"] == "int" and columns["amount_0"]["outlier_high"] is not None
+    bad_name = crisis(cli_env, "contract", "infer", str(tmp_path / "reference.parquet"), "--save", "../outside")
+    assert bad_name.returncode == 2 and bad_name.stdout.count("\n") == 1 and "is not a block name" in bad_name.stdout
+    bad_key = crisis(cli_env, "contract", "infer", str(tmp_path / "reference.parquet"), "--key", "id")
+    assert bad_key.returncode == 2 and "key_column 'id' is not a column of the reference" in bad_key.stdout
+    assert "Traceback" not in bad_name.stderr + bad_key.stderr

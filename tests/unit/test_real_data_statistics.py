@@ -14,6 +14,7 @@ import pytest
 from prefect_crisis.blocks import ColumnSpec, DataContract
 from prefect_crisis.tasks.drift import DriftSettings, categorical_drift, numeric_drift
 from prefect_crisis.tasks.errors import ContractError, ContractErrorReason
+from prefect_crisis.tasks.synthetic import customer_table
 from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
 
 SIGNIFICANCE = DriftSettings().significance
@@ -84,27 +85,9 @@ def test_a_clean_90_row_batch_passes_a_contract_that_allows_one_drifted_feature(
     assert Verdict.REJECT not in verdicts
 
 
-def real_shaped_population(rng: np.random.Generator, rows: int) -> pd.DataFrame:
-    """Thirty columns as a customer table has them: amounts, counts, ratios, scores."""
-    columns: dict[str, np.ndarray] = {"customer_id": rng.integers(0, 10**12) + np.arange(rows)}
-    for i in range(6):
-        columns[f"amount_{i}"] = rng.lognormal(3, 0.8 + 0.2 * i, rows).round(2)
-    for i in range(6):
-        columns[f"score_{i}"] = rng.standard_t(3, rows) * 10 + i
-    for i in range(6):
-        columns[f"revenue_{i}"] = ((rng.pareto(2.0 + 0.5 * i, rows) + 1) * 1_000).round(2)
-    for i in range(6):
-        columns[f"visits_{i}"] = rng.poisson(0.5 + i, rows)
-    for i in range(6):
-        # Mostly zero, then skewed: ties on most rows.
-        columns[f"refunds_{i}"] = np.where(rng.random(rows) < 0.8, 0.0, rng.gamma(2, 50, rows)).round(2)
-    columns["plan"] = rng.choice(["free", "pro", "team"], rows, p=[0.6, 0.3, 0.1])
-    return pd.DataFrame(columns)
-
-
 @pytest.fixture(scope="module")
 def learned_contract():
-    reference = real_shaped_population(np.random.default_rng(0), 5_000)
+    reference = customer_table(np.random.default_rng(0), 5_000)
     return DataContract.from_reference(reference, key_column="customer_id"), reference
 
 
@@ -115,7 +98,7 @@ def test_clean_real_shaped_batches_lose_at_most_one_percent_of_rows_to_outliers(
     rng = np.random.default_rng(rows)
     flagged = total = 0
     for _ in range(max(3, 3_000 // rows)):
-        report = validate_data(real_shaped_population(rng, rows), contract).report
+        report = validate_data(customer_table(rng, rows), contract).report
         assert report.verdict is not Verdict.REJECT
         flagged += report.quarantined
         total += report.rows
@@ -128,7 +111,7 @@ def test_without_stored_fences_the_reference_sets_them(learned_contract):
         update={"columns": [column.model_copy(update={"outlier_low": None, "outlier_high": None}) for column in contract.columns]}
     )
     rng = np.random.default_rng(3)
-    batches = [validate_data(real_shaped_population(rng, 200), bare, reference).report for _ in range(20)]
+    batches = [validate_data(customer_table(rng, 200), bare, reference).report for _ in range(20)]
     assert sum(report.quarantined for report in batches) / sum(report.rows for report in batches) <= 0.01
 
 
@@ -143,7 +126,7 @@ def test_without_any_reference_skewed_and_discrete_batches_are_not_flagged_whole
         }
     )
     rng = np.random.default_rng(4)
-    batches = [validate_data(real_shaped_population(rng, 200), unbounded).report for _ in range(20)]
+    batches = [validate_data(customer_table(rng, 200), unbounded).report for _ in range(20)]
     assert sum(report.quarantined for report in batches) / sum(report.rows for report in batches) <= 0.01
 
 
