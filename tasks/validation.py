@@ -23,7 +23,7 @@ import pandas as pd
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
 from prefect_crisis.core.fences import Fences, batch_fences, rate_per_side, reference_fences
 from prefect_crisis.tasks.columns import CoercedColumn, coerce_column
-from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, frame_drift, parallel_map
+from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, deterministic_sample, frame_drift, parallel_map
 from prefect_crisis.tasks.errors import (
     ContractError,
     ContractErrorReason,
@@ -192,8 +192,10 @@ def column_fences(spec: ColumnSpec, contract: DataContract, reference: pd.DataFr
         return Fences(spec.outlier_low, spec.outlier_high)
     if reference is None or spec.name not in reference.columns:
         return None
+    # The same deterministic sample drift uses: 100,000 rows place the tail's
+    # order statistics well, and a million would cost ten times as much.
     values = pd.to_numeric(reference[spec.name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    return reference_fences(values, outlier_rate(contract))
+    return reference_fences(deterministic_sample(values, contract.drift_sample_size, seed=3), outlier_rate(contract))
 
 
 def outlier_rate(contract: DataContract) -> float:
