@@ -8,7 +8,17 @@ say what was wrong with the input and what to do, in one line.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the `crisis` command line, one scheme for every command."""
+
+    OK = 0
+    BUG = 1
+    INPUT = 2
+    REJECTED = 3
+    STACK = 4
 
 
 class CrisisError(Exception):
@@ -25,6 +35,9 @@ class InputErrorReason(str, Enum):
     TEXT_IN_NUMERIC_COLUMN = "text_in_numeric_column"
     UNHASHABLE_VALUES = "unhashable_values"
     UNREADABLE_SOURCE = "unreadable_source"
+    MISSING_SOURCE = "missing_source"
+    TOO_FEW_ROWS = "too_few_rows"
+    INVALID_NAME = "invalid_name"
 
 
 class DataInputError(CrisisError):
@@ -68,3 +81,7 @@ class RegistryError(CrisisError):
 
 class TrainingError(CrisisError):
     """Training cannot start or continue (bad policy, estimator or checkpoint)."""
+
+
+class DemoError(CrisisError):
+    """The demo's story did not happen as told: a bug or a broken stack, not bad input."""
