@@ -288,8 +288,17 @@ def main(argv: list[str] | None = None) -> None:
     except CrisisError as error:
         if debug:
             console.print_exception()
+        _send_pending_events()
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         sys.exit(exit_code(error))
+
+
+def _send_pending_events(timeout: float = 5.0) -> None:
+    """Let queued events (block loads, run events) go before exiting, so the
+    exit does not add Prefect's "still processing items" warning to the one line."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout, at_exit=False)
 
 
 if __name__ == "__main__":
