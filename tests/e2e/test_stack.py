@@ -61,7 +61,7 @@ def test_up_status_demo_down(cli_env, tmp_path):
             assert verdict in demo.stdout
         assert re.search(r"audit .* rollback: champion v3 -> v[12] ", demo.stdout)  # the poisoned v3 is rolled back
         assert re.search(r"champion of 'synthetic-[0-9a-f-]+' is v[12]\b", demo.stdout)
-        assert len(demo.stdout.splitlines()) < 60  # the story, not Prefect's INFO run logs
+        assert len((demo.stdout + demo.stderr).splitlines()) < 60  # the story, not Prefect's INFO run logs
         assert (home / "mlflow.db").exists()
         quarantine = sorted((home / "data").glob("synthetic-*/quarantine/*.parquet"))
         assert len(quarantine) == 2  # the corrupted batch and the broken one (training batches are valid)
