@@ -84,5 +84,5 @@ def test_up_uses_a_configured_server_and_starts_nothing(cli_env):
 
 def test_demo_without_a_server_says_what_to_do(cli_env):
     result = crisis(cli_env, "demo")
-    assert result.returncode == 2
+    assert result.returncode == 4  # ExitCode.STACK
     assert "no Prefect server: run `crisis up`" in result.stdout
