@@ -103,10 +103,12 @@ def test_a_path_as_model_name_writes_nothing_outside(cli_env, tmp_path, contract
 def test_train_with_a_missing_policy_or_batch_is_one_line(cli_env, tmp_path, contract, model):
     policy = crisis(cli_env, "train", "--model", model, "--contract", contract, "--policy", "nope")
     assert policy.returncode == ExitCode.INPUT
-    assert lines(policy) == [lines(policy)[0]] and "no TrainingPolicy block named 'nope'" in policy.stdout
+    assert len(policy.stdout.splitlines()) == 1 and "no TrainingPolicy block named 'nope'" in policy.stdout
+    assert "Traceback" not in policy.stderr
     missing = crisis(cli_env, "train", "--model", model, "--contract", contract, "--batch", str(tmp_path / "missing.parquet"))
     assert missing.returncode == ExitCode.INPUT
-    assert len(lines(missing)) == 1 and "missing.parquet' does not exist" in missing.stdout
+    assert len(missing.stdout.splitlines()) == 1 and "missing.parquet' does not exist" in missing.stdout
+    assert "Traceback" not in missing.stderr
 
 
 def test_an_expected_error_inside_a_run_is_logged_and_printed_as_one_line(cli_env, tmp_path, contract, model):
