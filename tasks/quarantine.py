@@ -101,13 +101,12 @@ def persist_parts(result: ValidationResult, storage: str, model: str, batch_id: 
     """
     kept_uri = storage_uri(storage, model, "kept", f"{batch_id}.parquet")
     write_parquet(result.kept, kept_uri)
-    quarantine_uri = storage_uri(storage, model, "quarantine", f"{batch_id}.parquet")
+    quarantine_uri = None
     if len(result.quarantined):
+        quarantine_uri = storage_uri(storage, model, "quarantine", f"{batch_id}.parquet")
         write_parquet(result.quarantined, quarantine_uri)
-    else:
-        if "://" not in quarantine_uri:
-            Path(quarantine_uri).unlink(missing_ok=True)
-        quarantine_uri = None
+    elif "://" not in storage:  # a clean run of the same batch: its earlier quarantine no longer applies
+        Path(kept_uri).parent.parent.joinpath("quarantine", f"{batch_id}.parquet").unlink(missing_ok=True)
     return PersistedBatch(kept_uri, quarantine_uri)
 
 
