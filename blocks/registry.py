@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from prefect.blocks.core import Block
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from prefect_crisis.tasks.errors import RegistryError
-from prefect_crisis.tasks.paths import default_tracking_uri, ensure_experiment
+from prefect_crisis.tasks.paths import default_tracking_uri, ensure_experiment, validate_model_name
 from prefect_crisis.tasks.uris import mask_uri, split_password, with_password
 
 TAG = "crisis."
@@ -148,6 +148,11 @@ class ModelRegistry(Block):
             uri = self.resolved_tracking_uri
             self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         return self._client
+
+    @field_validator("model_name")
+    @classmethod
+    def _usable_model_name(cls, name: str) -> str:
+        return validate_model_name(name)  # it names storage paths and the stop flag
 
     def now(self) -> datetime:
         return (self._clock or utc_now)()

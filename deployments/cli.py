@@ -8,12 +8,20 @@
     crisis stop      raise a model's stop flag: its training halts at the next mini-batch
     crisis resume    lower the stop flag
     crisis down      stop the local Prefect server
+
+Exit codes (`ExitCode`): 0 done; 1 a bug (or the demo's story did not
+happen); 2 a usage or input error; 3 a batch rejected or a training stopped;
+4 the stack or server cannot be reached. Expected errors are one line;
+`--debug` (anywhere on the command line) adds their tracebacks.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +32,8 @@ from rich.table import Table
 
 from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.contract_cli import contract_app
-from prefect_crisis.tasks.errors import CrisisError, ExitCode, StackError
+from prefect_crisis.tasks.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
+from prefect_crisis.tasks.paths import validate_model_name
 from prefect_crisis.tasks.uris import mask_uri
 
 app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
@@ -91,21 +100,58 @@ def status(*, home: HomeOption = None) -> None:
     console.print(table)
 
 
+@contextmanager
+def _quiet_console(level: int = logging.WARNING):
+    """Keep Prefect's INFO run logs off the terminal (they still go to the runs); print the story instead."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, PrefectConsoleHandler)]
+    previous = [handler.level for handler in handlers]
+    for handler in handlers:
+        handler.setLevel(level)
+    try:
+        yield
+    finally:
+        for handler, old in zip(handlers, previous):
+            handler.setLevel(old)
+
+
+def _failure(state) -> BaseException | None:
+    """The exception a Failed flow-run state holds, if any."""
+    error = state.result(raise_on_failure=False)
+    return error if isinstance(error, BaseException) else None
+
+
+def _exit_for_failure(state) -> None:
+    """One line for a failed run and the exit code of its kind of error."""
+    error = _failure(state)
+    if isinstance(error, CrisisError):
+        raise error  # main() prints it as one line with its exit code
+    console.print(f"[red]error:[/red] {state.name}: {state.message}", soft_wrap=True)
+    sys.exit(ExitCode.FAILURE)
+
+
 @app.command
 def demo(
     *,
-    model: Annotated[str, cyclopts.Parameter("--model", help="Model name the batches feed.")] = "synthetic",
-    rows: Annotated[int, cyclopts.Parameter("--rows", help="Rows per batch.")] = 5_000,
+    model: Annotated[str, cyclopts.Parameter("--model", help="Prefix of the demo's model name; each run trains its own <prefix>-<time>-<id>.")] = "synthetic",
+    rows: Annotated[int, cyclopts.Parameter("--rows", help="Rows per batch (1,000 to 1,000,000).")] = 5_000,
     home: HomeOption = None,
 ) -> None:
-    """Run the demo on the stack (validate a stream, train, stop, resume), then read back what it left."""
+    """Run the demo on the stack (validate a stream, train, stop, resume, roll back a poisoned version), then read back what it left."""
+    validate_model_name(model)
     with stack.use_stack(home, **LONG_COMMAND) as api_url:  # before the slow imports: a dead server is told at once
         from prefect_crisis.blocks import ModelRegistry
         from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
-        from prefect_crisis.flows.demo import crisis_demo
+        from prefect_crisis.flows.demo import check_demo_rows, crisis_demo, demo_model_name
 
-        console.print(f"running the demo against {mask_uri(api_url)}")
-        state = crisis_demo(model_name=model, rows=rows, return_state=True)
+        check_demo_rows(rows)  # before anything is written
+        model = demo_model_name(model)
+        console.print(f"running the demo for model {model!r} against {mask_uri(api_url)} (run logs stay in the runs)")
+        with _quiet_console():
+            state = crisis_demo(model_name=model, rows=rows, return_state=True)
+        if state.is_failed():
+            _exit_for_failure(state)
         summary = state.result()
         console.rule("prefect-crisis demo")
         for number, row in enumerate(summary, start=1):
@@ -125,6 +171,13 @@ def demo(
         console.print(f"open {ui_url}/runs/flow-run/{state.state_details.flow_run_id} to read the timeline")
 
 
+def _existing_batch(batch: Path) -> str:
+    """The batch's absolute path, or a one-line error before any run starts."""
+    if not batch.is_file():
+        raise DataInputError(InputErrorReason.MISSING_SOURCE, f"batch {str(batch)!r} does not exist: check the path")
+    return str(batch.resolve())
+
+
 @app.command
 def validate(
     batch: Path,
@@ -135,13 +188,18 @@ def validate(
 ) -> None:
     """Validate one parquet or CSV batch against a saved DataContract block."""
     from prefect_crisis.flows.validate_batch import load_contract, validate_batch
+    from prefect_crisis.tasks.validation import Verdict
 
+    validate_model_name(model)
+    batch_path = _existing_batch(batch)
     with stack.use_stack(home, **LONG_COMMAND):
         load_contract(contract)  # a missing block is one clear line here, not a failed run
-        report = validate_batch(model_name=model, contract_block=contract, batch_path=str(batch.resolve()))
+        report = validate_batch(model_name=model, contract_block=contract, batch_path=batch_path)
     console.print(f"{report.verdict.value}: {report.kept} kept, {report.quarantined} quarantined of {report.rows}")
-    if report.verdict.value == "reject":
-        sys.exit(3)
+    for reason in report.rejection_reasons:
+        console.print(f"  rejected because: {reason}", soft_wrap=True)
+    if report.verdict is Verdict.REJECT:
+        sys.exit(ExitCode.REJECTED)
 
 
 @app.command
@@ -149,9 +207,19 @@ def stop(
     model: str,
     *,
     reason: Annotated[str, cyclopts.Parameter("--reason", help="Why; recorded in the flag, the event and the run.")] = "stopped by an operator",
+    force: Annotated[bool, cyclopts.Parameter("--force", help="Raise the flag even for a model the MLflow store does not know yet.")] = False,
     home: HomeOption = None,
 ) -> None:
-    """Raise MODEL's stop flag (Prefect Variable crisis-stop-MODEL)."""
+    """Raise MODEL's stop flag (Prefect Variable crisis-stop-MODEL); `--force` for a model not trained yet."""
+    validate_model_name(model)
+    if not force:
+        known = known_models()
+        if model not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            raise DataInputError(
+                InputErrorReason.INVALID_NAME,
+                f"no model {model!r} in the MLflow store (known: {listed}): check the name, or pass --force to raise its flag ahead of time",
+            )
     try:
         with stack.use_stack(home, **SHORT_COMMAND):  # checked before the slow imports: the answer comes at once
             from prefect_crisis.tasks.training_run import set_stop_flag, stop_flag_name
@@ -167,6 +235,7 @@ def stop(
 @app.command
 def resume(model: str, *, home: HomeOption = None) -> None:
     """Lower MODEL's stop flag so training may run again."""
+    validate_model_name(model)
     with stack.use_stack(home, **SHORT_COMMAND):
         from prefect_crisis.tasks.training_run import clear_stop_flag, stop_flag_name
 
@@ -183,19 +252,24 @@ def train(
     policy: Annotated[str | None, cyclopts.Parameter("--policy", help="TrainingPolicy block name.")] = None,
     home: HomeOption = None,
 ) -> None:
-    """Run the continuous-training flow once."""
+    """Run the continuous-training flow once: exit 0 trained, 3 batch rejected or training stopped."""
+    validate_model_name(model)
+    batch_path = _existing_batch(batch) if batch else None
     with stack.use_stack(home, **LONG_COMMAND):  # before the slow imports: a dead server is told at once
-        from prefect_crisis.flows.continuous_training import continuous_training
+        from prefect_crisis.flows.continuous_training import continuous_training, load_policy
         from prefect_crisis.flows.validate_batch import load_contract
 
-        load_contract(contract)
+        load_contract(contract)  # missing blocks are one clear line here, not a failed run
+        load_policy(policy)
         state = continuous_training(
-            model_name=model, contract_block=contract, policy_block=policy,
-            batch_path=str(batch.resolve()) if batch else None, return_state=True,
+            model_name=model, contract_block=contract, policy_block=policy, batch_path=batch_path, return_state=True,
         )
-    console.print(f"{state.name}: {state.message}")
+    if state.name in {"Skipped", "Stopped"}:
+        console.print(f"{state.name}: {state.message}", soft_wrap=True)
+        sys.exit(ExitCode.REJECTED)
     if state.is_failed():
-        sys.exit(1)
+        _exit_for_failure(state)
+    console.print(f"{state.name}: {state.message}", soft_wrap=True)
 
 
 def other_ways_to_stop(model: str) -> str:
@@ -213,18 +287,58 @@ def other_ways_to_stop(model: str) -> str:
     return f"cancel the training flow run (Prefect UI, or `prefect flow-run cancel ID` once the server answers), or {where}"
 
 
-def exit_code_of(error: CrisisError) -> ExitCode:
-    """The documented exit code for a project error (see the README's exit codes)."""
-    return ExitCode.STACK if isinstance(error, StackError) else ExitCode.USAGE
+def known_models() -> set[str]:
+    """Models the MLflow store knows: registered models and models with a training experiment."""
+    from mlflow import MlflowClient
+
+    from prefect_crisis.tasks.paths import default_tracking_uri
+
+    uri = default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return set()  # no store yet: nothing trained, and no empty store created by asking
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    names = {model.name for model in client.search_registered_models(max_results=1000)}
+    prefix = "crisis-training-"
+    names |= {e.name.removeprefix(prefix) for e in client.search_experiments(filter_string=f"name LIKE '{prefix}%'", max_results=1000)}
+    return names
 
 
-def main() -> None:
-    """Console-script entry point: run the app, turning project errors into one clear line."""
+def exit_code(error: CrisisError) -> ExitCode:
+    """The documented exit code of an expected error."""
+    if isinstance(error, StackError):
+        return ExitCode.STACK
+    if isinstance(error, DemoError):
+        return ExitCode.FAILURE
+    return ExitCode.USAGE
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning project errors into one clear line.
+
+    `--debug` anywhere on the command line also prints the traceback of an
+    expected error, and keeps it in the run logs.
+    """
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in tokens
+    if debug:
+        tokens = [token for token in tokens if token != "--debug"]
+        os.environ["CRISIS_DEBUG"] = "1"
     try:
-        app()
+        app(tokens)
     except CrisisError as error:
+        if debug:
+            console.print_exception()
+        _send_pending_events()
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
-        sys.exit(exit_code_of(error))
+        sys.exit(exit_code(error))
+
+
+def _send_pending_events(timeout: float = 5.0) -> None:
+    """Let queued events (block loads, run events) go before exiting, so the
+    exit does not add Prefect's "still processing items" warning to the one line."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout, at_exit=False)
 
 
 if __name__ == "__main__":

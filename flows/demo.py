@@ -7,19 +7,27 @@ Batches: clean, corrupted (2% of rows broken: quarantined), drifted
 (reported), broken (30% of rows: rejected whole), clean. Each runs as a
 `validate-batch` subflow; each training as a `continuous-training` subflow,
 so the UI shows one run per step with its artifacts and events.
+
+Every run trains its own model (`synthetic-<time>-<random>`), so a second demo
+tells the same story as the first instead of meeting the first one's versions
+and rollback cool-down; a run whose story does not happen (the poisoned
+version not promoted, or not rolled back) fails with a `DemoError`.
 """
+
+import uuid
+from datetime import datetime, timedelta, timezone
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from datetime import datetime, timedelta, timezone
-
+from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.validate_batch import validate_batch
-from prefect_crisis.tasks.paths import default_storage
+from prefect_crisis.tasks.errors import DataInputError, DemoError, InputErrorReason
+from prefect_crisis.tasks.paths import default_storage, validate_model_name
 from prefect_crisis.tasks.quarantine import artifact_key, storage_uri, write_parquet
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.training_run import clear_stop_flag, set_stop_flag
@@ -28,6 +36,26 @@ DEMO_CONTRACT = "synthetic-stream"
 DEMO_POLICY = "synthetic-training"
 DEMO_ROLLBACK = "synthetic-rollback"
 STREAM = ("clean", "corrupted", "drifted", "broken", "clean")
+# Below this the holdouts are too small for the promotion gate and the rollback
+# decision to tell the story (a few rows decide nothing).
+DEMO_MIN_ROWS = 1_000
+DEMO_MAX_ROWS = 1_000_000
+
+
+def demo_model_name(prefix: str = "synthetic", now: datetime | None = None) -> str:
+    """A model name of its own for one demo run: `<prefix>-<UTC time>-<4 hex>`."""
+    when = now or datetime.now(timezone.utc)
+    return validate_model_name(f"{prefix}-{when:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}")
+
+
+def check_demo_rows(rows: int) -> int:
+    """`rows` if the demo can tell its story with batches of that size, else a one-line error."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or not DEMO_MIN_ROWS <= rows <= DEMO_MAX_ROWS:
+        raise DataInputError(
+            InputErrorReason.TOO_FEW_ROWS if isinstance(rows, int) and rows < DEMO_MIN_ROWS else InputErrorReason.EMPTY_FRAME,
+            f"--rows {rows!r}: the demo needs between {DEMO_MIN_ROWS:,} and {DEMO_MAX_ROWS:,} rows per batch",
+        )
+    return rows
 
 
 def save_synthetic_contract(model_name: str, storage: str, rows: int) -> str:
@@ -67,6 +95,11 @@ def _train(model_name: str, rows: int, storage: str, seed: int, step: str, condi
     return {"step": step, "condition": f"{condition}, seed {seed}", "outcome": state.name, "detail": state.message}
 
 
+def _champion_version(model_name: str) -> str | None:
+    champion = ModelRegistry(model_name=model_name).champion()
+    return champion.version if champion else None
+
+
 def _respond(model_name: str, rows: int, storage: str) -> dict:
     """A fresh labelled window (true labels) and the crisis response on it."""
     window = make_batch(rows, seed=500)
@@ -82,8 +115,22 @@ def _respond(model_name: str, rows: int, storage: str) -> dict:
 
 
 @flow(name="crisis-demo", log_prints=True)
-def crisis_demo(model_name: str = "synthetic", rows: int = 5_000, storage: str | None = None) -> list[dict]:
-    """Validate the synthetic stream, train and promote, stop and resume, then a poisoned retrain and its rollback."""
+def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str | None = None) -> list[dict]:
+    """Validate the synthetic stream, train and promote, stop and resume, then a poisoned retrain and its rollback.
+
+    Args:
+        model_name: the model the demo trains; empty gives a fresh `demo_model_name()`,
+            so every run tells the same story.
+        rows: rows per batch, 1,000 to 1,000,000.
+        storage: where batches go; defaults to `.crisis/data`.
+
+    Raises:
+        DataInputError: a bad model name or row count, before anything is written.
+        DemoError: the story did not happen (the poisoned version was not promoted or not rolled back).
+    """
+    check_demo_rows(rows)
+    model_name = validate_model_name(model_name) if model_name else demo_model_name()
+    print(f"demo model: {model_name}")
     storage = storage or default_storage()
     reference_uri = save_synthetic_contract(model_name, storage, rows)
     TrainingPolicy(epochs=5, batch_size=64).save(DEMO_POLICY, overwrite=True)
@@ -98,7 +145,14 @@ def crisis_demo(model_name: str = "synthetic", rows: int = 5_000, storage: str |
     finally:
         clear_stop_flag(model_name)
     summary.append(_train(model_name, rows, storage, seed=101, step="train again: resumes from the checkpoint"))
+    before_poison = _champion_version(model_name)
     summary.append(_train(model_name, rows, storage, seed=102, step="retrain on a poisoned batch", condition="poisoned"))
+    poisoned = _champion_version(model_name)
+    if poisoned == before_poison:
+        raise DemoError(f"the demo's story did not happen: the poisoned retrain of {model_name!r} was not promoted (champion v{poisoned})")
     summary.append(_respond(model_name, rows, storage))
     create_table_artifact(key=artifact_key("demo", model_name), table=summary, description="The demo, step by step")
+    after = _champion_version(model_name)
+    if after == poisoned:
+        raise DemoError(f"the demo's story did not happen: the poisoned v{poisoned} of {model_name!r} is still champion after the response")
     return summary

@@ -1,7 +1,7 @@
 """The validate_batch flow: load a batch, validate it against the saved
 contract and reference, persist kept and quarantined parts, publish the report."""
 
-from datetime import datetime, timezone
+import hashlib
 
 import pandas as pd
 
@@ -10,8 +10,8 @@ from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch, load_frame
-from prefect_crisis.tasks.errors import ContractError, ContractErrorReason
-from prefect_crisis.tasks.paths import default_storage
+from prefect_crisis.tasks.errors import ContractError, ContractErrorReason, DataInputError, InputErrorReason
+from prefect_crisis.tasks.paths import default_storage, validate_model_name
 from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
 from prefect_crisis.tasks.validation import ValidationReport, ValidationResult
 
@@ -28,9 +28,32 @@ def load_contract(name: str) -> DataContract:
         ) from error
 
 
-def _batch_id() -> str:
-    run_id = flow_run.get_id() or "local"
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{run_id[:8]}"
+# Fewer reference rows than this give drift figures that mean nothing (an empty
+# reference made every batch "PSI 0"): such a reference is refused, not used.
+MIN_REFERENCE_ROWS = 30
+
+
+def load_reference(uri: str) -> pd.DataFrame:
+    """Read the reference batch drift is measured against; refuse an empty or tiny one."""
+    reference = load_frame(uri)
+    if len(reference) < MIN_REFERENCE_ROWS:
+        raise DataInputError(
+            InputErrorReason.TOO_FEW_ROWS,
+            f"reference {uri!r} has {len(reference)} rows, drift needs at least {MIN_REFERENCE_ROWS}: "
+            "point the contract's reference_uri at a larger clean batch",
+        )
+    return reference
+
+
+def batch_id(frame: pd.DataFrame, fingerprint: str = "") -> str:
+    """An id from the batch's content: validating the same batch again gives the same id (and files)."""
+    if fingerprint:
+        return fingerprint
+    try:
+        hashes = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+    except TypeError:  # unhashable cells: fall back to the run, one id per validation
+        return f"run-{(flow_run.get_id() or 'local')[:8]}"
+    return hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
 
 
 @flow(name="validate-batch", log_prints=True)
@@ -56,6 +79,7 @@ def validate_batch(
         synthetic_rows: rows of the synthetic batch.
         seed: seed of the synthetic batch.
     """
+    validate_model_name(model_name)
     contract = load_contract(contract_block)
     frame = load_batch(batch_path, synthetic_condition, synthetic_rows, seed)
     return validate_and_publish(frame, contract, model_name, reference_path, storage).report
@@ -67,15 +91,16 @@ def validate_and_publish(
     """Validate inside a flow run, persist both parts, publish report and event."""
     logger = get_run_logger()
     reference_uri = reference_path or contract.reference_uri
-    reference = load_frame(reference_uri) if reference_uri else None
-    batch_id = _batch_id()
+    validate_model_name(model_name)
+    reference = load_reference(reference_uri) if reference_uri else None
     result = validate_data_task(frame, contract, model_name, reference)
     report = result.report
-    persisted = persist_parts_task(result, storage or default_storage(), model_name, batch_id)
-    publish_validation(report, model_name, batch_id, persisted)
+    identifier = batch_id(frame, report.fingerprint)
+    persisted = persist_parts_task(result, storage or default_storage(), model_name, identifier)
+    publish_validation(report, model_name, identifier, persisted)
     logger.info(
         "batch %s: %s, %d rows, %d kept, %d quarantined%s",
-        batch_id,
+        identifier,
         report.verdict.value,
         report.rows,
         report.kept,

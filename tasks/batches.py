@@ -3,6 +3,7 @@ the synthetic stream."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -25,6 +26,8 @@ def load_frame(uri: str) -> pd.DataFrame:
     Raises:
         DataInputError: the file is missing, unreadable, or neither parquet nor CSV.
     """
+    if "://" not in uri and not Path(uri).exists():
+        raise DataInputError(InputErrorReason.MISSING_SOURCE, f"batch {uri!r} does not exist: check the path")
     lowered = uri.lower()
     try:
         if lowered.endswith((".parquet", ".pq")):

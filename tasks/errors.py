@@ -25,6 +25,9 @@ class InputErrorReason(str, Enum):
     TEXT_IN_NUMERIC_COLUMN = "text_in_numeric_column"
     UNHASHABLE_VALUES = "unhashable_values"
     UNREADABLE_SOURCE = "unreadable_source"
+    MISSING_SOURCE = "missing_source"
+    TOO_FEW_ROWS = "too_few_rows"
+    INVALID_NAME = "invalid_name"
 
 
 class DataInputError(CrisisError):
@@ -90,3 +93,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     REJECTED = 3
     STACK = 4
+
+
+class DemoError(CrisisError):
+    """The demo's story did not happen as told: a bug or a broken stack, not bad input."""

@@ -3,6 +3,7 @@ decide, recover. Thin wrappers over diagnostics, rollback and recovery."""
 
 from __future__ import annotations
 
+import base64
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,8 +50,10 @@ def live_window(y_true: np.ndarray, y_pred: np.ndarray, latencies_ms=()) -> Live
     return LiveWindow({"accuracy": int((y_true == y_pred).sum())}, {"accuracy": len(y_true)}, tuple(latencies_ms))
 
 
-def render_diagnosis(report: DiagnosticReport, model: str, version: str, plot_uri: str | None) -> str:
+def render_diagnosis(report: DiagnosticReport, model: str, version: str, plot_uri: str | None, plot_png: bytes | None = None) -> str:
     lines = [f"# Diagnosis of `{model}` v{version}", "", f"{report.rows:,} labelled predictions, error rate **{report.error_rate:.2%}**", ""]
+    if plot_png:  # embedded: the Prefect UI renders a data: URI image, not a file:// path
+        lines += [f"![Confusion matrix and error over time](data:image/png;base64,{base64.b64encode(plot_png).decode()})", ""]
     if plot_uri:
         lines += [f"Confusion matrix and error over time: `{plot_uri}`", ""]
     if report.recommendations:
@@ -114,10 +117,11 @@ def diagnose_model(registry: ModelRegistry, version: str, window: pd.DataFrame, 
         plot = Path(folder) / "diagnosis.png"
         plot_diagnosis(report, plot)
         client.log_artifact(run.info.run_id, str(plot))
+        plot_png = plot.read_bytes()
     client.log_dict(run.info.run_id, report.to_dict(), "diagnosis.json")
     client.set_terminated(run.info.run_id)
     plot_uri = f"{client.get_run(run.info.run_id).info.artifact_uri}/diagnosis.png"
-    create_markdown_artifact(key=artifact_key("diagnosis", registry.model_name), markdown=render_diagnosis(report, registry.model_name, version, plot_uri))
+    create_markdown_artifact(key=artifact_key("diagnosis", registry.model_name), markdown=render_diagnosis(report, registry.model_name, version, plot_uri, plot_png))
     return report, y_pred
 
 

@@ -5,7 +5,10 @@ directory, or `$CRISIS_HOME`. Team servers named by `PREFECT_API_URL` and
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
 
 
 def crisis_home() -> Path:
@@ -47,3 +50,33 @@ def ensure_experiment(client, name: str, tags: dict[str, str] | None = None) -> 
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+# Names that every store keeps as they are: a path segment, an MLflow registered
+# model, a Prefect Variable (`crisis-stop-<name>`) and an artifact key. The stop
+# flag's name is the model name itself, so two models never share a flag.
+_MODEL_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,98}[a-z0-9_])?")
+
+
+def validate_model_name(name: str) -> str:
+    """Return `name` if it is a usable model name, else raise a one-line `DataInputError`.
+
+    A model name is 1-100 lowercase letters, digits, `-` and `_`, starting with a
+    letter or digit and not ending with `-`: it goes into storage paths, MLflow
+    experiment names and the stop flag's Variable name unchanged.
+
+    Example:
+        >>> validate_model_name("churn-v2")
+        'churn-v2'
+        >>> validate_model_name("../outside")
+        Traceback (most recent call last):
+        ...
+        prefect_crisis.tasks.errors.DataInputError: invalid model name '../outside': use 1-100 lowercase letters, digits, '-' and '_', starting with a letter or digit (no '/', '..' or spaces)
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise DataInputError(
+            InputErrorReason.INVALID_NAME,
+            f"invalid model name {name!r}: use 1-100 lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit (no '/', '..' or spaces)",
+        )
+    return name

@@ -8,7 +8,9 @@ becomes a markdown artifact, the failures a table artifact, and the verdict an
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from prefect_crisis.blocks.contract import DataContract
+from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
 from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
 from prefect_crisis.tasks.validation import ValidationReport, ValidationResult, Verdict, validate_data
 
@@ -40,7 +43,17 @@ def artifact_key(*parts: str) -> str:
 
 
 def storage_uri(root: str, *parts: str) -> str:
-    """`root` joined with `parts`; local parent folders are created."""
+    """`root` joined with `parts`; local parent folders are created.
+
+    Raises:
+        DataInputError: a part is empty, `.`/`..` or holds a path separator, so
+            the result would not stay under `root`.
+    """
+    for part in parts:
+        if not part or part in {".", ".."} or "/" in part or "\\" in part:
+            raise DataInputError(
+                InputErrorReason.INVALID_NAME, f"storage path part {part!r} would leave {root!r}: use a plain name"
+            )
     if "://" in root:
         return "/".join([root.rstrip("/"), *parts])
     path = Path(root).joinpath(*parts)
@@ -48,26 +61,52 @@ def storage_uri(root: str, *parts: str) -> str:
     return str(path.resolve())
 
 
-def write_parquet(frame: pd.DataFrame, uri: str) -> None:
-    """Write `frame` with its index; columns of mixed Python objects, which
-    Arrow cannot type, are written as their text rather than not at all."""
+def _to_parquet(frame: pd.DataFrame, target) -> None:
     try:
-        frame.to_parquet(uri, index=True)
+        frame.to_parquet(target, index=True)
     except (pa.ArrowException, TypeError, ValueError):
         mixed = frame.select_dtypes(include="object").columns
+        if not len(mixed):
+            raise
         frame.assign(**{name: frame[name].map(lambda v: None if v is None else repr(v)) for name in mixed}).to_parquet(
-            uri, index=True
+            target, index=True
         )
 
 
+def write_parquet(frame: pd.DataFrame, uri: str) -> None:
+    """Write `frame` with its index; columns of mixed Python objects, which
+    Arrow cannot type, are written as their text rather than not at all.
+
+    A local file is written under a temporary name in the same folder and then
+    renamed, so a reader never sees half a file and a failed write leaves the
+    previous file as it was. (Object stores write whole objects anyway.)
+    """
+    if "://" in uri:
+        _to_parquet(frame, uri)
+        return
+    target = Path(uri)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        _to_parquet(frame, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def persist_parts(result: ValidationResult, storage: str, model: str, batch_id: str) -> PersistedBatch:
-    """Write kept rows and, when there are any, quarantined rows with their reasons."""
+    """Write kept rows and, when there are any, quarantined rows with their reasons.
+
+    The files are named by `batch_id`: validating the same batch again replaces
+    them rather than adding copies; a stale quarantine file of that batch is removed.
+    """
     kept_uri = storage_uri(storage, model, "kept", f"{batch_id}.parquet")
     write_parquet(result.kept, kept_uri)
     quarantine_uri = None
     if len(result.quarantined):
         quarantine_uri = storage_uri(storage, model, "quarantine", f"{batch_id}.parquet")
         write_parquet(result.quarantined, quarantine_uri)
+    elif "://" not in storage:  # a clean run of the same batch: its earlier quarantine no longer applies
+        Path(kept_uri).parent.parent.joinpath("quarantine", f"{batch_id}.parquet").unlink(missing_ok=True)
     return PersistedBatch(kept_uri, quarantine_uri)
 
 

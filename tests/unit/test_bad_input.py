@@ -81,14 +81,18 @@ def test_contract_shape_errors_are_caught_when_the_block_is_built():
         DataContract(columns=[ColumnSpec(name="x"), ColumnSpec(name="x")])
 
 
-@pytest.mark.parametrize("name", ["missing.parquet", "batch.txt"])
-def test_unreadable_sources_raise_data_input_error(tmp_path, name):
-    path = tmp_path / name
-    if name.endswith(".txt"):
-        path.write_text("x\n1\n")
+def test_an_unreadable_source_raises_data_input_error(tmp_path):
+    path = tmp_path / "batch.txt"
+    path.write_text("x\n1\n")
     with pytest.raises(DataInputError) as caught:
         load_frame(str(path))
     assert caught.value.reason is InputErrorReason.UNREADABLE_SOURCE
+
+
+def test_a_missing_source_says_it_does_not_exist(tmp_path):
+    with pytest.raises(DataInputError, match=r"batch '.*missing.parquet' does not exist") as caught:
+        load_frame(str(tmp_path / "missing.parquet"))
+    assert caught.value.reason is InputErrorReason.MISSING_SOURCE
 
 
 def test_all_errors_share_the_project_base_class():
