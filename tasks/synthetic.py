@@ -114,3 +114,16 @@ def customer_table(rng: np.random.Generator, rows: int) -> pd.DataFrame:
         columns[f"refunds_{i}"] = np.where(rng.random(rows) < 0.8, 0.0, rng.gamma(2, 50, rows)).round(2)
     columns["plan"] = rng.choice(["free", "pro", "team"], rows, p=[0.6, 0.3, 0.1])
     return pd.DataFrame(columns)
+
+
+# Column shapes real tables have, for false-alarm checks of validation's statistics:
+# each draws `n` values of one population from a generator.
+COLUMN_SHAPES = {
+    "normal": lambda rng, n: rng.normal(50, 5, n),
+    "log-normal": lambda rng, n: rng.lognormal(3, 1.2, n),
+    "student-t3": lambda rng, n: rng.standard_t(3, n),
+    "poisson": lambda rng, n: rng.poisson(2, n).astype(float),
+}
+# A categorical column with a long tail of rare categories.
+CATEGORIES = np.array(["consumer", "smb", "enterprise", "public", "education", "partner", "other"])
+CATEGORY_SHARES = np.array([0.4, 0.2, 0.15, 0.1, 0.1, 0.04, 0.01])
