@@ -12,6 +12,7 @@ from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch, load_frame
 from prefect_crisis.tasks.errors import ContractError, ContractErrorReason, DataInputError, InputErrorReason
 from prefect_crisis.tasks.paths import default_storage, validate_model_name
+from prefect_crisis.tasks.stack_info import stack_summary
 from prefect_crisis.tasks.references import MIN_REFERENCE_ROWS, load_reference  # noqa: F401 (re-exported)
 from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
 from prefect_crisis.tasks.validation import ValidationReport, ValidationResult
@@ -64,6 +65,7 @@ def validate_batch(
         seed: seed of the synthetic batch.
     """
     validate_model_name(model_name)
+    get_run_logger().info("using %s", stack_summary())
     contract = load_contract(contract_block)
     frame = load_batch(batch_path, synthetic_condition, synthetic_rows, seed)
     return validate_and_publish(frame, contract, model_name, reference_path, storage).report
