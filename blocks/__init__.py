@@ -8,6 +8,7 @@ already configured: see `prefect_crisis.core.connection`.
 """
 
 from prefect.logging import get_logger
+from prefect.logging.configuration import ensure_logging_setup
 
 from prefect_crisis.core.connection import connect_to_local_stack
 
@@ -18,6 +19,7 @@ from prefect_crisis.blocks.training_policy import TrainingPolicy
 
 _connection = connect_to_local_stack()
 if _connection is not None:
+    ensure_logging_setup()  # Prefect configures its loggers lazily; the line must show in a plain script
     get_logger("crisis").info(
         "using the local stack: Prefect %s, state folder %s (found in %s)",
         _connection.api_url, _connection.home, _connection.home / "server.json",
