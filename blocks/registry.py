@@ -28,6 +28,11 @@ TAG = "crisis."
 NO_VERSION = "none"
 
 
+def first_line(message: str) -> str:
+    """MLflow's message cut to its first line: errors here are one line."""
+    return (message or "").strip().splitlines()[0] if (message or "").strip() else "no detail"
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -190,11 +195,27 @@ class ModelRegistry(Block):
             aliases=aliases,
         )
 
+    def _not_found(self, version: str | int) -> RegistryError:
+        """The one-line error for a version MLflow did not find: the model, or only the version, is missing."""
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            return RegistryError(
+                f"no registered model {self.model_name!r} in {self.display_tracking_uri}: check the name and "
+                "MLFLOW_TRACKING_URI / CRISIS_HOME, or train and register a version first"
+            )
+        return RegistryError(f"model {self.model_name!r} has no version {version}: list them with registry.versions()")
+
     def version(self, version: str | int) -> VersionInfo:
+        """One version of the model.
+
+        Raises:
+            RegistryError: the model or the version does not exist.
+        """
         try:
             found = self.client.get_model_version(self.model_name, str(version))
         except MlflowException as error:
-            raise RegistryError(f"model {self.model_name!r} has no version {version}: list them with registry.versions()") from error
+            raise self._not_found(version) from error
         return self._info(found, tuple(found.aliases))
 
     def versions(self) -> list[VersionInfo]:
@@ -227,8 +248,16 @@ class ModelRegistry(Block):
         return moves[-1].at if moves else None
 
     def retire(self, version: str | int, reason: str, incident: str | None = None) -> None:
-        """Mark a version as retired for cause; it stays in the registry."""
-        self.client.set_model_version_tag(self.model_name, str(version), f"{TAG}retired", reason)
+        """Mark a version as retired for cause; it stays in the registry.
+
+        Raises:
+            RegistryError: the model or the version does not exist, or MLflow refused.
+        """
+        self.version(version)
+        try:
+            self.client.set_model_version_tag(self.model_name, str(version), f"{TAG}retired", reason)
+        except MlflowException as error:
+            raise RegistryError(f"could not retire v{version} of {self.model_name!r}: {first_line(error.message)}") from error
         self._audit("retire", None, str(version), None, reason, incident)
 
     # -- aliases ------------------------------------------------------------------
@@ -253,8 +282,8 @@ class ModelRegistry(Block):
         try:
             self.client.set_registered_model_alias(self.model_name, alias, version)
         except MlflowException as error:
-            self._finish_audit(audit, f"failed: {error.message}")
-            raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {error.message}") from error
+            self._finish_audit(audit, f"failed: {first_line(error.message)}")
+            raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {first_line(error.message)}") from error
         self._finish_audit(audit, "applied")
         return self._move_from_run(self.client.get_run(audit))
 

@@ -2,6 +2,8 @@
 
     crisis up        start the local Prefect server (state in .crisis/)
     crisis status    what runs: Prefect server, MLflow store
+    crisis env       the exports that connect a shell: eval "$(crisis env)"
+    crisis deploy    create the work pool crisis-pool and deploy the flows with the stack's state folder
     crisis demo      run the demo flow on the stack and show what it left
     crisis validate  validate one parquet/CSV batch against a saved contract
     crisis train     train a model on one batch (validate, train, register, gate)
@@ -31,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_crisis.deployments import stack
+from prefect_crisis.deployments.connect_cli import deploy, env
 from prefect_crisis.deployments.contract_cli import contract_app
 from prefect_crisis.tasks.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
 from prefect_crisis.tasks.paths import validate_model_name
@@ -45,6 +48,8 @@ LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 1}  # demo, train, valid
 SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
 
 app.command(contract_app)
+app.command(env)
+app.command(deploy)
 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 
@@ -65,6 +70,8 @@ def up(
     state = stack.start_server(home, port=port, timeout=timeout, progress=console.print)
     console.print(f"[green]Prefect server ready[/green]: UI {state.ui_url}  API {state.api_url}")
     console.print(f"MLflow tracking URI: {mask_uri(stack.default_tracking_uri())}")
+    home_flag = f" --home {state.home}" if home is not None else ""
+    console.print(f'connect a shell or a Python process: eval "$(crisis env{home_flag})"', soft_wrap=True)
     if already_running is None:
         from prefect_crisis.deployments.leftovers import mark_leftovers_crashed
 
@@ -323,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     `--debug` anywhere on the command line also prints the traceback of an
     expected error, and keeps it in the run logs.
     """
+    # The CLI points Prefect at the stack itself (use_stack), per command: the
+    # import-time connection of prefect_crisis.blocks is for plain scripts.
+    os.environ.setdefault("CRISIS_NO_AUTOCONNECT", "1")
     tokens = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in tokens
     if debug:

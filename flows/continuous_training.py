@@ -16,6 +16,7 @@ from prefect_crisis.flows.validate_batch import load_contract, validate_and_publ
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
 from prefect_crisis.tasks.errors import RegistryError, TrainingError
 from prefect_crisis.tasks.paths import validate_model_name
+from prefect_crisis.tasks.stack_info import stack_summary
 from prefect_crisis.tasks.promotion import register_and_gate
 from prefect_crisis.tasks.training_run import split_training_data, train_model
 from prefect_crisis.tasks.validation import Verdict
@@ -76,6 +77,7 @@ def continuous_training(
     contract = load_contract(contract_block)
     policy = load_policy(policy_block)
     registry = load_registry(registry_block, model_name)
+    logger.info("using %s", stack_summary(registry.display_tracking_uri))
     frame = load_batch(batch_path, synthetic_condition, synthetic_rows, seed)
     validation = validate_and_publish(frame, contract, registry.model_name, storage=storage)
     report = validation.report

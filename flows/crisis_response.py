@@ -19,9 +19,17 @@ from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.tasks.batches import load_frame
 from prefect_crisis.tasks.errors import RegistryError
+from prefect_crisis.tasks.paths import default_storage
+from prefect_crisis.tasks.quarantine import storage_uri
+from prefect_crisis.tasks.stack_info import stack_summary
 from prefect_crisis.tasks.incident import decide_rollback_task, diagnose_model, execute_recovery_task, live_window, new_incident_id
 from prefect_crisis.tasks.recovery import ViolationType, already_handled
 from prefect_crisis.tasks.rollback import DecisionKind, Severity
+
+
+def default_window_path(model: str) -> str:
+    """Where the labelled window of `model` is kept unless told otherwise (the demo writes it there)."""
+    return storage_uri(default_storage(), model, "labelled-window.parquet")
 
 
 def response_limit(model: str) -> str:
@@ -38,7 +46,7 @@ def response_limit(model: str) -> str:
 @flow(name="crisis-response", log_prints=True)
 def crisis_response(
     model_name: str,
-    window_path: str,
+    window_path: str | None = None,
     incident_id: str | None = None,
     severity: Severity = Severity.CRITICAL,
     violation: ViolationType = ViolationType.QUALITY,
@@ -51,7 +59,8 @@ def crisis_response(
 
     Args:
         model_name: the model (when no registry block is named).
-        window_path: parquet/CSV of recent labelled rows (features, label, optional timestamp).
+        window_path: parquet/CSV of recent labelled rows (features, label, optional timestamp);
+            default `<storage>/<model>/labelled-window.parquet` under the state folder (`$CRISIS_HOME/data`).
         incident_id: ties the response's audit entries and events together; a rerun with the same id changes nothing.
         severity: warning, critical or emergency (emergency ignores the rollback cool-down).
         violation: quality, latency, errors or data-integrity: picks the recovery strategies.
@@ -60,12 +69,17 @@ def crisis_response(
     incident = incident_id or new_incident_id()
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
     policy = RollbackPolicy.load(rollback_policy_block) if rollback_policy_block else RollbackPolicy()
+    window_path = window_path or default_window_path(registry.model_name)
+    logger.info("using %s; labelled window %s", stack_summary(registry.display_tracking_uri), window_path)
     with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
         if already_handled(registry, incident):
             return Completed(name="Already handled", message=f"incident {incident} was handled before; nothing changed")
         champion = registry.champion()
         if champion is None:
-            raise RegistryError(f"{registry.model_name!r} has no champion: nothing to respond for")
+            raise RegistryError(
+                f"{registry.model_name!r} has no champion in {registry.display_tracking_uri}: nothing to respond for "
+                "(train and promote a version first, or point CRISIS_HOME / MLFLOW_TRACKING_URI at the store that has it)"
+            )
         window = load_frame(window_path)
         reference = load_frame(reference_path) if reference_path else None
         report, y_pred = diagnose_model(registry, champion.version, window, label_column, reference, incident)

@@ -12,6 +12,8 @@ from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch, load_frame
 from prefect_crisis.tasks.errors import ContractError, ContractErrorReason, DataInputError, InputErrorReason
 from prefect_crisis.tasks.paths import default_storage, validate_model_name
+from prefect_crisis.tasks.stack_info import stack_summary
+from prefect_crisis.tasks.references import MIN_REFERENCE_ROWS, load_reference  # noqa: F401 (re-exported)
 from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
 from prefect_crisis.tasks.validation import ValidationReport, ValidationResult
 
@@ -26,23 +28,6 @@ def load_contract(name: str) -> DataContract:
             f"no DataContract block named {name!r} on the Prefect server: save one with "
             f"DataContract(...).save({name!r}) or run `crisis demo` for the synthetic one",
         ) from error
-
-
-# Fewer reference rows than this give drift figures that mean nothing (an empty
-# reference made every batch "PSI 0"): such a reference is refused, not used.
-MIN_REFERENCE_ROWS = 30
-
-
-def load_reference(uri: str) -> pd.DataFrame:
-    """Read the reference batch drift is measured against; refuse an empty or tiny one."""
-    reference = load_frame(uri)
-    if len(reference) < MIN_REFERENCE_ROWS:
-        raise DataInputError(
-            InputErrorReason.TOO_FEW_ROWS,
-            f"reference {uri!r} has {len(reference)} rows, drift needs at least {MIN_REFERENCE_ROWS}: "
-            "point the contract's reference_uri at a larger clean batch",
-        )
-    return reference
 
 
 def batch_id(frame: pd.DataFrame, fingerprint: str = "") -> str:
@@ -80,6 +65,7 @@ def validate_batch(
         seed: seed of the synthetic batch.
     """
     validate_model_name(model_name)
+    get_run_logger().info("using %s", stack_summary())
     contract = load_contract(contract_block)
     frame = load_batch(batch_path, synthetic_condition, synthetic_rows, seed)
     return validate_and_publish(frame, contract, model_name, reference_path, storage).report

@@ -12,8 +12,21 @@ from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
 
 
 def crisis_home() -> Path:
-    """The folder of the local stack: server database, MLflow store, batch parts."""
-    return Path(os.environ.get("CRISIS_HOME") or Path.cwd() / ".crisis").resolve()
+    """The folder of the local stack: server database, MLflow store, batch parts.
+
+    Raises:
+        StackError: `CRISIS_HOME` holds an unrendered `{{ $CRISIS_HOME }}` (a
+            deployment made from a shell where it was not exported).
+    """
+    configured = os.environ.get("CRISIS_HOME")
+    if configured and "{{" in configured:
+        from prefect_crisis.tasks.errors import StackError
+
+        raise StackError(
+            f"CRISIS_HOME is {configured!r}: the deployment was made without CRISIS_HOME exported; "
+            "redeploy with `crisis deploy` (or after `eval \"$(crisis env)\"`)"
+        )
+    return Path(configured or Path.cwd() / ".crisis").resolve()
 
 
 def default_tracking_uri() -> str:

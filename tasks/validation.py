@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+from prefect_crisis.tasks.references import load_reference
 from prefect_crisis.core.fences import Fences, batch_fences, rate_per_side, reference_fences
 from prefect_crisis.tasks.columns import CoercedColumn, coerce_column
 from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, deterministic_sample, frame_drift, parallel_map
@@ -198,9 +199,20 @@ def column_fences(spec: ColumnSpec, contract: DataContract, reference: pd.DataFr
     return reference_fences(deterministic_sample(values, contract.drift_sample_size, seed=3), outlier_rate(contract))
 
 
+def checks_outliers(spec: ColumnSpec, contract: DataContract) -> bool:
+    """True for a numeric column checked for outliers; never the key column,
+    an identifier whose new values lie outside the reference by design."""
+    return spec.is_numeric and spec.check_outliers and spec.name != contract.key_column
+
+
+def checks_drift(spec: ColumnSpec, contract: DataContract) -> bool:
+    """True for a column compared with the reference; never the key column."""
+    return spec.check_drift and spec.dtype != "datetime" and spec.name != contract.key_column
+
+
 def outlier_rate(contract: DataContract) -> float:
     """The false-flag budget of one side of one checked column."""
-    checked = sum(1 for spec in contract.columns if spec.is_numeric and spec.check_outliers)
+    checked = sum(1 for spec in contract.columns if checks_outliers(spec, contract))
     return rate_per_side(contract.outlier_rate, checked)
 
 
@@ -224,7 +236,7 @@ def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContrac
                 high = values > spec.max_value if spec.max_value is not None else False
             out_of_range = finite & (low | high)
             findings.append((RowReason.OUT_OF_RANGE, spec.name, out_of_range))
-        if spec.check_outliers:
+        if checks_outliers(spec, contract):
             # An outlier is a value the contract allows but the column's
             # population makes implausible; a value already out of range needs
             # no second reason.
@@ -241,7 +253,7 @@ def _coerce_and_check(
     spec: ColumnSpec, series: pd.Series, contract: DataContract, reference: pd.DataFrame | None
 ) -> tuple[CoercedColumn, list[Finding]]:
     column = coerce_column(series, spec)
-    fences = column_fences(spec, contract, reference) if spec.is_numeric and spec.check_outliers else None
+    fences = column_fences(spec, contract, reference) if checks_outliers(spec, contract) else None
     return column, _check_column(spec, column, contract, fences)
 
 
@@ -296,7 +308,7 @@ def _drift(
     specs = [
         spec
         for spec in contract.columns
-        if spec.check_drift and spec.name in columns and spec.name in reference.columns and spec.dtype != "datetime"
+        if checks_drift(spec, contract) and spec.name in columns and spec.name in reference.columns
     ]
     live = {
         spec.name: (lambda spec=spec: columns[spec.name].values[kept] if spec.is_numeric else columns[spec.name].series[kept])
@@ -324,7 +336,8 @@ def validate_data(
     Args:
         frame: the batch.
         contract: what the batch must look like.
-        reference: data the batch is compared with for drift (optional).
+        reference: data the batch is compared with for drift; when None, the
+            contract's `reference_uri` is read (no drift without either).
 
     Returns:
         A `ValidationResult`: the report, the kept rows (with safe coercions
@@ -346,6 +359,8 @@ def validate_data(
         ['out_of_range:age']
     """
     check_input(frame)
+    if reference is None and contract.reference_uri:
+        reference = load_reference(contract.reference_uri)
     check_contract(contract, reference)
     rows = len(frame)
     findings = _Findings(rows)

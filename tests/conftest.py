@@ -8,6 +8,9 @@ import os
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The test process never attaches itself to a developer's running `crisis up` in the working
+# folder; tests that check the connection start their own processes without this variable.
+os.environ.setdefault("CRISIS_NO_AUTOCONNECT", "1")
 # Persist events every half second (default 5 s), so read-backs are quick.
 os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5")
 

@@ -1,0 +1,92 @@
+"""`crisis env` and `crisis deploy`: connect a shell, a Python process or a
+worker to the running stack.
+
+`crisis env` prints the exports (`eval "$(crisis env)"`). `crisis deploy`
+creates the process work pool `crisis-pool` when it is missing and runs
+`prefect deploy --all` on the packaged prefect.yaml with the stack's absolute
+state folder exported, so each deployment carries it (job variable env
+`CRISIS_HOME`) and a worker started in any folder uses the same stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import cyclopts
+
+from prefect_crisis.deployments import stack
+from prefect_crisis.tasks.errors import CrisisError, StackError
+from prefect_crisis.tasks.paths import crisis_home
+
+POOL = "crisis-pool"
+PREFECT_YAML = Path(__file__).parent / "prefect.yaml"
+
+HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
+
+
+def stack_exports(home: Path | None = None) -> dict[str, str]:
+    """The variables that connect a process to the running stack.
+
+    Values are printed as they are: the local stack has no credentials, and a
+    team server's URL comes from the caller's own environment.
+
+    Raises:
+        StackError: no server answers (see `stack.require_server`).
+    """
+    home = (home or crisis_home()).resolve()
+    api_url = stack.require_server(home)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    return {"PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": tracking_uri, "CRISIS_HOME": str(home)}
+
+
+def env(*, home: HomeOption = None) -> None:
+    """Print the exports that connect a shell to the running stack: eval "$(crisis env)"."""
+    for name, value in stack_exports(home).items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+def ensure_work_pool(api_url: str, name: str = POOL) -> bool:
+    """Create the process work pool `name` on the server unless it exists; True when created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+            return True
+
+
+def deploy(
+    *,
+    home: HomeOption = None,
+    timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds `prefect deploy` may take.")] = 180.0,
+) -> None:
+    """Create the work pool crisis-pool (process) if missing and deploy the packaged flows with the stack's state folder."""
+    exports = stack_exports(home)
+    created = ensure_work_pool(exports["PREFECT_API_URL"])
+    print(f"work pool {POOL!r} {'created (process)' if created else 'exists'}")
+    environment = {**os.environ, **exports, "PREFECT_CLI_PROMPT": "false"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML), "--all"],
+            env=environment, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise StackError(f"`prefect deploy` did not finish within {timeout:.0f}s: is the server overloaded? (--timeout to wait longer)") from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        raise CrisisError(f"`prefect deploy` failed: {lines[-1][:300] if lines else 'no output'}")
+    print(f"deployed the flows of {PREFECT_YAML} to {POOL!r}, each with CRISIS_HOME={exports['CRISIS_HOME']}")
+    print(f"start a worker (any folder): PREFECT_API_URL={exports['PREFECT_API_URL']} prefect worker start --pool {POOL}")
