@@ -32,9 +32,9 @@ from rich.table import Table
 
 from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.contract_cli import contract_app
-from prefect_crisis.tasks.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
-from prefect_crisis.tasks.paths import validate_model_name
-from prefect_crisis.tasks.uris import mask_uri
+from prefect_crisis.core.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
+from prefect_crisis.core.paths import validate_model_name
+from prefect_crisis.core.uris import mask_uri
 
 app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
 console = Console(highlight=False)
@@ -143,7 +143,8 @@ def demo(
     with stack.use_stack(home, **LONG_COMMAND) as api_url:  # before the slow imports: a dead server is told at once
         from prefect_crisis.blocks import ModelRegistry
         from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
-        from prefect_crisis.flows.demo import check_demo_rows, crisis_demo, demo_model_name
+        from prefect_crisis.flows.demo import crisis_demo
+        from prefect_crisis.tasks.synthetic import check_demo_rows, demo_model_name
 
         check_demo_rows(rows)  # before anything is written
         model = demo_model_name(model)
@@ -187,7 +188,8 @@ def validate(
     home: HomeOption = None,
 ) -> None:
     """Validate one parquet or CSV batch against a saved DataContract block."""
-    from prefect_crisis.flows.validate_batch import load_contract, validate_batch
+    from prefect_crisis.flows.validate_batch import validate_batch
+    from prefect_crisis.tasks.loading import load_contract
     from prefect_crisis.tasks.validation import Verdict
 
     validate_model_name(model)
@@ -222,7 +224,7 @@ def stop(
             )
     try:
         with stack.use_stack(home, **SHORT_COMMAND):  # checked before the slow imports: the answer comes at once
-            from prefect_crisis.tasks.training_run import set_stop_flag, stop_flag_name
+            from prefect_crisis.tasks.stop_flag import set_stop_flag, stop_flag_name
 
             set_stop_flag(model, reason)
     except StackError as error:
@@ -237,7 +239,7 @@ def resume(model: str, *, home: HomeOption = None) -> None:
     """Lower MODEL's stop flag so training may run again."""
     validate_model_name(model)
     with stack.use_stack(home, **SHORT_COMMAND):
-        from prefect_crisis.tasks.training_run import clear_stop_flag, stop_flag_name
+        from prefect_crisis.tasks.stop_flag import clear_stop_flag, stop_flag_name
 
         was_set = clear_stop_flag(model)
     console.print(f"stop flag {stop_flag_name(model)!r} {'lowered' if was_set else 'was not raised'}")
@@ -256,8 +258,8 @@ def train(
     validate_model_name(model)
     batch_path = _existing_batch(batch) if batch else None
     with stack.use_stack(home, **LONG_COMMAND):  # before the slow imports: a dead server is told at once
-        from prefect_crisis.flows.continuous_training import continuous_training, load_policy
-        from prefect_crisis.flows.validate_batch import load_contract
+        from prefect_crisis.flows.continuous_training import continuous_training
+        from prefect_crisis.tasks.loading import load_contract, load_policy
 
         load_contract(contract)  # missing blocks are one clear line here, not a failed run
         load_policy(policy)
@@ -291,7 +293,7 @@ def known_models() -> set[str]:
     """Models the MLflow store knows: registered models and models with a training experiment."""
     from mlflow import MlflowClient
 
-    from prefect_crisis.tasks.paths import default_tracking_uri
+    from prefect_crisis.core.paths import default_tracking_uri
 
     uri = default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
