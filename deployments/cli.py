@@ -17,6 +17,7 @@ happen); 2 a usage or input error; 3 a batch rejected or a training stopped;
 
 from __future__ import annotations
 
+import json as _json
 import logging
 import os
 import sys
@@ -45,6 +46,9 @@ LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 1}  # demo, train, valid
 SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
 
 app.command(contract_app)
+incident_app = cyclopts.App(name="incident", help="Incidents: list them, and show one's timeline from Prefect events and the MLflow audit.")
+app.command(incident_app)
+JsonOption = Annotated[bool, cyclopts.Parameter("--json", negative=(), help="Print JSON instead of lines.")]
 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 
@@ -170,6 +174,45 @@ def demo(
             console.print(f"  {count} x {kind:8} {key}")
         ui_url = api_url.removesuffix("/api")
         console.print(f"open {ui_url}/runs/flow-run/{state.state_details.flow_run_id} to read the timeline")
+        from prefect_crisis.tasks.incident_report import wait_for_incident_end
+
+        incident = summary[-1]["condition"]
+        console.rule(f"crisis incident show {incident}")
+        for line in wait_for_incident_end(incident).lines():
+            console.print(line, soft_wrap=True, markup=False)
+
+
+@incident_app.command(name="list")
+def incident_list(model: str | None = None, *, json: JsonOption = False, home: HomeOption = None) -> None:
+    """The incidents opened in the last 30 days (of MODEL, when given), oldest first."""
+    if model is not None:
+        validate_model_name(model)
+    with stack.use_stack(home, **SHORT_COMMAND):
+        from prefect_crisis.tasks.incident_report import opened_incidents
+
+        opened = [event.payload | {"flow_run": event.payload.get("flow_run_id")} for event in opened_incidents(model)]
+    if json:
+        print(_json.dumps(opened, default=str))
+        return
+    if not opened:
+        console.print("no incident opened in the last 30 days" + (f" for {model!r}" if model else ""))
+    for incident in opened:
+        drill = " (drill)" if incident.get("drill") else ""
+        console.print(f"{incident['id']}  {incident['opened_at']}  {incident['model']}  {incident['severity']} {incident['violation']}{drill}", soft_wrap=True)
+
+
+@incident_app.command(name="show")
+def incident_show(incident_id: str, *, json: JsonOption = False, home: HomeOption = None) -> None:
+    """The timeline of incident INCIDENT_ID: one line per step, and the times to detect, decide and recover."""
+    with stack.use_stack(home, **SHORT_COMMAND):
+        from prefect_crisis.tasks.incident_report import incident_report
+
+        report = incident_report(incident_id)
+    if json:
+        print(_json.dumps(report.to_dict(), default=str))
+        return
+    for line in report.lines():
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def _existing_batch(batch: Path) -> str:

@@ -27,6 +27,7 @@ from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.core.errors import DemoError
 from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
+from prefect_crisis.tasks.incident_report import wait_for_incident_end
 from prefect_crisis.tasks.quarantine import storage_uri, write_parquet
 from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
 from prefect_crisis.tasks.synthetic import check_demo_rows, demo_model_name, make_batch, synthetic_contract
@@ -134,4 +135,5 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     after = _champion_version(model_name)
     if after == poisoned:
         raise DemoError(f"the demo's story did not happen: the poisoned v{poisoned} of {model_name!r} is still champion after the response")
+    print("\n".join(wait_for_incident_end(summary[-1]["condition"]).lines()))  # `crisis incident show` of the rollback
     return summary
