@@ -33,8 +33,7 @@ MOVE_EVENTS = {
     AliasAction.PROMOTE: CrisisEvent.MODEL_PROMOTED,
     AliasAction.ROLLBACK: CrisisEvent.MODEL_ROLLED_BACK,
     AliasAction.FALLBACK: CrisisEvent.FALLBACK_ENGAGED,
-    AliasAction.MOVE: CrisisEvent.MODEL_MOVED,
-}
+}  # a plain MOVE (the challenger of a new version) is told by ml.model.registered
 
 
 def incident_id(incident: Incident | str | None) -> str | None:
@@ -329,12 +328,13 @@ class ModelRegistry(Block):
             raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {error.message}") from error
         self._finish_audit(audit, AuditOutcome.APPLIED)
         move = self._move_from_run(self.client.get_run(audit))
-        self.timeline(incident).emit(
-            MOVE_EVENTS[action],
-            self.model_name,
-            {"alias": alias, "from_version": from_version, "to_version": version, "reason": reason, "metrics": target.metrics},
-            version=version,
-        )
+        if action in MOVE_EVENTS:
+            self.timeline(incident).emit(
+                MOVE_EVENTS[action],
+                self.model_name,
+                {"alias": alias, "from_version": from_version, "to_version": version, "reason": reason, "metrics": target.metrics},
+                version=version,
+            )
         return move
 
     def promote(self, version: str | int, reason: str, incident: Incident | str | None = None) -> AliasMove:

@@ -139,7 +139,6 @@ class CrisisEvent(str, Enum):
     MODEL_REGISTERED = "ml.model.registered"
     MODEL_PROMOTED = "ml.model.promoted"
     MODEL_ROLLED_BACK = "ml.model.rolled-back"
-    MODEL_MOVED = "ml.model.alias-moved"
     BREACH_WARNING = "ml.breach.warning"
     BREACH_CRITICAL = "ml.breach.critical"
     BREACH_EMERGENCY = "ml.breach.emergency"
