@@ -149,7 +149,7 @@ class Timeline:
         self.incident = incident if isinstance(incident, Incident) else None
         self.incident_id = incident.id if isinstance(incident, Incident) else incident
         self.clock = clock or utc_now
-        self.sink = sink or prefect_sink
+        self.sink = sink if sink is not None else prefect_sink
 
     def bound(self, incident: Incident | str | None) -> "Timeline":
         """The same clock and sink, bound to another incident."""
