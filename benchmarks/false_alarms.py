@@ -20,18 +20,12 @@ import pandas as pd
 
 from prefect_crisis.blocks import DataContract
 from prefect_crisis.tasks.drift import DriftSettings, categorical_drift, numeric_drift, psi_categorical, psi_numeric
-from prefect_crisis.tasks.synthetic import customer_table
+from prefect_crisis.tasks.synthetic import CATEGORIES, CATEGORY_SHARES, COLUMN_SHAPES, customer_table
 from prefect_crisis.tasks.validation import validate_data
 
 SIZES = (30, 89, 200, 1_000)
-CATEGORIES = np.array(["consumer", "smb", "enterprise", "public", "education", "partner", "other"])
-SHARES = np.array([0.4, 0.2, 0.15, 0.1, 0.1, 0.04, 0.01])
-SHAPES = {
-    "normal": lambda rng, n: rng.normal(50, 5, n),
-    "log-normal": lambda rng, n: rng.lognormal(3, 1.2, n),
-    "student-t3": lambda rng, n: rng.standard_t(3, n),
-    "poisson": lambda rng, n: rng.poisson(2, n).astype(float),
-}
+SHARES = CATEGORY_SHARES
+SHAPES = COLUMN_SHAPES
 
 
 def drift_rates(rows: int, draws: int) -> tuple[dict[str, float], float]:

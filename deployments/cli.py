@@ -257,16 +257,10 @@ def stop(
 ) -> None:
     """Raise MODEL's stop flag (Prefect Variable crisis-stop-MODEL); `--force` for a model not trained yet."""
     validate_model_name(model)
-    if not force:
-        known = known_models()
-        if model not in known:
-            listed = ", ".join(sorted(known)) or "none"
-            raise DataInputError(
-                InputErrorReason.INVALID_NAME,
-                f"no model {model!r} in the MLflow store (known: {listed}): check the name, or pass --force to raise its flag ahead of time",
-            )
     try:
-        with stack.use_stack(home, **SHORT_COMMAND):  # checked before the slow imports: the answer comes at once
+        with stack.use_stack(home, **SHORT_COMMAND):  # checked first: an unreachable server is the news that matters
+            if not force:
+                check_known_model(model)
             from prefect_crisis.tasks.stop_flag import set_stop_flag, stop_flag_name
 
             set_stop_flag(model, reason)
@@ -330,6 +324,17 @@ def other_ways_to_stop(model: str) -> str:
             pids.append(str(process.info["pid"]))
     where = f"`kill -INT {' '.join(pids)}` (crisis train of {model} on this machine)" if pids else "stop the training process (Ctrl-C or kill)"
     return f"cancel the training flow run (Prefect UI, or `prefect flow-run cancel ID` once the server answers), or {where}"
+
+
+def check_known_model(model: str) -> None:
+    """A one-line error naming the known models when MODEL is not one of them."""
+    known = known_models()
+    if model not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        raise DataInputError(
+            InputErrorReason.INVALID_NAME,
+            f"no model {model!r} in the MLflow store (known: {listed}): check the name, or pass --force to raise its flag ahead of time",
+        )
 
 
 def known_models() -> set[str]:

@@ -113,7 +113,9 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     print(f"demo model: {model_name}")
     storage = storage or default_storage()
     reference_uri = save_synthetic_contract(model_name, storage, rows)
-    TrainingPolicy(epochs=5, batch_size=64).save(DEMO_POLICY, overwrite=True)
+    # The smallest demo batch (1,000 rows, a few quarantined) leaves a holdout just under the
+    # default 200 rows; 100 still judges a promotion on far more than a handful of rows.
+    TrainingPolicy(epochs=5, batch_size=64, min_holdout_rows=100).save(DEMO_POLICY, overwrite=True)
     # The demo's versions live for seconds, so no stability window; production keeps the default hour.
     RollbackPolicy(stability_window_minutes=0).save(DEMO_ROLLBACK, overwrite=True)
     print(f"saved DataContract {DEMO_CONTRACT!r} (reference {reference_uri}) and TrainingPolicy {DEMO_POLICY!r}")

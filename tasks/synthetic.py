@@ -121,6 +121,19 @@ def customer_table(rng: np.random.Generator, rows: int) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+# Column shapes real tables have, for false-alarm checks of validation's statistics:
+# each draws `n` values of one population from a generator.
+COLUMN_SHAPES = {
+    "normal": lambda rng, n: rng.normal(50, 5, n),
+    "log-normal": lambda rng, n: rng.lognormal(3, 1.2, n),
+    "student-t3": lambda rng, n: rng.standard_t(3, n),
+    "poisson": lambda rng, n: rng.poisson(2, n).astype(float),
+}
+# A categorical column with a long tail of rare categories.
+CATEGORIES = np.array(["consumer", "smb", "enterprise", "public", "education", "partner", "other"])
+CATEGORY_SHARES = np.array([0.4, 0.2, 0.15, 0.1, 0.1, 0.04, 0.01])
+
+
 # Below this the holdouts are too small for the promotion gate and the rollback
 # decision to tell the story (a few rows decide nothing).
 DEMO_MIN_ROWS = 1_000

@@ -4,6 +4,7 @@ the same incident changes nothing; with nowhere to go, recovery fails loudly."""
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 import time
@@ -87,6 +88,8 @@ def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_pa
     assert "error rate" in diagnosis and "diagnosis.png" in diagnosis
     plot = urlparse(re.search(r"`([^`]+diagnosis\.png)`", diagnosis).group(1))
     assert plot.scheme == "file" and Path(plot.path).name == "diagnosis.png" and Path(plot.path).stat().st_size > 1_000
+    embedded = re.search(r"\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", diagnosis)  # a picture in the UI, not only a path
+    assert embedded and base64.b64decode(embedded.group(1)).startswith(b"\x89PNG")
 
     audit_before = len(live.audit_trail())
     again = crisis_response(model_name=model, window_path=window_path, incident_id="inc-1", return_state=True)

@@ -14,19 +14,11 @@ import pytest
 from prefect_crisis.blocks import ColumnSpec, DataContract
 from prefect_crisis.tasks.drift import DriftSettings, categorical_drift, numeric_drift
 from prefect_crisis.core.errors import ContractError, ContractErrorReason
-from prefect_crisis.tasks.synthetic import customer_table
+from prefect_crisis.tasks.synthetic import CATEGORIES, CATEGORY_SHARES, COLUMN_SHAPES, customer_table
 from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
 
 SIGNIFICANCE = DriftSettings().significance
-CATEGORIES = np.array(["consumer", "smb", "enterprise", "public", "education", "partner", "other"])
-CATEGORY_SHARES = np.array([0.4, 0.2, 0.15, 0.1, 0.1, 0.04, 0.01])
-
-SHAPES = {
-    "normal": lambda rng, n: rng.normal(50, 5, n),
-    "lognormal": lambda rng, n: rng.lognormal(3, 1.2, n),
-    "student-t3": lambda rng, n: rng.standard_t(3, n),
-    "poisson": lambda rng, n: rng.poisson(2, n).astype(float),
-}
+SHAPES = COLUMN_SHAPES
 
 
 def same_population_flag_rate(rows: int, shape: str, draws: int) -> float:
@@ -62,7 +54,7 @@ def test_a_population_against_itself_is_flagged_at_most_at_the_significance_leve
 def test_a_half_standard_deviation_shift_is_flagged_at_500_rows_per_side():
     rng = np.random.default_rng(11)
     settings = DriftSettings()
-    for shape in ("normal", "lognormal"):
+    for shape in ("normal", "log-normal"):
         draw = SHAPES[shape]
         flagged = []
         for _ in range(100):
