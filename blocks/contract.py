@@ -13,7 +13,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, model_validator
 
 from prefect_crisis.blocks.inference import MIN_REFERENCE_ROWS, infer_columns
-from prefect_crisis.tasks.errors import ContractError, ContractErrorReason
+from prefect_crisis.core.errors import ContractError, ContractErrorReason
 
 ColumnType = Literal["float", "int", "bool", "string", "datetime"]
 

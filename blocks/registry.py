@@ -15,26 +15,33 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, ViewType
 from mlflow.exceptions import MlflowException
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from prefect_crisis.tasks.errors import RegistryError
-from prefect_crisis.tasks.paths import default_tracking_uri, ensure_experiment, validate_model_name
-from prefect_crisis.tasks.uris import mask_uri, split_password, with_password
+from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment, validate_model_name
+from prefect_crisis.core.timeline import Incident, Timeline, utc_now
+from prefect_crisis.core.uris import mask_uri, split_password, with_password
+from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey
 
-TAG = "crisis."
 NO_VERSION = "none"
 
+# The event each audited alias move emits itself, so no caller can forget it.
+MOVE_EVENTS = {
+    AliasAction.PROMOTE: CrisisEvent.MODEL_PROMOTED,
+    AliasAction.ROLLBACK: CrisisEvent.MODEL_ROLLED_BACK,
+    AliasAction.FALLBACK: CrisisEvent.FALLBACK_ENGAGED,
+}  # a plain MOVE (the challenger of a new version) is told by ml.model.registered
 
 def first_line(message: str) -> str:
     """MLflow's message cut to its first line: errors here are one line."""
     return (message or "").strip().splitlines()[0] if (message or "").strip() else "no detail"
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+def incident_id(incident: Incident | str | None) -> str | None:
+    return incident.id if isinstance(incident, Incident) else incident
 
 
 def _ms(when: datetime) -> int:
@@ -53,8 +60,26 @@ class AliasMove:
     incident: str | None
     flow_run_id: str | None
     at: datetime
-    outcome: str  # "applied" or "failed: <why>"
+    outcome: str  # AuditOutcome.APPLIED, or "failed: <why>"
     audit_run_id: str
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome == AuditOutcome.APPLIED
+
+
+@dataclass(frozen=True)
+class AuditSnapshot:
+    """The audit of one model read once (oldest first), passed along an incident's steps."""
+
+    moves: tuple[AliasMove, ...] = ()
+
+    def of_alias(self, alias: str) -> list[AliasMove]:
+        return [move for move in self.moves if move.alias == alias]
+
+    def handled(self, incident: str) -> bool:
+        """True when an alias move for this incident was applied."""
+        return any(move.incident == incident and move.applied for move in self.moves)
 
 
 @dataclass(frozen=True)
@@ -70,7 +95,7 @@ class VersionInfo:
 
     @property
     def retired(self) -> bool:
-        return f"{TAG}retired" in self.tags
+        return TagKey.RETIRED in self.tags
 
 
 class ModelRegistry(Block):
@@ -112,14 +137,24 @@ class ModelRegistry(Block):
 
     _client: MlflowClient | None = PrivateAttr(default=None)
     _clock: Callable[[], datetime] | None = PrivateAttr(default=None)
+    _timeline: Timeline | None = PrivateAttr(default=None)
 
-    def use(self, *, client: MlflowClient | None = None, clock: Callable[[], datetime] | None = None) -> "ModelRegistry":
-        """Inject the MLflow client and the clock (tests, or a shared client)."""
+    def use(
+        self, *, client: MlflowClient | None = None, clock: Callable[[], datetime] | None = None, timeline: Timeline | None = None
+    ) -> "ModelRegistry":
+        """Inject the MLflow client, the clock and the timeline (tests, or a shared client)."""
         if client is not None:
             self._client = client
         if clock is not None:
             self._clock = clock
+        if timeline is not None:
+            self._timeline = timeline
         return self
+
+    def timeline(self, incident: Incident | str | None = None) -> Timeline:
+        """The timeline registry events go to, bound to `incident` when one is given."""
+        base = self._timeline or Timeline(clock=self.now)
+        return base.bound(incident) if incident is not None else base
 
     @model_validator(mode="before")
     @classmethod
@@ -168,7 +203,7 @@ class ModelRegistry(Block):
         try:
             self.client.get_registered_model(self.model_name)
         except MlflowException:
-            self.client.create_registered_model(self.model_name, tags={f"{TAG}managed": "true"})
+            self.client.create_registered_model(self.model_name, tags={TagKey.MANAGED: "true"})
 
     def register_version(self, model_uri: str, run_id: str, model_id: str | None, tags: dict[str, str]) -> VersionInfo:
         """Register a logged model as a new version (never touches aliases)."""
@@ -181,11 +216,16 @@ class ModelRegistry(Block):
         created = self.client.create_model_version(
             self.model_name, source=source, run_id=run_id, tags=tags, model_id=model_id
         )
-        self._audit("register", None, None, created.version, "registered", None)
-        return self.version(created.version)
+        self._audit(AliasAction.REGISTER, None, None, created.version, "registered", None)
+        info = self.version(created.version)
+        self.timeline().emit(
+            CrisisEvent.MODEL_REGISTERED, self.model_name, {"version": info.version, "run_id": run_id, "metrics": info.metrics}, version=info.version
+        )
+        return info
 
-    def _info(self, found, aliases: tuple[str, ...]) -> VersionInfo:
-        metrics = self.client.get_run(found.run_id).data.metrics if found.run_id else {}
+    def _info(self, found, aliases: tuple[str, ...], metrics: dict[str, float] | None = None) -> VersionInfo:
+        if metrics is None:
+            metrics = self.client.get_run(found.run_id).data.metrics if found.run_id else {}
         return VersionInfo(
             version=str(found.version),
             run_id=found.run_id,
@@ -225,11 +265,30 @@ class ModelRegistry(Block):
         except MlflowException:
             return []
         found = self.client.search_model_versions(f"name='{self.model_name}'", order_by=["version_number DESC"])
+        metrics = self._metrics_of_runs([item.run_id for item in found if item.run_id])
         # Search results carry no aliases (MLflow leaves them out), so they come from the model, once.
         return [
-            self._info(item, tuple(alias for alias, version in alias_map.items() if str(version) == str(item.version)))
+            self._info(
+                item,
+                tuple(alias for alias, version in alias_map.items() if str(version) == str(item.version)),
+                metrics.get(item.run_id, {}),
+            )
             for item in found
         ]
+
+    def _metrics_of_runs(self, run_ids: list[str]) -> dict[str, dict[str, float]]:
+        """Metrics of many runs in a few searches (one per 100 runs), not one request per run."""
+        if not run_ids:
+            return {}
+        experiments = [experiment.experiment_id for experiment in self.client.search_experiments(view_type=ViewType.ALL, max_results=50_000)]
+        metrics: dict[str, dict[str, float]] = {}
+        unique = sorted(set(run_ids))
+        for start in range(0, len(unique), 100):
+            chunk = unique[start : start + 100]
+            listed = ", ".join(f"'{run_id}'" for run_id in chunk)
+            for run in self.client.search_runs(experiments, f"attributes.run_id IN ({listed})", run_view_type=ViewType.ALL, max_results=len(chunk)):
+                metrics[run.info.run_id] = dict(run.data.metrics)
+        return metrics
 
     def version_by_alias(self, alias: str) -> VersionInfo | None:
         try:
@@ -242,12 +301,13 @@ class ModelRegistry(Block):
         """The version that serves now, or None before the first promotion."""
         return self.version_by_alias(self.champion_alias)
 
-    def champion_since(self) -> datetime | None:
-        """When the current champion took the alias (from the audit)."""
-        moves = [m for m in self.audit_trail(self.champion_alias) if m.outcome == "applied"]
+    def champion_since(self, audit: AuditSnapshot | None = None) -> datetime | None:
+        """When the current champion took the alias (from the audit, or the snapshot of it given)."""
+        trail = audit.of_alias(self.champion_alias) if audit is not None else self.audit_trail(self.champion_alias)
+        moves = [move for move in trail if move.applied]
         return moves[-1].at if moves else None
 
-    def retire(self, version: str | int, reason: str, incident: str | None = None) -> None:
+    def retire(self, version: str | int, reason: str, incident: Incident | str | None = None) -> None:
         """Mark a version as retired for cause; it stays in the registry.
 
         Raises:
@@ -255,46 +315,64 @@ class ModelRegistry(Block):
         """
         self.version(version)
         try:
-            self.client.set_model_version_tag(self.model_name, str(version), f"{TAG}retired", reason)
+            self.client.set_model_version_tag(self.model_name, str(version), TagKey.RETIRED, reason)
         except MlflowException as error:
             raise RegistryError(f"could not retire v{version} of {self.model_name!r}: {first_line(error.message)}") from error
-        self._audit("retire", None, str(version), None, reason, incident)
+        self._audit(AliasAction.RETIRE, None, str(version), None, reason, incident_id(incident))
 
     # -- aliases ------------------------------------------------------------------
 
     def move_alias(
-        self, alias: str, version: str | int, reason: str, incident: str | None = None, action: str = "move"
+        self,
+        alias: str,
+        version: str | int,
+        reason: str,
+        incident: Incident | str | None = None,
+        action: AliasAction = AliasAction.MOVE,
+        current: VersionInfo | None = None,
     ) -> AliasMove:
-        """Point `alias` at `version`, audited; on failure the alias stays where it was.
+        """Point `alias` at `version`, audited, and emit the move's event; on failure the alias stays where it was.
+
+        Args:
+            current: the version `alias` points at now, when the caller just read it (saves a request).
 
         Raises:
             RegistryError: the version does not exist, is retired, or MLflow refused.
         """
         version = str(version)
-        current = self.version_by_alias(alias)
+        action = AliasAction(action)
+        current = current if current is not None else self.version_by_alias(alias)
         from_version = current.version if current else None
         target = self.version(version)
         if target.retired and alias != self.fallback_alias:
             raise RegistryError(
-                f"version {version} of {self.model_name!r} is retired ({target.tags[f'{TAG}retired']}): pick another version"
+                f"version {version} of {self.model_name!r} is retired ({target.tags[TagKey.RETIRED]}): pick another version"
             )
-        audit = self._audit(action, alias, from_version, version, reason, incident, finished=False)
+        audit = self._audit(action, alias, from_version, version, reason, incident_id(incident), finished=False)
         try:
             self.client.set_registered_model_alias(self.model_name, alias, version)
         except MlflowException as error:
-            self._finish_audit(audit, f"failed: {first_line(error.message)}")
+            self._finish_audit(audit, AuditOutcome.FAILED.because(first_line(error.message)))
             raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {first_line(error.message)}") from error
-        self._finish_audit(audit, "applied")
-        return self._move_from_run(self.client.get_run(audit))
+        self._finish_audit(audit, AuditOutcome.APPLIED)
+        move = self._move_from_run(self.client.get_run(audit))
+        if action in MOVE_EVENTS:
+            self.timeline(incident).emit(
+                MOVE_EVENTS[action],
+                self.model_name,
+                {"alias": alias, "from_version": from_version, "to_version": version, "reason": reason, "metrics": target.metrics},
+                version=version,
+            )
+        return move
 
-    def promote(self, version: str | int, reason: str, incident: str | None = None) -> AliasMove:
+    def promote(self, version: str | int, reason: str, incident: Incident | str | None = None) -> AliasMove:
         """Make `version` the champion."""
-        return self.move_alias(self.champion_alias, version, reason, incident, action="promote")
+        return self.move_alias(self.champion_alias, version, reason, incident, action=AliasAction.PROMOTE)
 
     # -- audit --------------------------------------------------------------------
 
     def _audit_experiment_id(self) -> str:
-        return ensure_experiment(self.client, self.audit_experiment, {f"{TAG}audit": "true"})
+        return ensure_experiment(self.client, self.audit_experiment, {TagKey.AUDIT: "true"})
 
     def _audit(
         self,
@@ -310,16 +388,16 @@ class ModelRegistry(Block):
 
         at = self.now()
         tags: dict[str, Any] = {
-            f"{TAG}model": self.model_name,
-            f"{TAG}action": action,
-            f"{TAG}alias": alias or "",
-            f"{TAG}from_version": from_version or NO_VERSION,
-            f"{TAG}to_version": to_version or NO_VERSION,
-            f"{TAG}reason": reason,
-            f"{TAG}incident": incident or "",
-            f"{TAG}flow_run_id": flow_run.get_id() or "",
-            f"{TAG}at": at.isoformat(),
-            f"{TAG}outcome": "applied" if finished else "pending",
+            TagKey.MODEL: self.model_name,
+            TagKey.ACTION: AliasAction(action).value,
+            TagKey.ALIAS: alias or "",
+            TagKey.FROM_VERSION: from_version or NO_VERSION,
+            TagKey.TO_VERSION: to_version or NO_VERSION,
+            TagKey.REASON: reason,
+            TagKey.INCIDENT: incident or "",
+            TagKey.FLOW_RUN_ID: flow_run.get_id() or "",
+            TagKey.AT: at.isoformat(),
+            TagKey.OUTCOME: (AuditOutcome.APPLIED if finished else AuditOutcome.PENDING).value,
         }
         run = self.client.create_run(
             self._audit_experiment_id(), start_time=_ms(at), tags=tags, run_name=f"{action}-{self.model_name}"
@@ -329,28 +407,28 @@ class ModelRegistry(Block):
         return run.info.run_id
 
     def _finish_audit(self, run_id: str, outcome: str) -> None:
-        self.client.set_tag(run_id, f"{TAG}outcome", outcome)
-        status = RunStatus.FINISHED if outcome == "applied" else RunStatus.FAILED
+        self.client.set_tag(run_id, TagKey.OUTCOME, str(outcome))
+        status = RunStatus.FINISHED if outcome == AuditOutcome.APPLIED else RunStatus.FAILED
         self.client.set_terminated(run_id, RunStatus.to_string(status), end_time=_ms(self.now()))
 
     @staticmethod
     def _move_from_run(run) -> AliasMove:
         tags = run.data.tags
 
-        def version(key: str) -> str | None:
-            value = tags.get(f"{TAG}{key}", NO_VERSION)
+        def version(key: TagKey) -> str | None:
+            value = tags.get(key, NO_VERSION)
             return None if value == NO_VERSION else value
 
         return AliasMove(
-            action=tags[f"{TAG}action"],
-            alias=tags.get(f"{TAG}alias", ""),
-            from_version=version("from_version"),
-            to_version=version("to_version"),
-            reason=tags.get(f"{TAG}reason", ""),
-            incident=tags.get(f"{TAG}incident") or None,
-            flow_run_id=tags.get(f"{TAG}flow_run_id") or None,
-            at=datetime.fromisoformat(tags[f"{TAG}at"]),
-            outcome=tags.get(f"{TAG}outcome", ""),
+            action=tags[TagKey.ACTION],
+            alias=tags.get(TagKey.ALIAS, ""),
+            from_version=version(TagKey.FROM_VERSION),
+            to_version=version(TagKey.TO_VERSION),
+            reason=tags.get(TagKey.REASON, ""),
+            incident=tags.get(TagKey.INCIDENT) or None,
+            flow_run_id=tags.get(TagKey.FLOW_RUN_ID) or None,
+            at=datetime.fromisoformat(tags[TagKey.AT]),
+            outcome=tags.get(TagKey.OUTCOME, ""),
             audit_run_id=run.info.run_id,
         )
 
@@ -359,9 +437,9 @@ class ModelRegistry(Block):
         experiment = self.client.get_experiment_by_name(self.audit_experiment)
         if experiment is None:
             return []
-        query = f"tags.`{TAG}model` = '{self.model_name}'"
+        query = f"tags.`{TagKey.MODEL}` = '{self.model_name}'"
         if alias is not None:
-            query += f" and tags.`{TAG}alias` = '{alias}'"
+            query += f" and tags.`{TagKey.ALIAS}` = '{alias}'"
         runs = []
         page_token = None
         while True:
@@ -373,6 +451,10 @@ class ModelRegistry(Block):
             if not page_token:
                 break
         return sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at)
+
+    def audit_snapshot(self) -> AuditSnapshot:
+        """The whole audit of this model, read once: an incident's steps share it."""
+        return AuditSnapshot(tuple(self.audit_trail()))
 
     def history(self, version: str | int) -> list[AliasMove]:
         """The serving history of one version: every audited action that moved an alias to or from it."""
@@ -386,6 +468,6 @@ class ModelRegistry(Block):
         for move in self.audit_trail(alias):
             if move.at > when:
                 break
-            if move.outcome == "applied":
+            if move.applied:
                 serving = move.to_version
         return serving

@@ -14,7 +14,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, model_validator
 
-from prefect_crisis.tasks.errors import PolicyError
+from prefect_crisis.core.errors import PolicyError
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class MetricRule(BaseModel):
         >>> MetricRule(metric="acuracy")
         Traceback (most recent call last):
         ...
-        prefect_crisis.tasks.errors.PolicyError: unknown metric 'acuracy' in a rollback rule: use one of accuracy, error_rate, latency_p50_ms, latency_p90_ms, latency_p95_ms, latency_p99_ms
+        prefect_crisis.core.errors.PolicyError: unknown metric 'acuracy' in a rollback rule: use one of accuracy, error_rate, latency_p50_ms, latency_p90_ms, latency_p95_ms, latency_p99_ms
     """
 
     metric: str = Field(description="One of " + ", ".join(METRICS) + " (accuracy and error_rate are one fact, either can be judged).")

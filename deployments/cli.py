@@ -19,6 +19,7 @@ happen); 2 a usage or input error; 3 a batch rejected or a training stopped;
 
 from __future__ import annotations
 
+import json as _json
 import logging
 import os
 import sys
@@ -35,9 +36,9 @@ from rich.table import Table
 from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.connect_cli import deploy, env
 from prefect_crisis.deployments.contract_cli import contract_app
-from prefect_crisis.tasks.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
-from prefect_crisis.tasks.paths import validate_model_name
-from prefect_crisis.tasks.uris import mask_uri
+from prefect_crisis.core.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
+from prefect_crisis.core.paths import validate_model_name
+from prefect_crisis.core.uris import mask_uri
 
 app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
 console = Console(highlight=False)
@@ -50,6 +51,9 @@ SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one 
 app.command(contract_app)
 app.command(env)
 app.command(deploy)
+incident_app = cyclopts.App(name="incident", help="Incidents: list them, and show one's timeline from Prefect events and the MLflow audit.")
+app.command(incident_app)
+JsonOption = Annotated[bool, cyclopts.Parameter("--json", negative=(), help="Print JSON instead of lines.")]
 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 
@@ -150,7 +154,8 @@ def demo(
     with stack.use_stack(home, **LONG_COMMAND) as api_url:  # before the slow imports: a dead server is told at once
         from prefect_crisis.blocks import ModelRegistry
         from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
-        from prefect_crisis.flows.demo import check_demo_rows, crisis_demo, demo_model_name
+        from prefect_crisis.flows.demo import crisis_demo
+        from prefect_crisis.tasks.synthetic import check_demo_rows, demo_model_name
 
         check_demo_rows(rows)  # before anything is written
         model = demo_model_name(model)
@@ -176,6 +181,45 @@ def demo(
             console.print(f"  {count} x {kind:8} {key}")
         ui_url = api_url.removesuffix("/api")
         console.print(f"open {ui_url}/runs/flow-run/{state.state_details.flow_run_id} to read the timeline")
+        from prefect_crisis.tasks.incident_report import wait_for_incident_end
+
+        incident = summary[-1]["condition"]
+        console.rule(f"crisis incident show {incident}")
+        for line in wait_for_incident_end(incident).lines():
+            console.print(line, soft_wrap=True, markup=False)
+
+
+@incident_app.command(name="list")
+def incident_list(model: str | None = None, *, json: JsonOption = False, home: HomeOption = None) -> None:
+    """The incidents opened in the last 30 days (of MODEL, when given), oldest first."""
+    if model is not None:
+        validate_model_name(model)
+    with stack.use_stack(home, **SHORT_COMMAND):
+        from prefect_crisis.tasks.incident_report import opened_incidents
+
+        opened = [event.payload | {"flow_run": event.payload.get("flow_run_id")} for event in opened_incidents(model)]
+    if json:
+        print(_json.dumps(opened, default=str))
+        return
+    if not opened:
+        console.print("no incident opened in the last 30 days" + (f" for {model!r}" if model else ""))
+    for incident in opened:
+        drill = " (drill)" if incident.get("drill") else ""
+        console.print(f"{incident['id']}  {incident['opened_at']}  {incident['model']}  {incident['severity']} {incident['violation']}{drill}", soft_wrap=True)
+
+
+@incident_app.command(name="show")
+def incident_show(incident_id: str, *, json: JsonOption = False, home: HomeOption = None) -> None:
+    """The timeline of incident INCIDENT_ID: one line per step, and the times to detect, decide and recover."""
+    with stack.use_stack(home, **SHORT_COMMAND):
+        from prefect_crisis.tasks.incident_report import incident_report
+
+        report = incident_report(incident_id)
+    if json:
+        print(_json.dumps(report.to_dict(), default=str))
+        return
+    for line in report.lines():
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def _existing_batch(batch: Path) -> str:
@@ -194,7 +238,8 @@ def validate(
     home: HomeOption = None,
 ) -> None:
     """Validate one parquet or CSV batch against a saved DataContract block."""
-    from prefect_crisis.flows.validate_batch import load_contract, validate_batch
+    from prefect_crisis.flows.validate_batch import validate_batch
+    from prefect_crisis.tasks.loading import load_contract
     from prefect_crisis.tasks.validation import Verdict
 
     validate_model_name(model)
@@ -223,7 +268,7 @@ def stop(
         with stack.use_stack(home, **SHORT_COMMAND):  # checked first: an unreachable server is the news that matters
             if not force:
                 check_known_model(model)
-            from prefect_crisis.tasks.training_run import set_stop_flag, stop_flag_name
+            from prefect_crisis.tasks.stop_flag import set_stop_flag, stop_flag_name
 
             set_stop_flag(model, reason)
     except StackError as error:
@@ -238,7 +283,7 @@ def resume(model: str, *, home: HomeOption = None) -> None:
     """Lower MODEL's stop flag so training may run again."""
     validate_model_name(model)
     with stack.use_stack(home, **SHORT_COMMAND):
-        from prefect_crisis.tasks.training_run import clear_stop_flag, stop_flag_name
+        from prefect_crisis.tasks.stop_flag import clear_stop_flag, stop_flag_name
 
         was_set = clear_stop_flag(model)
     console.print(f"stop flag {stop_flag_name(model)!r} {'lowered' if was_set else 'was not raised'}")
@@ -257,8 +302,8 @@ def train(
     validate_model_name(model)
     batch_path = _existing_batch(batch) if batch else None
     with stack.use_stack(home, **LONG_COMMAND):  # before the slow imports: a dead server is told at once
-        from prefect_crisis.flows.continuous_training import continuous_training, load_policy
-        from prefect_crisis.flows.validate_batch import load_contract
+        from prefect_crisis.flows.continuous_training import continuous_training
+        from prefect_crisis.tasks.loading import load_contract, load_policy
 
         load_contract(contract)  # missing blocks are one clear line here, not a failed run
         load_policy(policy)
@@ -303,7 +348,7 @@ def known_models() -> set[str]:
     """Models the MLflow store knows: registered models and models with a training experiment."""
     from mlflow import MlflowClient
 
-    from prefect_crisis.tasks.paths import default_tracking_uri
+    from prefect_crisis.core.paths import default_tracking_uri
 
     uri = default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():

@@ -20,8 +20,8 @@ from typing import Annotated
 import cyclopts
 
 from prefect_crisis.deployments import stack
-from prefect_crisis.tasks.errors import CrisisError, StackError
-from prefect_crisis.tasks.paths import crisis_home
+from prefect_crisis.core.errors import CrisisError, StackError
+from prefect_crisis.core.paths import crisis_home
 
 POOL = "crisis-pool"
 PREFECT_YAML = Path(__file__).parent / "prefect.yaml"

@@ -72,8 +72,8 @@ def infer(
     """
     from prefect_crisis.blocks import DataContract
     from prefect_crisis.tasks.batches import load_frame
-    from prefect_crisis.tasks.errors import ContractError, ContractErrorReason
-    from prefect_crisis.tasks.paths import crisis_home
+    from prefect_crisis.core.errors import ContractError, ContractErrorReason
+    from prefect_crisis.core.paths import crisis_home
 
     if save is not None and not BLOCK_NAME.fullmatch(save):
         raise ContractError(

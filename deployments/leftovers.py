@@ -28,7 +28,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 
-TAG = "crisis."
+from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
+
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
 REASON = "the Prefect server stopped while this run was in progress; marked crashed when the stack was started again"
 
@@ -73,12 +74,12 @@ def _end_orphaned_training_runs(prefect_client, tracking_uri: str, reason: str) 
         return ()
     runs = mlflow_client.search_runs(
         [experiment.experiment_id for experiment in experiments],
-        filter_string=f"tags.`{TAG}status` = 'running' AND attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{TagKey.STATUS}` = '{RunStatusTag.RUNNING}' AND attributes.status = 'RUNNING'",
         max_results=1000,
     )
     ended = []
     for run in runs:
-        flow_run_id = run.data.tags.get(f"{TAG}flow_run_id")
+        flow_run_id = run.data.tags.get(TagKey.FLOW_RUN_ID)
         if not flow_run_id:
             continue
         try:
@@ -87,8 +88,8 @@ def _end_orphaned_training_runs(prefect_client, tracking_uri: str, reason: str) 
             continue
         if flow_run.state is None or not flow_run.state.is_final():
             continue
-        mlflow_client.set_tag(run.info.run_id, f"{TAG}status", "crashed")
-        mlflow_client.set_tag(run.info.run_id, f"{TAG}crash_reason", reason)
+        mlflow_client.set_tag(run.info.run_id, TagKey.STATUS, RunStatusTag.CRASHED.value)
+        mlflow_client.set_tag(run.info.run_id, TagKey.CRASH_REASON, reason)
         mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         ended.append(run.info.run_id)
     return tuple(ended)

@@ -20,7 +20,7 @@ from prefect import Flow
 from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 
-from prefect_crisis.tasks.errors import StackError
+from prefect_crisis.core.errors import StackError
 
 
 @contextlib.contextmanager

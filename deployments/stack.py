@@ -36,9 +36,9 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from prefect_crisis.tasks.errors import StackError
-from prefect_crisis.tasks.paths import crisis_home, default_tracking_uri
-from prefect_crisis.tasks.uris import mask_uri
+from prefect_crisis.core.errors import StackError
+from prefect_crisis.core.paths import crisis_home, default_tracking_uri
+from prefect_crisis.core.uris import mask_uri
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"

@@ -10,41 +10,14 @@ partial model is never registered; its checkpoint is, as an MLflow artifact.
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
-from prefect_crisis.blocks.registry import ModelRegistry
-from prefect_crisis.blocks.training_policy import TrainingPolicy
-from prefect_crisis.flows.validate_batch import load_contract, validate_and_publish
+from prefect_crisis.core.paths import validate_model_name
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
-from prefect_crisis.tasks.errors import RegistryError, TrainingError
-from prefect_crisis.tasks.paths import validate_model_name
+from prefect_crisis.tasks.loading import load_contract, load_policy, load_registry
 from prefect_crisis.tasks.stack_info import stack_summary
 from prefect_crisis.tasks.promotion import register_and_gate
+from prefect_crisis.tasks.quarantine import validate_and_publish
 from prefect_crisis.tasks.training_run import split_training_data, train_model
 from prefect_crisis.tasks.validation import Verdict
-
-
-def load_policy(name: str | None) -> TrainingPolicy:
-    """The saved TrainingPolicy block `name`, or the defaults when no name is given."""
-    if not name:
-        return TrainingPolicy()
-    try:
-        return TrainingPolicy.load(name)
-    except ValueError as error:
-        raise TrainingError(
-            f"no TrainingPolicy block named {name!r} on the Prefect server: save one with "
-            f"TrainingPolicy(...).save({name!r}), or leave the policy out for the defaults"
-        ) from error
-
-
-def load_registry(name: str | None, model_name: str) -> ModelRegistry:
-    """The saved ModelRegistry block `name`, or `model_name` on the default MLflow store."""
-    if not name:
-        return ModelRegistry(model_name=validate_model_name(model_name))
-    try:
-        registry = ModelRegistry.load(name)
-    except ValueError as error:
-        raise RegistryError(f"no ModelRegistry block named {name!r} on the Prefect server: save one, or leave it out") from error
-    validate_model_name(registry.model_name)
-    return registry
 
 
 @flow(name="continuous-training", log_prints=True)

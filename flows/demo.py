@@ -14,7 +14,6 @@ and rollback cool-down; a run whose story does not happen (the poisoned
 version not promoted, or not rolled back) fails with a `DemoError`.
 """
 
-import uuid
 from datetime import datetime, timedelta, timezone
 
 from prefect import flow
@@ -26,36 +25,17 @@ from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.validate_batch import validate_batch
-from prefect_crisis.tasks.errors import DataInputError, DemoError, InputErrorReason
-from prefect_crisis.tasks.paths import default_storage, validate_model_name
-from prefect_crisis.tasks.quarantine import artifact_key, storage_uri, write_parquet
-from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.training_run import clear_stop_flag, set_stop_flag
+from prefect_crisis.core.errors import DemoError
+from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
+from prefect_crisis.tasks.incident_report import wait_for_incident_end
+from prefect_crisis.tasks.quarantine import storage_uri, write_parquet
+from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.synthetic import check_demo_rows, demo_model_name, make_batch, synthetic_contract
 
 DEMO_CONTRACT = "synthetic-stream"
 DEMO_POLICY = "synthetic-training"
 DEMO_ROLLBACK = "synthetic-rollback"
 STREAM = ("clean", "corrupted", "drifted", "broken", "clean")
-# Below this the holdouts are too small for the promotion gate and the rollback
-# decision to tell the story (a few rows decide nothing).
-DEMO_MIN_ROWS = 1_000
-DEMO_MAX_ROWS = 1_000_000
-
-
-def demo_model_name(prefix: str = "synthetic", now: datetime | None = None) -> str:
-    """A model name of its own for one demo run: `<prefix>-<UTC time>-<4 hex>`."""
-    when = now or datetime.now(timezone.utc)
-    return validate_model_name(f"{prefix}-{when:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}")
-
-
-def check_demo_rows(rows: int) -> int:
-    """`rows` if the demo can tell its story with batches of that size, else a one-line error."""
-    if isinstance(rows, bool) or not isinstance(rows, int) or not DEMO_MIN_ROWS <= rows <= DEMO_MAX_ROWS:
-        raise DataInputError(
-            InputErrorReason.TOO_FEW_ROWS if isinstance(rows, int) and rows < DEMO_MIN_ROWS else InputErrorReason.EMPTY_FRAME,
-            f"--rows {rows!r}: the demo needs between {DEMO_MIN_ROWS:,} and {DEMO_MAX_ROWS:,} rows per batch",
-        )
-    return rows
 
 
 def save_synthetic_contract(model_name: str, storage: str, rows: int) -> str:
@@ -157,4 +137,5 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     after = _champion_version(model_name)
     if after == poisoned:
         raise DemoError(f"the demo's story did not happen: the poisoned v{poisoned} of {model_name!r} is still champion after the response")
+    print("\n".join(wait_for_incident_end(summary[-1]["condition"]).lines()))  # `crisis incident show` of the rollback
     return summary

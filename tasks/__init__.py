@@ -1,103 +1,94 @@
-"""Crisis steps as Prefect tasks over plain functions.
+"""Crisis steps as Prefect tasks over plain functions, and the base names a user needs with them."""
 
-Names are re-exported lazily (PEP 562), so that importing one light module
-such as `prefect_crisis.tasks.errors` does not import every crisis step, and
-blocks can depend on errors without an import cycle.
-"""
+from prefect_crisis.core.errors import ContractError, ContractErrorReason, CrisisError, DataInputError, InputErrorReason, PolicyError, RegistryError, StackError, TrainingError
+from prefect_crisis.core.timeline import Incident, Timeline, emit_crisis_event
+from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, RowReason, Severity, Strategy, ViolationType
+from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, save_checkpoint, training_experiment
+from prefect_crisis.tasks.diagnostics import DiagnosticReport, diagnose
+from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, categorical_drift, dataframe_drift, numeric_drift, psi_categorical, psi_numeric
+from prefect_crisis.tasks.promotion import PromotionDecision, decide_promotion
+from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
+from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
+from prefect_crisis.tasks.rollback import Candidate, LiveWindow, RollbackDecision, RuleResults, Violation, candidates_from_registry, check_rule, decide_rollback, judge_rules, wilson_interval
+from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag, set_stop_flag
+from prefect_crisis.tasks.stopping import StopCondition, StopKind, StopReason, TrainingProgress, stop_after_seconds, stop_any, stop_on_divergence, stop_on_nonfinite_loss, stop_on_stall, stop_when_flag_set
+from prefect_crisis.tasks.training import Checkpoint, Position, TrainingOutcome, make_estimator, train_with_stop_hook
+from prefect_crisis.tasks.training_run import train_model
+from prefect_crisis.tasks.validation import CheckFailure, REASONS_COLUMN, ValidationReport, ValidationResult, Verdict, validate_data
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "CrisisError": "errors",
-    "ContractError": "errors",
-    "ContractErrorReason": "errors",
-    "DataInputError": "errors",
-    "InputErrorReason": "errors",
-    "RegistryError": "errors",
-    "StackError": "errors",
-    "TrainingError": "errors",
-    "PolicyError": "errors",
-    "CrisisEvent": "events",
-    "emit_crisis_event": "events",
-    "validate_data": "validation",
-    "ValidationReport": "validation",
-    "ValidationResult": "validation",
-    "CheckFailure": "validation",
-    "RowReason": "validation",
-    "Verdict": "validation",
-    "REASONS_COLUMN": "validation",
-    "validate_data_task": "quarantine",
-    "persist_parts_task": "quarantine",
-    "publish_validation": "quarantine",
-    # drift
-    "dataframe_drift": "drift",
-    "numeric_drift": "drift",
-    "categorical_drift": "drift",
-    "psi_numeric": "drift",
-    "psi_categorical": "drift",
-    "DriftSettings": "drift",
-    "FeatureDrift": "drift",
-    # training with the stop hook, and its stop conditions
-    "train_with_stop_hook": "training",
-    "make_estimator": "training",
-    "Checkpoint": "training",
-    "Position": "training",
-    "TrainingOutcome": "training",
-    "StopCondition": "stopping",
-    "StopKind": "stopping",
-    "StopReason": "stopping",
-    "TrainingProgress": "stopping",
-    "stop_any": "stopping",
-    "stop_when_flag_set": "stopping",
-    "stop_on_nonfinite_loss": "stopping",
-    "stop_on_divergence": "stopping",
-    "stop_on_stall": "stopping",
-    "stop_after_seconds": "stopping",
-    "train_model": "training_run",
-    "set_stop_flag": "training_run",
-    "clear_stop_flag": "training_run",
-    "read_stop_flag": "training_run",
-    # checkpoints
-    "save_checkpoint": "checkpoints",
-    "load_checkpoint": "checkpoints",
-    "latest_checkpoint_run": "checkpoints",
-    "training_experiment": "checkpoints",
-    # promotion
-    "decide_promotion": "promotion",
-    "PromotionDecision": "promotion",
-    # diagnosis, the rollback decision and its values, recovery
-    "diagnose": "diagnostics",
-    "DiagnosticReport": "diagnostics",
-    "decide_rollback": "rollback",
-    "judge_rules": "rollback",
-    "check_rule": "rollback",
-    "wilson_interval": "rollback",
-    "candidates_from_registry": "rollback",
-    "Candidate": "rollback",
-    "DecisionKind": "rollback",
-    "LiveWindow": "rollback",
-    "RollbackDecision": "rollback",
-    "RuleResults": "rollback",
-    "Severity": "rollback",
-    "Violation": "rollback",
-    "execute_recovery": "recovery",
-    "RecoveryOutcome": "recovery",
-    "Strategy": "recovery",
-    "Verification": "recovery",
-    "ViolationType": "recovery",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "Candidate",
+    "CheckFailure",
+    "Checkpoint",
+    "ContractError",
+    "ContractErrorReason",
+    "CrisisError",
+    "CrisisEvent",
+    "DataInputError",
+    "DecisionKind",
+    "DiagnosticReport",
+    "DriftSettings",
+    "FeatureDrift",
+    "Incident",
+    "InputErrorReason",
+    "LiveWindow",
+    "PolicyError",
+    "Position",
+    "PromotionDecision",
+    "REASONS_COLUMN",
+    "RecoveryOutcome",
+    "RegistryError",
+    "RollbackDecision",
+    "RowReason",
+    "RuleResults",
+    "Severity",
+    "StackError",
+    "StopCondition",
+    "StopKind",
+    "StopReason",
+    "Strategy",
+    "Timeline",
+    "TrainingError",
+    "TrainingOutcome",
+    "TrainingProgress",
+    "ValidationReport",
+    "ValidationResult",
+    "Verdict",
+    "Verification",
+    "Violation",
+    "ViolationType",
+    "candidates_from_registry",
+    "categorical_drift",
+    "check_rule",
+    "clear_stop_flag",
+    "dataframe_drift",
+    "decide_promotion",
+    "decide_rollback",
+    "diagnose",
+    "emit_crisis_event",
+    "execute_recovery",
+    "judge_rules",
+    "latest_checkpoint_run",
+    "load_checkpoint",
+    "make_estimator",
+    "numeric_drift",
+    "persist_parts_task",
+    "psi_categorical",
+    "psi_numeric",
+    "publish_validation",
+    "read_stop_flag",
+    "save_checkpoint",
+    "set_stop_flag",
+    "stop_after_seconds",
+    "stop_any",
+    "stop_on_divergence",
+    "stop_on_nonfinite_loss",
+    "stop_on_stall",
+    "stop_when_flag_set",
+    "train_model",
+    "train_with_stop_hook",
+    "training_experiment",
+    "validate_data",
+    "validate_data_task",
+    "wilson_interval",
+]

@@ -10,7 +10,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
+from prefect_crisis.core.errors import DataInputError, InputErrorReason
 from prefect_crisis.tasks.synthetic import make_batch
 
 SyntheticCondition = Literal["clean", "corrupted", "drifted", "broken", "poisoned"]

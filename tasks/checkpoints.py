@@ -22,13 +22,13 @@ import skops.io as skops_io
 from mlflow import MlflowClient
 from skops.io.exceptions import UntrustedTypesFoundException
 
-from prefect_crisis.tasks.errors import TrainingError
-from prefect_crisis.tasks.paths import ensure_experiment
+from prefect_crisis.core.errors import TrainingError
+from prefect_crisis.core.paths import ensure_experiment
+from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
 from prefect_crisis.tasks.resume import ResumeKey
 from prefect_crisis.tasks.stopping import StopKind
 from prefect_crisis.tasks.training import Checkpoint, Position
 
-TAG = "crisis."
 ARTIFACT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 ESTIMATOR_FILE = "estimator.skops"
@@ -44,7 +44,7 @@ TRUSTED_TYPES = frozenset(
 
 def training_experiment(client: MlflowClient, model: str) -> str:
     """Id of the model's training experiment, created on first use."""
-    return ensure_experiment(client, f"crisis-training-{model}", {f"{TAG}model": model})
+    return ensure_experiment(client, f"crisis-training-{model}", {TagKey.MODEL: model})
 
 
 # -- the files ----------------------------------------------------------------
@@ -100,7 +100,7 @@ def save_checkpoint(client: MlflowClient, run_id: str, checkpoint: Checkpoint, k
     with tempfile.TemporaryDirectory() as folder:
         write_checkpoint_files(Path(folder), checkpoint, key)
         client.log_artifacts(run_id, folder, artifact_path=ARTIFACT_DIR)
-    client.set_tag(run_id, f"{TAG}checkpoint", "true")
+    client.set_tag(run_id, TagKey.CHECKPOINT, "true")
     return f"runs:/{run_id}/{ARTIFACT_DIR}"
 
 
@@ -126,7 +126,7 @@ def load_checkpoint_state(client: MlflowClient, run_id: str) -> tuple[Position, 
 
 def stop_kind_of(tags: dict[str, str]) -> StopKind | None:
     """Why a training run stopped, from its tags (None when not recorded)."""
-    value = tags.get(f"{TAG}stop_kind") or tags.get(f"{TAG}stop_reason", "").split(":", 1)[0]
+    value = tags.get(TagKey.STOP_KIND) or tags.get(TagKey.STOP_REASON, "").split(":", 1)[0]
     try:
         return StopKind(value)
     except ValueError:
@@ -149,6 +149,6 @@ def latest_checkpoint_run(client: MlflowClient, model: str) -> str | None:
     if not runs:
         return None
     tags = runs[0].data.tags
-    if tags.get(f"{TAG}checkpoint") == "true" and tags.get(f"{TAG}status") == "stopped" and not tags.get(f"{TAG}resumed_by"):
+    if tags.get(TagKey.CHECKPOINT) == "true" and tags.get(TagKey.STATUS) == RunStatusTag.STOPPED and not tags.get(TagKey.RESUMED_BY):
         return runs[0].info.run_id
     return None

@@ -17,7 +17,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from prefect_crisis.blocks.contract import ColumnSpec
-from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
+from prefect_crisis.core.errors import DataInputError, InputErrorReason
 
 
 @dataclass(frozen=True, eq=False)

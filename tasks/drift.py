@@ -21,19 +21,16 @@ KS distance is about 0.003, far below any threshold worth alerting on.
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
+from prefect_crisis.core.parallel import parallel_map
 
 # Floor for an empty bin's share, so PSI stays finite (a common convention).
 _PSI_EPSILON = 1e-4
@@ -340,16 +337,3 @@ def dataframe_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: Dr
     shared = [name for name in current.columns if name in reference.columns]
     kinds = {name: "numeric" if pd.api.types.is_numeric_dtype(current[name]) and not pd.api.types.is_bool_dtype(current[name]) else "categorical" for name in shared}
     return frame_drift(reference, {name: (lambda name=name: current[name]) for name in shared}, kinds, settings or DriftSettings())
-
-
-def parallel_map(function: Callable[[_T], _R], items: Iterable[_T], *, parallel: bool = True) -> list[_R]:
-    """Map over columns on a few threads: numpy releases the GIL in the
-    partitions, comparisons and sorts that dominate, so columns overlap.
-    Small batches run in the caller's thread (`parallel=False`): starting
-    threads costs more than their columns take."""
-    items = list(items)
-    workers = min(len(items), os.cpu_count() or 1, 8) if parallel else 1
-    if workers <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crisis-columns") as pool:
-        return list(pool.map(function, items))

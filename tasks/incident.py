@@ -1,10 +1,13 @@
-"""The crisis response's Prefect tasks: score the live window, diagnose,
-decide, recover. Thin wrappers over diagnostics, rollback and recovery."""
+"""The crisis response's Prefect tasks: open the incident, score the live
+window, diagnose, decide, recover. Thin wrappers over diagnostics, rollback
+and recovery; each step emits through the incident's timeline and logs with
+the incident id, model and version."""
 
 from __future__ import annotations
 
 import base64
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,30 +16,61 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
 
-from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
+from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.paths import artifact_key, default_storage, ensure_experiment
+from prefect_crisis.core.timeline import Incident, Timeline
+from prefect_crisis.core.vocabulary import CrisisEvent, Severity, TagKey, ViolationType
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
-from prefect_crisis.tasks.errors import RegistryError
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.paths import ensure_experiment
-from prefect_crisis.tasks.quarantine import artifact_key
-from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, ViolationType, execute_recovery
-from prefect_crisis.tasks.rollback import (
-    LiveWindow,
-    RollbackDecision,
-    Severity,
-    candidates_from_registry,
-    decide_rollback,
-    judge_rules,
-)
-from prefect_crisis.tasks.training_run import set_stop_flag
+from prefect_crisis.tasks.quarantine import storage_uri
+from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
+from prefect_crisis.tasks.rollback import LiveWindow, RollbackDecision, candidates_from_registry, decide_rollback, judge_rules
+from prefect_crisis.tasks.stop_flag import set_stop_flag
+
+TOP_FINDINGS = 3
 
 
-def predict_with(registry: ModelRegistry, version: str, window: pd.DataFrame):
-    """Predictions (and probabilities) of a registered version on the window."""
-    info = registry.version(version)
-    features = info.tags.get("crisis.features", "").split(",")
+def open_incident(
+    model: str,
+    incident_id: str,
+    severity: Severity,
+    violation: ViolationType,
+    *,
+    triggering_event_id: str | None = None,
+    drill: bool = False,
+    timeline: Timeline | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> tuple[Incident, Timeline]:
+    """Open the incident once, emit `ml.incident.opened`, and give the timeline bound to it."""
+    base = timeline or Timeline(clock=clock)
+    incident = Incident(incident_id, model, Severity(severity), ViolationType(violation), base.clock(), triggering_event_id, drill)
+    bound = base.bound(incident)
+    bound.emit(CrisisEvent.INCIDENT_OPENED, model, {"flow_run_id": flow_run.get_id(), **incident.to_dict()})
+    return incident, bound
+
+
+def tag_response_run(incident: Incident) -> None:
+    """Add the tag `incident:<id>` to the current flow run (an automation cannot name it in advance)."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        if incident.run_tag not in run.tags:
+            client.update_flow_run(run_id, tags=[*run.tags, incident.run_tag])
+
+
+def predict_with(registry: ModelRegistry, version: str, window: pd.DataFrame, info: VersionInfo | None = None):
+    """Predictions (and probabilities) of a registered version on the window (`info`: the version, when already read)."""
+    info = info if info is not None else registry.version(version)
+    features = info.tags.get(TagKey.FEATURES, "").split(",")
     missing = [name for name in features if name not in window.columns]
     if not features or missing:
         raise RegistryError(f"v{version} of {registry.model_name!r} needs features {missing or '(unknown)'} the window lacks")
@@ -97,21 +131,26 @@ def plot_diagnosis(report: DiagnosticReport, path: Path) -> None:
 
 
 @task(name="diagnose-model", cache_policy=NO_CACHE)
-def diagnose_model(registry: ModelRegistry, version: str, window: pd.DataFrame, label: str, reference: pd.DataFrame | None, incident: str) -> tuple[DiagnosticReport, np.ndarray]:
-    """Score the window with `version`, diagnose, publish markdown + plot (MLflow run `crisis-incidents`)."""
-    y_pred, proba = predict_with(registry, version, window)
+def diagnose_model(
+    registry: ModelRegistry, champion: VersionInfo, window: pd.DataFrame, label: str, reference: pd.DataFrame | None,
+    incident: Incident, audit: AuditSnapshot, timeline: Timeline,
+) -> tuple[DiagnosticReport, np.ndarray]:
+    """Score the window with the champion, diagnose, publish markdown + plot (MLflow run `crisis-incidents`), emit `ml.diagnosis.done`."""
+    version = champion.version
+    logger = timeline.logger(get_run_logger(), registry.model_name, version)
+    y_pred, proba = predict_with(registry, version, window, champion)
     features = window.drop(columns=[c for c in (label, "timestamp") if c in window.columns])
-    baseline_accuracy = registry.version(version).metrics.get("accuracy")
+    baseline_accuracy = champion.metrics.get("accuracy")
     context = OperationalContext(
-        new_version_since=registry.champion_since(),
+        new_version_since=registry.champion_since(audit),
         baseline_error_rate=None if baseline_accuracy is None else 1 - baseline_accuracy,
     )
     report = diagnose(window[label].to_numpy(), y_pred, proba, features, window.get("timestamp"), reference, context=context)
     client = registry.client
     run = client.create_run(
         ensure_experiment(client, "crisis-incidents"),
-        tags={"crisis.model": registry.model_name, "crisis.incident": incident, "crisis.version": version},
-        run_name=f"diagnose-{registry.model_name}-{incident}",
+        tags={TagKey.MODEL: registry.model_name, TagKey.INCIDENT: incident.id, TagKey.VERSION: version},
+        run_name=f"diagnose-{registry.model_name}-{incident.id}",
     )
     with tempfile.TemporaryDirectory() as folder:
         plot = Path(folder) / "diagnosis.png"
@@ -122,25 +161,50 @@ def diagnose_model(registry: ModelRegistry, version: str, window: pd.DataFrame, 
     client.set_terminated(run.info.run_id)
     plot_uri = f"{client.get_run(run.info.run_id).info.artifact_uri}/diagnosis.png"
     create_markdown_artifact(key=artifact_key("diagnosis", registry.model_name), markdown=render_diagnosis(report, registry.model_name, version, plot_uri, plot_png))
+    findings = [f"{r.action.value}: {r.reason}" for r in report.recommendations[:TOP_FINDINGS]]
+    timeline.emit(
+        CrisisEvent.DIAGNOSIS_DONE,
+        registry.model_name,
+        {
+            "rows": report.rows,
+            "error_rate": report.error_rate,
+            "top_findings": findings,
+            "drifted_features": list(report.drifted_features),
+            "slices": [f"{s.feature}={s.slice}" for s in report.slices[:TOP_FINDINGS]],
+            "mlflow_run_id": run.info.run_id,
+        },
+        version=version,
+    )
+    logger.info("diagnosis: error rate %.2f%%; %s", 100 * report.error_rate, "; ".join(findings) or "no recommendation")
     return report, y_pred
 
 
 @task(name="decide-rollback", cache_policy=NO_CACHE)
-def decide_rollback_task(registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, severity: Severity) -> RollbackDecision:
-    champion, candidates, last_rollback_at = candidates_from_registry(registry)
+def decide_rollback_task(
+    registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, incident: Incident, audit: AuditSnapshot, timeline: Timeline
+) -> RollbackDecision:
+    """Decide HOLD / ROLLBACK / FALLBACK / INCONCLUSIVE from the incident's audit snapshot; emit `ml.decision.taken`."""
+    champion, candidates, last_rollback_at = candidates_from_registry(registry, audit)
     if champion is None:
         raise RegistryError(f"{registry.model_name!r} has no champion to judge: promote a version first")
-    decision = decide_rollback(live, champion, candidates, policy, now=registry.now(), last_rollback_at=last_rollback_at, severity=severity)
-    get_run_logger().info("decision: %s (%s)", decision.kind.value, decision.reason)
+    decision = decide_rollback(live, champion, candidates, policy, now=registry.now(), last_rollback_at=last_rollback_at, severity=incident.severity)
+    timeline.emit(
+        CrisisEvent.DECISION_TAKEN,
+        registry.model_name,
+        {"decision": decision.kind.value, "target_version": decision.target_version, "violations": [str(v) for v in decision.violations], "reason": decision.reason},
+        version=champion.version,
+    )
+    timeline.logger(get_run_logger(), registry.model_name, champion.version).info("decision: %s (%s)", decision.kind.value, decision.reason)
     return decision
 
 
 @task(name="execute-recovery", cache_policy=NO_CACHE)
 def execute_recovery_task(
-    registry: ModelRegistry, policy: RollbackPolicy, decision: RollbackDecision, violation: ViolationType, incident: str,
-    window: pd.DataFrame, label: str, baseline: dict[str, float],
+    registry: ModelRegistry, policy: RollbackPolicy, decision: RollbackDecision, incident: Incident,
+    window: pd.DataFrame, label: str, champion: VersionInfo, audit: AuditSnapshot, timeline: Timeline,
 ) -> RecoveryOutcome:
     """Recover by the violation's strategies, verifying each on the labelled window."""
+    baseline = dict(champion.metrics)
 
     def verify(version: str) -> Verification:
         y_pred, _ = predict_with(registry, version, window)
@@ -153,10 +217,33 @@ def execute_recovery_task(
             detail += f"; not measured: {', '.join(judged.not_measured)}"
         return Verification(not failing, detail, {"accuracy": accuracy})
 
-    outcome = execute_recovery(registry, decision, violation, incident, verify, lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"))
-    get_run_logger().info("recovery %s: champion v%s -> v%s", "succeeded" if outcome.recovered else "failed", outcome.champion_before, outcome.champion_after)
+    registry.use(timeline=timeline)
+    outcome = execute_recovery(
+        registry, decision, incident.violation, incident, verify,
+        lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"),
+        audit=audit, champion=champion, timeline=timeline,
+    )
+    timeline.logger(get_run_logger(), registry.model_name, outcome.champion_after).info(
+        "recovery %s: champion v%s -> v%s", "succeeded" if outcome.recovered else "failed", outcome.champion_before, outcome.champion_after
+    )
     return outcome
 
 
 def new_incident_id() -> str:
     return f"inc-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+
+
+def response_limit(model: str) -> str:
+    """Name of the model's concurrency limit, created (limit 1) if missing."""
+    name = f"crisis-response-{model}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name
+
+
+def default_window_path(model: str) -> str:
+    """Where the labelled window of `model` is kept unless told otherwise (the demo writes it there)."""
+    return storage_uri(default_storage(), model, "labelled-window.parquet")

@@ -23,7 +23,7 @@ from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
 from prefect_crisis.tasks.checkpoints import TRUSTED_TYPES
-from prefect_crisis.tasks.errors import RegistryError
+from prefect_crisis.core.errors import RegistryError
 
 
 def log_sklearn_model(client: MlflowClient, estimator, X_example: np.ndarray, run_id: str, pip_requirements: list[str] | None = None) -> ModelInfo:

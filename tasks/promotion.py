@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER, TrainingPolicy
-from prefect_crisis.tasks.errors import RegistryError
-from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.vocabulary import CrisisEvent, TagKey
 from prefect_crisis.tasks.models import load_sklearn_model, log_sklearn_model
 
 # Explicit requirements: MLflow otherwise spends seconds inferring them in a subprocess.
@@ -120,36 +120,29 @@ def champion_metrics_on(registry, X: np.ndarray, y: np.ndarray, classes: np.ndar
 @task(name="register-and-gate", cache_policy=NO_CACHE)
 def register_and_gate(training, data, registry, policy: TrainingPolicy, validation: dict | None = None) -> CandidateResult:
     """Evaluate on the holdout, register the version as challenger, promote it
-    to champion if the policy's gate holds. Emits completed/registered/promoted."""
+    to champion if the policy's gate holds. Emits completed; the registry emits registered/promoted."""
     logger = get_run_logger()
     model = registry.model_name
     estimator = training.outcome.estimator
     metrics = evaluate(estimator, data.X_holdout, data.y_holdout, data.classes)
     for name, value in metrics.items():
         registry.client.log_metric(training.run_id, name, value)
-    emit_crisis_event(CrisisEvent.TRAINING_COMPLETED, model, {"run_id": training.run_id, "metrics": metrics, "batches": training.outcome.progress.batches_seen})
+    registry.timeline().emit(CrisisEvent.TRAINING_COMPLETED, model, {"run_id": training.run_id, "metrics": metrics, "batches": training.outcome.progress.batches_seen})
 
     info = log_candidate(estimator, data.X_holdout, training.run_id, registry.client)
     tags = {
-        "crisis.fingerprint": data.fingerprint,
-        "crisis.flow_run_id": flow_run.get_id() or "",
-        "crisis.features": ",".join(data.features),
-        "crisis.validation": json.dumps(validation or {})[:4_000],
+        TagKey.FINGERPRINT: data.fingerprint,
+        TagKey.FLOW_RUN_ID: flow_run.get_id() or "",
+        TagKey.FEATURES: ",".join(data.features),
+        TagKey.VALIDATION: json.dumps(validation or {})[:4_000],
     }
     version = registry.register_version(info.model_uri, training.run_id, info.model_id, tags)
-    registry.move_alias(registry.challenger_alias, version.version, "new candidate")
-    emit_crisis_event(CrisisEvent.MODEL_REGISTERED, model, {"version": version.version, "run_id": training.run_id, "metrics": metrics}, version=version.version)
+    registry.move_alias(registry.challenger_alias, version.version, "new candidate")  # emits ml.model.registered and the move
 
     champion_version, champion_metrics = champion_metrics_on(registry, data.X_holdout, data.y_holdout, data.classes)
     decision = decide_promotion(metrics, champion_metrics, policy, holdout_rows=len(data.y_holdout))
     if decision.promote:
-        registry.promote(version.version, decision.reason)
-        emit_crisis_event(
-            CrisisEvent.MODEL_PROMOTED,
-            model,
-            {"from_version": champion_version, "to_version": version.version, "reason": decision.reason, "metrics": metrics},
-            version=version.version,
-        )
+        registry.promote(version.version, decision.reason)  # emits ml.model.promoted
     logger.info("v%s: %s (%s)", version.version, "promoted to champion" if decision.promote else "kept as challenger", decision.reason)
     registry.client.set_terminated(training.run_id, "FINISHED")
     return CandidateResult(version.version, metrics, champion_metrics, champion_version, decision)

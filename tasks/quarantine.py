@@ -8,21 +8,25 @@ becomes a markdown artifact, the failures a table artifact, and the verdict an
 
 from __future__ import annotations
 
+import hashlib
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.contract import DataContract
-from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
-from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
+from prefect_crisis.core.errors import DataInputError, InputErrorReason
+from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
+from prefect_crisis.core.timeline import Timeline
+from prefect_crisis.core.vocabulary import CrisisEvent
+from prefect_crisis.tasks.references import load_reference
 from prefect_crisis.tasks.validation import ValidationReport, ValidationResult, Verdict, validate_data
 
 
@@ -35,11 +39,6 @@ class PersistedBatch:
 
     kept_uri: str
     quarantine_uri: str | None
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) from free text."""
-    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
 def storage_uri(root: str, *parts: str) -> str:
@@ -188,5 +187,41 @@ def publish_validation(report: ValidationReport, model: str, batch_id: str, pers
     if persisted is not None:
         payload.update(kept_uri=persisted.kept_uri, quarantine_uri=persisted.quarantine_uri)
     event = CrisisEvent.DATA_REJECTED if report.verdict is Verdict.REJECT else CrisisEvent.DATA_VALIDATED
-    emit_crisis_event(event, model, payload)
+    Timeline().emit(event, model, payload)
     return key
+
+
+def batch_id(frame: pd.DataFrame, fingerprint: str = "") -> str:
+    """An id from the batch's content: validating the same batch again gives the same id (and files)."""
+    if fingerprint:
+        return fingerprint
+    try:
+        hashes = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+    except TypeError:  # unhashable cells: fall back to the run, one id per validation
+        return f"run-{(flow_run.get_id() or 'local')[:8]}"
+    return hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
+
+
+def validate_and_publish(
+    frame: pd.DataFrame, contract: DataContract, model_name: str, reference_path: str | None = None, storage: str | None = None
+) -> ValidationResult:
+    """Validate inside a flow run, persist both parts, publish report and event."""
+    logger = get_run_logger()
+    reference_uri = reference_path or contract.reference_uri
+    validate_model_name(model_name)
+    reference = load_reference(reference_uri) if reference_uri else None
+    result = validate_data_task(frame, contract, model_name, reference)
+    report = result.report
+    identifier = batch_id(frame, report.fingerprint)
+    persisted = persist_parts_task(result, storage or default_storage(), model_name, identifier)
+    publish_validation(report, model_name, identifier, persisted)
+    logger.info(
+        "batch %s: %s, %d rows, %d kept, %d quarantined%s",
+        identifier,
+        report.verdict.value,
+        report.rows,
+        report.kept,
+        report.quarantined,
+        f", drifted: {report.drifted_features}" if report.drifted_features else "",
+    )
+    return result

@@ -12,25 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 
-from prefect_crisis.blocks.registry import ModelRegistry
-from prefect_crisis.tasks.errors import RegistryError
-from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
-from prefect_crisis.tasks.rollback import DecisionKind, RollbackDecision
-
-
-class ViolationType(str, Enum):
-    QUALITY = "quality"
-    LATENCY = "latency"
-    ERRORS = "errors"
-    DATA_INTEGRITY = "data-integrity"
-
-
-class Strategy(str, Enum):
-    ROLLBACK = "rollback"
-    FALLBACK = "fallback"
-    STOP_TRAINING = "stop-training"
+from prefect_crisis.blocks.registry import AliasMove, AuditSnapshot, ModelRegistry, VersionInfo, incident_id
+from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.timeline import Incident, Timeline
+from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Strategy, ViolationType
+from prefect_crisis.tasks.rollback import RollbackDecision
 
 
 STRATEGIES: dict[ViolationType, tuple[Strategy, ...]] = {
@@ -84,18 +71,22 @@ class RecoveryOutcome:
         }
 
 
-def already_handled(registry: ModelRegistry, incident: str) -> bool:
-    """True when an alias move for this incident is already in the audit."""
-    return any(move.incident == incident and move.outcome == "applied" for move in registry.audit_trail())
+def already_handled(registry: ModelRegistry, incident: str, audit: AuditSnapshot | None = None) -> bool:
+    """True when an alias move for this incident is already in the audit (or the snapshot of it given)."""
+    return (audit if audit is not None else registry.audit_snapshot()).handled(incident)
 
 
 def execute_recovery(
     registry: ModelRegistry,
     decision: RollbackDecision,
     violation: ViolationType,
-    incident: str,
+    incident: Incident | str,
     verify: Callable[[str], Verification],
     stop_training: Callable[[str], None],
+    *,
+    audit: AuditSnapshot | None = None,
+    champion: VersionInfo | None = None,
+    timeline: Timeline | None = None,
 ) -> RecoveryOutcome:
     """Run the violation's strategies in order until one verifies.
 
@@ -103,15 +94,22 @@ def execute_recovery(
         decision: the rollback decision; its target is the ROLLBACK strategy's version.
         verify: evaluates a version on the recent labelled window.
         stop_training: raises the model's stop flag (DATA_INTEGRITY).
+        audit: the incident's snapshot of the audit (read here when not given).
+        champion: the champion the incident began with (read here when not given).
+        timeline: where `ml.recovery.*` goes; the registry's timeline for the incident by default.
     """
-    champion = registry.champion()
+    identifier = incident_id(incident)
+    timeline = timeline or registry.timeline(incident)
+    champion = champion if champion is not None else registry.champion()
     before = champion.version if champion else None
-    if already_handled(registry, incident):
-        return RecoveryOutcome(incident, True, True, before, before)
+    if already_handled(registry, identifier, audit):
+        return RecoveryOutcome(identifier, True, True, before, before)
     attempts: list[Attempt] = []
+    serving: VersionInfo | None = champion
+    after = before
     for strategy in STRATEGIES[violation]:
         if strategy is Strategy.STOP_TRAINING:
-            stop_training(f"incident {incident}: {decision.reason}")
+            stop_training(f"incident {identifier}: {decision.reason}")
             attempts.append(Attempt(strategy, None, Verification(True, "stop flag raised"), "stop flag raised"))
             break
         if strategy is Strategy.ROLLBACK:
@@ -123,28 +121,24 @@ def execute_recovery(
             attempts.append(Attempt(strategy, None, None, f"no {strategy.value} target"))
             continue
         try:
-            registry.move_alias(registry.champion_alias, target, f"{strategy.value}: {decision.reason}", incident, action=strategy.value)
+            move: AliasMove = registry.move_alias(
+                registry.champion_alias, target, f"{strategy.value}: {decision.reason}", incident, action=AliasAction(strategy.value), current=serving
+            )
         except RegistryError as error:
             attempts.append(Attempt(strategy, target, None, f"alias move refused: {error}"))
             continue
-        if strategy is Strategy.ROLLBACK:
-            emit_crisis_event(
-                CrisisEvent.MODEL_ROLLED_BACK, registry.model_name,
-                {"from_version": before, "to_version": target, "reason": decision.reason, "incident": incident},
-                version=target, incident=incident,
-            )
+        after = move.to_version
+        serving = None  # moved: the next strategy reads where the alias points
         verification = verify(target)
         attempts.append(Attempt(strategy, target, verification))
         if verification.passed:
             break
     recovered = bool(attempts) and attempts[-1].verification is not None and attempts[-1].verification.passed
-    after = registry.champion()
-    outcome = RecoveryOutcome(incident, recovered, False, before, after.version if after else None, tuple(attempts))
-    emit_crisis_event(
+    outcome = RecoveryOutcome(identifier, recovered, False, before, after, tuple(attempts))
+    timeline.emit(
         CrisisEvent.RECOVERY_SUCCEEDED if recovered else CrisisEvent.RECOVERY_FAILED,
         registry.model_name,
         {"violation": violation.value, **outcome.to_dict()},
         version=outcome.champion_after,
-        incident=incident,
     )
     return outcome

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from prefect_crisis.blocks.inference import MIN_REFERENCE_ROWS  # an empty reference made every batch "PSI 0"
 from prefect_crisis.tasks.batches import load_frame
-from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
+from prefect_crisis.core.errors import DataInputError, InputErrorReason
 
-# Fewer reference rows than this give drift figures that mean nothing (an empty
-# reference made every batch "PSI 0"): such a reference is refused, not used.
-MIN_REFERENCE_ROWS = 30
 
 _CACHE_SIZE = 4
 _cache: dict[tuple[str, tuple[int, int] | None], pd.DataFrame] = {}

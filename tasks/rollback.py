@@ -13,25 +13,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 
 import numpy as np
 from scipy import stats
 
 from prefect_crisis.blocks.rollback_policy import METRICS, MetricRule, RollbackPolicy
-
-
-class DecisionKind(str, Enum):
-    HOLD = "hold"
-    ROLLBACK = "rollback"
-    FALLBACK = "fallback"
-    INCONCLUSIVE = "inconclusive"
-
-
-class Severity(str, Enum):
-    WARNING = "warning"
-    CRITICAL = "critical"
-    EMERGENCY = "emergency"
+from prefect_crisis.core.vocabulary import AliasAction, DecisionKind, MetricKind, Severity
 
 
 @dataclass(frozen=True)
@@ -64,7 +51,7 @@ class LiveWindow:
 
     def value(self, rule: MetricRule) -> tuple[float, int] | None:
         """(value, samples) of the rule's metric; None when the window does not measure it."""
-        if rule.kind == "latency":
+        if rule.kind == MetricKind.LATENCY:
             if not self.latencies_ms:
                 return None
             return float(np.percentile(self.latencies_ms, rule.spec.percentile)), len(self.latencies_ms)
@@ -171,7 +158,7 @@ def check_rule(rule: MetricRule, live: LiveWindow, baseline: float, confidence: 
         return None
     value, samples = measured
     allowed = _allowed(rule, baseline)
-    if rule.kind == "rate":
+    if rule.kind == MetricKind.RATE:
         low, high = wilson_interval(round(value * samples), samples, confidence)
         bound = high if rule.higher_is_better else low
     else:
@@ -195,7 +182,7 @@ def judge_rules(live: LiveWindow, baseline: dict[str, float], policy: RollbackPo
     for rule in policy.rules:
         measured = live.value(rule)
         if measured is None:
-            if rule.kind == "latency":
+            if rule.kind == MetricKind.LATENCY:
                 not_measured.append(f"{rule.metric} (no latency samples)")
             else:
                 undecided.append(f"{rule.metric}: the live window does not report it")
@@ -286,15 +273,21 @@ def decide_rollback(
     return RollbackDecision(DecisionKind.ROLLBACK, f"degraded ({summary}); v{target.version} served stably", target.version, **judged)
 
 
-def candidates_from_registry(registry) -> tuple[Candidate | None, list[Candidate], datetime | None]:
+def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, list[Candidate], datetime | None]:
     """Champion, every version with its latest serving interval, and the last
-    rollback time, from the registry's audit (MLflow keeps no alias history)."""
+    rollback time, from the registry's audit (MLflow keeps no alias history).
+
+    Args:
+        registry: a `ModelRegistry`.
+        audit: the incident's `AuditSnapshot`; the audit is read when not given.
+    """
     served_from: dict[str, datetime] = {}
     served_until: dict[str, datetime] = {}
     incident: set[str] = set()
     last_rollback_at = None
-    for move in registry.audit_trail(registry.champion_alias):
-        if move.outcome != "applied":
+    trail = audit.of_alias(registry.champion_alias) if audit is not None else registry.audit_trail(registry.champion_alias)
+    for move in trail:
+        if not move.applied:
             continue
         if move.from_version:
             served_until[move.from_version] = move.at
@@ -303,7 +296,7 @@ def candidates_from_registry(registry) -> tuple[Candidate | None, list[Candidate
         if move.to_version:
             served_from[move.to_version] = move.at
             served_until.pop(move.to_version, None)
-        if move.action in ("rollback", "fallback"):
+        if AliasAction(move.action).is_recovery:
             last_rollback_at = move.at
     versions = registry.versions()
     candidates = [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
-from prefect_crisis.tasks.errors import CrisisError
+from prefect_crisis.core.errors import CrisisError
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect.settings import get_current_settings
 
-from prefect_crisis.tasks.paths import crisis_home, default_storage, default_tracking_uri
-from prefect_crisis.tasks.uris import mask_uri
+from prefect_crisis.core.paths import crisis_home, default_storage, default_tracking_uri
+from prefect_crisis.core.uris import mask_uri
 
 
 def stack_summary(tracking_uri: str | None = None) -> str:

@@ -7,10 +7,15 @@ columns, and a binary label that depends on the features.
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timezone
+
 import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+from prefect_crisis.core.errors import DataInputError, InputErrorReason
+from prefect_crisis.core.paths import validate_model_name
 
 SEGMENTS = ["consumer", "smb", "enterprise", "public", "education"]
 CHANNELS = ["web", "mobile", "partner"]
@@ -127,3 +132,25 @@ COLUMN_SHAPES = {
 # A categorical column with a long tail of rare categories.
 CATEGORIES = np.array(["consumer", "smb", "enterprise", "public", "education", "partner", "other"])
 CATEGORY_SHARES = np.array([0.4, 0.2, 0.15, 0.1, 0.1, 0.04, 0.01])
+
+
+# Below this the holdouts are too small for the promotion gate and the rollback
+# decision to tell the story (a few rows decide nothing).
+DEMO_MIN_ROWS = 1_000
+DEMO_MAX_ROWS = 1_000_000
+
+
+def demo_model_name(prefix: str = "synthetic", now: datetime | None = None) -> str:
+    """A model name of its own for one demo run: `<prefix>-<UTC time>-<4 hex>`."""
+    when = now or datetime.now(timezone.utc)
+    return validate_model_name(f"{prefix}-{when:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}")
+
+
+def check_demo_rows(rows: int) -> int:
+    """`rows` if the demo can tell its story with batches of that size, else a one-line error."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or not DEMO_MIN_ROWS <= rows <= DEMO_MAX_ROWS:
+        raise DataInputError(
+            InputErrorReason.TOO_FEW_ROWS if isinstance(rows, int) and rows < DEMO_MIN_ROWS else InputErrorReason.EMPTY_FRAME,
+            f"--rows {rows!r}: the demo needs between {DEMO_MIN_ROWS:,} and {DEMO_MAX_ROWS:,} rows per batch",
+        )
+    return rows

@@ -24,7 +24,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 from sklearn.neural_network import MLPClassifier
 
-from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.tasks.stopping import StopCondition, StopReason, TrainingProgress
 
 

@@ -20,11 +20,9 @@ batch layout match (`prefect_crisis.tasks.resume`), and says why when not.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -34,7 +32,6 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
-from prefect.variables import Variable
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
@@ -46,9 +43,10 @@ from prefect_crisis.tasks.checkpoints import (
     stop_kind_of,
     training_experiment,
 )
-from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.core.errors import TrainingError
+from prefect_crisis.core.timeline import Timeline
+from prefect_crisis.core.vocabulary import CrisisEvent, RunStatusTag, TagKey
 from prefect_crisis.tasks.resume import NOTHING_TO_RESUME, ResumeDecision, ResumeKey, ResumeRefusal, decide_resume
-from prefect_crisis.tasks.events import CrisisEvent, emit_crisis_event
 from prefect_crisis.tasks.stopping import (
     StopCondition,
     StopKind,
@@ -59,36 +57,9 @@ from prefect_crisis.tasks.stopping import (
     stop_on_stall,
     stop_when_flag_set,
 )
+from prefect_crisis.tasks.stop_flag import read_stop_flag
 from prefect_crisis.tasks.training import Checkpoint, TrainingOutcome, make_estimator, train_with_stop_hook
 
-TAG = "crisis."
-
-
-# -- the stop flag --------------------------------------------------------------
-
-
-def stop_flag_name(model: str) -> str:
-    """Name of the model's stop-flag Variable."""
-    return "crisis-stop-" + re.sub(r"[^a-z0-9_-]+", "-", model.lower()).strip("-")
-
-
-def set_stop_flag(model: str, reason: str, by: str = "crisis stop") -> None:
-    """Raise the stop flag: running training of `model` halts at its next mini-batch."""
-    value = {"reason": reason, "by": by, "at": datetime.now(timezone.utc).isoformat()}
-    Variable.set(stop_flag_name(model), value, overwrite=True)
-
-
-def clear_stop_flag(model: str) -> bool:
-    """Lower the stop flag; True if it was raised."""
-    return Variable.unset(stop_flag_name(model))
-
-
-def read_stop_flag(model: str) -> str | None:
-    """The flag's reason, or None when training may run."""
-    value = Variable.get(stop_flag_name(model), default=None)
-    if value is None:
-        return None
-    return value.get("reason", "stop flag set") if isinstance(value, dict) else str(value)
 
 
 # -- data -----------------------------------------------------------------------
@@ -200,12 +171,12 @@ def train_model(
     run = client.create_run(
         training_experiment(client, model),
         tags={
-            f"{TAG}model": model,
-            f"{TAG}status": "running",
-            f"{TAG}fingerprint": data.fingerprint,
-            f"{TAG}flow_run_id": flow_run.get_id() or "",
-            f"{TAG}resumed_from": resumed_run or "",
-            **({f"{TAG}resume_refused": f"{decision.refusal.value}: {decision.detail}"[:5000]} if decision.refusal else {}),
+            TagKey.MODEL: model,
+            TagKey.STATUS: RunStatusTag.RUNNING.value,
+            TagKey.FINGERPRINT: data.fingerprint,
+            TagKey.FLOW_RUN_ID: flow_run.get_id() or "",
+            TagKey.RESUMED_FROM: resumed_run or "",
+            **({TagKey.RESUME_REFUSED: f"{decision.refusal.value}: {decision.detail}"[:5000]} if decision.refusal else {}),
         },
         run_name=f"train-{model}",
     )
@@ -227,9 +198,9 @@ def train_model(
         raise
     _log_losses(client, run_id, outcome.progress.losses)
     if outcome.completed:
-        client.set_tag(run_id, f"{TAG}status", "completed")
+        client.set_tag(run_id, TagKey.STATUS, RunStatusTag.COMPLETED.value)
         if resumed_run:
-            client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
+            client.set_tag(resumed_run, TagKey.RESUMED_BY, run_id)
         return TrainingRun(run_id, outcome, decision)
 
     _record_stop(client, run_id, model, outcome.stop_reason, outcome, resumed_run)
@@ -241,7 +212,7 @@ def _train_in_run(
     client, run_id: str, data: TrainingData, policy: TrainingPolicy, model: str, stop: StopCondition, key: ResumeKey, resume_from, resumed_run, logger
 ) -> TrainingOutcome:
     client.log_batch(run_id, params=[Param(key, str(value)[:500]) for key, value in policy.model_dump(exclude={"block_type_slug"}).items()])
-    emit_crisis_event(CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run})
+    Timeline().emit(CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run})
     progress_id = create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}")
 
     def on_epoch(progress) -> None:
@@ -276,17 +247,17 @@ _RUN_STATUS = {
 
 def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: TrainingOutcome | None, resumed_run: str | None) -> None:
     """Tag and end the MLflow run of a stopped training, and emit ml.training.stopped."""
-    client.set_tag(run_id, f"{TAG}status", "stopped")
-    client.set_tag(run_id, f"{TAG}stop_reason", str(reason))
-    client.set_tag(run_id, f"{TAG}stop_kind", reason.kind.value)
+    client.set_tag(run_id, TagKey.STATUS, RunStatusTag.STOPPED.value)
+    client.set_tag(run_id, TagKey.STOP_REASON, str(reason))
+    client.set_tag(run_id, TagKey.STOP_KIND, reason.kind.value)
     if resumed_run:
-        client.set_tag(resumed_run, f"{TAG}resumed_by", run_id)
+        client.set_tag(resumed_run, TagKey.RESUMED_BY, run_id)
     client.set_terminated(run_id, RunStatus.to_string(_RUN_STATUS.get(reason.kind, RunStatus.FINISHED)))
-    checkpointed = client.get_run(run_id).data.tags.get(f"{TAG}checkpoint") == "true"
+    checkpointed = client.get_run(run_id).data.tags.get(TagKey.CHECKPOINT) == "true"
     payload = {"reason": reason.kind.value, "detail": reason.detail, "run_id": run_id, "checkpoint_uri": f"runs:/{run_id}/checkpoint" if checkpointed else None}
     if outcome is not None:
         payload.update(epoch=outcome.progress.epoch, batch=outcome.progress.batch_index)
-    emit_crisis_event(CrisisEvent.TRAINING_STOPPED, model, payload)
+    Timeline().emit(CrisisEvent.TRAINING_STOPPED, model, payload)
 
 
 def _log_losses(client, run_id: str, losses: list[float], most: int = 1_000) -> None:

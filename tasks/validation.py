@@ -21,33 +21,16 @@ import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
-from prefect_crisis.tasks.references import load_reference
+from prefect_crisis.core.errors import ContractError, ContractErrorReason, DataInputError, InputErrorReason
 from prefect_crisis.core.fences import Fences, batch_fences, rate_per_side, reference_fences
+from prefect_crisis.core.parallel import parallel_map
+from prefect_crisis.core.vocabulary import RowReason
 from prefect_crisis.tasks.columns import CoercedColumn, coerce_column
-from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, deterministic_sample, frame_drift, parallel_map
-from prefect_crisis.tasks.errors import (
-    ContractError,
-    ContractErrorReason,
-    DataInputError,
-    InputErrorReason,
-)
+from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, deterministic_sample, frame_drift
+from prefect_crisis.tasks.references import load_reference
 
 REASONS_COLUMN = "quarantine_reasons"
 _EXAMPLES_PER_FAILURE = 5
-
-
-class RowReason(str, Enum):
-    """Why a row was quarantined."""
-
-    NULL = "null"
-    NOT_FINITE = "not_finite"
-    OUT_OF_RANGE = "out_of_range"
-    UNKNOWN_CATEGORY = "unknown_category"
-    WRONG_TYPE = "wrong_type"
-    DUPLICATE_KEY = "duplicate_key"
-    DUPLICATE_ROW = "duplicate_row"
-    OUTLIER = "outlier"
-    BATCH_REJECTED = "batch_rejected"
 
 
 class Verdict(str, Enum):

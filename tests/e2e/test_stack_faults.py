@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from prefect_crisis.tasks.errors import ExitCode
+from prefect_crisis.core.errors import ExitCode
 from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401  (cli_env is a fixture)
 
 pytestmark = pytest.mark.e2e

@@ -12,12 +12,15 @@ import pytest
 from mlflow import MlflowClient
 
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
+from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
 from prefect_crisis.tasks.promotion import log_candidate
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.training_run import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.stopping import StopKind
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
@@ -132,7 +135,9 @@ def test_nan_loss_stops_training_as_failed_and_registers_nothing(model, contract
     state = continuous_training(model_name=model, contract_block=contract_block, policy_block=policy, synthetic_rows=2_000, storage=str(tmp_path), return_state=True)
     assert state.is_failed() and state.name == "Stopped" and "non-finite-loss" in state.message
     (run,) = training_runs(model)
-    assert run.info.status == "FAILED" and load_checkpoint(MlflowClient(), run.info.run_id).position == load_checkpoint(MlflowClient(), run.info.run_id).position
+    assert run.info.status == "FAILED" and run.data.tags[TagKey.STOP_KIND] == StopKind.NON_FINITE_LOSS
+    checkpoint = load_checkpoint(MlflowClient(), run.info.run_id)
+    assert checkpoint.position.epoch == 0  # the first of 3 epochs blew up: the checkpoint is where it stopped, not the end
     assert ModelRegistry(model_name=model).versions() == []
 
 
@@ -177,7 +182,7 @@ def test_audit_answers_what_was_serving_when_after_two_promotions(model):
 
     registry.retire("1", "poisoned data")
     assert registry.version("1").retired
-    with pytest.raises(Exception, match="retired"):
+    with pytest.raises(RegistryError, match="retired"):
         registry.promote("1", "roll back")
     assert registry.champion().version == "2"  # a refused move leaves the alias where it was
     assert [v.version for v in registry.versions()] == ["2", "1"]  # never deleted

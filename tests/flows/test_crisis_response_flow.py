@@ -21,7 +21,8 @@ from sklearn.linear_model import LogisticRegression
 
 from prefect_crisis.blocks import MetricRule, ModelRegistry, RollbackPolicy
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
-from prefect_crisis.flows.crisis_response import crisis_response, response_limit
+from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.tasks.incident import response_limit
 from prefect_crisis.tasks.checkpoints import training_experiment
 from prefect_crisis.tasks.promotion import log_candidate
 from prefect_crisis.tasks.synthetic import feature_names, make_batch

@@ -16,7 +16,8 @@ from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
 from prefect_crisis.tasks.stopping import StopCondition, TrainingProgress
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.training_run import clear_stop_flag, set_stop_flag, split_training_data, train_model
+from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training_run import split_training_data, train_model
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 

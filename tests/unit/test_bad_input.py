@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
 from prefect_crisis.tasks.batches import load_frame
-from prefect_crisis.tasks.errors import (
+from prefect_crisis.core.errors import (
     ContractError,
     ContractErrorReason,
     CrisisError,

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prefect_crisis.tasks.checkpoints import load_checkpoint, read_checkpoint_files, save_checkpoint, training_experiment, write_checkpoint_files
-from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.tasks.resume import ResumeKey, ResumeRefusal, decide_resume
 from prefect_crisis.tasks.stopping import StopKind, stop_after_seconds, stop_when_flag_set
 from prefect_crisis.tasks.training import Checkpoint, make_estimator, train_with_stop_hook

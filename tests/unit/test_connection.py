@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from prefect_crisis.core.connection import connect_to_local_stack, recorded_api_url
-from prefect_crisis.tasks.errors import StackError
-from prefect_crisis.tasks.paths import crisis_home
+from prefect_crisis.core.errors import StackError
+from prefect_crisis.core.paths import crisis_home
 
 
 def test_unrendered_crisis_home_template_is_a_one_line_error(monkeypatch):

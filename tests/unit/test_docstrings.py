@@ -10,7 +10,7 @@ import pytest
 MODULES = [
     "prefect_crisis.tasks.diagnostics",
     "prefect_crisis.tasks.drift",
-    "prefect_crisis.tasks.paths",
+    "prefect_crisis.core.paths",
     "prefect_crisis.tasks.promotion",
     "prefect_crisis.tasks.rollback",
     "prefect_crisis.tasks.training",

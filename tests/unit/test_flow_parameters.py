@@ -4,6 +4,7 @@ flow that runs in-process also runs from the UI or an automation."""
 from __future__ import annotations
 
 import pytest
+from prefect.exceptions import ParameterTypeError
 
 from prefect_crisis.flows import continuous_training, crisis_demo, validate_batch
 
@@ -23,5 +24,5 @@ def test_deployment_style_parameters_validate_and_coerce(flow, parameters):
 
 
 def test_unknown_synthetic_condition_is_refused_before_the_run():
-    with pytest.raises(Exception, match="synthetic_condition"):
+    with pytest.raises(ParameterTypeError, match="synthetic_condition"):
         validate_batch.validate_parameters({"synthetic_condition": "haunted"})

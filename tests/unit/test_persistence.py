@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from prefect_crisis.tasks.events import model_resource, related_resources
-from prefect_crisis.tasks.quarantine import artifact_key, persist_parts, render_markdown, write_parquet
+from prefect_crisis.core.timeline import model_resource, related_resources
+from prefect_crisis.core.paths import artifact_key
+from prefect_crisis.tasks.quarantine import persist_parts, render_markdown, write_parquet
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.validation import REASONS_COLUMN, validate_data
 

@@ -13,7 +13,7 @@ import pytest
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
 from prefect_crisis.tasks.drift import DriftSettings, categorical_drift, numeric_drift
-from prefect_crisis.tasks.errors import ContractError, ContractErrorReason
+from prefect_crisis.core.errors import ContractError, ContractErrorReason
 from prefect_crisis.tasks.synthetic import CATEGORIES, CATEGORY_SHARES, COLUMN_SHAPES, customer_table
 from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
-from prefect_crisis.tasks.errors import DataInputError
+from prefect_crisis.core.errors import DataInputError
 from prefect_crisis.tasks.validation import validate_data
 
 

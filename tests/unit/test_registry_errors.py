@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefect_crisis.blocks import ModelRegistry
-from prefect_crisis.tasks.errors import RegistryError
+from prefect_crisis.core.errors import RegistryError
 
 
 @pytest.fixture

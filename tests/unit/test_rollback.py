@@ -10,7 +10,7 @@ import pytest
 
 import prefect_crisis.blocks.rollback_policy
 from prefect_crisis.blocks import MetricRule, RollbackPolicy
-from prefect_crisis.tasks.errors import PolicyError
+from prefect_crisis.core.errors import PolicyError
 from prefect_crisis.tasks.incident import live_window
 from prefect_crisis.tasks.rollback import (
     Candidate,

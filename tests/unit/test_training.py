@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from prefect_crisis.blocks import TrainingPolicy
-from prefect_crisis.tasks.errors import TrainingError
+from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.tasks.promotion import decide_promotion
 from prefect_crisis.tasks.stopping import (
     StopKind,

@@ -7,9 +7,9 @@ import doctest
 import pytest
 from pydantic import SecretStr
 
-import prefect_crisis.tasks.uris as uris
+import prefect_crisis.core.uris as uris
 from prefect_crisis.blocks import ModelRegistry
-from prefect_crisis.tasks.uris import mask_uri, split_password, with_password
+from prefect_crisis.core.uris import mask_uri, split_password, with_password
 
 
 def test_docstring_examples_run():

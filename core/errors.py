@@ -97,3 +97,7 @@ class ExitCode(IntEnum):
 
 class DemoError(CrisisError):
     """The demo's story did not happen as told: a bug or a broken stack, not bad input."""
+
+
+class IncidentError(CrisisError):
+    """An incident cannot be found or read (unknown id, no events left for it)."""

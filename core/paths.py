@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from prefect_crisis.tasks.errors import DataInputError, InputErrorReason
+from prefect_crisis.core.errors import DataInputError, InputErrorReason
 
 
 def crisis_home() -> Path:
@@ -20,7 +20,7 @@ def crisis_home() -> Path:
     """
     configured = os.environ.get("CRISIS_HOME")
     if configured and "{{" in configured:
-        from prefect_crisis.tasks.errors import StackError
+        from prefect_crisis.core.errors import StackError
 
         raise StackError(
             f"CRISIS_HOME is {configured!r}: the deployment was made without CRISIS_HOME exported; "
@@ -84,7 +84,7 @@ def validate_model_name(name: str) -> str:
         >>> validate_model_name("../outside")
         Traceback (most recent call last):
         ...
-        prefect_crisis.tasks.errors.DataInputError: invalid model name '../outside': use 1-100 lowercase letters, digits, '-' and '_', starting with a letter or digit (no '/', '..' or spaces)
+        prefect_crisis.core.errors.DataInputError: invalid model name '../outside': use 1-100 lowercase letters, digits, '-' and '_', starting with a letter or digit (no '/', '..' or spaces)
     """
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise DataInputError(
@@ -93,3 +93,8 @@ def validate_model_name(name: str) -> str:
             "starting with a letter or digit (no '/', '..' or spaces)",
         )
     return name
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from free text."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")

@@ -1,0 +1,167 @@
+"""The vocabulary of prefect-crisis, as enums, in one place.
+
+Severity, violations, recovery strategies, alias actions, audit outcomes,
+MLflow tag keys, quarantine reasons and event names. Code compares members of
+these enums, never their string values, so a renamed value is one edit here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, StrEnum
+
+TAG_PREFIX = "crisis."  # every MLflow tag prefect-crisis writes starts with it
+
+
+class Severity(str, Enum):
+    """How bad an incident is; EMERGENCY ignores the rollback cool-down."""
+
+    WARNING = "warning"
+    CRITICAL = "critical"
+    EMERGENCY = "emergency"
+
+
+class ViolationType(str, Enum):
+    """What went wrong: picks the recovery strategies."""
+
+    QUALITY = "quality"
+    LATENCY = "latency"
+    ERRORS = "errors"
+    DATA_INTEGRITY = "data-integrity"
+
+
+class Strategy(str, Enum):
+    """A recovery strategy; ROLLBACK and FALLBACK are also alias actions."""
+
+    ROLLBACK = "rollback"
+    FALLBACK = "fallback"
+    STOP_TRAINING = "stop-training"
+
+
+class DecisionKind(str, Enum):
+    """What the rollback decision says to do."""
+
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+    FALLBACK = "fallback"
+    INCONCLUSIVE = "inconclusive"
+
+
+class AliasAction(StrEnum):
+    """An audited registry action (the `crisis.action` tag of an audit row)."""
+
+    REGISTER = "register"
+    RETIRE = "retire"
+    MOVE = "move"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    FALLBACK = "fallback"
+
+    @property
+    def is_recovery(self) -> bool:
+        """A move made by recovery: it starts the rollback cool-down."""
+        return self in (AliasAction.ROLLBACK, AliasAction.FALLBACK)
+
+
+class AuditOutcome(StrEnum):
+    """The outcome of an audit row; a failure is written `failed: <why>`."""
+
+    APPLIED = "applied"
+    PENDING = "pending"
+    FAILED = "failed"
+
+    def because(self, why: str) -> str:
+        """`failed: <why>`, as the audit writes a refused move."""
+        return f"{self.value}: {why}"
+
+
+class TagKey(StrEnum):
+    """MLflow tag keys written by prefect-crisis (runs, versions, models, experiments)."""
+
+    MODEL = TAG_PREFIX + "model"
+    VERSION = TAG_PREFIX + "version"
+    INCIDENT = TAG_PREFIX + "incident"
+    ACTION = TAG_PREFIX + "action"
+    ALIAS = TAG_PREFIX + "alias"
+    FROM_VERSION = TAG_PREFIX + "from_version"
+    TO_VERSION = TAG_PREFIX + "to_version"
+    REASON = TAG_PREFIX + "reason"
+    FLOW_RUN_ID = TAG_PREFIX + "flow_run_id"
+    AT = TAG_PREFIX + "at"
+    OUTCOME = TAG_PREFIX + "outcome"
+    RETIRED = TAG_PREFIX + "retired"
+    MANAGED = TAG_PREFIX + "managed"
+    AUDIT = TAG_PREFIX + "audit"
+    FEATURES = TAG_PREFIX + "features"
+    FINGERPRINT = TAG_PREFIX + "fingerprint"
+    VALIDATION = TAG_PREFIX + "validation"
+    STATUS = TAG_PREFIX + "status"
+    RESUMED_FROM = TAG_PREFIX + "resumed_from"
+    RESUMED_BY = TAG_PREFIX + "resumed_by"
+    RESUME_REFUSED = TAG_PREFIX + "resume_refused"
+    STOP_REASON = TAG_PREFIX + "stop_reason"
+    STOP_KIND = TAG_PREFIX + "stop_kind"
+    CHECKPOINT = TAG_PREFIX + "checkpoint"
+    CRASH_REASON = TAG_PREFIX + "crash_reason"
+
+
+class RunStatusTag(StrEnum):
+    """Values of the `crisis.status` tag of a training run."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+class RowReason(str, Enum):
+    """Why a row was quarantined."""
+
+    NULL = "null"
+    NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
+    UNKNOWN_CATEGORY = "unknown_category"
+    WRONG_TYPE = "wrong_type"
+    DUPLICATE_KEY = "duplicate_key"
+    DUPLICATE_ROW = "duplicate_row"
+    OUTLIER = "outlier"
+    BATCH_REJECTED = "batch_rejected"
+
+
+class CrisisEvent(str, Enum):
+    """Event names (DESIGN.md). Severity is in the name, because automation
+    triggers match names and labels, not payloads."""
+
+    DATA_VALIDATED = "ml.data.validated"
+    DATA_REJECTED = "ml.data.rejected"
+    TRAINING_STARTED = "ml.training.started"
+    TRAINING_COMPLETED = "ml.training.completed"
+    TRAINING_STOPPED = "ml.training.stopped"
+    MODEL_REGISTERED = "ml.model.registered"
+    MODEL_PROMOTED = "ml.model.promoted"
+    MODEL_ROLLED_BACK = "ml.model.rolled-back"
+    BREACH_WARNING = "ml.breach.warning"
+    BREACH_CRITICAL = "ml.breach.critical"
+    BREACH_EMERGENCY = "ml.breach.emergency"
+    INCIDENT_OPENED = "ml.incident.opened"
+    DIAGNOSIS_DONE = "ml.diagnosis.done"
+    DECISION_TAKEN = "ml.decision.taken"
+    FALLBACK_ENGAGED = "ml.fallback.engaged"
+    FALLBACK_RELEASED = "ml.fallback.released"
+    RECOVERY_SUCCEEDED = "ml.recovery.succeeded"
+    RECOVERY_FAILED = "ml.recovery.failed"
+
+
+# Resource ids and roles of the events' related resources.
+MODEL_RESOURCE = "ml.model."
+MODEL_VERSION_RESOURCE = "ml.model-version."
+INCIDENT_RESOURCE = "ml.incident."
+INCIDENT_ROLE = "incident"
+MODEL_VERSION_ROLE = "model-version"
+INCIDENT_RUN_TAG = "incident:"  # flow runs of a response carry `incident:<id>`
+
+
+class MetricKind(StrEnum):
+    """How a rollback rule's metric is measured: a rate with a confidence bound, or a latency percentile."""
+
+    RATE = "rate"
+    LATENCY = "latency"
