@@ -17,6 +17,8 @@ from prefect.client.schemas.objects import Artifact
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.schemas.events import ReceivedEvent
 
+from prefect_crisis.tasks.incident_report import read_events
+
 
 def flow_run_family(flow_run_id: UUID) -> list[UUID]:
     """The flow run and its subflow runs (depth-first)."""
@@ -50,11 +52,4 @@ def read_crisis_events(
         event=EventNameFilter(prefix=[prefix]),
         resource=EventResourceFilter(id=[f"ml.model.{model}"]),
     )
-    events: list[ReceivedEvent] = []
-    with get_client(sync_client=True) as client:
-        page = client.read_events(filter=event_filter, limit=50)  # the API's largest page
-        events.extend(page.events)
-        while page.next_page and len(events) < limit:
-            page = client.read_events_page(page.next_page)
-            events.extend(page.events)
-    return sorted(events, key=lambda event: event.occurred)
+    return read_events(event_filter, limit)

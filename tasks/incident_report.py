@@ -79,7 +79,8 @@ class IncidentReport:
         return lines
 
 
-def _read(event_filter: EventFilter, limit: int = 1_000) -> list[ReceivedEvent]:
+def read_events(event_filter: EventFilter, limit: int = 1_000) -> list[ReceivedEvent]:
+    """Events matching the filter from the Prefect API, every page up to about `limit`, oldest first."""
     events: list[ReceivedEvent] = []
     with get_client(sync_client=True) as client:
         page = client.read_events(filter=event_filter, limit=50)  # the API's largest page
@@ -97,13 +98,13 @@ def _window(now: datetime | None = None) -> EventOccurredFilter:
 
 def incident_events(incident_id: str) -> list[ReceivedEvent]:
     """Every event related to `ml.incident.<id>`, oldest first."""
-    return _read(EventFilter(occurred=_window(), related=EventRelatedFilter(id=[f"{INCIDENT_RESOURCE}{incident_id}"])))
+    return read_events(EventFilter(occurred=_window(), related=EventRelatedFilter(id=[f"{INCIDENT_RESOURCE}{incident_id}"])))
 
 
 def opened_incidents(model: str | None = None) -> list[ReceivedEvent]:
     """The `ml.incident.opened` events (of one model), oldest first."""
     resource = EventResourceFilter(id=[f"{MODEL_RESOURCE}{model}"]) if model else None
-    return _read(EventFilter(occurred=_window(), event=EventNameFilter(name=[CrisisEvent.INCIDENT_OPENED.value]), resource=resource))
+    return read_events(EventFilter(occurred=_window(), event=EventNameFilter(name=[CrisisEvent.INCIDENT_OPENED.value]), resource=resource))
 
 
 def actor(event: ReceivedEvent) -> str:
@@ -118,13 +119,13 @@ def first_symptom(model: str, opened: ReceivedEvent, triggering_event_id: str | 
     """When the first symptom was seen: the triggering event, else the earliest breach of the hour before."""
     if triggering_event_id:
         try:
-            found = _read(EventFilter(occurred=_window(), id=EventIDFilter(id=[UUID(triggering_event_id)])))
+            found = read_events(EventFilter(occurred=_window(), id=EventIDFilter(id=[UUID(triggering_event_id)])))
         except ValueError:
             found = []
         if found:
             return found[0].occurred
     since = opened.occurred - timedelta(hours=1)
-    breaches = _read(
+    breaches = read_events(
         EventFilter(
             occurred=EventOccurredFilter(since=since, until=opened.occurred),
             event=EventNameFilter(name=[event.value for event in BREACHES]),

@@ -18,34 +18,20 @@ import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
-from sklearn.linear_model import LogisticRegression
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.errors import ExitCode
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
 from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.tasks.checkpoints import training_experiment
 from prefect_crisis.tasks.incident_report import incident_events, incident_report
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.synthetic import feature_names, make_batch
-from tests.helpers import wait_for
+from prefect_crisis.tasks.synthetic import make_batch
+from tests.helpers import register, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
-FEATURES = feature_names(20)
 STEPS = ["ml.incident.opened", "ml.diagnosis.done", "ml.decision.taken", "ml.model.rolled-back", "ml.recovery.succeeded"]
 
 
-def register(registry: ModelRegistry, labels_flipped: bool, seed: int) -> str:
-    batch = make_batch(3_000, seed=seed)
-    X, y = batch[FEATURES].to_numpy(), batch["label"].to_numpy()
-    y = 1 - y if labels_flipped else y
-    model = LogisticRegression(max_iter=500).fit(X[:2_400], y[:2_400])
-    client = registry.client
-    run = client.create_run(training_experiment(client, registry.model_name))
-    client.log_metric(run.info.run_id, "accuracy", float(model.score(X[2_400:], y[2_400:])))
-    info = log_candidate(model, X, run.info.run_id, client)
-    return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {TagKey.FEATURES: ",".join(FEATURES)}).version
 
 
 @pytest.fixture

@@ -12,16 +12,13 @@ import mlflow.tracking._tracking_service.utils as tracking_utils
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from sklearn.linear_model import LogisticRegression
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.tasks.checkpoints import training_experiment
 from prefect_crisis.tasks.incident import predict_with
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.synthetic import feature_names, make_batch
+from prefect_crisis.tasks.synthetic import make_batch
+from tests.helpers import register
 
-FEATURES = feature_names(20)
 
 
 @pytest.fixture
@@ -38,16 +35,6 @@ def no_global_store(tmp_path, monkeypatch):
     return work
 
 
-def register(registry: ModelRegistry, labels_flipped: bool, seed: int) -> str:
-    batch = make_batch(3_000, seed=seed)
-    X, y = batch[FEATURES].to_numpy(), batch["label"].to_numpy()
-    y = 1 - y if labels_flipped else y
-    model = LogisticRegression(max_iter=500).fit(X[:2_400], y[:2_400])
-    client = registry.client
-    run = client.create_run(training_experiment(client, registry.model_name))
-    client.log_metric(run.info.run_id, "accuracy", float(model.score(X[2_400:], y[2_400:])))
-    info = log_candidate(model, X, run.info.run_id, client)
-    return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {"crisis.features": ",".join(FEATURES)}).version
 
 
 def registered_names(uri: str) -> set[str]:
