@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
 from prefect.events.worker import EventsWorker
@@ -43,3 +44,16 @@ def register(registry: ModelRegistry, labels_flipped: bool, seed: int) -> str:
     client.log_metric(run.info.run_id, "accuracy", float(model.score(X[2_400:], y[2_400:])))
     info = log_candidate(model, X, run.info.run_id, client)
     return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {TagKey.FEATURES: ",".join(FEATURES)}).version
+
+
+def poisoned_after_stable(model: str, seeds: tuple[int, int] = (1, 2)) -> tuple[ModelRegistry, str, str]:
+    """A registry whose good version served three hours, then a version trained on
+    flipped labels took over ten minutes ago: (registry on an injected clock, good, poisoned)."""
+    now = datetime.now(timezone.utc)
+    clock = [now - timedelta(hours=3)]
+    registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
+    good, poisoned = register(registry, False, seed=seeds[0]), register(registry, True, seed=seeds[1])
+    registry.promote(good, "first model")
+    clock[0] = now - timedelta(minutes=10)
+    registry.promote(poisoned, "retrained on the latest batch")  # its labels were flipped upstream
+    return registry, good, poisoned

@@ -23,7 +23,7 @@ from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.tasks.incident import response_limit
 from prefect_crisis.tasks.synthetic import make_batch
-from tests.helpers import register, wait_for
+from tests.helpers import poisoned_after_stable, register, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 
@@ -45,13 +45,7 @@ def window_path(tmp_path):
 
 
 def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_path):
-    now = datetime.now(timezone.utc)
-    clock = [now - timedelta(hours=3)]
-    registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
-    good, poisoned = register(registry, False, seed=1), register(registry, True, seed=2)
-    registry.promote(good, "first model")
-    clock[0] = now - timedelta(minutes=10)
-    registry.promote(poisoned, "retrained on the latest batch")  # its labels were flipped upstream
+    registry, good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
 
     state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-1", return_state=True)
     assert state.is_completed() and state.name == "Recovered", state.message
@@ -85,13 +79,7 @@ def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_pa
 
 def test_an_error_rate_policy_rolls_back_a_poisoned_champion_whose_registry_records_accuracy(model, window_path):
     # The champion's registered metrics are accuracy/f1/log loss; before, an error_rate rule was skipped: Hold.
-    now = datetime.now(timezone.utc)
-    clock = [now - timedelta(hours=3)]
-    registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
-    good, poisoned = register(registry, False, seed=6), register(registry, True, seed=7)
-    registry.promote(good, "first model")
-    clock[0] = now - timedelta(minutes=10)
-    registry.promote(poisoned, "retrained on the latest batch")
+    registry, good, poisoned = poisoned_after_stable(model, seeds=(6, 7))
     RollbackPolicy(rules=[MetricRule(metric="error_rate", tolerance=0.02)]).save(f"errors-{model}")
 
     state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-errors", rollback_policy_block=f"errors-{model}", return_state=True)

@@ -26,7 +26,7 @@ from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.tasks.incident_report import incident_events, incident_report
 from prefect_crisis.tasks.synthetic import make_batch
-from tests.helpers import register, wait_for
+from tests.helpers import poisoned_after_stable, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 STEPS = ["ml.incident.opened", "ml.diagnosis.done", "ml.decision.taken", "ml.model.rolled-back", "ml.recovery.succeeded"]
@@ -38,13 +38,8 @@ STEPS = ["ml.incident.opened", "ml.diagnosis.done", "ml.decision.taken", "ml.mod
 def poisoned_model(tmp_path):
     """A model whose champion v2 was trained on flipped labels, after a stable v1; and a labelled window."""
     model = f"timeline-{uuid.uuid4().hex[:8]}"
+    registry, good, poisoned = poisoned_after_stable(model)
     now = datetime.now(timezone.utc)
-    clock = [now - timedelta(hours=3)]
-    registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
-    good, poisoned = register(registry, False, seed=1), register(registry, True, seed=2)
-    registry.promote(good, "first model")
-    clock[0] = now - timedelta(minutes=10)
-    registry.promote(poisoned, "retrained on the latest batch")
     window = make_batch(3_000, seed=42)
     window["timestamp"] = pd.date_range(now - timedelta(hours=1), periods=3_000, freq="s")
     path = tmp_path / "window.parquet"
