@@ -102,6 +102,31 @@ class TagKey(StrEnum):
     STOP_KIND = TAG_PREFIX + "stop_kind"
     CHECKPOINT = TAG_PREFIX + "checkpoint"
     CRASH_REASON = TAG_PREFIX + "crash_reason"
+    ROLE = TAG_PREFIX + "role"
+    WRAPS = TAG_PREFIX + "wraps"
+
+
+class VersionRole(StrEnum):
+    """The `crisis.role` tag of a registered version that is not an ordinary candidate."""
+
+    FALLBACK = "fallback"  # the simple model behind the `fallback` alias
+    SERVING = "serving"  # a CrisisModel wrapper, registered as `<model>-serving`
+
+
+class Responder(StrEnum):
+    """Which model answered a row of a prediction (the inference log's `answered_by`)."""
+
+    PRIMARY = "primary"
+    FALLBACK = "fallback"
+    NONE = "none"  # neither could: the row is marked failed with its reason
+
+
+class BreakerState(StrEnum):
+    """The serving circuit breaker's states (pybreaker's names)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
 
 
 class RunStatusTag(StrEnum):
