@@ -101,3 +101,14 @@ class DemoError(CrisisError):
 
 class IncidentError(CrisisError):
     """An incident cannot be found or read (unknown id, no events left for it)."""
+
+
+class ServingError(CrisisError):
+    """The serving model cannot start (no champion, a version it cannot load)."""
+
+
+class ServingInputError(CrisisError):
+    """A prediction request does not match what the served models need (missing column, wrong type).
+
+    The scoring server answers it with HTTP 400 and this one-line reason; the server keeps serving.
+    """

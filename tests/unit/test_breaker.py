@@ -1,0 +1,95 @@
+"""The circuit breaker's state machine, on an injected clock (no sleeping)."""
+
+import pytest
+
+from prefect_crisis.core.vocabulary import BreakerState
+from prefect_crisis.tasks.breaker import CircuitBreaker
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def test_opens_after_n_failures_within_the_window(clock):
+    breaker = CircuitBreaker(failure_threshold=3, window_seconds=10, cooldown_seconds=5, clock=clock)
+    for _ in range(2):
+        breaker.record_failure("boom")
+    assert breaker.state is BreakerState.CLOSED and breaker.allow()
+    breaker.record_failure("boom")
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+
+
+def test_failures_spread_beyond_the_window_never_open_it(clock):
+    breaker = CircuitBreaker(failure_threshold=3, window_seconds=10, cooldown_seconds=5, clock=clock)
+    for _ in range(10):
+        breaker.record_failure("slow")
+        clock.now += 6  # two failures at most in any 10 s
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.opened_count == 0
+
+
+def test_half_open_lets_one_trial_through_and_closes_on_success(clock):
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=30, clock=clock)
+    breaker.record_failure("boom")
+    clock.now = 29.9
+    assert not breaker.allow() and breaker.state is BreakerState.OPEN
+    clock.now = 30.0
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow(), "a second caller must not reach the primary while the trial runs"
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED and breaker.allow()
+
+
+def test_a_failed_trial_opens_it_again_for_a_full_cooldown(clock):
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=30, clock=clock)
+    breaker.record_failure("boom")
+    clock.now = 31
+    assert breaker.allow()
+    breaker.record_failure("still broken")
+    assert breaker.state is BreakerState.OPEN
+    clock.now = 60  # 29 s after the failed trial
+    assert not breaker.allow()
+    clock.now = 61.5
+    assert breaker.allow()
+    assert breaker.opened_count == 2
+
+
+def test_old_failures_do_not_count_after_closing(clock):
+    breaker = CircuitBreaker(failure_threshold=2, window_seconds=100, cooldown_seconds=1, clock=clock)
+    breaker.record_failure("a")
+    breaker.record_failure("b")
+    clock.now = 2
+    assert breaker.allow()
+    breaker.record_success()
+    breaker.record_failure("c")
+    assert breaker.state is BreakerState.CLOSED, "failures before the breaker closed must be forgotten"
+
+
+def test_listeners_hear_every_transition_in_order(clock):
+    heard = []
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=5, clock=clock, listeners=[heard.append])
+    breaker.record_failure("timeout")
+    clock.now = 5
+    breaker.allow()
+    breaker.record_success()
+    assert [(change.old, change.new) for change in heard] == [
+        (BreakerState.CLOSED, BreakerState.OPEN),
+        (BreakerState.OPEN, BreakerState.HALF_OPEN),
+        (BreakerState.HALF_OPEN, BreakerState.CLOSED),
+    ]
+    assert "timeout" in heard[0].reason and heard[1].at == 5
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        CircuitBreaker(failure_threshold=0)

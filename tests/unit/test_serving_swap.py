@@ -1,0 +1,102 @@
+"""The router against a real MLflow registry: it serves @champion with @fallback
+behind it, and follows an alias move with requests in flight, none failing."""
+
+import threading
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from prefect_crisis.blocks import ModelRegistry
+from prefect_crisis.blocks.fallback_policy import FallbackPolicy
+from prefect_crisis.core.errors import ServingError
+from prefect_crisis.core.timeline import ListSink, Timeline
+from prefect_crisis.core.vocabulary import TagKey
+from prefect_crisis.tasks.checkpoints import training_experiment
+from prefect_crisis.tasks.promotion import log_candidate
+from prefect_crisis.tasks.serving import FallbackRouter
+from prefect_crisis.tasks.synthetic import make_batch
+from tests.helpers import FEATURES, register
+
+FALLBACK_FEATURES = FEATURES[:3]
+
+
+def register_fallback(registry: ModelRegistry) -> str:
+    batch = make_batch(2_000, seed=9)
+    model = LogisticRegression().fit(batch[FALLBACK_FEATURES].to_numpy(), batch["label"].to_numpy())
+    run = registry.client.create_run(training_experiment(registry.client, registry.model_name))
+    info = log_candidate(model, batch[FALLBACK_FEATURES].to_numpy(), run.info.run_id, registry.client)
+    version = registry.register_version(info.model_uri, run.info.run_id, info.model_id, {TagKey.FEATURES: ",".join(FALLBACK_FEATURES)}).version
+    registry.move_alias(registry.fallback_alias, version, "the simple model")
+    return version
+
+
+@pytest.fixture(scope="module")
+def served_registry(mlflow_tracking_uri):
+    registry = ModelRegistry(model_name="served").use(timeline=Timeline(sink=ListSink()))
+    first, second = register(registry, False, seed=1), register(registry, False, seed=2)
+    fallback = register_fallback(registry)
+    registry.promote(first, "first model")
+    return registry, first, second, fallback
+
+
+def test_no_champion_is_a_one_line_serving_error(mlflow_tracking_uri):
+    registry = ModelRegistry(model_name="never-trained").use(timeline=Timeline(sink=ListSink()))
+    with pytest.raises(ServingError, match="has no @champion"):
+        FallbackRouter(registry).start(refresh_in_background=False)
+
+
+def test_serves_the_champion_with_the_fallback_behind_it(served_registry):
+    registry, first, _second, fallback = served_registry
+    served = FallbackRouter(registry, FallbackPolicy(confidence_threshold=0.9), timeline=Timeline(sink=ListSink())).start(refresh_in_background=False)
+    try:
+        batch = make_batch(400, seed=50)
+        out = served.predict(batch)
+    finally:
+        served.close()
+    assert set(out["answered_by"]) == {"primary", "fallback"}
+    assert set(out.loc[out["answered_by"] == "primary", "version"]) == {first}
+    assert set(out.loc[out["answered_by"] == "fallback", "version"]) == {fallback}
+    assert (out.loc[out["answered_by"] == "primary", "confidence"] >= 0.9).all()
+    accuracy = float(np.mean(out["prediction"].to_numpy(dtype=int) == batch["label"].to_numpy()))
+    assert accuracy > 0.8, accuracy
+
+
+def test_an_alias_move_is_swapped_in_with_requests_in_flight(served_registry):
+    registry, first, second, _fallback = served_registry
+    served = FallbackRouter(registry, FallbackPolicy(refresh_seconds=0.05), timeline=Timeline(sink=ListSink())).start()
+    batch = make_batch(200, seed=51)
+    failures, versions, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                out = served.predict(batch)
+                if (out["answered_by"] == "none").any():
+                    failures.append(out["error"].dropna().iloc[0])
+                versions.append(frozenset(out.loc[out["answered_by"] == "primary", "version"]))
+            except Exception as error:  # noqa: BLE001 - counted
+                failures.append(repr(error))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        while len(versions) < 10:
+            threading.Event().wait(0.01)
+        registry.promote(second, "a retrain")
+        deadline = threading.Event()
+        for _ in range(400):  # the background refresh picks the move up within its interval
+            if versions and versions[-1] == {second}:
+                break
+            deadline.wait(0.025)
+        stop.set()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        served.close()
+        registry.promote(first, "back for the other tests")
+    assert failures == []
+    assert versions[0] == {first} and versions[-1] == {second}, versions[-3:]
+    assert served.swaps == 1
