@@ -104,6 +104,7 @@ class TagKey(StrEnum):
     CRASH_REASON = TAG_PREFIX + "crash_reason"
     ROLE = TAG_PREFIX + "role"
     WRAPS = TAG_PREFIX + "wraps"
+    SERVING_CONFIG = TAG_PREFIX + "serving_config"  # digest of a serving wrapper's configuration
 
 
 class VersionRole(StrEnum):

@@ -9,6 +9,7 @@
     crisis train     train a model on one batch (validate, train, register, gate)
     crisis stop      raise a model's stop flag: its training halts at the next mini-batch
     crisis resume    lower the stop flag
+    crisis serve     serve a model's champion with its fallback behind it (MLflow's scoring server)
     crisis down      stop the local Prefect server
 
 Exit codes (`ExitCode`): 0 done; 1 a bug (or the demo's story did not
@@ -36,6 +37,7 @@ from rich.table import Table
 from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.connect_cli import deploy, env
 from prefect_crisis.deployments.contract_cli import contract_app
+from prefect_crisis.deployments.serve_cli import serve
 from prefect_crisis.core.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
 from prefect_crisis.core.paths import validate_model_name
 from prefect_crisis.core.uris import mask_uri
@@ -51,6 +53,7 @@ SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one 
 app.command(contract_app)
 app.command(env)
 app.command(deploy)
+app.command(serve)
 incident_app = cyclopts.App(name="incident", help="Incidents: list them, and show one's timeline from Prefect events and the MLflow audit.")
 app.command(incident_app)
 JsonOption = Annotated[bool, cyclopts.Parameter("--json", negative=(), help="Print JSON instead of lines.")]

@@ -9,6 +9,8 @@ from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, categorical_
 from prefect_crisis.tasks.promotion import PromotionDecision, decide_promotion
 from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
+from prefect_crisis.tasks.breaker import CircuitBreaker
+from prefect_crisis.tasks.serving import FallbackRouter
 from prefect_crisis.tasks.rollback import Candidate, LiveWindow, RollbackDecision, RuleResults, Violation, candidates_from_registry, check_rule, decide_rollback, judge_rules, wilson_interval
 from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag, set_stop_flag
 from prefect_crisis.tasks.stopping import StopCondition, StopKind, StopReason, TrainingProgress, stop_after_seconds, stop_any, stop_on_divergence, stop_on_nonfinite_loss, stop_on_stall, stop_when_flag_set
@@ -18,6 +20,8 @@ from prefect_crisis.tasks.validation import CheckFailure, REASONS_COLUMN, Valida
 
 __all__ = [
     "Candidate",
+    "CircuitBreaker",
+    "FallbackRouter",
     "CheckFailure",
     "Checkpoint",
     "ContractError",

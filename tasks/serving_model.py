@@ -13,6 +13,8 @@ never from the registered model, which anyone with registry access can read.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -59,6 +61,11 @@ def serving_config(registry: ModelRegistry, policy: FallbackPolicy, *, log: bool
         "inference_log": log,
         "inference_log_url": log_uri,
     }
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A short digest of a serving configuration: the same one is registered once."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _log_sink(event: TimelineEvent) -> None:
@@ -140,7 +147,8 @@ def register_serving_model(
             client.create_registered_model(name, tags={TagKey.MANAGED: "true", TagKey.WRAPS: registry.model_name})
         created = client.create_model_version(
             name, source=client.get_logged_model(logged.model_id).artifact_location, run_id=run.info.run_id,
-            model_id=logged.model_id, tags={TagKey.ROLE: VersionRole.SERVING.value, TagKey.WRAPS: registry.model_name},
+            model_id=logged.model_id,
+            tags={TagKey.ROLE: VersionRole.SERVING.value, TagKey.WRAPS: registry.model_name, TagKey.SERVING_CONFIG: config_digest(config)},
         )
     except MlflowException as error:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
@@ -150,10 +158,24 @@ def register_serving_model(
     return VersionInfo(str(created.version), run.info.run_id, registry.now(), {}, {str(k): v for k, v in created.tags.items()}, ())
 
 
-def latest_serving_version(registry: ModelRegistry) -> str | None:
-    """The newest version of `<model>-serving`, or None."""
+def serving_version(
+    registry: ModelRegistry, policy: FallbackPolicy | None = None, *, log: bool = True, log_url: str | None = None
+) -> tuple[str, bool]:
+    """The `<model>-serving` version with this configuration: the newest one when it matches, else a new one.
+
+    Returns:
+        (version, registered now)
+    """
+    policy = policy or FallbackPolicy()
+    digest = config_digest(serving_config(registry, policy, log=log, log_url=log_url))
     try:
-        found = registry.client.search_model_versions(f"name='{serving_model_name(registry.model_name)}'", order_by=["version_number DESC"], max_results=1)
+        found = registry.client.search_model_versions(
+            f"name='{serving_model_name(registry.model_name)}'", order_by=["version_number DESC"], max_results=1
+        )
     except MlflowException:
-        return None
-    return str(found[0].version) if found else None
+        found = []
+    if found and found[0].tags.get(TagKey.SERVING_CONFIG) == digest:
+        if registry.champion() is None:
+            raise RegistryError(f"{registry.model_name!r} has no @{registry.champion_alias}: train and promote a version before serving it")
+        return str(found[0].version), False
+    return register_serving_model(registry, policy, log=log, log_url=log_url).version, True

@@ -8,11 +8,13 @@ import importlib
 import pytest
 
 MODULES = [
+    "prefect_crisis.tasks.breaker",
     "prefect_crisis.tasks.diagnostics",
     "prefect_crisis.tasks.drift",
     "prefect_crisis.core.paths",
     "prefect_crisis.tasks.promotion",
     "prefect_crisis.tasks.rollback",
+    "prefect_crisis.tasks.serving",
     "prefect_crisis.tasks.training",
     "prefect_crisis.tasks.synthetic",
     "prefect_crisis.tasks.validation",
