@@ -31,7 +31,7 @@ class Crafted:
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
-        p = X[:, 0]
+        p = np.where(X[:, 0] > 1, np.nan, X[:, 0])  # p > 1 stands for blown-up weights
         return np.c_[1 - p, p]
 
 
@@ -80,7 +80,7 @@ def test_low_confidence_rows_are_answered_by_the_fallback_row_by_row():
     assert out["prediction"].tolist() == [1, 1, 0, 1, 1]
     assert out["confidence"].round(2).tolist() == [0.95, 0.8, 0.95, 0.8, 0.6]
     assert out["error"].isna().all()
-    assert out["row_id"].tolist() == ["0", "1", "2", "3", "4"] and out["request_id"].nunique() == 1
+    assert out["row_id"].tolist() == [0, 1, 2, 3, 4] and out["request_id"].nunique() == 1
 
 
 def test_margin_measure_and_the_id_column():
@@ -158,6 +158,9 @@ def test_without_a_fallback_low_confidence_keeps_the_primary_but_a_failure_fails
     assert out["answered_by"].tolist() == ["primary"] and out["prediction"].tolist() == [1]
     out = router(primary=Crafted(fail=RuntimeError("down")), fallback=False).predict(rows(0.9))
     assert out["answered_by"].tolist() == ["none"] and "no fallback version" in out["error"][0]
+    out = router(fallback=False).predict(rows(2.0, 0.9))  # blown-up weights: probabilities not finite
+    assert out["answered_by"].tolist() == ["none", "primary"] and "non-finite" in out["error"][0]
+    assert out["prediction"].tolist()[0] is None
 
 
 def test_a_row_with_a_missing_value_fails_alone_and_does_not_charge_the_breaker():
