@@ -10,6 +10,7 @@ to the stack's Prefect server when one answers, else to the server's log.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,13 +52,24 @@ def wait_until_ready(process: subprocess.Popen, url: str, timeout: float) -> Non
 
 
 def stop_child(process: subprocess.Popen, grace: float = 10.0) -> None:
-    if process.poll() is None:
-        process.terminate()
+    """SIGTERM to the scoring server's process group (MLflow's CLI and the uvicorn it starts), SIGKILL after `grace` s."""
+    for sent in (signal.SIGTERM, signal.SIGKILL):
         try:
-            process.wait(grace)
+            os.killpg(process.pid, sent)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace if sent == signal.SIGTERM else 5)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+            continue
+        try:  # the group may outlive its leader for a moment
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill` stops the server as Ctrl-C does: the scoring server goes with it
 
 
 def serve(
@@ -117,7 +129,9 @@ def serve(
         environment.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(command, env=environment)
+    # Its own process group: stopped as a whole here, never orphaned by a signal meant for this command.
+    process = subprocess.Popen(command, env=environment, start_new_session=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         wait_until_ready(process, url, timeout)
         console.print(f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True)

@@ -89,6 +89,18 @@ def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained)
     assert process.returncode == 0, output
     assert "stopped serving churn" in output
     assert "Traceback" not in output
+    with pytest.raises(httpx.HTTPError):  # the scoring server went with it
+        httpx.get(url.replace("/invocations", "/ping"), timeout=2)
+
+
+def test_kill_stops_the_scoring_server_too(cli_env, trained):
+    port = free_port()
+    process, url = start_serving(cli_env, "churn", "--port", str(port), "--no-log")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and "stopped serving churn" in output
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url.replace("/invocations", "/ping"), timeout=2)
 
 
 def test_operator_mistakes_are_one_line_with_exit_codes(cli_env, trained):
