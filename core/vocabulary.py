@@ -175,6 +175,10 @@ class CrisisEvent(str, Enum):
     FALLBACK_RELEASED = "ml.fallback.released"
     RECOVERY_SUCCEEDED = "ml.recovery.succeeded"
     RECOVERY_FAILED = "ml.recovery.failed"
+    HEALTH_REPORTED = "ml.health.reported"  # every monitor sweep: the dead man's switch listens for its absence
+    LABELS_RECORDED = "ml.labels.recorded"  # labels joined to the inference log: runs the monitor at once
+    SERVING_ERRORS = "ml.serving.errors"  # a burst of failed rows or requests in serving: runs the monitor at once
+    EMERGENCY_STOPPED = "ml.emergency.stopped"  # the emergency-stop flow acted
 
 
 # Resource ids and roles of the events' related resources.
