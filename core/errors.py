@@ -101,3 +101,7 @@ class DemoError(CrisisError):
 
 class IncidentError(CrisisError):
     """An incident cannot be found or read (unknown id, no events left for it)."""
+
+
+class InferenceLogError(CrisisError):
+    """The inference log's database cannot be read or written (labels, windows); predictions are never refused for it."""
