@@ -13,6 +13,7 @@ from prefect.logging.configuration import ensure_logging_setup
 from prefect_crisis.core.connection import connect_to_local_stack
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, VersionInfo
 from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
@@ -29,6 +30,7 @@ __all__ = [
     "AliasMove",
     "ColumnSpec",
     "DataContract",
+    "InferenceLog",
     "MetricRule",
     "ModelRegistry",
     "RollbackPolicy",
