@@ -128,6 +128,10 @@ class Spool:
         self._records += written
         return written, len(rows) - written
 
+    def close(self) -> None:
+        """Close the segment being appended to, so the next writer (in this process too) flushes it."""
+        self._close_open()
+
     def _close_open(self) -> None:
         if self._open is not None:
             if self._open.exists():

@@ -203,8 +203,10 @@ class InferenceLogWriter:
                                    sum(_records_of(item) for item in items), self._scrub(error))
                 with self._lock:
                     self._dropped += sum(_records_of(item) for item in items)
+            self._report()  # before _done: whoever flush()es sees the line already written
             self._done(items)
-            self._report()
+        if self._spool is not None:
+            self._spool.close()
 
     def _take(self) -> tuple[list, bool]:
         """A batch: the first item waited for up to flush_seconds, then more until batch_rows rows,
@@ -305,9 +307,12 @@ class InferenceLogWriter:
         return self._down_until is not None and self._clock() < self._down_until
 
     def _mark_down(self, error: BaseException) -> None:
+        if self._down_until is None:
+            self._last_report = float("-inf")  # say at once that the database went down
         self._down_until = self._clock() + self._retry_seconds
         self._down_reason = self._scrub(error)
         self._tables_ready = False
+        self._engine.dispose()  # pooled connections may point at what went away (a dead server, a replaced file)
 
     def _mark_up(self) -> None:
         if self._down_until is not None:
