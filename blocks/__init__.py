@@ -14,6 +14,7 @@ from prefect_crisis.core.connection import connect_to_local_stack
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
+from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, VersionInfo
 from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
@@ -31,6 +32,7 @@ __all__ = [
     "ColumnSpec",
     "DataContract",
     "FallbackPolicy",
+    "InferenceLog",
     "MetricRule",
     "ModelRegistry",
     "RollbackPolicy",

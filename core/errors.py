@@ -112,3 +112,7 @@ class ServingInputError(CrisisError):
 
     The scoring server answers it with HTTP 400 and this one-line reason; the server keeps serving.
     """
+
+
+class InferenceLogError(CrisisError):
+    """The inference log's database cannot be read or written (labels, windows); predictions are never refused for it."""

@@ -19,7 +19,6 @@ from prefect_crisis.core.vocabulary import DecisionKind, Severity, ViolationType
 from prefect_crisis.tasks.batches import load_frame
 from prefect_crisis.tasks.incident import (
     decide_rollback_task,
-    default_window_path,
     diagnose_model,
     execute_recovery_task,
     live_window,
@@ -28,6 +27,7 @@ from prefect_crisis.tasks.incident import (
     response_limit,
     tag_response_run,
 )
+from prefect_crisis.tasks.inference_log import read_labelled_window
 from prefect_crisis.tasks.stack_info import stack_summary
 
 
@@ -44,22 +44,26 @@ def crisis_response(
     registry_block: str | None = None,
     triggering_event_id: str | None = None,
     drill: bool = False,
+    inference_log_block: str | None = None,
+    window_minutes: float = 60,
 ) -> State:
     """Respond to one incident of one model.
 
     Args:
         model_name: the model (when no registry block is named).
-        window_path: parquet/CSV of recent labelled rows (features, label, optional timestamp);
-            default `<storage>/<model>/labelled-window.parquet` under the state folder (`$CRISIS_HOME/data`).
+        window_path: parquet/CSV of recent labelled rows (features, label, optional timestamp); when empty,
+            the labelled predictions of the last `window_minutes` are read from the inference log.
         incident_id: ties the response's audit entries and events together; a rerun with the same id changes nothing.
         severity: warning, critical or emergency (emergency ignores the rollback cool-down).
         violation: quality, latency, errors or data-integrity: picks the recovery strategies.
         triggering_event_id: the event that opened the incident, when an automation runs the response.
         drill: the incident is a recovery drill (flows/drill.py), not a real crisis.
+        inference_log_block: the InferenceLog block the window is read from when no window_path is
+            given; empty: the default log (`$CRISIS_HOME/inference.db`).
+        window_minutes: how far back that window goes.
     """
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
     policy = RollbackPolicy.load(rollback_policy_block) if rollback_policy_block else RollbackPolicy()
-    window_path = window_path or default_window_path(registry.model_name)
     identifier = incident_id or new_incident_id()
     with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
         audit = registry.audit_snapshot()  # read once; every step of the incident uses this snapshot
@@ -75,9 +79,11 @@ def crisis_response(
             registry.model_name, identifier, severity, violation, triggering_event_id=triggering_event_id, drill=drill, clock=registry.now
         )
         logger = timeline.logger(get_run_logger(), registry.model_name, champion.version)
-        logger.info("using %s; labelled window %s", stack_summary(registry.display_tracking_uri), window_path)
+        logger.info("using %s; labelled window %s", stack_summary(registry.display_tracking_uri), window_path or "from the inference log")
         tag_response_run(incident)
-        window = load_frame(window_path)
+        window = load_frame(window_path) if window_path else read_labelled_window(
+            inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
+        )
         reference = load_frame(reference_path) if reference_path else None
         with tags(incident.run_tag):
             report, y_pred = diagnose_model(registry, champion, window, label_column, reference, incident, audit, timeline)

@@ -24,12 +24,11 @@ from prefect.runtime import flow_run
 from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError
-from prefect_crisis.core.paths import artifact_key, default_storage, ensure_experiment
+from prefect_crisis.core.paths import artifact_key, ensure_experiment
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, Severity, TagKey, ViolationType
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.quarantine import storage_uri
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
 from prefect_crisis.tasks.rollback import LiveWindow, RollbackDecision, candidates_from_registry, decide_rollback, judge_rules
 from prefect_crisis.tasks.stop_flag import set_stop_flag
@@ -243,7 +242,3 @@ def response_limit(model: str) -> str:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
     return name
 
-
-def default_window_path(model: str) -> str:
-    """Where the labelled window of `model` is kept unless told otherwise (the demo writes it there)."""
-    return storage_uri(default_storage(), model, "labelled-window.parquet")

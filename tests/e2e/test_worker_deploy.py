@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +19,10 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sklearn.linear_model import LogisticRegression
 
-from prefect_crisis.blocks import ModelRegistry
+from prefect_crisis.blocks import InferenceLog, ModelRegistry
+from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.tasks.checkpoints import training_experiment
+from prefect_crisis.tasks.inference_log import PredictionBatch
 from prefect_crisis.tasks.promotion import log_candidate
 from prefect_crisis.tasks.synthetic import feature_names, make_batch, synthetic_contract
 from tests.e2e.test_stack import crisis, free_port
@@ -83,9 +86,16 @@ def test_deployments_run_by_a_worker_elsewhere_use_the_stack_state_folder(stack,
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         synthetic_contract().save("synthetic-stream", overwrite=True)
     champion = register_champion(exports["MLFLOW_TRACKING_URI"], "synthetic")
+    # The response reads its labelled window from the stack's default inference log ($CRISIS_HOME/inference.db).
     window = make_batch(600, seed=9)
-    (home / "data" / "synthetic").mkdir(parents=True, exist_ok=True)
-    window.to_parquet(home / "data" / "synthetic" / "labelled-window.parquet")
+    log = InferenceLog(url=f"sqlite:///{home / 'inference.db'}", spool_path=str(tmp_path / "spool"))
+    writer = log.writer()
+    writer.submit(PredictionBatch("served-1", "synthetic", datetime.now(timezone.utc), 5.0, window.drop(columns=["label"]),
+                                  [str(i) for i in range(600)], [0] * 600, [Responder.PRIMARY.value] * 600, [champion] * 600,
+                                  [0.5] * 600, [None] * 600))
+    assert writer.flush(timeout=60) and writer.stats.written == 600, writer.stats
+    writer.close()
+    log.record_labels([("served-1", str(i)) for i in range(600)], window["label"].tolist())
 
     deployer = tmp_path / "deployer"
     deployer.mkdir()

@@ -18,10 +18,12 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
-from prefect_crisis.blocks import MetricRule, ModelRegistry, RollbackPolicy
+from prefect_crisis.blocks import InferenceLog, MetricRule, ModelRegistry, RollbackPolicy
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
 from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.tasks.incident import response_limit
+from prefect_crisis.tasks.inference_log import PredictionBatch
 from prefect_crisis.tasks.synthetic import make_batch
 from tests.helpers import poisoned_after_stable, register, wait_for
 
@@ -126,3 +128,48 @@ def test_a_response_waits_while_another_holds_the_models_slot(model, window_path
         assert states == {}, "the second response ran while the first held the model's slot"
     responder.join(60)
     assert states["late"].name == "Hold"
+
+
+def log_served_window(log: InferenceLog, model: str, rows: int = 3_000, per_request: int = 100) -> None:
+    """What serving would have logged over the last 50 minutes, and the labels that came in later."""
+    window = make_batch(rows, seed=42)
+    start = datetime.now(timezone.utc) - timedelta(minutes=50)
+    writer = log.writer()
+    try:
+        for number, first in enumerate(range(0, rows, per_request)):
+            part = window.iloc[first:first + per_request]
+            inputs = part.drop(columns=["label"])
+            writer.submit(PredictionBatch(
+                request_id=f"{model}-{number}", model=model, received_at=start + timedelta(minutes=number), latency_ms=3.0,
+                inputs=inputs, row_ids=[str(i) for i in range(len(part))], predictions=[0] * len(part),
+                answered_by=[Responder.PRIMARY.value] * len(part), versions=["2"] * len(part), confidence=[0.6] * len(part),
+                errors=[None] * len(part),
+            ))
+        assert writer.flush(timeout=60) and writer.stats.written == rows, writer.stats
+    finally:
+        writer.close()
+    keys = [(f"{model}-{first // per_request}", str(i)) for first in range(0, rows, per_request) for i in range(min(per_request, rows - first))]
+    assert log.record_labels(keys, window["label"].tolist()) == rows
+
+
+def test_without_a_window_path_the_response_reads_the_labelled_window_from_the_default_inference_log(model, crisis_home):
+    registry, good, poisoned = poisoned_after_stable(model, seeds=(8, 9))
+    log_served_window(InferenceLog(), model)  # the default log: $CRISIS_HOME/inference.db
+
+    state = crisis_response(model_name=model, incident_id="inc-log", return_state=True)
+    assert state.name == "Recovered", state.message
+    assert f"champion v{poisoned} -> v{good}" in state.message
+    assert ModelRegistry(model_name=model).champion().version == good
+
+
+def test_an_empty_labelled_window_in_a_named_log_fails_the_response_in_one_line_saying_what_to_do(model, tmp_path):
+    registry = ModelRegistry(model_name=model)
+    registry.promote(register(registry, False, seed=10), "good")
+    block = f"log-{model}"
+    InferenceLog(url=f"sqlite:///{tmp_path / 'inference.db'}", spool_path=str(tmp_path / "spool")).save(block)
+
+    state = crisis_response(model_name=model, incident_id="inc-empty", inference_log_block=block, window_minutes=5, return_state=True)
+    assert state.is_failed()
+    message = state.message or ""
+    assert "no labelled predictions" in message and "window_path" in message and "record labels" in message, message
+    assert str(tmp_path / "inference.db") in message and registry.champion() is not None
