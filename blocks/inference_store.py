@@ -106,19 +106,30 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def plain(values: Any) -> list:
+    """A sequence as a list of Python values, missing ones None: serving hands over pandas Series
+    (categoricals among them) as they are, and indexing those row by row costs far more than one pass."""
+    if isinstance(values, (pd.Series, pd.Categorical, pd.Index, np.ndarray)):
+        series = pd.Series(values, copy=False).astype(object)
+        return series.where(series.notna(), None).tolist()
+    return list(values)
+
+
 def batch_rows(batch: Any) -> list[dict]:
     """The `predictions` rows of one PredictionBatch (the features as JSON text, one row per input row)."""
     received_at = utc_naive(batch.received_at)
+    row_ids, predictions, answered_by = plain(batch.row_ids), plain(batch.predictions), plain(batch.answered_by)
+    versions, confidence, errors = plain(batch.versions), plain(batch.confidence), plain(batch.errors)
     columns = [str(name) for name in batch.inputs.columns]
     # to_numpy(object) gives Python scalars per row, ten times faster than to_dict("records") on small frames
     records = [dict(zip(columns, values)) for values in batch.inputs.to_numpy(dtype=object).tolist()]
-    count = len(batch.row_ids)
+    count = len(row_ids)
     rows = []
     for position in range(count):
-        prediction = batch.predictions[position]
+        prediction = predictions[position]
         rows.append({
             "request_id": key_text(batch.request_id),
-            "row_id": key_text(batch.row_ids[position]),
+            "row_id": key_text(row_ids[position]),
             "model": batch.model,
             "received_at": received_at,
             "position": position,
@@ -126,10 +137,10 @@ def batch_rows(batch: Any) -> list[dict]:
             "latency_ms": finite_or_none(batch.latency_ms),
             "features": to_json(records[position]) if position < len(records) else None,
             "prediction": None if prediction is None else to_json(prediction),
-            "answered_by": str(batch.answered_by[position]),
-            "version": None if batch.versions[position] is None else str(batch.versions[position]),
-            "confidence": finite_or_none(batch.confidence[position]),
-            "error": batch.errors[position],
+            "answered_by": str(answered_by[position]),
+            "version": None if versions[position] is None else str(versions[position]),
+            "confidence": finite_or_none(confidence[position]),
+            "error": errors[position],
         })
     return rows
 

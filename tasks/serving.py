@@ -39,6 +39,7 @@ from prefect_crisis.core.errors import CrisisError, ServingError, ServingInputEr
 from prefect_crisis.core.timeline import Timeline, utc_now
 from prefect_crisis.core.vocabulary import BreakerState, CrisisEvent, Responder, TagKey
 from prefect_crisis.tasks.breaker import CircuitBreaker, StateChange
+from prefect_crisis.tasks.inference_log import PredictionBatch, RequestError
 from prefect_crisis.tasks.models import load_sklearn_model
 
 logger = logging.getLogger("prefect_crisis.serving")
@@ -126,7 +127,9 @@ class FallbackRouter:
     Args:
         registry: the model's registry block (its client resolves `@champion` and `@fallback`).
         policy: thresholds, breaker and refresh interval.
-        log: an inference log writer (`submit(item)`), or None.
+        log: an inference log writer (`InferenceLog(...).writer()`), or None: every request is
+            handed to it as one item, turned into records on its own thread.
+        close_log: close the writer with the router (when the router made it).
         timeline: where `ml.fallback.*` go (events are sent from a background thread).
         clock: the breaker's monotonic clock.
         wall_clock: request times (UTC).
@@ -141,8 +144,10 @@ class FallbackRouter:
         timeline: Timeline | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utc_now,
+        close_log: bool = False,
     ):
         self.registry = registry
+        self.close_log = close_log  # the router made the writer (a served wrapper): it closes it too
         self.policy = policy or FallbackPolicy()
         self.log = log
         self.timeline = timeline or Timeline()
@@ -235,6 +240,8 @@ class FallbackRouter:
             thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.log is not None and self.close_log:
+            self.log.close(timeout)
 
     # -- events ----------------------------------------------------------------------
 
@@ -455,8 +462,6 @@ class FallbackRouter:
     def _submit_batch(self, request_id, received_at, latency_ms, frame, needed, output) -> None:
         if self.log is None:
             return
-        from prefect_crisis.tasks.inference_log import PredictionBatch
-
         self.log.submit(
             PredictionBatch(
                 request_id=request_id,
@@ -477,6 +482,4 @@ class FallbackRouter:
     def _submit_error(self, request_id, received_at, reason, rows) -> None:
         if self.log is None:
             return
-        from prefect_crisis.tasks.inference_log import RequestError
-
         self.log.submit(RequestError(request_id=request_id, model=self.registry.model_name, received_at=received_at, reason=reason, rows=rows))

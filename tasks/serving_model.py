@@ -90,7 +90,7 @@ def router_from_config(config: dict[str, Any]) -> FallbackRouter:
         from prefect_crisis.blocks.inference_log import InferenceLog
 
         log = InferenceLog(url=config.get("inference_log_url"), password=os.environ.get(LOG_PASSWORD_ENV) or None).writer()
-    return FallbackRouter(registry, FallbackPolicy(**config.get("policy", {})), log=log, timeline=timeline)
+    return FallbackRouter(registry, FallbackPolicy(**config.get("policy", {})), log=log, timeline=timeline, close_log=True)
 
 
 class CrisisModel(mlflow.pyfunc.PythonModel):

@@ -17,7 +17,8 @@ from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.tasks.synthetic import make_batch
 from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401 - fixtures
-from tests.helpers import FEATURES, register
+from prefect_crisis.blocks import InferenceLog
+from tests.helpers import FEATURES, register, wait_for
 from tests.unit.test_serving_swap import register_fallback
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +58,7 @@ def invoke(url: str, frame) -> httpx.Response:
 def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained):
     registry, version, fallback = trained
     port = free_port()
-    process, url = start_serving(cli_env, "churn", "--port", str(port), "--no-log")
+    process, url = start_serving(cli_env, "churn", "--port", str(port))
     try:
         assert url == f"http://127.0.0.1:{port}/invocations"
         batch = make_batch(300, seed=77)[FEATURES]
@@ -79,6 +80,14 @@ def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained)
 
         again = invoke(url, batch.head(5))
         assert again.status_code == 200 and len(again.json()["predictions"]) == 5
+
+        # Every answered row and every refused request is in the inference log, written off the request path.
+        log = InferenceLog(url=f"sqlite:///{Path(cli_env['CRISIS_HOME']) / 'inference.db'}")
+        logged = wait_for(lambda: log.read_window("churn", labelled_only=False), lambda frame: len(frame) >= 307, timeout=20)
+        assert len(logged) == 307, len(logged)
+        assert set(logged["request_id"]) >= {rows[0]["request_id"], again.json()["predictions"][0]["request_id"]}
+        refused = logged[logged["answered_by"] == "none"]
+        assert len(refused) == 2 and refused["error"].str.contains("lacks column|is not numeric").all()
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -209,3 +209,27 @@ def test_concurrent_requests_all_get_answers():
         thread.join()
     served.close()
     assert failures == [] and sum(answered) == 400
+
+
+def test_every_row_and_every_refused_request_reaches_the_inference_log(tmp_path):
+    from prefect_crisis.blocks import InferenceLog
+
+    log = InferenceLog(url=f"sqlite:///{tmp_path / 'inference.db'}", spool_path=str(tmp_path / "spool"))
+    served = router(primary=Crafted(), fallback=Constant(p1=0.3), confidence_threshold=0.6, id_column="key")
+    served.log = log.writer()
+    frame = rows(0.95, 0.55, 2.0)
+    frame["key"] = ["k1", "k2", "k3"]
+    answer = served.predict(frame)
+    with pytest.raises(ServingInputError):
+        served.predict(pd.DataFrame({"p": [0.9]}))
+    assert served.log.flush(10)
+    served.log.close()
+    logged = log.read_window("crafted", labelled_only=False).set_index("row_id")
+    assert served.log.stats.written == 4 and served.log.stats.dropped == 0
+    assert logged.loc["k1", "answered_by"] == "primary" and logged.loc["k1", "version"] == "7"
+    assert logged.loc["k2", "answered_by"] == "fallback" and logged.loc["k2", "version"] == "2"
+    assert logged.loc["k2", "confidence"] == pytest.approx(0.7)
+    assert logged.loc["k3", "answered_by"] == "fallback"  # non-finite primary probabilities: routed
+    assert set(logged["request_id"]) >= {answer["request_id"][0]}
+    refused = logged[logged["error"].fillna("").str.contains("lacks column")]
+    assert len(refused) == 1 and refused["answered_by"].iloc[0] == "none"
