@@ -49,6 +49,10 @@ class FallbackPolicy(Block):
     )
     share_window_rows: int = Field(default=500, ge=1, description="How many recent rows the routed share is measured over.")
     min_share_rows: int = Field(default=50, ge=1, description="No share-based event before this many rows were seen.")
+    error_burst_rows: int = Field(
+        default=20, ge=1, description="Failed rows and refused requests within error_burst_seconds that emit ml.serving.errors (the monitor runs at once)."
+    )
+    error_burst_seconds: float = Field(default=10.0, gt=0, description="The window a burst of serving errors is counted in; at most one event per window.")
     id_column: str | None = Field(
         default=None, description="Input column whose value names each row in the output and the inference log; empty: the row's position."
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -166,6 +167,9 @@ class FallbackRouter:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crisis-primary") if self.policy.primary_timeout_seconds else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.clock = clock
+        self._errors: deque[tuple[float, int]] = deque()  # (when, failed rows or refused requests)
+        self._last_burst = -math.inf
         self.swaps = 0
 
     # -- the versions --------------------------------------------------------------
@@ -287,6 +291,21 @@ class FallbackRouter:
         }
         self._events.put((event, payload, payload["fallback_version"] if event is CrisisEvent.FALLBACK_ENGAGED else payload["primary_version"]))
 
+    def _count_errors(self, count: int, example: str) -> None:
+        """Count failed rows and refused requests; a burst emits ml.serving.errors (at most once a window)."""
+        now, window = self.clock(), self.policy.error_burst_seconds
+        with self._state_lock:
+            self._errors.append((now, count))
+            while self._errors and now - self._errors[0][0] > window:
+                self._errors.popleft()
+            total = sum(n for _, n in self._errors)
+            if total < self.policy.error_burst_rows or now - self._last_burst < window:
+                return
+            self._last_burst = now
+        payload = {"errors": total, "window_seconds": window, "example": example[:300],
+                   "primary_version": self.primary.version if self.primary else None}
+        self._events.put((CrisisEvent.SERVING_ERRORS, payload, payload["primary_version"]))
+
     @property
     def engaged(self) -> bool:
         return self._engaged
@@ -350,6 +369,7 @@ class FallbackRouter:
             frame = self._columns(frame, needed)
         except ServingInputError as error:
             self._submit_error(request_id, received_at, str(error), len(frame) if hasattr(frame, "__len__") else 0)
+            self._count_errors(1, str(error))
             raise
         rows = len(frame)
         values = self._values(frame, needed)
@@ -392,6 +412,9 @@ class FallbackRouter:
         routed = np.flatnonzero(to_fallback)
         if len(routed):
             predictions = self._answer_by_fallback(fallback, needed, values, routed, primary_failure, codes, predictions, confidence, errors)
+        failed_rows = int(np.count_nonzero(codes == NONE))
+        if failed_rows:
+            self._count_errors(failed_rows, errors[next(iter(errors))])
         with self._state_lock:
             self._share.add(live_rows, int(np.count_nonzero(codes == FALLBACK)))
         self._judge(primary_failure or "low-confidence rows routed to the fallback")

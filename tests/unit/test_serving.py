@@ -233,3 +233,34 @@ def test_every_row_and_every_refused_request_reaches_the_inference_log(tmp_path)
     assert set(logged["request_id"]) >= {answer["request_id"][0]}
     refused = logged[logged["error"].fillna("").str.contains("lacks column")]
     assert len(refused) == 1 and refused["answered_by"].iloc[0] == "none"
+
+
+def test_a_burst_of_serving_errors_emits_one_event_per_window():
+    clock, sink = Clock(), ListSink()
+    served = router(primary=Crafted(fail=RuntimeError("down")), fallback=Constant(fail=ValueError("down too")),
+                    clock=clock, sink=sink, error_burst_rows=10, error_burst_seconds=5, failure_threshold=1000)
+    served.start(refresh_in_background=False)
+    for _ in range(4):
+        served.predict(rows(0.9, 0.9, 0.9))  # 3 failed rows each: the 4th request makes 12 within 5 s
+    clock.now = 2
+    for _ in range(5):
+        served.predict(rows(0.9, 0.9, 0.9))  # still inside the window: no second event
+    clock.now = 8
+    for _ in range(4):
+        served.predict(rows(0.9, 0.9, 0.9))  # a new window's burst: a second event
+    served.close()
+    bursts = [event for event in sink if event.event is CrisisEvent.SERVING_ERRORS]
+    assert len(bursts) == 2
+    assert bursts[0].payload["errors"] == 12 and "down too" in bursts[0].payload["example"]
+
+
+def test_scattered_errors_emit_nothing():
+    clock, sink = Clock(), ListSink()
+    served = router(clock=clock, sink=sink, error_burst_rows=5, error_burst_seconds=10)
+    served.start(refresh_in_background=False)
+    for step in range(20):
+        clock.now = step * 5.0  # one refused request every 5 s: at most 2 in any 10 s
+        with pytest.raises(ServingInputError):
+            served.predict(pd.DataFrame({"p": [0.9]}))
+    served.close()
+    assert [event for event in sink if event.event is CrisisEvent.SERVING_ERRORS] == []
