@@ -1,98 +1,102 @@
 """Crisis steps as Prefect tasks over plain functions, and the base names a user needs with them."""
 
-from prefect_crisis.core.errors import ContractError, ContractErrorReason, CrisisError, DataInputError, InputErrorReason, PolicyError, RegistryError, StackError, TrainingError
-from prefect_crisis.core.timeline import Incident, Timeline, emit_crisis_event
-from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, RowReason, Severity, Strategy, ViolationType
-from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, save_checkpoint, training_experiment
-from prefect_crisis.tasks.diagnostics import DiagnosticReport, diagnose
-from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, categorical_drift, dataframe_drift, numeric_drift, psi_categorical, psi_numeric
-from prefect_crisis.tasks.promotion import PromotionDecision, decide_promotion
-from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
-from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
-from prefect_crisis.tasks.breaker import CircuitBreaker
-from prefect_crisis.tasks.serving import FallbackRouter
-from prefect_crisis.tasks.rollback import Candidate, LiveWindow, RollbackDecision, RuleResults, Violation, candidates_from_registry, check_rule, decide_rollback, judge_rules, wilson_interval
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag, set_stop_flag
-from prefect_crisis.tasks.stopping import StopCondition, StopKind, StopReason, TrainingProgress, stop_after_seconds, stop_any, stop_on_divergence, stop_on_nonfinite_loss, stop_on_stall, stop_when_flag_set
-from prefect_crisis.tasks.training import Checkpoint, Position, TrainingOutcome, make_estimator, train_with_stop_hook
-from prefect_crisis.tasks.training_run import train_model
-from prefect_crisis.tasks.validation import CheckFailure, REASONS_COLUMN, ValidationReport, ValidationResult, Verdict, validate_data
+from __future__ import annotations
 
-__all__ = [
-    "Candidate",
-    "CircuitBreaker",
-    "FallbackRouter",
-    "CheckFailure",
-    "Checkpoint",
-    "ContractError",
-    "ContractErrorReason",
-    "CrisisError",
-    "CrisisEvent",
-    "DataInputError",
-    "DecisionKind",
-    "DiagnosticReport",
-    "DriftSettings",
-    "FeatureDrift",
-    "Incident",
-    "InputErrorReason",
-    "LiveWindow",
-    "PolicyError",
-    "Position",
-    "PromotionDecision",
-    "REASONS_COLUMN",
-    "RecoveryOutcome",
-    "RegistryError",
-    "RollbackDecision",
-    "RowReason",
-    "RuleResults",
-    "Severity",
-    "StackError",
-    "StopCondition",
-    "StopKind",
-    "StopReason",
-    "Strategy",
-    "Timeline",
-    "TrainingError",
-    "TrainingOutcome",
-    "TrainingProgress",
-    "ValidationReport",
-    "ValidationResult",
-    "Verdict",
-    "Verification",
-    "Violation",
-    "ViolationType",
-    "candidates_from_registry",
-    "categorical_drift",
-    "check_rule",
-    "clear_stop_flag",
-    "dataframe_drift",
-    "decide_promotion",
-    "decide_rollback",
-    "diagnose",
-    "emit_crisis_event",
-    "execute_recovery",
-    "judge_rules",
-    "latest_checkpoint_run",
-    "load_checkpoint",
-    "make_estimator",
-    "numeric_drift",
-    "persist_parts_task",
-    "psi_categorical",
-    "psi_numeric",
-    "publish_validation",
-    "read_stop_flag",
-    "save_checkpoint",
-    "set_stop_flag",
-    "stop_after_seconds",
-    "stop_any",
-    "stop_on_divergence",
-    "stop_on_nonfinite_loss",
-    "stop_on_stall",
-    "stop_when_flag_set",
-    "train_model",
-    "train_with_stop_hook",
-    "training_experiment",
-    "validate_data",
-    "validate_data_task",
-    "wilson_interval",
-]
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): a flow-run process that needs one step does not pay for
+# every step's dependencies (skops, scipy, matplotlib) before its first line runs.
+_EXPORTS = {
+    "Candidate": "prefect_crisis.tasks.rollback",
+    "CircuitBreaker": "prefect_crisis.tasks.breaker",
+    "FallbackRouter": "prefect_crisis.tasks.serving",
+    "CheckFailure": "prefect_crisis.tasks.validation",
+    "Checkpoint": "prefect_crisis.tasks.training",
+    "ContractError": "prefect_crisis.core.errors",
+    "ContractErrorReason": "prefect_crisis.core.errors",
+    "CrisisError": "prefect_crisis.core.errors",
+    "CrisisEvent": "prefect_crisis.core.vocabulary",
+    "DataInputError": "prefect_crisis.core.errors",
+    "DecisionKind": "prefect_crisis.core.vocabulary",
+    "DiagnosticReport": "prefect_crisis.tasks.diagnostics",
+    "DriftSettings": "prefect_crisis.tasks.drift",
+    "FeatureDrift": "prefect_crisis.tasks.drift",
+    "Incident": "prefect_crisis.core.timeline",
+    "InputErrorReason": "prefect_crisis.core.errors",
+    "LiveWindow": "prefect_crisis.tasks.rollback",
+    "PolicyError": "prefect_crisis.core.errors",
+    "Position": "prefect_crisis.tasks.training",
+    "PromotionDecision": "prefect_crisis.tasks.promotion",
+    "REASONS_COLUMN": "prefect_crisis.tasks.validation",
+    "RecoveryOutcome": "prefect_crisis.tasks.recovery",
+    "RegistryError": "prefect_crisis.core.errors",
+    "RollbackDecision": "prefect_crisis.tasks.rollback",
+    "RowReason": "prefect_crisis.core.vocabulary",
+    "RuleResults": "prefect_crisis.tasks.rollback",
+    "Severity": "prefect_crisis.core.vocabulary",
+    "StackError": "prefect_crisis.core.errors",
+    "StopCondition": "prefect_crisis.tasks.stopping",
+    "StopKind": "prefect_crisis.tasks.stopping",
+    "StopReason": "prefect_crisis.tasks.stopping",
+    "Strategy": "prefect_crisis.core.vocabulary",
+    "Timeline": "prefect_crisis.core.timeline",
+    "TrainingError": "prefect_crisis.core.errors",
+    "TrainingOutcome": "prefect_crisis.tasks.training",
+    "TrainingProgress": "prefect_crisis.tasks.stopping",
+    "ValidationReport": "prefect_crisis.tasks.validation",
+    "ValidationResult": "prefect_crisis.tasks.validation",
+    "Verdict": "prefect_crisis.tasks.validation",
+    "Verification": "prefect_crisis.tasks.recovery",
+    "Violation": "prefect_crisis.tasks.rollback",
+    "ViolationType": "prefect_crisis.core.vocabulary",
+    "candidates_from_registry": "prefect_crisis.tasks.rollback",
+    "categorical_drift": "prefect_crisis.tasks.drift",
+    "check_rule": "prefect_crisis.tasks.rollback",
+    "clear_stop_flag": "prefect_crisis.tasks.stop_flag",
+    "dataframe_drift": "prefect_crisis.tasks.drift",
+    "decide_promotion": "prefect_crisis.tasks.promotion",
+    "decide_rollback": "prefect_crisis.tasks.rollback",
+    "diagnose": "prefect_crisis.tasks.diagnostics",
+    "emit_crisis_event": "prefect_crisis.core.timeline",
+    "execute_recovery": "prefect_crisis.tasks.recovery",
+    "judge_rules": "prefect_crisis.tasks.rollback",
+    "latest_checkpoint_run": "prefect_crisis.tasks.checkpoints",
+    "load_checkpoint": "prefect_crisis.tasks.checkpoints",
+    "make_estimator": "prefect_crisis.tasks.training",
+    "numeric_drift": "prefect_crisis.tasks.drift",
+    "persist_parts_task": "prefect_crisis.tasks.quarantine",
+    "psi_categorical": "prefect_crisis.tasks.drift",
+    "psi_numeric": "prefect_crisis.tasks.drift",
+    "publish_validation": "prefect_crisis.tasks.quarantine",
+    "read_stop_flag": "prefect_crisis.tasks.stop_flag",
+    "save_checkpoint": "prefect_crisis.tasks.checkpoints",
+    "set_stop_flag": "prefect_crisis.tasks.stop_flag",
+    "stop_after_seconds": "prefect_crisis.tasks.stopping",
+    "stop_any": "prefect_crisis.tasks.stopping",
+    "stop_on_divergence": "prefect_crisis.tasks.stopping",
+    "stop_on_nonfinite_loss": "prefect_crisis.tasks.stopping",
+    "stop_on_stall": "prefect_crisis.tasks.stopping",
+    "stop_when_flag_set": "prefect_crisis.tasks.stopping",
+    "train_model": "prefect_crisis.tasks.training_run",
+    "train_with_stop_hook": "prefect_crisis.tasks.training",
+    "training_experiment": "prefect_crisis.tasks.checkpoints",
+    "validate_data": "prefect_crisis.tasks.validation",
+    "validate_data_task": "prefect_crisis.tasks.quarantine",
+    "wilson_interval": "prefect_crisis.tasks.rollback",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
