@@ -20,6 +20,7 @@ from prefect_crisis.core.errors import RegistryError, TrainingError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, TagKey, VersionRole
 from prefect_crisis.tasks.fallback_model import fit_fallback, keep_fallback, select_fallback_features
+from prefect_crisis.tasks.checkpoints import training_experiment
 from prefect_crisis.tasks.incident import predict_with
 from prefect_crisis.tasks.promotion import champion_metrics_on, decide_promotion, evaluate, log_candidate
 from prefect_crisis.tasks.rollback import LiveWindow, candidates_from_registry, decide_rollback
@@ -130,7 +131,7 @@ def register_candidate(registry: ModelRegistry, data, labels_flipped: bool = Fal
     y = 1 - data.y_train if labels_flipped else data.y_train
     model = LogisticRegression(max_iter=500).fit(data.X_train, y)
     client = registry.client
-    run = client.create_run(client.create_experiment(f"train-{len(registry.versions())}"))
+    run = client.create_run(training_experiment(client, registry.model_name))  # artifacts beside the store, not in ./mlruns
     client.log_metric(run.info.run_id, "accuracy", float(model.score(data.X_holdout, data.y_holdout)))
     info = log_candidate(model, data.X_holdout, run.info.run_id, client)
     return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {TagKey.FEATURES: ",".join(data.features)}).version
