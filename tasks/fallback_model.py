@@ -150,12 +150,30 @@ class FallbackResult:
     detail: str = ""
 
     def message(self) -> str:
-        """The clause the training run's message ends with (empty when nothing was registered)."""
-        return f"; fallback v{self.version} registered ({self.detail})" if self.registered else ""
+        """The clause the training run's message ends with: registered, none at all (and why), or empty when one is kept."""
+        if self.registered:
+            return f"; fallback v{self.version} registered ({self.detail})"
+        return f"; no fallback registered ({self.detail})" if self.version is None else ""
+
+
+def fallback_refusal(data: TrainingData, policy: TrainingPolicy) -> str | None:
+    """Why the batch cannot give a fallback worth keeping, or None when it can.
+
+    Example:
+        >>> tiny = TrainingData(np.zeros((8, 1)), np.array([0, 1] * 4), np.zeros((2, 1)), np.array([0, 1]), np.array([0, 1]), ["x"], "fp")
+        >>> fallback_refusal(tiny, TrainingPolicy())
+        'holdout of 2 rows is below min_holdout_rows 200'
+    """
+    if len(data.y_holdout) < policy.min_holdout_rows:
+        return f"holdout of {len(data.y_holdout)} rows is below min_holdout_rows {policy.min_holdout_rows}"  # its metrics would be noise
+    if len(np.unique(data.y_train)) < 2:
+        return "the training split holds one class only"
+    return None
 
 
 def keep_fallback(registry: ModelRegistry, data: TrainingData, policy: TrainingPolicy, flow_run_id: str = "") -> FallbackResult:
-    """Register the policy's fallback and point the fallback alias at it, unless one is there and may stay.
+    """Register the policy's fallback and point the fallback alias at it, unless one is there and may stay,
+    or the batch cannot give one worth keeping (`fallback_refusal`).
 
     Args:
         registry: the model's registry; the fallback is a version of the same registered model.
@@ -165,6 +183,9 @@ def keep_fallback(registry: ModelRegistry, data: TrainingData, policy: TrainingP
     current = registry.version_by_alias(registry.fallback_alias)
     if current is not None and not policy.replace_fallback:
         return FallbackResult(current.version, False, "kept: replace_fallback is off")
+    refusal = fallback_refusal(data, policy)
+    if refusal is not None:
+        return FallbackResult(current.version if current else None, False, f"not replaced: {refusal}" if current else refusal)
     fallback = fit_fallback(data, policy)
     client = registry.client
     tags = {TagKey.ROLE: VersionRole.FALLBACK.value, TagKey.FINGERPRINT: data.fingerprint, TagKey.FLOW_RUN_ID: flow_run_id}
