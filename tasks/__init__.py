@@ -6,6 +6,7 @@ from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, RowReason,
 from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, save_checkpoint, training_experiment
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, diagnose
 from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, categorical_drift, dataframe_drift, numeric_drift, psi_categorical, psi_numeric
+from prefect_crisis.tasks.fallback_model import FallbackModel, FallbackResult, fit_fallback, keep_fallback, select_fallback_features
 from prefect_crisis.tasks.promotion import PromotionDecision, decide_promotion
 from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
@@ -28,6 +29,8 @@ __all__ = [
     "DecisionKind",
     "DiagnosticReport",
     "DriftSettings",
+    "FallbackModel",
+    "FallbackResult",
     "FeatureDrift",
     "Incident",
     "InputErrorReason",
@@ -67,7 +70,9 @@ __all__ = [
     "diagnose",
     "emit_crisis_event",
     "execute_recovery",
+    "fit_fallback",
     "judge_rules",
+    "keep_fallback",
     "latest_checkpoint_run",
     "load_checkpoint",
     "make_estimator",
@@ -78,6 +83,7 @@ __all__ = [
     "publish_validation",
     "read_stop_flag",
     "save_checkpoint",
+    "select_fallback_features",
     "set_stop_flag",
     "stop_after_seconds",
     "stop_any",
