@@ -24,7 +24,7 @@ from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment, validate_model_name
 from prefect_crisis.core.timeline import Incident, Timeline, utc_now
 from prefect_crisis.core.uris import mask_uri, split_password, with_password
-from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey
+from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey, VersionRole
 
 NO_VERSION = "none"
 
@@ -96,6 +96,11 @@ class VersionInfo:
     @property
     def retired(self) -> bool:
         return TagKey.RETIRED in self.tags
+
+    @property
+    def is_fallback(self) -> bool:
+        """The version is a fallback model (tag `crisis.role=fallback`): never promoted, a challenger or a rollback target."""
+        return self.tags.get(TagKey.ROLE) == VersionRole.FALLBACK
 
 
 class ModelRegistry(Block):
@@ -347,6 +352,12 @@ class ModelRegistry(Block):
         if target.retired and alias != self.fallback_alias:
             raise RegistryError(
                 f"version {version} of {self.model_name!r} is retired ({target.tags[TagKey.RETIRED]}): pick another version"
+            )
+        if target.is_fallback and (action is AliasAction.PROMOTE or alias == self.challenger_alias):
+            # The fallback serves only through a FALLBACK recovery; the promotion gate never judged it.
+            raise RegistryError(
+                f"version {version} of {self.model_name!r} is the fallback model: it takes {alias!r} only through a "
+                f"fallback recovery (action {AliasAction.FALLBACK.value!r}), never by promotion or as a challenger"
             )
         audit = self._audit(action, alias, from_version, version, reason, incident_id(incident), finished=False)
         try:

@@ -17,8 +17,12 @@ class TrainingPolicy(Block):
         ```python
         from prefect_crisis.blocks import TrainingPolicy
 
-        TrainingPolicy(epochs=10, primary_metric="f1", promotion_margin=0.005).save("churn", overwrite=True)
+        TrainingPolicy(epochs=10, primary_metric="f1", promotion_margin=0.005,
+                       fallback_model="logistic", fallback_max_features=3).save("churn", overwrite=True)
         ```
+
+    Besides the candidate, a completed training keeps a fallback version (the
+    `fallback_*` fields and `replace_fallback`): see `prefect_crisis.tasks.fallback_model`.
     """
 
     _block_type_name = "Crisis Training Policy"
@@ -46,4 +50,25 @@ class TrainingPolicy(Block):
     min_primary_metric: float | None = Field(default=None, description="A first model is promoted only if it reaches this.")
     min_holdout_rows: int = Field(
         default=200, ge=1, description="No promotion when the holdout has fewer rows: its metrics would be noise."
+    )
+    fallback_model: Literal["logistic", "prior"] = Field(
+        default="logistic",
+        description=(
+            "The simple model kept under the registry's fallback alias: 'logistic' (standardised logistic regression "
+            "on a few features) or 'prior' (predicts the training label shares, whatever the input)."
+        ),
+    )
+    fallback_features: list[str] | None = Field(
+        default=None,
+        description="Columns the logistic fallback uses; empty picks up to fallback_max_features by a rank score against the label.",
+    )
+    fallback_max_features: int = Field(
+        default=3, ge=1, description="How many columns the logistic fallback picks when fallback_features is empty."
+    )
+    replace_fallback: bool = Field(
+        default=False,
+        description=(
+            "Let the next completed training replace the fallback version; by default a fallback, once registered "
+            "(or pointed at by a user), is never replaced by an ordinary retrain."
+        ),
     )

@@ -1,10 +1,12 @@
 """The continuous_training flow: load batch -> validate -> train with stop hook
--> evaluate -> register -> promotion gate.
+-> evaluate -> register -> promotion gate -> keep a fallback model.
 
 A rejected batch trains nothing. A stopped training ends the run in a state
 that says why: Cancelled for a cancel, `Stopped` (Completed) for the stop flag,
 a stall or the time budget, Failed for a loss that blew up or diverged. The
 partial model is never registered; its checkpoint is, as an MLflow artifact.
+A completed training also registers the simple fallback model when the model
+has none yet (or the policy says `replace_fallback`).
 """
 
 from prefect import flow, get_run_logger
@@ -12,6 +14,7 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.core.paths import validate_model_name
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
+from prefect_crisis.tasks.fallback_model import keep_fallback_model
 from prefect_crisis.tasks.loading import load_contract, load_policy, load_registry
 from prefect_crisis.tasks.stack_info import stack_summary
 from prefect_crisis.tasks.promotion import register_and_gate
@@ -44,6 +47,9 @@ def continuous_training(
         resume: continue from the model's latest checkpoint when data, estimator, its
             parameters and the batch layout match and it was not a failure stop; a refused
             resume trains from scratch and says why in the run's message.
+
+    The message ends with `; fallback vN registered (logistic on f00, f01, f02)` when
+    this run registered the fallback model.
     """
     logger = get_run_logger()
     validate_model_name(model_name)
@@ -69,4 +75,6 @@ def continuous_training(
     candidate = register_and_gate(training, data, registry, policy, report.to_dict())
     verdict = "promoted to champion" if candidate.decision.promote else "registered as challenger, not promoted"
     logger.info("v%s %s: %s", candidate.version, verdict, candidate.decision.reason)
-    return Completed(message=f"v{candidate.version} {verdict}: {candidate.decision.reason}{refused}", data=candidate)
+    fallback = keep_fallback_model(registry, data, policy)
+    message = f"v{candidate.version} {verdict}: {candidate.decision.reason}{refused}{fallback.message()}"
+    return Completed(message=message, data=candidate)

@@ -1,7 +1,10 @@
 """The demo: the synthetic stream through validation, then training on the
 local stack: a first model promoted, a stop, a resume from its checkpoint, and
 a crisis: a retrain on poisoned labels gets promoted, the crisis response
-diagnoses it on fresh labelled data and rolls back.
+diagnoses it on fresh labelled data and rolls back. Then a second, short
+story on a second model (`<model>-b`): trained once (its champion and its
+fallback model), poisoned at once, and with no version that served long enough
+to be stable, the response falls back to the fallback model.
 
 Batches: clean, corrupted (2% of rows broken: quarantined), drifted
 (reported), broken (30% of rows: rejected whole), clean. Each runs as a
@@ -11,7 +14,8 @@ so the UI shows one run per step with its artifacts and events.
 Every run trains its own model (`synthetic-<time>-<random>`), so a second demo
 tells the same story as the first instead of meeting the first one's versions
 and rollback cool-down; a run whose story does not happen (the poisoned
-version not promoted, or not rolled back) fails with a `DemoError`.
+version not promoted, not rolled back, or not replaced by the fallback model)
+fails with a `DemoError`.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -35,6 +39,7 @@ from prefect_crisis.tasks.synthetic import check_demo_rows, demo_model_name, mak
 DEMO_CONTRACT = "synthetic-stream"
 DEMO_POLICY = "synthetic-training"
 DEMO_ROLLBACK = "synthetic-rollback"
+DEMO_FALLBACK_ROLLBACK = "synthetic-rollback-hour"
 STREAM = ("clean", "corrupted", "drifted", "broken", "clean")
 
 
@@ -80,23 +85,48 @@ def _champion_version(model_name: str) -> str | None:
     return champion.version if champion else None
 
 
-def _respond(model_name: str, rows: int, storage: str) -> dict:
+def _respond(model_name: str, rows: int, storage: str, policy_block: str = DEMO_ROLLBACK, seed: int = 500, step: str = "crisis response (fresh labelled window)") -> dict:
     """A fresh labelled window (true labels) and the crisis response on it."""
-    window = make_batch(rows, seed=500)
+    window = make_batch(rows, seed=seed)
     window["timestamp"] = [datetime.now(timezone.utc) - timedelta(seconds=rows - i) for i in range(rows)]
     window_uri = storage_uri(storage, model_name, "labelled-window.parquet")
     write_parquet(window, window_uri)
-    incident = f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    incident = f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{seed}"
     state = crisis_response(
-        model_name=model_name, window_path=window_uri, incident_id=incident, rollback_policy_block=DEMO_ROLLBACK, return_state=True
+        model_name=model_name, window_path=window_uri, incident_id=incident, rollback_policy_block=policy_block, return_state=True
     )
-    print(f"crisis response: {state.name}: {state.message}")
-    return {"step": "crisis response (fresh labelled window)", "condition": incident, "outcome": state.name, "detail": state.message}
+    print(f"{step}: {state.name}: {state.message}")
+    return {"step": step, "condition": incident, "outcome": state.name, "detail": state.message}
+
+
+def _fallback_story(model_name: str, rows: int, storage: str) -> list[dict]:
+    """A second model, trained once (champion v1, fallback v2), poisoned at once; nothing served an hour, so FALLBACK.
+
+    Raises:
+        DemoError: the poisoned version was not promoted, or the response did not move the champion to the fallback model.
+    """
+    story = [_train(model_name, rows, storage, seed=200, step="second model: train (registers its fallback model)")]
+    registry = ModelRegistry(model_name=model_name)
+    fallback = registry.version_by_alias(registry.fallback_alias)
+    first = _champion_version(model_name)
+    story.append(_train(model_name, rows, storage, seed=202, step="second model: retrain on a poisoned batch", condition="poisoned"))
+    poisoned = _champion_version(model_name)
+    if fallback is None or poisoned == first:
+        raise DemoError(f"the demo's second story did not happen: {model_name!r} has no fallback model or its poisoned retrain was not promoted")
+    story.append(_respond(model_name, rows, storage, DEMO_FALLBACK_ROLLBACK, seed=501, step="second model: crisis response (no stable version)"))
+    after = _champion_version(model_name)
+    if story[-1]["outcome"] != "Recovered" or after != fallback.version:
+        raise DemoError(
+            f"the demo's second story did not happen: the poisoned v{poisoned} of {model_name!r} was not replaced by the fallback "
+            f"v{fallback.version} (champion v{after}; {story[-1]['outcome']}: {story[-1]['detail']})"
+        )
+    return story
 
 
 @flow(name="crisis-demo", log_prints=True)
 def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str | None = None) -> list[dict]:
-    """Validate the synthetic stream, train and promote, stop and resume, then a poisoned retrain and its rollback.
+    """Validate the synthetic stream, train and promote, stop and resume, then a poisoned retrain and its rollback;
+    then a second model (`<model_name>-b`) whose poisoned retrain, with no stable version behind it, falls back to its fallback model.
 
     Args:
         model_name: the model the demo trains; empty gives a fresh `demo_model_name()`,
@@ -106,10 +136,12 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
 
     Raises:
         DataInputError: a bad model name or row count, before anything is written.
-        DemoError: the story did not happen (the poisoned version was not promoted or not rolled back).
+        DemoError: the story did not happen (the poisoned version was not promoted, not rolled back, or the second
+            model's not replaced by its fallback model).
     """
     check_demo_rows(rows)
     model_name = validate_model_name(model_name) if model_name else demo_model_name()
+    second_model = validate_model_name(f"{model_name}-b")  # the fallback story's model; a name too long fails here, before any write
     print(f"demo model: {model_name}")
     storage = storage or default_storage()
     reference_uri = save_synthetic_contract(model_name, storage, rows)
@@ -118,6 +150,8 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     TrainingPolicy(epochs=5, batch_size=64, min_holdout_rows=100).save(DEMO_POLICY, overwrite=True)
     # The demo's versions live for seconds, so no stability window; production keeps the default hour.
     RollbackPolicy(stability_window_minutes=0).save(DEMO_ROLLBACK, overwrite=True)
+    # The second story keeps the hour: its first version served seconds, so nothing is stable to roll back to.
+    RollbackPolicy(stability_window_minutes=60).save(DEMO_FALLBACK_ROLLBACK, overwrite=True)
     print(f"saved DataContract {DEMO_CONTRACT!r} (reference {reference_uri}) and TrainingPolicy {DEMO_POLICY!r}")
     summary = _validate_stream(model_name, rows, storage)
     summary.append(_train(model_name, rows, storage, seed=100, step="train"))
@@ -133,9 +167,12 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     if poisoned == before_poison:
         raise DemoError(f"the demo's story did not happen: the poisoned retrain of {model_name!r} was not promoted (champion v{poisoned})")
     summary.append(_respond(model_name, rows, storage))
-    create_table_artifact(key=artifact_key("demo", model_name), table=summary, description="The demo, step by step")
+    rollback_incident = summary[-1]["condition"]
     after = _champion_version(model_name)
     if after == poisoned:
         raise DemoError(f"the demo's story did not happen: the poisoned v{poisoned} of {model_name!r} is still champion after the response")
-    print("\n".join(wait_for_incident_end(summary[-1]["condition"]).lines()))  # `crisis incident show` of the rollback
+    summary.extend(_fallback_story(second_model, rows, storage))
+    create_table_artifact(key=artifact_key("demo", model_name), table=summary, description="The demo, step by step")
+    for incident in (rollback_incident, summary[-1]["condition"]):  # `crisis incident show` of the rollback, then of the fallback
+        print("\n".join(wait_for_incident_end(incident).lines()))
     return summary

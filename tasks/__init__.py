@@ -8,6 +8,11 @@ from typing import Any
 # Imported on first use (PEP 562): a flow-run process that needs one step does not pay for
 # every step's dependencies (skops, scipy, matplotlib) before its first line runs.
 _EXPORTS = {
+    "FallbackModel": "prefect_crisis.tasks.fallback_model",
+    "FallbackResult": "prefect_crisis.tasks.fallback_model",
+    "fit_fallback": "prefect_crisis.tasks.fallback_model",
+    "keep_fallback": "prefect_crisis.tasks.fallback_model",
+    "select_fallback_features": "prefect_crisis.tasks.fallback_model",
     "Candidate": "prefect_crisis.tasks.rollback",
     "CircuitBreaker": "prefect_crisis.tasks.breaker",
     "FallbackRouter": "prefect_crisis.tasks.serving",

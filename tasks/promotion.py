@@ -104,15 +104,43 @@ class CandidateResult:
     decision: PromotionDecision
 
 
-def champion_metrics_on(registry, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> tuple[str | None, dict[str, float] | None]:
+def columns_of(version_features: str, features: list[str]) -> list[int] | None:
+    """Indexes into `features` of the columns a version uses (its `crisis.features` tag), or None when
+    it uses a column `features` lacks.
+
+    Example:
+        >>> columns_of("f03,f00", ["f00", "f01", "f02", "f03"])
+        [3, 0]
+        >>> columns_of("f00,tenure", ["f00", "f01"]) is None
+        True
+    """
+    names = version_features.split(",")
+    position = {name: index for index, name in enumerate(features)}
+    return [position[name] for name in names] if all(name in position for name in names) else None
+
+
+def champion_metrics_on(
+    registry, X: np.ndarray, y: np.ndarray, classes: np.ndarray, features: list[str] | None = None
+) -> tuple[str | None, dict[str, float] | None]:
     """The champion evaluated on the candidate's holdout, so both are judged on
-    the same rows; its recorded metrics when its model cannot be loaded."""
+    the same rows; its recorded metrics when its model cannot be loaded or
+    needs columns the holdout lacks.
+
+    Args:
+        features: the names of `X`'s columns; the champion is scored on the columns
+            its `crisis.features` tag names (a fallback model uses a few of them).
+    """
     champion = registry.champion()
     if champion is None:
         return None, None
+    used, columns = champion.tags.get(TagKey.FEATURES), None
+    if used and features is not None:
+        columns = columns_of(used, features)
+        if columns is None:  # it reads a column the candidate's holdout lacks: not the same rows to judge on
+            return champion.version, dict(champion.metrics)
     try:
         model = load_sklearn_model(registry.client, registry.model_name, champion.version)
-        return champion.version, evaluate(model, X, y, classes)
+        return champion.version, evaluate(model, X if columns is None else X[:, columns], y, classes)
     except (RegistryError, OSError, ValueError):
         return champion.version, dict(champion.metrics)
 
@@ -139,7 +167,7 @@ def register_and_gate(training, data, registry, policy: TrainingPolicy, validati
     version = registry.register_version(info.model_uri, training.run_id, info.model_id, tags)
     registry.move_alias(registry.challenger_alias, version.version, "new candidate")  # emits ml.model.registered and the move
 
-    champion_version, champion_metrics = champion_metrics_on(registry, data.X_holdout, data.y_holdout, data.classes)
+    champion_version, champion_metrics = champion_metrics_on(registry, data.X_holdout, data.y_holdout, data.classes, data.features)
     decision = decide_promotion(metrics, champion_metrics, policy, holdout_rows=len(data.y_holdout))
     if decision.promote:
         registry.promote(version.version, decision.reason)  # emits ml.model.promoted

@@ -83,6 +83,7 @@ class Candidate:
     metrics: dict[str, float]
     incident: bool = False  # an incident was recorded while it served
     retired: bool = False
+    fallback: bool = False  # the fallback model (`crisis.role=fallback`): FALLBACK's target, never a rollback's
 
 
 @dataclass(frozen=True)
@@ -203,10 +204,14 @@ def judge_rules(live: LiveWindow, baseline: dict[str, float], policy: RollbackPo
 
 
 def stable_versions(candidates: Sequence[Candidate], current: str | None, now: datetime, window: timedelta) -> list[Candidate]:
-    """Versions that served at least `window` without an incident, not retired, not the current one."""
+    """Versions that served at least `window` without an incident, not retired, not the fallback model, not the current one.
+
+    The fallback model may have served a long while (after a FALLBACK recovery)
+    and still is no place to roll back to: it is the last resort, not a version.
+    """
     stable = []
     for candidate in candidates:
-        if candidate.version == current or candidate.retired or candidate.incident or candidate.served_from is None:
+        if candidate.version == current or candidate.retired or candidate.fallback or candidate.incident or candidate.served_from is None:
             continue
         until = candidate.served_until or now
         if until - candidate.served_from >= window:
@@ -277,6 +282,10 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
     """Champion, every version with its latest serving interval, and the last
     rollback time, from the registry's audit (MLflow keeps no alias history).
 
+    Versions tagged `crisis.role=fallback` are marked `fallback`, so the
+    decision never picks them as a ROLLBACK target; the champion is found
+    among all versions (after a FALLBACK recovery it is the fallback model).
+
     Args:
         registry: a `ModelRegistry`.
         audit: the incident's `AuditSnapshot`; the audit is read when not given.
@@ -307,6 +316,7 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
             metrics=dict(info.metrics),
             incident=info.version in incident,
             retired=info.retired,
+            fallback=info.is_fallback,
         )
         for info in versions
     ]

@@ -59,10 +59,11 @@ def test_up_status_demo_down(cli_env, tmp_path):
         demo = crisis(cli_env, "demo", "--rows", "2000")
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "artifacts visible through the Prefect API" in demo.stdout
-        for verdict in ("accept_with_quarantine", "reject", "f01, f03", "v1 promoted to champion", "Stopped", "stop-flag", "Recovered", "rollback: champion"):
+        for verdict in ("accept_with_quarantine", "reject", "f01, f03", "v1 promoted to champion", "Stopped", "stop-flag", "Recovered", "rollback: champion",
+                        "fallback v2 registered", "fallback; champion v3 -> v2"):
             assert verdict in demo.stdout
-        assert re.search(r"audit .* rollback: champion v3 -> v[12] ", demo.stdout)  # the poisoned v3 is rolled back
-        assert re.search(r"champion of 'synthetic-[0-9a-f-]+' is v[12]\b", demo.stdout)
+        assert re.search(r"audit .* rollback: champion v4 -> v[13] ", demo.stdout)  # the poisoned v4 is rolled back (v2: the fallback model)
+        assert re.search(r"champion of 'synthetic-[0-9a-f-]+' is v[13]\b", demo.stdout)
         assert len((demo.stdout + demo.stderr).splitlines()) < 60  # the story, not Prefect's INFO run logs
         assert (home / "mlflow.db").exists()
         quarantine = sorted((home / "data").glob("synthetic-*/quarantine/*.parquet"))

@@ -55,12 +55,17 @@ def test_first_training_registers_and_promotes_with_events(model, contract_block
     assert champion.version == "1" and champion.metrics["accuracy"] > 0.8
     assert registry.version_by_alias("challenger").version == "1"
     assert champion.tags["crisis.fingerprint"] and champion.tags["crisis.flow_run_id"] == str(state.state_details.flow_run_id)
-    events = wait_for(lambda: read_crisis_events(model), lambda found: len(found) >= 5)
+    assert state.message.endswith("; fallback v2 registered (logistic on f00, f01, f02)")
+    assert registry.version_by_alias("fallback").version == "2"
+    events = wait_for(lambda: read_crisis_events(model), lambda found: len(found) >= 6)
     assert [e.event for e in events] == [
         "ml.data.validated", "ml.training.started", "ml.training.completed", "ml.model.registered", "ml.model.promoted",
+        "ml.model.registered",  # the fallback: registered, not engaged
     ]
-    assert events[-1].payload["to_version"] == "1" and events[-1].payload["from_version"] is None
-    assert any(r.id == f"ml.model-version.{model}.1" for r in events[-1].related)
+    promoted = events[-2]
+    assert promoted.payload["to_version"] == "1" and promoted.payload["from_version"] is None
+    assert any(r.id == f"ml.model-version.{model}.1" for r in promoted.related)
+    assert events[-1].payload["version"] == "2"
 
 
 def test_stop_flag_halts_within_one_mini_batch_with_a_loadable_checkpoint(model, contract_block, tmp_path):
@@ -102,7 +107,7 @@ def test_resume_continues_from_the_checkpoint_and_registers_once(model, contract
     losses = MlflowClient().get_metric_history(second.info.run_id, "batch_loss")
     kept_rows = int(3_000 * 0.8)  # holdout is 20%
     assert len(losses) == 3 * -(-kept_rows // 50)  # every mini-batch of 3 epochs, the first one included via the checkpoint
-    assert [v.version for v in ModelRegistry(model_name=model).versions()] == ["1"]
+    assert [v.version for v in ModelRegistry(model_name=model).versions()] == ["2", "1"]  # v2: the fallback
     assert latest_checkpoint_run(MlflowClient(), model) is None  # nothing left to resume
 
 

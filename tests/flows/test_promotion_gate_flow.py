@@ -27,7 +27,8 @@ def test_a_candidate_on_a_tiny_holdout_is_registered_but_not_promoted(tmp_path):
     assert state.is_completed(), state.message
     assert state.message == (
         "v1 registered as challenger, not promoted: holdout of 2 rows is below min_holdout_rows 200: train on a larger batch "
-        "or lower the policy minimum"
+        "or lower the policy minimum; no fallback registered (holdout of 2 rows is below min_holdout_rows 200)"
     )
     registry = ModelRegistry(model_name=model)
     assert registry.champion() is None and registry.version_by_alias("challenger").version == "1"
+    assert registry.version_by_alias("fallback") is None and [v.version for v in registry.versions()] == ["1"]

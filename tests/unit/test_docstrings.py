@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "prefect_crisis.tasks.breaker",
     "prefect_crisis.tasks.diagnostics",
+    "prefect_crisis.tasks.fallback_model",
     "prefect_crisis.tasks.drift",
     "prefect_crisis.core.paths",
     "prefect_crisis.tasks.promotion",

@@ -51,6 +51,7 @@ USER_API = [
     "save_checkpoint", "load_checkpoint", "latest_checkpoint_run", "Checkpoint",
     "dataframe_drift", "numeric_drift", "DriftSettings", "FeatureDrift",
     "validate_data", "diagnose", "PolicyError",
+    "keep_fallback", "fit_fallback", "select_fallback_features",
 ]
 
 
