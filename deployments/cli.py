@@ -1,6 +1,6 @@
 """The `crisis` command line, in the style of Prefect's own (cyclopts).
 
-    crisis up        start the local Prefect server (state in .crisis/)
+    crisis up        start the local Prefect server (state in .crisis/); --worker also a worker on crisis-pool
     crisis status    what runs: Prefect server, MLflow store
     crisis env       the exports that connect a shell: eval "$(crisis env)"
     crisis deploy    create the work pool crisis-pool and deploy the flows with the stack's state folder
@@ -67,11 +67,14 @@ def up(
     port: Annotated[int, cyclopts.Parameter("--port", help="Port of the local server.")] = 4200,
     home: HomeOption = None,
     timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds to wait for the server's health check.")] = 90.0,
+    worker: Annotated[bool, cyclopts.Parameter("--worker", negative=(), help="Also run a process worker on crisis-pool, polling every second.")] = False,
 ) -> None:
-    """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one."""
+    """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one; --worker also runs what executes deployments."""
     configured = stack.configured_api_url()
     if configured:
         console.print(f"PREFECT_API_URL is set: using {mask_uri(configured)}, nothing started")
+        if worker:
+            _start_worker(stack.require_server(home), home)
         return
     already_running = stack.running_server(home)
     state = stack.start_server(home, port=port, timeout=timeout, progress=console.print)
@@ -79,6 +82,8 @@ def up(
     console.print(f"MLflow tracking URI: {mask_uri(stack.default_tracking_uri())}")
     home_flag = f" --home {state.home}" if home is not None else ""
     console.print(f'connect a shell or a Python process: eval "$(crisis env{home_flag})"', soft_wrap=True)
+    if worker:
+        _start_worker(state.api_url, home)
     if already_running is None:
         from prefect_crisis.deployments.leftovers import mark_leftovers_crashed
 
@@ -87,9 +92,21 @@ def up(
             console.print(leftovers.summary())
 
 
+def _start_worker(api_url: str, home: Path | None) -> None:
+    from prefect_crisis.deployments.worker import start_worker
+
+    state = start_worker(api_url, home)
+    console.print(f"worker on {state.pool} polling every second (pid {state.pid}, log {state.log})")
+
+
 @app.command
 def down(*, home: HomeOption = None) -> None:
-    """Stop the local Prefect server started by `crisis up`."""
+    """Stop the local Prefect server started by `crisis up` (and its worker)."""
+    from prefect_crisis.deployments.worker import stop_worker
+
+    stopped_worker = stop_worker(home)
+    if stopped_worker is not None:
+        console.print(f"stopped worker (pid {stopped_worker.pid})")
     outcome = stack.stop_server(home)
     if outcome is None:
         console.print("no local Prefect server recorded: nothing to stop")
@@ -111,6 +128,11 @@ def status(*, home: HomeOption = None) -> None:
     if "ui_url" in prefect:
         table.add_row("prefect UI", str(prefect["ui_url"]))
     table.add_row("mlflow", str(report["mlflow_tracking_uri"]))
+    from prefect_crisis.deployments.worker import read_worker, worker_alive
+
+    worker = read_worker(home)
+    if worker is not None:
+        table.add_row("worker", f"{worker.pool} (pid {worker.pid}, {'running' if worker_alive(worker) else 'gone'})")
     console.print(table)
 
 
