@@ -202,17 +202,11 @@ def execute_recovery_task(
     registry: ModelRegistry, policy: RollbackPolicy, decision: RollbackDecision, incident: Incident,
     window: pd.DataFrame, label: str, champion: VersionInfo, audit: AuditSnapshot, timeline: Timeline,
 ) -> RecoveryOutcome:
-    """Recover by the violation's strategies, verifying each on the labelled window.
-
-    A restored version is judged against what it showed itself when it was registered (its
-    holdout metrics), not against the degraded champion's: a poisoned champion's figures were
-    measured on its poisoned holdout and flatter it; a fallback is simpler and is held to its own.
-    """
+    """Recover by the violation's strategies, verifying each on the labelled window."""
+    baseline = dict(champion.metrics)
 
     def verify(version: str) -> Verification:
-        info = registry.version(version)
-        baseline = dict(info.metrics) or dict(champion.metrics)
-        y_pred, _ = predict_with(registry, version, window, info)
+        y_pred, _ = predict_with(registry, version, window)
         live = live_window(window[label].to_numpy(), y_pred)
         judged = judge_rules(live, baseline, policy)
         failing = [str(v) for v in judged.violations] + list(judged.undecided)  # a rule that cannot be judged does not verify
