@@ -13,6 +13,7 @@ from prefect.logging.configuration import ensure_logging_setup
 from prefect_crisis.core.connection import connect_to_local_stack
 
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, VersionInfo
@@ -31,8 +32,10 @@ __all__ = [
     "AliasMove",
     "ColumnSpec",
     "DataContract",
+    "EscalationPolicy",
     "FallbackPolicy",
     "InferenceLog",
+    "LadderStep",
     "MetricRule",
     "ModelRegistry",
     "RollbackPolicy",

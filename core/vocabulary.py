@@ -179,10 +179,12 @@ class CrisisEvent(str, Enum):
     LABELS_RECORDED = "ml.labels.recorded"  # labels joined to the inference log: runs the monitor at once
     SERVING_ERRORS = "ml.serving.errors"  # a burst of failed rows or requests in serving: runs the monitor at once
     EMERGENCY_STOPPED = "ml.emergency.stopped"  # the emergency-stop flow acted
+    EMERGENCY_RESOLVED = "ml.emergency.resolved"  # the emergency-stop flow undid its stop (flag lowered, schedules resumed)
 
 
 # Resource ids and roles of the events' related resources.
 MODEL_RESOURCE = "ml.model."
+MODEL_NAME_LABEL = "ml.model.name"  # label of every event's resource: automations run for_each on it
 MODEL_VERSION_RESOURCE = "ml.model-version."
 INCIDENT_RESOURCE = "ml.incident."
 INCIDENT_ROLE = "incident"

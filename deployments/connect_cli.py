@@ -5,7 +5,9 @@ worker to the running stack.
 creates the process work pool `crisis-pool` when it is missing and runs
 `prefect deploy --all` on the packaged prefect.yaml with the stack's absolute
 state folder exported, so each deployment carries it (job variable env
-`CRISIS_HOME`) and a worker started in any folder uses the same stack.
+`CRISIS_HOME`) and a worker started in any folder uses the same stack; then it
+applies the escalation ladder (deployments/automations.py) from an
+EscalationPolicy block, creating or updating each automation by name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Annotated
 import cyclopts
 
 from prefect_crisis.deployments import stack
-from prefect_crisis.core.errors import CrisisError, StackError
+from prefect_crisis.core.errors import CrisisError, PolicyError, StackError
 from prefect_crisis.core.paths import crisis_home
 
 POOL = "crisis-pool"
@@ -68,12 +70,37 @@ def ensure_work_pool(api_url: str, name: str = POOL) -> bool:
             return True
 
 
+def apply_escalation_ladder(api_url: str, policy_block: str | None = None) -> list[tuple[str, str]]:
+    """Apply the escalation ladder of the EscalationPolicy block `policy_block` (empty: the defaults) to the server.
+
+    Raises:
+        StackError: a deployment the ladder runs is missing (run `crisis deploy`).
+        PolicyError: the policy block or its notification block cannot be loaded.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_crisis.blocks.escalation_policy import EscalationPolicy
+    from prefect_crisis.deployments.automations import apply_ladder
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            policy = EscalationPolicy.load(policy_block) if policy_block else EscalationPolicy()
+        except ValueError:
+            raise PolicyError(f"no EscalationPolicy block named {policy_block!r} on the server: save one, or leave --escalation-policy out") from None
+        with get_client(sync_client=True) as client:
+            return apply_ladder(policy, client)
+
+
 def deploy(
     *,
     home: HomeOption = None,
     timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds `prefect deploy` may take.")] = 180.0,
+    escalation_policy: Annotated[
+        str | None, cyclopts.Parameter("--escalation-policy", help="EscalationPolicy block the ladder's automations are built from [default: the block's defaults].")
+    ] = None,
 ) -> None:
-    """Create the work pool crisis-pool (process) if missing and deploy the packaged flows with the stack's state folder."""
+    """Create the work pool crisis-pool (process) if missing, deploy the packaged flows with the stack's state folder, and apply the escalation ladder."""
     exports = stack_exports(home)
     created = ensure_work_pool(exports["PREFECT_API_URL"])
     print(f"work pool {POOL!r} {'created (process)' if created else 'exists'}")
@@ -89,4 +116,6 @@ def deploy(
         lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
         raise CrisisError(f"`prefect deploy` failed: {lines[-1][:300] if lines else 'no output'}")
     print(f"deployed the flows of {PREFECT_YAML} to {POOL!r}, each with CRISIS_HOME={exports['CRISIS_HOME']}")
+    for name, outcome in apply_escalation_ladder(exports["PREFECT_API_URL"], escalation_policy):
+        print(f"automation {name!r} {outcome}")
     print(f"start a worker (any folder): PREFECT_API_URL={exports['PREFECT_API_URL']} prefect worker start --pool {POOL}")

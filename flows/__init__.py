@@ -23,6 +23,7 @@ _EXPORTS = {
     "continuous_training": "prefect_crisis.flows.continuous_training",
     "crisis_demo": "prefect_crisis.flows.demo",
     "crisis_response": "prefect_crisis.flows.crisis_response",
+    "emergency_stop": "prefect_crisis.flows.emergency_stop",
     "validate_batch": "prefect_crisis.flows.validate_batch",
 }
 

@@ -46,6 +46,7 @@ def crisis_response(
     drill: bool = False,
     inference_log_block: str | None = None,
     window_minutes: float = 60,
+    diagnose_only: bool = False,
 ) -> State:
     """Respond to one incident of one model.
 
@@ -61,6 +62,7 @@ def crisis_response(
         inference_log_block: the InferenceLog block the window is read from when no window_path is
             given; empty: the default log (`$CRISIS_HOME/inference.db`).
         window_minutes: how far back that window goes.
+        diagnose_only: stop after the diagnosis (a Completed state named "Diagnosed"): the warning step of the ladder.
     """
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
     policy = RollbackPolicy.load(rollback_policy_block) if rollback_policy_block else RollbackPolicy()
@@ -87,6 +89,8 @@ def crisis_response(
         reference = load_frame(reference_path) if reference_path else None
         with tags(incident.run_tag):
             report, y_pred = diagnose_model(registry, champion, window, label_column, reference, incident, audit, timeline)
+            if diagnose_only:
+                return Completed(name="Diagnosed", message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})", data=report.to_dict())
             live = live_window(window[label_column].to_numpy(), y_pred)
             decision = decide_rollback_task(registry, policy, live, incident, audit, timeline)
             if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):

@@ -1,0 +1,238 @@
+"""The escalation ladder as Prefect automations, built from an EscalationPolicy.
+
+`ladder` is pure: policy and deployment ids in, automations out, so the whole
+ladder is unit-tested without a server. `apply_ladder` writes it to a server,
+idempotently by name: a second apply leaves one automation of each name, and a
+changed policy updates each automation in place (same id).
+
+Every trigger matches `ml.model.*` resources and runs `for_each` model name,
+so one model's breach never answers (or silences) another's; a reactive
+trigger stays quiet for the rest of its `within` window after firing, which is
+the cool-down of `crisis-critical` and the debounce of `crisis-evidence`.
+Prefect automations cannot emit custom events, so every step acts by running a
+deployment (and notifying, when a notification block is named).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect.events.actions import RunDeployment, SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
+from prefect_crisis.core.errors import PolicyError, StackError
+from prefect_crisis.core.vocabulary import MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
+
+CRISIS_RESPONSE = "crisis-response/crisis-response"
+EMERGENCY_STOP = "emergency-stop/emergency-stop"
+HEALTH_MONITOR = "health-monitor/health-monitor"
+LADDER_DEPLOYMENTS = (CRISIS_RESPONSE, EMERGENCY_STOP, HEALTH_MONITOR)
+
+# Templates the server renders from the triggering event. `| string`: a bare UUID does not render as a parameter.
+MODEL = "{{ event.resource['" + MODEL_NAME_LABEL + "'] }}"
+EVENT_ID = "{{ event.id | string }}"
+EVENT_NAME = "{{ event.event }}"
+NOTIFICATION_BODY = "{{ event.event }} for model {{ event.resource['" + MODEL_NAME_LABEL + "'] }} at {{ event.occurred }} (event {{ event.id }}): "
+
+
+def model_trigger(
+    events: set[CrisisEvent], *, threshold: int = 1, within: timedelta = timedelta(0), posture: Posture = Posture.Reactive
+) -> EventTrigger:
+    """A trigger on `events` about any model, counted per model (`for_each` on the model name label)."""
+    return EventTrigger(
+        expect={event.value for event in events},
+        match={"prefect.resource.id": f"{MODEL_RESOURCE}*"},
+        for_each={MODEL_NAME_LABEL},
+        posture=posture,
+        threshold=threshold,
+        within=within,
+    )
+
+
+def run(deployment_ids: dict[str, UUID], deployment: str, parameters: dict[str, Any]) -> RunDeployment:
+    """RunDeployment of `deployment` (flow-name/deployment-name) with templated parameters."""
+    if deployment not in deployment_ids:
+        raise StackError(f"deployment {deployment!r} is not on the server: run `crisis deploy` first")
+    return RunDeployment(source="selected", deployment_id=deployment_ids[deployment], parameters=parameters)
+
+
+def response_parameters(severity: Severity, *, diagnose_only: bool = False, incident: bool = True, **extra: Any) -> dict[str, Any]:
+    """crisis-response parameters for the triggering event's model; the event id is the incident id unless `incident` is False."""
+    parameters = {"model_name": MODEL, "severity": severity.value, "triggering_event_id": EVENT_ID, "diagnose_only": diagnose_only, **extra}
+    if incident:
+        parameters["incident_id"] = EVENT_ID
+    return parameters
+
+
+@dataclass(frozen=True)
+class Notifier:
+    """The SendNotification action of the ladder, when a notification block is named."""
+
+    block_document_id: UUID | None
+
+    def __call__(self, what: str) -> list[SendNotification]:
+        if self.block_document_id is None:
+            return []
+        return [SendNotification(block_document_id=self.block_document_id, subject=f"prefect-crisis: {what}", body=NOTIFICATION_BODY + what)]
+
+
+def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notification_block_id: UUID | None = None) -> list[AutomationCore]:
+    """Every automation of the escalation ladder, named `crisis-<step>`, in ladder order.
+
+    Args:
+        policy: thresholds, windows and the steps to enable (the others are built disabled).
+        deployment_ids: `flow-name/deployment-name` -> id, for crisis-response, emergency-stop and health-monitor.
+        notification_block_id: the notification block's document id; None: no notification actions.
+
+    Raises:
+        StackError: a deployment the ladder runs is missing from `deployment_ids`.
+
+    Example:
+        >>> from uuid import uuid4
+        >>> automations = ladder(EscalationPolicy(), {name: uuid4() for name in LADDER_DEPLOYMENTS})
+        >>> [automation.name for automation in automations][:3]
+        ['crisis-warning', 'crisis-critical', 'crisis-escalate-warnings']
+        >>> automations[1].trigger.within.total_seconds(), sorted(automations[1].trigger.for_each)
+        (1800.0, ['ml.model.name'])
+    """
+    notify = Notifier(notification_block_id)
+    emergency_events = {CrisisEvent.BREACH_EMERGENCY, CrisisEvent.RECOVERY_FAILED, CrisisEvent.DATA_REJECTED}
+    steps: dict[LadderStep, tuple[str, EventTrigger, list]] = {
+        LadderStep.WARNING: (
+            "A warning breach: diagnose the model (crisis-response, diagnose_only) without acting.",
+            model_trigger({CrisisEvent.BREACH_WARNING}),
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True)), *notify("warning: diagnosing")],
+        ),
+        LadderStep.CRITICAL: (
+            f"A critical breach: the full response (diagnose, decide rollback, recover, verify). Cool-down: no second response "
+            f"for the same model within {policy.cooldown_minutes:g} minutes.",
+            model_trigger({CrisisEvent.BREACH_CRITICAL}, within=policy.cooldown),
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL)), *notify("critical: responding")],
+        ),
+        LadderStep.ESCALATE_WARNINGS: (
+            f"{policy.warnings_to_escalate} warning breaches of one model within {policy.escalation_window_minutes:g} minutes: "
+            "escalate to the full (critical) response.",
+            model_trigger({CrisisEvent.BREACH_WARNING}, threshold=policy.warnings_to_escalate, within=policy.escalation_window),
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL)), *notify("repeated warnings: escalated to critical")],
+        ),
+        LadderStep.EMERGENCY: (
+            "An emergency breach, a failed recovery or rejected data: emergency stop (stop flag, cancel and pause training, serve the fallback).",
+            model_trigger(emergency_events),
+            [
+                run(deployment_ids, EMERGENCY_STOP, {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME}),
+                *notify("EMERGENCY: stopping training and serving the fallback"),
+            ],
+        ),
+        LadderStep.RESOLVED: (
+            "Recovery succeeded: undo the model's emergency stop (lower the stop flag, resume the training schedules it paused).",
+            model_trigger({CrisisEvent.RECOVERY_SUCCEEDED}),
+            [run(deployment_ids, EMERGENCY_STOP, {
+                "model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME, "resolve": True,
+            })],
+        ),
+        LadderStep.MONITOR_SILENT: (
+            f"Dead man's switch: no ml.health.reported for a model within {policy.dead_man_window.total_seconds():g} s "
+            f"({policy.dead_man_intervals} monitor intervals): diagnose it as a warning. Only models reported at least once are watched.",
+            model_trigger({CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive),
+            [
+                # the firing's event is the model's last health report, not news: each run opens its own incident
+                run(deployment_ids, CRISIS_RESPONSE, response_parameters(
+                    Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value
+                )),
+                *notify("the health monitor went silent for this model"),
+            ],
+        ),
+        LadderStep.EVIDENCE: (
+            "New labels or a burst of serving errors: run the health monitor for that model now, at most once per monitor interval.",
+            model_trigger({CrisisEvent.LABELS_RECORDED, CrisisEvent.SERVING_ERRORS}, within=timedelta(seconds=policy.monitor_interval_seconds)),
+            [run(deployment_ids, HEALTH_MONITOR, {"model_names": [MODEL]})],
+        ),
+    }
+    enabled = set(policy.enabled_levels)
+    return [
+        AutomationCore(name=step.automation_name, description=description, enabled=step in enabled, trigger=trigger, actions=actions)
+        for step, (description, trigger, actions) in steps.items()
+    ]
+
+
+COMPARED = {"name", "description", "enabled", "trigger", "actions", "actions_on_trigger", "actions_on_resolve"}
+
+
+def is_unchanged(desired: AutomationCore, existing: AutomationCore) -> bool:
+    """True when the server's automation already is the desired one (ids and server-side fields aside)."""
+    return AutomationCore.model_validate(existing.model_dump(include=COMPARED)) == AutomationCore.model_validate(desired.model_dump(include=COMPARED))
+
+
+def resolve_deployment_ids(client: Any, names: tuple[str, ...] = LADDER_DEPLOYMENTS) -> dict[str, UUID]:
+    """`flow-name/deployment-name` -> id, read from the server.
+
+    Raises:
+        StackError: a deployment is missing (one line naming `crisis deploy`).
+    """
+    from prefect.exceptions import ObjectNotFound
+
+    found, missing = {}, []
+    for name in names:
+        try:
+            found[name] = client.read_deployment_by_name(name).id
+        except ObjectNotFound:
+            missing.append(name)
+    if missing:
+        raise StackError(f"deployment(s) {', '.join(missing)} not on the server: run `crisis deploy` to create them")
+    return found
+
+
+def resolve_notification_block(client: Any, reference: str | None) -> UUID | None:
+    """The document id of a notification block named `<block-type-slug>/<name>`.
+
+    Raises:
+        PolicyError: the reference is malformed or names no saved block.
+    """
+    if not reference:
+        return None
+    from prefect.exceptions import ObjectNotFound
+
+    slug, _, name = reference.partition("/")
+    if not slug or not name:
+        raise PolicyError(f"notification_block {reference!r} must read `<block-type-slug>/<name>`, e.g. `slack-webhook/on-call`")
+    try:
+        return client.read_block_document_by_name(name=name, block_type_slug=slug).id
+    except ObjectNotFound:
+        raise PolicyError(f"notification block {reference!r} is not saved on the server: save it, or empty notification_block") from None
+
+
+def apply_ladder(policy: EscalationPolicy, client: Any) -> list[tuple[str, str]]:
+    """Create or update every automation of the ladder by name; extra copies of a name are deleted.
+
+    Args:
+        policy: the escalation policy.
+        client: a synchronous Prefect client (`get_client(sync_client=True)`).
+
+    Returns:
+        (automation name, "created" | "updated" | "unchanged") in ladder order.
+
+    Raises:
+        StackError: a deployment the ladder runs is missing.
+        PolicyError: the notification block cannot be found.
+    """
+    automations = ladder(policy, resolve_deployment_ids(client), resolve_notification_block(client, policy.notification_block))
+    outcomes = []
+    for automation in automations:
+        existing = client.read_automations_by_name(automation.name)
+        if not existing:
+            client.create_automation(automation)
+            outcomes.append((automation.name, "created"))
+            continue
+        keep, *duplicates = existing
+        for duplicate in duplicates:
+            client.delete_automation(duplicate.id)
+        if is_unchanged(automation, keep):
+            outcomes.append((automation.name, "unchanged"))
+        else:
+            client.update_automation(keep.id, automation)
+            outcomes.append((automation.name, "updated"))
+    return outcomes

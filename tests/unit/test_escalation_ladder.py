@@ -1,0 +1,131 @@
+"""The escalation ladder as built from a policy, without a server: names,
+triggers, thresholds, windows, templated parameters, and the idempotent apply."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import uuid4
+
+import pytest
+from prefect.events.actions import RunDeployment, SendNotification
+
+from prefect_crisis.blocks import EscalationPolicy, LadderStep
+from prefect_crisis.core.errors import PolicyError, StackError
+from prefect_crisis.deployments.automations import (
+    CRISIS_RESPONSE, EMERGENCY_STOP, EVENT_ID, HEALTH_MONITOR, LADDER_DEPLOYMENTS, MODEL, apply_ladder, is_unchanged, ladder,
+)
+
+IDS = {name: uuid4() for name in LADDER_DEPLOYMENTS}
+
+
+def by_name(policy: EscalationPolicy = EscalationPolicy(), notification=None) -> dict:
+    return {automation.name: automation for automation in ladder(policy, IDS, notification)}
+
+
+def test_every_step_is_one_automation_per_model_on_model_events():
+    automations = by_name()
+    assert list(automations) == [
+        "crisis-warning", "crisis-critical", "crisis-escalate-warnings", "crisis-emergency", "crisis-resolved", "crisis-monitor-silent", "crisis-evidence",
+    ]
+    for automation in automations.values():
+        assert automation.trigger.for_each == {"ml.model.name"}
+        assert automation.trigger.match.model_dump() == {"prefect.resource.id": "ml.model.*"}
+        assert automation.enabled
+
+
+def test_triggers_thresholds_and_windows_follow_the_policy():
+    policy = EscalationPolicy(warnings_to_escalate=4, escalation_window_minutes=15, cooldown_minutes=45, monitor_interval_seconds=30, dead_man_intervals=3)
+    automations = by_name(policy)
+    critical, escalate = automations["crisis-critical"].trigger, automations["crisis-escalate-warnings"].trigger
+    assert (critical.expect, critical.threshold, critical.within) == ({"ml.breach.critical"}, 1, timedelta(minutes=45))
+    assert (escalate.expect, escalate.threshold, escalate.within) == ({"ml.breach.warning"}, 4, timedelta(minutes=15))
+    assert automations["crisis-emergency"].trigger.expect == {"ml.breach.emergency", "ml.recovery.failed", "ml.data.rejected"}
+    silent = automations["crisis-monitor-silent"].trigger
+    assert (silent.posture, silent.expect, silent.within) == ("Proactive", {"ml.health.reported"}, timedelta(seconds=90))
+    evidence = automations["crisis-evidence"].trigger
+    assert (evidence.expect, evidence.within) == ({"ml.labels.recorded", "ml.serving.errors"}, timedelta(seconds=30))
+
+
+def test_actions_run_the_right_deployment_with_templated_parameters():
+    automations = by_name()
+    warning = automations["crisis-warning"].actions[0]
+    assert isinstance(warning, RunDeployment) and warning.deployment_id == IDS[CRISIS_RESPONSE]
+    assert warning.parameters == {
+        "model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "severity": "warning", "diagnose_only": True,
+    }
+    assert MODEL == "{{ event.resource['ml.model.name'] }}" and EVENT_ID == "{{ event.id | string }}"
+    assert automations["crisis-critical"].actions[0].parameters["severity"] == "critical"
+    assert automations["crisis-escalate-warnings"].actions[0].parameters["diagnose_only"] is False
+    emergency = automations["crisis-emergency"].actions[0]
+    assert emergency.deployment_id == IDS[EMERGENCY_STOP] and emergency.parameters["reason"] == "{{ event.event }}"
+    assert automations["crisis-resolved"].actions[0].parameters["resolve"] is True
+    assert automations["crisis-evidence"].actions[0].deployment_id == IDS[HEALTH_MONITOR]
+    assert automations["crisis-evidence"].actions[0].parameters == {"model_names": [MODEL]}
+
+
+def test_notifications_only_when_a_block_is_named():
+    assert not any(isinstance(a, SendNotification) for automation in by_name().values() for a in automation.actions)
+    block = uuid4()
+    notified = {name for name, automation in by_name(notification=block).items() if any(isinstance(a, SendNotification) for a in automation.actions)}
+    assert notified == {"crisis-warning", "crisis-critical", "crisis-escalate-warnings", "crisis-emergency", "crisis-monitor-silent"}
+
+
+def test_disabled_levels_are_built_disabled():
+    automations = by_name(EscalationPolicy(enabled_levels=[LadderStep.CRITICAL, LadderStep.EMERGENCY]))
+    assert {name for name, automation in automations.items() if automation.enabled} == {"crisis-critical", "crisis-emergency"}
+
+
+def test_a_missing_deployment_is_one_line_naming_crisis_deploy():
+    with pytest.raises(StackError, match=r"emergency-stop/emergency-stop.*crisis deploy"):
+        ladder(EscalationPolicy(), {CRISIS_RESPONSE: uuid4(), HEALTH_MONITOR: uuid4()})
+
+
+def test_a_changed_threshold_is_a_change():
+    before, after = by_name(), by_name(EscalationPolicy(warnings_to_escalate=5))
+    assert is_unchanged(before["crisis-escalate-warnings"], by_name()["crisis-escalate-warnings"])
+    assert not is_unchanged(before["crisis-escalate-warnings"], after["crisis-escalate-warnings"])
+    assert is_unchanged(before["crisis-critical"], after["crisis-critical"])
+
+
+class FakeClient:
+    """Just enough of a synchronous Prefect client to apply the ladder."""
+
+    def __init__(self):
+        self.automations: dict = {}
+
+    def read_deployment_by_name(self, name):
+        return type("Deployment", (), {"id": IDS[name]})
+
+    def read_automations_by_name(self, name):
+        return [automation for automation in self.automations.values() if automation.name == name]
+
+    def create_automation(self, automation):
+        from prefect.automations import Automation
+
+        created = Automation(**automation.model_dump(), id=uuid4())
+        self.automations[created.id] = created
+        return created.id
+
+    def update_automation(self, automation_id, automation):
+        from prefect.automations import Automation
+
+        self.automations[automation_id] = Automation(**automation.model_dump(), id=automation_id)
+
+    def delete_automation(self, automation_id):
+        del self.automations[automation_id]
+
+
+def test_apply_creates_then_leaves_unchanged_then_updates_in_place_and_drops_duplicates():
+    client = FakeClient()
+    assert {outcome for _, outcome in apply_ladder(EscalationPolicy(), client)} == {"created"}
+    assert {outcome for _, outcome in apply_ladder(EscalationPolicy(), client)} == {"unchanged"}
+    ids = set(client.automations)
+    client.create_automation(ladder(EscalationPolicy(), IDS)[0])  # a duplicate crisis-warning
+    outcomes = dict(apply_ladder(EscalationPolicy(cooldown_minutes=5), client))
+    assert outcomes["crisis-critical"] == "updated" and outcomes["crisis-warning"] == "unchanged"
+    assert set(client.automations) == ids and len(client.automations) == len(LadderStep)
+
+
+def test_a_malformed_notification_block_is_refused():
+    with pytest.raises(PolicyError, match="block-type-slug"):
+        apply_ladder(EscalationPolicy(notification_block="on-call"), FakeClient())
