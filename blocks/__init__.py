@@ -15,6 +15,7 @@ from prefect_crisis.core.connection import connect_to_local_stack
 from prefect_crisis.blocks.contract import ColumnSpec, DataContract
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.blocks.monitoring_policy import HealthRule, MonitoringPolicy
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, VersionInfo
 from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
@@ -32,9 +33,11 @@ __all__ = [
     "ColumnSpec",
     "DataContract",
     "FallbackPolicy",
+    "HealthRule",
     "InferenceLog",
     "MetricRule",
     "ModelRegistry",
+    "MonitoringPolicy",
     "RollbackPolicy",
     "TrainingPolicy",
     "VersionInfo",
