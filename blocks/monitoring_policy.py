@@ -141,7 +141,9 @@ class MonitoringPolicy(Block):
         default=60.0, gt=0, description="The long window: a breach there says it is not noise (and is what the response reads)."
     )
     short_window_minutes: float = Field(
-        default=5.0, gt=0, description="The short window: a breach there says it is still happening. Labelled metrics end it at the newest label."
+        default=5.0, gt=0,
+        description="The short window: a breach there says it is still happening. Labelled metrics end it at the newest label; "
+        "it reaches further back when it holds fewer than short_min_samples requests (labelled rows).",
     )
     short_min_samples: int = Field(
         default=10, ge=1, description="Fewer samples than this in the short window cannot confirm a breach."

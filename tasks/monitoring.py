@@ -140,16 +140,28 @@ def input_drift(frame: pd.DataFrame, contract: DataContract, reference: pd.DataF
     return Measure(float(len(drifted)), len(frame)), drifted
 
 
-def split_windows(frame: pd.DataFrame, now: datetime, long_minutes: float, short_minutes: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(long, short, short of the labelled rows): the labelled short window ends at the newest
-    labelled row, because labels come after their predictions."""
-    stamps = frame["timestamp"]
-    long = frame[stamps >= now - timedelta(minutes=long_minutes)]
-    short = long[long["timestamp"] >= now - timedelta(minutes=short_minutes)]
+def _since(stamps: pd.Series, end: datetime, minutes: float, at_least: int) -> datetime:
+    """Start of a short window ending at `end`: `minutes` back, or further back to hold the newest
+    `at_least` samples (sparse traffic or labels would otherwise leave it too thin to confirm anything)."""
+    start = end - timedelta(minutes=minutes)
+    newest = stamps.sort_values().iloc[-at_least:] if len(stamps) else stamps
+    return min(start, newest.iloc[0]) if len(newest) else start
+
+
+def split_windows(
+    frame: pd.DataFrame, now: datetime, long_minutes: float, short_minutes: float, short_min_samples: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(long, short, short of the labelled rows). The short window holds the last `short_minutes`,
+    or the newest `short_min_samples` requests if that is more; the labelled short window ends at
+    the newest labelled row instead of now, because labels come after their predictions."""
+    long = frame[frame["timestamp"] >= now - timedelta(minutes=long_minutes)]
+    first_seen = long.groupby("request_id", sort=False)["timestamp"].min()
+    short = long[long["timestamp"] >= _since(first_seen, now, short_minutes, short_min_samples)]
     labelled = long[long["label"].notna()]
-    newest = labelled["timestamp"].max() if len(labelled) else None
-    labelled_short = labelled[labelled["timestamp"] > newest - timedelta(minutes=short_minutes)] if newest is not None else labelled
-    return long, short, labelled_short
+    if not len(labelled):
+        return long, short, labelled
+    newest = labelled["timestamp"].max()
+    return long, short, labelled[labelled["timestamp"] >= _since(labelled["timestamp"], newest, short_minutes, short_min_samples)]
 
 
 def window_pair(
@@ -158,7 +170,9 @@ def window_pair(
 ) -> tuple[WindowMetrics, WindowMetrics, tuple[str, ...]]:
     """The long and short windows' metrics (system figures are instantaneous: the same in both),
     and the features drifted over the long window."""
-    long_rows, short_rows, labelled_short = split_windows(frame, now, policy.long_window_minutes, policy.short_window_minutes)
+    long_rows, short_rows, labelled_short = split_windows(
+        frame, now, policy.long_window_minutes, policy.short_window_minutes, policy.short_min_samples
+    )
     long, short = model_metrics(long_rows, policy.long_window_minutes), model_metrics(short_rows, policy.short_window_minutes)
     short.measures.update({metric: model_metrics(labelled_short, policy.short_window_minutes).measures[metric] for metric in LABELLED_METRICS})
     drifted: tuple[str, ...] = ()
