@@ -6,6 +6,8 @@ from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, RowReason,
 from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, save_checkpoint, training_experiment
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, diagnose
 from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, categorical_drift, dataframe_drift, numeric_drift, psi_categorical, psi_numeric
+from prefect_crisis.tasks.health_rules import Breach, HealthCheck, Measure, WindowMetrics, check_any, check_rule_on_windows, policy_checks
+from prefect_crisis.tasks.monitoring import ModelHealth, metric_history, model_metrics, report_health, sweep_model, system_metrics
 from prefect_crisis.tasks.promotion import PromotionDecision, decide_promotion
 from prefect_crisis.tasks.quarantine import persist_parts_task, publish_validation, validate_data_task
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
@@ -19,6 +21,19 @@ from prefect_crisis.tasks.training_run import train_model
 from prefect_crisis.tasks.validation import CheckFailure, REASONS_COLUMN, ValidationReport, ValidationResult, Verdict, validate_data
 
 __all__ = [
+    "Breach",
+    "HealthCheck",
+    "Measure",
+    "WindowMetrics",
+    "check_any",
+    "check_rule_on_windows",
+    "policy_checks",
+    "ModelHealth",
+    "metric_history",
+    "model_metrics",
+    "report_health",
+    "sweep_model",
+    "system_metrics",
     "Candidate",
     "CircuitBreaker",
     "FallbackRouter",

@@ -239,7 +239,7 @@ class ModelHealth:
 
         verdict = "; ".join(str(breach) for breach in self.breaches) or "healthy"
         return (
-            f"{self.model} v{self.version or '-'}: {metrics.get('requests', 0)} requests, {metrics.get('rows', 0)} rows, "
+            f"{self.model} v{self.version or '-'}: {int(metrics.get('requests') or 0)} requests, {int(metrics.get('rows') or 0)} rows, "
             f"error rate {shown('error_rate', '.2%')} of {metrics.get('error_rate_samples', 0)} labelled, fallback {shown('fallback_share', '.1%')}, "
             f"failed {shown('failed_row_share', '.1%')}, p95 {shown('latency_p95_ms', '.1f')} ms: {verdict}"
         )

@@ -224,5 +224,5 @@ def test_a_sweep_of_a_logged_poisoned_model_reports_a_critical_breach_and_its_hi
 def test_a_health_line_names_the_model_and_says_healthy_when_it_is():
     window = WindowMetrics(60, {"requests": Measure(3.0, 3), "error_rate": Measure(0.1, 40, 4)})
     line = ModelHealth("churn", "3", NOW, window, window, {}).line()
-    assert line.startswith("churn v3: 3") and "error rate 10.00% of 40 labelled" in line and line.endswith("healthy")
+    assert line.startswith("churn v3: 3 requests") and "error rate 10.00% of 40 labelled" in line and line.endswith("healthy")
     assert math.isnan(model_metrics(log_frame([{"request_id": "a", "timestamp": NOW}]), 60).measures["error_rate"].value)
