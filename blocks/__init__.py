@@ -16,6 +16,7 @@ from prefect_crisis.blocks.contract import ColumnSpec, DataContract
 from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.blocks.monitoring_policy import HealthRule, MonitoringPolicy
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, VersionInfo
 from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
@@ -34,10 +35,12 @@ __all__ = [
     "DataContract",
     "EscalationPolicy",
     "FallbackPolicy",
+    "HealthRule",
     "InferenceLog",
     "LadderStep",
     "MetricRule",
     "ModelRegistry",
+    "MonitoringPolicy",
     "RollbackPolicy",
     "TrainingPolicy",
     "VersionInfo",

@@ -23,12 +23,15 @@ from pydantic import Field, SecretStr, model_validator
 from sqlalchemy import create_engine, exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
-from prefect_crisis.blocks.inference_store import create_tables, label_rows, upsert_labels, window_frame, window_query
+from prefect_crisis.blocks.inference_store import (
+    create_tables, label_rows, labelled_by_model, models_query, upsert_labels, window_frame, window_query,
+)
 from prefect_crisis.blocks.inference_writer import InferenceLogWriter
 from prefect_crisis.core.errors import InferenceLogError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
-from prefect_crisis.core.timeline import utc_now
+from prefect_crisis.core.timeline import Timeline, utc_now
 from prefect_crisis.core.uris import mask_uri, split_password, with_password
+from prefect_crisis.core.vocabulary import CrisisEvent
 
 
 class InferenceLog(Block):
@@ -135,10 +138,15 @@ class InferenceLog(Block):
             "(check that the database is up and the URL and password are right)"
         )
 
-    def record_labels(self, keys: Iterable[Any], labels: Iterable[Any]) -> int:
+    def record_labels(self, keys: Iterable[Any], labels: Iterable[Any], *, emit: bool = True, timeline: Timeline | None = None) -> int:
         """Record true labels; returns how many. A key is a request id (the label applies to every
         row of that request) or a (request_id, row_id) pair. A label may come before or after its
-        prediction is written; a second label for the same key replaces the first."""
+        prediction is written; a second label for the same key replaces the first.
+
+        With `emit`, one `ml.labels.recorded` per model whose logged predictions got labels
+        (payload: `rows` labelled, `requests`, `labels`), so an automation can run the health
+        monitor for that model at once; labels of predictions not logged yet emit nothing.
+        `timeline`: where the events go (default: Prefect events)."""
         keys, labels = list(keys), list(labels)
         if len(keys) != len(labels):
             raise InferenceLogError(f"{len(keys)} keys but {len(labels)} labels: give one label per key")
@@ -148,11 +156,27 @@ class InferenceLog(Block):
             with engine.begin() as connection:
                 create_tables(connection)
                 upsert_labels(connection, rows)
+                covered = labelled_by_model(connection, rows) if emit else {}
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
             raise self._failed("write labels to", error) from None
         finally:
             engine.dispose()
+        timeline = timeline or Timeline()
+        for model, figures in covered.items():
+            timeline.emit(CrisisEvent.LABELS_RECORDED, model, figures)
         return len(rows)
+
+    def models(self, start: datetime | None = None, end: datetime | None = None) -> list[str]:
+        """The models with records received in [start, end) (UTC; naive means UTC), sorted."""
+        engine = self.engine()
+        try:
+            with engine.begin() as connection:
+                create_tables(connection)
+                return [model for (model,) in connection.execute(models_query(start, end))]
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
+            raise self._failed("read", error) from None
+        finally:
+            engine.dispose()
 
     def read_window(
         self, model: str, start: datetime | None = None, end: datetime | None = None, *, labelled_only: bool = True

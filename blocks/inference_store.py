@@ -252,3 +252,40 @@ def window_frame(records: Sequence[Any]) -> pd.DataFrame:
     })
     features = features.drop(columns=[name for name in features.columns if name in LOG_COLUMNS])
     return pd.concat([features, log], axis=1)
+
+
+def models_query(start: datetime | None, end: datetime | None):
+    """The distinct models with records received in [start, end)."""
+    query = select(predictions.c.model).distinct()
+    if start is not None:
+        query = query.where(predictions.c.received_at >= utc_naive(start))
+    if end is not None:
+        query = query.where(predictions.c.received_at < utc_naive(end))
+    return query.order_by(predictions.c.model)
+
+
+def labelled_by_model(connection: Connection, rows: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Per model, what the label rows cover in `predictions`: `rows` (predicted rows labelled: a
+    request-wide label covers every row of its request), `requests` and `labels`. Labels whose
+    predictions are not logged (yet) belong to no model and are left out."""
+    request_ids = sorted({row["request_id"] for row in rows})
+    found: dict[str, list[tuple[str, str]]] = {}  # request id -> (row id, model) of its predicted rows
+    for start in range(0, len(request_ids), 500):
+        chunk = request_ids[start:start + 500]
+        query = select(predictions.c.request_id, predictions.c.row_id, predictions.c.model).where(
+            predictions.c.request_id.in_(chunk), predictions.c.features.is_not(None)
+        )
+        for request_id, row_id, model in connection.execute(query):
+            found.setdefault(request_id, []).append((row_id, model))
+    covered: dict[str, set[tuple[str, str]]] = {}
+    labels_of: dict[str, int] = {}
+    for row in rows:
+        matches = [(row_id, model) for row_id, model in found.get(row["request_id"], []) if row["row_id"] in (REQUEST_WIDE, row_id)]
+        for row_id, model in matches:
+            covered.setdefault(model, set()).add((row["request_id"], row_id))
+        for model in {model for _, model in matches}:
+            labels_of[model] = labels_of.get(model, 0) + 1
+    return {
+        model: {"rows": len(keys), "requests": len({request_id for request_id, _ in keys}), "labels": labels_of[model]}
+        for model, keys in sorted(covered.items())
+    }

@@ -116,3 +116,7 @@ class ServingInputError(CrisisError):
 
 class InferenceLogError(CrisisError):
     """The inference log's database cannot be read or written (labels, windows); predictions are never refused for it."""
+
+
+class MonitoringError(CrisisError):
+    """A model's health cannot be measured (its baseline cannot be read, its metric history is unreadable)."""

@@ -24,6 +24,7 @@ _EXPORTS = {
     "crisis_demo": "prefect_crisis.flows.demo",
     "crisis_response": "prefect_crisis.flows.crisis_response",
     "emergency_stop": "prefect_crisis.flows.emergency_stop",
+    "health_monitor": "prefect_crisis.flows.health_monitor",
     "validate_batch": "prefect_crisis.flows.validate_batch",
 }
 

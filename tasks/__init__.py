@@ -8,6 +8,19 @@ from typing import Any
 # Imported on first use (PEP 562): a flow-run process that needs one step does not pay for
 # every step's dependencies (skops, scipy, matplotlib) before its first line runs.
 _EXPORTS = {
+    "Breach": "prefect_crisis.tasks.health_rules",
+    "HealthCheck": "prefect_crisis.tasks.health_rules",
+    "Measure": "prefect_crisis.tasks.health_rules",
+    "WindowMetrics": "prefect_crisis.tasks.health_rules",
+    "check_any": "prefect_crisis.tasks.health_rules",
+    "check_rule_on_windows": "prefect_crisis.tasks.health_rules",
+    "policy_checks": "prefect_crisis.tasks.health_rules",
+    "ModelHealth": "prefect_crisis.tasks.monitoring",
+    "metric_history": "prefect_crisis.tasks.monitoring",
+    "model_metrics": "prefect_crisis.tasks.monitoring",
+    "report_health": "prefect_crisis.tasks.monitoring",
+    "sweep_model": "prefect_crisis.tasks.monitoring",
+    "system_metrics": "prefect_crisis.tasks.monitoring",
     "FallbackModel": "prefect_crisis.tasks.fallback_model",
     "FallbackResult": "prefect_crisis.tasks.fallback_model",
     "fit_fallback": "prefect_crisis.tasks.fallback_model",

@@ -1,0 +1,66 @@
+"""The health-monitor flow: one sweep over one or many models.
+
+Run on a schedule (every few minutes) and by an automation on
+`ml.labels.recorded` with `model_name={{ event.resource['ml.model.name'] }}`,
+so a poisoned champion is noticed seconds after its labels exist. Each model's
+sweep emits `ml.breach.<severity>` per confirmed breach and `ml.health.reported`
+(the dead man's switch listens for its absence); a model whose sweep fails is
+named in the run's result and the others are still swept.
+"""
+
+from mlflow.exceptions import MlflowException
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed, State
+
+from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
+from prefect_crisis.core.errors import CrisisError
+from prefect_crisis.core.timeline import utc_now
+from prefect_crisis.tasks.monitoring import load_drift_reference, models_to_sweep, sweep_model_task, system_metrics
+
+
+@flow(name="health-monitor")
+def health_monitor(
+    model_names: list[str] | None = None,
+    model_name: str | None = None,
+    monitoring_policy_block: str | None = None,
+    inference_log_block: str | None = None,
+) -> State:
+    """Sweep the health of models served through the inference log.
+
+    Args:
+        model_names: the models to sweep; empty: every model with records in the inference log
+            within the policy's long window.
+        model_name: one model (what an automation triggered by `ml.labels.recorded` passes);
+            swept together with `model_names` when both are given.
+        monitoring_policy_block: the MonitoringPolicy block; empty: the default policy.
+        inference_log_block: the InferenceLog block; empty: the default log (`$CRISIS_HOME/inference.db`).
+    """
+    logger = get_run_logger()
+    policy = MonitoringPolicy.load(monitoring_policy_block) if monitoring_policy_block else MonitoringPolicy()
+    log = InferenceLog.load(inference_log_block) if inference_log_block else InferenceLog()
+    now = utc_now()
+    models = models_to_sweep(log, now, policy.long_window_minutes, model_names, model_name)
+    if not models:
+        logger.info("no model has records in %s within the last %g minutes: nothing to sweep", log.display_url, policy.long_window_minutes)
+        return Completed(name="Nothing to sweep", message="no model in the inference log's long window")
+    contract, reference = load_drift_reference(policy)
+    system = system_metrics()
+    swept, failed = {}, {}
+    for model in models:
+        try:
+            health = sweep_model_task.with_options(task_run_name=f"sweep-{model}")(
+                model, log, policy, now=now, system=system, contract=contract, reference=reference
+            )
+        except (CrisisError, MlflowException, OSError) as error:
+            failed[model] = f"{type(error).__name__}: {error}"
+            logger.error("%s: sweep failed: %s", model, failed[model])
+            continue
+        swept[model] = [breach.payload() for breach in health.breaches]
+    summary = f"swept {len(swept)} of {len(models)} models; breaches: " + (
+        ", ".join(f"{model} {[b['rule'] for b in found]}" for model, found in swept.items() if found) or "none"
+    )
+    if failed:
+        return Failed(name="Partly swept", message=summary + "; failed: " + "; ".join(f"{m} ({why})" for m, why in failed.items()),
+                      data={"swept": swept, "failed": failed})
+    return Completed(message=summary, data={"swept": swept, "failed": failed})
