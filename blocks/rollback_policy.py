@@ -56,7 +56,15 @@ class MetricRule(BaseModel):
     higher_is_better: bool | None = Field(default=None, description="Direction of the metric. Empty: from the metric.")
     tolerance: float = Field(default=0.02, ge=0, description="How much worse than the baseline is still fine.")
     relative: bool = Field(default=False, description="Tolerance as a fraction of the baseline instead of absolute.")
-    min_samples: int = Field(default=200, ge=1, description="Fewer live samples than this cannot decide.")
+    min_samples: int = Field(
+        default=30,
+        ge=1,
+        description=(
+            "Fewer live samples than this cannot decide. The Wilson bound already makes a small window "
+            "conclusive only for a large gap; 30 matches the health monitor's quality rules, so a breach "
+            "the monitor raises is never INCONCLUSIVE here."
+        ),
+    )
 
     @model_validator(mode="after")
     def _known_metric(self) -> "MetricRule":

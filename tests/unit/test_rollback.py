@@ -60,6 +60,8 @@ def test_one_noisy_window_is_not_degradation_the_wilson_bound_must_agree():
 def test_too_few_samples_is_inconclusive_not_hold():
     decision = decide_rollback(window(10, 100), CHAMPION, HISTORY, POLICY, now=NOW)
     assert decision.kind is DecisionKind.INCONCLUSIVE and "100 samples < 200" in decision.reason
+    default = decide_rollback(window(5, 20), CHAMPION, HISTORY, RollbackPolicy(stability_window_minutes=60), now=NOW)
+    assert default.kind is DecisionKind.INCONCLUSIVE and "20 samples < 30" in default.reason  # the default matches the monitor
 
 
 def test_target_is_the_most_recent_stable_version_never_the_current_one():
