@@ -284,9 +284,22 @@ def sweep_model(
     return ModelHealth(model, version, now, long, short, baseline, breaches, drifted, notes)
 
 
+def escalated(breaches) -> list:
+    """Per metric, only its most severe breach: an error rate past the emergency line is not also a
+    warning and a critical, or one sweep would start a diagnosis, a rollback and an emergency stop
+    at once, racing each other for the champion alias."""
+    order = list(Severity)
+    kept: dict[str, object] = {}
+    for breach in breaches:
+        held = kept.get(breach.metric)
+        if held is None or order.index(breach.severity) > order.index(held.severity):
+            kept[breach.metric] = breach
+    return list(kept.values())
+
+
 def report_health(health: ModelHealth, timeline: Timeline) -> None:
-    """One `ml.breach.<severity>` per confirmed breach, then `ml.health.reported`."""
-    for breach in health.breaches:
+    """One `ml.breach.<severity>` per breaching metric (its most severe rule), then `ml.health.reported`."""
+    for breach in escalated(health.breaches):
         timeline.emit(BREACH_EVENTS[breach.severity], health.model, breach.payload(), version=health.version)
     timeline.emit(CrisisEvent.HEALTH_REPORTED, health.model, health.payload(), version=health.version)
 

@@ -226,3 +226,19 @@ def test_a_health_line_names_the_model_and_says_healthy_when_it_is():
     line = ModelHealth("churn", "3", NOW, window, window, {}).line()
     assert line.startswith("churn v3: 3 requests") and "error rate 10.00% of 40 labelled" in line and line.endswith("healthy")
     assert math.isnan(model_metrics(log_frame([{"request_id": "a", "timestamp": NOW}]), 60).measures["error_rate"].value)
+
+
+def test_one_sweep_reports_each_metric_once_at_its_worst_severity():
+    from prefect_crisis.core.timeline import ListSink, Timeline
+    from prefect_crisis.core.vocabulary import CrisisEvent, Severity
+    from prefect_crisis.tasks.health_rules import Breach
+    from prefect_crisis.tasks.monitoring import escalated
+
+    def breach(rule, metric, severity):
+        return Breach(rule=rule, metric=metric, severity=severity, value=0.9, threshold=0.5, samples=100, bound=0.8,
+                      short_value=0.9, short_samples=20, long_window_minutes=60, short_window_minutes=5, baseline=0.1)
+
+    found = (breach("q-w", "error_rate", Severity.WARNING), breach("q-e", "error_rate", Severity.EMERGENCY),
+             breach("q-c", "error_rate", Severity.CRITICAL), breach("f-w", "fallback_share", Severity.WARNING))
+    kept = escalated(found)
+    assert sorted((b.metric, b.severity) for b in kept) == [("error_rate", Severity.EMERGENCY), ("fallback_share", Severity.WARNING)]
