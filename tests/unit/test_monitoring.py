@@ -206,7 +206,7 @@ def test_a_sweep_of_a_logged_poisoned_model_reports_a_critical_breach_and_its_hi
     assert health.severity is Severity.CRITICAL and {b.rule for b in health.breaches} == {"quality-warning", "quality-critical"}
     sink = ListSink()
     report_health(health, Timeline(sink=sink))
-    assert [e.event for e in sink] == [CrisisEvent.BREACH_WARNING, CrisisEvent.BREACH_CRITICAL, CrisisEvent.HEALTH_REPORTED]
+    assert [e.event for e in sink] == [CrisisEvent.BREACH_CRITICAL, CrisisEvent.HEALTH_REPORTED]  # the warning is subsumed
     critical = sink[1].payload
     assert {"metric", "value", "threshold", "window_minutes", "samples", "rule", "severity"} <= set(critical)
     assert critical["samples"] == 400 and critical["threshold"] == pytest.approx(0.2) and critical["value"] == 0.5
