@@ -53,7 +53,7 @@ def serve_and_label(registry: ModelRegistry, log: InferenceLog, requests: int = 
     log.record_labels(list(truth), list(truth.values()))
 
 
-def test_a_poisoned_champion_breaches_critical_and_a_healthy_one_does_not(crisis_home):
+def test_a_poisoned_champion_breaches_at_its_worst_severity_only_and_a_healthy_one_does_not(crisis_home):
     poisoned_model, healthy_model = f"monitor-{uuid.uuid4().hex[:8]}", f"healthy-{uuid.uuid4().hex[:8]}"
     registry, _good, poisoned = poisoned_after_stable(poisoned_model)
     healthy_registry = ModelRegistry(model_name=healthy_model)
@@ -67,16 +67,19 @@ def test_a_poisoned_champion_breaches_critical_and_a_healthy_one_does_not(crisis
     assert state.is_completed(), state.message
     assert f"{poisoned_model} [" in state.message and f"{healthy_model} [" not in state.message
 
-    critical = wait_for(lambda: events_of(poisoned_model, CrisisEvent.BREACH_CRITICAL), bool)
-    assert critical, "no ml.breach.critical for the poisoned champion"
+    # Labels flipped: ~87% errors, past the emergency line (0.5); the warning and critical rules of the
+    # same metric breach too, but one sweep reports a metric once, at its worst.
+    critical = wait_for(lambda: events_of(poisoned_model, CrisisEvent.BREACH_EMERGENCY), bool)
+    assert critical, "no ml.breach.emergency for the poisoned champion"
     payload = critical[0].payload
-    assert payload["metric"] == "error_rate" and payload["severity"] == "critical" and payload["samples"] == 300
+    assert payload["metric"] == "error_rate" and payload["severity"] == "emergency" and payload["samples"] == 300
     assert payload["value"] > payload["threshold"] and payload["window_minutes"] == {"long": 60.0, "short": 5.0}
     assert any(r.id == f"ml.model-version.{poisoned_model}.{poisoned}" for r in critical[0].related)
     reported = wait_for(lambda: events_of(poisoned_model, CrisisEvent.HEALTH_REPORTED), bool)
     assert reported and reported[0].payload["metrics"]["error_rate_samples"] == 300
     assert wait_for(lambda: events_of(poisoned_model, CrisisEvent.LABELS_RECORDED), bool)[0].payload["rows"] == 300
 
+    assert events_of(poisoned_model, CrisisEvent.BREACH_CRITICAL) == [] and events_of(poisoned_model, CrisisEvent.BREACH_WARNING) == []
     assert wait_for(lambda: events_of(healthy_model, CrisisEvent.HEALTH_REPORTED), bool)
     breaches = events_of(healthy_model, CrisisEvent.BREACH_WARNING, CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY)
     assert breaches == [], [(e.event, e.payload) for e in breaches]
