@@ -1,0 +1,137 @@
+"""The closed loop on a real stack: `crisis up --worker`, `crisis deploy` (deployments
+and the escalation automations), a real process worker running what the automations
+trigger, the MLflow store and the inference log of the stack's state folder.
+
+serving -> inference log -> labels recorded -> health-monitor -> ml.breach.critical ->
+crisis-response -> rollback in the registry; two models breaching in the same second
+both recover; an emergency engages the fallback and the resolved event lowers the flag.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from prefect_crisis.blocks import InferenceLog, ModelRegistry
+from prefect_crisis.core.timeline import emit_crisis_event
+from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent
+from prefect_crisis.tasks.serving import FallbackRouter
+from prefect_crisis.tasks.stop_flag import read_stop_flag
+from prefect_crisis.tasks.synthetic import make_batch
+from tests.e2e.test_stack import free_port
+from tests.helpers import FEATURES, poisoned_after_stable, register, wait_for
+from tests.unit.test_serving_swap import register_fallback
+
+pytestmark = pytest.mark.e2e
+CLI = [sys.executable, "-m", "prefect_crisis.deployments.cli"]
+LOOP_TIMEOUT = 240  # seconds: worker poll, flow-run process start, imports, the flows themselves, on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """`crisis up --worker` and `crisis deploy` in a private state folder; this process pointed at it."""
+    work = tmp_path_factory.mktemp("loop")
+    home = work / ".crisis"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "CRISIS_"))}
+    env.update(CRISIS_HOME=str(home), PREFECT_HOME=str(work / "client-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="200")
+    up = subprocess.run([*CLI, "up", "--worker", "--port", str(free_port())], env=env, cwd=work, capture_output=True, text=True, timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in subprocess.run(
+            [*CLI, "env"], env=env, cwd=work, capture_output=True, text=True, timeout=60).stdout.splitlines())
+        exports = {name: value.strip("'") for name, value in exports.items()}
+        deploy = subprocess.run([*CLI, "deploy"], env={**env, **exports}, cwd=work, capture_output=True, text=True, timeout=600)
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert "crisis-critical" in deploy.stdout
+        saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "CRISIS_HOME")}
+        os.environ.update(MLFLOW_TRACKING_URI=exports["MLFLOW_TRACKING_URI"], CRISIS_HOME=exports["CRISIS_HOME"])
+        with temporary_settings({PREFECT_API_URL: exports["PREFECT_API_URL"]}):
+            yield home
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    finally:
+        subprocess.run([*CLI, "down"], env=env, cwd=work, capture_output=True, text=True, timeout=120)
+
+
+def serve(registry: ModelRegistry, log: InferenceLog, rows: int = 300, seed: int = 500) -> tuple[list, list]:
+    """Serve `rows` rows through the router into the stack's inference log; (row keys, true labels)."""
+    router = FallbackRouter(registry, log=log.writer(), close_log=True).start(refresh_in_background=False)
+    batch = make_batch(rows, seed=seed)
+    answer = router.predict(batch[FEATURES])
+    router.close()
+    keys = list(zip(answer["request_id"], answer["row_id"].astype(str)))
+    return keys, batch["label"].tolist()
+
+
+def rolled_back(registry: ModelRegistry) -> list:
+    return [move for move in registry.audit_trail(registry.champion_alias) if move.action == AliasAction.ROLLBACK and move.applied]
+
+
+def response_runs(model: str) -> list:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["crisis-response"])), limit=200)
+    return [run for run in runs if run.parameters.get("model_name") == model]
+
+
+def test_labels_that_reveal_a_degraded_champion_roll_it_back_and_leave_the_healthy_model_alone(stack):
+    tag = uuid.uuid4().hex[:6]
+    sick_name, healthy_name = f"sick-{tag}", f"healthy-{tag}"
+    sick, good, degraded = poisoned_after_stable(sick_name, swapped=("f00", "f05"))  # ~68% accurate live, 91% recorded
+    healthy = ModelRegistry(model_name=healthy_name)
+    healthy_champion = register(healthy, False, seed=3)
+    healthy.promote(healthy_champion, "first model")
+    log = InferenceLog()
+    sick_keys, sick_labels = serve(sick, log, seed=501)
+    healthy_keys, healthy_labels = serve(healthy, log, seed=502)
+
+    started = time.monotonic()
+    log.record_labels(sick_keys + healthy_keys, sick_labels + healthy_labels)  # ml.labels.recorded, one per model
+    moves = wait_for(lambda: rolled_back(sick), bool, timeout=LOOP_TIMEOUT, every=0.5)
+    elapsed = time.monotonic() - started
+    assert moves, f"no rollback of {sick_name} within {LOOP_TIMEOUT} s of its labels"
+    assert moves[-1].from_version == degraded and moves[-1].to_version == good
+    assert sick.champion().version == good
+    print(f"labels recorded -> rollback in the registry: {elapsed:.1f} s")
+
+    assert healthy.champion().version == healthy_champion
+    assert [run for run in response_runs(healthy_name) if run.parameters.get("severity") == "critical"] == []
+
+
+def test_two_models_breaching_in_the_same_second_both_recover(stack):
+    tag = uuid.uuid4().hex[:6]
+    registries = [poisoned_after_stable(f"twin-{tag}-{n}", seeds=(5 + n, 7 + n), swapped=("f00", "f05")) for n in range(2)]
+    log = InferenceLog()
+    for registry, _good, _bad in registries:
+        keys, labels = serve(registry, log, seed=510)
+        log.record_labels(keys, labels, emit=False)  # the window the response reads; no monitor run
+    for registry, _good, bad in registries:  # back to back: the same second
+        emit_crisis_event(CrisisEvent.BREACH_CRITICAL, registry.model_name, {"metric": "error_rate", "value": 0.32, "threshold": 0.19}, version=bad)
+    for registry, good, bad in registries:
+        moves = wait_for(lambda: rolled_back(registry), bool, timeout=LOOP_TIMEOUT, every=0.5)
+        assert moves and moves[-1].to_version == good, f"{registry.model_name} was not rolled back"
+    assert all(len(response_runs(registry.model_name)) == 1 for registry, _, _ in registries)
+
+
+def test_an_emergency_engages_the_fallback_and_the_resolved_event_lowers_the_flag(stack):
+    model = f"alarm-{uuid.uuid4().hex[:6]}"
+    registry, _good, bad = poisoned_after_stable(model)
+    fallback = register_fallback(registry)
+    emit_crisis_event(CrisisEvent.BREACH_EMERGENCY, model, {"metric": "error_rate", "value": 0.87, "threshold": 0.5}, version=bad)
+    champion = wait_for(lambda: registry.champion().version, lambda version: version == fallback, timeout=LOOP_TIMEOUT, every=0.5)
+    assert champion == fallback, "the emergency stop did not move serving to the fallback"
+    assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is not None, timeout=30) is not None
+    emit_crisis_event(CrisisEvent.RECOVERY_SUCCEEDED, model, {"recovered": True}, version=fallback)
+    assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is None, timeout=LOOP_TIMEOUT, every=0.5) is None
+    assert registry.champion().version == fallback  # resolving leaves the champion where recovery put it
