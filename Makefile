@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_diagnostics.py
 	$(BIN)/python benchmarks/false_alarms.py
+	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_inference_log.py
 
 clean:
 	rm -rf $(VENV) .crisis .pytest_cache .hypothesis
