@@ -30,7 +30,7 @@ from prefect_crisis.blocks.inference_writer import InferenceLogWriter
 from prefect_crisis.core.errors import InferenceLogError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline, utc_now
-from prefect_crisis.core.uris import mask_uri, split_password, with_password
+from prefect_crisis.core.uris import mask_uri, password_moved_apart, split_password, with_password
 from prefect_crisis.core.vocabulary import CrisisEvent
 
 
@@ -76,14 +76,7 @@ class InferenceLog(Block):
     @model_validator(mode="before")
     @classmethod
     def _keep_the_password_apart(cls, values: Any) -> Any:
-        # `url` is shown in the UI and in reprs: a password written into it is moved to the secret field.
-        if isinstance(values, dict) and isinstance(values.get("url"), str):
-            url, password = split_password(values["url"])
-            if password is not None:
-                values = {**values, "url": url}
-                if not values.get("password"):
-                    values["password"] = SecretStr(password)
-        return values
+        return password_moved_apart(values, "url", "password")
 
     @property
     def resolved_url(self) -> str:

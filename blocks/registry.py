@@ -23,7 +23,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment, validate_model_name
 from prefect_crisis.core.timeline import Incident, Timeline, utc_now
-from prefect_crisis.core.uris import mask_uri, split_password, with_password
+from prefect_crisis.core.uris import mask_uri, password_moved_apart, with_password
 from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey, VersionRole
 
 NO_VERSION = "none"
@@ -166,13 +166,7 @@ class ModelRegistry(Block):
     def _keep_the_password_apart(cls, values: Any) -> Any:
         # `tracking_uri` is shown in the UI and in reprs: a password written into it
         # (the way MLflow and SQLAlchemy take it) is moved to the secret field.
-        if isinstance(values, dict) and isinstance(values.get("tracking_uri"), str):
-            uri, password = split_password(values["tracking_uri"])
-            if password is not None:
-                values = {**values, "tracking_uri": uri}
-                if not values.get("tracking_password"):
-                    values["tracking_password"] = SecretStr(password)
-        return values
+        return password_moved_apart(values, "tracking_uri", "tracking_password")
 
     @property
     def resolved_tracking_uri(self) -> str:

@@ -57,3 +57,23 @@ def with_password(uri: str, password: str | None) -> str:
     if not match or match["password"] is not None:
         return uri
     return f"{match['head']}{match['user']}:{quote(password, safe='')}@{uri[match.end():]}"
+
+
+def password_moved_apart(values, uri_field: str, password_field: str):
+    """Block field values with a password written into `uri_field` moved to `password_field`.
+
+    A URI is shown in the UI and in reprs; the password field is a secret. A password given
+    in both places keeps the one in the secret field.
+
+    Example:
+        >>> moved = password_moved_apart({"url": "postgresql://crisis:s3cret@db/ml"}, "url", "password")
+        >>> moved["url"], moved["password"]
+        ('postgresql://crisis@db/ml', 's3cret')
+    """
+    if isinstance(values, dict) and isinstance(values.get(uri_field), str):
+        uri, password = split_password(values[uri_field])
+        if password is not None:
+            values = {**values, uri_field: uri}
+            if not values.get(password_field):
+                values[password_field] = password
+    return values

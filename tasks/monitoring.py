@@ -264,6 +264,22 @@ def read_champion(registry: ModelRegistry) -> tuple[str | None, dict[str, float]
     return None, {}
 
 
+def answered_by_champion(frame: pd.DataFrame, version: str | None) -> pd.DataFrame:
+    """The window without the rows a previous champion answered: after a rollback, the old (bad)
+    version's answers are not the new champion's health (judged against the new champion's baseline,
+    they would breach again and stop a model that has just recovered). Fallback and failed rows stay.
+
+    Example:
+        >>> frame = pd.DataFrame({"answered_by": ["primary", "primary", "fallback"], "version": ["2", "1", "9"]})
+        >>> answered_by_champion(frame, "1")["version"].tolist()
+        ['1', '9']
+    """
+    if version is None or frame.empty or not {"answered_by", "version"} <= set(frame.columns):
+        return frame
+    stale = (frame["answered_by"].astype(str) == Responder.PRIMARY.value) & (frame["version"].astype(str) != str(version))
+    return frame[~stale.to_numpy()] if stale.any() else frame
+
+
 def sweep_model(
     model: str, log: InferenceLog, policy: MonitoringPolicy, registry: ModelRegistry, *, now: datetime,
     checks: HealthCheck | None = None, system: dict[str, Measure] | None = None,
@@ -276,7 +292,9 @@ def sweep_model(
         InferenceLogError: the inference log cannot be read.
     """
     version, registered = read_champion(registry)
-    frame = log.read_window(model, now - timedelta(minutes=policy.long_window_minutes), now, labelled_only=False)
+    frame = answered_by_champion(
+        log.read_window(model, now - timedelta(minutes=policy.long_window_minutes), now, labelled_only=False), version
+    )
     long, short, drifted = window_pair(frame, now, policy, system=system, contract=contract, reference=reference)
     baseline = baseline_of(registered, history)
     notes = () if version is not None else (f"no champion of {model!r} in {registry.display_tracking_uri}: rules relative to a baseline not judged",)

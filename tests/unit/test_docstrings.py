@@ -16,6 +16,7 @@ MODULES = [
     "prefect_crisis.tasks.monitoring",
     "prefect_crisis.blocks.monitoring_policy",
     "prefect_crisis.core.paths",
+    "prefect_crisis.core.uris",
     "prefect_crisis.tasks.promotion",
     "prefect_crisis.tasks.rollback",
     "prefect_crisis.tasks.serving",

@@ -200,18 +200,21 @@ def test_a_sweep_of_a_logged_poisoned_model_reports_a_critical_breach_and_its_hi
     now = datetime.now(timezone.utc)
     write(log, *[labelled_batch(f"r{i}", 4, now - timedelta(minutes=30 - i / 10)) for i in range(100)])
     log.record_labels([f"r{i}" for i in range(100)], [int(i % 2) for i in range(100)], emit=False)  # predictions are all 1: 50% wrong
-    champion = type("Champion", (), {"version": "7", "metrics": {"accuracy": 0.9}})()
+    champion = type("Champion", (), {"version": "1", "metrics": {"accuracy": 0.9}})()  # the version that answered
     policy = MonitoringPolicy()
     health = sweep_model("churn", log, policy, FakeRegistry(champion), now=now)
     assert health.severity is Severity.CRITICAL and {b.rule for b in health.breaches} == {"quality-warning", "quality-critical"}
     sink = ListSink()
     report_health(health, Timeline(sink=sink))
     assert [e.event for e in sink] == [CrisisEvent.BREACH_CRITICAL, CrisisEvent.HEALTH_REPORTED]  # the warning is subsumed
-    critical = sink[1].payload
+    critical = sink[0].payload
     assert {"metric", "value", "threshold", "window_minutes", "samples", "rule", "severity"} <= set(critical)
     assert critical["samples"] == 400 and critical["threshold"] == pytest.approx(0.2) and critical["value"] == 0.5
-    assert sink[1].related[0]["prefect.resource.id"] == "ml.model-version.churn.7"
-    assert sink[2].payload["metrics"]["error_rate"] == 0.5
+    assert sink[0].related[0]["prefect.resource.id"] == "ml.model-version.churn.1"
+    assert sink[1].payload["metrics"]["error_rate"] == 0.5
+    # After a rollback to v2, the rows v1 answered are not v2's health: nothing to judge, no breach.
+    recovered = type("Champion", (), {"version": "2", "metrics": {"accuracy": 0.9}})()
+    assert sweep_model("churn", log, policy, FakeRegistry(recovered), now=now).breaches == ()
 
     for _ in range(3):
         append_history(health, keep=2, folder=tmp_path / "monitoring")
