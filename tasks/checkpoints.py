@@ -18,14 +18,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import skops.io as skops_io
 from mlflow import MlflowClient
-from skops.io.exceptions import UntrustedTypesFoundException
 
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.paths import ensure_experiment
 from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
 from prefect_crisis.tasks.resume import ResumeKey
+from prefect_crisis.tasks.models import TRUSTED_TYPES  # one list for checkpoints and registered models
 from prefect_crisis.tasks.stopping import StopKind
 from prefect_crisis.tasks.training import Checkpoint, Position
 
@@ -33,13 +32,6 @@ ARTIFACT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 ESTIMATOR_FILE = "estimator.skops"
 FORMAT = "skops-1"
-# Types outside skops' defaults that the estimators `make_estimator` builds hold.
-TRUSTED_TYPES = frozenset(
-    {
-        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-    }
-)
 
 
 def training_experiment(client: MlflowClient, model: str) -> str:
@@ -62,6 +54,8 @@ def write_checkpoint_files(folder: Path, checkpoint: Checkpoint, key: ResumeKey 
         "resume_key": key.to_dict() if key else None,
     }
     (folder / STATE_FILE).write_text(json.dumps(state))
+    import skops.io as skops_io
+
     (folder / ESTIMATOR_FILE).write_bytes(skops_io.dumps(checkpoint.estimator))
 
 
@@ -77,11 +71,17 @@ def read_checkpoint_files(folder: Path) -> Checkpoint:
     state = json.loads((folder / STATE_FILE).read_text())
     if state.get("format") != FORMAT or not (folder / ESTIMATOR_FILE).exists():
         raise ValueError("it is not in the skops format (an older pickle checkpoint is never loaded: it could run code)")
+    import skops.io as skops_io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
     blob = (folder / ESTIMATOR_FILE).read_bytes()
     untrusted = set(skops_io.get_untrusted_types(data=blob)) - TRUSTED_TYPES
     if untrusted:
         raise ValueError(f"its estimator file names types that are not trusted: {sorted(untrusted)}")
-    estimator = skops_io.loads(blob, trusted=sorted(TRUSTED_TYPES))
+    try:
+        estimator = skops_io.loads(blob, trusted=sorted(TRUSTED_TYPES))
+    except UntrustedTypesFoundException as error:
+        raise ValueError(str(error)) from error
     if not hasattr(estimator, "partial_fit"):
         raise ValueError(f"its estimator is a {type(estimator).__name__}, which has no partial_fit")
     return Checkpoint(
@@ -110,7 +110,7 @@ def load_checkpoint(client: MlflowClient, run_id: str) -> Checkpoint:
         try:
             local = Path(client.download_artifacts(run_id, ARTIFACT_DIR, folder))
             return read_checkpoint_files(local)
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, UntrustedTypesFoundException) as error:
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise TrainingError(f"checkpoint of run {run_id} cannot be read ({error}): train from scratch with resume=False") from error
 
 

@@ -22,8 +22,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
-from prefect_crisis.tasks.checkpoints import TRUSTED_TYPES
 from prefect_crisis.core.errors import RegistryError
+
+# Types outside skops' defaults that the estimators `make_estimator` builds hold (an MLP's optimizer);
+# checkpoints trust the same list. skops itself is imported only where a model is saved or loaded:
+# importing it scans all of scikit-learn (seconds), which a flow-run process would pay before its first line.
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    }
+)
 
 
 def log_sklearn_model(client: MlflowClient, estimator, X_example: np.ndarray, run_id: str, pip_requirements: list[str] | None = None) -> ModelInfo:
