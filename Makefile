@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/false_alarms.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_inference_log.py
+	$(BIN)/python benchmarks/bench_escalation.py
 
 clean:
 	rm -rf $(VENV) .crisis .pytest_cache .hypothesis
