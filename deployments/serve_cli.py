@@ -51,21 +51,32 @@ def wait_until_ready(process: subprocess.Popen, url: str, timeout: float) -> Non
     raise StackError(f"the scoring server did not answer {url}/ping within {timeout:g} s: pass a larger --timeout")
 
 
+def group_alive(leader: int) -> bool:
+    try:
+        os.killpg(leader, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_child(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the scoring server's process group (MLflow's CLI and the uvicorn it starts), SIGKILL after `grace` s."""
-    for sent in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sent)
-        except ProcessLookupError:
+    """SIGTERM to the scoring server's process group (MLflow's CLI and the uvicorn it starts); SIGKILL
+    what is left after `grace` s. The group is waited for, not just its leader: MLflow's CLI exits at
+    once, while uvicorn finishes its requests and the wrapper writes its queued log records."""
+    if not group_alive(process.pid):
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        process.poll()  # reap the leader, or the group never empties
+        if not group_alive(process.pid):
             return
-        try:
-            process.wait(grace if sent == signal.SIGTERM else 5)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the group may outlive its leader for a moment
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
+        time.sleep(0.1)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait(5)
 
 
 def _interrupt(signum, frame) -> None:

@@ -13,10 +13,12 @@ never from the registered model, which anyone with registry access can read.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,25 @@ def router_from_config(config: dict[str, Any]) -> FallbackRouter:
     return FallbackRouter(registry, FallbackPolicy(**config.get("policy", {})), log=log, timeline=timeline, close_log=True)
 
 
+def flush_on(signum: int, router: FallbackRouter) -> None:
+    """On `signum`, write the router's queued log records, then call the handler that was there."""
+    previous = signal.getsignal(signum)
+
+    def handler(received, frame) -> None:
+        if router.log is not None:
+            router.log.flush(timeout=5.0)
+        if callable(previous):
+            previous(received, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(received, signal.SIG_DFL)
+            signal.raise_signal(received)
+
+    try:
+        signal.signal(signum, handler)
+    except ValueError:  # not the main thread (a pyfunc loaded in a worker thread): atexit is all there is
+        pass
+
+
 class CrisisModel(mlflow.pyfunc.PythonModel):
     """The serving router as a pyfunc: `predict` returns, per row, the prediction,
     which model answered, its version, the confidence, an error (or None),
@@ -100,6 +121,12 @@ class CrisisModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.router = router_from_config(context.model_config).start()
+        atexit.register(self.router.close)  # a normal exit: queued records written (or spooled), events sent
+        # uvicorn ends a SIGTERM/Ctrl-C by raising the signal again with the default handler, so the
+        # process dies without running atexit: write what is queued when the signal arrives, then let
+        # the server's own handler shut it down.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            flush_on(signum, self.router)
 
     def predict(self, context, model_input, params=None):
         try:

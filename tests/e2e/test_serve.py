@@ -102,14 +102,19 @@ def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained)
         httpx.get(url.replace("/invocations", "/ping"), timeout=2)
 
 
-def test_kill_stops_the_scoring_server_too(cli_env, trained):
+def test_kill_stops_the_scoring_server_too_and_loses_no_record(cli_env, trained):
     port = free_port()
-    process, url = start_serving(cli_env, "churn", "--port", str(port), "--no-log")
-    process.send_signal(signal.SIGTERM)
+    process, url = start_serving(cli_env, "churn", "--port", str(port))
+    answer = invoke(url, make_batch(25, seed=78)[FEATURES])
+    assert answer.status_code == 200
+    process.send_signal(signal.SIGTERM)  # at once: the 25 records are still queued in the writer
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0 and "stopped serving churn" in output
     with pytest.raises(httpx.HTTPError):
         httpx.get(url.replace("/invocations", "/ping"), timeout=2)
+    log = InferenceLog(url=f"sqlite:///{Path(cli_env['CRISIS_HOME']) / 'inference.db'}")
+    logged = log.read_window("churn", labelled_only=False)
+    assert set(logged["request_id"]) == {answer.json()["predictions"][0]["request_id"]} and len(logged) == 25
 
 
 def test_operator_mistakes_are_one_line_with_exit_codes(cli_env, trained):
