@@ -9,9 +9,9 @@ to the stack's Prefect server when one answers, else to the server's log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,52 +31,17 @@ console = Console(highlight=False)
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 
 
-def port_taken(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        return probe.connect_ex((host, port)) == 0
-
-
 def wait_until_ready(process: subprocess.Popen, url: str, timeout: float) -> None:
     """Poll the scoring server's /ping until it answers; one-line errors when it dies or never answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise StackError(f"the scoring server exited with code {process.returncode} before answering: its output is above")
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/ping", timeout=1.0).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.25)
     raise StackError(f"the scoring server did not answer {url}/ping within {timeout:g} s: pass a larger --timeout")
-
-
-def group_alive(leader: int) -> bool:
-    try:
-        os.killpg(leader, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_child(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the scoring server's process group (MLflow's CLI and the uvicorn it starts); SIGKILL
-    what is left after `grace` s. The group is waited for, not just its leader: MLflow's CLI exits at
-    once, while uvicorn finishes its requests and the wrapper writes its queued log records."""
-    if not group_alive(process.pid):
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        process.poll()  # reap the leader, or the group never empties
-        if not group_alive(process.pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    process.wait(5)
 
 
 def _interrupt(signum, frame) -> None:
@@ -96,7 +61,7 @@ def serve(
     validate_model_name(model)
     if home is not None:
         os.environ["CRISIS_HOME"] = str(home.resolve())
-    if port_taken(port):
+    if not stack.port_free("127.0.0.1", port):
         raise StackError(f"port {port} on 127.0.0.1 is in use: pass --port with a free one")
     from prefect_crisis.blocks.fallback_policy import FallbackPolicy
     from prefect_crisis.blocks.registry import ModelRegistry
@@ -148,10 +113,10 @@ def serve(
         console.print(f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True)
         code = process.wait()
     except KeyboardInterrupt:
-        stop_child(process)
+        stack.terminate_group(process.pid, 10.0)
         console.print(f"stopped serving {model}")
         return
     except BaseException:
-        stop_child(process)
+        stack.terminate_group(process.pid, 10.0)
         raise
     raise StackError(f"the scoring server stopped by itself with code {code}: its output is above")

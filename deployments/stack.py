@@ -156,31 +156,52 @@ def _listens_on(pid: int, port: int) -> bool:
     return False
 
 
-def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM (and SIGCONT, so a frozen server handles it) to the group `pid` leads, SIGKILL after `timeout`."""
+def terminate_group(pid: int, timeout: float) -> None:
+    """SIGTERM (and SIGCONT, so a frozen process handles it) to the group `pid` leads (or to `pid`
+    alone), SIGKILL what is left after `timeout` seconds.
+
+    The whole group is waited for, not only its leader: a leader may exit at once while its
+    children still finish their work (MLflow's CLI and the uvicorn it starts, say).
+    """
     try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return
+        leads = os.getpgid(pid) == pid
+    except ProcessLookupError:  # the leader is gone (and reaped); its group may live on
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        leads = True
 
     def send(signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signum) if group == pid else os.kill(pid, signum)
+            os.killpg(pid, signum) if leads else os.kill(pid, signum)
+
+    def alive() -> bool:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap a leader that is our own child, or the group never empties
+        try:
+            os.killpg(pid, 0) if leads else os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def gone_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not alive():
+                return True
+            time.sleep(0.1)
+        return not alive()
 
     send(signal.SIGTERM)
     send(signal.SIGCONT)
-    try:
-        process = psutil.Process(pid)
-        process.wait(timeout=timeout)
-    except psutil.TimeoutExpired:
+    if not gone_within(timeout):
         send(signal.SIGKILL)
-        with contextlib.suppress(psutil.Error):
-            process.wait(timeout=5)
-    except psutil.Error:
-        pass
+        gone_within(5.0)
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on `host:port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         return probe.connect_ex((host, port)) != 0
 
@@ -234,7 +255,7 @@ def start_server(
             raise StackError(f"the local Prefect server (pid {state.pid}) runs but does not answer at {state.api_url}: `crisis down`, then `crisis up`")
         progress(f"the recorded server is gone ({stale}): starting a new one")
         _clear_state(home)
-    if not _port_free(host, port):
+    if not port_free(host, port):
         raise StackError(f"port {port} on {host} is in use by another process: pass --port to use another one")
     log_path = home / LOG_FILE
     api_url = f"http://{host}:{port}/api"
@@ -262,7 +283,7 @@ def start_server(
             return state
         time.sleep(0.5)
     exited = process.poll() is not None
-    _terminate(process.pid, timeout=10)
+    terminate_group(process.pid, timeout=10)
     with contextlib.suppress(ChildProcessError):
         process.wait(timeout=1)
     log_text = log_path.read_text(errors="replace")[log_start:]
@@ -289,7 +310,7 @@ def stop_server(home: Path | None = None, timeout: float = 20.0) -> StopOutcome 
         return None
     stale = why_not_our_server(state)
     if stale is None:
-        _terminate(state.pid, timeout)
+        terminate_group(state.pid, timeout)
     _clear_state(home)
     return StopOutcome(state, stopped=stale is None, stale_reason=stale)
 

@@ -103,7 +103,7 @@ def stop_worker(home: Path | None = None, state: WorkerState | None = None, grac
     (home / WORKER_FILE).unlink(missing_ok=True)
     if state is None or not worker_alive(state):
         return None
-    from prefect_crisis.deployments.stack import _terminate
+    from prefect_crisis.deployments.stack import terminate_group
 
-    _terminate(state.pid, grace)
+    terminate_group(state.pid, grace)
     return state
