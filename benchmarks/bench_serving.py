@@ -201,7 +201,7 @@ def log_on_request_path(registry: ModelRegistry, folder: str, calls: int) -> dic
             times[case].append(timed(router.predict, frame))
     figures = {}
     for case, router in routers.items():
-        stats = router.log.stats if router.log is not None else None
+        stats = None
         if router.log is not None:
             router.log.flush(30)
             stats = router.log.stats

@@ -45,7 +45,6 @@ from prefect_crisis.tasks.models import load_sklearn_model
 
 logger = logging.getLogger("prefect_crisis.serving")
 
-OUTPUT_COLUMNS = ["prediction", "answered_by", "version", "confidence", "error", "request_id", "row_id"]
 PRIMARY, FALLBACK, NONE = 0, 1, 2  # codes of the answered_by column
 RESPONDERS = [Responder.PRIMARY.value, Responder.FALLBACK.value, Responder.NONE.value]
 # Categorical columns with dtypes built once: 10,000 strings per answer would cost more than the prediction.
