@@ -209,16 +209,23 @@ def flow_runs_of(deployment: str, model: str, parameter: str = "model_name") -> 
     return sorted(wanted, key=lambda run: run.created)
 
 
-def first_body_line(flow_run_id) -> tuple[float | None, float | None]:
-    """(first log line of the run, first line of the flow body: the response's `using ...` line), epoch s."""
+def first_body_line(flow_run_id, wait: float = 6.0) -> tuple[float | None, float | None]:
+    """(first log line of the run, first line of the flow body: the response's `using ...` line), epoch s.
+
+    Logs reach the server in batches (every 2 s by default), so this waits up to `wait` seconds for the body's line."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
 
+    deadline = time.monotonic() + wait
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), sort=LogSort.TIMESTAMP_ASC, limit=200)
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), sort=LogSort.TIMESTAMP_ASC, limit=200)
+            body = next((log.timestamp.timestamp() for log in logs if "labelled window" in log.message), None)
+            if body is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
     first = logs[0].timestamp.timestamp() if logs else None
-    body = next((log.timestamp.timestamp() for log in logs if "labelled window" in log.message), None)
     return first, body
 
 
@@ -448,8 +455,8 @@ def main() -> None:
         if not args.no_imports:
             results["imports"] = import_cost()
         results["load_after"] = os.getloadavg()
-        worker_log = Path(exports["CRISIS_HOME"]) / "worker.log"
-        results["worker_log_errors"] = [line for line in worker_log.read_text(errors="replace").splitlines()
+        results["worker_log_errors"] = [line for log in ("worker.log", "warm-worker.log")
+                                        for line in (Path(exports["CRISIS_HOME"]) / log).read_text(errors="replace").splitlines()
                                         if "Traceback" in line or " ERROR " in line or "Crashed" in line][:40]
         print_table(results)
         args.output.parent.mkdir(parents=True, exist_ok=True)

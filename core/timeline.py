@@ -155,13 +155,16 @@ class Timeline:
         """The same clock and sink, bound to another incident."""
         return Timeline(incident, clock=self.clock, sink=self.sink)
 
-    def emit(self, event: CrisisEvent, model: str, payload: dict[str, Any] | None = None, *, version: str | int | None = None) -> TimelineEvent:
-        """Emit `event` about `model` (and `version`), inside the bound incident."""
+    def emit(
+        self, event: CrisisEvent, model: str, payload: dict[str, Any] | None = None, *, version: str | int | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> TimelineEvent:
+        """Emit `event` about `model` (and `version`), inside the bound incident; `labels` are added to the model resource."""
         body = dict(payload or {})
         if self.incident_id is not None:
             body.setdefault("incident", self.incident_id)
         emitted = TimelineEvent(
-            CrisisEvent(event), self.clock(), model_resource(model), related_resources(model, version, self.incident_id), body
+            CrisisEvent(event), self.clock(), {**model_resource(model), **(labels or {})}, related_resources(model, version, self.incident_id), body
         )
         self.sink(emitted)
         return emitted
@@ -190,7 +193,8 @@ class StepLogger(logging.LoggerAdapter):
 
 
 def emit_crisis_event(
-    event: CrisisEvent, model: str, payload: dict[str, Any] | None = None, *, version: str | int | None = None, incident: str | None = None
+    event: CrisisEvent, model: str, payload: dict[str, Any] | None = None, *, version: str | int | None = None, incident: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> TimelineEvent:
     """Emit one event outside a bound timeline (a one-off `Timeline(incident)`).
 
@@ -202,4 +206,4 @@ def emit_crisis_event(
         emit_crisis_event(CrisisEvent.BREACH_WARNING, "churn", {"metric": "accuracy", "value": 0.81}, version=7)
         ```
     """
-    return Timeline(incident).emit(event, model, payload, version=version)
+    return Timeline(incident).emit(event, model, payload, version=version, labels=labels)

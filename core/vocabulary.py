@@ -185,6 +185,8 @@ class CrisisEvent(str, Enum):
 # Resource ids and roles of the events' related resources.
 MODEL_RESOURCE = "ml.model."
 MODEL_NAME_LABEL = "ml.model.name"  # label of every event's resource: automations run for_each on it
+# label of ml.recovery.succeeded: "true" while the model's emergency stop is in force (only then the ladder resolves it)
+EMERGENCY_LABEL = "ml.model.emergency"
 MODEL_VERSION_RESOURCE = "ml.model-version."
 INCIDENT_RESOURCE = "ml.incident."
 INCIDENT_ROLE = "incident"

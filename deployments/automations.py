@@ -25,7 +25,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 
 from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
 from prefect_crisis.core.errors import PolicyError, StackError
-from prefect_crisis.core.vocabulary import MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
+from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
 
 CRISIS_RESPONSE = "crisis-response/crisis-response"
 EMERGENCY_STOP = "emergency-stop/emergency-stop"
@@ -40,12 +40,16 @@ NOTIFICATION_BODY = "{{ event.event }} for model {{ event.resource['" + MODEL_NA
 
 
 def model_trigger(
-    events: set[CrisisEvent], *, threshold: int = 1, within: timedelta = timedelta(0), posture: Posture = Posture.Reactive
+    events: set[CrisisEvent], *, threshold: int = 1, within: timedelta = timedelta(0), posture: Posture = Posture.Reactive,
+    after: set[CrisisEvent] = frozenset(), labels: dict[str, str] | None = None,
 ) -> EventTrigger:
-    """A trigger on `events` about any model, counted per model (`for_each` on the model name label)."""
+    """A trigger on `events` about any model, counted per model (`for_each` on the model name label).
+
+    `after`: the events that open a window; `labels`: further resource labels the events must carry."""
     return EventTrigger(
+        after={event.value for event in after},
         expect={event.value for event in events},
-        match={"prefect.resource.id": f"{MODEL_RESOURCE}*"},
+        match={"prefect.resource.id": f"{MODEL_RESOURCE}*", **(labels or {})},
         for_each={MODEL_NAME_LABEL},
         posture=posture,
         threshold=threshold,
@@ -128,8 +132,9 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             ],
         ),
         LadderStep.RESOLVED: (
-            "Recovery succeeded: undo the model's emergency stop (lower the stop flag, resume the training schedules it paused).",
-            model_trigger({CrisisEvent.RECOVERY_SUCCEEDED}),
+            "Recovery succeeded while the model's emergency stop is in force: undo the stop (lower the stop flag, resume the "
+            "training schedules it paused).",
+            model_trigger({CrisisEvent.RECOVERY_SUCCEEDED}, labels={EMERGENCY_LABEL: "true"}),
             [run(deployment_ids, EMERGENCY_STOP, {
                 "model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME, "resolve": True,
             })],
@@ -137,7 +142,9 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
         LadderStep.MONITOR_SILENT: (
             f"Dead man's switch: no ml.health.reported for a model within {policy.dead_man_window.total_seconds():g} s "
             f"({policy.dead_man_intervals} monitor intervals): diagnose it as a warning. Only models reported at least once are watched.",
-            model_trigger({CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive),
+            # Prefect's heartbeat pattern: each report opens a window that expects the next one; none -> fire.
+            model_trigger({CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive,
+                          after={CrisisEvent.HEALTH_REPORTED}),
             [
                 # the firing's event is the model's last health report, not news: each run opens its own incident
                 run(deployment_ids, CRISIS_RESPONSE, response_parameters(

@@ -1,6 +1,6 @@
 """The `crisis` command line, in the style of Prefect's own (cyclopts).
 
-    crisis up        start the local Prefect server (state in .crisis/); --worker also a worker on crisis-pool
+    crisis up        start the local Prefect server (state in .crisis/); --worker also its workers (crisis-pool, crisis-responders)
     crisis status    what runs: Prefect server, MLflow store
     crisis env       the exports that connect a shell: eval "$(crisis env)"
     crisis deploy    create the work pool crisis-pool and deploy the flows with the stack's state folder
@@ -67,7 +67,7 @@ def up(
     port: Annotated[int, cyclopts.Parameter("--port", help="Port of the local server.")] = 4200,
     home: HomeOption = None,
     timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds to wait for the server's health check.")] = 90.0,
-    worker: Annotated[bool, cyclopts.Parameter("--worker", negative=(), help="Also run a process worker on crisis-pool, polling every second.")] = False,
+    worker: Annotated[bool, cyclopts.Parameter("--worker", negative=(), help="Also run the workers: a process worker on crisis-pool and the warm worker on crisis-responders.")] = False,
 ) -> None:
     """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one; --worker also runs what executes deployments."""
     configured = stack.configured_api_url()
@@ -93,20 +93,20 @@ def up(
 
 
 def _start_worker(api_url: str, home: Path | None) -> None:
-    from prefect_crisis.deployments.worker import start_worker
+    from prefect_crisis.deployments.worker import start_workers
 
-    state = start_worker(api_url, home)
-    console.print(f"worker on {state.pool} polling every second (pid {state.pid}, log {state.log})")
+    for state in start_workers(api_url, home):
+        what = "warm worker (crisis flows, in-process)" if state.kind == "warm" else "process worker"
+        console.print(f"{what} on {state.pool} (pid {state.pid}, log {state.log})")
 
 
 @app.command
 def down(*, home: HomeOption = None) -> None:
     """Stop the local Prefect server started by `crisis up` (and its worker)."""
-    from prefect_crisis.deployments.worker import stop_worker
+    from prefect_crisis.deployments.worker import stop_workers
 
-    stopped_worker = stop_worker(home)
-    if stopped_worker is not None:
-        console.print(f"stopped worker (pid {stopped_worker.pid})")
+    for stopped_worker in stop_workers(home):
+        console.print(f"stopped {stopped_worker.kind} worker (pid {stopped_worker.pid})")
     outcome = stack.stop_server(home)
     if outcome is None:
         console.print("no local Prefect server recorded: nothing to stop")
@@ -128,11 +128,11 @@ def status(*, home: HomeOption = None) -> None:
     if "ui_url" in prefect:
         table.add_row("prefect UI", str(prefect["ui_url"]))
     table.add_row("mlflow", str(report["mlflow_tracking_uri"]))
-    from prefect_crisis.deployments.worker import read_worker, worker_alive
+    from prefect_crisis.deployments.worker import read_workers, worker_alive
 
-    worker = read_worker(home)
-    if worker is not None:
-        table.add_row("worker", f"{worker.pool} (pid {worker.pid}, {'running' if worker_alive(worker) else 'gone'})")
+    for worker in read_workers(home):
+        label = "warm worker" if worker.kind == "warm" else "worker"
+        table.add_row(label, f"{worker.pool} (pid {worker.pid}, {'running' if worker_alive(worker) else 'gone'})")
     console.print(table)
 
 

@@ -2,7 +2,8 @@
 worker to the running stack.
 
 `crisis env` prints the exports (`eval "$(crisis env)"`). `crisis deploy`
-creates the process work pool `crisis-pool` when it is missing and runs
+creates the work pools `crisis-pool` (process) and `crisis-responders` (the
+warm worker's) when they are missing and runs
 `prefect deploy --all` on the packaged prefect.yaml with the stack's absolute
 state folder exported, so each deployment carries it (job variable env
 `CRISIS_HOME`) and a worker started in any folder uses the same stack; then it
@@ -26,6 +27,7 @@ from prefect_crisis.core.errors import CrisisError, PolicyError, StackError
 from prefect_crisis.core.paths import crisis_home
 
 POOL = "crisis-pool"
+WARM_POOL = "crisis-responders"
 PREFECT_YAML = Path(__file__).parent / "prefect.yaml"
 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
@@ -52,21 +54,24 @@ def env(*, home: HomeOption = None) -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
-def ensure_work_pool(api_url: str, name: str = POOL) -> bool:
-    """Create the process work pool `name` on the server unless it exists; True when created."""
+def ensure_work_pool(api_url: str, name: str = POOL, warm: bool = False) -> bool:
+    """Create the work pool `name` on the server unless it exists (type process, or crisis-warm when `warm`); True when created."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.workers.process import ProcessWorker
 
+    from prefect_crisis.deployments.warm_worker import WarmWorker
+
+    worker = WarmWorker if warm else ProcessWorker
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
             return False
         except ObjectNotFound:
-            template = ProcessWorker.get_default_base_job_template()
-            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+            template = worker.get_default_base_job_template()
+            client.create_work_pool(WorkPoolCreate(name=name, type=worker.type, base_job_template=template))
             return True
 
 
@@ -100,10 +105,11 @@ def deploy(
         str | None, cyclopts.Parameter("--escalation-policy", help="EscalationPolicy block the ladder's automations are built from [default: the block's defaults].")
     ] = None,
 ) -> None:
-    """Create the work pool crisis-pool (process) if missing, deploy the packaged flows with the stack's state folder, and apply the escalation ladder."""
+    """Create the work pools crisis-pool (process) and crisis-responders (crisis-warm) if missing, deploy the packaged flows with the stack's state folder, and apply the escalation ladder."""
     exports = stack_exports(home)
-    created = ensure_work_pool(exports["PREFECT_API_URL"])
-    print(f"work pool {POOL!r} {'created (process)' if created else 'exists'}")
+    for pool, warm in ((POOL, False), (WARM_POOL, True)):
+        created = ensure_work_pool(exports["PREFECT_API_URL"], pool, warm=warm)
+        print(f"work pool {pool!r} {('created (' + ('crisis-warm' if warm else 'process') + ')') if created else 'exists'}")
     environment = {**os.environ, **exports, "PREFECT_CLI_PROMPT": "false"}
     try:
         done = subprocess.run(
@@ -115,7 +121,8 @@ def deploy(
     if done.returncode != 0:
         lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
         raise CrisisError(f"`prefect deploy` failed: {lines[-1][:300] if lines else 'no output'}")
-    print(f"deployed the flows of {PREFECT_YAML} to {POOL!r}, each with CRISIS_HOME={exports['CRISIS_HOME']}")
+    print(f"deployed the flows of {PREFECT_YAML} to {POOL!r} and {WARM_POOL!r}, each with CRISIS_HOME={exports['CRISIS_HOME']}")
     for name, outcome in apply_escalation_ladder(exports["PREFECT_API_URL"], escalation_policy):
         print(f"automation {name!r} {outcome}")
-    print(f"start a worker (any folder): PREFECT_API_URL={exports['PREFECT_API_URL']} prefect worker start --pool {POOL}")
+    print(f"start the workers: crisis up --worker (or, any folder, with PREFECT_API_URL={exports['PREFECT_API_URL']}: "
+          f"prefect worker start --pool {POOL}; python -m prefect_crisis.deployments.warm_worker --pool {WARM_POOL})")

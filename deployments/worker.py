@@ -1,12 +1,15 @@
-"""The local stack's worker: `crisis up --worker` runs a Prefect process worker
-on the `crisis-pool` work pool, so what the escalation automations trigger
-runs without a second terminal.
+"""The local stack's workers: `crisis up --worker` runs two, so what the
+escalation automations trigger runs without a second terminal.
 
-It polls every second (`PREFECT_WORKER_QUERY_SECONDS=1`; Prefect's default is
-10 s), so a triggered run starts within about a second plus the flow-run
-process's own start. Its pid and start time are recorded in `worker.json`;
-`crisis down` stops it (the whole process group: flow runs it started go too)
-before the server.
+- a Prefect process worker on `crisis-pool` (training, validation: runs that
+  must be killable run in their own process), polling every second;
+- the warm worker on `crisis-responders` (deployments/warm_worker.py: the
+  crisis response, emergency stop and health monitor run in threads of a
+  process that imported them once), polling every half second.
+
+Prefect's default poll is 10 s. Each worker's pid and start time are recorded
+(`worker.json`, `warm-worker.json`); `crisis down` stops both (each whole
+process group: flow runs a worker started go too) before the server.
 """
 
 from __future__ import annotations
@@ -24,10 +27,34 @@ import psutil
 from prefect_crisis.core.errors import StackError
 from prefect_crisis.core.paths import crisis_home
 
-WORKER_FILE = "worker.json"
-WORKER_LOG = "worker.log"
 POOL = "crisis-pool"
+WARM_POOL = "crisis-responders"
 QUERY_SECONDS = "1"
+WARM_QUERY_SECONDS = "0.5"
+
+
+@dataclass(frozen=True)
+class WorkerKind:
+    """One of the stack's two workers: what it polls, where it records itself, how it starts."""
+
+    name: str
+    pool: str
+    state_file: str
+    log_file: str
+    query_seconds: str
+    marker: str  # an argument of its command line, to recognise the process later
+
+    def command(self, label: str) -> list[str]:
+        if self.name == "warm":
+            return [sys.executable, "-m", "prefect_crisis.deployments.warm_worker", "--pool", self.pool, "--name", f"crisis-warm-{label}"]
+        return [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process", "--name", f"crisis-worker-{label}"]
+
+
+PROCESS = WorkerKind("process", POOL, "worker.json", "worker.log", QUERY_SECONDS, "worker")
+WARM = WorkerKind("warm", WARM_POOL, "warm-worker.json", "warm-worker.log", WARM_QUERY_SECONDS, "prefect_crisis.deployments.warm_worker")
+KINDS = (PROCESS, WARM)
+WORKER_FILE = PROCESS.state_file
+WORKER_LOG = PROCESS.log_file
 
 
 @dataclass(frozen=True)
@@ -37,14 +64,24 @@ class WorkerState:
     api_url: str
     log: str
     started_at: float
+    kind: str = "process"
 
 
-def read_worker(home: Path | None = None) -> WorkerState | None:
-    path = (home or crisis_home()) / WORKER_FILE
+def _kind(name: str) -> WorkerKind:
+    return next(kind for kind in KINDS if kind.name == name)
+
+
+def read_worker(home: Path | None = None, kind: WorkerKind = PROCESS) -> WorkerState | None:
+    path = (home or crisis_home()) / kind.state_file
     try:
         return WorkerState(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def read_workers(home: Path | None = None) -> list[WorkerState]:
+    """The workers recorded for this stack (process first, then warm), alive or not."""
+    return [state for kind in KINDS if (state := read_worker(home, kind)) is not None]
 
 
 def worker_alive(state: WorkerState) -> bool:
@@ -53,57 +90,71 @@ def worker_alive(state: WorkerState) -> bool:
         process = psutil.Process(state.pid)
         return (
             process.status() != psutil.STATUS_ZOMBIE
-            and "worker" in process.cmdline()
+            and _kind(state.kind).marker in process.cmdline()
             and abs(process.create_time() - state.started_at) < 1.0
         )
-    except psutil.Error:
+    except (psutil.Error, StopIteration):
         return False
 
 
-def start_worker(api_url: str, home: Path | None = None, pool: str = POOL, timeout: float = 60.0) -> WorkerState:
-    """Start the process worker for `pool` against `api_url`, or return the one running.
+def start_worker(api_url: str, home: Path | None = None, kind: WorkerKind = PROCESS, timeout: float = 60.0) -> WorkerState:
+    """Start the worker of `kind` against `api_url`, or return the one running.
 
     Raises:
         StackError: the worker exited or did not start polling within `timeout` seconds.
     """
     home = (home or crisis_home()).resolve()
-    running = read_worker(home)
+    running = read_worker(home, kind)
     if running and worker_alive(running) and running.api_url == api_url:
         return running
-    log = home / WORKER_LOG
+    log = home / kind.log_file
     environment = dict(os.environ)
     environment.update(
         PREFECT_API_URL=api_url,
-        PREFECT_WORKER_QUERY_SECONDS=QUERY_SECONDS,
+        PREFECT_WORKER_QUERY_SECONDS=kind.query_seconds,
         PREFECT_WORKER_PREFETCH_SECONDS="5",
         CRISIS_HOME=str(home),
         CRISIS_NO_AUTOCONNECT="1",
     )
     environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process", "--name", f"crisis-worker-{os.getpid()}"]
+    offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as output:
-        process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
-    state = WorkerState(process.pid, pool, api_url, str(log), psutil.Process(process.pid).create_time())
+        process = subprocess.Popen(kind.command(str(os.getpid())), env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
+    state = WorkerState(process.pid, kind.pool, api_url, str(log), psutil.Process(process.pid).create_time(), kind.name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise StackError(f"the worker exited with code {process.returncode} at start: see {log}")
-        if "started" in log.read_text(errors="replace").lower():
-            (home / WORKER_FILE).write_text(json.dumps(asdict(state)))
-            return state
+            raise StackError(f"the {kind.name} worker exited with code {process.returncode} at start: see {log}")
+        with log.open("rb") as written:
+            written.seek(offset)
+            if b"started!" in written.read():
+                (home / kind.state_file).write_text(json.dumps(asdict(state)))
+                return state
         time.sleep(0.25)
     stop_worker(home, state)
-    raise StackError(f"the worker did not start within {timeout:g} s: see {log}")
+    raise StackError(f"the {kind.name} worker did not start within {timeout:g} s: see {log}")
 
 
-def stop_worker(home: Path | None = None, state: WorkerState | None = None, grace: float = 15.0) -> WorkerState | None:
+def start_workers(api_url: str, home: Path | None = None, timeout: float = 60.0) -> list[WorkerState]:
+    """Start both workers: the process worker (training, validation) and the warm worker (the crisis flows)."""
+    return [start_worker(api_url, home, kind, timeout) for kind in KINDS]
+
+
+def stop_worker(home: Path | None = None, state: WorkerState | None = None, grace: float = 15.0, kind: WorkerKind = PROCESS) -> WorkerState | None:
     """Stop the recorded worker (its process group); returns what was stopped, None when nothing ran."""
     home = (home or crisis_home()).resolve()
-    state = state or read_worker(home)
-    (home / WORKER_FILE).unlink(missing_ok=True)
+    if state is not None:
+        kind = _kind(state.kind)
+    state = state or read_worker(home, kind)
+    (home / kind.state_file).unlink(missing_ok=True)
     if state is None or not worker_alive(state):
         return None
     from prefect_crisis.deployments.stack import terminate_group
 
     terminate_group(state.pid, grace)
     return state
+
+
+def stop_workers(home: Path | None = None, grace: float = 15.0) -> list[WorkerState]:
+    """Stop every recorded worker of this stack; returns those that were running."""
+    return [stopped for kind in KINDS if (stopped := stop_worker(home, grace=grace, kind=kind)) is not None]

@@ -28,6 +28,7 @@ from prefect_crisis.core.paths import artifact_key, ensure_experiment
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, Severity, TagKey, ViolationType
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
+from prefect_crisis.tasks.emergency import EmergencyRecord
 from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
 from prefect_crisis.tasks.rollback import LiveWindow, RollbackDecision, candidates_from_registry, decide_rollback, judge_rules
@@ -107,12 +108,11 @@ def render_diagnosis(report: DiagnosticReport, model: str, version: str, plot_ur
 
 
 def plot_diagnosis(report: DiagnosticReport, path: Path) -> None:
-    import matplotlib
+    # matplotlib's object API, not pyplot: no global figure manager, so responses in threads of one process can plot at once.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
     confusion = np.array(report.confusion)
     left.imshow(confusion, cmap="Blues")
     left.set(title="Confusion matrix", xlabel="predicted", ylabel="true", xticks=range(len(report.labels)), yticks=range(len(report.labels)))
@@ -126,7 +126,6 @@ def plot_diagnosis(report: DiagnosticReport, path: Path) -> None:
     right.set(title="Error rate over time", xlabel="time window", ylabel="error rate", ylim=(0, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=80)
-    plt.close(figure)
 
 
 @task(name="diagnose-model", cache_policy=NO_CACHE)
@@ -220,7 +219,7 @@ def execute_recovery_task(
     outcome = execute_recovery(
         registry, decision, incident.violation, incident, verify,
         lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"),
-        audit=audit, champion=champion, timeline=timeline,
+        audit=audit, champion=champion, timeline=timeline, emergency_in_force=lambda model: EmergencyRecord.read(model) is not None,
     )
     timeline.logger(get_run_logger(), registry.model_name, outcome.champion_after).info(
         "recovery %s: champion v%s -> v%s", "succeeded" if outcome.recovered else "failed", outcome.champion_before, outcome.champion_after

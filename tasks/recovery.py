@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from prefect_crisis.blocks.registry import AliasMove, AuditSnapshot, ModelRegistry, VersionInfo, incident_id
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.timeline import Incident, Timeline
-from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Strategy, ViolationType
+from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent, DecisionKind, Strategy, ViolationType
 from prefect_crisis.tasks.rollback import RollbackDecision
 
 
@@ -87,6 +87,7 @@ def execute_recovery(
     audit: AuditSnapshot | None = None,
     champion: VersionInfo | None = None,
     timeline: Timeline | None = None,
+    emergency_in_force: Callable[[str], bool] = lambda model: False,
 ) -> RecoveryOutcome:
     """Run the violation's strategies in order until one verifies.
 
@@ -97,6 +98,8 @@ def execute_recovery(
         audit: the incident's snapshot of the audit (read here when not given).
         champion: the champion the incident began with (read here when not given).
         timeline: where `ml.recovery.*` goes; the registry's timeline for the incident by default.
+        emergency_in_force: whether the model's emergency stop is in force; `ml.recovery.succeeded` carries it as
+            the `ml.model.emergency` label, so the ladder resolves an emergency and stays quiet after other recoveries.
     """
     identifier = incident_id(incident)
     timeline = timeline or registry.timeline(incident)
@@ -135,10 +138,12 @@ def execute_recovery(
             break
     recovered = bool(attempts) and attempts[-1].verification is not None and attempts[-1].verification.passed
     outcome = RecoveryOutcome(identifier, recovered, False, before, after, tuple(attempts))
+    labels = {EMERGENCY_LABEL: str(emergency_in_force(registry.model_name)).lower()} if recovered else None
     timeline.emit(
         CrisisEvent.RECOVERY_SUCCEEDED if recovered else CrisisEvent.RECOVERY_FAILED,
         registry.model_name,
         {"violation": violation.value, **outcome.to_dict()},
         version=outcome.champion_after,
+        labels=labels,
     )
     return outcome

@@ -23,7 +23,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
 from prefect_crisis.core.timeline import emit_crisis_event
-from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent
+from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent
 from prefect_crisis.tasks.serving import FallbackRouter
 from prefect_crisis.tasks.stop_flag import read_stop_flag
 from prefect_crisis.tasks.synthetic import make_batch
@@ -132,6 +132,6 @@ def test_an_emergency_engages_the_fallback_and_the_resolved_event_lowers_the_fla
     champion = wait_for(lambda: registry.champion().version, lambda version: version == fallback, timeout=LOOP_TIMEOUT, every=0.5)
     assert champion == fallback, "the emergency stop did not move serving to the fallback"
     assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is not None, timeout=30) is not None
-    emit_crisis_event(CrisisEvent.RECOVERY_SUCCEEDED, model, {"recovered": True}, version=fallback)
+    emit_crisis_event(CrisisEvent.RECOVERY_SUCCEEDED, model, {"recovered": True}, version=fallback, labels={EMERGENCY_LABEL: "true"})
     assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is None, timeout=LOOP_TIMEOUT, every=0.5) is None
     assert registry.champion().version == fallback  # resolving leaves the champion where recovery put it

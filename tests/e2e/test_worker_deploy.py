@@ -112,6 +112,10 @@ def test_deployments_run_by_a_worker_elsewhere_use_the_stack_state_folder(stack,
     with open(tmp_path / "worker.log", "wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "crisis-pool", "--type", "process"],
                                   env=worker_env, cwd=elsewhere, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # the crisis flows' pool: the warm worker, also without CRISIS_HOME (the first run's job variables bind it)
+    with open(tmp_path / "warm-worker.log", "wb") as log:
+        warm = subprocess.Popen([sys.executable, "-m", "prefect_crisis.deployments.warm_worker", "--pool", "crisis-responders"],
+                                env=worker_env, cwd=elsewhere, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             validated = run_deployment("validate-batch/validate-batch", parameters={"synthetic_rows": 800}, timeout=RUN_TIMEOUT)
@@ -121,14 +125,16 @@ def test_deployments_run_by_a_worker_elsewhere_use_the_stack_state_folder(stack,
 
             responded = run_deployment("crisis-response/crisis-response", parameters={"incident_id": f"test-{uuid.uuid4().hex[:8]}"},
                                        timeout=RUN_TIMEOUT)
-            assert responded.state.is_completed(), f"{responded.state}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+            assert responded.state.is_completed(), f"{responded.state}\n{(tmp_path / 'warm-worker.log').read_text()[-3000:]}"
+            assert responded.infrastructure_pid.startswith("crisis-warm:")  # ran in the warm worker, not a new process
             assert "no champion" not in (responded.state.message or "")
         assert ModelRegistry(model_name="synthetic", tracking_uri=exports["MLFLOW_TRACKING_URI"]).champion().version == champion
         assert not (elsewhere / ".crisis").exists() and not (elsewhere / "mlruns").exists()
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
+        for process in (worker, warm):
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)

@@ -16,7 +16,7 @@ from prefect.events import emit_event
 
 from prefect_crisis.blocks import EscalationPolicy, LadderStep
 from prefect_crisis.core.timeline import model_resource
-from prefect_crisis.core.vocabulary import CrisisEvent
+from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, CrisisEvent
 from prefect_crisis.deployments.automations import CRISIS_RESPONSE, EMERGENCY_STOP, HEALTH_MONITOR, LADDER_DEPLOYMENTS, apply_ladder
 from tests.helpers import wait_for
 
@@ -43,8 +43,8 @@ def model() -> str:
     return f"ladder-{uuid.uuid4().hex[:8]}"
 
 
-def emit(event: CrisisEvent, name: str):
-    return emit_event(event=event.value, resource=model_resource(name))
+def emit(event: CrisisEvent, name: str, **labels: str):
+    return emit_event(event=event.value, resource={**model_resource(name), **labels})
 
 
 def runs_for(deployment_id, name: str) -> list:
@@ -125,9 +125,18 @@ def test_a_failed_recovery_runs_the_emergency_stop_and_a_success_resolves_it(dep
     assert runs[0].parameters == {
         "model_name": failing, "incident_id": str(failed.id), "triggering_event_id": str(failed.id), "reason": "ml.recovery.failed",
     }
-    emit(CrisisEvent.RECOVERY_SUCCEEDED, failing)
+    emit(CrisisEvent.RECOVERY_SUCCEEDED, failing, **{EMERGENCY_LABEL: "true"})
     runs = wait_for_runs(deployment_ids[EMERGENCY_STOP], failing, count=2)
     assert [run.parameters.get("resolve", False) for run in sorted(runs, key=lambda run: run.created)] == [False, True]
+
+
+def test_a_recovery_with_no_emergency_in_force_resolves_nothing(deployment_ids):
+    """Every successful rollback emits ml.recovery.succeeded; only one under an emergency stop runs the resolve."""
+    calm, alarmed = model(), model()
+    emit(CrisisEvent.RECOVERY_SUCCEEDED, calm, **{EMERGENCY_LABEL: "false"})
+    emit(CrisisEvent.RECOVERY_SUCCEEDED, alarmed, **{EMERGENCY_LABEL: "true"})
+    assert len(wait_for_runs(deployment_ids[EMERGENCY_STOP], alarmed)) == 1  # the automation service got this far
+    assert runs_for(deployment_ids[EMERGENCY_STOP], calm) == []
 
 
 def test_new_labels_run_the_health_monitor_for_that_model(deployment_ids):

@@ -29,7 +29,7 @@ def test_every_step_is_one_automation_per_model_on_model_events():
     ]
     for automation in automations.values():
         assert automation.trigger.for_each == {"ml.model.name"}
-        assert automation.trigger.match.model_dump() == {"prefect.resource.id": "ml.model.*"}
+        assert automation.trigger.match.model_dump()["prefect.resource.id"] == "ml.model.*"
         assert automation.enabled
 
 
@@ -42,6 +42,9 @@ def test_triggers_thresholds_and_windows_follow_the_policy():
     assert automations["crisis-emergency"].trigger.expect == {"ml.breach.emergency", "ml.recovery.failed", "ml.data.rejected"}
     silent = automations["crisis-monitor-silent"].trigger
     assert (silent.posture, silent.expect, silent.within) == ("Proactive", {"ml.health.reported"}, timedelta(seconds=90))
+    assert silent.after == {"ml.health.reported"}  # each report opens a window that expects the next one
+    resolved = automations["crisis-resolved"].trigger
+    assert resolved.expect == {"ml.recovery.succeeded"} and resolved.match.root["ml.model.emergency"] == "true"
     evidence = automations["crisis-evidence"].trigger
     assert (evidence.expect, evidence.within) == ({"ml.labels.recorded", "ml.serving.errors"}, timedelta(seconds=30))
 

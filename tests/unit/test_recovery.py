@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.timeline import Incident, ListSink, Timeline
-from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Severity, Strategy, TagKey, ViolationType
+from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent, DecisionKind, Severity, Strategy, TagKey, ViolationType
 from prefect_crisis.tasks.recovery import Verification, execute_recovery
 from prefect_crisis.tasks.rollback import RollbackDecision, candidates_from_registry
 
@@ -89,6 +89,7 @@ def test_a_rollback_that_verifies_ends_the_recovery_with_events_in_order(registr
     assert [a.strategy for a in outcome.attempts] == [Strategy.ROLLBACK]
     assert [e.event for e in sink] == [CrisisEvent.MODEL_ROLLED_BACK, CrisisEvent.RECOVERY_SUCCEEDED]
     assert all(e.incident_ids == ["inc-1"] for e in sink)
+    assert sink[-1].resource[EMERGENCY_LABEL] == "false"  # no emergency stop in force: the ladder has nothing to resolve
     assert registry.champion().version == "1"
 
 
@@ -100,10 +101,12 @@ def test_a_rollback_that_does_not_verify_falls_back_and_the_fallback_is_engaged(
     outcome = execute_recovery(
         registry, rollback_to("1"), ViolationType.QUALITY, incident(),
         lambda version: Verification(version == "2", f"v{version}"), lambda reason: None,
+        emergency_in_force=lambda model: model == registry.model_name,
     )
     assert outcome.recovered and outcome.champion_after == "2"
     assert [(a.strategy, a.version, a.verification.passed) for a in outcome.attempts] == [(Strategy.ROLLBACK, "1", False), (Strategy.FALLBACK, "2", True)]
     assert [e.event for e in sink] == [CrisisEvent.MODEL_ROLLED_BACK, CrisisEvent.FALLBACK_ENGAGED, CrisisEvent.RECOVERY_SUCCEEDED]
+    assert sink[-1].resource[EMERGENCY_LABEL] == "true"  # the ladder's crisis-resolved matches on it
 
 
 def test_data_integrity_raises_the_stop_flag_through_the_hook_and_moves_nothing(registry, clock, sink):

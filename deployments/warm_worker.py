@@ -1,0 +1,200 @@
+"""A warm worker: the crisis flows run in a process that has already imported them.
+
+Prefect's process worker starts a new Python process for every flow run, which
+then imports Prefect, MLflow, scikit-learn and the flow (about 4 s here) before
+its first line runs. A crisis response triggered by an automation pays that on
+every incident. This worker (type `crisis-warm`, pool `crisis-responders`)
+imports the crisis flows once at start and runs each flow run of its pool in a
+thread of its own process, through Prefect's flow engine (`run_flow` with the
+existing flow run): the run's states, logs, task runs and events are the same
+as from a process worker, and it starts in a poll interval.
+
+Why this is safe for these flows: none of them keeps process-global MLflow or
+Prefect state (the store and client are passed along), plots use matplotlib's
+object API, and each run's incident, timeline and emitter are its own.
+
+What a thread cannot do, and why training stays on the process pool:
+- a running flow run cannot be killed; cancelling one that has not started
+  works, a started crisis flow ends on its own (they take seconds);
+- per-run environment variables cannot be applied to one thread: the worker
+  takes the variables of a run's job variables (`CRISIS_HOME` in ours) that its
+  own environment lacks, and from then on refuses a run that names another
+  value (Crashed, with the reason): it never runs against the wrong stack;
+- one crashing interpreter (a segfault in native code) takes the runs in flight
+  with it; the worker is restarted by `crisis up --worker`.
+
+Run: `python -m prefect_crisis.deployments.warm_worker --pool crisis-responders`
+(`crisis up --worker` starts it next to the process worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import socket
+import threading
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+import anyio
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import InfrastructureNotAvailable
+from prefect.flow_engine import run_flow
+from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+
+WARM_TYPE = "crisis-warm"
+WARM_POOL = "crisis-responders"
+DEFAULT_LIMIT = 8
+# Imported at start, so the first incident finds them warm: the deployments' entrypoint modules, and
+# what their steps import only when they first run (the diagnosis plot, parquet windows).
+WARM_MODULES = (
+    "prefect_crisis.flows.crisis_response",
+    "prefect_crisis.flows.emergency_stop",
+    "prefect_crisis.flows.health_monitor",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "PIL.PngImagePlugin",
+    "pyarrow.parquet",
+)
+
+
+class WarmJobConfiguration(BaseJobConfiguration):
+    """The base job configuration; its `env` binds the worker's environment once (see `bind_environment`)."""
+
+
+class WarmVariables(BaseVariables):
+    """Job variables of the `crisis-warm` pool (name, env, labels; no command: runs do not start a process)."""
+
+
+class WarmWorkerResult(BaseWorkerResult):
+    """Status 0: the engine reported the run's final state itself; 1: the engine raised (the run is marked Crashed)."""
+
+
+def infrastructure_id() -> str:
+    """What the flow run records as its infrastructure: this worker's host and pid, marked as in-process."""
+    return f"crisis-warm:{socket.gethostname()}:{os.getpid()}"
+
+
+_ENVIRONMENT_LOCK = threading.Lock()
+
+
+def _same(name: str, first: str, second: str) -> bool:
+    if name.endswith("_HOME") or name.endswith("_PATH"):
+        return os.path.realpath(first) == os.path.realpath(second)
+    return first == second
+
+
+def bind_environment(requested: dict[str, Any], environ: MutableMapping[str, str]) -> str | None:
+    """Apply a run's environment to this process, once; why the run may not execute here, else None.
+
+    Variables Prefect sets per run (`PREFECT_*`) are the engine's business and skipped. A variable this
+    process lacks is set (the first run binds the worker to its stack); one it has with another value
+    refuses the run: every thread shares one environment.
+
+    Example:
+        >>> environ = {}
+        >>> bind_environment({"CRISIS_HOME": "/srv/a"}, environ), environ
+        (None, {'CRISIS_HOME': '/srv/a'})
+        >>> bind_environment({"CRISIS_HOME": "/srv/b"}, environ)
+        "the run's CRISIS_HOME is /srv/b, this warm worker runs with /srv/a: start a warm worker for that value"
+    """
+    with _ENVIRONMENT_LOCK:
+        wanted = {name: str(value) for name, value in requested.items() if value is not None and not name.startswith("PREFECT")}
+        for name, value in wanted.items():
+            current = environ.get(name)
+            if current is not None and not _same(name, current, value):
+                return f"the run's {name} is {value}, this warm worker runs with {current}: start a warm worker for that value"
+        for name, value in wanted.items():
+            environ.setdefault(name, value)
+    return None
+
+
+class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResult]):
+    """Runs its pool's flow runs in threads of this process, flows imported once (see the module docstring)."""
+
+    type = WARM_TYPE
+    job_configuration = WarmJobConfiguration
+    job_configuration_variables = WarmVariables
+    _description = "prefect-crisis: runs short crisis flows in threads of a warm process (no per-run process start)."
+    _display_name = "Crisis (warm, in-process)"
+
+    def __init__(self, *args: Any, threads: int = DEFAULT_LIMIT, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._threads = anyio.CapacityLimiter(threads)
+        self._flows: dict[str, Flow[..., Any]] = {}
+
+    async def _flow_of(self, flow_run: FlowRun) -> Flow[..., Any]:
+        if flow_run.deployment_id is None:
+            raise ValueError(f"flow run {flow_run.id} has no deployment: the warm worker runs deployments' flow runs only")
+        deployment = await self.client.read_deployment(flow_run.deployment_id)
+        entrypoint = deployment.entrypoint or ""
+        if entrypoint not in self._flows:
+            # Module paths come from sys.modules after the first import; the result is kept per entrypoint.
+            self._flows[entrypoint] = await anyio.to_thread.run_sync(load_flow_from_entrypoint, entrypoint, False)
+        return self._flows[entrypoint]
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: WarmJobConfiguration,
+        task_status: anyio.abc.TaskStatus[str] | None = None,
+    ) -> WarmWorkerResult:
+        task_status = task_status or anyio.TASK_STATUS_IGNORED
+        refused = bind_environment(configuration.env, os.environ)
+        if refused:
+            raise ValueError(refused)
+        flow = await self._flow_of(flow_run)
+        task_status.started(infrastructure_id())
+        logger = self.get_flow_run_logger(flow_run)
+
+        def execute() -> int:
+            try:
+                run_flow(flow, flow_run=flow_run, return_type="state", error_logger=logger)
+                return 0
+            except BaseException:  # the engine already logged it; the worker marks the run Crashed
+                return 1
+
+        status = await anyio.to_thread.run_sync(execute, limiter=self._threads)
+        return WarmWorkerResult(status_code=status, identifier=infrastructure_id())
+
+    async def kill_infrastructure(self, infrastructure_pid: str, configuration: WarmJobConfiguration, grace_seconds: int = 30) -> None:
+        raise InfrastructureNotAvailable(f"{infrastructure_pid} runs flows in threads: a started crisis flow ends on its own")
+
+
+def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> float:
+    """Import the crisis flows (and what they import), and open the MLflow store when the stack is known
+    (MLflow keeps one store per URI: its schema check is paid here, not by the first incident); returns the seconds."""
+    started = time.perf_counter()
+    for module in modules:
+        importlib.import_module(module)
+    if os.environ.get("MLFLOW_TRACKING_URI") or os.environ.get("CRISIS_HOME"):
+        from mlflow import MlflowClient
+
+        from prefect_crisis.core.paths import default_tracking_uri
+
+        uri = default_tracking_uri()
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m prefect_crisis.deployments.warm_worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", default=WARM_POOL, help=f"work pool to poll (created as type {WARM_TYPE} when missing)")
+    parser.add_argument("--name", default=None, help="worker name shown in the UI")
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="flow runs at once (threads)")
+    options = parser.parse_args(argv)
+    seconds = warm_up()
+    print(f"imported the crisis flows in {seconds:.1f} s", flush=True)
+    worker = WarmWorker(work_pool_name=options.pool, name=options.name, limit=options.limit, threads=options.limit)
+    try:
+        asyncio.run(worker.start(printer=lambda message: print(message, flush=True)))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
