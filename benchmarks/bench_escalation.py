@@ -20,7 +20,9 @@ always `crisis down` at the end, also on Ctrl-C or an error).
 
 Run: `.venv/bin/python benchmarks/bench_escalation.py` (defaults: --incidents 20
 --burst 5 --labels 5; about 5-10 minutes on 2 cores); results go to
-benchmarks/results/escalation.json. `--parts 1` runs only part 1.
+benchmarks/results/escalation.json. `--parts 1` runs only part 1. The stack's server runs on
+its private PostgreSQL (`crisis up --postgres`); `--database sqlite` measures the SQLite default
+(each automation action then waits ~2 s for the server's database lock).
 """
 
 from __future__ import annotations
@@ -419,6 +421,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for one rollback (a burst: for all)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-imports", action="store_true", help="skip timing the imports in a fresh interpreter")
+    parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
+                        help="the Prefect server's database: `crisis up --postgres` (default) or SQLite")
     args = parser.parse_args()
     parts = {int(p) for p in args.parts.split(",") if p.strip()}
 
@@ -431,7 +435,7 @@ def main() -> None:
     port = free_port()
     print(f"stack: {work} (port {port})", flush=True)
     started = time.perf_counter()
-    cli(env, work, "up", "--worker", "--port", str(port), timeout=240)
+    cli(env, work, "up", "--worker", "--port", str(port), *(["--postgres"] if args.database == "postgres" else []), timeout=240)
     try:
         exports = exports_of(cli(env, work, "env"))
         # The script's own environment, before prefect_crisis (or prefect) is imported.
@@ -442,7 +446,7 @@ def main() -> None:
         print(cli({**env, **exports}, work, "deploy", timeout=300), flush=True)
         print(f"stack up and deployed in {time.perf_counter() - started:.1f} s", flush=True)
         results: dict = {"started": datetime.now(timezone.utc).isoformat(), "cpus": os.cpu_count(), "rows": ROWS,
-                         "load_before": os.getloadavg(), "parts": {}}
+                         "load_before": os.getloadavg(), "database": args.database, "parts": {}}
         chosen = [(1, f"1. one model, breach -> rollback (N={args.incidents})", lambda: part_one(args.incidents, args.timeout)),
                   (2, f"2. {args.burst} models in the same second", lambda: part_two(args.burst, args.timeout)),
                   (3, f"3. labels -> monitor -> rollback (N={args.labels})", lambda: part_three(args.labels, args.timeout))]

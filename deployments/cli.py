@@ -39,7 +39,7 @@ from prefect_crisis.deployments.connect_cli import deploy, env
 from prefect_crisis.deployments.contract_cli import contract_app
 from prefect_crisis.deployments.serve_cli import serve
 from prefect_crisis.core.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
-from prefect_crisis.core.paths import validate_model_name
+from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.uris import mask_uri
 
 app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
@@ -68,6 +68,11 @@ def up(
     home: HomeOption = None,
     timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds to wait for the server's health check.")] = 90.0,
     worker: Annotated[bool, cyclopts.Parameter("--worker", negative=(), help="Also run the workers: a process worker on crisis-pool and the warm worker on crisis-responders.")] = False,
+    postgres: Annotated[bool, cyclopts.Parameter("--postgres", negative=(), help=(
+        "Run the server on a private PostgreSQL cluster in the state folder (needs initdb and pg_ctl): "
+        "automations act in ~0.1 s instead of ~2 s on SQLite."))] = False,
+    database: Annotated[str | None, cyclopts.Parameter("--database", help=(
+        "The server's database as an SQLAlchemy URL (postgresql+asyncpg://...) [default: SQLite in the state folder]."))] = None,
 ) -> None:
     """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one; --worker also runs what executes deployments."""
     configured = stack.configured_api_url()
@@ -76,8 +81,15 @@ def up(
         if worker:
             _start_worker(stack.require_server(home), home)
         return
+    if postgres and database:
+        raise StackError("--postgres starts a private database, --database names one: pass one of them")
     already_running = stack.running_server(home)
-    state = stack.start_server(home, port=port, timeout=timeout, progress=console.print)
+    if postgres and already_running is None:
+        from prefect_crisis.deployments.postgres import start_cluster
+
+        database = start_cluster(home or crisis_home(), progress=console.print).url()
+    state = stack.start_server(home, port=port, timeout=timeout, progress=console.print, database_url=database)
+    console.print(f"Prefect server database: {state.database}")
     console.print(f"[green]Prefect server ready[/green]: UI {state.ui_url}  API {state.api_url}")
     console.print(f"MLflow tracking URI: {mask_uri(stack.default_tracking_uri())}")
     home_flag = f" --home {state.home}" if home is not None else ""
@@ -114,6 +126,11 @@ def down(*, home: HomeOption = None) -> None:
         console.print(f"stopped Prefect server (pid {outcome.state.pid})")
     else:
         console.print(f"stale server record ({outcome.stale_reason}): no process signalled, record cleared")
+    from prefect_crisis.deployments.postgres import stop_cluster
+
+    cluster = stop_cluster(home or crisis_home())
+    if cluster is not None:
+        console.print(f"stopped the stack's PostgreSQL (port {cluster.port}; data kept in {cluster.data})")
 
 
 @app.command
@@ -125,6 +142,8 @@ def status(*, home: HomeOption = None) -> None:
     table.add_row("home", str(report["home"]))
     condition = "healthy" if prefect["healthy"] else prefect.get("problem") or "not running"
     table.add_row("prefect", f"{prefect['source']}: {prefect.get('api_url', '-')} ({condition})")
+    if "database" in prefect:
+        table.add_row("prefect database", str(prefect["database"]))
     if "ui_url" in prefect:
         table.add_row("prefect UI", str(prefect["ui_url"]))
     table.add_row("mlflow", str(report["mlflow_tracking_uri"]))

@@ -58,6 +58,7 @@ class ServerState:
     home: str
     log: str
     started_at: float | None = None
+    database: str = "sqlite"  # the server's database as `crisis status` shows it (masked)
 
     @property
     def ui_url(self) -> str:
@@ -206,12 +207,12 @@ def port_free(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) != 0
 
 
-def server_environment(home: Path) -> dict[str, str]:
-    """Environment of the server process: state under `home`, nothing sent out."""
+def server_environment(home: Path, database_url: str | None = None) -> dict[str, str]:
+    """Environment of the server process: state under `home` (its SQLite database unless `database_url`), nothing sent out."""
     environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     environment.update(
         PREFECT_HOME=str(home / "prefect"),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
     return environment
@@ -229,8 +230,12 @@ def start_server(
     port: int = 4200,
     timeout: float = 90.0,
     progress: Callable[[str], None] = lambda message: None,
+    database_url: str | None = None,
 ) -> ServerState:
     """Start the local Prefect server, or return the one already running.
+
+    `database_url`: the server's database (e.g. the private PostgreSQL of `crisis up --postgres`);
+    None: SQLite under `home`. It reaches the server's environment only, never a file or a log.
 
     Ready means: the child started here is alive, listens on the port itself,
     and answers its health check; a server of someone else's on that port is
@@ -263,7 +268,7 @@ def start_server(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"],
-            env=server_environment(home),
+            env=server_environment(home, database_url),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -273,7 +278,8 @@ def start_server(
         started_at = psutil.Process(process.pid).create_time()
     except psutil.Error:
         started_at = None
-    state = ServerState(pid=process.pid, api_url=api_url, home=str(home), log=str(log_path), started_at=started_at)
+    database = mask_uri(database_url) if database_url else f"sqlite:///{home / 'prefect.db'}"
+    state = ServerState(pid=process.pid, api_url=api_url, home=str(home), log=str(log_path), started_at=started_at, database=database)
     progress(f"starting Prefect server on {state.ui_url} (pid {process.pid}, log {log_path})")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -402,6 +408,7 @@ def stack_status(home: Path | None = None) -> dict[str, object]:
             "api_url": state.api_url,
             "ui_url": state.ui_url,
             "pid": state.pid,
+            "database": state.database,
             "healthy": stale is None and not frozen and is_healthy(state.api_url),
             "problem": stale or ("frozen (stopped by a signal)" if frozen else None),
         }

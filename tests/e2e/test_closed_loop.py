@@ -43,7 +43,8 @@ def stack(tmp_path_factory):
     home = work / ".crisis"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "CRISIS_"))}
     env.update(CRISIS_HOME=str(home), PREFECT_HOME=str(work / "client-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="200")
-    up = subprocess.run([*CLI, "up", "--worker", "--port", str(free_port())], env=env, cwd=work, capture_output=True, text=True, timeout=240)
+    # the server on the stack's private PostgreSQL: on SQLite each automation action waits ~2 s for the database lock
+    up = subprocess.run([*CLI, "up", "--worker", "--postgres", "--port", str(free_port())], env=env, cwd=work, capture_output=True, text=True, timeout=240)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         exports = dict(line.removeprefix("export ").split("=", 1) for line in subprocess.run(
@@ -135,3 +136,35 @@ def test_an_emergency_engages_the_fallback_and_the_resolved_event_lowers_the_fla
     emit_crisis_event(CrisisEvent.RECOVERY_SUCCEEDED, model, {"recovered": True}, version=fallback, labels={EMERGENCY_LABEL: "true"})
     assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is None, timeout=LOOP_TIMEOUT, every=0.5) is None
     assert registry.champion().version == fallback  # resolving leaves the champion where recovery put it
+
+
+def test_a_monitor_that_goes_silent_raises_a_warning_for_that_model_only(stack):
+    """The dead man's switch fires on the real server: a model that reported once and then went
+    quiet gets a diagnose-only warning response; a model that keeps reporting gets none."""
+    from prefect.client.orchestration import get_client as client_of
+
+    from prefect_crisis.blocks import EscalationPolicy
+    from prefect_crisis.deployments.automations import apply_ladder
+
+    tag = uuid.uuid4().hex[:6]
+    quiet, chatty = f"quiet-{tag}", f"chatty-{tag}"
+    short = EscalationPolicy(monitor_interval_seconds=5, dead_man_intervals=2)  # a 10 s window: Prefect's minimum
+    with client_of(sync_client=True) as client:
+        apply_ladder(short, client)
+    try:
+        started = time.monotonic()
+        emit_crisis_event(CrisisEvent.HEALTH_REPORTED, quiet, {"breaches": 0})
+        warned = []
+        while time.monotonic() - started < 60 and not warned:
+            emit_crisis_event(CrisisEvent.HEALTH_REPORTED, chatty, {"breaches": 0})  # every 2 s: never silent
+            time.sleep(2)
+            warned = response_runs(quiet)
+        elapsed = time.monotonic() - started
+        assert warned, "no response to the silent monitor within 60 s"
+        assert (warned[0].parameters["severity"], warned[0].parameters["diagnose_only"]) == ("warning", True)
+        assert elapsed >= 10  # not before the window has passed
+        assert response_runs(chatty) == []
+        print(f"silent monitor -> warning response after {elapsed:.1f} s (window 10 s)")
+    finally:
+        with client_of(sync_client=True) as client:
+            apply_ladder(EscalationPolicy(), client)  # the module's other tests expect the default ladder
