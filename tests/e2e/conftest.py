@@ -18,21 +18,14 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
-
+from prefect_crisis.core.errors import StackError
+from prefect_crisis.deployments.postgres import find_binaries
 
 def postgres_bin() -> Path:
-    for folder in PG_BIN_CANDIDATES:
-        if (Path(folder) / "pg_ctl").exists() and (Path(folder) / "initdb").exists():
-            return Path(folder)
-    found = shutil.which("pg_ctl")
-    if found and (Path(found).resolve().parent / "initdb").exists():
-        return Path(found).resolve().parent
-    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):  # another version the distribution ships
-        if (folder / "pg_ctl").exists() and (folder / "initdb").exists():
-            return folder
-    pytest.fail("PostgreSQL 15 binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/15/bin or on PATH: "
-                "install them with `apt-get install postgresql` (.ci/run does)", pytrace=False)
+    try:
+        return find_binaries()
+    except StackError as error:
+        pytest.fail(f"{error} (.ci/run installs them)", pytrace=False)
 
 
 def free_port() -> int:
