@@ -82,13 +82,30 @@ def up(
             _start_worker(stack.require_server(home), home)
         return
     if postgres and database:
-        raise StackError("--postgres starts a private database, --database names one: pass one of them")
-    already_running = stack.running_server(home)
-    if postgres and already_running is None:
-        from prefect_crisis.deployments.postgres import start_cluster
+        raise CrisisError("--postgres starts a private database, --database names one: pass one of them")
+    if database and not database.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        raise CrisisError(f"--database {mask_uri(database)}: the Prefect server needs an async driver URL, postgresql+asyncpg://... or sqlite+aiosqlite:///...")
+    from prefect_crisis.deployments.postgres import read_cluster, start_cluster, stop_cluster
 
-        database = start_cluster(home or crisis_home(), progress=console.print).url()
-    state = stack.start_server(home, port=port, timeout=timeout, progress=console.print, database_url=database)
+    stack_home = (home or crisis_home()).resolve()
+    already_running = stack.running_server(home)
+    if already_running is not None:
+        _check_same_database(already_running, stack_home, postgres, database)
+    elif not postgres and not database and read_cluster(stack_home) is None and (stack_home / "postgres" / "data").exists():
+        console.print("[yellow]this state folder has a PostgreSQL cluster from `crisis up --postgres`: starting on SQLite, "
+                      "whose deployments and runs are others; `crisis down` and `crisis up --postgres` to use it[/yellow]")
+    started_cluster = False
+    if postgres and already_running is None:
+        if not stack.port_free("127.0.0.1", port):
+            raise StackError(f"port {port} on 127.0.0.1 is in use by another process: pass --port to use another one")
+        started_cluster = read_cluster(stack_home) is None
+        database = start_cluster(stack_home, progress=console.print).url()
+    try:
+        state = stack.start_server(home, port=port, timeout=timeout, progress=console.print, database_url=database)
+    except CrisisError:
+        if started_cluster:
+            stop_cluster(stack_home)  # this command started it: a failed start leaves nothing running
+        raise
     console.print(f"Prefect server database: {state.database}")
     console.print(f"[green]Prefect server ready[/green]: UI {state.ui_url}  API {state.api_url}")
     console.print(f"MLflow tracking URI: {mask_uri(stack.default_tracking_uri())}")
@@ -102,6 +119,25 @@ def up(
         leftovers = mark_leftovers_crashed(state.api_url, stack.default_tracking_uri())
         if leftovers.flow_runs or leftovers.training_runs:
             console.print(leftovers.summary())
+
+
+def _check_same_database(running: stack.ServerState, home: Path, postgres: bool, database: str | None) -> None:
+    """Refuse to report a running server as ready when it is not on the database asked for, or its cluster is down.
+
+    Raises:
+        StackError: the running server uses another database, or the stack's PostgreSQL is not running.
+    """
+    from prefect_crisis.deployments.postgres import read_cluster
+
+    cluster = read_cluster(home)
+    on_cluster = cluster is not None and running.database.startswith("postgresql+asyncpg://") and f":{cluster.port}/" in running.database
+    if postgres and not on_cluster:
+        raise StackError(f"the running server uses {running.database}, not the stack's PostgreSQL: `crisis down`, then `crisis up --postgres`")
+    if database and mask_uri(database) != running.database:
+        raise StackError(f"the running server uses {running.database}, not {mask_uri(database)}: `crisis down` first")
+    if on_cluster and not cluster.running():
+        raise StackError(f"the stack's PostgreSQL (port {cluster.port}) is not running, so the server cannot read or write: "
+                         "`crisis down`, then `crisis up --postgres`")
 
 
 def _start_worker(api_url: str, home: Path | None) -> None:
@@ -143,7 +179,11 @@ def status(*, home: HomeOption = None) -> None:
     condition = "healthy" if prefect["healthy"] else prefect.get("problem") or "not running"
     table.add_row("prefect", f"{prefect['source']}: {prefect.get('api_url', '-')} ({condition})")
     if "database" in prefect:
-        table.add_row("prefect database", str(prefect["database"]))
+        from prefect_crisis.deployments.postgres import read_cluster
+
+        cluster = read_cluster(Path(str(report["home"])))
+        running = "" if cluster is None else f" ({'running' if cluster.running() else 'NOT RUNNING: crisis down, then crisis up --postgres'})"
+        table.add_row("prefect database", f"{prefect['database']}{running}")
     if "ui_url" in prefect:
         table.add_row("prefect UI", str(prefect["ui_url"]))
     table.add_row("mlflow", str(report["mlflow_tracking_uri"]))
@@ -151,7 +191,7 @@ def status(*, home: HomeOption = None) -> None:
 
     for worker in read_workers(home):
         label = "warm worker" if worker.kind == "warm" else "worker"
-        table.add_row(label, f"{worker.pool} (pid {worker.pid}, {'running' if worker_alive(worker) else 'gone'})")
+        table.add_row(label, f"{worker.pool} (pid {worker.pid}, {'running' if worker_alive(worker) else 'gone: crisis up --worker restarts it'})")
     console.print(table)
 
 

@@ -166,8 +166,9 @@ def stop_cluster(home: Path) -> Cluster | None:
     """Stop the stack's cluster (fast shutdown); the record goes, the data stays. None when none was running."""
     home = home.resolve()
     cluster = read_cluster(home)
-    (home / STATE_FILE).unlink(missing_ok=True)
     if cluster is None or not cluster.running():
+        (home / STATE_FILE).unlink(missing_ok=True)
         return None
     _run([*cluster.run_as, f"{cluster.bin}/pg_ctl", "-D", cluster.data, "stop", "-m", "fast", "-w"], "stop", timeout=60)
+    (home / STATE_FILE).unlink(missing_ok=True)  # only now: a failed stop keeps the record of a running cluster
     return cluster

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -295,9 +296,11 @@ def start_server(
     log_text = log_path.read_text(errors="replace")[log_start:]
     if "address already in use" in log_text.lower() or "errno 98" in log_text.lower():
         raise StackError(f"port {port} on {host} is already served by another process: pass --port to use another one")
-    last = next((line.strip() for line in reversed(log_text.splitlines()) if line.strip()), "(empty log)")
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    # the cause (a refused database password, an unreachable host) is the last exception line, not the last line
+    last = next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception): ", line)), lines[-1] if lines else "(empty log)")
     why = "exited" if exited else f"did not become healthy within {timeout:.0f}s"
-    raise StackError(f"the Prefect server {why}; last log line: {last[:200]} (log {log_path})")
+    raise StackError(f"the Prefect server {why}; its log says: {last[:200]} (log {log_path})")
 
 
 def stop_server(home: Path | None = None, timeout: float = 20.0) -> StopOutcome | None:

@@ -40,6 +40,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
+import psutil
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import InfrastructureNotAvailable
 from prefect.flow_engine import run_flow
@@ -181,6 +182,38 @@ def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> float:
     return time.perf_counter() - started
 
 
+def _is_warm_worker(pid: int) -> bool:
+    try:
+        return "prefect_crisis.deployments.warm_worker" in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+
+
+def crash_orphans(pool: str) -> int:
+    """Mark Crashed the runs of `pool` left Running or Pending by a warm worker of this host that is gone
+    (killed with its threads): nothing else would end them. Returns how many were marked."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, WorkPoolFilter, WorkPoolFilterName
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    host, marked = socket.gethostname(), 0
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            limit=200,
+        )
+        for run in runs:
+            kind, _, rest = (run.infrastructure_pid or "").partition(":")
+            run_host, _, pid = rest.rpartition(":")
+            if kind != WARM_TYPE or run_host != host or not pid.isdigit() or _is_warm_worker(int(pid)):
+                continue
+            client.set_flow_run_state(run.id, Crashed(message=f"the warm worker that ran it ({run.infrastructure_pid}) is gone"), force=True)
+            marked += 1
+    return marked
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m prefect_crisis.deployments.warm_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default=WARM_POOL, help=f"work pool to poll (created as type {WARM_TYPE} when missing)")
@@ -189,11 +222,24 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     seconds = warm_up()
     print(f"imported the crisis flows in {seconds:.1f} s", flush=True)
-    worker = WarmWorker(work_pool_name=options.pool, name=options.name, limit=options.limit, threads=options.limit)
-    try:
-        asyncio.run(worker.start(printer=lambda message: print(message, flush=True)))
-    except KeyboardInterrupt:
-        pass
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            orphans = crash_orphans(options.pool)
+            if orphans:
+                print(f"marked {orphans} run(s) of a warm worker that is gone as Crashed", flush=True)
+            worker = WarmWorker(work_pool_name=options.pool, name=options.name, limit=options.limit, threads=options.limit)
+            asyncio.run(worker.start(printer=lambda message: print(message, flush=True)))
+            return
+        except KeyboardInterrupt:
+            return
+        except Exception as error:  # noqa: BLE001 - the API was away too long and Prefect's loops gave up: start again
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            print(f"the warm worker stopped ({type(error).__name__}: {str(error)[:160]}); starting again in {backoff:g} s", flush=True)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
 
 if __name__ == "__main__":

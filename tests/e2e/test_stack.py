@@ -120,3 +120,36 @@ def test_contract_infer_prints_a_contract_to_review_and_refuses_bad_names(cli_en
     bad_key = crisis(cli_env, "contract", "infer", str(tmp_path / "reference.parquet"), "--key", "id")
     assert bad_key.returncode == 2 and "key_column 'id' is not a column of the reference" in bad_key.stdout
     assert "Traceback" not in bad_name.stderr + bad_key.stderr
+
+
+def test_the_server_on_its_private_postgresql_as_an_operator_tries_it(cli_env):
+    """`crisis up --postgres`: a mistyped database, a second database while one runs, the cluster
+    killed under the server, and `down` -- each a one-line error with its exit code, no password shown."""
+    home = Path(cli_env["CRISIS_HOME"])
+    both = crisis(cli_env, "up", "--postgres", "--database", "sqlite+aiosqlite:///elsewhere.db")
+    assert both.returncode == 2 and "pass one of them" in (both.stdout + both.stderr)
+    sync_driver = crisis(cli_env, "up", "--database", "postgresql://ops:s3cret@db.internal/prefect")
+    assert sync_driver.returncode == 2 and "postgresql+asyncpg://" in (sync_driver.stdout + sync_driver.stderr) and "s3cret" not in (sync_driver.stdout + sync_driver.stderr)
+
+    port = free_port()
+    try:
+        started = crisis(cli_env, "up", "--postgres", "--port", str(port), timeout=240)
+        assert started.returncode == 0, started.stdout + started.stderr
+        cluster = __import__("json").loads((home / "postgres.json").read_text())
+        password = (Path(cluster["data"]).parent / "password").read_text().strip()
+        status = crisis(cli_env, "status")
+        assert "postgresql+asyncpg://crisis:***@127.0.0.1:" in status.stdout and "(running)" in status.stdout
+        other = crisis(cli_env, "up", "--database", "sqlite+aiosqlite:////tmp/other.db")
+        assert other.returncode == 4 and "crisis down" in (other.stdout + other.stderr)
+
+        postmaster = int((Path(cluster["data"]) / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, 9)
+        dead = crisis(cli_env, "up", "--postgres")
+        assert dead.returncode == 4 and "is not running" in dead.stdout + dead.stderr, dead.stdout + dead.stderr
+        assert "NOT RUNNING" in crisis(cli_env, "status").stdout
+        shown = started.stdout + started.stderr + status.stdout + other.stdout + other.stderr + dead.stdout + dead.stderr
+        assert password not in shown and password not in (home / "server.log").read_text(errors="replace")
+    finally:
+        down = crisis(cli_env, "down", timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not (home / "postgres.json").exists()

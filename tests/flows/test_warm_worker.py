@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -123,3 +124,26 @@ def test_a_failing_flow_is_failed_by_the_engine_and_the_worker_keeps_serving(war
         fine = final(start(deployment, after).id)
     assert broken.state.type.value == "FAILED" and "ValueError" in (broken.state.message or "")
     assert fine.state.type.value == "COMPLETED" and after in SEEN
+
+
+def test_runs_left_by_a_warm_worker_that_is_gone_are_marked_crashed_at_the_next_start(warm_pool):
+    import socket
+
+    from prefect.states import Running
+
+    from prefect_crisis.deployments.warm_worker import crash_orphans
+
+    pool, deployment = warm_pool
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan, elsewhere = start(deployment, "orphan"), start(deployment, "elsewhere")
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(orphan.id, infrastructure_pid=f"crisis-warm:{socket.gethostname()}:{dead.pid}")
+        client.update_flow_run(elsewhere.id, infrastructure_pid=f"crisis-warm:another-host:{dead.pid}")
+        for run in (orphan, elsewhere):
+            client.set_flow_run_state(run.id, Running(), force=True)
+    assert crash_orphans(pool) == 1
+    with get_client(sync_client=True) as client:
+        crashed, untouched = client.read_flow_run(orphan.id), client.read_flow_run(elsewhere.id)
+    assert crashed.state.type.value == "CRASHED" and "is gone" in crashed.state.message
+    assert untouched.state.type.value == "RUNNING"  # another host's worker may still be running it
