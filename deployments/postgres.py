@@ -76,7 +76,10 @@ class Cluster:
         return f"postgresql+asyncpg://{USER}:{self.password()}@127.0.0.1:{self.port}/{DATABASE}"
 
     def running(self) -> bool:
-        done = subprocess.run([*self.run_as, f"{self.bin}/pg_ctl", "-D", self.data, "status"], capture_output=True, text=True, timeout=30)
+        """True when the cluster accepts connections on its port (pg_isready: a killed postmaster left as a
+        zombie, or a stale pid file, still passes `pg_ctl status`)."""
+        done = subprocess.run([f"{self.bin}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "3"],
+                              capture_output=True, text=True, timeout=30)
         return done.returncode == 0
 
 
