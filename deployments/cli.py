@@ -170,9 +170,26 @@ def down(*, home: HomeOption = None) -> None:
 
 
 @app.command
-def status(*, home: HomeOption = None) -> None:
-    """Say what runs: the Prefect server in use and the MLflow store."""
+def status(model: str | None = None, *, json: JsonOption = False, home: HomeOption = None) -> None:
+    """Say what runs (server, its database, workers, MLflow store); with MODEL, its crisis picture too: exit 3 when it is in crisis."""
     report = stack.stack_status(home)
+    if model is not None:
+        from prefect_crisis.deployments.status_cli import print_model_status, read_model_dashboard
+
+        validate_model_name(model)
+        with stack.use_stack(home, **SHORT_COMMAND):
+            board = read_model_dashboard(model)
+        if not json:
+            _print_stack(report, home)
+        print_model_status(board, console, json, report)
+        return
+    if json:
+        print(_json.dumps(report, default=str))
+        return
+    _print_stack(report, home)
+
+
+def _print_stack(report: dict, home: Path | None) -> None:
     table = Table(show_header=False, box=None)
     prefect = report["prefect"]
     table.add_row("home", str(report["home"]))

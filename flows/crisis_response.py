@@ -17,6 +17,7 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.vocabulary import DecisionKind, Severity, ViolationType
 from prefect_crisis.tasks.batches import load_frame
+from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.incident import (
     decide_rollback_task,
     diagnose_model,
@@ -67,37 +68,40 @@ def crisis_response(
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
     policy = RollbackPolicy.load(rollback_policy_block) if rollback_policy_block else RollbackPolicy()
     identifier = incident_id or new_incident_id()
-    with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
-        audit = registry.audit_snapshot()  # read once; every step of the incident uses this snapshot
-        if audit.handled(identifier):
-            return Completed(name="Already handled", message=f"incident {identifier} was handled before; nothing changed")
-        champion = registry.champion()
-        if champion is None:
-            raise RegistryError(
-                f"{registry.model_name!r} has no champion in {registry.display_tracking_uri}: nothing to respond for "
-                "(train and promote a version first, or point CRISIS_HOME / MLFLOW_TRACKING_URI at the store that has it)"
+    try:
+        with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
+            audit = registry.audit_snapshot()  # read once; every step of the incident uses this snapshot
+            if audit.handled(identifier):
+                return Completed(name="Already handled", message=f"incident {identifier} was handled before; nothing changed")
+            champion = registry.champion()
+            if champion is None:
+                raise RegistryError(
+                    f"{registry.model_name!r} has no champion in {registry.display_tracking_uri}: nothing to respond for "
+                    "(train and promote a version first, or point CRISIS_HOME / MLFLOW_TRACKING_URI at the store that has it)"
+                )
+            incident, timeline = open_incident(
+                registry.model_name, identifier, severity, violation, triggering_event_id=triggering_event_id, drill=drill, clock=registry.now
             )
-        incident, timeline = open_incident(
-            registry.model_name, identifier, severity, violation, triggering_event_id=triggering_event_id, drill=drill, clock=registry.now
-        )
-        logger = timeline.logger(get_run_logger(), registry.model_name, champion.version)
-        logger.info("using %s; labelled window %s", stack_summary(registry.display_tracking_uri), window_path or "from the inference log")
-        tag_response_run(incident)
-        window = load_frame(window_path) if window_path else read_labelled_window(
-            inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
-        )
-        reference = load_frame(reference_path) if reference_path else None
-        with tags(incident.run_tag):
-            report, y_pred = diagnose_model(registry, champion, window, label_column, reference, incident, audit, timeline)
-            if diagnose_only:
-                return Completed(name="Diagnosed", message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})", data=report.to_dict())
-            live = live_window(window[label_column].to_numpy(), y_pred)
-            decision = decide_rollback_task(registry, policy, live, incident, audit, timeline)
-            if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
-                return Completed(name=decision.kind.value.capitalize(), message=decision.reason, data=decision.to_dict())
-            outcome = execute_recovery_task(registry, policy, decision, incident, window, label_column, champion, audit, timeline)
-    summary = f"incident {incident.id}: {decision.kind.value}; champion v{outcome.champion_before} -> v{outcome.champion_after}"
-    logger.info(summary)
-    if not outcome.recovered:
-        return Failed(name="Not recovered", message=summary + "; every strategy failed verification (ml.recovery.failed emitted)")
-    return Completed(name="Recovered", message=summary, data={"decision": decision.to_dict(), "recovery": outcome.to_dict(), "recommendations": [r.action.value for r in report.recommendations]})
+            logger = timeline.logger(get_run_logger(), registry.model_name, champion.version)
+            logger.info("using %s; labelled window %s", stack_summary(registry.display_tracking_uri), window_path or "from the inference log")
+            tag_response_run(incident)
+            window = load_frame(window_path) if window_path else read_labelled_window(
+                inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
+            )
+            reference = load_frame(reference_path) if reference_path else None
+            with tags(incident.run_tag):
+                report, y_pred = diagnose_model(registry, champion, window, label_column, reference, incident, audit, timeline)
+                if diagnose_only:
+                    return Completed(name="Diagnosed", message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})", data=report.to_dict())
+                live = live_window(window[label_column].to_numpy(), y_pred)
+                decision = decide_rollback_task(registry, policy, live, incident, audit, timeline)
+                if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
+                    return Completed(name=decision.kind.value.capitalize(), message=decision.reason, data=decision.to_dict())
+                outcome = execute_recovery_task(registry, policy, decision, incident, window, label_column, champion, audit, timeline)
+        summary = f"incident {incident.id}: {decision.kind.value}; champion v{outcome.champion_before} -> v{outcome.champion_after}"
+        logger.info(summary)
+        if not outcome.recovered:
+            return Failed(name="Not recovered", message=summary + "; every strategy failed verification (ml.recovery.failed emitted)")
+        return Completed(name="Recovered", message=summary, data={"decision": decision.to_dict(), "recovery": outcome.to_dict(), "recommendations": [r.action.value for r in report.recommendations]})
+    finally:
+        refresh_dashboard(registry, get_run_logger())  # the crisis-dashboard artifact follows every response

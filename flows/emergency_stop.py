@@ -13,6 +13,7 @@ from prefect.states import Completed, Failed, State
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, Severity
+from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.emergency import (
     EmergencyRecord,
     StepResult,
@@ -85,7 +86,9 @@ def emergency_stop(
                 CrisisEvent.EMERGENCY_RESOLVED, model,
                 {"reason": reason, "triggering_event_id": triggering_event_id, "steps": {r.step: r.detail for r in results}},
             )
-            return finish(model, "Resolved", "resolving the emergency stop", results)
+            resolved = finish(model, "Resolved", "resolving the emergency stop", results)
+            refresh_dashboard(registry, logger)
+            return resolved
 
         identifier = incident_id or new_incident_id()
         if record is not None and record.incident == identifier:  # a rerun joins the incident: no second ml.incident.opened
@@ -112,4 +115,5 @@ def emergency_stop(
     )
     state = finish(model, "Stopped", "emergency stop", results)
     logger.info("%s", state.message)
+    refresh_dashboard(registry, logger)
     return state

@@ -14,8 +14,10 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
+from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.timeline import utc_now
+from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.monitoring import load_drift_reference, models_to_sweep, sweep_model_task, system_metrics
 
 
@@ -57,6 +59,8 @@ def health_monitor(
             logger.error("%s: sweep failed: %s", model, failed[model])
             continue
         swept[model] = [breach.payload() for breach in health.breaches]
+    for model in swept:  # after every breach event is out: the dashboards follow, they never delay a breach
+        refresh_dashboard(ModelRegistry(model_name=model), logger)
     summary = f"swept {len(swept)} of {len(models)} models; breaches: " + (
         ", ".join(f"{model} {[b['rule'] for b in found]}" for model, found in swept.items() if found) or "none"
     )

@@ -78,6 +78,8 @@ _EXPORTS = {
     "diagnose": "prefect_crisis.tasks.diagnostics",
     "emit_crisis_event": "prefect_crisis.core.timeline",
     "execute_recovery": "prefect_crisis.tasks.recovery",
+    "publish_dashboard": "prefect_crisis.tasks.dashboard",
+    "read_dashboard": "prefect_crisis.tasks.dashboard",
     "judge_rules": "prefect_crisis.tasks.rollback",
     "latest_checkpoint_run": "prefect_crisis.tasks.checkpoints",
     "load_checkpoint": "prefect_crisis.tasks.checkpoints",

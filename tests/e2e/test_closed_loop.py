@@ -9,6 +9,7 @@ both recover; an emergency engages the fallback and the resolved event lowers th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -65,6 +66,15 @@ def stack(tmp_path_factory):
         subprocess.run([*CLI, "down"], env=env, cwd=work, capture_output=True, text=True, timeout=120)
 
 
+def status_of(home, model: str) -> tuple[int, dict]:
+    """`crisis status MODEL --json` as a script runs it: (exit code, the model's part)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(CRISIS_HOME=str(home), COLUMNS="200")
+    done = subprocess.run([*CLI, "status", model, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    return done.returncode, json.loads(done.stdout)["model"]
+
+
 def serve(registry: ModelRegistry, log: InferenceLog, rows: int = 300, seed: int = 500) -> tuple[list, list]:
     """Serve `rows` rows through the router into the stack's inference log; (row keys, true labels)."""
     router = FallbackRouter(registry, log=log.writer(), close_log=True).start(refresh_in_background=False)
@@ -108,6 +118,11 @@ def test_labels_that_reveal_a_degraded_champion_roll_it_back_and_leave_the_healt
     assert healthy.champion().version == healthy_champion
     assert [run for run in response_runs(healthy_name) if run.parameters.get("severity") == "critical"] == []
 
+    code, board = status_of(stack, sick_name)  # after the rollback the champion moved past the breach: not in crisis
+    assert code == 0 and board["level"] == "ok" and board["versions"]["champion"]["version"] == good
+    assert board["actions"][0]["action"] == "rollback" and board["latest_sweep"]["severity"] == "critical"
+    assert board["incidents"] and board["incidents"][0]["time_to_recover_s"] is not None
+
 
 def test_two_models_breaching_in_the_same_second_both_recover(stack):
     tag = uuid.uuid4().hex[:6]
@@ -132,6 +147,8 @@ def test_an_emergency_engages_the_fallback_and_the_resolved_event_lowers_the_fla
     champion = wait_for(lambda: registry.champion().version, lambda version: version == fallback, timeout=LOOP_TIMEOUT, every=0.5)
     assert champion == fallback, "the emergency stop did not move serving to the fallback"
     assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is not None, timeout=30) is not None
+    code, board = status_of(stack, model)
+    assert code == 3 and board["level"] == "emergency" and board["versions"]["champion"]["version"] == fallback
     emit_crisis_event(CrisisEvent.RECOVERY_SUCCEEDED, model, {"recovered": True}, version=fallback, labels={EMERGENCY_LABEL: "true"})
     assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is None, timeout=LOOP_TIMEOUT, every=0.5) is None
     assert registry.champion().version == fallback  # resolving leaves the champion where recovery put it

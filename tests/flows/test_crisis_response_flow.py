@@ -57,6 +57,13 @@ def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_pa
     last = live.audit_trail("champion")[-1]
     assert (last.action, last.from_version, last.to_version, last.incident) == ("rollback", poisoned, good, "inc-1")
     assert "accuracy" in last.reason and f"v{good} served stably" in last.reason
+    # the model's dashboard artifact followed the response: the rolled-back champion, the incident, the move
+    from prefect.artifacts import Artifact
+
+    dashboard = Artifact.get(f"crisis-dashboard-{model}")
+    assert dashboard is not None and dashboard.type == "markdown"
+    assert f"| champion | v{good} |" in dashboard.data and "`inc-1`" in dashboard.data
+    assert f"| rollback | champion | v{poisoned} -> v{good} | applied | inc-1 |" in dashboard.data
 
     events = wait_for(lambda: read_crisis_events(model, prefix="ml."), lambda found: any(e.event == "ml.recovery.succeeded" for e in found))
     names = [e.event for e in events]

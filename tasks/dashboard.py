@@ -1,0 +1,264 @@
+"""The crisis dashboard of one model: what serves, how it is, what happened.
+
+`read_dashboard` gathers it from the places that already hold the truth (the
+MLflow registry and its audit, the monitor's metric history, the incidents'
+Prefect events, the emergency Variable); `dashboard_markdown` renders it for
+the keyed Prefect artifact `crisis-dashboard-<model>` (the Artifacts page of
+the UI keeps its versions); `publish_dashboard` writes it, with the metric
+history and the audit as keyed table artifacts. `crisis status MODEL` prints
+the same state in the terminal.
+
+The crisis level now: `emergency` while the model's emergency stop is in
+force; else the worst severity of the latest health sweep when that sweep
+breached and the champion has not moved since; else `ok`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
+from prefect_crisis.core.paths import artifact_key
+
+LEVELS = ("ok", "warning", "critical", "emergency")
+HISTORY_COLUMNS = ("at", "version", "severity", "error_rate", "error_rate_samples", "fallback_share", "failed_row_share", "latency_p95_ms")
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """One model's crisis picture (plain values: it goes to markdown, a rich table and JSON alike)."""
+
+    model: str
+    level: str
+    at: str
+    versions: dict[str, dict[str, Any]]  # role -> {version, since}
+    latest_sweep: dict[str, Any] | None = None
+    breaches: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    emergency: dict[str, Any] | None = None
+
+    @property
+    def in_crisis(self) -> bool:
+        return self.level != "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "in_crisis": self.in_crisis}
+
+
+def _iso(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.isoformat()
+
+
+def _since(moves: list[AliasMove], alias: str, version: str | None) -> str | None:
+    """When `alias` last moved to `version`, from the audit (None: never moved by this project)."""
+    landed = [move.at for move in moves if move.alias == alias and move.applied and move.to_version == version]
+    return _iso(max(landed)) if landed else None
+
+
+def crisis_level(emergency: dict[str, Any] | None, latest: dict[str, Any] | None, champion_moved_at: datetime | None) -> str:
+    """The level now (see the module docstring).
+
+    Example:
+        >>> crisis_level(None, {"severity": "critical", "at": "2026-01-01T10:00:00+00:00"}, None)
+        'critical'
+        >>> from datetime import datetime, timezone
+        >>> crisis_level(None, {"severity": "critical", "at": "2026-01-01T10:00:00+00:00"}, datetime(2026, 1, 1, 10, 5, tzinfo=timezone.utc))
+        'ok'
+        >>> crisis_level({"incident": "inc-1"}, None, None)
+        'emergency'
+    """
+    if emergency is not None:
+        return "emergency"
+    severity = (latest or {}).get("severity")
+    if not severity or severity not in LEVELS:
+        return "ok"
+    swept_at = pd.Timestamp(latest["at"])
+    if champion_moved_at is not None and pd.Timestamp(champion_moved_at) > swept_at:
+        return "ok"  # the response acted after the sweep that breached: the next sweep judges the new champion
+    return severity
+
+
+def sweeps_of(history: pd.DataFrame) -> list[dict[str, Any]]:
+    """The metric history's rows as plain dicts (the columns the dashboard shows), oldest first."""
+    if history is None or history.empty:
+        return []
+    shown = history[[column for column in HISTORY_COLUMNS if column in history.columns]].copy()
+    rows = []
+    for row in shown.to_dict("records"):
+        row["at"] = _iso(row.get("at"))
+        rows.append({key: (None if isinstance(value, float) and pd.isna(value) else value) for key, value in row.items()})
+    return rows
+
+
+def read_dashboard(
+    registry: ModelRegistry,
+    history: pd.DataFrame | None = None,
+    incidents: list[dict[str, Any]] | None = None,
+    emergency: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Dashboard:
+    """The model's dashboard from its registry and what the caller read elsewhere (plain data: testable without a server).
+
+    Args:
+        history: the monitor's metric history (`tasks.monitoring.metric_history`).
+        incidents: the last incidents, newest first (`recent_incidents`).
+        emergency: the model's emergency record as a dict, None when no stop is in force.
+    """
+    moves = registry.audit_trail()
+    versions = {}
+    for role, alias in (("champion", registry.champion_alias), ("challenger", registry.challenger_alias), ("fallback", registry.fallback_alias)):
+        info = registry.version_by_alias(alias)
+        version = info.version if info else None
+        versions[role] = {"version": version, "since": _since(moves, alias, version) if version else None}
+    sweeps = sweeps_of(history if history is not None else pd.DataFrame())
+    latest = sweeps[-1] if sweeps else None
+    champion_moves = [move.at for move in moves if move.alias == registry.champion_alias and move.applied]
+    level = crisis_level(emergency, latest, max(champion_moves) if champion_moves else None)
+    actions = [
+        {"at": _iso(move.at), "action": move.action, "alias": move.alias, "from": move.from_version, "to": move.to_version,
+         "outcome": move.outcome, "incident": move.incident, "reason": move.reason}
+        for move in sorted(moves, key=lambda move: move.at, reverse=True)[:8]
+    ]
+    return Dashboard(
+        model=registry.model_name,
+        level=level,
+        at=(now or datetime.now(timezone.utc)).isoformat(),
+        versions=versions,
+        latest_sweep=latest,
+        breaches=[sweep for sweep in reversed(sweeps) if sweep.get("severity")][:8],
+        actions=actions,
+        incidents=list(incidents or [])[:5],
+        emergency=emergency,
+    )
+
+
+def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> list[dict[str, Any]]:
+    """The model's last incidents from the Prefect server, newest first: id, severity, opened, times, the run's link."""
+    from prefect_crisis.core.errors import IncidentError
+    from prefect_crisis.tasks.incident_report import incident_report, opened_incidents
+
+    found = []
+    for opened in list(reversed(opened_incidents(model)))[:limit]:
+        identifier = opened.payload.get("id") or opened.payload.get("incident")
+        runs = [related.id.rsplit(".", 1)[-1] for related in opened.related if related.role == "flow-run"]
+        entry = {"id": identifier, "severity": opened.payload.get("severity"), "violation": opened.payload.get("violation"),
+                 "opened_at": _iso(opened.occurred), "flow_run": runs[0] if runs else None,
+                 "link": f"{ui_url}/runs/flow-run/{runs[0]}" if ui_url and runs else None}
+        try:
+            report = incident_report(identifier).to_dict()
+            entry.update(time_to_detect_s=report["time_to_detect_s"], time_to_recover_s=report["time_to_recover_s"])
+        except IncidentError:
+            entry.update(time_to_detect_s=None, time_to_recover_s=None)
+        found.append(entry)
+    return found
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1%}"
+
+
+def dashboard_markdown(board: Dashboard) -> str:
+    """The dashboard as the markdown of the `crisis-dashboard-<model>` artifact."""
+    badge = {"ok": "OK", "warning": "WARNING", "critical": "CRITICAL", "emergency": "EMERGENCY"}[board.level]
+    lines = [f"# {board.model}: {badge}", "", f"As of {board.at}.", ""]
+    if board.emergency:
+        lines += [f"**Emergency stop in force** since {board.emergency.get('at') or '?'} (incident {board.emergency.get('incident')}): "
+                  f"{board.emergency.get('reason')}. Training is stopped, serving is on the fallback.", ""]
+    lines += ["## Versions", "", "| role | version | since |", "|---|---|---|"]
+    lines += [f"| {role} | {('v' + v['version']) if v['version'] else '-'} | {v['since'] or '-'} |" for role, v in board.versions.items()]
+    sweep = board.latest_sweep
+    lines += ["", "## Health (latest sweep)", ""]
+    if sweep:
+        lines += [
+            "| at | version | severity | error rate (labelled) | fallback share | failed rows | p95 latency |", "|---|---|---|---|---|---|---|",
+            f"| {sweep.get('at')} | v{sweep.get('version') or '-'} | {sweep.get('severity') or 'healthy'} | {_percent(sweep.get('error_rate'))} "
+            f"({int(sweep.get('error_rate_samples') or 0)}) | {_percent(sweep.get('fallback_share'))} | {_percent(sweep.get('failed_row_share'))} | "
+            f"{'-' if sweep.get('latency_p95_ms') is None else format(sweep['latency_p95_ms'], '.1f') + ' ms'} |",
+        ]
+    else:
+        lines.append("No sweep yet: the health-monitor deployment has not seen this model in the inference log.")
+    lines += ["", "## Recent breaches", ""]
+    if board.breaches:
+        lines += ["| at | severity | version | error rate |", "|---|---|---|---|"]
+        lines += [f"| {b['at']} | {b['severity']} | v{b.get('version') or '-'} | {_percent(b.get('error_rate'))} |" for b in board.breaches]
+    else:
+        lines.append("None recorded.")
+    lines += ["", "## Incidents", ""]
+    if board.incidents:
+        lines += ["| incident | severity | opened | time to detect | time to recover | response run |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| `{i['id']}` | {i.get('severity') or '-'} | {i.get('opened_at')} | {_seconds(i.get('time_to_detect_s'))} | "
+            f"{_seconds(i.get('time_to_recover_s')) if i.get('time_to_recover_s') is not None else 'not recovered'} | "
+            f"{'[' + i['flow_run'][:8] + '](' + i['link'] + ')' if i.get('link') else (i.get('flow_run') or '-')} |"
+            for i in board.incidents
+        ]
+        lines += ["", f"Timeline of one: `crisis incident show {board.incidents[0]['id']}`, or the event feed of `ml.incident.<id>`."]
+    else:
+        lines.append("None.")
+    lines += ["", "## Recent registry actions", ""]
+    if board.actions:
+        lines += ["| at | action | alias | from -> to | outcome | incident |", "|---|---|---|---|---|---|"]
+        lines += [f"| {a['at']} | {a['action']} | {a['alias'] or '-'} | v{a['from'] or '-'} -> v{a['to'] or '-'} | {a['outcome']} | {a['incident'] or '-'} |"
+                  for a in board.actions]
+    else:
+        lines.append("None.")
+    return "\n".join(lines)
+
+
+@task(name="publish-dashboard", cache_policy=NO_CACHE)
+def publish_dashboard(registry: ModelRegistry) -> Dashboard:
+    """Refresh the model's keyed artifacts: `crisis-dashboard-<model>` (markdown), `crisis-metrics-<model>`
+    (the metric history) and `crisis-audit-<model>` (the registry's audit); returns the dashboard."""
+    from prefect.settings import PREFECT_UI_URL
+
+    from prefect_crisis.tasks.emergency import EmergencyRecord
+    from prefect_crisis.tasks.monitoring import metric_history
+
+    record = EmergencyRecord.read(registry.model_name)
+    history = metric_history(registry.model_name)
+    board = read_dashboard(registry, history, recent_incidents(registry.model_name, ui_url=PREFECT_UI_URL.value()),
+                           asdict(record) if record else None)
+    create_markdown_artifact(key=artifact_key("crisis-dashboard", registry.model_name), markdown=dashboard_markdown(board),
+                             description=f"crisis dashboard of {registry.model_name}: {board.level}")
+    sweeps = sweeps_of(history)[-200:]
+    if sweeps:
+        create_table_artifact(key=artifact_key("crisis-metrics", registry.model_name), table=sweeps,
+                              description=f"health sweeps of {registry.model_name}, oldest first (last 200)")
+    if board.actions:
+        create_table_artifact(key=artifact_key("crisis-audit", registry.model_name), table=board.actions,
+                              description=f"the registry's audit of {registry.model_name}, newest first")
+    return board
+
+
+def refresh_dashboard(registry: ModelRegistry, logger: Any = None) -> Dashboard | None:
+    """`publish_dashboard` for the calling flow, never failing it: a warning instead. Skipped for a model
+    the registry does not know (a mistyped name makes no dashboard)."""
+    try:
+        if not registry.versions():
+            return None
+    except Exception as error:  # noqa: BLE001 - a dashboard must not fail the crisis flow that calls it
+        if logger is not None:
+            logger.warning("dashboard of %s not refreshed: %s", registry.model_name, error)
+        return None
+    state = publish_dashboard(registry, return_state=True)
+    if state.is_completed():
+        return state.result()
+    if logger is not None:
+        logger.warning("dashboard of %s not refreshed: %s", registry.model_name, state.message)
+    return None
