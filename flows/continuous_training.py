@@ -14,6 +14,7 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.core.paths import validate_model_name
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
+from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.fallback_model import keep_fallback_model
 from prefect_crisis.tasks.loading import load_contract, load_policy, load_registry
 from prefect_crisis.tasks.stack_info import stack_summary
@@ -77,4 +78,5 @@ def continuous_training(
     logger.info("v%s %s: %s", candidate.version, verdict, candidate.decision.reason)
     fallback = keep_fallback_model(registry, data, policy)
     message = f"v{candidate.version} {verdict}: {candidate.decision.reason}{refused}{fallback.message()}"
+    refresh_dashboard(registry, logger)  # a new champion or challenger is news for the dashboard
     return Completed(message=message, data=candidate)
