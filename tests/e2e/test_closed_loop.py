@@ -57,6 +57,11 @@ def stack(tmp_path_factory):
         os.environ.update(MLFLOW_TRACKING_URI=exports["MLFLOW_TRACKING_URI"], CRISIS_HOME=exports["CRISIS_HOME"])
         with temporary_settings({PREFECT_API_URL: exports["PREFECT_API_URL"]}):
             yield home
+            # this process's events client stays bound to the stack's server: end it with the stack, so the
+            # next module's events reach its own server
+            from prefect.events.worker import EventsWorker
+
+            EventsWorker.drain_all(timeout=30)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
