@@ -84,7 +84,7 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
             for column in ("at", "action", "alias", "from -> to", "outcome", "incident"):
                 actions.add_column(column)
             for action in board.actions[:5]:
-                actions.add_row(str(action["at"]), action["action"], action["alias"] or "-", f"v{action['from'] or '-'} -> v{action['to'] or '-'}",
+                actions.add_row(str(action["at"]), action["action"], action["alias"] or "-", f"{'v' + action['from'] if action['from'] else '-'} -> {'v' + action['to'] if action['to'] else '-'}",
                                 action["outcome"], action["incident"] or "-")
             console.print(actions)
     if board.in_crisis:

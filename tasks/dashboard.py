@@ -131,6 +131,7 @@ def read_dashboard(
          "outcome": move.outcome, "incident": move.incident, "reason": move.reason}
         for move in sorted(moves, key=lambda move: move.at, reverse=True)[:8]
     ]
+    incidents = [_recovered_from_audit(dict(item), moves, registry.champion_alias) for item in list(incidents or [])[:5]]
     return Dashboard(
         model=registry.model_name,
         level=level,
@@ -139,9 +140,20 @@ def read_dashboard(
         latest_sweep=latest,
         breaches=[sweep for sweep in reversed(sweeps) if sweep.get("severity")][:8],
         actions=actions,
-        incidents=list(incidents or [])[:5],
+        incidents=incidents,
         emergency=emergency,
     )
+
+
+def _recovered_from_audit(incident: dict[str, Any], moves: list[AliasMove], champion_alias: str) -> dict[str, Any]:
+    """Fill a missing time to recover from the audit: the incident's applied champion move is the recovery as
+    the registry saw it (the incident's own events may still be on their way to the server)."""
+    if incident.get("time_to_recover_s") is not None or not incident.get("opened_at"):
+        return incident
+    landed = [move.at for move in moves if move.incident == incident.get("id") and move.applied and move.alias == champion_alias]
+    if landed:
+        incident["time_to_recover_s"] = round((pd.Timestamp(max(landed)) - pd.Timestamp(incident["opened_at"])).total_seconds(), 3)
+    return incident
 
 
 def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> list[dict[str, Any]]:
@@ -163,6 +175,10 @@ def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> l
             entry.update(time_to_detect_s=None, time_to_recover_s=None)
         found.append(entry)
     return found
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "-"
 
 
 def _seconds(value: float | None) -> str:
@@ -214,7 +230,7 @@ def dashboard_markdown(board: Dashboard) -> str:
     lines += ["", "## Recent registry actions", ""]
     if board.actions:
         lines += ["| at | action | alias | from -> to | outcome | incident |", "|---|---|---|---|---|---|"]
-        lines += [f"| {a['at']} | {a['action']} | {a['alias'] or '-'} | v{a['from'] or '-'} -> v{a['to'] or '-'} | {a['outcome']} | {a['incident'] or '-'} |"
+        lines += [f"| {a['at']} | {a['action']} | {a['alias'] or '-'} | {_v(a['from'])} -> {_v(a['to'])} | {a['outcome']} | {a['incident'] or '-'} |"
                   for a in board.actions]
     else:
         lines.append("None.")

@@ -48,6 +48,9 @@ def test_a_breach_after_the_last_move_is_a_crisis_and_a_rollback_after_it_ends_i
                                                          "time_to_detect_s": 1.2, "time_to_recover_s": 1.9, "flow_run": "abcdef12-x",
                                                          "link": "http://127.0.0.1:4200/runs/flow-run/abcdef12-x"}])
     assert after.level == "ok" and not after.in_crisis
+    unseen = read_dashboard(registry, history, incidents=[{"id": "inc-1", "opened_at": (clock[0] - timedelta(seconds=3)).isoformat(),
+                                                          "time_to_recover_s": None}])
+    assert unseen.incidents[0]["time_to_recover_s"] == 3.0  # the recovery's events not read yet: the audit's move says it
     assert after.versions["champion"]["version"] == "1" and after.versions["fallback"]["version"] is None
     assert after.actions[0]["action"] == "rollback" and (after.actions[0]["from"], after.actions[0]["to"]) == ("3", "1")
 
