@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
 from prefect_crisis.core.timeline import emit_crisis_event
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent
+from prefect_crisis.deployments.postgres import read_cluster
 from prefect_crisis.tasks.serving import FallbackRouter
 from prefect_crisis.tasks.stop_flag import read_stop_flag
 from prefect_crisis.tasks.synthetic import make_batch
@@ -68,7 +70,10 @@ def stack(tmp_path_factory):
             else:
                 os.environ[name] = value
     finally:
+        cluster = read_cluster(home)
         subprocess.run([*CLI, "down"], env=env, cwd=work, capture_output=True, text=True, timeout=120)
+        if cluster is not None:  # as root its data went to /var/tmp (pytest's folders are 0700): `down` keeps data, the test does not
+            shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
 def status_of(home, model: str) -> tuple[int, dict]:

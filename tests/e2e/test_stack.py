@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -151,5 +152,8 @@ def test_the_server_on_its_private_postgresql_as_an_operator_tries_it(cli_env):
         assert password not in shown and password not in (home / "server.log").read_text(errors="replace")
     finally:
         down = crisis(cli_env, "down", timeout=120)
+        recorded = locals().get("cluster")
+        if recorded:  # as root its data went to /var/tmp: `down` keeps data, the test does not
+            shutil.rmtree(Path(recorded["data"]).parent, ignore_errors=True)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not (home / "postgres.json").exists()
