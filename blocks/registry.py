@@ -289,6 +289,13 @@ class ModelRegistry(Block):
                 metrics[run.info.run_id] = dict(run.data.metrics)
         return metrics
 
+    def aliases(self) -> dict[str, str] | None:
+        """Alias -> version of the registered model in one call; None when the model is not registered."""
+        try:
+            return {alias: str(version) for alias, version in self.client.get_registered_model(self.model_name).aliases.items()}
+        except MlflowException:
+            return None
+
     def version_by_alias(self, alias: str) -> VersionInfo | None:
         try:
             found = self.client.get_model_version_by_alias(self.model_name, alias)

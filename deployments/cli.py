@@ -85,13 +85,13 @@ def up(
         raise CrisisError("--postgres starts a private database, --database names one: pass one of them")
     if database and not database.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
         raise CrisisError(f"--database {mask_uri(database)}: the Prefect server needs an async driver URL, postgresql+asyncpg://... or sqlite+aiosqlite:///...")
-    from prefect_crisis.deployments.postgres import read_cluster, start_cluster, stop_cluster
+    from prefect_crisis.deployments.postgres import cluster_exists, read_cluster, start_cluster, stop_cluster
 
     stack_home = (home or crisis_home()).resolve()
     already_running = stack.running_server(home)
     if already_running is not None:
         _check_same_database(already_running, stack_home, postgres, database)
-    elif not postgres and not database and read_cluster(stack_home) is None and (stack_home / "postgres" / "data").exists():
+    elif not postgres and not database and cluster_exists(stack_home):
         console.print("[yellow]this state folder has a PostgreSQL cluster from `crisis up --postgres`: starting on SQLite, "
                       "whose deployments and runs are others; `crisis down` and `crisis up --postgres` to use it[/yellow]")
     started_cluster = False

@@ -25,9 +25,8 @@ import cyclopts
 from prefect_crisis.deployments import stack
 from prefect_crisis.core.errors import CrisisError, PolicyError, StackError
 from prefect_crisis.core.paths import crisis_home
+from prefect_crisis.deployments.worker import POOL, WARM_POOL
 
-POOL = "crisis-pool"
-WARM_POOL = "crisis-responders"
 PREFECT_YAML = Path(__file__).parent / "prefect.yaml"
 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
@@ -54,17 +53,13 @@ def env(*, home: HomeOption = None) -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
-def ensure_work_pool(api_url: str, name: str = POOL, warm: bool = False) -> bool:
-    """Create the work pool `name` on the server unless it exists (type process, or crisis-warm when `warm`); True when created."""
+def ensure_work_pool(api_url: str, name: str, worker: type) -> bool:
+    """Create the work pool `name` of `worker`'s type (a Prefect worker class) on the server unless it exists; True when created."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.workers.process import ProcessWorker
 
-    from prefect_crisis.deployments.warm_worker import WarmWorker
-
-    worker = WarmWorker if warm else ProcessWorker
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
@@ -107,9 +102,13 @@ def deploy(
 ) -> None:
     """Create the work pools crisis-pool (process) and crisis-responders (crisis-warm) if missing, deploy the packaged flows with the stack's state folder, and apply the escalation ladder."""
     exports = stack_exports(home)
-    for pool, warm in ((POOL, False), (WARM_POOL, True)):
-        created = ensure_work_pool(exports["PREFECT_API_URL"], pool, warm=warm)
-        print(f"work pool {pool!r} {('created (' + ('crisis-warm' if warm else 'process') + ')') if created else 'exists'}")
+    from prefect.workers.process import ProcessWorker
+
+    from prefect_crisis.deployments.warm_worker import WarmWorker
+
+    for pool, worker in ((POOL, ProcessWorker), (WARM_POOL, WarmWorker)):
+        created = ensure_work_pool(exports["PREFECT_API_URL"], pool, worker)
+        print(f"work pool {pool!r} {f'created ({worker.type})' if created else 'exists'}")
     environment = {**os.environ, **exports, "PREFECT_CLI_PROMPT": "false"}
     try:
         done = subprocess.run(

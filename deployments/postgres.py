@@ -119,6 +119,11 @@ def cluster_folder(home: Path, as_root: bool) -> Path:
     return Path("/var/tmp/prefect-crisis-pg") / digest
 
 
+def cluster_exists(home: Path) -> bool:
+    """True when `crisis up --postgres` made a cluster for this state folder (running or not)."""
+    return (cluster_folder(home.resolve(), os.geteuid() == 0) / "data" / "PG_VERSION").exists()
+
+
 def start_cluster(home: Path, progress=lambda message: None) -> Cluster:
     """Create (first time) and start the stack's cluster, or return the running one.
 

@@ -22,25 +22,17 @@ def read_model_dashboard(model: str):
     """The model's dashboard, read from the stack this process is connected to.
 
     Raises:
-        DataInputError: the MLflow store has no model of that name (one line naming the known ones).
+        DataInputError: the MLflow store has no model of that name.
     """
-    from prefect.settings import PREFECT_UI_URL
-
     from prefect_crisis.blocks.registry import ModelRegistry
-    from prefect_crisis.tasks.dashboard import read_dashboard, recent_incidents
-    from prefect_crisis.tasks.emergency import EmergencyRecord
-    from prefect_crisis.tasks.monitoring import metric_history
+    from prefect_crisis.core.errors import RegistryError
+    from prefect_crisis.tasks.dashboard import gather_dashboard
 
-    registry = ModelRegistry(model_name=model)
     try:
-        versions = registry.versions()
-    except Exception:  # noqa: BLE001 - an unknown model reads as no versions; the message below says what to do
-        versions = []
-    if not versions:
-        raise DataInputError(InputErrorReason.INVALID_NAME, f"no model {model!r} with versions in {registry.display_tracking_uri}: check the name")
-    record = EmergencyRecord.read(model)
-    return read_dashboard(registry, metric_history(model), recent_incidents(model, ui_url=PREFECT_UI_URL.value()),
-                          record.__dict__ if record else None)
+        board, _history = gather_dashboard(ModelRegistry(model_name=model))
+    except RegistryError as error:
+        raise DataInputError(InputErrorReason.INVALID_NAME, str(error)) from None
+    return board
 
 
 def print_model_status(board, console: Console, as_json: bool, stack_report: dict | None = None) -> None:

@@ -47,8 +47,9 @@ from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+from prefect_crisis.deployments.worker import WARM_MODULE, WARM_POOL
+
 WARM_TYPE = "crisis-warm"
-WARM_POOL = "crisis-responders"
 DEFAULT_LIMIT = 8
 # Imported at start, so the first incident finds them warm: the deployments' entrypoint modules, and
 # what their steps import only when they first run (the diagnosis plot, parquet windows).
@@ -123,9 +124,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     _description = "prefect-crisis: runs short crisis flows in threads of a warm process (no per-run process start)."
     _display_name = "Crisis (warm, in-process)"
 
-    def __init__(self, *args: Any, threads: int = DEFAULT_LIMIT, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._threads = anyio.CapacityLimiter(threads)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # `limit` bounds the runs at once, hence the threads
         self._flows: dict[str, Flow[..., Any]] = {}
 
     async def _flow_of(self, flow_run: FlowRun) -> Flow[..., Any]:
@@ -159,7 +159,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             except BaseException:  # the engine already logged it; the worker marks the run Crashed
                 return 1
 
-        status = await anyio.to_thread.run_sync(execute, limiter=self._threads)
+        status = await anyio.to_thread.run_sync(execute)
         return WarmWorkerResult(status_code=status, identifier=infrastructure_id())
 
     async def kill_infrastructure(self, infrastructure_pid: str, configuration: WarmJobConfiguration, grace_seconds: int = 30) -> None:
@@ -184,7 +184,7 @@ def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> float:
 
 def _is_warm_worker(pid: int) -> bool:
     try:
-        return "prefect_crisis.deployments.warm_worker" in psutil.Process(pid).cmdline()
+        return WARM_MODULE in psutil.Process(pid).cmdline()
     except psutil.Error:
         return False
 
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             orphans = crash_orphans(options.pool)
             if orphans:
                 print(f"marked {orphans} run(s) of a warm worker that is gone as Crashed", flush=True)
-            worker = WarmWorker(work_pool_name=options.pool, name=options.name, limit=options.limit, threads=options.limit)
+            worker = WarmWorker(work_pool_name=options.pool, name=options.name, limit=options.limit)
             asyncio.run(worker.start(printer=lambda message: print(message, flush=True)))
             return
         except KeyboardInterrupt:

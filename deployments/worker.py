@@ -29,8 +29,7 @@ from prefect_crisis.core.paths import crisis_home
 
 POOL = "crisis-pool"
 WARM_POOL = "crisis-responders"
-QUERY_SECONDS = "1"
-WARM_QUERY_SECONDS = "0.5"
+WARM_MODULE = "prefect_crisis.deployments.warm_worker"
 
 
 @dataclass(frozen=True)
@@ -42,19 +41,16 @@ class WorkerKind:
     state_file: str
     log_file: str
     query_seconds: str
+    launcher: tuple[str, ...]  # after `python`: what starts it
     marker: str  # an argument of its command line, to recognise the process later
 
     def command(self, label: str) -> list[str]:
-        if self.name == "warm":
-            return [sys.executable, "-m", "prefect_crisis.deployments.warm_worker", "--pool", self.pool, "--name", f"crisis-warm-{label}"]
-        return [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process", "--name", f"crisis-worker-{label}"]
+        return [sys.executable, *self.launcher, "--pool", self.pool, "--name", f"crisis-{self.name}-{label}"]
 
 
-PROCESS = WorkerKind("process", POOL, "worker.json", "worker.log", QUERY_SECONDS, "worker")
-WARM = WorkerKind("warm", WARM_POOL, "warm-worker.json", "warm-worker.log", WARM_QUERY_SECONDS, "prefect_crisis.deployments.warm_worker")
-KINDS = (PROCESS, WARM)
-WORKER_FILE = PROCESS.state_file
-WORKER_LOG = PROCESS.log_file
+PROCESS = WorkerKind("process", POOL, "worker.json", "worker.log", "1", ("-m", "prefect", "worker", "start", "--type", "process"), "worker")
+WARM = WorkerKind("warm", WARM_POOL, "warm-worker.json", "warm-worker.log", "0.5", ("-m", WARM_MODULE), WARM_MODULE)
+KINDS = {kind.name: kind for kind in (PROCESS, WARM)}
 
 
 @dataclass(frozen=True)
@@ -67,10 +63,6 @@ class WorkerState:
     kind: str = "process"
 
 
-def _kind(name: str) -> WorkerKind:
-    return next(kind for kind in KINDS if kind.name == name)
-
-
 def read_worker(home: Path | None = None, kind: WorkerKind = PROCESS) -> WorkerState | None:
     path = (home or crisis_home()) / kind.state_file
     try:
@@ -81,19 +73,21 @@ def read_worker(home: Path | None = None, kind: WorkerKind = PROCESS) -> WorkerS
 
 def read_workers(home: Path | None = None) -> list[WorkerState]:
     """The workers recorded for this stack (process first, then warm), alive or not."""
-    return [state for kind in KINDS if (state := read_worker(home, kind)) is not None]
+    return [state for kind in KINDS.values() if (state := read_worker(home, kind)) is not None]
 
 
 def worker_alive(state: WorkerState) -> bool:
     """True when the recorded pid is still the worker this stack started (command line and start time)."""
+    kind = KINDS.get(state.kind)
     try:
         process = psutil.Process(state.pid)
         return (
-            process.status() != psutil.STATUS_ZOMBIE
-            and _kind(state.kind).marker in process.cmdline()
+            kind is not None
+            and process.status() != psutil.STATUS_ZOMBIE
+            and kind.marker in process.cmdline()
             and abs(process.create_time() - state.started_at) < 1.0
         )
-    except (psutil.Error, StopIteration):
+    except psutil.Error:
         return False
 
 
@@ -137,14 +131,13 @@ def start_worker(api_url: str, home: Path | None = None, kind: WorkerKind = PROC
 
 def start_workers(api_url: str, home: Path | None = None, timeout: float = 60.0) -> list[WorkerState]:
     """Start both workers: the process worker (training, validation) and the warm worker (the crisis flows)."""
-    return [start_worker(api_url, home, kind, timeout) for kind in KINDS]
+    return [start_worker(api_url, home, kind, timeout) for kind in KINDS.values()]
 
 
 def stop_worker(home: Path | None = None, state: WorkerState | None = None, grace: float = 15.0, kind: WorkerKind = PROCESS) -> WorkerState | None:
     """Stop the recorded worker (its process group); returns what was stopped, None when nothing ran."""
     home = (home or crisis_home()).resolve()
-    if state is not None:
-        kind = _kind(state.kind)
+    kind = KINDS.get(state.kind, kind) if state is not None else kind
     state = state or read_worker(home, kind)
     (home / kind.state_file).unlink(missing_ok=True)
     if state is None or not worker_alive(state):
@@ -157,4 +150,4 @@ def stop_worker(home: Path | None = None, state: WorkerState | None = None, grac
 
 def stop_workers(home: Path | None = None, grace: float = 15.0) -> list[WorkerState]:
     """Stop every recorded worker of this stack; returns those that were running."""
-    return [stopped for kind in KINDS if (stopped := stop_worker(home, grace=grace, kind=kind)) is not None]
+    return [stopped for kind in KINDS.values() if (stopped := stop_worker(home, grace=grace, kind=kind)) is not None]

@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
+from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import artifact_key
 
 LEVELS = ("ok", "warning", "critical", "emergency")
@@ -115,12 +116,17 @@ def read_dashboard(
         history: the monitor's metric history (`tasks.monitoring.metric_history`).
         incidents: the last incidents, newest first (`recent_incidents`).
         emergency: the model's emergency record as a dict, None when no stop is in force.
+
+    Raises:
+        RegistryError: the model is not registered in the registry's store.
     """
+    aliases = registry.aliases()
+    if aliases is None:
+        raise RegistryError(f"no model {registry.model_name!r} in {registry.display_tracking_uri}: check the name")
     moves = registry.audit_trail()
     versions = {}
     for role, alias in (("champion", registry.champion_alias), ("challenger", registry.challenger_alias), ("fallback", registry.fallback_alias)):
-        info = registry.version_by_alias(alias)
-        version = info.version if info else None
+        version = aliases.get(alias)
         versions[role] = {"version": version, "since": _since(moves, alias, version) if version else None}
     sweeps = sweeps_of(history if history is not None else pd.DataFrame())
     latest = sweeps[-1] if sweeps else None
@@ -159,7 +165,7 @@ def _recovered_from_audit(incident: dict[str, Any], moves: list[AliasMove], cham
 def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> list[dict[str, Any]]:
     """The model's last incidents from the Prefect server, newest first: id, severity, opened, times, the run's link."""
     from prefect_crisis.core.errors import IncidentError
-    from prefect_crisis.tasks.incident_report import incident_report, opened_incidents
+    from prefect_crisis.tasks.incident_report import build_report, first_symptom, incident_events, opened_incidents
 
     found = []
     for opened in list(reversed(opened_incidents(model)))[:limit]:
@@ -168,8 +174,9 @@ def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> l
         entry = {"id": identifier, "severity": opened.payload.get("severity"), "violation": opened.payload.get("violation"),
                  "opened_at": _iso(opened.occurred), "flow_run": runs[0] if runs else None,
                  "link": f"{ui_url}/runs/flow-run/{runs[0]}" if ui_url and runs else None}
-        try:
-            report = incident_report(identifier).to_dict()
+        try:  # the times only: the audit's rows (the report's other steps) are read once, by read_dashboard
+            symptom = first_symptom(model, opened, opened.payload.get("triggering_event_id"))
+            report = build_report(incident_events(identifier), symptom_at=symptom).to_dict()
             entry.update(time_to_detect_s=report["time_to_detect_s"], time_to_recover_s=report["time_to_recover_s"])
         except IncidentError:
             entry.update(time_to_detect_s=None, time_to_recover_s=None)
@@ -237,10 +244,13 @@ def dashboard_markdown(board: Dashboard) -> str:
     return "\n".join(lines)
 
 
-@task(name="publish-dashboard", cache_policy=NO_CACHE)
-def publish_dashboard(registry: ModelRegistry) -> Dashboard:
-    """Refresh the model's keyed artifacts: `crisis-dashboard-<model>` (markdown), `crisis-metrics-<model>`
-    (the metric history) and `crisis-audit-<model>` (the registry's audit); returns the dashboard."""
+def gather_dashboard(registry: ModelRegistry) -> tuple[Dashboard, pd.DataFrame]:
+    """The dashboard read from the stack this process talks to (Prefect for incidents and the emergency
+    Variable, the monitor's history, the registry), and the metric history it used.
+
+    Raises:
+        RegistryError: the model is not registered.
+    """
     from prefect.settings import PREFECT_UI_URL
 
     from prefect_crisis.tasks.emergency import EmergencyRecord
@@ -250,6 +260,14 @@ def publish_dashboard(registry: ModelRegistry) -> Dashboard:
     history = metric_history(registry.model_name)
     board = read_dashboard(registry, history, recent_incidents(registry.model_name, ui_url=PREFECT_UI_URL.value()),
                            asdict(record) if record else None)
+    return board, history
+
+
+@task(name="publish-dashboard", cache_policy=NO_CACHE)
+def publish_dashboard(registry: ModelRegistry) -> Dashboard:
+    """Refresh the model's keyed artifacts: `crisis-dashboard-<model>` (markdown), `crisis-metrics-<model>`
+    (the metric history) and `crisis-audit-<model>` (the registry's audit); returns the dashboard."""
+    board, history = gather_dashboard(registry)
     create_markdown_artifact(key=artifact_key("crisis-dashboard", registry.model_name), markdown=dashboard_markdown(board),
                              description=f"crisis dashboard of {registry.model_name}: {board.level}")
     sweeps = sweeps_of(history)[-200:]
@@ -263,14 +281,9 @@ def publish_dashboard(registry: ModelRegistry) -> Dashboard:
 
 
 def refresh_dashboard(registry: ModelRegistry, logger: Any = None) -> Dashboard | None:
-    """`publish_dashboard` for the calling flow, never failing it: a warning instead. Skipped for a model
-    the registry does not know (a mistyped name makes no dashboard)."""
-    try:
-        if not registry.versions():
-            return None
-    except Exception as error:  # noqa: BLE001 - a dashboard must not fail the crisis flow that calls it
-        if logger is not None:
-            logger.warning("dashboard of %s not refreshed: %s", registry.model_name, error)
+    """`publish_dashboard` for the calling flow, never failing it: a warning instead. Skipped for a model the
+    registry does not know (a mistyped name makes no dashboard)."""
+    if registry.aliases() is None:
         return None
     state = publish_dashboard(registry, return_state=True)
     if state.is_completed():

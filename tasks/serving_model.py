@@ -14,6 +14,7 @@ never from the registered model, which anyone with registry access can read.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -108,10 +109,8 @@ def flush_on(signum: int, router: FallbackRouter) -> None:
             signal.signal(received, signal.SIG_DFL)
             signal.raise_signal(received)
 
-    try:
+    with contextlib.suppress(ValueError):  # not the main thread (a pyfunc loaded in a worker thread): atexit is all there is
         signal.signal(signum, handler)
-    except ValueError:  # not the main thread (a pyfunc loaded in a worker thread): atexit is all there is
-        pass
 
 
 class CrisisModel(mlflow.pyfunc.PythonModel):

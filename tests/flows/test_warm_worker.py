@@ -6,6 +6,7 @@ with the reason, never run against the wrong one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import subprocess
@@ -39,16 +40,14 @@ def echo(label: str, seconds: float = 0.0) -> str:
 def running_worker(pool: str):
     """A WarmWorker polling `pool` every 0.5 s on its own event loop in a thread; cancelled on exit."""
     loop = asyncio.new_event_loop()
-    worker = WarmWorker(work_pool_name=pool, limit=4, threads=4)
+    worker = WarmWorker(work_pool_name=pool, limit=4)
     started, holder = threading.Event(), {}
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         holder["task"] = loop.create_task(worker.start(printer=lambda message: started.set()))
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # how the context manager below stops it
             loop.run_until_complete(holder["task"])
-        except asyncio.CancelledError:
-            pass
 
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: 0.5}):
         thread = threading.Thread(target=contextvars.copy_context().run, args=(main,), daemon=True)
