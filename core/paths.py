@@ -34,6 +34,46 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{crisis_home() / 'mlflow.db'}"
 
 
+MLFLOW_UI_STATE = "mlflow-ui.json"  # the record of the MLflow UI server `crisis up` started (deployments.mlflow_ui)
+
+
+def mlflow_ui_url() -> str | None:
+    """Where a person opens the MLflow UI of this stack, for links in artifacts: `CRISIS_MLFLOW_UI_URL`,
+    else a tracking server named by `MLFLOW_TRACKING_URI` (without its credentials or query), else the
+    server `crisis up` recorded in the state folder; None when there is none.
+
+    Example:
+        >>> import os; os.environ["CRISIS_MLFLOW_UI_URL"] = "http://127.0.0.1:5000/"
+        >>> mlflow_ui_url()
+        'http://127.0.0.1:5000'
+        >>> del os.environ["CRISIS_MLFLOW_UI_URL"]
+    """
+    import json
+    from urllib.parse import urlsplit
+
+    configured = os.environ.get("CRISIS_MLFLOW_UI_URL")
+    if configured:
+        return configured.rstrip("/")
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking.startswith(("http://", "https://")):
+        parts = urlsplit(tracking)
+        return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+    try:
+        return json.loads((crisis_home() / MLFLOW_UI_STATE).read_text())["url"].rstrip("/")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mlflow_run_link(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI's page of a run.
+
+    Example:
+        >>> mlflow_run_link("http://127.0.0.1:5000", "3", "abc")
+        'http://127.0.0.1:5000/#/experiments/3/runs/abc'
+    """
+    return f"{ui_url}/#/experiments/{experiment_id}/runs/{run_id}" if ui_url else None
+
+
 def default_storage() -> str:
     """Where validated batches and their quarantine are written (`CRISIS_STORAGE` overrides)."""
     return os.environ.get("CRISIS_STORAGE") or str(crisis_home() / "data")

@@ -74,6 +74,9 @@ class AuditOutcome(StrEnum):
         return f"{self.value}: {why}"
 
 
+INCIDENT_EXPERIMENT = "crisis-incidents"  # the MLflow experiment of the incidents' runs (diagnosis, health plot)
+
+
 class TagKey(StrEnum):
     """MLflow tag keys written by prefect-crisis (runs, versions, models, experiments)."""
 

@@ -1,6 +1,6 @@
 """The `crisis` command line, in the style of Prefect's own (cyclopts).
 
-    crisis up        start the local Prefect server (state in .crisis/); --worker also its workers (crisis-pool, crisis-responders)
+    crisis up        start the local Prefect server (state in .crisis/) and the MLflow UI; --worker also its workers (crisis-pool, crisis-responders)
     crisis status    what runs: Prefect server, MLflow store
     crisis env       the exports that connect a shell: eval "$(crisis env)"
     crisis deploy    create the work pool crisis-pool and deploy the flows with the stack's state folder
@@ -10,7 +10,7 @@
     crisis stop      raise a model's stop flag: its training halts at the next mini-batch
     crisis resume    lower the stop flag
     crisis serve     serve a model's champion with its fallback behind it (MLflow's scoring server)
-    crisis down      stop the local Prefect server
+    crisis down      stop the local Prefect server, its workers and the MLflow UI
 
 Exit codes (`ExitCode`): 0 done; 1 a bug (or the demo's story did not
 happen); 2 a usage or input error; 3 a batch rejected or a training stopped;
@@ -73,6 +73,9 @@ def up(
         "automations act in ~0.1 s instead of ~2 s on SQLite."))] = False,
     database: Annotated[str | None, cyclopts.Parameter("--database", help=(
         "The server's database as an SQLAlchemy URL (postgresql+asyncpg://...) [default: SQLite in the state folder]."))] = None,
+    mlflow_ui: Annotated[bool, cyclopts.Parameter("--mlflow-ui", negative="--no-mlflow-ui", help=(
+        "Also run the MLflow UI (`mlflow server --workers 1`) on 127.0.0.1 over the stack's MLflow store."))] = True,
+    mlflow_port: Annotated[int | None, cyclopts.Parameter("--mlflow-port", help="Port of the MLflow UI [default: 5000, or a free one when 5000 is taken].")] = None,
 ) -> None:
     """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one; --worker also runs what executes deployments."""
     configured = stack.configured_api_url()
@@ -94,6 +97,9 @@ def up(
     elif not postgres and not database and cluster_exists(stack_home):
         console.print("[yellow]this state folder has a PostgreSQL cluster from `crisis up --postgres`: starting on SQLite, "
                       "whose deployments and runs are others; `crisis down` and `crisis up --postgres` to use it[/yellow]")
+    from prefect_crisis.deployments.mlflow_ui import launch_mlflow_ui
+
+    ui_launch = launch_mlflow_ui(home, mlflow_port) if mlflow_ui else None  # it imports for seconds: meanwhile the Prefect server starts
     started_cluster = False
     if postgres and already_running is None:
         if not stack.port_free("127.0.0.1", port):
@@ -105,10 +111,13 @@ def up(
     except CrisisError:
         if started_cluster:
             stop_cluster(stack_home)  # this command started it: a failed start leaves nothing running
+        if ui_launch is not None:
+            ui_launch.abandon()
         raise
     console.print(f"Prefect server database: {state.database}")
     console.print(f"[green]Prefect server ready[/green]: UI {state.ui_url}  API {state.api_url}")
     console.print(f"MLflow tracking URI: {mask_uri(stack.default_tracking_uri())}")
+    _report_mlflow_ui(ui_launch)
     home_flag = f" --home {state.home}" if home is not None else ""
     console.print(f'connect a shell or a Python process: eval "$(crisis env{home_flag})"', soft_wrap=True)
     if worker:
@@ -119,6 +128,24 @@ def up(
         leftovers = mark_leftovers_crashed(state.api_url, stack.default_tracking_uri())
         if leftovers.flow_runs or leftovers.training_runs:
             console.print(leftovers.summary())
+
+
+def _report_mlflow_ui(launch) -> None:
+    """Wait for the MLflow UI and print its URL; a UI that does not start is a warning, not a failed stack
+    (the flows use the store directly; only people need the UI)."""
+    from prefect_crisis.deployments.mlflow_ui import is_remote
+
+    if launch is None:
+        tracking = stack.default_tracking_uri()
+        if is_remote(tracking):
+            console.print(f"MLflow UI: {mask_uri(tracking)} (the tracking server named by MLFLOW_TRACKING_URI)")
+        return
+    try:
+        ui = launch.wait()
+    except StackError as error:
+        console.print(f"[yellow]MLflow UI not started: {error}[/yellow]", soft_wrap=True)
+        return
+    console.print(f"[green]MLflow UI ready[/green]: {ui.url} (pid {ui.pid}{', already running' if launch.already_running else ''})")
 
 
 def _check_same_database(running: stack.ServerState, home: Path, postgres: bool, database: str | None) -> None:
@@ -155,6 +182,11 @@ def down(*, home: HomeOption = None) -> None:
 
     for stopped_worker in stop_workers(home):
         console.print(f"stopped {stopped_worker.kind} worker (pid {stopped_worker.pid})")
+    from prefect_crisis.deployments.mlflow_ui import stop_mlflow_ui
+
+    stopped_ui = stop_mlflow_ui(home)
+    if stopped_ui is not None:
+        console.print(f"stopped the MLflow UI (pid {stopped_ui.pid})")
     outcome = stack.stop_server(home)
     if outcome is None:
         console.print("no local Prefect server recorded: nothing to stop")
@@ -204,6 +236,10 @@ def _print_stack(report: dict, home: Path | None) -> None:
     if "ui_url" in prefect:
         table.add_row("prefect UI", str(prefect["ui_url"]))
     table.add_row("mlflow", str(report["mlflow_tracking_uri"]))
+    ui = report.get("mlflow_ui") or {}
+    if ui.get("url"):
+        condition = "healthy" if ui.get("healthy") else ui.get("problem") or "not answering"
+        table.add_row("mlflow UI", f"{ui.get('url')} ({condition})")
     from prefect_crisis.deployments.worker import read_workers, worker_alive
 
     for worker in read_workers(home):

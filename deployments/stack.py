@@ -141,7 +141,7 @@ def server_is_frozen(state: ServerState) -> bool:
         return False
 
 
-def _listens_on(pid: int, port: int) -> bool:
+def listens_on(pid: int, port: int) -> bool:
     """True when process `pid` (or a child of it) holds a listening socket on `port`."""
     try:
         process = psutil.Process(pid)
@@ -284,7 +284,7 @@ def start_server(
     progress(f"starting Prefect server on {state.ui_url} (pid {process.pid}, log {log_path})")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        if _listens_on(process.pid, port) and is_healthy(api_url) and process.poll() is None:
+        if listens_on(process.pid, port) and is_healthy(api_url) and process.poll() is None:
             # recorded only now: a start that fails never overwrites the record of a running server
             (home / STATE_FILE).write_text(json.dumps(asdict(state)))
             return state
@@ -417,4 +417,6 @@ def stack_status(home: Path | None = None) -> dict[str, object]:
         }
     else:
         prefect = {"source": "none", "healthy": False}
-    return {"home": str(home), "prefect": prefect, "mlflow_tracking_uri": mask_uri(default_tracking_uri())}
+    from prefect_crisis.deployments.mlflow_ui import mlflow_ui_status
+
+    return {"home": str(home), "prefect": prefect, "mlflow_tracking_uri": mask_uri(default_tracking_uri()), "mlflow_ui": mlflow_ui_status(home)}

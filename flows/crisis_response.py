@@ -104,4 +104,5 @@ def crisis_response(
             return Failed(name="Not recovered", message=summary + "; every strategy failed verification (ml.recovery.failed emitted)")
         return Completed(name="Recovered", message=summary, data={"decision": decision.to_dict(), "recovery": outcome.to_dict(), "recommendations": [r.action.value for r in report.recommendations]})
     finally:
-        refresh_dashboard(registry, get_run_logger())  # the crisis-dashboard artifact follows every response
+        # the crisis-dashboard artifact follows every response; the health plot goes to the incident's MLflow run
+        refresh_dashboard(registry, get_run_logger(), incident=identifier)

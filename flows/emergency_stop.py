@@ -115,5 +115,5 @@ def emergency_stop(
     )
     state = finish(model, "Stopped", "emergency stop", results)
     logger.info("%s", state.message)
-    refresh_dashboard(registry, logger)
+    refresh_dashboard(registry, logger, incident=identifier)
     return state

@@ -15,8 +15,11 @@ breached and the champion has not moved since; else `ok`.
 
 from __future__ import annotations
 
+import base64
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -26,7 +29,9 @@ from prefect.cache_policies import NO_CACHE
 
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
 from prefect_crisis.core.errors import RegistryError
-from prefect_crisis.core.paths import artifact_key
+from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
+from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, TagKey
+from prefect_crisis.tasks.health_plot import plot_health
 
 LEVELS = ("ok", "warning", "critical", "emergency")
 HISTORY_COLUMNS = ("at", "version", "severity", "error_rate", "error_rate_samples", "fallback_share", "failed_row_share", "latency_p95_ms")
@@ -45,6 +50,8 @@ class Dashboard:
     actions: list[dict[str, Any]] = field(default_factory=list)
     incidents: list[dict[str, Any]] = field(default_factory=list)
     emergency: dict[str, Any] | None = None
+    champion_moves: list[dict[str, Any]] = field(default_factory=list)  # applied champion moves, newest first (the plot's marks and band)
+    mlflow_ui: str | None = None  # where people open the MLflow UI, for links
 
     @property
     def in_crisis(self) -> bool:
@@ -109,6 +116,7 @@ def read_dashboard(
     incidents: list[dict[str, Any]] | None = None,
     emergency: dict[str, Any] | None = None,
     now: datetime | None = None,
+    mlflow_ui: str | None = None,
 ) -> Dashboard:
     """The model's dashboard from its registry and what the caller read elsewhere (plain data: testable without a server).
 
@@ -148,6 +156,11 @@ def read_dashboard(
         actions=actions,
         incidents=incidents,
         emergency=emergency,
+        champion_moves=[
+            {"at": _iso(move.at), "action": move.action, "alias": move.alias, "from": move.from_version, "to": move.to_version, "outcome": move.outcome}
+            for move in sorted(moves, key=lambda move: move.at, reverse=True) if move.alias == registry.champion_alias and move.applied
+        ][:50],
+        mlflow_ui=mlflow_ui,
     )
 
 
@@ -160,6 +173,41 @@ def _recovered_from_audit(incident: dict[str, Any], moves: list[AliasMove], cham
     if landed:
         incident["time_to_recover_s"] = round((pd.Timestamp(max(landed)) - pd.Timestamp(incident["opened_at"])).total_seconds(), 3)
     return incident
+
+
+def incident_runs(client, model: str, limit: int = 50) -> dict[str, tuple[str, str]]:
+    """The model's incidents' MLflow runs (experiment `crisis-incidents`): incident id -> (experiment id, run id), newest run kept."""
+    experiment = client.get_experiment_by_name(INCIDENT_EXPERIMENT)
+    if experiment is None:
+        return {}
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TagKey.MODEL}` = '{model}'",
+                              max_results=limit, order_by=["attributes.start_time DESC"])
+    found: dict[str, tuple[str, str]] = {}
+    for run in runs:
+        incident = run.data.tags.get(TagKey.INCIDENT)
+        if incident and incident not in found:
+            found[incident] = (run.info.experiment_id, run.info.run_id)
+    return found
+
+
+def incident_run(client, model: str, incident: str) -> str:
+    """The run id of the incident's MLflow run (the diagnosis made it), created when the incident has none
+    (an emergency stop diagnoses nothing)."""
+    known = incident_runs(client, model).get(incident)
+    if known is not None:
+        return known[1]
+    run = client.create_run(ensure_experiment(client, INCIDENT_EXPERIMENT), tags={TagKey.MODEL: model, TagKey.INCIDENT: incident},
+                            run_name=f"incident-{model}-{incident}")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def log_health_plot(client, run_id: str, png: bytes) -> None:
+    """Write the health plot as `health.png` into the run's artifacts."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "health.png"
+        path.write_bytes(png)
+        client.log_artifact(run_id, str(path))
 
 
 def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> list[dict[str, Any]]:
@@ -196,16 +244,23 @@ def _percent(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1%}"
 
 
-def dashboard_markdown(board: Dashboard) -> str:
-    """The dashboard as the markdown of the `crisis-dashboard-<model>` artifact."""
+def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
+    """The dashboard as the markdown of the `crisis-dashboard-<model>` artifact; `plot_png` (the health plot)
+    is embedded as a picture (a data: URI: the UI shows it without reaching any file or server)."""
     badge = {"ok": "OK", "warning": "WARNING", "critical": "CRITICAL", "emergency": "EMERGENCY"}[board.level]
-    lines = [f"# {board.model}: {badge}", "", f"As of {board.at}.", ""]
+    lines = [f"# {board.model}: {badge}", "", f"As of {board.at}."]
+    if board.mlflow_ui:
+        lines.append(f"Versions and runs in the MLflow UI: [{board.model}]({board.mlflow_ui}/#/models/{board.model}).")
+    lines.append("")
     if board.emergency:
         lines += [f"**Emergency stop in force** since {board.emergency.get('at') or '?'} (incident {board.emergency.get('incident')}): "
                   f"{board.emergency.get('reason')}. Training is stopped, serving is on the fallback.", ""]
     lines += ["## Versions", "", "| role | version | since |", "|---|---|---|"]
     lines += [f"| {role} | {('v' + v['version']) if v['version'] else '-'} | {v['since'] or '-'} |" for role, v in board.versions.items()]
     sweep = board.latest_sweep
+    if plot_png:
+        lines += ["", "## Health history", "", f"![Health of {board.model}: metrics against the policy's lines, registry moves, serving version]"
+                  f"(data:image/png;base64,{base64.b64encode(plot_png).decode()})"]
     lines += ["", "## Health (latest sweep)", ""]
     if sweep:
         lines += [
@@ -224,11 +279,12 @@ def dashboard_markdown(board: Dashboard) -> str:
         lines.append("None recorded.")
     lines += ["", "## Incidents", ""]
     if board.incidents:
-        lines += ["| incident | severity | opened | time to detect | time to recover | response run |", "|---|---|---|---|---|---|"]
+        lines += ["| incident | severity | opened | time to detect | time to recover | response run | MLflow run |", "|---|---|---|---|---|---|---|"]
         lines += [
             f"| `{i['id']}` | {i.get('severity') or '-'} | {i.get('opened_at')} | {_seconds(i.get('time_to_detect_s'))} | "
             f"{_seconds(i.get('time_to_recover_s')) if i.get('time_to_recover_s') is not None else 'not recovered'} | "
-            f"{'[' + i['flow_run'][:8] + '](' + i['link'] + ')' if i.get('link') else (i.get('flow_run') or '-')} |"
+            f"{'[' + i['flow_run'][:8] + '](' + i['link'] + ')' if i.get('link') else (i.get('flow_run') or '-')} | "
+            f"{'[' + i['mlflow_run'][:8] + '](' + i['mlflow_link'] + ')' if i.get('mlflow_link') else (i.get('mlflow_run') or '-')} |"
             for i in board.incidents
         ]
         lines += ["", f"Timeline of one: `crisis incident show {board.incidents[0]['id']}`, or the event feed of `ml.incident.<id>`."]
@@ -258,17 +314,27 @@ def gather_dashboard(registry: ModelRegistry) -> tuple[Dashboard, pd.DataFrame]:
 
     record = EmergencyRecord.read(registry.model_name)
     history = metric_history(registry.model_name)
-    board = read_dashboard(registry, history, recent_incidents(registry.model_name, ui_url=PREFECT_UI_URL.value()),
-                           asdict(record) if record else None)
+    incidents = recent_incidents(registry.model_name, ui_url=PREFECT_UI_URL.value())
+    ui = mlflow_ui_url()
+    if incidents:
+        runs = incident_runs(registry.client, registry.model_name)
+        for entry in incidents:
+            experiment_id, run_id = runs.get(entry["id"], (None, None))
+            entry.update(mlflow_run=run_id, mlflow_link=mlflow_run_link(ui, experiment_id, run_id) if run_id else None)
+    board = read_dashboard(registry, history, incidents, asdict(record) if record else None, mlflow_ui=ui)
     return board, history
 
 
 @task(name="publish-dashboard", cache_policy=NO_CACHE)
-def publish_dashboard(registry: ModelRegistry) -> Dashboard:
-    """Refresh the model's keyed artifacts: `crisis-dashboard-<model>` (markdown), `crisis-metrics-<model>`
-    (the metric history) and `crisis-audit-<model>` (the registry's audit); returns the dashboard."""
+def publish_dashboard(registry: ModelRegistry, incident: str | None = None) -> Dashboard:
+    """Refresh the model's keyed artifacts: `crisis-dashboard-<model>` (markdown with the health plot),
+    `crisis-metrics-<model>` (the metric history) and `crisis-audit-<model>` (the registry's audit); with
+    `incident`, the health plot also goes to that incident's MLflow run as `health.png`. Returns the dashboard."""
     board, history = gather_dashboard(registry)
-    create_markdown_artifact(key=artifact_key("crisis-dashboard", registry.model_name), markdown=dashboard_markdown(board),
+    plot = plot_health(registry.model_name, history, board.champion_moves, registry.champion_alias)
+    if incident:
+        log_health_plot(registry.client, incident_run(registry.client, registry.model_name, incident), plot)
+    create_markdown_artifact(key=artifact_key("crisis-dashboard", registry.model_name), markdown=dashboard_markdown(board, plot),
                              description=f"crisis dashboard of {registry.model_name}: {board.level}")
     sweeps = sweeps_of(history)[-200:]
     if sweeps:
@@ -280,12 +346,12 @@ def publish_dashboard(registry: ModelRegistry) -> Dashboard:
     return board
 
 
-def refresh_dashboard(registry: ModelRegistry, logger: Any = None) -> Dashboard | None:
+def refresh_dashboard(registry: ModelRegistry, logger: Any = None, incident: str | None = None) -> Dashboard | None:
     """`publish_dashboard` for the calling flow, never failing it: a warning instead. Skipped for a model the
     registry does not know (a mistyped name makes no dashboard)."""
     if registry.aliases() is None:
         return None
-    state = publish_dashboard(registry, return_state=True)
+    state = publish_dashboard(registry, incident, return_state=True)
     if state.is_completed():
         return state.result()
     if logger is not None:

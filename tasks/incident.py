@@ -24,9 +24,9 @@ from prefect.runtime import flow_run
 from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError
-from prefect_crisis.core.paths import artifact_key, ensure_experiment
+from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
 from prefect_crisis.core.timeline import Incident, Timeline
-from prefect_crisis.core.vocabulary import CrisisEvent, Severity, TagKey, ViolationType
+from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, CrisisEvent, Severity, TagKey, ViolationType
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.emergency import EmergencyRecord
 from prefect_crisis.tasks.models import load_sklearn_model
@@ -84,12 +84,13 @@ def live_window(y_true: np.ndarray, y_pred: np.ndarray, latencies_ms=()) -> Live
     return LiveWindow({"accuracy": int((y_true == y_pred).sum())}, {"accuracy": len(y_true)}, tuple(latencies_ms))
 
 
-def render_diagnosis(report: DiagnosticReport, model: str, version: str, plot_uri: str | None, plot_png: bytes | None = None) -> str:
+def render_diagnosis(report: DiagnosticReport, model: str, version: str, run_link: str | None, plot_png: bytes | None = None) -> str:
+    """The diagnosis artifact's markdown; `run_link`: the incident's run in the MLflow UI (None: no UI known)."""
     lines = [f"# Diagnosis of `{model}` v{version}", "", f"{report.rows:,} labelled predictions, error rate **{report.error_rate:.2%}**", ""]
     if plot_png:  # embedded: the Prefect UI renders a data: URI image, not a file:// path
         lines += [f"![Confusion matrix and error over time](data:image/png;base64,{base64.b64encode(plot_png).decode()})", ""]
-    if plot_uri:
-        lines += [f"Confusion matrix and error over time: `{plot_uri}`", ""]
+    if run_link:
+        lines += [f"The plot, the diagnosis as JSON and the health plot: [the incident's MLflow run]({run_link})", ""]
     if report.recommendations:
         lines += ["## Recommendations", ""]
         lines += [f"- **{r.action.value}**: {r.reason} (findings: {', '.join(r.findings)})" for r in report.recommendations]
@@ -146,7 +147,7 @@ def diagnose_model(
     report = diagnose(window[label].to_numpy(), y_pred, proba, features, window.get("timestamp"), reference, context=context)
     client = registry.client
     run = client.create_run(
-        ensure_experiment(client, "crisis-incidents"),
+        ensure_experiment(client, INCIDENT_EXPERIMENT),
         tags={TagKey.MODEL: registry.model_name, TagKey.INCIDENT: incident.id, TagKey.VERSION: version},
         run_name=f"diagnose-{registry.model_name}-{incident.id}",
     )
@@ -157,8 +158,8 @@ def diagnose_model(
         plot_png = plot.read_bytes()
     client.log_dict(run.info.run_id, report.to_dict(), "diagnosis.json")
     client.set_terminated(run.info.run_id)
-    plot_uri = f"{client.get_run(run.info.run_id).info.artifact_uri}/diagnosis.png"
-    create_markdown_artifact(key=artifact_key("diagnosis", registry.model_name), markdown=render_diagnosis(report, registry.model_name, version, plot_uri, plot_png))
+    run_link = mlflow_run_link(mlflow_ui_url(), run.info.experiment_id, run.info.run_id)
+    create_markdown_artifact(key=artifact_key("diagnosis", registry.model_name), markdown=render_diagnosis(report, registry.model_name, version, run_link, plot_png))
     findings = [f"{r.action.value}: {r.reason}" for r in report.recommendations[:TOP_FINDINGS]]
     timeline.emit(
         CrisisEvent.DIAGNOSIS_DONE,

@@ -215,6 +215,7 @@ class ModelHealth:
     breaches: tuple[Breach, ...] = ()
     drifted_features: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    limits: dict[str, float] = field(default_factory=dict)  # "<metric>:<severity>" -> the line judged against (plots)
 
     @property
     def severity(self) -> Severity | None:
@@ -299,7 +300,23 @@ def sweep_model(
     baseline = baseline_of(registered, history)
     notes = () if version is not None else (f"no champion of {model!r} in {registry.display_tracking_uri}: rules relative to a baseline not judged",)
     breaches = (checks or policy_checks(policy))(long, short, baseline)
-    return ModelHealth(model, version, now, long, short, baseline, breaches, drifted, notes)
+    return ModelHealth(model, version, now, long, short, baseline, breaches, drifted, notes, rule_limits(policy, baseline))
+
+
+def rule_limits(policy: MonitoringPolicy, baseline: dict[str, float]) -> dict[str, float]:
+    """Per metric and severity, the tightest line the policy's rules draw with this baseline.
+
+    Example:
+        >>> rule_limits(MonitoringPolicy(), {"error_rate": 0.08})["error_rate:critical"]
+        0.18
+    """
+    limits: dict[str, float] = {}
+    for rule in policy.rules:
+        limit = rule.limit(baseline.get(rule.metric))
+        if limit is not None:
+            key = f"{rule.metric}:{rule.severity.value}"
+            limits[key] = round(min(limit, limits.get(key, limit)), 6)
+    return limits
 
 
 def escalated(breaches) -> list:
@@ -348,6 +365,7 @@ def append_history(health: ModelHealth, keep: int, folder: Path | None = None) -
     row = pd.DataFrame([{
         "at": pd.Timestamp(health.at), "version": health.version, "severity": health.severity.value if health.severity else None,
         "breaches": ",".join(breach.rule for breach in health.breaches), **health.long.to_dict(),
+        **{f"limit:{key}": value for key, value in health.limits.items()},
     }])
     past = metric_history(health.model, folder)
     frame = (pd.concat([past, row], ignore_index=True) if len(past) else row).tail(keep).reset_index(drop=True)

@@ -74,11 +74,19 @@ def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_pa
 
     artifacts = {a.key: a for a in read_artifacts_of_flow_run(state.state_details.flow_run_id)}
     diagnosis = artifacts[f"diagnosis-{model}"].data
-    assert "error rate" in diagnosis and "diagnosis.png" in diagnosis
-    plot = urlparse(re.search(r"`([^`]+diagnosis\.png)`", diagnosis).group(1))
-    assert plot.scheme == "file" and Path(plot.path).name == "diagnosis.png" and Path(plot.path).stat().st_size > 1_000
-    embedded = re.search(r"\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", diagnosis)  # a picture in the UI, not only a path
+    assert "error rate" in diagnosis and "file://" not in diagnosis  # a picture in the UI, not a path nobody can open
+    embedded = re.search(r"\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", diagnosis)
     assert embedded and base64.b64decode(embedded.group(1)).startswith(b"\x89PNG")
+    # the incident's MLflow run holds the diagnosis plot and, after the response, the health plot
+    client = live.client
+    experiment = client.get_experiment_by_name("crisis-incidents")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`crisis.incident` = 'inc-1' and tags.`crisis.model` = '{model}'")
+    assert len(runs) == 1
+    stored = {item.path for item in client.list_artifacts(runs[0].info.run_id)}
+    assert {"diagnosis.png", "health.png", "diagnosis.json"} <= stored
+    health = Path(urlparse(client.get_run(runs[0].info.run_id).info.artifact_uri).path) / "health.png"
+    assert health.read_bytes().startswith(b"\x89PNG") and health.stat().st_size > 2_000
+    assert "## Health history" in dashboard.data and "data:image/png;base64," in dashboard.data
 
     audit_before = len(live.audit_trail())
     again = crisis_response(model_name=model, window_path=window_path, incident_id="inc-1", return_state=True)

@@ -13,6 +13,8 @@ MODULES = [
     "prefect_crisis.tasks.fallback_model",
     "prefect_crisis.tasks.drift",
     "prefect_crisis.tasks.health_rules",
+    "prefect_crisis.tasks.health_plot",
+    "prefect_crisis.tasks.dashboard",
     "prefect_crisis.tasks.monitoring",
     "prefect_crisis.blocks.monitoring_policy",
     "prefect_crisis.core.paths",
