@@ -208,13 +208,15 @@ def port_free(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) != 0
 
 
-def server_environment(home: Path, database_url: str | None = None) -> dict[str, str]:
-    """Environment of the server process: state under `home` (its SQLite database unless `database_url`), nothing sent out."""
-    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+def server_environment(home: Path, database_url: str | None = None, host: str = "127.0.0.1", port: int = 4200) -> dict[str, str]:
+    """Environment of the server process: state under `home` (its SQLite database unless `database_url`), nothing sent out,
+    and the UI pointed at this server's API (otherwise the UI of a server on another port than 4200 calls 4200)."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_API_URL")}
     environment.update(
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=f"http://{host}:{port}/api",
     )
     return environment
 
@@ -269,7 +271,7 @@ def start_server(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"],
-            env=server_environment(home, database_url),
+            env=server_environment(home, database_url, host, port),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

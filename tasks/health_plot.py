@@ -62,13 +62,18 @@ def version_segments(history: pd.DataFrame, champion_moves: list[dict[str, Any]]
     return segments
 
 
-def plot_health(model: str, history: pd.DataFrame | None, actions: list[dict[str, Any]] = (), champion_alias: str = "champion", dpi: int = 72) -> bytes:
+def plot_health(
+    model: str, history: pd.DataFrame | None, actions: list[dict[str, Any]] = (), champion_alias: str = "champion",
+    now: Any = None, dpi: int = 72,
+) -> bytes:
     """The model's health plot as PNG bytes.
 
     Args:
         history: the monitor's metric history (`tasks.monitoring.metric_history`): `at`, `version`, the
             metrics, and `limit:<metric>:<severity>` columns.
         actions: the registry's audit as the dashboard holds it (`at`, `action`, `alias`, `to`, `outcome`).
+        now: the right edge (the dashboard's time): the lines and the serving band reach it, so what
+            happened after the last sweep (a rollback) is seen to last.
     """
     from matplotlib.figure import Figure
 
@@ -81,11 +86,12 @@ def plot_health(model: str, history: pd.DataFrame | None, actions: list[dict[str
     stamps = _times(history["at"])
     applied = [a for a in actions if a.get("outcome") in (None, AuditOutcome.APPLIED) and a.get("alias") == champion_alias]
     marks = [(kind, _times([a["at"]]).iloc[0]) for a in applied if (kind := str(a.get("action"))) in MARK_STYLE]
-    end = max([stamps.iloc[-1], *(at for _, at in marks if not pd.isna(at))])
+    edge = [] if now is None else [t for t in _times([now]) if not pd.isna(t)]
+    end = max([stamps.iloc[-1], *(at for _, at in marks if not pd.isna(at)), *edge])
     span = max(end - stamps.iloc[0], pd.Timedelta(minutes=1))
     left, right = stamps.iloc[0] - span * 0.03, end + span * 0.03
 
-    figure = Figure(figsize=(11, 7.2))
+    figure = Figure(figsize=(11, 7.2), layout="constrained")  # constrained: the legends outside the axes stay inside the picture
     axes = figure.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 0.8]})
     figure.suptitle(f"{model}: health sweeps ({len(history)}), UTC", fontsize=12)
     for axis, (_name, metrics, ylabel, empty) in zip(axes, PANELS):
@@ -98,7 +104,8 @@ def plot_health(model: str, history: pd.DataFrame | None, actions: list[dict[str
             for severity, (colour, style) in SEVERITY_STYLE.items():
                 column = f"limit:{metric}:{severity}"
                 if column in history.columns and history[column].notna().any():
-                    axis.step(stamps, history[column].astype(float), where="post", color=colour, linestyle=style, linewidth=1.1,
+                    limits = history[column].astype(float)  # held to the right edge: one sweep still draws its line
+                    axis.step([*stamps, end], [*limits, limits.iloc[-1]], where="post", color=colour, linestyle=style, linewidth=1.1,
                               label=f"{severity} line" + (f" ({metric.replace('_', ' ')})" if len(metrics) > 1 else ""))
         if not drawn:
             axis.text(0.5, 0.5, empty, transform=axis.transAxes, ha="center", va="center", color="#555555")
@@ -122,8 +129,8 @@ def plot_health(model: str, history: pd.DataFrame | None, actions: list[dict[str
     band.set_yticks([])
     band.set_ylabel("serving", fontsize=8)
     band.set_xlim(left, right)
-    figure.autofmt_xdate()
-    figure.tight_layout()
+    for label in band.get_xticklabels():
+        label.set(rotation=30, horizontalalignment="right")
     return _png(figure, dpi)
 
 

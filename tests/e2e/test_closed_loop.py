@@ -105,7 +105,10 @@ def response_runs(model: str) -> list:
     return [run for run in runs if run.parameters.get("model_name") == model]
 
 
-def test_labels_that_reveal_a_degraded_champion_roll_it_back_and_leave_the_healthy_model_alone(stack):
+@pytest.fixture(scope="module")
+def labelled_rollback(stack):
+    """A degraded champion served beside a healthy model; the labels are recorded and the loop left to
+    act: (sick registry, good version, degraded version, healthy registry, its champion, seconds to rollback)."""
     tag = uuid.uuid4().hex[:6]
     sick_name, healthy_name = f"sick-{tag}", f"healthy-{tag}"
     sick, good, degraded = poisoned_after_stable(sick_name, swapped=("f00", "f05"))  # ~68% accurate live, 91% recorded
@@ -118,17 +121,22 @@ def test_labels_that_reveal_a_degraded_champion_roll_it_back_and_leave_the_healt
 
     started = time.monotonic()
     log.record_labels(sick_keys + healthy_keys, sick_labels + healthy_labels)  # ml.labels.recorded, one per model
-    moves = wait_for(lambda: rolled_back(sick), bool, timeout=LOOP_TIMEOUT, every=0.5)
-    elapsed = time.monotonic() - started
-    assert moves, f"no rollback of {sick_name} within {LOOP_TIMEOUT} s of its labels"
+    wait_for(lambda: rolled_back(sick), bool, timeout=LOOP_TIMEOUT, every=0.5)
+    return sick, good, degraded, healthy, healthy_champion, time.monotonic() - started
+
+
+def test_labels_that_reveal_a_degraded_champion_roll_it_back_and_leave_the_healthy_model_alone(stack, labelled_rollback):
+    sick, good, degraded, healthy, healthy_champion, elapsed = labelled_rollback
+    moves = rolled_back(sick)
+    assert moves, f"no rollback of {sick.model_name} within {LOOP_TIMEOUT} s of its labels"
     assert moves[-1].from_version == degraded and moves[-1].to_version == good
     assert sick.champion().version == good
     print(f"labels recorded -> rollback in the registry: {elapsed:.1f} s")
 
     assert healthy.champion().version == healthy_champion
-    assert [run for run in response_runs(healthy_name) if run.parameters.get("severity") == "critical"] == []
+    assert [run for run in response_runs(healthy.model_name) if run.parameters.get("severity") == "critical"] == []
 
-    code, board = status_of(stack, sick_name)  # after the rollback the champion moved past the breach: not in crisis
+    code, board = status_of(stack, sick.model_name)  # after the rollback the champion moved past the breach: not in crisis
     assert code == 0 and board["level"] == "ok" and board["versions"]["champion"]["version"] == good
     assert board["actions"][0]["action"] == "rollback" and board["latest_sweep"]["severity"] == "critical"
     assert board["incidents"] and board["incidents"][0]["time_to_recover_s"] is not None
@@ -194,3 +202,53 @@ def test_a_monitor_that_goes_silent_raises_a_warning_for_that_model_only(stack):
     finally:
         with client_of(sync_client=True) as client:
             apply_ladder(EscalationPolicy(), client)  # the module's other tests expect the default ladder
+
+
+def test_the_dashboard_and_the_response_read_right_in_a_real_browser(stack, labelled_rollback):
+    """Headless Chromium on the Prefect UI and the MLflow UI after the loop rolled a champion back: the
+    dashboard artifact shows the rolled-back champion, the incident and the health plot as a picture; the
+    response's flow run says what it did; the incident's MLflow run holds the health plot."""
+    from prefect.artifacts import Artifact
+
+    from tests.e2e.browser import browser_page, screenshot_folder
+
+    sick, good, degraded, *_ = labelled_rollback
+    model = sick.model_name
+    key = f"crisis-dashboard-{model}"
+    wait_for(lambda: Artifact.get(key), lambda found: found is not None and f"| champion | v{good} |" in found.data, timeout=60)
+    runs = [run for run in response_runs(model) if run.state_name == "Recovered"]
+    assert runs, "no recovered response run"
+    incident = runs[0].parameters["incident_id"]
+    ui = PREFECT_API_URL.value().removesuffix("/api")
+    shots = screenshot_folder()
+    with browser_page() as page:
+        page.goto(f"{ui}/artifacts/key/{key}", wait_until="networkidle")
+        page.locator("a[href*='/artifacts/artifact/']").first.click()  # the newest version of the keyed artifact
+        page.wait_for_load_state("networkidle")
+        page.get_by_role("heading", name=f"{model}: OK").wait_for()
+        assert f"v{good}" in page.locator("tr", has_text="champion").first.inner_text()  # the Versions table's first row
+        text = page.inner_text("body")
+        assert incident in text and "rollback" in text and f"v{degraded} -> v{good}" in text
+        plot = page.locator("img[alt^='Health of']")
+        plot.scroll_into_view_if_needed()
+        assert plot.evaluate("image => image.complete && image.naturalWidth") > 500, "the health plot is not shown as a picture"
+        page.set_viewport_size({"width": 1400, "height": 2800})  # the UI scrolls inside its own pane: a tall window shows it all
+        page.screenshot(path=str(shots / "dashboard.png"))
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        mlflow_link = page.locator("a[href*='/#/experiments/']").first.get_attribute("href")
+
+        page.goto(f"{ui}/runs/flow-run/{runs[0].id}", wait_until="networkidle")
+        page.get_by_text("Recovered").first.wait_for()
+        text = page.inner_text("body")
+        assert f"champion v{degraded} -> v{good}" in text.replace("→", "->") and incident in text
+        page.screenshot(path=str(shots / "response-run.png"))
+
+        assert mlflow_link, "the dashboard does not link the incident's MLflow run"
+        page.goto(mlflow_link, wait_until="load")  # the MLflow UI polls: never network-idle
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text("health.png").first.click()
+        shown = page.locator("img[src^='blob:']").first  # the MLflow UI shows an artifact image from a blob URL
+        shown.wait_for()
+        page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=shown.element_handle())
+        page.screenshot(path=str(shots / "mlflow-incident-run.png"))
+    print(f"screenshots in {shots}")

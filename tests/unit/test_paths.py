@@ -21,6 +21,8 @@ def test_server_environment_keeps_state_local_and_analytics_off(crisis_home, mon
     assert environment["PREFECT_HOME"] == str(crisis_home / "prefect")
     assert environment["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{crisis_home}/prefect.db"
     assert "PREFECT_API_URL" not in environment
+    # the UI of a server on another port calls that server's API, not the default port's
+    assert server_environment(crisis_home, port=4317)["PREFECT_UI_API_URL"] == "http://127.0.0.1:4317/api"
 
 
 def test_a_configured_mlflow_store_wins_and_is_a_real_registry(mlflow_tracking_uri, crisis_home):
