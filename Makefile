@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Start the local stack, run the main job, stop the stack whatever happened.
+# Start the local stack, run the main job, stop the stack whatever happened;
+# `make demo KEEP=1` leaves it up (Prefect UI, MLflow UI) and prints where to look.
 demo: $(STAMP)
 	$(BIN)/crisis up
-	$(BIN)/crisis demo; status=$$?; $(BIN)/crisis down; exit $$status
+	$(BIN)/crisis demo; status=$$?; \
+	if [ -n "$(KEEP)" ]; then $(BIN)/crisis status; echo "the stack stays up: open the URLs above; '$(BIN)/crisis down' stops it"; \
+	else $(BIN)/crisis down; fi; exit $$status
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

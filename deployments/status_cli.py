@@ -40,22 +40,26 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
     if as_json:
         print(_json.dumps({"stack": stack_report, "model": board.to_dict()}, default=str))
     else:
+        from prefect_crisis.tasks.dashboard import shown_time
+
         style = LEVEL_STYLE[board.level]
-        console.print(f"[{style}]{board.model}: {board.level.upper()}[/{style}]  (as of {board.at})")
+        console.print(f"[{style}]{board.model}: {board.level.upper()}[/{style}]  (as of {shown_time(board.at)})")
+        if board.mlflow_ui:
+            console.print(f"MLflow UI: {board.mlflow_ui}/#/models/{board.model}", soft_wrap=True)
         if board.emergency:
             console.print(f"[bold red]emergency stop in force[/bold red] (incident {board.emergency.get('incident')}): {board.emergency.get('reason')}")
         versions = Table(title="versions", title_justify="left")
         for column in ("role", "version", "since"):
             versions.add_column(column)
         for role, info in board.versions.items():
-            versions.add_row(role, f"v{info['version']}" if info["version"] else "-", info["since"] or "-")
+            versions.add_row(role, f"v{info['version']}" if info["version"] else "-", shown_time(info["since"]))
         console.print(versions)
         sweep = board.latest_sweep
         if sweep:
             health = Table(title="latest health sweep", title_justify="left")
             for column in ("at", "version", "severity", "error rate", "labelled", "fallback share", "p95 ms"):
                 health.add_column(column)
-            health.add_row(str(sweep.get("at")), f"v{sweep.get('version') or '-'}", sweep.get("severity") or "healthy",
+            health.add_row(shown_time(sweep.get("at")), f"v{sweep.get('version') or '-'}", sweep.get("severity") or "healthy",
                            "-" if sweep.get("error_rate") is None else f"{sweep['error_rate']:.1%}", str(int(sweep.get("error_rate_samples") or 0)),
                            "-" if sweep.get("fallback_share") is None else f"{sweep['fallback_share']:.1%}",
                            "-" if sweep.get("latency_p95_ms") is None else f"{sweep['latency_p95_ms']:.1f}")
@@ -67,7 +71,7 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
             for column in ("incident", "severity", "opened", "detect s", "recover s"):
                 incidents.add_column(column)
             for item in board.incidents:
-                incidents.add_row(str(item["id"]), str(item.get("severity") or "-"), str(item.get("opened_at")),
+                incidents.add_row(str(item["id"]), str(item.get("severity") or "-"), shown_time(item.get("opened_at")),
                                   "-" if item.get("time_to_detect_s") is None else f"{item['time_to_detect_s']:.1f}",
                                   "not recovered" if item.get("time_to_recover_s") is None else f"{item['time_to_recover_s']:.1f}")
             console.print(incidents)
@@ -76,7 +80,7 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
             for column in ("at", "action", "alias", "from -> to", "outcome", "incident"):
                 actions.add_column(column)
             for action in board.actions[:5]:
-                actions.add_row(str(action["at"]), action["action"], action["alias"] or "-", f"{'v' + action['from'] if action['from'] else '-'} -> {'v' + action['to'] if action['to'] else '-'}",
+                actions.add_row(shown_time(action["at"]), action["action"], action["alias"] or "-", f"{'v' + action['from'] if action['from'] else '-'} -> {'v' + action['to'] if action['to'] else '-'}",
                                 action["outcome"], action["incident"] or "-")
             console.print(actions)
     if board.in_crisis:

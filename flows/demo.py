@@ -1,7 +1,9 @@
 """The demo: the synthetic stream through validation, then training on the
 local stack: a first model promoted, a stop, a resume from its checkpoint, and
-a crisis: a retrain on poisoned labels gets promoted, the crisis response
-diagnoses it on fresh labelled data and rolls back. Then a second, short
+a crisis: a retrain on poisoned labels gets promoted and serves live traffic
+into the inference log; labels arrive, the health monitor breaches, the crisis
+response diagnoses it on the log's labelled window and rolls back, and the
+next sweep finds the model healthy again. Then a second, short
 story on a second model (`<model>-b`): trained once (its champion and its
 fallback model), poisoned at once, and with no version that served long enough
 to be stable, the response falls back to the fallback model.
@@ -27,7 +29,11 @@ from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.core.vocabulary import Severity
 from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.flows.health_monitor import health_monitor
+from prefect_crisis.tasks.serving import FallbackRouter
 from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.core.errors import DemoError
 from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
@@ -99,6 +105,51 @@ def _respond(model_name: str, rows: int, storage: str, policy_block: str = DEMO_
     return {"step": step, "condition": incident, "outcome": state.name, "detail": state.message}
 
 
+def _serve_and_label(model_name: str, rows: int, seed: int) -> int:
+    """Serve a fresh batch through the champion (with its fallback behind it) into the inference log, then
+    record its true labels, as a labelling pipeline would; returns the rows served. No `ml.labels.recorded`
+    event: the demo runs the monitor itself, so a deployed automation does not start a second one."""
+    log = InferenceLog()
+    router = FallbackRouter(ModelRegistry(model_name=model_name), log=log.writer(), close_log=True).start(refresh_in_background=False)
+    try:
+        batch = make_batch(rows, seed=seed)
+        answer = router.predict(batch.drop(columns=["label"]))
+    finally:
+        router.close()
+    log.record_labels(list(zip(answer["request_id"], answer["row_id"].astype(str))), batch["label"].tolist(), emit=False)
+    return len(answer)
+
+
+def _sweep(model_name: str, step: str) -> tuple[dict, str | None]:
+    """One health-monitor run for the model: (summary row, the worst breach's severity or None)."""
+    state = health_monitor(model_name=model_name, return_state=True)
+    breaches = (state.result(raise_on_failure=False) or {}).get("swept", {}).get(model_name, []) if state.is_completed() else []
+    order = [severity.value for severity in Severity]
+    worst = max((breach["severity"] for breach in breaches), key=order.index, default=None)
+    print(f"{step}: {state.name}: {state.message}")
+    return {"step": step, "condition": worst or "healthy", "outcome": state.name, "detail": state.message}, worst
+
+
+def _monitored_rollback(model_name: str, rows: int) -> list[dict]:
+    """The closed loop in one process: serve live traffic through the poisoned champion, labels arrive, the
+    health monitor breaches, the response reads the labelled window from the inference log and rolls back;
+    fresh traffic after it, and the next sweep finds the model healthy (the dashboard's plot shows all of it)."""
+    served = _serve_and_label(model_name, rows, seed=500)
+    sweep, severity = _sweep(model_name, f"health monitor ({served:,} served rows labelled)")
+    story = [sweep]
+    if severity is None:
+        raise DemoError(f"the demo's story did not happen: the monitor found the poisoned champion of {model_name!r} healthy ({sweep['detail']})")
+    incident = f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-500"
+    state = crisis_response(model_name=model_name, incident_id=incident, severity=severity, rollback_policy_block=DEMO_ROLLBACK, return_state=True)
+    step = f"crisis response ({severity} breach, the inference log's labelled window)"
+    print(f"{step}: {state.name}: {state.message}")
+    story.append({"step": step, "condition": incident, "outcome": state.name, "detail": state.message})
+    if state.name == "Recovered":
+        served = _serve_and_label(model_name, rows, seed=503)
+        story.append(_sweep(model_name, f"health monitor after the rollback ({served:,} rows)")[0])
+    return story
+
+
 def _fallback_story(model_name: str, rows: int, storage: str) -> list[dict]:
     """A second model, trained once (champion v1, fallback v2), poisoned at once; nothing served an hour, so FALLBACK.
 
@@ -166,8 +217,8 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     poisoned = _champion_version(model_name)
     if poisoned == before_poison:
         raise DemoError(f"the demo's story did not happen: the poisoned retrain of {model_name!r} was not promoted (champion v{poisoned})")
-    summary.append(_respond(model_name, rows, storage))
-    rollback_incident = summary[-1]["condition"]
+    summary.extend(_monitored_rollback(model_name, rows))
+    rollback_incident = next(row["condition"] for row in summary if row["step"].startswith("crisis response"))
     after = _champion_version(model_name)
     if after == poisoned:
         raise DemoError(f"the demo's story did not happen: the poisoned v{poisoned} of {model_name!r} is still champion after the response")

@@ -240,11 +240,11 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def _when(value: str | None) -> str:
+def shown_time(value: str | None) -> str:
     """An ISO time as a person reads it in a table: to the second, in UTC.
 
     Example:
-        >>> _when("2026-12-03T17:06:55.425176+00:00")
+        >>> shown_time("2026-12-03T17:06:55.425176+00:00")
         '2026-12-03 17:06:55 UTC'
     """
     return "-" if not value else f"{pd.Timestamp(value).tz_convert('UTC'):%Y-%m-%d %H:%M:%S} UTC"
@@ -258,15 +258,15 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
     """The dashboard as the markdown of the `crisis-dashboard-<model>` artifact; `plot_png` (the health plot)
     is embedded as a picture (a data: URI: the UI shows it without reaching any file or server)."""
     badge = {"ok": "OK", "warning": "WARNING", "critical": "CRITICAL", "emergency": "EMERGENCY"}[board.level]
-    lines = [f"# {board.model}: {badge}", "", f"As of {_when(board.at)}."]
+    lines = [f"# {board.model}: {badge}", "", f"As of {shown_time(board.at)}."]
     if board.mlflow_ui:
         lines.append(f"Versions and runs in the MLflow UI: [{board.model}]({board.mlflow_ui}/#/models/{board.model}).")
     lines.append("")
     if board.emergency:
-        lines += [f"**Emergency stop in force** since {_when(board.emergency.get('at'))} (incident {board.emergency.get('incident')}): "
+        lines += [f"**Emergency stop in force** since {shown_time(board.emergency.get('at'))} (incident {board.emergency.get('incident')}): "
                   f"{board.emergency.get('reason')}. Training is stopped, serving is on the fallback.", ""]
     lines += ["## Versions", "", "| role | version | since |", "|---|---|---|"]
-    lines += [f"| {role} | {('v' + v['version']) if v['version'] else '-'} | {_when(v['since'])} |" for role, v in board.versions.items()]
+    lines += [f"| {role} | {('v' + v['version']) if v['version'] else '-'} | {shown_time(v['since'])} |" for role, v in board.versions.items()]
     sweep = board.latest_sweep
     if plot_png:
         lines += ["", "## Health history", "", f"![Health of {board.model}: metrics against the policy's lines, registry moves, serving version]"
@@ -275,7 +275,7 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
     if sweep:
         lines += [
             "| at | version | severity | error rate (labelled) | fallback share | failed rows | p95 latency |", "|---|---|---|---|---|---|---|",
-            f"| {_when(sweep.get('at'))} | v{sweep.get('version') or '-'} | {sweep.get('severity') or 'healthy'} | {_percent(sweep.get('error_rate'))} "
+            f"| {shown_time(sweep.get('at'))} | v{sweep.get('version') or '-'} | {sweep.get('severity') or 'healthy'} | {_percent(sweep.get('error_rate'))} "
             f"({int(sweep.get('error_rate_samples') or 0)}) | {_percent(sweep.get('fallback_share'))} | {_percent(sweep.get('failed_row_share'))} | "
             f"{'-' if sweep.get('latency_p95_ms') is None else format(sweep['latency_p95_ms'], '.1f') + ' ms'} |",
         ]
@@ -284,14 +284,14 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
     lines += ["", "## Recent breaches", ""]
     if board.breaches:
         lines += ["| at | severity | version | error rate |", "|---|---|---|---|"]
-        lines += [f"| {_when(b['at'])} | {b['severity']} | v{b.get('version') or '-'} | {_percent(b.get('error_rate'))} |" for b in board.breaches]
+        lines += [f"| {shown_time(b['at'])} | {b['severity']} | v{b.get('version') or '-'} | {_percent(b.get('error_rate'))} |" for b in board.breaches]
     else:
         lines.append("None recorded.")
     lines += ["", "## Incidents", ""]
     if board.incidents:
         lines += ["| incident | severity | opened | time to detect | time to recover | response run | MLflow run |", "|---|---|---|---|---|---|---|"]
         lines += [
-            f"| `{i['id']}` | {i.get('severity') or '-'} | {_when(i.get('opened_at'))} | {_seconds(i.get('time_to_detect_s'))} | "
+            f"| `{i['id']}` | {i.get('severity') or '-'} | {shown_time(i.get('opened_at'))} | {_seconds(i.get('time_to_detect_s'))} | "
             f"{_seconds(i.get('time_to_recover_s')) if i.get('time_to_recover_s') is not None else 'not recovered'} | "
             f"{'[' + i['flow_run'][:8] + '](' + i['link'] + ')' if i.get('link') else (i.get('flow_run') or '-')} | "
             f"{'[' + i['mlflow_run'][:8] + '](' + i['mlflow_link'] + ')' if i.get('mlflow_link') else (i.get('mlflow_run') or '-')} |"
@@ -303,7 +303,7 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
     lines += ["", "## Recent registry actions", ""]
     if board.actions:
         lines += ["| at | action | alias | from -> to | outcome | incident |", "|---|---|---|---|---|---|"]
-        lines += [f"| {_when(a['at'])} | {a['action']} | {a['alias'] or '-'} | {_v(a['from'])} -> {_v(a['to'])} | {a['outcome']} | {a['incident'] or '-'} |"
+        lines += [f"| {shown_time(a['at'])} | {a['action']} | {a['alias'] or '-'} | {_v(a['from'])} -> {_v(a['to'])} | {a['outcome']} | {a['incident'] or '-'} |"
                   for a in board.actions]
     else:
         lines.append("None.")

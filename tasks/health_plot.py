@@ -85,12 +85,14 @@ def plot_health(
     history = history.sort_values("at").reset_index(drop=True)
     stamps = _times(history["at"])
     applied = [a for a in actions if a.get("outcome") in (None, AuditOutcome.APPLIED) and a.get("alias") == champion_alias]
-    marks = [(kind, _times([a["at"]]).iloc[0]) for a in applied if (kind := str(a.get("action"))) in MARK_STYLE]
+    marks = [(kind, at) for a in applied if (kind := str(a.get("action"))) in MARK_STYLE and not pd.isna(at := _times([a["at"]]).iloc[0])]
     edge = [] if now is None else [t for t in _times([now]) if not pd.isna(t)]
-    end = max([stamps.iloc[-1], *(at for _, at in marks if not pd.isna(at)), *edge])
+    end = max([stamps.iloc[-1], *(at for _, at in marks), *edge])
     span = max(end - stamps.iloc[0], pd.Timedelta(minutes=1))
     left, right = stamps.iloc[0] - span * 0.03, end + span * 0.03
 
+    changes = (history["version"].astype(str) != history["version"].astype(str).shift()).cumsum()
+    runs = [group.index for _, group in history.groupby(changes, sort=False)]
     figure = Figure(figsize=(11, 7.2), layout="constrained")  # constrained: the legends outside the axes stay inside the picture
     axes = figure.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 0.8]})
     figure.suptitle(f"{model}: health sweeps ({len(history)}), UTC", fontsize=12)
@@ -99,7 +101,12 @@ def plot_health(
         for metric in metrics:
             if metric not in history.columns or history[metric].isna().all():
                 continue
-            axis.plot(stamps, history[metric].astype(float), marker="o", markersize=3, linewidth=1.4, label=metric.replace("_", " "))
+            values = history[metric].astype(float)
+            line = None
+            for run in runs:  # one line per version served: a rollback is a jump, not a slope between two models
+                drawn_run = axis.plot(stamps[run], values[run], marker="o", markersize=3, linewidth=1.4,
+                                      color=None if line is None else line.get_color(), label=None if line is not None else metric.replace("_", " "))
+                line = line or drawn_run[0]
             drawn = True
             for severity, (colour, style) in SEVERITY_STYLE.items():
                 column = f"limit:{metric}:{severity}"
@@ -115,11 +122,14 @@ def plot_health(
             axis.set_ylim(bottom=0)
         axis.set_ylabel(ylabel, fontsize=8)
         for kind, at in marks:
-            colour, style = MARK_STYLE[kind]
-            axis.axvline(at, color=colour, linestyle=style, linewidth=1.6)
-    for kind, at in marks:  # named once, on the top panel
-        axes[0].annotate(kind, (at, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10), textcoords="offset points",
-                         color=MARK_STYLE[kind][0], fontsize=8, fontweight="bold")
+            if left <= at <= right:  # a move before the first sweep shows in the serving band, not as a mark
+                colour, style = MARK_STYLE[kind]
+                axis.axvline(at, color=colour, linestyle=style, linewidth=1.6)
+    for kind, at in marks:  # named once, on the top panel; outside the layout, so a label never squeezes the axes
+        if left <= at <= right:
+            label = axes[0].annotate(kind, (at, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10), textcoords="offset points",
+                                     color=MARK_STYLE[kind][0], fontsize=8, fontweight="bold", annotation_clip=True)
+            label.set_in_layout(False)
     band = axes[3]
     colours: dict[str, str] = {}
     for start, stop, version in version_segments(history, applied, end):
