@@ -155,6 +155,11 @@ class MonitoringPolicy(Block):
         default=None, description="DataContract whose reference the recent inputs are compared with for drift; empty: no drift metric."
     )
     history_sweeps: int = Field(default=1_000, ge=1, description="Sweeps of metric history kept per model (for plots).")
+    dashboard_every_minutes: float = Field(
+        default=10.0, ge=0,
+        description="A healthy sweep refreshes the model's dashboard artifact at most this often (each refresh is a new artifact "
+        "version with its plot, ~30 KB); a breach, a change of severity or of serving version refreshes it at once. 0: every sweep.",
+    )
 
     @model_validator(mode="after")
     def _short_inside_long(self) -> "MonitoringPolicy":

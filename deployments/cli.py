@@ -32,6 +32,7 @@ from typing import Annotated
 import cyclopts
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from prefect_crisis.deployments import stack
@@ -304,7 +305,7 @@ def demo(
         summary = state.result()
         console.rule("prefect-crisis demo")
         for number, row in enumerate(summary, start=1):
-            console.print(f"{number:2}. {row['step']} [{row['condition']}]: [bold]{row['outcome']}[/bold] - {row['detail']}", soft_wrap=True)
+            console.print(f"{number:2}. {escape(row['step'])} {escape('[' + str(row['condition']) + ']')}: [bold]{escape(str(row['outcome']))}[/bold] - {escape(str(row['detail']))}", soft_wrap=True)
         console.rule()
         registry = ModelRegistry(model_name=model)
         champion = registry.champion()

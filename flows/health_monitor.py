@@ -17,8 +17,8 @@ from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.timeline import utc_now
-from prefect_crisis.tasks.dashboard import refresh_dashboard
-from prefect_crisis.tasks.monitoring import load_drift_reference, models_to_sweep, sweep_model_task, system_metrics
+from prefect_crisis.tasks.dashboard import dashboard_due, refresh_dashboard
+from prefect_crisis.tasks.monitoring import load_drift_reference, metric_history, models_to_sweep, sweep_model_task, system_metrics
 
 
 @flow(name="health-monitor")
@@ -60,7 +60,8 @@ def health_monitor(
             continue
         swept[model] = [breach.payload() for breach in health.breaches]
     for model in swept:  # after every breach event is out: the dashboards follow, they never delay a breach
-        refresh_dashboard(ModelRegistry(model_name=model), logger)
+        if dashboard_due(metric_history(model), policy.dashboard_every_minutes):
+            refresh_dashboard(ModelRegistry(model_name=model), logger)
     summary = f"swept {len(swept)} of {len(models)} models; breaches: " + (
         ", ".join(f"{model} {[b['rule'] for b in found]}" for model, found in swept.items() if found) or "none"
     )

@@ -110,6 +110,33 @@ def sweeps_of(history: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def dashboard_due(history: pd.DataFrame, every_minutes: float) -> bool:
+    """Whether the sweep just recorded (the history's last row) should refresh the dashboard: it breached,
+    its severity or serving version differs from the sweep before, or it is the first sweep of a new
+    `every_minutes` period (so a healthy model's dashboard is at most that old, without a new artifact
+    version per sweep).
+
+    Example:
+        >>> h = pd.DataFrame({"at": pd.to_datetime(["2026-01-01T10:01Z", "2026-01-01T10:02Z"]), "version": ["1", "1"], "severity": [None, None]})
+        >>> dashboard_due(h, 10), dashboard_due(h, 0)
+        (False, True)
+        >>> dashboard_due(h.assign(severity=[None, "warning"]), 10)
+        True
+    """
+    if history is None or len(history) < 2 or every_minutes <= 0:
+        return True
+    last, before = history.iloc[-1], history.iloc[-2]
+
+    def severity(row: pd.Series) -> str | None:
+        value = row.get("severity")
+        return None if value is None or pd.isna(value) or value == "" else str(value)
+
+    if severity(last) or severity(before) != severity(last) or str(before.get("version")) != str(last.get("version")):
+        return True
+    period = pd.Timedelta(minutes=every_minutes)
+    return pd.Timestamp(last["at"]).floor(period) != pd.Timestamp(before["at"]).floor(period)
+
+
 def read_dashboard(
     registry: ModelRegistry,
     history: pd.DataFrame | None = None,

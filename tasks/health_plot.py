@@ -93,8 +93,10 @@ def plot_health(
 
     changes = (history["version"].astype(str) != history["version"].astype(str).shift()).cumsum()
     runs = [group.index for _, group in history.groupby(changes, sort=False)]
-    figure = Figure(figsize=(11, 7.2), layout="constrained")  # constrained: the legends outside the axes stay inside the picture
+    figure = Figure(figsize=(11, 7.2))
     axes = figure.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 0.8]})
+    # fixed margins, room on the right for the legends (a layout engine doubles the time to draw)
+    figure.subplots_adjust(left=0.07, right=0.77, top=0.94, bottom=0.1, hspace=0.14)
     figure.suptitle(f"{model}: health sweeps ({len(history)}), UTC", fontsize=12)
     for axis, (_name, metrics, ylabel, empty) in zip(axes, PANELS):
         drawn = False

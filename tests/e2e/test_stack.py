@@ -52,10 +52,18 @@ def test_up_status_demo_down(cli_env, tmp_path):
     assert started.returncode == 0, started.stdout + started.stderr
     assert f"http://127.0.0.1:{port}" in started.stdout
     pid = int(__import__("json").loads((home / "server.json").read_text())["pid"])
+    ui = __import__("json").loads((home / "mlflow-ui.json").read_text())
+    assert f"MLflow UI ready: {ui['url']}" in started.stdout
     try:
         status = crisis(cli_env, "status")
         assert "local stack" in status.stdout and "healthy" in status.stdout
         assert "mlflow.db" in status.stdout
+        assert re.search(rf"mlflow UI\s+{re.escape(ui['url'])} \(healthy\)", status.stdout), status.stdout
+        import httpx
+
+        assert httpx.get(f"{ui['url']}/health", timeout=10).text.strip() == "OK"
+        ps = subprocess.run(["ps", "-o", "args=", "-p", str(ui["pid"])], capture_output=True, text=True).stdout
+        assert "mlflow" in ps and "sqlite" not in ps  # the store's URI goes through the environment, not the command line
 
         demo = crisis(cli_env, "demo", "--rows", "2000")
         assert demo.returncode == 0, demo.stdout + demo.stderr
@@ -65,7 +73,10 @@ def test_up_status_demo_down(cli_env, tmp_path):
             assert verdict in demo.stdout
         assert re.search(r"audit .* rollback: champion v4 -> v[13] ", demo.stdout)  # the poisoned v4 is rolled back (v2: the fallback model)
         assert re.search(r"champion of 'synthetic-[0-9a-f-]+' is v[13]\b", demo.stdout)
+        assert re.search(r"health monitor \(2,000 served rows labelled\) \[(critical|emergency)\]", demo.stdout), demo.stdout
+        assert re.search(r"health monitor after the rollback .*breaches: none", demo.stdout), demo.stdout
         assert len((demo.stdout + demo.stderr).splitlines()) < 60  # the story, not Prefect's INFO run logs
+        assert "Warning" not in demo.stderr, demo.stderr
         assert (home / "mlflow.db").exists()
         quarantine = sorted((home / "data").glob("synthetic-*/quarantine/*.parquet"))
         parts = [pd.read_parquet(path)[REASONS_COLUMN] for path in quarantine]
@@ -88,8 +99,10 @@ def test_up_status_demo_down(cli_env, tmp_path):
     finally:
         stopped = crisis(cli_env, "down")
     assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    assert f"stopped the MLflow UI (pid {ui['pid']})" in stopped.stdout
+    for gone in (pid, ui["pid"]):
+        with pytest.raises(ProcessLookupError):
+            os.kill(gone, 0)
     assert "not running" in crisis(cli_env, "status").stdout or "none" in crisis(cli_env, "status").stdout
 
 

@@ -81,3 +81,17 @@ def test_each_sweep_records_the_lines_it_was_judged_against(tmp_path):
     recorded = metric_history("churn", tmp_path)
     assert recorded["limit:error_rate:critical"].round(4).tolist() == [0.18, 0.21]
     assert recorded["limit:error_rate:emergency"].tolist() == [0.5, 0.5]  # absolute: no baseline in it
+
+
+def test_a_healthy_model_refreshes_its_dashboard_once_a_period_and_a_change_at_once():
+    from prefect_crisis.tasks.dashboard import dashboard_due
+
+    at = pd.date_range("2026-12-03T10:00:30Z", periods=30, freq="1min")
+    healthy = pd.DataFrame({"at": at, "version": "1", "severity": np.nan})  # as parquet gives back an all-healthy column
+    due = [dashboard_due(healthy.iloc[: n + 1], 10) for n in range(len(healthy))]
+    assert sum(due) == 3 and due[0]  # the first sweep, then 10:10 and 10:20
+    breached = healthy.assign(severity=[None] * 12 + ["critical"] * 3 + [None] * 15)
+    due = [dashboard_due(breached.iloc[: n + 1], 10) for n in range(len(breached))]
+    assert due[12:16] == [True, True, True, True]  # each breached sweep, and the first healthy one after them
+    rolled = healthy.assign(version=["2"] * 5 + ["1"] * 25)
+    assert dashboard_due(rolled.iloc[:6], 10) and not dashboard_due(rolled.iloc[:7], 10)
