@@ -48,7 +48,7 @@ console = Console(highlight=False)
 
 # Bounds on every Prefect API call a command makes, for this CLI's process only (Prefect's
 # defaults, 60 s and 5 retries with back-off, make a frozen server look like minutes of silence).
-LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 1}  # demo, train, validate: flows with many calls
+LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 3}  # demo, train, validate: flows with many calls; a busy SQLite server answers 503 for seconds
 SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
 
 app.command(contract_app)

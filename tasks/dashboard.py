@@ -281,6 +281,20 @@ def _percent(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1%}"
 
 
+def _run_links(incident: dict[str, Any]) -> str:
+    """The incident's response flow run and MLflow run as links (ids when no UI is known)."""
+    shown = []
+    if incident.get("link"):
+        shown.append(f"[response]({incident['link']})")
+    elif incident.get("flow_run"):
+        shown.append(f"response {incident['flow_run'][:8]}")
+    if incident.get("mlflow_link"):
+        shown.append(f"[MLflow]({incident['mlflow_link']})")
+    elif incident.get("mlflow_run"):
+        shown.append(f"MLflow {incident['mlflow_run'][:8]}")
+    return ", ".join(shown) or "-"
+
+
 def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
     """The dashboard as the markdown of the `crisis-dashboard-<model>` artifact; `plot_png` (the health plot)
     is embedded as a picture (a data: URI: the UI shows it without reaching any file or server)."""
@@ -316,12 +330,10 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
         lines.append("None recorded.")
     lines += ["", "## Incidents", ""]
     if board.incidents:
-        lines += ["| incident | severity | opened | time to detect | time to recover | response run | MLflow run |", "|---|---|---|---|---|---|---|"]
+        lines += ["| incident | severity | opened | detected in | recovered in | runs |", "|---|---|---|---|---|---|"]
         lines += [
             f"| `{i['id']}` | {i.get('severity') or '-'} | {shown_time(i.get('opened_at'))} | {_seconds(i.get('time_to_detect_s'))} | "
-            f"{_seconds(i.get('time_to_recover_s')) if i.get('time_to_recover_s') is not None else 'not recovered'} | "
-            f"{'[' + i['flow_run'][:8] + '](' + i['link'] + ')' if i.get('link') else (i.get('flow_run') or '-')} | "
-            f"{'[' + i['mlflow_run'][:8] + '](' + i['mlflow_link'] + ')' if i.get('mlflow_link') else (i.get('mlflow_run') or '-')} |"
+            f"{_seconds(i.get('time_to_recover_s')) if i.get('time_to_recover_s') is not None else 'not recovered'} | {_run_links(i)} |"
             for i in board.incidents
         ]
         lines += ["", f"Timeline of one: `crisis incident show {board.incidents[0]['id']}`, or the event feed of `ml.incident.<id>`."]

@@ -121,7 +121,7 @@ def plot_health(
             axis.set_yticks([])
         else:
             axis.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
-            axis.set_ylim(bottom=0)
+            axis.set_ylim(0, axis.get_ylim()[1] * 1.1)  # room above the highest point and line
         axis.set_ylabel(ylabel, fontsize=8)
         for kind, at in marks:
             if left <= at <= right:  # a move before the first sweep shows in the serving band, not as a mark
