@@ -57,7 +57,7 @@ def test_a_breach_after_the_last_move_is_a_crisis_and_a_rollback_after_it_ends_i
     markdown = dashboard_markdown(after)
     assert markdown.startswith(f"# {registry.model_name}: OK")
     assert "| champion | v1 |" in markdown and "| rollback | champion | v3 -> v1 | applied | inc-1 |" in markdown
-    assert "[abcdef12](http://127.0.0.1:4200/runs/flow-run/abcdef12-x)" in markdown and "1.9 s" in markdown
+    assert "[response](http://127.0.0.1:4200/runs/flow-run/abcdef12-x)" in markdown and "1.9 s" in markdown
     assert "| critical | v3 | 45.0% |" in markdown
 
 
