@@ -192,6 +192,17 @@ MODEL_NAME_LABEL = "ml.model.name"  # label of every event's resource: automatio
 EMERGENCY_LABEL = "ml.model.emergency"
 MODEL_VERSION_RESOURCE = "ml.model-version."
 INCIDENT_RESOURCE = "ml.incident."
+DRILL_PREFIX = "drill-"  # a recovery drill's models: their incidents are drills, and the ladder's pages skip them
+
+
+def is_drill_model(model: str) -> bool:
+    """True for a drill's model (`drill-...`): its incidents are drills and page nobody.
+
+    Example:
+        >>> is_drill_model("drill-poisoned-retrain-1a2b3c"), is_drill_model("churn")
+        (True, False)
+    """
+    return model.startswith(DRILL_PREFIX)
 INCIDENT_ROLE = "incident"
 MODEL_VERSION_ROLE = "model-version"
 INCIDENT_RUN_TAG = "incident:"  # flow runs of a response carry `incident:<id>`

@@ -10,13 +10,17 @@ so one model's breach never answers (or silences) another's; a reactive
 trigger stays quiet for the rest of its `within` window after firing, which is
 the cool-down of `crisis-critical` and the debounce of `crisis-evidence`.
 Prefect automations cannot emit custom events, so every step acts by running a
-deployment (and notifying, when a notification block is named).
+deployment. When a notification block is named, each paging step gets a twin,
+`crisis-<step>-page`, on the same trigger but blind to drill models (`drill-*`):
+a recovery drill goes through the real ladder and pages nobody.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +29,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 
 from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
 from prefect_crisis.core.errors import PolicyError, StackError
-from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
+from prefect_crisis.core.vocabulary import DRILL_PREFIX, EMERGENCY_LABEL, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
 
 CRISIS_RESPONSE = "crisis-response/crisis-response"
 EMERGENCY_STOP = "emergency-stop/emergency-stop"
@@ -90,7 +94,8 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
     Args:
         policy: thresholds, windows and the steps to enable (the others are built disabled).
         deployment_ids: `flow-name/deployment-name` -> id, for crisis-response, emergency-stop and health-monitor.
-        notification_block_id: the notification block's document id; None: no notification actions.
+        notification_block_id: the notification block's document id: each step that pages gets a companion
+            automation `crisis-<step>-page` on the same trigger, drill models left out; None: no pages.
 
     Raises:
         StackError: a deployment the ladder runs is missing from `deployment_ids`.
@@ -105,65 +110,86 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
     """
     notify = Notifier(notification_block_id)
     emergency_events = {CrisisEvent.BREACH_EMERGENCY, CrisisEvent.RECOVERY_FAILED, CrisisEvent.DATA_REJECTED}
-    steps: dict[LadderStep, tuple[str, EventTrigger, list]] = {
+    # step -> (description, its trigger (given further label matches), its actions, what its page says or None)
+    steps: dict[LadderStep, tuple[str, Callable[..., EventTrigger], list, str | None]] = {
         LadderStep.WARNING: (
             "A warning breach: diagnose the model (crisis-response, diagnose_only) without acting.",
-            model_trigger({CrisisEvent.BREACH_WARNING}),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True)), *notify("warning: diagnosing")],
+            partial(model_trigger, {CrisisEvent.BREACH_WARNING}),
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True))],
+            "warning: diagnosing",
         ),
         LadderStep.CRITICAL: (
             f"A critical breach: the full response (diagnose, decide rollback, recover, verify). Cool-down: no second response "
             f"for the same model within {policy.cooldown_minutes:g} minutes.",
-            model_trigger({CrisisEvent.BREACH_CRITICAL}, within=policy.cooldown),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL)), *notify("critical: responding")],
+            partial(model_trigger, {CrisisEvent.BREACH_CRITICAL}, within=policy.cooldown),
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL))],
+            "critical: responding",
         ),
         LadderStep.ESCALATE_WARNINGS: (
             f"{policy.warnings_to_escalate} warning breaches of one model within {policy.escalation_window_minutes:g} minutes: "
             "escalate to the full (critical) response.",
-            model_trigger({CrisisEvent.BREACH_WARNING}, threshold=policy.warnings_to_escalate, within=policy.escalation_window),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL)), *notify("repeated warnings: escalated to critical")],
+            partial(model_trigger, {CrisisEvent.BREACH_WARNING}, threshold=policy.warnings_to_escalate, within=policy.escalation_window),
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL))],
+            "repeated warnings: escalated to critical",
         ),
         LadderStep.EMERGENCY: (
             "An emergency breach, a failed recovery or rejected data: emergency stop (stop flag, cancel and pause training, serve the fallback).",
-            model_trigger(emergency_events),
-            [
-                run(deployment_ids, EMERGENCY_STOP, {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME}),
-                *notify("EMERGENCY: stopping training and serving the fallback"),
-            ],
+            partial(model_trigger, emergency_events),
+            [run(deployment_ids, EMERGENCY_STOP, {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME})],
+            "EMERGENCY: stopping training and serving the fallback",
         ),
         LadderStep.RESOLVED: (
             "Recovery succeeded while the model's emergency stop is in force: undo the stop (lower the stop flag, resume the "
             "training schedules it paused).",
-            model_trigger({CrisisEvent.RECOVERY_SUCCEEDED}, labels={EMERGENCY_LABEL: "true"}),
+            lambda labels=None: model_trigger({CrisisEvent.RECOVERY_SUCCEEDED}, labels={EMERGENCY_LABEL: "true", **(labels or {})}),
             [run(deployment_ids, EMERGENCY_STOP, {
                 "model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME, "resolve": True,
             })],
+            None,
         ),
         LadderStep.MONITOR_SILENT: (
             f"Dead man's switch: no ml.health.reported for a model within {policy.dead_man_window.total_seconds():g} s "
             f"({policy.dead_man_intervals} monitor intervals): diagnose it as a warning. Only models reported at least once are watched.",
             # Prefect's heartbeat pattern: each report opens a window that expects the next one; none -> fire.
-            model_trigger({CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive,
-                          after={CrisisEvent.HEALTH_REPORTED}),
-            [
-                # the firing's event is the model's last health report, not news: each run opens its own incident
-                run(deployment_ids, CRISIS_RESPONSE, response_parameters(
-                    Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value
-                )),
-                *notify("the health monitor went silent for this model"),
-            ],
+            partial(model_trigger, {CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive,
+                    after={CrisisEvent.HEALTH_REPORTED}),
+            # the firing's event is the model's last health report, not news: each run opens its own incident
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(
+                Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value
+            ))],
+            "the health monitor went silent for this model",
         ),
         LadderStep.EVIDENCE: (
             "New labels or a burst of serving errors: run the health monitor for that model now, at most once per monitor interval.",
-            model_trigger({CrisisEvent.LABELS_RECORDED, CrisisEvent.SERVING_ERRORS}, within=timedelta(seconds=policy.monitor_interval_seconds)),
+            partial(model_trigger, {CrisisEvent.LABELS_RECORDED, CrisisEvent.SERVING_ERRORS}, within=timedelta(seconds=policy.monitor_interval_seconds)),
             [run(deployment_ids, HEALTH_MONITOR, {"model_names": [MODEL]})],
+            None,
         ),
     }
     enabled = set(policy.enabled_levels)
-    return [
-        AutomationCore(name=step.automation_name, description=description, enabled=step in enabled, trigger=trigger, actions=actions)
-        for step, (description, trigger, actions) in steps.items()
+    automations = [
+        AutomationCore(name=step.automation_name, description=description, enabled=step in enabled, trigger=trigger(), actions=actions)
+        for step, (description, trigger, actions, _) in steps.items()
     ]
+    if notification_block_id is not None:  # pages: the same triggers, a drill's models left out
+        automations += [
+            AutomationCore(
+                name=page_name(step), description=f"Page for {step.automation_name} (drill models, {DRILL_PREFIX}*, page nobody).",
+                enabled=step in enabled, trigger=trigger(labels={MODEL_NAME_LABEL: f"!{DRILL_PREFIX}*"}), actions=notify(what),
+            )
+            for step, (_, trigger, _, what) in steps.items() if what is not None
+        ]
+    return automations
+
+
+def page_name(step: LadderStep) -> str:
+    """The name of a step's page automation.
+
+    Example:
+        >>> page_name(LadderStep.CRITICAL)
+        'crisis-critical-page'
+    """
+    return f"{step.automation_name}-page"
 
 
 COMPARED = {"name", "description", "enabled", "trigger", "actions", "actions_on_trigger", "actions_on_resolve"}
@@ -220,7 +246,7 @@ def apply_ladder(policy: EscalationPolicy, client: Any) -> list[tuple[str, str]]
         client: a synchronous Prefect client (`get_client(sync_client=True)`).
 
     Returns:
-        (automation name, "created" | "updated" | "unchanged") in ladder order.
+        (automation name, "created" | "updated" | "unchanged" | "deleted") in ladder order, stale pages first.
 
     Raises:
         StackError: a deployment the ladder runs is missing.
@@ -228,6 +254,12 @@ def apply_ladder(policy: EscalationPolicy, client: Any) -> list[tuple[str, str]]
     """
     automations = ladder(policy, resolve_deployment_ids(client), resolve_notification_block(client, policy.notification_block))
     outcomes = []
+    wanted = {automation.name for automation in automations}
+    for step in LadderStep:  # pages of an earlier policy that named a notification block
+        if page_name(step) not in wanted:
+            for stale in client.read_automations_by_name(page_name(step)):
+                client.delete_automation(stale.id)
+                outcomes.append((page_name(step), "deleted"))
     for automation in automations:
         existing = client.read_automations_by_name(automation.name)
         if not existing:

@@ -10,11 +10,13 @@
     crisis stop      raise a model's stop flag: its training halts at the next mini-batch
     crisis resume    lower the stop flag
     crisis serve     serve a model's champion with its fallback behind it (MLflow's scoring server)
+    crisis drill     inject faults into the running stack and time its automated response (recovery drills)
     crisis down      stop the local Prefect server, its workers and the MLflow UI
 
 Exit codes (`ExitCode`): 0 done; 1 a bug (or the demo's story did not
 happen); 2 a usage or input error; 3 a batch rejected or a training stopped;
-4 the stack or server cannot be reached. Expected errors are one line;
+4 the stack or server cannot be reached (or cannot respond: `crisis drill`
+without deployments or workers); 1 also for a drill that did not recover. Expected errors are one line;
 `--debug` (anywhere on the command line) adds their tracebacks.
 """
 
@@ -39,6 +41,7 @@ from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.connect_cli import deploy, env
 from prefect_crisis.deployments.contract_cli import contract_app
 from prefect_crisis.deployments.serve_cli import serve
+from prefect_crisis.deployments.drill_cli import drill
 from prefect_crisis.core.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.uris import mask_uri
@@ -55,6 +58,7 @@ app.command(contract_app)
 app.command(env)
 app.command(deploy)
 app.command(serve)
+app.command(drill)
 incident_app = cyclopts.App(name="incident", help="Incidents: list them, and show one's timeline from Prefect events and the MLflow audit.")
 app.command(incident_app)
 JsonOption = Annotated[bool, cyclopts.Parameter("--json", negative=(), help="Print JSON instead of lines.")]

@@ -15,7 +15,7 @@ from prefect.states import Completed, Failed, State
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError
-from prefect_crisis.core.vocabulary import DecisionKind, Severity, ViolationType
+from prefect_crisis.core.vocabulary import DecisionKind, Severity, ViolationType, is_drill_model
 from prefect_crisis.tasks.batches import load_frame
 from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.incident import (
@@ -59,7 +59,7 @@ def crisis_response(
         severity: warning, critical or emergency (emergency ignores the rollback cool-down).
         violation: quality, latency, errors or data-integrity: picks the recovery strategies.
         triggering_event_id: the event that opened the incident, when an automation runs the response.
-        drill: the incident is a recovery drill (flows/drill.py), not a real crisis.
+        drill: the incident is a recovery drill (flows/drill.py), not a real crisis; a drill model's (`drill-*`) always is.
         inference_log_block: the InferenceLog block the window is read from when no window_path is
             given; empty: the default log (`$CRISIS_HOME/inference.db`).
         window_minutes: how far back that window goes.
@@ -80,7 +80,8 @@ def crisis_response(
                     "(train and promote a version first, or point CRISIS_HOME / MLFLOW_TRACKING_URI at the store that has it)"
                 )
             incident, timeline = open_incident(
-                registry.model_name, identifier, severity, violation, triggering_event_id=triggering_event_id, drill=drill, clock=registry.now
+                registry.model_name, identifier, severity, violation, triggering_event_id=triggering_event_id,
+            drill=drill or is_drill_model(registry.model_name), clock=registry.now
             )
             logger = timeline.logger(get_run_logger(), registry.model_name, champion.version)
             logger.info("using %s; labelled window %s", stack_summary(registry.display_tracking_uri), window_path or "from the inference log")

@@ -12,7 +12,7 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.timeline import Incident, Timeline
-from prefect_crisis.core.vocabulary import CrisisEvent, Severity
+from prefect_crisis.core.vocabulary import CrisisEvent, Severity, is_drill_model
 from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.emergency import (
     EmergencyRecord,
@@ -92,11 +92,12 @@ def emergency_stop(
 
         identifier = incident_id or new_incident_id()
         if record is not None and record.incident == identifier:  # a rerun joins the incident: no second ml.incident.opened
-            incident = Incident(identifier, model, Severity.EMERGENCY, violation_of(reason), registry.now(), triggering_event_id)
+            incident = Incident(identifier, model, Severity.EMERGENCY, violation_of(reason), registry.now(), triggering_event_id, is_drill_model(model))
             timeline = Timeline(incident, clock=registry.now)
         else:
             incident, timeline = open_incident(
-                model, identifier, Severity.EMERGENCY, violation_of(reason), triggering_event_id=triggering_event_id, clock=registry.now
+                model, identifier, Severity.EMERGENCY, violation_of(reason), triggering_event_id=triggering_event_id,
+                drill=is_drill_model(model), clock=registry.now
             )
         tag_response_run(incident)
         registry.use(timeline=timeline)

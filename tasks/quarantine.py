@@ -9,6 +9,7 @@ becomes a markdown artifact, the failures a table artifact, and the verdict an
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -60,16 +61,30 @@ def storage_uri(root: str, *parts: str) -> str:
     return str(path.resolve())
 
 
+def _arrow_cannot_type(column: pd.Series) -> bool:
+    try:
+        pa.array(column, from_pandas=True)
+    except (pa.ArrowException, TypeError, ValueError):
+        return True
+    return False
+
+
+def _as_text(value: object) -> str | None:
+    """A mixed column's cell as text: strings as they are, missing values missing, anything else its repr."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value if isinstance(value, str) else repr(value)
+
+
 def _to_parquet(frame: pd.DataFrame, target) -> None:
     try:
         frame.to_parquet(target, index=True)
     except (pa.ArrowException, TypeError, ValueError):
-        mixed = frame.select_dtypes(include="object").columns
-        if not len(mixed):
+        # only the columns Arrow cannot type (text and numbers mixed), and their strings kept as they are
+        mixed = [name for name in frame.columns if frame[name].dtype == object and _arrow_cannot_type(frame[name])]
+        if not mixed:
             raise
-        frame.assign(**{name: frame[name].map(lambda v: None if v is None else repr(v)) for name in mixed}).to_parquet(
-            target, index=True
-        )
+        frame.assign(**{name: frame[name].map(_as_text) for name in mixed}).to_parquet(target, index=True)
 
 
 def write_parquet(frame: pd.DataFrame, uri: str) -> None:

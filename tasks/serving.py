@@ -16,6 +16,7 @@ background threads, off the request path.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import math
@@ -218,9 +219,12 @@ class FallbackRouter:
                 "serving %s without a fallback: no version under @%s (low-confidence rows keep the primary's answer)",
                 self.registry.model_name, self.registry.fallback_alias,
             )
-        self._threads = [threading.Thread(target=self._send_events, name="crisis-serving-events", daemon=True)]
+        # Each thread runs in a copy of the starter's context: Prefect's settings (the API a `crisis` command or a
+        # flow points at) live in context variables, which a new thread does not inherit; without them the
+        # events would go to a temporary server of their own.
+        self._threads = [threading.Thread(target=contextvars.copy_context().run, args=(self._send_events,), name="crisis-serving-events", daemon=True)]
         if refresh_in_background:
-            self._threads.append(threading.Thread(target=self._follow_aliases, name="crisis-serving-refresh", daemon=True))
+            self._threads.append(threading.Thread(target=contextvars.copy_context().run, args=(self._follow_aliases,), name="crisis-serving-refresh", daemon=True))
         for thread in self._threads:
             thread.start()
         return self

@@ -25,6 +25,10 @@ MODULES = [
     "prefect_crisis.tasks.training",
     "prefect_crisis.tasks.synthetic",
     "prefect_crisis.tasks.validation",
+    "prefect_crisis.tasks.drills",
+    "prefect_crisis.flows.drill",
+    "prefect_crisis.core.vocabulary",
+    "prefect_crisis.deployments.automations",
 ]
 
 

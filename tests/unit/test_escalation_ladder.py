@@ -66,11 +66,32 @@ def test_actions_run_the_right_deployment_with_templated_parameters():
     assert automations["crisis-evidence"].actions[0].parameters == {"model_names": [MODEL]}
 
 
-def test_notifications_only_when_a_block_is_named():
+def test_pages_only_when_a_block_is_named_on_the_same_triggers_blind_to_drill_models():
+    from prefect.server.events.schemas.events import Resource, ResourceSpecification
+
     assert not any(isinstance(a, SendNotification) for automation in by_name().values() for a in automation.actions)
     block = uuid4()
-    notified = {name for name, automation in by_name(notification=block).items() if any(isinstance(a, SendNotification) for a in automation.actions)}
-    assert notified == {"crisis-warning", "crisis-critical", "crisis-escalate-warnings", "crisis-emergency", "crisis-monitor-silent"}
+    automations = by_name(notification=block)
+    paging = {name for name, automation in automations.items() if any(isinstance(a, SendNotification) for a in automation.actions)}
+    steps = ["crisis-warning", "crisis-critical", "crisis-escalate-warnings", "crisis-emergency", "crisis-monitor-silent"]
+    assert paging == {f"{step}-page" for step in steps}
+    for step in steps:  # the step itself acts for every model, its page fires the same way except for drills
+        acting, page = automations[step], automations[f"{step}-page"]
+        assert not any(isinstance(a, SendNotification) for a in acting.actions)
+        assert (page.trigger.expect, page.trigger.within, page.trigger.threshold) == (acting.trigger.expect, acting.trigger.within, acting.trigger.threshold)
+        match = ResourceSpecification(page.trigger.match.model_dump())  # Prefect's own matcher, as the server runs it
+        assert match.matches(Resource({"prefect.resource.id": "ml.model.churn", "ml.model.name": "churn"}))
+        assert not match.matches(Resource({"prefect.resource.id": "ml.model.drill-latency-spike-1", "ml.model.name": "drill-latency-spike-1"}))
+
+
+def test_pages_of_a_policy_that_no_longer_names_a_block_are_deleted():
+    client = FakeClient()
+    for automation in ladder(EscalationPolicy(), IDS, uuid4()):
+        client.create_automation(automation)
+    outcomes = apply_ladder(EscalationPolicy(), client)
+    assert {name for name, outcome in outcomes if outcome == "deleted"} == {
+        "crisis-warning-page", "crisis-critical-page", "crisis-escalate-warnings-page", "crisis-emergency-page", "crisis-monitor-silent-page"}
+    assert sorted(automation.name for automation in client.automations.values()) == sorted(a.name for a in ladder(EscalationPolicy(), IDS))
 
 
 def test_disabled_levels_are_built_disabled():

@@ -107,3 +107,20 @@ def test_an_alias_move_is_swapped_in_with_requests_in_flight(served_registry):
     # answered too, and a request made now gets the new one.
     assert versions[0] == {first} and {second} in versions, versions[-3:]
     assert served.swaps == 1
+
+
+def test_events_leave_with_the_prefect_settings_of_whoever_started_the_router(served_registry):
+    """A `crisis` command points Prefect at its stack through context settings, which a new thread does not
+    inherit: the router's event thread must still send to that API, not to a temporary server of its own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_crisis.core.vocabulary import CrisisEvent
+
+    registry = served_registry[0]
+    seen: list = []
+    router = FallbackRouter(registry, timeline=Timeline(sink=lambda event: seen.append(PREFECT_API_URL.value())))
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        router.start(refresh_in_background=False)
+    router._events.put((CrisisEvent.FALLBACK_ENGAGED, {"reason": "test"}, None))
+    router.close()
+    assert seen == ["http://127.0.0.1:1/api"]

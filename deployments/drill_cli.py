@@ -1,0 +1,150 @@
+"""`crisis drill`: recovery drills against the running stack (flows/drill.py).
+
+The drills need what a real crisis needs: the server, the deployments and the
+ladder's automations (`crisis deploy`), and workers polling the pools
+(`crisis up --worker`). Each is checked first and named in one line when it is
+missing, so a drill never waits out its time limit on a stack that cannot act.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated
+
+import cyclopts
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from prefect_crisis.core.errors import CrisisError, ExitCode, StackError
+
+console = Console(highlight=False)
+progress_console = Console(highlight=False, stderr=True)  # with --json, stdout carries only the report
+WORKER_SEEN_WITHIN = timedelta(seconds=90)  # a worker whose last heartbeat is older is not polling
+
+
+def check_workers(client, pools: set[str]) -> None:
+    """Every pool the ladder's deployments run on has a worker that polled lately.
+
+    Raises:
+        StackError: a pool is missing or nobody polls it (one line naming `crisis up --worker`).
+    """
+    from prefect.exceptions import ObjectNotFound
+
+    now = datetime.now(timezone.utc)
+    for pool in sorted(pools):
+        try:
+            workers = client.read_workers_for_work_pool(pool)
+        except ObjectNotFound:
+            raise StackError(f"work pool {pool!r} is not on the server: run `crisis deploy`, then `crisis up --worker`") from None
+        if not any(worker.last_heartbeat_time and now - worker.last_heartbeat_time < WORKER_SEEN_WITHIN for worker in workers):
+            raise StackError(f"no worker polls {pool!r}: start them with `crisis up --worker` (the drills wait for the automated response)")
+
+
+def check_stack_can_respond() -> None:
+    """The ladder's deployments and automations exist and workers poll.
+
+    Raises:
+        StackError: something the automated response needs is missing.
+    """
+    from prefect.client.orchestration import get_client
+
+    from prefect_crisis.blocks.escalation_policy import LadderStep
+    from prefect_crisis.deployments.automations import resolve_deployment_ids
+
+    with get_client(sync_client=True) as client:
+        ids = resolve_deployment_ids(client)
+        missing = [step.automation_name for step in LadderStep if not client.read_automations_by_name(step.automation_name)]
+        if missing:
+            raise StackError(f"automation(s) {', '.join(missing)} not on the server: run `crisis deploy`")
+        check_workers(client, {client.read_deployment(deployment_id).work_pool_name for deployment_id in ids.values()})
+
+
+class _Terminal(logging.Handler):
+    def __init__(self, out: Console):
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        style = "red" if "FAILED" in line else ("green" if ": passed;" in line else "")
+        self.out.print(f"[{style}]{escape(line)}[/{style}]" if style else escape(line), soft_wrap=True)
+
+
+def drill(
+    *scenarios: str,
+    iterations: Annotated[int, cyclopts.Parameter("--iterations", help="Runs per scenario, each on a fresh drill model.")] = 1,
+    seed: Annotated[int, cyclopts.Parameter("--seed", help="Seed of the first run; run i uses seed + i.")] = 0,
+    json_output: Annotated[bool, cyclopts.Parameter("--json", negative=(), help="Print the report as JSON instead of a table.")] = False,
+    home: Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")] = None,
+) -> None:
+    """Inject faults into the running stack and time its automated response: crisis drill [SCENARIO ...] (all when none).
+
+    Scenarios: corrupted-batch, poisoned-retrain, concept-drift, primary-raising, latency-spike, duplicate-event,
+    monitor-silent. Exit 0 when every run recovered as expected, 1 when one did not (the report says why),
+    2 for an unknown scenario, 4 when the stack cannot respond (no server, no `crisis deploy`, no worker).
+    """
+    from prefect_crisis.deployments import stack
+    from prefect_crisis.deployments.cli import LONG_COMMAND, _exit_for_failure, _quiet_console
+
+    if iterations < 1:
+        raise CrisisError(f"--iterations must be at least 1, not {iterations}")
+    with stack.use_stack(home, **LONG_COMMAND) as api_url:
+        from prefect_crisis.tasks.drills import PROGRESS, scenario_names
+
+        names = scenario_names(list(scenarios))  # an unknown name: one line, before anything runs
+        check_stack_can_respond()
+        from prefect_crisis.flows.drill import crisis_drill
+
+        out = progress_console if json_output else console
+        out.print(f"drilling {', '.join(names)} x{iterations} against {api_url} (the stack responds on its own; progress below)", soft_wrap=True)
+        handler = _Terminal(out)
+        PROGRESS.addHandler(handler)
+        PROGRESS.setLevel(logging.INFO)
+        # a drill's breaker trips and event flushes are expected, and its progress lines say what they mean
+        quieted = {name: logging.getLogger(name).level for name in ("prefect_crisis.serving", "EventsWorker")}
+        for name in quieted:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            with _quiet_console():
+                state = crisis_drill(scenarios=names, iterations=iterations, seed=seed, return_state=True)
+        finally:
+            PROGRESS.removeHandler(handler)
+            for name, level in quieted.items():
+                logging.getLogger(name).setLevel(level)
+        if state.is_failed():
+            _exit_for_failure(state)
+        report = state.result()
+    if json_output:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_summary(report["summary"])
+        console.print(f"report: {report['json']}" + (f", times: {report['png']}" if report["png"] else ""), soft_wrap=True)
+        console.print(f"in the Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id} (artifacts drill-report, drill-times)", soft_wrap=True)
+    if not all(row["success_rate"] == 1.0 for row in report["summary"]):
+        sys.exit(ExitCode.FAILURE)
+
+
+def _print_summary(rows: list[dict]) -> None:
+    def shown(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    table = Table(title="recovery drills (seconds from the fault)")
+    table.add_column("scenario", no_wrap=True)
+    for column in ("passed", "detect p50/p95", "mitigate p50/p95", "recover p50/p95/max"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["scenario"], f"{row['passed']}/{row['runs']}",
+            f"{shown(row['detect_p50_s'])}/{shown(row['detect_p95_s'])}",
+            f"{shown(row['mitigate_p50_s'])}/{shown(row['mitigate_p95_s'])}",
+            f"{shown(row['recover_p50_s'])}/{shown(row['recover_p95_s'])}/{shown(row['recover_max_s'])}",
+        )
+    console.print(table)
+    for row in rows:
+        if row["failures"]:
+            console.print(f"[red]{escape(row['scenario'])}[/red]: {escape(row['failures'])}", soft_wrap=True)

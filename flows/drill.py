@@ -1,0 +1,656 @@
+"""Recovery drills: faults injected into the running stack, the automated response
+awaited, the end state checked, and the times measured.
+
+A scenario is a value (`Scenario`): setup, inject, expect, clean up, time limit.
+Each iteration runs on a fresh drill model (`drill-<scenario>-<tag>`), so
+iterations never meet each other's versions, cool-downs or incidents, and every
+incident the ladder opens for it is marked as a drill (and pages nobody).
+
+Nothing here repairs anything: the drill breaks a model, a batch or a served
+primary the way the world would, then waits for the stack (`crisis up --worker`,
+`crisis deploy`: the automations, the workers, the MLflow registry, the
+inference log) to notice and act, and reads back from Prefect events and the
+MLflow audit when it noticed (detect), when the harm stopped reaching clients
+(mitigate) and when the model was whole again (recover). Every time counts from
+the moment the evidence existed: the labels recorded, the batch sent, the fault
+switched on.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events.worker import EventsWorker
+
+from prefect_crisis.blocks.contract import DataContract
+from prefect_crisis.blocks.fallback_policy import FallbackPolicy
+from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.core.errors import CrisisError
+from prefect_crisis.core.paths import artifact_key, crisis_home, default_storage
+from prefect_crisis.core.timeline import Timeline, TimelineEvent, model_resource, prefect_sink, related_resources
+from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, AliasAction, CrisisEvent, Severity
+from prefect_crisis.flows.validate_batch import validate_batch
+from prefect_crisis.tasks.drills import (
+    PROGRESS, SCENARIO_NAMES, Served, applied_moves, concept_drifted, drill_model_name, first_event, inject_into_primary, positives_flipped,
+    register_synthetic, scenario_names, seconds, serve_rows, stable_champion, wait_until,
+)
+from prefect_crisis.tasks.emergency import EmergencyRecord
+from prefect_crisis.tasks.incident_report import incident_report
+from prefect_crisis.tasks.quarantine import storage_uri, write_parquet
+from prefect_crisis.tasks.serving import FallbackRouter
+from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag
+from prefect_crisis.tasks.synthetic import make_batch
+
+DRILL_CONTRACT = "drill-stream"
+TIMELINE_STEPS = ("incident.opened", "decision.taken", "model.rolled-back", "recovery.succeeded")
+SERVED_ROWS = 300
+
+
+@dataclass
+class Drill:
+    """One iteration's state: what setup made, when the fault went in, what the checks found."""
+
+    scenario: str
+    iteration: int
+    seed: int
+    model: str
+    limit: float
+    registry: ModelRegistry | None = None
+    injected_at: datetime | None = None
+    cleared_at: datetime | None = None
+    detect_s: float | None = None
+    mitigate_s: float | None = None
+    recover_s: float | None = None
+    incident: str | None = None
+    failures: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def require(self, condition: Any, failure: str) -> bool:
+        """Record `failure` unless `condition` holds; returns whether it held."""
+        if not condition:
+            self.failures.append(failure)
+        return bool(condition)
+
+    def inject_now(self) -> datetime:
+        self.injected_at = datetime.now(timezone.utc)
+        return self.injected_at
+
+    def since(self, at: datetime | None) -> float | None:
+        return seconds(self.injected_at, at) if self.injected_at else None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A drill: `setup` builds the model, `inject` breaks it (and stamps the time), `expect` waits for the stack's
+    response within `limit` seconds and records what held, `cleanup` leaves nothing in force."""
+
+    name: str
+    summary: str
+    setup: Callable[[Drill], None]
+    inject: Callable[[Drill], None]
+    expect: Callable[[Drill], None]
+    cleanup: Callable[[Drill], None]
+    limit: float = 120.0
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    scenario: str
+    iteration: int
+    seed: int
+    model: str
+    passed: bool
+    detect_s: float | None
+    mitigate_s: float | None
+    recover_s: float | None
+    incident: str | None
+    failures: tuple[str, ...]
+    facts: dict[str, Any]
+    wall_s: float
+
+
+# -- shared steps ------------------------------------------------------------------------
+
+def _no_cleanup(drill: Drill) -> None:
+    return None
+
+
+def _lift_emergency(drill: Drill) -> None:
+    """Leave no stop in force: a drill's emergency is resolved by the drill, as an operator would after it."""
+    if EmergencyRecord.read(drill.model) is not None:
+        EmergencyRecord.clear(drill.model)
+    clear_stop_flag(drill.model)
+
+
+def _close_router(drill: Drill) -> None:
+    router = drill.state.pop("router", None)
+    if router is not None:
+        router.close()
+
+
+def _serve_and_label(drill: Drill, batch_seed: int, drift: bool = False, emit: bool = True) -> Served:
+    """Serve SERVED_ROWS rows through the champion into the stack's inference log, then record their true labels
+    (with `emit`, `ml.labels.recorded`: the evidence the ladder acts on). Stamps the injection time at the labels."""
+    log = InferenceLog()
+    router = FallbackRouter(drill.registry, log=log.writer(), close_log=True).start(refresh_in_background=False)
+    batch = make_batch(SERVED_ROWS, seed=batch_seed)
+    if drift:
+        batch = concept_drifted(batch, batch_seed)
+    try:
+        served = serve_rows(router, batch, prefix=f"{drill.model}-{batch_seed}")
+    finally:
+        router.close()
+    drill.require(served.failed_requests == 0 and served.rows_failed == 0,
+                  f"{served.failed_requests} requests and {served.rows_failed} rows failed to the client")
+    drill.inject_now()
+    log.record_labels(served.keys, served.labels, emit=emit)
+    if emit:
+        EventsWorker.drain_all()
+    drill.facts["rows_served"] = len(served.keys)
+    return served
+
+
+def _check_timeline(drill: Drill, incident: str | None, steps: tuple[str, ...] = TIMELINE_STEPS) -> None:
+    """The incident's timeline is complete (its steps reached the server) and it is marked as a drill."""
+    if not drill.require(incident, "no incident recorded the response"):
+        return
+    drill.incident = incident
+    EventsWorker.drain_all()
+    seen: set[str] = set()
+    report = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            report = incident_report(incident)
+        except Exception:  # noqa: BLE001 - not on the server yet: events are persisted in batches
+            report = None
+        seen = {step.step for step in report.steps} if report else set()
+        if all(step in seen for step in steps):
+            break
+        time.sleep(0.5)
+    missing = [step for step in steps if step not in seen]
+    drill.require(not missing, f"incident {incident}'s timeline lacks {', '.join(missing)}")
+    drill.require(report is not None and report.incident.get("drill"), f"incident {incident} is not marked as a drill")
+
+
+# -- 1 corrupted batch -----------------------------------------------------------------------
+
+def _corrupted_setup(drill: Drill) -> None:
+    drill.registry, drill.state["good"] = stable_champion(drill.model, drill.seed)
+    drill.state["fallback"] = drill.registry.version_by_alias(drill.registry.fallback_alias).version
+    reference = _keyed(make_batch(2_000, seed=10_000))
+    uri = storage_uri(default_storage(), drill.model, "reference.parquet")
+    write_parquet(reference, uri)
+    DataContract.from_reference(reference, key_column="event_id", label_column="label", reference_uri=uri,
+                                max_quarantine_ratio=0.1).save(DRILL_CONTRACT, overwrite=True)
+
+
+def _keyed(batch, start: int = 0):
+    batch = batch.copy()
+    batch.insert(0, "event_id", [f"e{start + i:07d}" for i in range(len(batch))])
+    return batch
+
+
+def corrupt(batch, rows: int, seed: int):
+    """Break `rows` rows of the batch, in equal parts: a missing value, inf, a value far out of range, text in a
+    numeric column, a duplicated key. Returns the broken batch (text makes its column a text column)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    broken = batch.astype({"f04": object}).copy()
+    chosen = rng.choice(len(batch) - 1, size=rows, replace=False) + 1
+    for number, row in enumerate(chosen):
+        kind = number % 5
+        if kind == 0:
+            broken.iat[row, broken.columns.get_loc("f01")] = np.nan
+        elif kind == 1:
+            broken.iat[row, broken.columns.get_loc("f02")] = np.inf
+        elif kind == 2:
+            broken.iat[row, broken.columns.get_loc("f03")] = 1e6
+        elif kind == 3:
+            broken.iat[row, broken.columns.get_loc("f04")] = "n/a"
+        else:
+            broken.iat[row, broken.columns.get_loc("event_id")] = broken.iat[row - 1, broken.columns.get_loc("event_id")]
+    return broken
+
+
+def _corrupted_inject(drill: Drill) -> None:
+    storage = default_storage()
+    batches = {}
+    for name, rows_broken, seed in (("light", 10, drill.seed + 1), ("heavy", 70, drill.seed + 2)):
+        batch = corrupt(_keyed(make_batch(200, seed=seed), start=seed * 1_000), rows_broken, seed)
+        uri = storage_uri(storage, drill.model, f"drill-{name}-{drill.iteration}.parquet")
+        write_parquet(batch, uri)
+        batches[name] = (uri, len(batch))
+    light = validate_batch(model_name=drill.model, contract_block=DRILL_CONTRACT, batch_path=batches["light"][0], storage=storage)
+    drill.inject_now()  # the heavy batch: 35% broken, over the contract's 10%: rejected whole
+    heavy = validate_batch(model_name=drill.model, contract_block=DRILL_CONTRACT, batch_path=batches["heavy"][0], storage=storage)
+    drill.state.update(light=light, heavy=heavy, sent={name: rows for name, (_, rows) in batches.items()})
+
+
+def _corrupted_expect(drill: Drill) -> None:
+    light, heavy, sent = drill.state["light"], drill.state["heavy"], drill.state["sent"]
+    for name, report in (("light", light), ("heavy", heavy)):
+        drill.require(report.kept + report.quarantined == sent[name],
+                      f"{name} batch: kept {report.kept} + quarantined {report.quarantined} != {sent[name]} rows sent")
+    kinds = set(light.check_counts)
+    wanted = {"null", "not_finite", "out_of_range", "wrong_type", "duplicate_key"}
+    drill.require(wanted <= kinds, f"light batch: quarantine reasons {sorted(kinds)} miss {sorted(wanted - kinds)}")
+    drill.require(light.verdict.value != "reject" and light.kept >= 180, f"light batch (5% broken): {light.verdict.value}, kept {light.kept}")
+    drill.require(heavy.verdict.value == "reject" and heavy.kept == 0, f"heavy batch (35% broken): {heavy.verdict.value}, kept {heavy.kept}")
+    drill.facts.update(light_quarantined=light.quarantined, heavy_quarantined=heavy.quarantined)
+    rejected = wait_until(lambda: first_event(drill.model, [CrisisEvent.DATA_REJECTED], drill.injected_at), 15)
+    drill.detect_s = drill.since(rejected.occurred) if rejected else None
+    drill.require(rejected, "no ml.data.rejected event reached the server")
+    registry, fallback = drill.registry, drill.state["fallback"]
+    moved = wait_until(lambda: applied_moves(registry, AliasAction.FALLBACK, drill.injected_at), drill.limit)
+    flag = read_stop_flag(drill.model)
+    if drill.require(moved, f"the emergency stop did not serve the fallback within {drill.limit:g} s"):
+        drill.mitigate_s = drill.since(moved[0].at)
+        drill.require(moved[0].to_version == fallback, f"champion moved to v{moved[0].to_version}, not the fallback v{fallback}")
+        drill.incident = moved[0].incident
+    drill.require(wait_until(lambda: read_stop_flag(drill.model), 15), "training's stop flag was not raised")
+    drill.facts["stop_flag"] = bool(flag)
+
+
+# -- 2 poisoned retrain, 3 concept drift ------------------------------------------------------
+
+def _stable_setup(drill: Drill) -> None:
+    drill.registry, drill.state["good"] = stable_champion(drill.model, drill.seed)
+
+
+def _poisoned_inject(drill: Drill) -> None:
+    registry = drill.registry
+    poisoned = register_synthetic(registry, drill.seed + 1, positives_flipped)
+    holdout = registry.version(poisoned).metrics.get("accuracy")
+    registry.promote(poisoned, f"retrained on the latest batch (holdout accuracy {holdout:.3f} on its own labels)")
+    drill.state["poisoned"] = poisoned
+    _serve_and_label(drill, batch_seed=drill.seed + 500)
+
+
+def _rollback_expect(drill: Drill) -> None:
+    registry, good = drill.registry, drill.state["good"]
+    moves = wait_until(lambda: applied_moves(registry, AliasAction.ROLLBACK, drill.injected_at), drill.limit, every=0.2)
+    breach = first_event(drill.model, [CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY], drill.injected_at)
+    drill.detect_s = drill.since(breach.occurred) if breach else None
+    drill.require(breach, "no critical or emergency breach was raised")
+    if not drill.require(moves, f"no rollback within {drill.limit:g} s of the labels"):
+        return
+    drill.recover_s = drill.mitigate_s = drill.since(moves[0].at)
+    drill.require(moves[0].to_version == good and registry.champion().version == good,
+                  f"rolled back to v{moves[0].to_version}, champion v{registry.champion().version}; the stable version is v{good}")
+    _check_timeline(drill, moves[0].incident)
+
+
+def _drift_inject(drill: Drill) -> None:
+    _serve_and_label(drill, batch_seed=drill.seed + 600, drift=True)
+
+
+def _drift_expect(drill: Drill) -> None:
+    """Every version learnt the old concept: rolling back cannot help. Expected: detected, one incident, the response
+    fails to recover and escalates (the emergency stop halts training and serves the fallback), and no rollback storm."""
+    registry = drill.registry
+    breach = wait_until(lambda: first_event(drill.model, [CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY], drill.injected_at), drill.limit)
+    if not drill.require(breach, f"the drift was not detected within {drill.limit:g} s"):
+        return
+    drill.detect_s = drill.since(breach.occurred)
+    stopped = wait_until(lambda: first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], drill.injected_at), drill.limit)
+    if drill.require(stopped, "the ladder did not escalate to the emergency stop"):
+        drill.mitigate_s = drill.since(stopped.occurred)
+        drill.incident = next((r.id.removeprefix(INCIDENT_RESOURCE) for r in stopped.related if r.role == "incident"), None)
+    rollbacks = applied_moves(registry, AliasAction.ROLLBACK, drill.injected_at)
+    drill.require(len(rollbacks) <= 1, f"{len(rollbacks)} rollbacks: a rollback storm")
+    drill.facts["rollbacks"] = len(rollbacks)
+    drill.require(read_stop_flag(drill.model), "training was not stopped while the concept changed")
+
+
+# -- 4 primary raising, 5 latency spike -------------------------------------------------------
+
+class _Recorder:
+    """The router's timeline sink: every event to Prefect, and its time kept here (the router sends from a thread)."""
+
+    def __init__(self):
+        self.seen: list[TimelineEvent] = []
+
+    def __call__(self, event: TimelineEvent) -> None:
+        self.seen.append(event)
+        prefect_sink(event)
+
+    def first(self, name: CrisisEvent, since: datetime) -> datetime | None:
+        return next((event.occurred for event in self.seen if event.event == name.value and event.occurred >= since), None)
+
+
+SERVING_DRILL_POLICY = FallbackPolicy(primary_timeout_seconds=0.25, failure_threshold=3, cooldown_seconds=1.0,
+                                      share_window_rows=200, min_share_rows=50, refresh_seconds=3600)
+
+
+def _serving_setup(drill: Drill) -> None:
+    drill.registry, drill.state["good"] = stable_champion(drill.model, drill.seed)
+    recorder = _Recorder()
+    router = FallbackRouter(drill.registry, SERVING_DRILL_POLICY, log=InferenceLog().writer(), close_log=True,
+                            timeline=Timeline(sink=recorder)).start(refresh_in_background=False)
+    drill.state.update(router=router, recorder=recorder)
+    warm = serve_rows(router, make_batch(200, seed=drill.seed + 700), prefix=f"{drill.model}-warm")
+    drill.require(warm.rows_by_fallback < 100, f"before the fault the fallback answered {warm.rows_by_fallback} of 200 rows")
+
+
+def _serving_inject(fault: str | float) -> Callable[[Drill], None]:
+    def inject(drill: Drill) -> None:
+        router = drill.state["router"]
+        faulty = inject_into_primary(router)
+        drill.state["faulty"] = faulty
+        served = Served([], [])
+        drill.inject_now()
+        faulty.fault = fault
+        served.extend(serve_rows(router, make_batch(300, seed=drill.seed + 701), prefix=f"{drill.model}-fault", pause=0.02))
+        drill.cleared_at = datetime.now(timezone.utc)
+        faulty.fault = None  # the primary is fixed (a restarted dependency, a deploy rolled back)
+        deadline = time.monotonic() + drill.limit
+        batch = make_batch(100, seed=drill.seed + 702)
+        while time.monotonic() < deadline and drill.state["recorder"].first(CrisisEvent.FALLBACK_RELEASED, drill.cleared_at) is None:
+            served.extend(serve_rows(router, batch, prefix=f"{drill.model}-after-{uuid.uuid4().hex[:4]}", pause=0.02))
+        drill.state["served"] = served
+    return inject
+
+
+def _serving_expect(drill: Drill) -> None:
+    recorder, served, faulty = drill.state["recorder"], drill.state["served"], drill.state["faulty"]
+    drill.require(served.failed_requests == 0 and served.rows_failed == 0,
+                  f"{served.failed_requests} of {served.requests} requests and {served.rows_failed} rows failed to the client")
+    engaged = recorder.first(CrisisEvent.FALLBACK_ENGAGED, drill.injected_at)
+    released = recorder.first(CrisisEvent.FALLBACK_RELEASED, drill.cleared_at)
+    if drill.require(engaged, "the fallback was never engaged while the primary failed"):
+        drill.detect_s = drill.mitigate_s = drill.since(engaged)
+    if drill.require(released, f"the fallback was not released within {drill.limit:g} s of the primary's repair"):
+        drill.recover_s = seconds(drill.cleared_at, released)
+    drill.facts.update(requests=served.requests, rows_by_fallback=served.rows_by_fallback, primary_calls_faulted=faulty.faulted_calls)
+    _close_router(drill)
+    EventsWorker.drain_all()
+    on_server = wait_until(lambda: first_event(drill.model, [CrisisEvent.FALLBACK_RELEASED], drill.injected_at), 15)
+    drill.require(on_server, "ml.fallback.released did not reach the Prefect server")
+
+
+# -- 8 duplicate and late events --------------------------------------------------------------
+
+def _duplicate_setup(drill: Drill) -> None:
+    _stable_setup(drill)
+    registry = drill.registry
+    poisoned = register_synthetic(registry, drill.seed + 1, positives_flipped)
+    registry.promote(poisoned, "retrained on the latest batch")
+    drill.state["poisoned"] = poisoned
+    _serve_and_label(drill, batch_seed=drill.seed + 800, emit=False)  # the window the response reads; no monitor run
+
+
+def _duplicate_inject(drill: Drill) -> None:
+    """One critical breach delivered twice (the same event, id and all, posted again: a sender's retry after a lost
+    acknowledgement), then a late one that happened a minute earlier (out of order)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+
+    model, poisoned = drill.model, drill.state["poisoned"]
+    payload = {"metric": "error_rate", "value": 0.4, "threshold": 0.2, "window": "drill", "samples": SERVED_ROWS, "drill": True}
+    drill.inject_now()
+    breach = Event(event=CrisisEvent.BREACH_CRITICAL.value, resource=model_resource(model), related=related_resources(model, poisoned),
+                   payload=payload, occurred=drill.injected_at)
+    late = Event(event=CrisisEvent.BREACH_CRITICAL.value, resource=model_resource(model), related=related_resources(model, poisoned),
+                 payload=payload, occurred=drill.injected_at - timedelta(minutes=1))
+    with get_client(sync_client=True) as client:  # the events API, as any sender posts them
+        for event in (breach, breach, late):
+            client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
+    drill.state["event_ids"] = {str(breach.id), str(late.id)}
+
+
+def _response_runs(model: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["crisis-response"])), limit=200)
+    return [run for run in runs if run.parameters.get("model_name") == model]
+
+
+def _duplicate_expect(drill: Drill) -> None:
+    _rollback_expect(drill)
+    time.sleep(5)  # a second response would have started by now
+    runs = _response_runs(drill.model)
+    moves = applied_moves(drill.registry, AliasAction.ROLLBACK, drill.injected_at)
+    drill.require(len(runs) == 1, f"{len(runs)} responses to one breach sent twice and a late copy")
+    drill.require(len(moves) == 1, f"{len(moves)} rollbacks")
+    # the server orders events by when they happened: the late copy may be the one that opened the incident
+    drill.require(drill.incident in drill.state["event_ids"], f"the incident is {drill.incident}, not one of the breaches' event ids")
+    drill.facts.update(responses=len(runs))
+
+
+# -- 9 a silent monitor -----------------------------------------------------------------------
+
+def _dead_man_window() -> float:
+    from prefect.client.orchestration import get_client
+
+    from prefect_crisis.blocks.escalation_policy import LadderStep
+
+    with get_client(sync_client=True) as client:
+        found = client.read_automations_by_name(LadderStep.MONITOR_SILENT.automation_name)
+    if not found:
+        from prefect_crisis.core.errors import StackError
+
+        raise StackError("the crisis-monitor-silent automation is not on the server: run `crisis deploy`")
+    return found[0].trigger.within.total_seconds()
+
+
+def _silent_setup(drill: Drill) -> None:
+    _stable_setup(drill)
+    drill.state["window"] = _dead_man_window()
+
+
+def _silent_inject(drill: Drill) -> None:
+    Timeline().emit(CrisisEvent.HEALTH_REPORTED, drill.model, {"breaches": 0, "drill": True})
+    EventsWorker.drain_all()
+    drill.inject_now()  # its last report: from now on the monitor is silent
+
+
+def _silent_expect(drill: Drill) -> None:
+    window = drill.state["window"]
+    runs = wait_until(lambda: _response_runs(drill.model), window + drill.limit, every=1.0)
+    if not drill.require(runs, f"no warning response within {window + drill.limit:g} s of the last health report (window {window:g} s)"):
+        return
+    run = runs[-1]
+    drill.detect_s = drill.mitigate_s = drill.since(run.created)
+    drill.require(drill.detect_s >= window - 1, f"the warning came {drill.detect_s:.1f} s after the last report, before the {window:g} s window")
+    drill.require((run.parameters.get("severity"), run.parameters.get("diagnose_only")) == (Severity.WARNING.value, True),
+                  f"the silent monitor started a {run.parameters.get('severity')} response, not a diagnose-only warning")
+    drill.facts["window_s"] = window
+
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario("corrupted-batch", "a batch with NaN, inf, out-of-range values, text in a numeric column and duplicate keys: "
+                 "5% broken is quarantined row by row, 35% is rejected whole and the emergency stop serves the fallback",
+                 _corrupted_setup, _corrupted_inject, _corrupted_expect, _lift_emergency, limit=90),
+        Scenario("poisoned-retrain", "a retrain on labels flipped upstream is promoted by its own holdout; live labels reveal it; "
+                 "the monitor breaches and the response rolls back to the stable version",
+                 _stable_setup, _poisoned_inject, _rollback_expect, _no_cleanup, limit=150),
+        Scenario("concept-drift", "live traffic whose labels follow a new concept: every version is wrong, so no rollback helps; "
+                 "detected, the response fails to recover and escalates to the emergency stop",
+                 _stable_setup, _drift_inject, _drift_expect, _lift_emergency, limit=120),
+        Scenario("primary-raising", "the served primary raises on every call: each request is answered by the fallback, and the "
+                 "breaker lets the primary back when it is fixed",
+                 _serving_setup, _serving_inject("raise"), _serving_expect, _close_router, limit=30),
+        Scenario("latency-spike", "the served primary takes 1 s a call against a 0.25 s timeout: answered by the fallback, "
+                 "released when the primary is fast again",
+                 _serving_setup, _serving_inject(1.0), _serving_expect, _close_router, limit=30),
+        Scenario("duplicate-event", "one critical breach delivered twice (same event id) and a late copy out of order: "
+                 "one response, one rollback",
+                 _duplicate_setup, _duplicate_inject, _duplicate_expect, _no_cleanup, limit=90),
+        Scenario("monitor-silent", "a model's health monitor stops reporting: the dead man's switch raises a diagnose-only "
+                 "warning once its window has passed",
+                 _silent_setup, _silent_inject, _silent_expect, _no_cleanup, limit=60),
+    )
+}
+assert tuple(SCENARIOS) == SCENARIO_NAMES, "tasks/drills.SCENARIO_NAMES lists the scenarios in catalogue order"
+
+
+def say(line: str) -> None:
+    """A progress line: into the drill's run log (log_prints) and to `prefect_crisis.drill` for a terminal."""
+    print(line)
+    PROGRESS.info(line)
+
+
+def run_iteration(scenario: Scenario, iteration: int, seed: int, progress: Callable[[str], None] = say) -> DrillResult:
+    """Set up, inject, expect and clean up once; an exception anywhere is a failure with its reason, never a crash."""
+    drill = Drill(scenario.name, iteration, seed, drill_model_name(scenario.name), scenario.limit)
+    progress(f"{scenario.name} #{iteration} (seed {seed}): {scenario.summary} [{drill.model}]")
+    started = time.monotonic()
+    try:
+        scenario.setup(drill)
+        scenario.inject(drill)
+        scenario.expect(drill)
+    except Exception as error:  # noqa: BLE001 - a drill reports what broke, it does not stop the others
+        drill.failures.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    finally:
+        try:
+            scenario.cleanup(drill)
+        except Exception as error:  # noqa: BLE001
+            drill.failures.append(f"cleanup: {type(error).__name__}: {error}")
+    result = DrillResult(scenario.name, iteration, seed, drill.model, not drill.failures, drill.detect_s, drill.mitigate_s,
+                         drill.recover_s, drill.incident, tuple(drill.failures), drill.facts, round(time.monotonic() - started, 2))
+    progress(describe(result))
+    return result
+
+
+def describe(result: DrillResult) -> str:
+    """One line for a person following the drill.
+
+    Example:
+        >>> describe(DrillResult("latency-spike", 0, 7, "drill-latency-spike-1", True, 0.61, 0.61, 1.2, None, (), {}, 9.5))
+        'latency-spike #0 (seed 7): passed; detect 0.61 s, mitigate 0.61 s, recover 1.20 s [drill-latency-spike-1, 9.5 s]'
+    """
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} s"
+
+    verdict = "passed" if result.passed else "FAILED: " + "; ".join(result.failures)
+    incident = f", incident {result.incident}" if result.incident else ""
+    return (f"{result.scenario} #{result.iteration} (seed {result.seed}): {verdict}; detect {shown(result.detect_s)}, "
+            f"mitigate {shown(result.mitigate_s)}, recover {shown(result.recover_s)} [{result.model}{incident}, {result.wall_s:.1f} s]")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (linear), None for no values.
+
+    Example:
+        >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([], 95)
+        (2.5, None)
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (position - low), 3)
+
+
+def summarize(results: list[DrillResult]) -> list[dict[str, Any]]:
+    """Per scenario: runs, success rate, and p50 / p95 / max of detect, mitigate and recover; failures with reasons."""
+    rows = []
+    for name in dict.fromkeys(result.scenario for result in results):
+        mine = [result for result in results if result.scenario == name]
+        row: dict[str, Any] = {"scenario": name, "runs": len(mine), "passed": sum(r.passed for r in mine),
+                               "success_rate": round(sum(r.passed for r in mine) / len(mine), 3)}
+        for measure in ("detect_s", "mitigate_s", "recover_s"):
+            values = [getattr(r, measure) for r in mine if getattr(r, measure) is not None]
+            row[f"{measure[:-2]}_p50_s"] = percentile(values, 50)
+            row[f"{measure[:-2]}_p95_s"] = percentile(values, 95)
+            row[f"{measure[:-2]}_max_s"] = max(values) if values else None
+        row["failures"] = "; ".join(f"#{r.iteration}: {'; '.join(r.failures)}" for r in mine if not r.passed)
+        rows.append(row)
+    return rows
+
+
+def plot_times(results: list[DrillResult]):
+    """A PNG (bytes) of the detect / mitigate / recover times per scenario, each run a dot; or None without times."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(result.scenario for result in results))
+    measures = (("detect_s", "detect", "#1f77b4"), ("mitigate_s", "mitigate", "#ff7f0e"), ("recover_s", "recover", "#2ca02c"))
+    if not any(getattr(r, m) is not None for r in results for m, _, _ in measures):
+        return None
+    figure, axes = plt.subplots(figsize=(9, 0.6 * len(names) + 1.6), dpi=100)
+    for row, name in enumerate(names):
+        for offset, (measure, label, colour) in zip((-0.22, 0.0, 0.22), measures):
+            values = [getattr(r, measure) for r in results if r.scenario == name and getattr(r, measure) is not None]
+            axes.scatter(values, [row + offset] * len(values), s=18, color=colour, alpha=0.7, label=label if row == 0 else None)
+            if values:
+                axes.plot([statistics.median(values)] * 2, [row + offset - 0.09, row + offset + 0.09], color="black", linewidth=1.5)
+    axes.set_yticks(range(len(names)), names)
+    axes.invert_yaxis()
+    axes.set_xscale("symlog", linthresh=1.0)
+    axes.set_xlabel("seconds from the fault (black tick: median)")
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8, ncol=3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_report(results: list[DrillResult], folder: Path, stamp: str) -> tuple[Path, Path | None]:
+    """The drill's JSON (every run, and the summary) and PNG under `folder`; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report = folder / f"drill-{stamp}.json"
+    report.write_text(json.dumps({"summary": summarize(results), "runs": [asdict(result) for result in results]}, indent=2, default=str))
+    png = plot_times(results)
+    picture = None
+    if png is not None:
+        picture = folder / f"drill-{stamp}.png"
+        picture.write_bytes(png)
+    return report, picture
+
+
+@flow(name="crisis-drill", log_prints=True)
+def crisis_drill(scenarios: list[str] | None = None, iterations: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Run recovery drills against the running stack and report success rate and times per scenario.
+
+    Args:
+        scenarios: scenario names (see `SCENARIOS`); empty: all of them.
+        iterations: runs per scenario, each on a fresh drill model, seeds `seed`, `seed + 1`, ...
+        seed: the first iteration's seed.
+
+    Raises:
+        CrisisError: an unknown scenario, or iterations below 1 (a usage error).
+    """
+    names = scenario_names(scenarios)
+    if iterations < 1:
+        raise CrisisError(f"iterations must be at least 1, not {iterations}")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results = [
+        run_iteration(SCENARIOS[name], iteration, seed + iteration)
+        for name in names
+        for iteration in range(iterations)
+    ]
+    summary = summarize(results)
+    report, picture = write_report(results, crisis_home() / "drills", stamp)
+    create_table_artifact(key=artifact_key("drill", "report"), table=summary, description=f"Recovery drills {stamp}: success rate and times (s)")
+    lines = [f"# Recovery drills {stamp}", "", f"{sum(r.passed for r in results)} of {len(results)} runs passed. JSON: `{report.name}`", ""]
+    if picture is not None:
+        lines += ["![times](data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode() + ")", ""]
+    lines += [f"- {describe(result)}" for result in results]
+    create_markdown_artifact(key=artifact_key("drill", "times"), markdown="\n".join(lines), description="Recovery drills: every run")
+    return {"summary": summary, "runs": [asdict(result) for result in results], "json": str(report), "png": str(picture) if picture else None}
