@@ -9,10 +9,12 @@ serving at time T". Versions are never deleted; they are retired by tag.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus, ViewType
@@ -27,6 +29,13 @@ from prefect_crisis.core.uris import mask_uri, password_moved_apart, with_passwo
 from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey, VersionRole
 
 NO_VERSION = "none"
+T = TypeVar("T")
+logger = logging.getLogger("prefect_crisis.registry")
+# What an MLflow store that is down, locked or out of reach says: worth waiting out, unlike a refusal.
+UNAVAILABLE = (
+    "database is locked", "disk i/o error", "readonly database", "unable to open database", "connection refused",
+    "max retries exceeded", "temporarily unavailable", "timed out", "connection aborted", "remote end closed", "error code 503",
+)
 
 # The event each audited alias move emits itself, so no caller can forget it.
 MOVE_EVENTS = {
@@ -38,6 +47,20 @@ MOVE_EVENTS = {
 def first_line(message: str) -> str:
     """MLflow's message cut to its first line: errors here are one line."""
     return (message or "").strip().splitlines()[0] if (message or "").strip() else "no detail"
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when MLflow could not be reached or written for now (a retry may succeed), not when it refused.
+
+    Example:
+        >>> is_unavailable(MlflowException("(sqlite3.OperationalError) database is locked"))
+        True
+        >>> is_unavailable(MlflowException("Registered Model with name=churn not found"))
+        False
+    """
+    if isinstance(error, MlflowException) and error.error_code == "TEMPORARILY_UNAVAILABLE":
+        return True
+    return isinstance(error, (MlflowException, OSError)) and any(hint in str(error).lower() for hint in UNAVAILABLE)
 
 
 def incident_id(incident: Incident | str | None) -> str | None:
@@ -139,6 +162,11 @@ class ModelRegistry(Block):
     challenger_alias: str = Field(default="challenger", description="Alias of the newest candidate.")
     fallback_alias: str = Field(default="fallback", description="Alias of the simple model served when all else fails.")
     audit_experiment: str = Field(default="crisis-audit", description="MLflow experiment holding the audit of alias moves.")
+    unavailable_retry_seconds: float = Field(
+        default=10.0, ge=0, description=(
+            "How long an alias move waits out an unreachable or locked MLflow store (retries with backoff from 0.2 s) "
+            "before it gives up with the alias untouched."),
+    )
 
     _client: MlflowClient | None = PrivateAttr(default=None)
     _clock: Callable[[], datetime] | None = PrivateAttr(default=None)
@@ -360,14 +388,24 @@ class ModelRegistry(Block):
                 f"version {version} of {self.model_name!r} is the fallback model: it takes {alias!r} only through a "
                 f"fallback recovery (action {AliasAction.FALLBACK.value!r}), never by promotion or as a challenger"
             )
-        audit = self._audit(action, alias, from_version, version, reason, incident_id(incident), finished=False)
+        # The audit row is written first, as `pending`: the intent. The alias moves, then the row says `applied`.
+        # An unavailable store is waited out (`unavailable_retry_seconds`); a move that still fails leaves the alias
+        # where it was and its row `failed`; a row left `pending` (the store went away after the alias moved, or the
+        # process died) is settled from the alias itself the next time the audit is read: never half done.
+        audit = self._retrying("write the audit row", self._audit, action, alias, from_version, version, reason, incident_id(incident), finished=False)
         try:
-            self.client.set_registered_model_alias(self.model_name, alias, version)
-        except MlflowException as error:
-            self._finish_audit(audit, AuditOutcome.FAILED.because(first_line(error.message)))
-            raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {first_line(error.message)}") from error
-        self._finish_audit(audit, AuditOutcome.APPLIED)
-        move = self._move_from_run(self.client.get_run(audit))
+            self._retrying(f"move {alias!r}", self.client.set_registered_model_alias, self.model_name, alias, version)
+        except (MlflowException, RegistryError) as error:
+            reason_failed = first_line(getattr(error, "message", None) or str(error))
+            if self._alias_reads(alias) != version:  # an HTTP store may have applied it and lost the answer
+                self._settle_quietly(audit, AuditOutcome.FAILED.because(reason_failed))
+                raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {reason_failed}") from error
+        self._settle_quietly(audit, AuditOutcome.APPLIED)
+        move = AliasMove(str(action.value), alias, from_version, version, reason, incident_id(incident), None, self.now(), AuditOutcome.APPLIED, audit)
+        try:
+            move = self._move_from_run(self.client.get_run(audit))
+        except MlflowException as error:  # the move is done and audited: a read-back the store refuses now changes nothing
+            logger.warning("%s: could not read back audit row %s: %s", self.model_name, audit, first_line(str(error)))
         if action in MOVE_EVENTS:
             self.timeline(incident).emit(
                 MOVE_EVENTS[action],
@@ -382,6 +420,72 @@ class ModelRegistry(Block):
         return self.move_alias(self.champion_alias, version, reason, incident, action=AliasAction.PROMOTE)
 
     # -- audit --------------------------------------------------------------------
+
+    def _retrying(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`call(*args, **kwargs)`, retried with backoff while the store is unavailable, for `unavailable_retry_seconds`.
+
+        Raises:
+            RegistryError: the store stayed unavailable (one line saying for how long).
+            MlflowException: MLflow refused (not worth retrying).
+        """
+        deadline = time.monotonic() + self.unavailable_retry_seconds
+        delay, tries = 0.2, 0
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except (MlflowException, OSError) as error:
+                tries += 1
+                if not is_unavailable(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise RegistryError(
+                        f"MLflow store {self.display_tracking_uri} unavailable: could not {what} for {self.model_name!r} "
+                        f"after {tries} tries in {self.unavailable_retry_seconds:g} s ({first_line(str(error))})"
+                    ) from error
+                logger.warning("%s: MLflow store unavailable (%s); retrying %s in %.1f s", self.model_name, first_line(str(error)), what, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _alias_reads(self, alias: str) -> str | None:
+        """The version `alias` points at now, or None when it cannot be read."""
+        try:
+            return str(self._retrying(f"read {alias!r}", self.client.get_model_version_by_alias, self.model_name, alias).version)
+        except (MlflowException, RegistryError):
+            return None
+
+    def _settle_quietly(self, audit: str, outcome: str) -> bool:
+        """Write the audit row's outcome; False (and the row left pending, settled on the next read) when the store is gone."""
+        try:
+            self._retrying("settle the audit row", self._finish_audit, audit, outcome)
+            return True
+        except (MlflowException, RegistryError) as error:
+            logger.warning("%s: audit row %s left pending (settled on the next read of the audit): %s", self.model_name, audit, error)
+            return False
+
+    def _settled(self, moves: list[AliasMove]) -> list[AliasMove]:
+        """Pending rows settled from what happened after them: applied when the alias went on from (or still points at)
+        their version, failed otherwise; the outcome is written back when the store allows."""
+        settled = list(moves)
+        for index, move in enumerate(settled):
+            if move.outcome != AuditOutcome.PENDING or not move.alias:
+                continue
+            if self.now() - move.at < timedelta(seconds=3 * self.unavailable_retry_seconds + 30):
+                continue  # perhaps still in flight in another process: its mover settles it
+            later = [m for m in settled[index + 1:] if m.alias == move.alias and m.applied]
+            if later:
+                applied = later[0].from_version == move.to_version
+            else:
+                current = self._alias_reads(move.alias)
+                if current is None:
+                    continue  # cannot tell yet
+                applied = current == move.to_version
+            outcome = AuditOutcome.APPLIED.value if applied else AuditOutcome.FAILED.because("the move did not complete (settled from the alias)")
+            settled[index] = replace(move, outcome=outcome)
+            try:
+                self._finish_audit(move.audit_run_id, outcome)
+            except MlflowException:
+                pass  # read-only now: settled again next time
+        return settled
 
     def _audit_experiment_id(self) -> str:
         return ensure_experiment(self.client, self.audit_experiment, {TagKey.AUDIT: "true"})
@@ -462,7 +566,7 @@ class ModelRegistry(Block):
             page_token = page.token
             if not page_token:
                 break
-        return sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at)
+        return self._settled(sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at))
 
     def audit_snapshot(self) -> AuditSnapshot:
         """The whole audit of this model, read once: an incident's steps share it."""

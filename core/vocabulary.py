@@ -193,6 +193,9 @@ EMERGENCY_LABEL = "ml.model.emergency"
 MODEL_VERSION_RESOURCE = "ml.model-version."
 INCIDENT_RESOURCE = "ml.incident."
 DRILL_PREFIX = "drill-"  # a recovery drill's models: their incidents are drills, and the ladder's pages skip them
+# The only drill models the dead man's switch watches: the others report while their drill runs and then go quiet
+# for good, and a diagnose-only response for each, minutes later, would crowd the workers of the next drills.
+SILENT_DRILL_PREFIX = DRILL_PREFIX + "monitor-silent-"
 
 
 def is_drill_model(model: str) -> bool:

@@ -29,7 +29,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 
 from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
 from prefect_crisis.core.errors import PolicyError, StackError
-from prefect_crisis.core.vocabulary import DRILL_PREFIX, EMERGENCY_LABEL, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
+from prefect_crisis.core.vocabulary import DRILL_PREFIX, EMERGENCY_LABEL, SILENT_DRILL_PREFIX, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
 
 CRISIS_RESPONSE = "crisis-response/crisis-response"
 EMERGENCY_STOP = "emergency-stop/emergency-stop"
@@ -45,11 +45,11 @@ NOTIFICATION_BODY = "{{ event.event }} for model {{ event.resource['" + MODEL_NA
 
 def model_trigger(
     events: set[CrisisEvent], *, threshold: int = 1, within: timedelta = timedelta(0), posture: Posture = Posture.Reactive,
-    after: set[CrisisEvent] = frozenset(), labels: dict[str, str] | None = None,
+    after: set[CrisisEvent] = frozenset(), labels: dict[str, str | list[str]] | None = None,
 ) -> EventTrigger:
     """A trigger on `events` about any model, counted per model (`for_each` on the model name label).
 
-    `after`: the events that open a window; `labels`: further resource labels the events must carry."""
+    `after`: the events that open a window; `labels`: further resource labels the events must carry (a list: any of them)."""
     return EventTrigger(
         after={event.value for event in after},
         expect={event.value for event in events},
@@ -151,8 +151,11 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             f"Dead man's switch: no ml.health.reported for a model within {policy.dead_man_window.total_seconds():g} s "
             f"({policy.dead_man_intervals} monitor intervals): diagnose it as a warning. Only models reported at least once are watched.",
             # Prefect's heartbeat pattern: each report opens a window that expects the next one; none -> fire.
-            partial(model_trigger, {CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive,
-                    after={CrisisEvent.HEALTH_REPORTED}),
+            # Drill models are left out but the silent-monitor drill's: the others go quiet for good when their drill ends.
+            lambda labels=None: model_trigger(
+                {CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive, after={CrisisEvent.HEALTH_REPORTED},
+                labels=labels if labels is not None else {MODEL_NAME_LABEL: [f"!{DRILL_PREFIX}*", f"{SILENT_DRILL_PREFIX}*"]},
+            ),
             # the firing's event is the model's last health report, not news: each run opens its own incident
             [run(deployment_ids, CRISIS_RESPONSE, response_parameters(
                 Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value

@@ -32,8 +32,9 @@ def recorded_pid(home: Path) -> int:
     return int(json.loads((home / "server.json").read_text())["pid"])
 
 
-def kill_servers_on(port: int) -> None:
-    """Kill every `prefect server start --port PORT` (SIGCONT first, in case one is frozen)."""
+def kill_servers_on(port: int, *homes: Path) -> None:
+    """Kill every `prefect server start --port PORT` (SIGCONT first, in case one is frozen), and the MLflow UI
+    (with its job consumers, one process group) that `crisis up` started for each of `homes`."""
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info["cmdline"] or []
         if "server" in cmdline and "start" in cmdline and str(port) in cmdline and any("prefect" in part for part in cmdline):
@@ -42,6 +43,11 @@ def kill_servers_on(port: int) -> None:
                     os.kill(process.info["pid"], signum)
                 except ProcessLookupError:
                     pass
+        elif "mlflow" in cmdline and "server" in cmdline and any(str(home) in part for home in homes for part in cmdline):
+            try:
+                os.killpg(process.info["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -140,7 +146,7 @@ def test_two_ups_on_one_port_only_one_is_ready(cli_env, tmp_path):
     finally:
         if bystander:
             bystander.kill()
-        kill_servers_on(port)
+        kill_servers_on(port, *homes)
 
 
 # -- items 4 and 5: a frozen, then a dead server; what it left behind ----------------
@@ -203,7 +209,7 @@ def test_frozen_and_dead_server_every_command_answers_at_once(cli_env):
             assert "server is gone" in one_line_error(result)
         print("seconds to answer:", figures)
     finally:
-        kill_servers_on(port)
+        kill_servers_on(port, home)  # the MLflow UI `up` started outlives its dead Prefect server otherwise
 
 
 def test_the_next_up_marks_what_a_dead_stack_left_running_as_crashed(cli_env, tmp_path):
@@ -253,7 +259,7 @@ def test_the_next_up_marks_what_a_dead_stack_left_running_as_crashed(cli_env, tm
     finally:
         if training and training.poll() is None:
             training.kill()
-        kill_servers_on(port)
+        kill_servers_on(port, home)
 
 
 # -- item 15: credentials in printed URIs ---------------------------------------------

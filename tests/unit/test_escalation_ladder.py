@@ -153,3 +153,16 @@ def test_apply_creates_then_leaves_unchanged_then_updates_in_place_and_drops_dup
 def test_a_malformed_notification_block_is_refused():
     with pytest.raises(PolicyError, match="block-type-slug"):
         apply_ladder(EscalationPolicy(notification_block="on-call"), FakeClient())
+
+
+def test_the_dead_mans_switch_watches_every_model_but_drill_models_other_than_the_silent_monitor_drills():
+    from prefect.server.events.schemas.events import Resource, ResourceSpecification
+
+    match = ResourceSpecification(by_name()["crisis-monitor-silent"].trigger.match.model_dump())
+
+    def watched(name: str) -> bool:
+        return match.matches(Resource({"prefect.resource.id": f"ml.model.{name}", "ml.model.name": name}))
+
+    assert watched("churn") and watched("drill-monitor-silent-1a2b3c")
+    assert not watched("drill-poisoned-retrain-1a2b3c") and not watched("drill-concept-drift-9")
+
