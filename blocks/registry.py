@@ -63,6 +63,16 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, (MlflowException, OSError)) and any(hint in str(error).lower() for hint in UNAVAILABLE)
 
 
+def reset_store_connections(client: MlflowClient) -> None:
+    """Drop the pooled database connections of the client's stores (MLflow shares one engine per store URI in a
+    process): a SQLite connection that met a disk I/O error during an outage stays unusable after the store is back,
+    so a long-lived process (the warm worker) would fail every later write until restarted."""
+    for store in (getattr(client._tracking_client, "store", None), getattr(client._get_registry_client(), "store", None)):
+        engine = getattr(store, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
 def incident_id(incident: Incident | str | None) -> str | None:
     return incident.id if isinstance(incident, Incident) else incident
 
@@ -443,6 +453,7 @@ class ModelRegistry(Block):
                         f"after {tries} tries in {self.unavailable_retry_seconds:g} s ({first_line(str(error))})"
                     ) from error
                 logger.warning("%s: MLflow store unavailable (%s); retrying %s in %.1f s", self.model_name, first_line(str(error)), what, delay)
+                reset_store_connections(self.client)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -482,9 +493,9 @@ class ModelRegistry(Block):
             outcome = AuditOutcome.APPLIED.value if applied else AuditOutcome.FAILED.because("the move did not complete (settled from the alias)")
             settled[index] = replace(move, outcome=outcome)
             try:
-                self._finish_audit(move.audit_run_id, outcome)
-            except MlflowException:
-                pass  # read-only now: settled again next time
+                self._retrying("settle a pending audit row", self._finish_audit, move.audit_run_id, outcome)
+            except (MlflowException, RegistryError):
+                pass  # unwritable now: settled again next time
         return settled
 
     def _audit_experiment_id(self) -> str:

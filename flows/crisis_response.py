@@ -12,10 +12,10 @@ from prefect import flow, get_run_logger, tags
 from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed, State
 
-from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError
-from prefect_crisis.core.vocabulary import DecisionKind, Severity, ViolationType, is_drill_model
+from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
 from prefect_crisis.tasks.batches import load_frame
 from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.incident import (
@@ -68,6 +68,7 @@ def crisis_response(
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
     policy = RollbackPolicy.load(rollback_policy_block) if rollback_policy_block else RollbackPolicy()
     identifier = incident_id or new_incident_id()
+    timeline = None
     try:
         with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
             audit = registry.audit_snapshot()  # read once; every step of the incident uses this snapshot
@@ -104,6 +105,11 @@ def crisis_response(
         if not outcome.recovered:
             return Failed(name="Not recovered", message=summary + "; every strategy failed verification (ml.recovery.failed emitted)")
         return Completed(name="Recovered", message=summary, data={"decision": decision.to_dict(), "recovery": outcome.to_dict(), "recommendations": [r.action.value for r in report.recommendations]})
+    except Exception as error:
+        if timeline is not None and not diagnose_only:  # the incident is open and nothing will end it: escalate (the ladder's emergency step)
+            why = f"the response failed: {type(error).__name__}: {first_line(str(error))}"
+            timeline.emit(CrisisEvent.RECOVERY_FAILED, registry.model_name, {"reason": why, "attempts": [{"detail": why}]})
+        raise
     finally:
         # the crisis-dashboard artifact follows every response; the health plot goes to the incident's MLflow run
         refresh_dashboard(registry, get_run_logger(), incident=identifier)

@@ -414,25 +414,110 @@ def _duplicate_inject(drill: Drill) -> None:
     drill.state["event_ids"] = {str(breach.id), str(late.id)}
 
 
-def _response_runs(model: str) -> list:
+def _response_runs(model: str, since: datetime) -> list:
+    """The crisis-response runs of `model` created since `since` (newest first: a busy stack has many)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["crisis-response"])), limit=200)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["crisis-response"])),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since - timedelta(seconds=5))),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200,
+        )
     return [run for run in runs if run.parameters.get("model_name") == model]
 
 
 def _duplicate_expect(drill: Drill) -> None:
     _rollback_expect(drill)
     time.sleep(5)  # a second response would have started by now
-    runs = _response_runs(drill.model)
+    runs = _response_runs(drill.model, drill.injected_at)
     moves = applied_moves(drill.registry, AliasAction.ROLLBACK, drill.injected_at)
     drill.require(len(runs) == 1, f"{len(runs)} responses to one breach sent twice and a late copy")
     drill.require(len(moves) == 1, f"{len(moves)} rollbacks")
     # the server orders events by when they happened: the late copy may be the one that opened the incident
     drill.require(drill.incident in drill.state["event_ids"], f"the incident is {drill.incident}, not one of the breaches' event ids")
     drill.facts.update(responses=len(runs))
+
+
+# -- 6 the registry unavailable during a rollback ---------------------------------------------
+
+OUTAGE_AFTER_RESPONSE_STARTS = 2.5  # seconds the store stays unwritable once the response runs: its writes meet the outage
+
+
+def _sqlite_store() -> Path:
+    """The stack's MLflow store as a file this process may make unwritable (root, chattr, a SQLite store).
+
+    Raises:
+        CrisisError: the store is not a local SQLite file, or this process cannot make it unwritable.
+    """
+    import os
+    import shutil
+
+    from prefect_crisis.core.paths import default_tracking_uri
+
+    uri = default_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        raise CrisisError(f"the registry-unavailable drill makes a local SQLite store unwritable; this stack's is {uri.split('://')[0]}")
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        raise CrisisError("the registry-unavailable drill needs root and chattr (e2fsprogs) to make the MLflow store unwritable")
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def _chattr(path: Path, flag: str) -> None:
+    import subprocess
+
+    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True, timeout=10)
+
+
+def _unavailable_setup(drill: Drill) -> None:
+    drill.state["store"] = _sqlite_store()
+    _duplicate_setup(drill)
+
+
+def _unavailable_inject(drill: Drill) -> None:
+    """The store goes unwritable, a critical breach arrives, and the store comes back only once the response has
+    been running for OUTAGE_AFTER_RESPONSE_STARTS s (or after the time limit): its writes meet the outage."""
+    import contextvars
+    import threading
+
+    store, model, poisoned = drill.state["store"], drill.model, drill.state["poisoned"]
+    _chattr(store, "+i")
+    drill.state["outage"] = True
+    drill.inject_now()
+    Timeline().emit(CrisisEvent.BREACH_CRITICAL, model, {"metric": "error_rate", "value": 0.4, "threshold": 0.2, "drill": True}, version=poisoned)
+    EventsWorker.drain_all()
+
+    def restore() -> None:
+        try:
+            wait_until(lambda: any(run.state_type and run.state_type.value == "RUNNING" or run.end_time for run in _response_runs(model, drill.injected_at)),
+                       drill.limit / 2, every=0.2)
+            time.sleep(OUTAGE_AFTER_RESPONSE_STARTS)
+        finally:
+            _chattr(store, "-i")
+            drill.state["outage"] = False
+            drill.state["restored_at"] = datetime.now(timezone.utc)
+
+    # in this context's copy: the Prefect settings of the `crisis drill` command live in context variables
+    drill.state["restorer"] = threading.Thread(target=contextvars.copy_context().run, args=(restore,), name="drill-restore-store", daemon=True)
+    drill.state["restorer"].start()
+
+
+def _unavailable_expect(drill: Drill) -> None:
+    drill.state["restorer"].join(drill.limit)
+    _rollback_expect(drill)
+    moves = [move for move in drill.registry.audit_trail(drill.registry.champion_alias) if move.at >= drill.injected_at]
+    unsettled = [f"{move.action} v{move.to_version}: {move.outcome}" for move in moves if not move.applied]
+    drill.require(len([m for m in moves if m.action == AliasAction.ROLLBACK]) == 1, f"{len(moves)} champion moves after the outage began")
+    drill.require(not unsettled, f"audit rows not applied: {'; '.join(unsettled)}")
+    if drill.state.get("restored_at"):
+        drill.facts["outage_s"] = seconds(drill.injected_at, drill.state["restored_at"])
+
+
+def _restore_store(drill: Drill) -> None:
+    if drill.state.get("outage") and drill.state.get("store"):
+        _chattr(drill.state["store"], "-i")
 
 
 # -- 9 a silent monitor -----------------------------------------------------------------------
@@ -464,7 +549,7 @@ def _silent_inject(drill: Drill) -> None:
 
 def _silent_expect(drill: Drill) -> None:
     window = drill.state["window"]
-    runs = wait_until(lambda: _response_runs(drill.model), window + drill.limit, every=1.0)
+    runs = wait_until(lambda: _response_runs(drill.model, drill.injected_at), window + drill.limit, every=1.0)
     if not drill.require(runs, f"no warning response within {window + drill.limit:g} s of the last health report (window {window:g} s)"):
         return
     run = runs[-1]
@@ -493,6 +578,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("latency-spike", "the served primary takes 1 s a call against a 0.25 s timeout: answered by the fallback, "
                  "released when the primary is fast again",
                  _serving_setup, _serving_inject(1.0), _serving_expect, _close_router, limit=30),
+        Scenario("registry-unavailable", "the MLflow store turns unwritable as a critical breach arrives and stays so while the "
+                 "response runs: its writes wait the outage out and the rollback completes once, audited, nothing half done",
+                 _unavailable_setup, _unavailable_inject, _unavailable_expect, _restore_store, limit=90),
         Scenario("duplicate-event", "one critical breach delivered twice (same event id) and a late copy out of order: "
                  "one response, one rollback",
                  _duplicate_setup, _duplicate_inject, _duplicate_expect, _no_cleanup, limit=90),

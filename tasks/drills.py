@@ -35,7 +35,8 @@ from prefect_crisis.tasks.synthetic import feature_names, make_batch
 
 FEATURES = feature_names(20)
 # The scenarios of flows/drill.py, in the order a full drill runs them.
-SCENARIO_NAMES = ("corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "duplicate-event", "monitor-silent")
+SCENARIO_NAMES = ("corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable",
+                  "duplicate-event", "monitor-silent")
 PROGRESS = logging.getLogger("prefect_crisis.drill")  # a line per step for a terminal (`crisis drill` shows it); the run log has them too
 FALLBACK_FEATURES = ["f00", "f01", "f02"]
 # A labelling pipeline that turns 65% of the positives into negatives: the retrain's own holdout (scored on

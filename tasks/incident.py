@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo
+from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo, is_unavailable, reset_store_connections
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
@@ -35,6 +36,23 @@ from prefect_crisis.tasks.rollback import LiveWindow, RollbackDecision, candidat
 from prefect_crisis.tasks.stop_flag import set_stop_flag
 
 TOP_FINDINGS = 3
+STORE_RETRY_DELAYS = [1, 2, 4, 8]  # seconds between a response step's tries while the MLflow store is unavailable (15 s in all)
+
+
+def store_unavailable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition of the response's steps: try again only when the MLflow store was unavailable
+    (down, locked, unreachable), never after a refusal or a bug."""
+    error = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    while error is not None:
+        if is_unavailable(error) or (isinstance(error, RegistryError) and " unavailable" in str(error)):
+            from mlflow import MlflowClient
+
+            from prefect_crisis.core.paths import default_tracking_uri
+
+            reset_store_connections(MlflowClient(tracking_uri=default_tracking_uri(), registry_uri=default_tracking_uri()))
+            return True
+        error = error.__cause__
+    return False
 
 
 def open_incident(
@@ -129,7 +147,7 @@ def plot_diagnosis(report: DiagnosticReport, path: Path) -> None:
     figure.savefig(path, dpi=80)
 
 
-@task(name="diagnose-model", cache_policy=NO_CACHE)
+@task(name="diagnose-model", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
 def diagnose_model(
     registry: ModelRegistry, champion: VersionInfo, window: pd.DataFrame, label: str, reference: pd.DataFrame | None,
     incident: Incident, audit: AuditSnapshot, timeline: Timeline,
@@ -178,7 +196,7 @@ def diagnose_model(
     return report, y_pred
 
 
-@task(name="decide-rollback", cache_policy=NO_CACHE)
+@task(name="decide-rollback", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
 def decide_rollback_task(
     registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, incident: Incident, audit: AuditSnapshot, timeline: Timeline
 ) -> RollbackDecision:

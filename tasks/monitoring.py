@@ -33,7 +33,7 @@ from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.core.errors import MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
-from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity
+from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity, is_drill_model
 from prefect_crisis.tasks.drift import DriftSettings, frame_drift
 from prefect_crisis.tasks.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
 from prefect_crisis.tasks.references import load_reference
@@ -384,11 +384,13 @@ def append_history(health: ModelHealth, keep: int, folder: Path | None = None) -
 
 
 def models_to_sweep(log: InferenceLog, now: datetime, minutes: float, model_names: Iterable[str] | None = None, model_name: str | None = None) -> list[str]:
-    """The models named (either parameter, or both), else every model with records in the last `minutes`."""
+    """The models named (either parameter, or both), else every model with records in the last `minutes` but drill
+    models (`drill-*`): a drill's model is swept when named (its drill's evidence names it), never by the schedule,
+    which would keep judging its faults for an hour after the drill ended."""
     named = list(dict.fromkeys([*(model_names or []), *([model_name] if model_name else [])]))
     for name in named:
         validate_model_name(name)
-    return named or log.models(now - timedelta(minutes=minutes), now)
+    return named or [model for model in log.models(now - timedelta(minutes=minutes), now) if not is_drill_model(model)]
 
 
 def load_drift_reference(policy: MonitoringPolicy) -> tuple[DataContract | None, pd.DataFrame | None]:

@@ -269,7 +269,7 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     assert mistyped.returncode == 2 and "no drill scenario 'latency-spik'" in mistyped.stderr + mistyped.stdout
     assert "Traceback" not in mistyped.stderr
 
-    scenarios = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "duplicate-event"]
+    scenarios = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable", "duplicate-event"]
     done = drill_cli(stack, *scenarios, "--seed", "3", "--json")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -278,8 +278,9 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     assert list(rows) == scenarios and all(row["success_rate"] == 1.0 for row in rows.values())
     for name in scenarios:
         assert rows[name]["detect_p50_s"] is not None and rows[name]["mitigate_p50_s"] is not None, name
-    for name in ("poisoned-retrain", "duplicate-event", "primary-raising", "latency-spike"):
+    for name in ("poisoned-retrain", "duplicate-event", "primary-raising", "latency-spike", "registry-unavailable"):
         assert rows[name]["recover_p50_s"] is not None, name
+    assert runs_outage_s(report) >= 2.5  # the store was unwritable while the response ran, and the rollback still landed once
     runs = {run["scenario"]: run for run in report["runs"]}
     assert runs["poisoned-retrain"]["incident"] and runs["corrupted-batch"]["facts"]["heavy_quarantined"] == 200
     assert runs["duplicate-event"]["facts"]["responses"] == 1
@@ -291,6 +292,10 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drill-report", "drill-times"])))
     assert {artifact.key for artifact in artifacts} == {"drill-report", "drill-times"}
     print("\n".join(line for line in done.stderr.splitlines() if ": passed;" in line))
+
+
+def runs_outage_s(report: dict) -> float:
+    return next(run for run in report["runs"] if run["scenario"] == "registry-unavailable")["facts"]["outage_s"]
 
 
 def test_the_silent_monitor_drill_waits_out_the_deployed_window(stack):

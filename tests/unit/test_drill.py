@@ -26,7 +26,8 @@ def result(scenario: str, iteration: int, passed: bool = True, detect=None, miti
 
 def test_every_scenario_of_the_issue_is_in_the_catalogue_with_a_time_limit():
     assert scenario_names(None) == list(SCENARIOS)
-    assert {"corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "duplicate-event", "monitor-silent"} <= set(SCENARIOS)
+    assert {"corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable",
+            "duplicate-event", "monitor-silent"} <= set(SCENARIOS)
     assert all(scenario.limit > 0 and scenario.summary for scenario in SCENARIOS.values())
     assert scenario_names(["latency-spike", "corrupted-batch"]) == ["corrupted-batch", "latency-spike"]  # catalogue order
 
