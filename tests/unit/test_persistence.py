@@ -32,12 +32,13 @@ def test_clean_batch_writes_no_quarantine_file(tmp_path):
 
 
 def test_columns_arrow_cannot_type_are_written_as_text_not_dropped(tmp_path):
-    frame = pd.DataFrame({"mixed": [1, "two", 3.0, None], "x": [1.0, 2.0, 3.0, 4.0]})
+    frame = pd.DataFrame({"mixed": [1, "two", 3.0, None], "x": [1.0, 2.0, 3.0, 4.0], "plan": pd.array(["free", "pro", "pro", "free"], dtype="str")})
     path = tmp_path / "mixed.parquet"
     write_parquet(frame, str(path))
     back = pd.read_parquet(path)
-    assert back["mixed"].tolist()[:3] == ["1", "'two'", "3.0"] and pd.isna(back["mixed"].iloc[3])
+    assert back["mixed"].tolist()[:3] == ["1", "two", "3.0"] and pd.isna(back["mixed"].iloc[3])  # strings as they were
     assert back["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert back["plan"].tolist() == ["free", "pro", "pro", "free"]  # a text column Arrow can type is not touched (was quoted)
 
 
 def test_markdown_report_states_verdict_counts_and_file():
