@@ -87,24 +87,9 @@ def exports_of(output: str) -> dict[str, str]:
 def register(registry, labels, seed: int) -> str:
     """Train a logistic model on a synthetic batch with `labels(y, rng)` as its training labels, log
     its holdout accuracy (on those labels: what a poisoned pipeline would see) and register it."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
+    from prefect_crisis.tasks.drills import register_synthetic
 
-    from prefect_crisis.core.vocabulary import TagKey
-    from prefect_crisis.tasks.checkpoints import training_experiment
-    from prefect_crisis.tasks.promotion import log_candidate
-    from prefect_crisis.tasks.synthetic import feature_names, make_batch
-
-    features = feature_names(20)
-    batch = make_batch(3_000, seed=seed)
-    X = batch[features].to_numpy()
-    y = labels(batch["label"].to_numpy(), np.random.default_rng(seed))
-    model = LogisticRegression(max_iter=500).fit(X[:2_400], y[:2_400])
-    client = registry.client
-    run = client.create_run(training_experiment(client, registry.model_name))
-    client.log_metric(run.info.run_id, "accuracy", float(model.score(X[2_400:], y[2_400:])))
-    info = log_candidate(model, X, run.info.run_id, client)
-    return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {TagKey.FEATURES: ",".join(features)}).version
+    return register_synthetic(registry, seed, labels)
 
 
 def all_flipped(y, rng):
