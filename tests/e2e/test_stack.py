@@ -65,6 +65,9 @@ def test_up_status_demo_down(cli_env, tmp_path):
         ps = subprocess.run(["ps", "-o", "args=", "-p", str(ui["pid"])], capture_output=True, text=True).stdout
         assert "mlflow" in ps and "sqlite" not in ps  # the store's URI goes through the environment, not the command line
 
+        drill = crisis(cli_env, "drill", "latency-spike")  # nothing deployed, no worker: the drill would only wait
+        assert drill.returncode == 4 and "run `crisis deploy`" in drill.stdout and "Traceback" not in drill.stderr, drill.stdout + drill.stderr
+
         demo = crisis(cli_env, "demo", "--rows", "2000")
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "artifacts visible through the Prefect API" in demo.stdout
@@ -118,6 +121,8 @@ def test_demo_without_a_server_says_what_to_do(cli_env):
     result = crisis(cli_env, "demo")
     assert result.returncode == 4  # ExitCode.STACK: the stack cannot be used
     assert "no Prefect server: run `crisis up`" in result.stdout
+    drill = crisis(cli_env, "drill")
+    assert drill.returncode == 4 and "no Prefect server: run `crisis up`" in drill.stdout
 
 
 def test_contract_infer_prints_a_contract_to_review_and_refuses_bad_names(cli_env, tmp_path):
