@@ -15,11 +15,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Start the local stack, run the main job, stop the stack whatever happened;
-# `make demo KEEP=1` leaves it up (Prefect UI, MLflow UI) and prints where to look.
+# Start the local stack with its workers, run the main job (the demo's story,
+# which plays every part itself), deploy the flows and the escalation
+# automations, then the crisis drill: a corrupted batch, a poisoned retrain and
+# a crashing primary injected into the running stack, which now responds on its
+# own; each incident's timeline is printed.
+# The stack stops whatever happened; `make demo KEEP=1` leaves it up (Prefect UI,
+# MLflow UI) and prints where to look.
+DRILL ?= corrupted-batch poisoned-retrain primary-raising
 demo: $(STAMP)
-	$(BIN)/crisis up
-	$(BIN)/crisis demo; status=$$?; \
+	$(BIN)/crisis up --worker
+	$(BIN)/crisis demo && $(BIN)/crisis deploy && $(BIN)/crisis drill $(DRILL) --timelines; status=$$?; \
 	if [ -n "$(KEEP)" ]; then $(BIN)/crisis status; echo "the stack stays up: open the URLs above; '$(BIN)/crisis down' stops it"; \
 	else $(BIN)/crisis down; fi; exit $$status
 

@@ -80,6 +80,7 @@ def drill(
     iterations: Annotated[int, cyclopts.Parameter("--iterations", help="Runs per scenario, each on a fresh drill model.")] = 1,
     seed: Annotated[int, cyclopts.Parameter("--seed", help="Seed of the first run; run i uses seed + i.")] = 0,
     json_output: Annotated[bool, cyclopts.Parameter("--json", negative=(), help="Print the report as JSON instead of a table.")] = False,
+    timelines: Annotated[bool, cyclopts.Parameter("--timelines", negative=(), help="Also print each run's incident timeline with its times.")] = False,
     home: Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")] = None,
 ) -> None:
     """Inject faults into the running stack and time its automated response: crisis drill [SCENARIO ...] (all when none).
@@ -125,6 +126,8 @@ def drill(
         _print_summary(report["summary"])
         console.print(f"report: {report['json']}" + (f", times: {report['png']}" if report["png"] else ""), soft_wrap=True)
         console.print(f"in the Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id} (artifacts drill-report, drill-times)", soft_wrap=True)
+        if timelines:
+            _print_timelines(report["runs"])
     if not all(row["success_rate"] == 1.0 for row in report["summary"]):
         sys.exit(ExitCode.FAILURE)
 
@@ -148,3 +151,21 @@ def _print_summary(rows: list[dict]) -> None:
     for row in rows:
         if row["failures"]:
             console.print(f"[red]{escape(row['scenario'])}[/red]: {escape(row['failures'])}", soft_wrap=True)
+
+
+def _print_timelines(runs: list[dict]) -> None:
+    """Each run's incident as `crisis incident show` prints it (steps, actors, times to detect, decide, recover)."""
+    from prefect_crisis.core.errors import IncidentError
+    from prefect_crisis.tasks.incident_report import wait_for_incident_end
+
+    for run in runs:
+        if not run["incident"]:
+            continue
+        console.rule(f"{run['scenario']} #{run['iteration']}")
+        try:
+            lines = wait_for_incident_end(run["incident"], timeout=15).lines()
+        except IncidentError as error:
+            lines = [f"incident {run['incident']}: {error}"]
+        for line in lines:
+            console.print(escape(line), soft_wrap=True)
+

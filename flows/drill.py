@@ -568,7 +568,7 @@ SCENARIOS: dict[str, Scenario] = {
                  _corrupted_setup, _corrupted_inject, _corrupted_expect, _lift_emergency, limit=90),
         Scenario("poisoned-retrain", "a retrain on labels flipped upstream is promoted by its own holdout; live labels reveal it; "
                  "the monitor breaches and the response rolls back to the stable version",
-                 _stable_setup, _poisoned_inject, _rollback_expect, _no_cleanup, limit=150),
+                 _stable_setup, _poisoned_inject, _rollback_expect, _no_cleanup, limit=240),
         Scenario("concept-drift", "live traffic whose labels follow a new concept: every version is wrong, so no rollback helps; "
                  "detected, the response fails to recover and escalates to the emergency stop",
                  _stable_setup, _drift_inject, _drift_expect, _lift_emergency, limit=120),

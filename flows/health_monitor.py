@@ -32,7 +32,7 @@ def health_monitor(
 
     Args:
         model_names: the models to sweep; empty: every model with records in the inference log
-            within the policy's long window.
+            within the policy's long window (a drill model, `drill-*`, only within its short window).
         model_name: one model (what an automation triggered by `ml.labels.recorded` passes);
             swept together with `model_names` when both are given.
         monitoring_policy_block: the MonitoringPolicy block; empty: the default policy.
@@ -42,7 +42,7 @@ def health_monitor(
     policy = MonitoringPolicy.load(monitoring_policy_block) if monitoring_policy_block else MonitoringPolicy()
     log = InferenceLog.load(inference_log_block) if inference_log_block else InferenceLog()
     now = utc_now()
-    models = models_to_sweep(log, now, policy.long_window_minutes, model_names, model_name)
+    models = models_to_sweep(log, now, policy.long_window_minutes, model_names, model_name, drill_minutes=policy.short_window_minutes)
     if not models:
         logger.info("no model has records in %s within the last %g minutes: nothing to sweep", log.display_url, policy.long_window_minutes)
         return Completed(name="Nothing to sweep", message="no model in the inference log's long window")

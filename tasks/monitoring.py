@@ -383,14 +383,20 @@ def append_history(health: ModelHealth, keep: int, folder: Path | None = None) -
 # -- the sweep of many models, and its tasks ------------------------------------------------------
 
 
-def models_to_sweep(log: InferenceLog, now: datetime, minutes: float, model_names: Iterable[str] | None = None, model_name: str | None = None) -> list[str]:
-    """The models named (either parameter, or both), else every model with records in the last `minutes` but drill
-    models (`drill-*`): a drill's model is swept when named (its drill's evidence names it), never by the schedule,
-    which would keep judging its faults for an hour after the drill ended."""
+def models_to_sweep(
+    log: InferenceLog, now: datetime, minutes: float, model_names: Iterable[str] | None = None, model_name: str | None = None,
+    drill_minutes: float | None = None,
+) -> list[str]:
+    """The models named (either parameter, or both), else every model with records in the last `minutes`; a drill
+    model (`drill-*`) only while it has records in the last `drill_minutes` (the short window): the schedule stays
+    the safety net of a drill in progress, and stops judging its faults soon after the drill ended."""
     named = list(dict.fromkeys([*(model_names or []), *([model_name] if model_name else [])]))
     for name in named:
         validate_model_name(name)
-    return named or [model for model in log.models(now - timedelta(minutes=minutes), now) if not is_drill_model(model)]
+    if named:
+        return named
+    recent = set(log.models(now - timedelta(minutes=drill_minutes), now)) if drill_minutes else set()
+    return [model for model in log.models(now - timedelta(minutes=minutes), now) if not is_drill_model(model) or model in recent]
 
 
 def load_drift_reference(policy: MonitoringPolicy) -> tuple[DataContract | None, pd.DataFrame | None]:

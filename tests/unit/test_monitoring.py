@@ -247,11 +247,12 @@ def test_one_sweep_reports_each_metric_once_at_its_worst_severity():
     assert sorted((b.metric, b.severity) for b in kept) == [("error_rate", Severity.EMERGENCY), ("fallback_share", Severity.WARNING)]
 
 
-def test_the_schedule_sweeps_every_logged_model_but_drill_models_which_are_swept_when_named(tmp_path):
+def test_the_schedule_sweeps_a_drill_model_only_while_its_drill_runs(tmp_path):
     from prefect_crisis.tasks.monitoring import models_to_sweep
 
     log = InferenceLog(url=f"sqlite:///{tmp_path / 'log.db'}", spool_path=str(tmp_path / "spool"))
     now = datetime.now(timezone.utc)
     write(log, labelled_batch("a", 5, now, model="churn"), labelled_batch("b", 5, now, model="drill-latency-spike-1a2b3c"))
-    assert models_to_sweep(log, now + timedelta(seconds=1), 60) == ["churn"]
+    assert models_to_sweep(log, now + timedelta(seconds=1), 60, drill_minutes=5) == ["churn", "drill-latency-spike-1a2b3c"]  # its drill runs
+    assert models_to_sweep(log, now + timedelta(minutes=10), 60, drill_minutes=5) == ["churn"]  # the drill is over
     assert models_to_sweep(log, now, 60, ["drill-latency-spike-1a2b3c"]) == ["drill-latency-spike-1a2b3c"]
