@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_inference_log.py
 	$(BIN)/python benchmarks/bench_escalation.py
+	$(BIN)/python benchmarks/bench_drill.py --iterations 20 --silent
 
 clean:
 	rm -rf $(VENV) .crisis .pytest_cache .hypothesis

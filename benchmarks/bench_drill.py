@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--silent", action="store_true", help="also drill the silent monitor (on a 10 s dead man's window)")
+    parser.add_argument("--scenarios", nargs="*", default=None, help="only these scenarios (default: all but monitor-silent)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="crisis-drill-bench-"))
     env = clean_environment(work)
@@ -61,7 +62,7 @@ def main() -> None:
         exports = exports_of(cli(env, work, "env"))
         connected = {**env, **exports}
         cli(connected, work, "deploy", timeout=300)
-        scenarios = SCENARIOS + (["monitor-silent"] if args.silent else [])
+        scenarios = (args.scenarios or SCENARIOS) + (["monitor-silent"] if args.silent else [])
         if args.silent:
             short_ladder(connected, work)
         started = time.perf_counter()
@@ -75,9 +76,10 @@ def main() -> None:
         report = json.loads(done.stdout)
         report.update(iterations=args.iterations, seconds=round(elapsed, 1), cpus=os.cpu_count(), load_after=os.getloadavg(), exit_code=done.returncode)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "drill.json").write_text(json.dumps(report, indent=2, default=str))
+        name = "drill" if not args.scenarios else "drill-" + "-".join(args.scenarios)
+        (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
         if report.get("png"):
-            shutil.copy(report["png"], RESULTS / "drill.png")
+            shutil.copy(report["png"], RESULTS / f"{name}.png")
         print(f"\n{'scenario':18} {'ok':>7} {'detect p50/p95':>16} {'mitigate p50/p95':>18} {'recover p50/p95/max':>22}")
         for row in report["summary"]:
             def pair(name: str) -> str:
@@ -86,7 +88,7 @@ def main() -> None:
             print(f"{row['scenario']:18} {row['passed']:>3}/{row['runs']:<3} {pair('detect'):>16} {pair('mitigate'):>18} {pair('recover'):>22}")
             if row["failures"]:
                 print(f"    failures: {row['failures']}")
-        print(f"\n{len(report['runs'])} runs in {elapsed:.0f} s; written {RESULTS / 'drill.json'}")
+        print(f"\n{len(report['runs'])} runs in {elapsed:.0f} s; written {RESULTS / (name + '.json')}")
     finally:
         cli(env, work, "down", timeout=120)
         print("stack down", flush=True)

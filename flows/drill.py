@@ -691,7 +691,7 @@ def plot_times(results: list[DrillResult]):
     axes.set_xscale("symlog", linthresh=1.0)
     axes.set_xlabel("seconds from the fault (black tick: median)")
     axes.grid(axis="x", alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8, ncol=3)
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, ncol=3, frameon=False)  # above the plot: never on a dot
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
