@@ -261,6 +261,7 @@ def drill_cli(home, *args: str, timeout: float = 600) -> subprocess.CompletedPro
     return subprocess.run([*CLI, "drill", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.timeout(900)  # seven drills in one command: about 3-4 minutes on a loaded 2-core machine
 def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack):
     """Each scenario once, injected into the running stack: the automations, the workers, the registry and the
     router respond on their own; the drill checks the end state (alias, fallback, stop flag, rows, the incident's
