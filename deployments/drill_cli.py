@@ -120,14 +120,14 @@ def drill(
         if state.is_failed():
             _exit_for_failure(state)
         report = state.result()
-    if json_output:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        _print_summary(report["summary"])
-        console.print(f"report: {report['json']}" + (f", times: {report['png']}" if report["png"] else ""), soft_wrap=True)
-        console.print(f"in the Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id} (artifacts drill-report, drill-times)", soft_wrap=True)
-        if timelines:
-            _print_timelines(report["runs"])
+        if json_output:
+            print(json.dumps(report, indent=2, default=str))
+        else:
+            _print_summary(report["summary"])
+            console.print(f"report: {report['json']}" + (f", times: {report['png']}" if report["png"] else ""), soft_wrap=True)
+            console.print(f"in the Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id} (artifacts drill-report, drill-times)", soft_wrap=True)
+            if timelines:  # read from the stack's server: inside use_stack, which points Prefect at it
+                _print_timelines(report["runs"])
     if not all(row["success_rate"] == 1.0 for row in report["summary"]):
         sys.exit(ExitCode.FAILURE)
 
