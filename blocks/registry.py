@@ -49,6 +49,17 @@ def first_line(message: str) -> str:
     return (message or "").strip().splitlines()[0] if (message or "").strip() else "no detail"
 
 
+def store_error_line(error: BaseException) -> str:
+    """The line of a store error that says what happened: SQLAlchemy puts a note on autoflush first.
+
+    Example:
+        >>> store_error_line(MlflowException("(raised as a result of Query-invoked autoflush)\\n(sqlite3.OperationalError) disk I/O error"))
+        '(sqlite3.OperationalError) disk I/O error'
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "Error)" in line), lines[0] if lines else "no detail")
+
+
 def is_unavailable(error: BaseException) -> bool:
     """True when MLflow could not be reached or written for now (a retry may succeed), not when it refused.
 
@@ -450,9 +461,9 @@ class ModelRegistry(Block):
                 if time.monotonic() + delay > deadline:
                     raise RegistryError(
                         f"MLflow store {self.display_tracking_uri} unavailable: could not {what} for {self.model_name!r} "
-                        f"after {tries} tries in {self.unavailable_retry_seconds:g} s ({first_line(str(error))})"
+                        f"after {tries} tries in {self.unavailable_retry_seconds:g} s ({store_error_line(error)})"
                     ) from error
-                logger.warning("%s: MLflow store unavailable (%s); retrying %s in %.1f s", self.model_name, first_line(str(error)), what, delay)
+                logger.warning("%s: MLflow store unavailable (%s); retrying %s in %.1f s", self.model_name, store_error_line(error), what, delay)
                 reset_store_connections(self.client)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -29,6 +29,7 @@ MODULES = [
     "prefect_crisis.flows.drill",
     "prefect_crisis.core.vocabulary",
     "prefect_crisis.deployments.automations",
+    "prefect_crisis.blocks.registry",
 ]
 
 
