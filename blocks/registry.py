@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.errors import RegistryError, RegistryUnavailableError
 from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment, validate_model_name
 from prefect_crisis.core.timeline import Incident, Timeline, utc_now
 from prefect_crisis.core.uris import mask_uri, password_moved_apart, with_password
@@ -69,7 +69,7 @@ def is_unavailable(error: BaseException) -> bool:
         >>> is_unavailable(MlflowException("Registered Model with name=churn not found"))
         False
     """
-    if isinstance(error, MlflowException) and error.error_code == "TEMPORARILY_UNAVAILABLE":
+    if isinstance(error, RegistryUnavailableError) or (isinstance(error, MlflowException) and error.error_code == "TEMPORARILY_UNAVAILABLE"):
         return True
     return isinstance(error, (MlflowException, OSError)) and any(hint in str(error).lower() for hint in UNAVAILABLE)
 
@@ -446,7 +446,7 @@ class ModelRegistry(Block):
         """`call(*args, **kwargs)`, retried with backoff while the store is unavailable, for `unavailable_retry_seconds`.
 
         Raises:
-            RegistryError: the store stayed unavailable (one line saying for how long).
+            RegistryUnavailableError: the store stayed unavailable (one line saying for how long).
             MlflowException: MLflow refused (not worth retrying).
         """
         deadline = time.monotonic() + self.unavailable_retry_seconds
@@ -459,7 +459,7 @@ class ModelRegistry(Block):
                 if not is_unavailable(error):
                     raise
                 if time.monotonic() + delay > deadline:
-                    raise RegistryError(
+                    raise RegistryUnavailableError(
                         f"MLflow store {self.display_tracking_uri} unavailable: could not {what} for {self.model_name!r} "
                         f"after {tries} tries in {self.unavailable_retry_seconds:g} s ({store_error_line(error)})"
                     ) from error
@@ -503,10 +503,7 @@ class ModelRegistry(Block):
                 applied = current == move.to_version
             outcome = AuditOutcome.APPLIED.value if applied else AuditOutcome.FAILED.because("the move did not complete (settled from the alias)")
             settled[index] = replace(move, outcome=outcome)
-            try:
-                self._retrying("settle a pending audit row", self._finish_audit, move.audit_run_id, outcome)
-            except (MlflowException, RegistryError):
-                pass  # unwritable now: settled again next time
+            self._settle_quietly(move.audit_run_id, outcome)  # unwritable now: settled again on the next read
         return settled
 
     def _audit_experiment_id(self) -> str:

@@ -71,6 +71,10 @@ class RegistryError(CrisisError):
     """A registry action could not be done; the registry is left as it was."""
 
 
+class RegistryUnavailableError(RegistryError):
+    """The MLflow store stayed down, locked or out of reach for the whole retry budget (a later try may succeed)."""
+
+
 class TrainingError(CrisisError):
     """Training cannot start or continue (bad policy, estimator or checkpoint)."""
 

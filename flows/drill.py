@@ -38,7 +38,7 @@ from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import ModelRegistry
-from prefect_crisis.core.errors import CrisisError
+from prefect_crisis.core.errors import CrisisError, IncidentError
 from prefect_crisis.core.paths import artifact_key, crisis_home, default_storage
 from prefect_crisis.core.timeline import Timeline, TimelineEvent, model_resource, prefect_sink, related_resources
 from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, AliasAction, CrisisEvent, Severity
@@ -48,7 +48,7 @@ from prefect_crisis.tasks.drills import (
     register_synthetic, scenario_names, seconds, serve_rows, stable_champion, wait_until,
 )
 from prefect_crisis.tasks.emergency import EmergencyRecord
-from prefect_crisis.tasks.incident_report import incident_report
+from prefect_crisis.tasks.incident_report import wait_for_incident_end
 from prefect_crisis.tasks.quarantine import storage_uri, write_parquet
 from prefect_crisis.tasks.serving import FallbackRouter
 from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag
@@ -169,22 +169,15 @@ def _check_timeline(drill: Drill, incident: str | None, steps: tuple[str, ...] =
     if not drill.require(incident, "no incident recorded the response"):
         return
     drill.incident = incident
-    EventsWorker.drain_all()
-    seen: set[str] = set()
-    report = None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            report = incident_report(incident)
-        except Exception:  # noqa: BLE001 - not on the server yet: events are persisted in batches
-            report = None
-        seen = {step.step for step in report.steps} if report else set()
-        if all(step in seen for step in steps):
-            break
-        time.sleep(0.5)
+    try:
+        report = wait_for_incident_end(incident, timeout=20)  # its recovery outcome on the server: the steps before it are too
+    except IncidentError as error:
+        drill.failures.append(f"incident {incident}: {error}")
+        return
+    seen = {step.step for step in report.steps}
     missing = [step for step in steps if step not in seen]
     drill.require(not missing, f"incident {incident}'s timeline lacks {', '.join(missing)}")
-    drill.require(report is not None and report.incident.get("drill"), f"incident {incident} is not marked as a drill")
+    drill.require(report.incident.get("drill"), f"incident {incident} is not marked as a drill")
 
 
 # -- 1 corrupted batch -----------------------------------------------------------------------

@@ -44,7 +44,7 @@ def store_unavailable(task: Any, task_run: Any, state: Any) -> bool:
     (down, locked, unreachable), never after a refusal or a bug."""
     error = state.data if isinstance(getattr(state, "data", None), BaseException) else None
     while error is not None:
-        if is_unavailable(error) or (isinstance(error, RegistryError) and " unavailable" in str(error)):
+        if is_unavailable(error):
             from mlflow import MlflowClient
 
             from prefect_crisis.core.paths import default_tracking_uri

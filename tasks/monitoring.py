@@ -395,8 +395,11 @@ def models_to_sweep(
         validate_model_name(name)
     if named:
         return named
+    models = log.models(now - timedelta(minutes=minutes), now)
+    if not any(is_drill_model(model) for model in models):
+        return models  # the usual case: one query
     recent = set(log.models(now - timedelta(minutes=drill_minutes), now)) if drill_minutes else set()
-    return [model for model in log.models(now - timedelta(minutes=minutes), now) if not is_drill_model(model) or model in recent]
+    return [model for model in models if not is_drill_model(model) or model in recent]
 
 
 def load_drift_reference(policy: MonitoringPolicy) -> tuple[DataContract | None, pd.DataFrame | None]:
