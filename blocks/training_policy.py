@@ -40,6 +40,15 @@ class TrainingPolicy(Block):
     time_budget_seconds: float | None = Field(default=900.0, gt=0, description="Stop training after this long.")
     divergence_factor: float | None = Field(default=10.0, gt=1.0, description="Stop when the loss passes this multiple of its best.")
     stall_patience_batches: int | None = Field(default=None, ge=1, description="Stop after this many mini-batches without a new best loss.")
+    checkpoint_every_seconds: float | None = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Also write the checkpoint while training, this often, so a process killed outright (SIGKILL, out of "
+            "memory) loses at most this much work; 0: after every mini-batch (the mini-batch in flight is all a kill "
+            "loses, at the cost of a write per mini-batch); empty: only when training stops."
+        ),
+    )
     flag_poll_seconds: float = Field(default=0.2, ge=0, description="How often the stop flag Variable is read (0: every mini-batch).")
     primary_metric: str = Field(default="accuracy", description="Holdout metric the promotion gate compares.")
     promotion_margin: float = Field(default=0.0, ge=0.0, description="How much a candidate must beat the champion on the primary metric.")

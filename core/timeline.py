@@ -118,13 +118,77 @@ class TimelineEvent:
 Sink = Callable[[TimelineEvent], Any]
 
 
-def prefect_sink(event: TimelineEvent) -> Any:
-    """Send the event to Prefect (inside a run Prefect relates it to the run)."""
-    from prefect.events import emit_event
+# How events outlast a Prefect server that is away (restarted, upgraded, briefly down). Prefect's events client
+# keeps each event it has not seen confirmed and sends it again when it reconnects; by default it gives up on an
+# event after 10 quick attempts (~8 s) and retries the rest only every 30 s. Ours keeps trying for about a minute
+# per event and looks for the server every 2 s, so an event emitted during a restart reaches the automations
+# within seconds of the server's return. Nothing is written to disk: a process that exits while the server is
+# away loses what it held, and says so (a warning naming the events held).
+RECONNECT_ATTEMPTS = 60
+RESEND_EVERY_SECONDS = 2.0
+DELIVERY = logging.getLogger("prefect_crisis.events")
 
-    return emit_event(
-        event=event.event.value, resource=event.resource, related=event.related, payload=event.payload, occurred=event.occurred
-    )
+
+def _patient_client_type():
+    from prefect.events.clients import PrefectEventsClient
+
+    class PatientEventsClient(PrefectEventsClient):
+        """Prefect's events client with a patience fit for a server restart, and the outage said in our words."""
+
+        def __init__(self, api_url: str | None = None):
+            super().__init__(api_url=api_url, reconnection_attempts=RECONNECT_ATTEMPTS, checkpoint_interval=RESEND_EVERY_SECONDS)
+            self._away_since: float | None = None
+
+        def _log_connection_error(self, error: Exception) -> None:
+            DELIVERY.warning("the Prefect server at %s does not answer (%s): %d events held in this process, sent again "
+                             "when it answers (they are lost if the process ends first)", self._api_url, error, len(self._unconfirmed_events))
+
+        async def _reconnect(self) -> None:
+            import time
+
+            held = len(self._unconfirmed_events)
+            try:
+                await super()._reconnect()
+            except Exception:
+                self._away_since = self._away_since or time.monotonic()
+                raise
+            if self._away_since is not None:
+                DELIVERY.warning("the Prefect server at %s answers again after %.0f s: %d held events sent", self._api_url,
+                                 time.monotonic() - self._away_since, held)
+                self._away_since = None
+
+    return PatientEventsClient
+
+
+_CLIENT_TYPE: list = []
+
+
+def _events_worker(api_url: str):
+    """The events worker of this process for `api_url`: Prefect's EventsWorker with the patient client."""
+    from prefect.events.worker import EventsWorker
+
+    if not _CLIENT_TYPE:
+        _CLIENT_TYPE.append(_patient_client_type())
+    # keyed by server: a process that talks to two servers in turn never sends one's events to the other
+    return super(EventsWorker, EventsWorker).instance.__func__(EventsWorker, _CLIENT_TYPE[0], (("api_url", api_url),))
+
+
+def prefect_sink(event: TimelineEvent) -> Any:
+    """Send the event to Prefect (inside a run Prefect relates it to the run), patiently when the server is away.
+
+    Prefect Cloud, an ephemeral server and a process with events turned off take Prefect's own path (`emit_event`).
+    """
+    from prefect.events import Event, emit_event
+    from prefect.events.worker import should_emit_events_to_running_server
+    from prefect.settings import PREFECT_API_URL
+
+    if not should_emit_events_to_running_server():
+        return emit_event(
+            event=event.event.value, resource=event.resource, related=event.related, payload=event.payload, occurred=event.occurred
+        )
+    sent = Event(event=event.event.value, resource=event.resource, related=event.related, payload=event.payload, occurred=event.occurred)
+    _events_worker(PREFECT_API_URL.value()).send(sent)
+    return sent
 
 
 class ListSink(list):

@@ -166,7 +166,9 @@ def launch_mlflow_ui(home: Path | None = None, port: int | None = None, host: st
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / LOG_FILE
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING_")}
-    environment.update(MLFLOW_BACKEND_STORE_URI=store)
+    # a UI to browse runs and models: without MLflow's job executor (its huey consumers serve GenAI jobs this
+    # stack never submits; they cost seconds at start and a process per consumer)
+    environment.update(MLFLOW_BACKEND_STORE_URI=store, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
                "--artifacts-destination", str(home / "mlartifacts")]
     with open(log_path, "ab") as log:

@@ -38,14 +38,15 @@ from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.errors import CrisisError, IncidentError
 from prefect_crisis.core.paths import artifact_key, crisis_home, default_storage
 from prefect_crisis.core.timeline import Timeline, TimelineEvent, model_resource, prefect_sink, related_resources
-from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, AliasAction, CrisisEvent, Severity
+from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, AliasAction, CrisisEvent, Severity, TagKey
 from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.tasks.drills import (
-    PROGRESS, SCENARIO_NAMES, Served, applied_moves, concept_drifted, drill_model_name, first_event, inject_into_primary, positives_flipped,
-    register_synthetic, scenario_names, seconds, serve_rows, stable_champion, wait_until,
+    PROGRESS, SCENARIO_NAMES, Served, applied_moves, concept_drifted, drill_model_name, first_event, flow_run_processes, inject_into_primary,
+    positives_flipped, register_synthetic, scenario_names, seconds, serve_rows, stable_champion, training_runs, wait_until,
 )
 from prefect_crisis.tasks.emergency import EmergencyRecord
 from prefect_crisis.tasks.incident_report import wait_for_incident_end
@@ -185,11 +186,17 @@ def _check_timeline(drill: Drill, incident: str | None, steps: tuple[str, ...] =
 def _corrupted_setup(drill: Drill) -> None:
     drill.registry, drill.state["good"] = stable_champion(drill.model, drill.seed)
     drill.state["fallback"] = drill.registry.version_by_alias(drill.registry.fallback_alias).version
-    reference = _keyed(make_batch(2_000, seed=10_000))
+    _save_drill_contract(drill)
+
+
+def _save_drill_contract(drill: Drill, name: str = DRILL_CONTRACT, keyed: bool = True) -> None:
+    """A DataContract block for the drill (`drill-stream`: keyed by event_id), learnt from a clean synthetic reference."""
+    reference = make_batch(2_000, seed=10_000)
+    reference = _keyed(reference) if keyed else reference
     uri = storage_uri(default_storage(), drill.model, "reference.parquet")
     write_parquet(reference, uri)
-    DataContract.from_reference(reference, key_column="event_id", label_column="label", reference_uri=uri,
-                                max_quarantine_ratio=0.1).save(DRILL_CONTRACT, overwrite=True)
+    DataContract.from_reference(reference, key_column="event_id" if keyed else None, label_column="label", reference_uri=uri,
+                                max_quarantine_ratio=0.1).save(name, overwrite=True)
 
 
 def _keyed(batch, start: int = 0):
@@ -513,6 +520,114 @@ def _restore_store(drill: Drill) -> None:
         _chattr(drill.state["store"], "-i")
 
 
+# -- 7 training killed mid-epoch --------------------------------------------------------------
+
+TRAINING_DEPLOYMENT = "continuous-training/continuous-training"
+DRILL_POLICY = DRILL_TRAINING_CONTRACT = "drill-training"
+TRAINING_ROWS = 20_000  # 10 epochs of 250 mini-batches: a training of several seconds to kill in the middle of
+
+
+def _training_setup(drill: Drill) -> None:
+    drill.registry = ModelRegistry(model_name=drill.model)
+    _save_drill_contract(drill, DRILL_TRAINING_CONTRACT, keyed=False)  # the synthetic batches the deployment makes have no key
+    policy = TrainingPolicy(epochs=10, batch_size=64)  # the default checkpoint interval
+    policy.save(DRILL_POLICY, overwrite=True)
+    drill.state["interval"] = policy.checkpoint_every_seconds
+
+
+def _start_training(drill: Drill) -> str:
+    """A run of the deployed continuous-training flow for the drill model (as its schedule starts one); its id."""
+    from prefect.deployments import run_deployment
+
+    parameters = {"model_name": drill.model, "contract_block": DRILL_TRAINING_CONTRACT, "policy_block": DRILL_POLICY,
+                  "synthetic_rows": TRAINING_ROWS, "seed": drill.seed}
+    return str(run_deployment(TRAINING_DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=False).id)
+
+
+def _flow_run_ended(flow_run_id: str):
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+    return run if run.state is not None and run.state.is_final() else None
+
+
+def _training_inject(drill: Drill) -> None:
+    """Start a training on the process worker; once it has written a checkpoint, SIGKILL its process mid-epoch
+    (a seeded moment): no handler runs, as when the kernel's OOM killer or a lost node ends it."""
+    import random
+
+    flow_run_id = _start_training(drill)
+    drill.state["killed_flow_run"] = flow_run_id
+
+    def checkpointed():
+        found = next((run for run in training_runs(drill.registry) if run.data.tags.get(TagKey.CHECKPOINT) == "true"
+                      and run.info.status == "RUNNING"), None)
+        return found or ("ended" if _flow_run_ended(flow_run_id) else None)
+
+    run = wait_until(checkpointed, drill.limit / 2, every=0.2)
+    if run is None or run == "ended":
+        ended = _flow_run_ended(flow_run_id)
+        raise CrisisError(f"the training run wrote no checkpoint within {drill.limit / 2:g} s"
+                          + (f" (it ended {ended.state.name}: {ended.state.message})" if ended else ""))
+    time.sleep(random.Random(drill.seed).uniform(0.2, 2.0))
+    processes = flow_run_processes(flow_run_id)
+    if not processes:
+        raise CrisisError("the training flow run's process is not on this machine: run the drill where the crisis-pool worker runs")
+    for process in processes:
+        process.kill()  # SIGKILL
+    drill.inject_now()
+    drill.state.update(killed_run=run.info.run_id, killed_pids=[process.pid for process in processes])
+
+
+def _training_expect(drill: Drill) -> None:
+    """Prefect records the killed run Crashed; the MLflow run it left RUNNING is closed as killed by the next training
+    run, which resumes its last checkpoint (written within the policy's interval of the kill) and completes."""
+    from prefect_crisis.tasks.checkpoints import load_checkpoint_state, load_checkpoint_written_at
+
+    client, killed_id, interval = drill.registry.client, drill.state["killed_run"], drill.state["interval"]
+    ended = wait_until(lambda: _flow_run_ended(drill.state["killed_flow_run"]), 60, every=0.2)
+    if not drill.require(ended, "Prefect did not record the killed training run as over within 60 s"):
+        return
+    drill.require(ended.state.is_crashed(), f"the killed training run ended {ended.state.name}, not Crashed")
+    drill.detect_s = drill.since(ended.state.timestamp)
+    written_at = load_checkpoint_written_at(client, killed_id)
+    if drill.require(written_at, f"training run {killed_id} has no readable checkpoint"):
+        lost = drill.injected_at.timestamp() - written_at
+        drill.facts["work_lost_s"] = round(lost, 3)
+        drill.require(lost <= interval + 1.0, f"its last checkpoint was written {lost:.1f} s before the kill (interval {interval:g} s)")
+        position, _ = load_checkpoint_state(client, killed_id)
+        drill.facts["resumed_at"] = f"epoch {position.epoch}, batch {position.batch_index}"
+    again = _start_training(drill)  # the next training, as the schedule would start it
+    finished = wait_until(lambda: _flow_run_ended(again), drill.limit, every=0.5)
+    if not drill.require(finished, f"the next training run did not finish within {drill.limit:g} s"):
+        return
+    drill.require(finished.state.is_completed() and finished.state.name == "Completed",
+                  f"the next training run ended {finished.state.name}: {finished.state.message}")
+    killed = client.get_run(killed_id)
+    drill.require((killed.info.status, killed.data.tags.get(TagKey.STOP_KIND)) == ("FAILED", "killed"),
+                  f"the killed MLflow run is {killed.info.status}, stop kind {killed.data.tags.get(TagKey.STOP_KIND)}")
+    resumed = next((run for run in training_runs(drill.registry) if run.data.tags.get(TagKey.RESUMED_FROM) == killed_id), None)
+    drill.require(resumed, f"no training run resumed the checkpoint of {killed_id}")
+    started = first_event(drill.model, [CrisisEvent.TRAINING_STARTED], drill.injected_at)
+    if drill.require(started and started.payload.get("resumed_from") == killed_id, "no ml.training.started resumed the killed run"):
+        drill.recover_s = drill.since(started.occurred)
+    stopped = first_event(drill.model, [CrisisEvent.TRAINING_STOPPED], drill.injected_at)
+    drill.require(stopped and stopped.payload.get("reason") == "killed", "no ml.training.stopped recorded the kill")
+    drill.require(drill.registry.champion() is not None, "the resumed training registered no champion")
+
+
+def _cancel_training(drill: Drill) -> None:
+    """Leave no training of the drill running (a failed drill may have left one)."""
+    for pid in drill.state.get("killed_pids", []):
+        import psutil
+
+        if psutil.pid_exists(pid):
+            psutil.Process(pid).kill()
+
+
 # -- 9 a silent monitor -----------------------------------------------------------------------
 
 def _dead_man_window() -> float:
@@ -574,6 +689,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("registry-unavailable", "the MLflow store turns unwritable as a critical breach arrives and stays so while the "
                  "response runs: its writes wait the outage out and the rollback completes once, audited, nothing half done",
                  _unavailable_setup, _unavailable_inject, _unavailable_expect, _restore_store, limit=90),
+        Scenario("training-killed", "the training process is killed mid-epoch (SIGKILL: no handler runs): Prefect records it "
+                 "Crashed, and the next training run closes the orphaned MLflow run and resumes its last periodic checkpoint",
+                 _training_setup, _training_inject, _training_expect, _cancel_training, limit=120),
         Scenario("duplicate-event", "one critical breach delivered twice (same event id) and a late copy out of order: "
                  "one response, one rollback",
                  _duplicate_setup, _duplicate_inject, _duplicate_expect, _no_cleanup, limit=90),

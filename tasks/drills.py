@@ -36,7 +36,7 @@ from prefect_crisis.tasks.synthetic import feature_names, make_batch
 FEATURES = feature_names(20)
 # The scenarios of flows/drill.py, in the order a full drill runs them.
 SCENARIO_NAMES = ("corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable",
-                  "duplicate-event", "monitor-silent")
+                  "training-killed", "duplicate-event", "monitor-silent")
 PROGRESS = logging.getLogger("prefect_crisis.drill")  # a line per step for a terminal (`crisis drill` shows it); the run log has them too
 FALLBACK_FEATURES = ["f00", "f01", "f02"]
 # A labelling pipeline that turns 65% of the positives into negatives: the retrain's own holdout (scored on
@@ -260,3 +260,25 @@ def wait_until(read: Callable[[], Any], limit: float, every: float = 0.25) -> An
         time.sleep(every)
         value = read()
     return value
+
+
+# -- processes ----------------------------------------------------------------------------
+
+def flow_run_processes(flow_run_id: str) -> list:
+    """This machine's processes that run the flow run (a worker gives them `PREFECT__FLOW_RUN_ID`), children last."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+                found.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return sorted(found, key=lambda process: len(process.parents()) if process.is_running() else 0)
+
+
+def training_runs(registry: ModelRegistry) -> list:
+    """The model's MLflow training runs, oldest first."""
+    client = registry.client
+    return client.search_runs([training_experiment(client, registry.model_name)], order_by=["attributes.start_time ASC"])

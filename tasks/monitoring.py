@@ -30,14 +30,14 @@ from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.inference_store import ERROR_ROW_ID, LOG_COLUMNS
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
-from prefect_crisis.core.errors import MonitoringError
+from prefect_crisis.core.errors import CrisisError, MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
-from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity, is_drill_model
+from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, Responder, Severity, is_drill_model
 from prefect_crisis.tasks.drift import DriftSettings, frame_drift
 from prefect_crisis.tasks.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
 from prefect_crisis.tasks.references import load_reference
-from prefect_crisis.tasks.rollback import baseline_value
+from prefect_crisis.tasks.rollback import baseline_value, promotion_guarded
 from prefect_crisis.tasks.validation import checks_drift
 
 BREACH_EVENTS = {Severity.WARNING: CrisisEvent.BREACH_WARNING, Severity.CRITICAL: CrisisEvent.BREACH_CRITICAL, Severity.EMERGENCY: CrisisEvent.BREACH_EMERGENCY}
@@ -246,15 +246,27 @@ class ModelHealth:
         )
 
 
+def _replaced_metrics(registry: ModelRegistry, version: str) -> dict[str, float] | None:
+    """The registered metrics of the version `version` was last promoted over; None when it became champion otherwise."""
+    moves = [move for move in registry.audit_trail(registry.champion_alias) if move.applied and move.to_version == version]
+    if not moves or moves[-1].action != AliasAction.PROMOTE or not moves[-1].from_version:
+        return None
+    try:
+        return dict(registry.version(moves[-1].from_version).metrics)
+    except CrisisError:
+        return None
+
+
 def read_champion(registry: ModelRegistry) -> tuple[str | None, dict[str, float]]:
-    """(version, registered metrics) of the champion; (None, {}) when there is none yet.
+    """(version, registered metrics none looser than the version it was promoted over) of the champion;
+    (None, {}) when there is none yet.
 
     Raises:
         MonitoringError: the registry cannot be read.
     """
     champion = registry.champion()
     if champion is not None:
-        return champion.version, dict(champion.metrics)
+        return champion.version, promotion_guarded(champion.metrics, _replaced_metrics(registry, champion.version))
     try:  # `champion()` says None for an unreachable registry too: tell the two apart
         registry.client.search_registered_models(max_results=1)
     except MlflowException as error:

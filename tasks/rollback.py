@@ -73,6 +73,30 @@ def baseline_value(metric: str, baseline: dict[str, float]) -> float | None:
     return None
 
 
+def promotion_guarded(metrics: dict[str, float], replaced: dict[str, float] | None) -> dict[str, float]:
+    """The champion's registered rates, none looser than those of the version it was promoted over.
+
+    A promotion claims the new version is at least as good as the one it replaced. Its own holdout
+    figures may not say so: a retrain on labels a broken pipeline flipped scores itself on those labels,
+    and judged against that figure its live errors look normal. So the baseline is the better of the
+    two, per rate; without a replaced version it is the champion's own.
+
+    Example:
+        >>> promotion_guarded({"accuracy": 0.70}, {"accuracy": 0.91})
+        {'accuracy': 0.91, 'error_rate': 0.09}
+        >>> promotion_guarded({"accuracy": 0.95}, {"accuracy": 0.91})["error_rate"]
+        0.05
+    """
+    guarded = dict(metrics)
+    if not replaced:
+        return guarded
+    for metric, spec in METRICS.items():
+        own, before = baseline_value(metric, metrics), baseline_value(metric, replaced)
+        if spec.kind == "rate" and own is not None and before is not None:
+            guarded[metric] = max(own, before) if spec.higher_is_better else min(own, before)
+    return guarded
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A registered version as the decision sees it."""
@@ -84,6 +108,7 @@ class Candidate:
     incident: bool = False  # an incident was recorded while it served
     retired: bool = False
     fallback: bool = False  # the fallback model (`crisis.role=fallback`): FALLBACK's target, never a rollback's
+    promoted_over: str | None = None  # the version its latest promotion replaced as champion
 
 
 @dataclass(frozen=True)
@@ -247,12 +272,15 @@ def decide_rollback(
 
     Args:
         live: the live window of the current champion.
-        champion: the current champion; its metrics are the baseline unless `baseline` is given.
+        champion: the current champion; its metrics, none looser than the version it was promoted over
+            (`promotion_guarded`), are the baseline unless `baseline` is given.
         candidates: every registered version, with its serving history.
         now: the decision's clock (injected; tests pass fixed times).
         last_rollback_at: the last rollback of this model, for the cool-down.
     """
-    baseline = baseline if baseline is not None else champion.metrics
+    if baseline is None:
+        replaced = next((c.metrics for c in candidates if c.version == champion.promoted_over), None)
+        baseline = promotion_guarded(champion.metrics, replaced)
     results = judge_rules(live, baseline, policy)
     violations, undecided = results.violations, results.undecided
     judged = {"violations": violations, "undecided": undecided, "not_measured": results.not_measured}
@@ -292,6 +320,7 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
     """
     served_from: dict[str, datetime] = {}
     served_until: dict[str, datetime] = {}
+    promoted_over: dict[str, str | None] = {}
     incident: set[str] = set()
     last_rollback_at = None
     trail = audit.of_alias(registry.champion_alias) if audit is not None else registry.audit_trail(registry.champion_alias)
@@ -307,6 +336,8 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
             served_until.pop(move.to_version, None)
         if AliasAction(move.action).is_recovery:
             last_rollback_at = move.at
+        if move.to_version:
+            promoted_over[move.to_version] = move.from_version if move.action == AliasAction.PROMOTE else None
     versions = registry.versions()
     candidates = [
         Candidate(
@@ -317,6 +348,7 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
             incident=info.version in incident,
             retired=info.retired,
             fallback=info.is_fallback,
+            promoted_over=promoted_over.get(info.version),
         )
         for info in versions
     ]

@@ -24,6 +24,7 @@ class StopKind(str, Enum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
     CRASHED = "crashed"
+    KILLED = "killed"  # the process ended without running any handler (SIGKILL, out of memory); found by the next run
     NON_FINITE_LOSS = "non-finite-loss"
     DIVERGED = "diverged"
     STALLED = "stalled"

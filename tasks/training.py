@@ -4,8 +4,11 @@
 over epochs of shuffled mini-batches. After every mini-batch it records the
 loss and asks the stop condition whether to go on; on a stop it hands the
 estimator and its position to `on_stop` (which writes the checkpoint) before
-returning. Resuming from a checkpoint replays the same shuffles, so a resumed
-run continues exactly where the stopped one left off.
+returning. With `checkpoint_every_seconds` it also writes the checkpoint while
+training goes on (0: after every mini-batch), so a process killed outright
+(SIGKILL, out of memory), which runs no handler, loses at most that much work.
+Resuming from a checkpoint replays the same shuffles, so a resumed run
+continues exactly where the stopped one left off.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ def train_with_stop_hook(
     fingerprint: str = "",
     seed: int = 0,
     clock: Callable[[], float] = time.monotonic,
+    checkpoint_every_seconds: float | None = None,
 ) -> TrainingOutcome:
     """Train with `partial_fit`, checking `stop` between mini-batches.
 
@@ -111,9 +115,12 @@ def train_with_stop_hook(
         estimator: a scikit-learn estimator with `partial_fit` (cloned unless resuming).
         classes: every class label, as `partial_fit` needs on its first call.
         stop: the stop condition, e.g. `stop_when_flag_set(...) | stop_on_nonfinite_loss()`.
-        on_stop: writes the checkpoint when a stop is decided; returns its URI.
+        on_stop: writes the checkpoint (when a stop is decided, and every `checkpoint_every_seconds`); returns its URI.
         on_epoch: called after each epoch (progress reporting).
         resume_from: a checkpoint to continue from (its estimator is used as is).
+        checkpoint_every_seconds: also write the checkpoint after a mini-batch once this long has passed since the
+            last one (0: after every mini-batch, so a killed process loses only the mini-batch in flight); None:
+            only when training stops.
 
     Returns:
         A `TrainingOutcome`; `stop_reason` is None when every epoch ran.
@@ -138,9 +145,14 @@ def train_with_stop_hook(
         progress.record(loss)
     batches = math.ceil(len(X) / batch_size)
     done = start  # the next mini-batch to train: everything before it is in `model`
+    saved: dict[str, Any] = {"position": None, "uri": None, "at": clock()}
 
     def checkpoint() -> str | None:
-        return on_stop(Checkpoint(model, done, fingerprint, tuple(progress.losses)))
+        if saved["position"] != done:  # the same position is never written twice
+            saved["uri"] = on_stop(Checkpoint(model, done, fingerprint, tuple(progress.losses)))
+            saved["position"] = done
+        saved["at"] = clock()
+        return saved["uri"]
 
     started = clock()
     try:
@@ -159,6 +171,8 @@ def train_with_stop_hook(
                 progress.epoch, progress.batch_index = epoch, batch_index
                 progress.record(loss)
                 progress.elapsed_seconds = clock() - started
+                if checkpoint_every_seconds is not None and clock() - saved["at"] >= checkpoint_every_seconds:
+                    checkpoint()  # before the stop hook: whatever it reports has been written
                 reason = stop(progress)
                 if reason is not None:
                     return TrainingOutcome(model, progress, reason, checkpoint())

@@ -11,7 +11,11 @@ Training stops for:
 3. guards on training itself (non-finite loss, divergence, stall, time budget),
    read between mini-batches;
 4. an interruption (Ctrl-C) or a crash: the loop writes its checkpoint, the
-   MLflow run ends KILLED (interrupted) or FAILED (crashed), and the error goes on.
+   MLflow run ends KILLED (interrupted) or FAILED (crashed), and the error goes on;
+5. the process killed outright (SIGKILL, out of memory): nothing runs, but the
+   loop has been writing its checkpoint every `checkpoint_every_seconds` of the
+   policy. The next run of the model finds the MLflow run left RUNNING by a flow
+   run that is over, records it as stopped (`killed`), and resumes from there.
 
 Every stop but a failure (non-finite loss, divergence) leaves a resumable
 checkpoint; the next run resumes it only if data, estimator, parameters and
@@ -36,10 +40,11 @@ from prefect.runtime import flow_run
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.tasks.checkpoints import (
+    CheckpointWriter,
+    close_killed_runs,
     latest_checkpoint_run,
     load_checkpoint,
     load_checkpoint_state,
-    save_checkpoint,
     stop_kind_of,
     training_experiment,
 )
@@ -162,6 +167,10 @@ def train_model(
     model = registry.model_name
     client = registry.client
     key = ResumeKey.of(policy, data.fingerprint, data.features)
+    for killed in close_killed_runs(client, model, _flow_run_is_over) if resume else ():
+        logger.warning("training run %s was killed (its flow run is over and it never closed): recorded as stopped", killed)
+        Timeline().emit(CrisisEvent.TRAINING_STOPPED, model, {"reason": StopKind.KILLED.value, "run_id": killed, "found_by": flow_run.get_id(),
+                                                             "detail": "its process ended without closing the run"})
     decision, resume_from = resume_point(client, model, key, policy.epochs) if resume else (NOTHING_TO_RESUME, None)
     if decision.refusal is not None:
         logger.warning("%s", decision)
@@ -227,12 +236,36 @@ def _train_in_run(
         epochs=policy.epochs,
         batch_size=policy.batch_size,
         stop=stop,
-        on_stop=lambda checkpoint: save_checkpoint(client, run_id, checkpoint, key),
+        on_stop=CheckpointWriter(client, run_id, key),
         on_epoch=on_epoch,
         resume_from=resume_from,
         fingerprint=data.fingerprint,
         seed=policy.seed,
+        checkpoint_every_seconds=policy.checkpoint_every_seconds,
     )
+
+
+def _flow_run_is_over(flow_run_id: str) -> bool:
+    """Whether the Prefect flow run that trained a run left RUNNING has ended (so its process is gone).
+
+    This flow run itself (a retry of it) counts as over. A flow run this server does not know
+    (another server sharing the tracking store), or a server that cannot say, does not.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    if not flow_run_id:
+        return False
+    if flow_run_id == flow_run.get_id():
+        return True
+    try:
+        with get_client(sync_client=True) as prefect:
+            run = prefect.read_flow_run(UUID(flow_run_id))
+    except (ObjectNotFound, ValueError):
+        return False
+    return run.state is not None and run.state.is_final()
 
 
 # How the MLflow run of a stopped training ends (the rest end FINISHED).

@@ -3,6 +3,7 @@ against a real Prefect server and a real MLflow store."""
 
 from __future__ import annotations
 
+import os
 import signal
 import uuid
 
@@ -181,3 +182,79 @@ def test_a_pickled_checkpoint_left_in_the_store_is_refused_not_loaded(model, tmp
     assert not marker.exists()
     assert training.resume.run_id == run_id and training.resume.refusal.value == "not-resumable"
     assert training.outcome.completed and training.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
+
+
+KILLED_CHILD = """
+import sys
+from prefect import flow
+from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
+from prefect_crisis.tasks.stopping import StopCondition
+from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.training_run import split_training_data, train_model
+
+class SayEachBatch(StopCondition):  # called after the mini-batch's checkpoint is written
+    def __call__(self, progress):
+        print(progress.batches_seen, flush=True)
+
+@flow
+def train_once(model):
+    policy = TrainingPolicy(epochs=2, batch_size=50, flag_poll_seconds=0.0, checkpoint_every_seconds=0)
+    data = split_training_data(make_batch({rows}, seed=3), policy, fingerprint="batch-3")
+    return train_model(data, policy, ModelRegistry(model_name=model), True, SayEachBatch())
+
+train_once(sys.argv[1])
+"""
+
+
+def test_a_training_killed_outright_resumes_losing_at_most_the_mini_batch_in_flight(model):
+    """SIGKILL runs no handler: the checkpoint written after every mini-batch (checkpoint_every_seconds=0) is what
+    the next run resumes, once Prefect records the killed flow run as over (a worker marks it Crashed)."""
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Crashed
+
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD.format(rows=ROWS), model], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    said = []
+    for line in child.stdout:
+        if line.strip().isdigit():
+            said.append(int(line))
+            if said[-1] == BATCHES_PER_EPOCH + 7:
+                child.send_signal(signal.SIGKILL)  # mid-epoch, while it trains on
+                break
+    said += [int(line) for line in child.stdout if line.strip().isdigit()]
+    assert child.wait(60) == -signal.SIGKILL
+    (killed,) = training_runs(model)
+    assert killed.info.status == "RUNNING"  # nothing ran to close it
+    with get_client(sync_client=True) as client:  # what the worker does when its flow-run process dies
+        client.set_flow_run_state(killed.data.tags["crisis.flow_run_id"], Crashed(message="exited with -9"), force=True)
+
+    client = MlflowClient()
+    checkpoint = load_checkpoint(client, killed.info.run_id)
+    durable = checkpoint.position.epoch * BATCHES_PER_EPOCH + checkpoint.position.batch_index
+    assert said[-1] <= durable <= said[-1] + 1  # lost: at most the mini-batch in flight when the kill came
+
+    resumed = train_once(model)
+
+    killed = client.get_run(killed.info.run_id)
+    assert killed.info.status == "FAILED" and killed.data.tags["crisis.stop_kind"] == "killed"
+    assert resumed.resumed_from == killed.info.run_id and resumed.outcome.completed
+    uninterrupted = train_once(model, resume=False)
+    np.testing.assert_array_equal(resumed.outcome.estimator.coef_, uninterrupted.outcome.estimator.coef_)
+    assert resumed.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
+
+
+def test_a_training_run_of_a_live_flow_run_is_never_taken_over(model):
+    """A RUNNING training run whose flow run has not ended is someone's training in progress: left alone."""
+    from prefect import get_client as _unused  # noqa: F401
+    from prefect_crisis.tasks.checkpoints import close_killed_runs
+
+    client = MlflowClient()
+    live = client.create_run(training_experiment(client, model), tags={"crisis.flow_run_id": str(uuid.uuid4())}).info.run_id
+    assert close_killed_runs(client, model, lambda flow_run_id: False) == []
+    assert client.get_run(live).info.status == "RUNNING"
+    assert close_killed_runs(client, model, lambda flow_run_id: flow_run_id != "") == [live]
+    assert client.get_run(live).data.tags["crisis.stop_kind"] == "killed"

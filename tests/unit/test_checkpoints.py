@@ -103,7 +103,7 @@ def test_a_skops_file_naming_an_untrusted_type_is_refused(tmp_path):
 def test_non_finite_losses_survive_the_json_state(tmp_path):
     checkpoint = stopped_at_batch("sgd", {}, 3)
     write_checkpoint_files(tmp_path, Checkpoint(checkpoint.estimator, checkpoint.position, "fp", (0.5, float("nan"))), KEY)
-    json.loads((tmp_path / "state.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    json.loads((tmp_path / "state-0.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
     losses = read_checkpoint_files(tmp_path).losses
     assert losses[0] == 0.5 and np.isnan(losses[1])
 
@@ -157,3 +157,53 @@ def test_the_resume_modules_docstring_examples_run():
 
     result = doctest.testmod(resume, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_write_cut_off_by_a_kill_costs_that_checkpoint_only(tmp_path):
+    """Slots alternate and a state names its estimator's hash: a torn estimator or a torn state falls back to the
+    checkpoint before it, never to nothing."""
+    first = stopped_at_batch("sgd", {}, 3)
+    second = stopped_at_batch("sgd", {}, 5)
+    write_checkpoint_files(tmp_path, first, KEY, sequence=0)
+    estimator_1, state_1 = write_checkpoint_files(tmp_path, second, KEY, sequence=1)
+    assert read_checkpoint_files(tmp_path).position == second.position
+
+    whole = estimator_1.read_bytes()
+    estimator_1.write_bytes(whole[: len(whole) // 2])  # killed halfway through the estimator
+    assert read_checkpoint_files(tmp_path).position == first.position
+
+    estimator_1.write_bytes(whole)
+    state_1.write_text(state_1.read_text()[:40])  # killed halfway through the state that names it
+    assert read_checkpoint_files(tmp_path).position == first.position
+
+    for path in tmp_path.iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match="no readable state"):
+        read_checkpoint_files(tmp_path)
+
+
+def test_periodic_checkpoints_follow_the_interval_and_never_repeat_a_position():
+    X, y = data()
+    written: list[Checkpoint] = []
+    ticks = iter(range(10_000))
+    outcome = train_with_stop_hook(
+        make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100, stop=stop_after_seconds(1e9),
+        on_stop=lambda c: written.append(c) or "ck", clock=lambda: float(next(ticks)), checkpoint_every_seconds=0,
+    )
+    assert outcome.completed and outcome.progress.batches_seen == 40
+    positions = [(c.position.epoch, c.position.batch_index) for c in written]
+    assert len(positions) == 40 == len(set(positions))  # after every mini-batch, each once
+    assert positions[0] == (0, 1) and positions[-1] == (2, 0)
+
+    written.clear()
+    ticks = iter(range(10_000))
+    train_with_stop_hook(
+        make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100, stop=stop_after_seconds(1e9),
+        on_stop=lambda c: written.append(c) or "ck", clock=lambda: float(next(ticks)), checkpoint_every_seconds=10,
+    )
+    assert 5 <= len(written) <= 10  # a few clock reads a mini-batch: one write every few mini-batches
+
+    written.clear()
+    train_with_stop_hook(make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100, stop=stop_after_seconds(1e9),
+                         on_stop=lambda c: written.append(c) or "ck", checkpoint_every_seconds=None)
+    assert written == []  # None: only a stop writes

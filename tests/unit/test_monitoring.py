@@ -130,13 +130,16 @@ def test_the_quality_rule_breaches_exactly_when_the_rollback_decision_finds_the_
 
 
 class FakeRegistry:
-    model_name, display_tracking_uri = "churn", "sqlite:///fake.db"
+    model_name, display_tracking_uri, champion_alias = "churn", "sqlite:///fake.db", "champion"
 
     def __init__(self, champion=None, reachable=True):
         self._champion, self.reachable = champion, reachable
 
     def champion(self):
         return self._champion
+
+    def audit_trail(self, alias=None):
+        return []
 
     @property
     def client(self):
@@ -256,3 +259,31 @@ def test_the_schedule_sweeps_a_drill_model_only_while_its_drill_runs(tmp_path):
     assert models_to_sweep(log, now + timedelta(seconds=1), 60, drill_minutes=5) == ["churn", "drill-latency-spike-1a2b3c"]  # its drill runs
     assert models_to_sweep(log, now + timedelta(minutes=10), 60, drill_minutes=5) == ["churn"]  # the drill is over
     assert models_to_sweep(log, now, 60, ["drill-latency-spike-1a2b3c"]) == ["drill-latency-spike-1a2b3c"]
+
+
+@pytest.mark.usefixtures("mlflow_tracking_uri")
+def test_a_promoted_champion_is_judged_no_looser_than_the_version_it_replaced():
+    """A retrain on flipped labels scores itself on those labels: its own accuracy would set a lax bar. The
+    monitor's baseline is the better of its figures and those of the version it was promoted over; after a
+    rollback (not a promotion) the champion's own figures count again."""
+    import uuid
+
+    from prefect_crisis.blocks import ModelRegistry
+    from prefect_crisis.core.vocabulary import AliasAction
+    from prefect_crisis.tasks.drills import positives_flipped, register_synthetic
+    from prefect_crisis.tasks.monitoring import read_champion
+
+    registry = ModelRegistry(model_name=f"guard-{uuid.uuid4().hex[:6]}")
+    good = register_synthetic(registry, 1)
+    poisoned = register_synthetic(registry, 2, positives_flipped)
+    own = {v: registry.version(v).metrics["accuracy"] for v in (good, poisoned)}
+    assert own[poisoned] < own[good]
+    registry.promote(good, "first model")
+    assert read_champion(registry) == (good, pytest.approx({**registry.version(good).metrics}))
+    registry.promote(poisoned, "retrained")
+    version, baseline = read_champion(registry)
+    assert version == poisoned and baseline["accuracy"] == own[good] and baseline["error_rate"] == pytest.approx(1 - own[good])
+    registry.move_alias(registry.champion_alias, good, "rolled back", action=AliasAction.ROLLBACK)
+    assert read_champion(registry)[1]["accuracy"] == own[good]
+    registry.move_alias(registry.champion_alias, poisoned, "moved by hand")  # a plain move, not a promotion: its own figures
+    assert read_champion(registry)[1]["accuracy"] == own[poisoned]
