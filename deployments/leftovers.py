@@ -7,7 +7,9 @@ A freshly started server on that database has, by construction, no live run
 talking to it yet, so every Running/Pending/Cancelling flow run in it is a
 leftover. `mark_leftovers_crashed` sets those to Prefect's Crashed state and
 ends the MLflow training runs they own (tag `crisis.status` = running) as
-FAILED, with `crisis.status` = crashed and a `crisis.crash_reason` tag.
+FAILED, recorded as stopped (`crisis.stop_kind` = killed, and a
+`crisis.crash_reason` tag): the next training resumes their last periodic
+checkpoint.
 
 Only MLflow runs whose `crisis.flow_run_id` names a flow run of this server
 that is no longer running are touched, so a shared tracking server's other
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType
 from prefect.client.schemas.objects import StateType
@@ -29,6 +30,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 
 from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
+from prefect_crisis.tasks.checkpoints import record_killed
 
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
 REASON = "the Prefect server stopped while this run was in progress; marked crashed when the stack was started again"
@@ -88,8 +90,8 @@ def _end_orphaned_training_runs(prefect_client, tracking_uri: str, reason: str) 
             continue
         if flow_run.state is None or not flow_run.state.is_final():
             continue
-        mlflow_client.set_tag(run.info.run_id, TagKey.STATUS, RunStatusTag.CRASHED.value)
+        # its process died with the stack: resumable from its last periodic checkpoint, as any killed training
         mlflow_client.set_tag(run.info.run_id, TagKey.CRASH_REASON, reason)
-        mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        record_killed(mlflow_client, run.info.run_id, reason)
         ended.append(run.info.run_id)
     return tuple(ended)

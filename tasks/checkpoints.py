@@ -264,10 +264,15 @@ def close_killed_runs(client: MlflowClient, model: str, is_over: Callable[[str],
         flow_run_id = run.data.tags.get(TagKey.FLOW_RUN_ID, "")
         if not is_over(flow_run_id):
             continue  # still training, or not known to be over: never taken from a live run
-        run_id = run.info.run_id
-        client.set_tag(run_id, TagKey.STATUS, RunStatusTag.STOPPED.value)
-        client.set_tag(run_id, TagKey.STOP_KIND, StopKind.KILLED.value)
-        client.set_tag(run_id, TagKey.STOP_REASON, f"{StopKind.KILLED.value}: its process ended without closing the run (flow run {flow_run_id} is over)")
-        client.set_terminated(run_id, "FAILED")
-        closed.append(run_id)
+        record_killed(client, run.info.run_id, f"its process ended without closing the run (flow run {flow_run_id} is over)")
+        closed.append(run.info.run_id)
     return closed
+
+
+def record_killed(client: MlflowClient, run_id: str, detail: str) -> None:
+    """Record a training run whose process was killed as stopped (`killed`) and end it FAILED: its last periodic
+    checkpoint, if any, is resumable like any other stop's."""
+    client.set_tag(run_id, TagKey.STATUS, RunStatusTag.STOPPED.value)
+    client.set_tag(run_id, TagKey.STOP_KIND, StopKind.KILLED.value)
+    client.set_tag(run_id, TagKey.STOP_REASON, f"{StopKind.KILLED.value}: {detail}"[:5000])
+    client.set_terminated(run_id, "FAILED")

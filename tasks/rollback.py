@@ -92,7 +92,7 @@ def promotion_guarded(metrics: dict[str, float], replaced: dict[str, float] | No
         return guarded
     for metric, spec in METRICS.items():
         own, before = baseline_value(metric, metrics), baseline_value(metric, replaced)
-        if spec.kind == "rate" and own is not None and before is not None:
+        if spec.kind == MetricKind.RATE and own is not None and before is not None:
             guarded[metric] = max(own, before) if spec.higher_is_better else min(own, before)
     return guarded
 
