@@ -572,7 +572,7 @@ def _training_inject(drill: Drill) -> None:
         ended = _flow_run_ended(flow_run_id)
         raise CrisisError(f"the training run wrote no checkpoint within {drill.limit / 2:g} s"
                           + (f" (it ended {ended.state.name}: {ended.state.message})" if ended else ""))
-    time.sleep(random.Random(drill.seed).uniform(0.2, 2.0))
+    time.sleep(random.Random(drill.seed).uniform(0.1, 0.8))  # a seeded moment, well before the last epoch
     processes = flow_run_processes(flow_run_id)
     if not processes:
         raise CrisisError("the training flow run's process is not on this machine: run the drill where the crisis-pool worker runs")

@@ -39,7 +39,7 @@ def stack(tmp_path):
     env.update(PREFECT_HOME=str(tmp_path / "client-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="200")
     work = tmp_path / "stack"
     work.mkdir()
-    up = subprocess.run([sys.executable, "-m", "prefect_crisis.deployments.cli", "up", "--port", str(free_port())],
+    up = subprocess.run([sys.executable, "-m", "prefect_crisis.deployments.cli", "up", "--port", str(free_port()), "--no-mlflow-ui"],
                         env=env, cwd=work, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stdout + up.stderr
     assert 'eval "$(crisis env)"' in up.stdout

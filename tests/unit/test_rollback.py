@@ -195,3 +195,18 @@ def test_best_metric_preference_works_for_an_error_rate_rule():
 def test_rollback_policy_docstring_examples_run():
     result = doctest.testmod(prefect_crisis.blocks.rollback_policy, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_promoted_champion_is_judged_against_the_better_of_its_figures_and_those_it_replaced():
+    """A retrain on flipped labels reports 75% on its own holdout; it was promoted over v2 (89%). Live at 80% it is
+    degraded against v2's figure, not healthy against its own."""
+    from dataclasses import replace
+
+    poisoned = Candidate("3", hours_ago(0.5), None, {"accuracy": 0.75})
+    live = window(4_000, 5_000)
+    assert decide_rollback(live, poisoned, [*HISTORY[:2], poisoned], POLICY, now=NOW).kind is DecisionKind.HOLD
+    guarded = replace(poisoned, promoted_over="2")
+    decision = decide_rollback(live, guarded, [*HISTORY[:2], guarded], POLICY, now=NOW)
+    assert decision.kind is DecisionKind.ROLLBACK and decision.target_version == "2"
+    better = replace(guarded, metrics={"accuracy": 0.95})  # its own figure is the stricter one: kept
+    assert decide_rollback(window(4_600, 5_000), better, [*HISTORY[:2], better], POLICY, now=NOW).kind is DecisionKind.ROLLBACK
