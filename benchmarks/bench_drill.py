@@ -34,7 +34,8 @@ from bench_escalation import cli, clean_environment, exports_of, free_port  # no
 
 RESULTS = Path(__file__).parent / "results"
 CLI = [sys.executable, "-m", "prefect_crisis.deployments.cli"]
-SCENARIOS = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable", "duplicate-event"]
+SCENARIOS = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable", "training-killed",
+             "duplicate-event"]
 
 
 def short_ladder(env: dict[str, str], work: Path, restore: bool = False) -> None:

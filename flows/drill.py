@@ -513,6 +513,9 @@ def _unavailable_expect(drill: Drill) -> None:
     drill.require(not unsettled, f"audit rows not applied: {'; '.join(unsettled)}")
     if drill.state.get("restored_at"):
         drill.facts["outage_s"] = seconds(drill.injected_at, drill.state["restored_at"])
+        rollbacks = [move for move in moves if move.action == AliasAction.ROLLBACK]
+        if rollbacks:  # the rollback as seen from the store's return: what the retries add to the outage
+            drill.facts["recover_after_store_back_s"] = seconds(drill.state["restored_at"], rollbacks[0].at)
 
 
 def _restore_store(drill: Drill) -> None:
