@@ -119,39 +119,45 @@ Sink = Callable[[TimelineEvent], Any]
 
 
 # How events outlast a Prefect server that is away (restarted, upgraded, briefly down). Prefect's events client
-# keeps each event it has not seen confirmed and sends it again when it reconnects; by default it gives up on an
-# event after 10 quick attempts (~8 s) and retries the rest only every 30 s. Ours keeps trying for about a minute
-# per event and looks for the server every 2 s, so an event emitted during a restart reaches the automations
-# within seconds of the server's return. Nothing is written to disk: a process that exits while the server is
-# away loses what it held, and says so (a warning naming the events held).
-RECONNECT_ATTEMPTS = 60
+# keeps each event it has not seen confirmed and sends it again when it reconnects, but it looks for a lost server
+# only every 30 s, and it spends its ~8 s of reconnection attempts on every event emitted while the server is away
+# (a process exiting then waits that long per event). Ours spends them once per outage: from then on an event is
+# held at once, and the held events are sent again every 2 s until the server answers, so an event emitted during
+# a restart reaches the automations within seconds of the server's return. Nothing is written to disk: a process
+# that exits while the server is away loses what it held, and its log says so.
 RESEND_EVERY_SECONDS = 2.0
 DELIVERY = logging.getLogger("prefect_crisis.events")
 
 
 def _patient_client_type():
-    from prefect.events.clients import PrefectEventsClient
+    import time
+
+    from prefect.events.clients import RETRYABLE_EXCEPTIONS, PrefectEventsClient
 
     class PatientEventsClient(PrefectEventsClient):
-        """Prefect's events client with a patience fit for a server restart, and the outage said in our words."""
+        """Prefect's events client that holds events while the server is away and resends them every 2 s."""
 
         def __init__(self, api_url: str | None = None):
-            super().__init__(api_url=api_url, reconnection_attempts=RECONNECT_ATTEMPTS, checkpoint_interval=RESEND_EVERY_SECONDS)
+            super().__init__(api_url=api_url, checkpoint_interval=RESEND_EVERY_SECONDS)
             self._away_since: float | None = None
 
+        async def _emit(self, event) -> None:
+            if self._away_since is not None and self._websocket is None:
+                self._unconfirmed_events.append(event)  # held: the resend loop sends it when the server answers
+                return
+            try:
+                await super()._emit(event)  # Prefect's: keeps the event until confirmed, tries to reconnect ~8 s
+            except RETRYABLE_EXCEPTIONS as error:
+                self._away_since = self._away_since or time.monotonic()
+                DELIVERY.warning("the Prefect server at %s does not answer (%s): events are held in this process and sent "
+                                 "again when it answers; they are lost if the process ends first", self._api_url, error)
+
         def _log_connection_error(self, error: Exception) -> None:
-            DELIVERY.warning("the Prefect server at %s does not answer (%s): %d events held in this process, sent again "
-                             "when it answers (they are lost if the process ends first)", self._api_url, error, len(self._unconfirmed_events))
+            return None  # said once per outage, in our words, by _emit
 
         async def _reconnect(self) -> None:
-            import time
-
             held = len(self._unconfirmed_events)
-            try:
-                await super()._reconnect()
-            except Exception:
-                self._away_since = self._away_since or time.monotonic()
-                raise
+            await super()._reconnect()  # on success it has sent every held event again
             if self._away_since is not None:
                 DELIVERY.warning("the Prefect server at %s answers again after %.0f s: %d held events sent", self._api_url,
                                  time.monotonic() - self._away_since, held)
