@@ -29,8 +29,10 @@ demo: $(STAMP)
 	if [ -n "$(KEEP)" ]; then $(BIN)/crisis status; echo "the stack stays up: open the URLs above; '$(BIN)/crisis down' stops it"; \
 	else $(BIN)/crisis down; fi; exit $$status
 
+# Two workers: the end-to-end tests (servers, stacks, the browser) one after another in one of them,
+# the unit and flow tests beside them (tests/conftest.py groups them); the slowest 20 are listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20
 
 # Unit tests only: no servers started.
 test-fast: $(STAMP)

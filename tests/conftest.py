@@ -49,3 +49,11 @@ def crisis_home(tmp_path, monkeypatch):
     monkeypatch.setenv("CRISIS_HOME", str(home))
     monkeypatch.delenv("CRISIS_STORAGE", raising=False)
     return home
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2 --dist loadgroup` (`make test`) the end-to-end tests run one after another in one worker
+    (they start servers on ports and share the MLflow UI's default port); the rest spread over both workers."""
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
