@@ -124,8 +124,10 @@ Sink = Callable[[TimelineEvent], Any]
 # (a process exiting then waits that long per event). Ours spends them once per outage: from then on an event is
 # held at once, and the held events are sent again every 2 s until the server answers, so an event emitted during
 # a restart reaches the automations within seconds of the server's return. Nothing is written to disk: a process
-# that exits while the server is away loses what it held, and its log says so.
+# that exits (or drains its events) while the server is away looks for it 5 s more, then loses what it held, and
+# its log says so.
 RESEND_EVERY_SECONDS = 2.0
+FLUSH_ON_CLOSE_SECONDS = 5.0  # a drain or the process's exit waits this long for an away server, once
 DELIVERY = logging.getLogger("prefect_crisis.events")
 
 
@@ -141,6 +143,19 @@ def _patient_client_type():
             super().__init__(api_url=api_url, checkpoint_interval=RESEND_EVERY_SECONDS)
             self._away_since: float | None = None
 
+        def _went_away(self, error: Exception) -> None:
+            self._away_since = self._away_since or time.monotonic()
+            DELIVERY.warning("the Prefect server at %s does not answer (%s): events are held in this process and sent "
+                             "again when it answers; they are lost if the process ends first", self._api_url, error)
+
+        async def __aenter__(self):
+            try:
+                return await super().__aenter__()
+            except RETRYABLE_EXCEPTIONS as error:  # started while the server is away: hold, and look for it every 2 s
+                self._went_away(error)
+                self._start_checkpoint_task()
+                return self
+
         async def _emit(self, event) -> None:
             if self._away_since is not None and self._websocket is None:
                 self._unconfirmed_events.append(event)  # held: the resend loop sends it when the server answers
@@ -148,12 +163,25 @@ def _patient_client_type():
             try:
                 await super()._emit(event)  # Prefect's: keeps the event until confirmed, tries to reconnect ~8 s
             except RETRYABLE_EXCEPTIONS as error:
-                self._away_since = self._away_since or time.monotonic()
-                DELIVERY.warning("the Prefect server at %s does not answer (%s): events are held in this process and sent "
-                                 "again when it answers; they are lost if the process ends first", self._api_url, error)
+                self._went_away(error)
 
         def _log_connection_error(self, error: Exception) -> None:
             return None  # said once per outage, in our words, by _emit
+
+        async def __aexit__(self, *exc_info) -> None:
+            """On close (a drain, the process's exit) with events held: look for the server a few seconds more."""
+            import asyncio
+
+            deadline = time.monotonic() + FLUSH_ON_CLOSE_SECONDS
+            while self._away_since is not None and self._unconfirmed_events and time.monotonic() < deadline:
+                try:
+                    await self._reconnect()  # sends them
+                except Exception:  # noqa: BLE001 - still away
+                    await asyncio.sleep(0.5)
+            if self._away_since is not None and self._unconfirmed_events:
+                DELIVERY.warning("the Prefect server at %s still does not answer: %d held events lost", self._api_url,
+                                 len(self._unconfirmed_events))
+            await super().__aexit__(*exc_info)
 
         async def _reconnect(self) -> None:
             held = len(self._unconfirmed_events)
