@@ -568,7 +568,15 @@ class ModelRegistry(Block):
         )
 
     def audit_trail(self, alias: str | None = None) -> list[AliasMove]:
-        """Every audited action on this model (optionally one alias), oldest first."""
+        """Every audited action on this model (optionally one alias), oldest first; read again with backoff while the
+        store is unavailable (`unavailable_retry_seconds`).
+
+        Raises:
+            RegistryUnavailableError: the store stayed unavailable.
+        """
+        return self._settled(self._retrying("read the audit", self._audit_rows, alias))
+
+    def _audit_rows(self, alias: str | None) -> list[AliasMove]:
         experiment = self.client.get_experiment_by_name(self.audit_experiment)
         if experiment is None:
             return []
@@ -585,7 +593,7 @@ class ModelRegistry(Block):
             page_token = page.token
             if not page_token:
                 break
-        return self._settled(sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at))
+        return sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at)
 
     def audit_snapshot(self) -> AuditSnapshot:
         """The whole audit of this model, read once: an incident's steps share it."""

@@ -134,6 +134,8 @@ DELIVERY = logging.getLogger("prefect_crisis.events")
 def _patient_client_type():
     import time
 
+    from prefect_crisis.core.uris import mask_uri
+
     from prefect.events.clients import RETRYABLE_EXCEPTIONS, PrefectEventsClient
 
     class PatientEventsClient(PrefectEventsClient):
@@ -146,7 +148,7 @@ def _patient_client_type():
         def _went_away(self, error: Exception) -> None:
             self._away_since = self._away_since or time.monotonic()
             DELIVERY.warning("the Prefect server at %s does not answer (%s): events are held in this process and sent "
-                             "again when it answers; they are lost if the process ends first", self._api_url, error)
+                             "again when it answers; they are lost if the process ends first", mask_uri(self._api_url), error)
 
         async def __aenter__(self):
             try:
@@ -172,6 +174,7 @@ def _patient_client_type():
             """On close (a drain, the process's exit) with events held: look for the server a few seconds more."""
             import asyncio
 
+            self._stop_checkpoint_task()  # one reconnect at a time: the resend loop's or this one
             deadline = time.monotonic() + FLUSH_ON_CLOSE_SECONDS
             while self._away_since is not None and self._unconfirmed_events and time.monotonic() < deadline:
                 try:
@@ -179,7 +182,7 @@ def _patient_client_type():
                 except Exception:  # noqa: BLE001 - still away
                     await asyncio.sleep(0.5)
             if self._away_since is not None and self._unconfirmed_events:
-                DELIVERY.warning("the Prefect server at %s still does not answer: %d held events lost", self._api_url,
+                DELIVERY.warning("the Prefect server at %s still does not answer: %d held events lost", mask_uri(self._api_url),
                                  len(self._unconfirmed_events))
             await super().__aexit__(*exc_info)
 
@@ -187,7 +190,7 @@ def _patient_client_type():
             held = len(self._unconfirmed_events)
             await super()._reconnect()  # on success it has sent every held event again
             if self._away_since is not None:
-                DELIVERY.warning("the Prefect server at %s answers again after %.0f s: %d held events sent", self._api_url,
+                DELIVERY.warning("the Prefect server at %s answers again after %.0f s: %d held events sent", mask_uri(self._api_url),
                                  time.monotonic() - self._away_since, held)
                 self._away_since = None
 
@@ -213,10 +216,10 @@ def prefect_sink(event: TimelineEvent) -> Any:
     Prefect Cloud, an ephemeral server and a process with events turned off take Prefect's own path (`emit_event`).
     """
     from prefect.events import Event, emit_event
-    from prefect.events.worker import should_emit_events_to_running_server
+    from prefect.events.worker import emit_events_to_cloud, should_emit_events_to_running_server
     from prefect.settings import PREFECT_API_URL
 
-    if not should_emit_events_to_running_server():
+    if emit_events_to_cloud() or not should_emit_events_to_running_server():
         return emit_event(
             event=event.event.value, resource=event.resource, related=event.related, payload=event.payload, occurred=event.occurred
         )

@@ -243,9 +243,17 @@ def latest_checkpoint_run(client: MlflowClient, model: str) -> str | None:
     )
     if not runs:
         return None
-    tags = runs[0].data.tags
+    run = runs[0]
+    tags = run.data.tags
+    # a resumed run killed before its first checkpoint holds nothing new: what it resumed is still the latest work
+    while (tags.get(TagKey.STOP_KIND) == StopKind.KILLED.value and tags.get(TagKey.CHECKPOINT) != "true"
+           and tags.get(TagKey.RESUMED_FROM)):
+        run = client.get_run(tags[TagKey.RESUMED_FROM])
+        tags = run.data.tags
+        if tags.get(TagKey.CHECKPOINT) == "true" and tags.get(TagKey.STATUS) == RunStatusTag.STOPPED:
+            return run.info.run_id
     if tags.get(TagKey.CHECKPOINT) == "true" and tags.get(TagKey.STATUS) == RunStatusTag.STOPPED and not tags.get(TagKey.RESUMED_BY):
-        return runs[0].info.run_id
+        return run.info.run_id
     return None
 
 

@@ -248,13 +248,13 @@ class ModelHealth:
 
 def _replaced_metrics(registry: ModelRegistry, version: str) -> dict[str, float] | None:
     """The registered metrics of the version `version` was last promoted over; None when it became champion otherwise."""
-    moves = [move for move in registry.audit_trail(registry.champion_alias) if move.applied and move.to_version == version]
-    if not moves or moves[-1].action != AliasAction.PROMOTE or not moves[-1].from_version:
-        return None
     try:
+        moves = [move for move in registry.audit_trail(registry.champion_alias) if move.applied and move.to_version == version]
+        if not moves or moves[-1].action != AliasAction.PROMOTE or not moves[-1].from_version:
+            return None
         return dict(registry.version(moves[-1].from_version).metrics)
-    except CrisisError:
-        return None
+    except (CrisisError, MlflowException):
+        return None  # unreadable now: the champion's own figures
 
 
 def read_champion(registry: ModelRegistry) -> tuple[str | None, dict[str, float]]:

@@ -13,6 +13,7 @@ continues exactly where the stopped one left off.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -29,6 +30,9 @@ from sklearn.neural_network import MLPClassifier
 
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.tasks.stopping import StopCondition, StopReason, TrainingProgress
+
+
+LOGGER = logging.getLogger("prefect_crisis.training")
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,11 @@ def train_with_stop_hook(
                 progress.record(loss)
                 progress.elapsed_seconds = clock() - started
                 if checkpoint_every_seconds is not None and clock() - saved["at"] >= checkpoint_every_seconds:
-                    checkpoint()  # before the stop hook: whatever it reports has been written
+                    try:
+                        checkpoint()  # before the stop hook: whatever it reports has been written
+                    except Exception as error:  # noqa: BLE001 - a periodic write is best effort: training goes on
+                        saved["at"] = clock()  # tried again after the interval
+                        LOGGER.warning("periodic checkpoint not written (%s: %s); training goes on", type(error).__name__, error)
                 reason = stop(progress)
                 if reason is not None:
                     return TrainingOutcome(model, progress, reason, checkpoint())

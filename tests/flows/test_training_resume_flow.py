@@ -258,3 +258,19 @@ def test_a_training_run_of_a_live_flow_run_is_never_taken_over(model):
     assert client.get_run(live).info.status == "RUNNING"
     assert close_killed_runs(client, model, lambda flow_run_id: flow_run_id != "") == [live]
     assert client.get_run(live).data.tags["crisis.stop_kind"] == "killed"
+
+
+def test_a_resumed_run_killed_before_its_first_checkpoint_leaves_the_earlier_checkpoint_resumable(model):
+    from prefect_crisis.tasks.checkpoints import close_killed_runs
+
+    set_stop_flag(model, "pause")
+    try:
+        stopped = train_once(model)
+    finally:
+        clear_stop_flag(model)
+    client = MlflowClient()
+    earlier = stopped.run_id
+    killed = client.create_run(training_experiment(client, model), tags={"crisis.flow_run_id": str(uuid.uuid4()), "crisis.resumed_from": earlier}).info.run_id
+    client.set_tag(earlier, "crisis.resumed_by", killed)
+    assert close_killed_runs(client, model, lambda flow_run_id: True) == [killed]
+    assert latest_checkpoint_run(client, model) == earlier  # not lost with the run that never wrote one
