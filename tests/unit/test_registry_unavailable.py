@@ -120,4 +120,3 @@ def test_a_store_lost_before_the_alias_moved_fails_the_move_and_the_row_settles_
     settled = rollbacks(later(registry))
     assert len(settled) == 1 and settled[0].outcome.startswith("failed") and not settled[0].applied
     assert registry.serving_at(datetime.now(timezone.utc) + timedelta(minutes=10)) == first
-
