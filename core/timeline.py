@@ -10,6 +10,7 @@ in production and a list in unit tests.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ FLUSH_ON_CLOSE_SECONDS = 5.0  # a drain or the process's exit waits this long fo
 DELIVERY = logging.getLogger("prefect_crisis.events")
 
 
+@functools.cache  # one class: the worker instances are keyed by it
 def _patient_client_type():
     import time
 
@@ -197,17 +199,12 @@ def _patient_client_type():
     return PatientEventsClient
 
 
-_CLIENT_TYPE: list = []
-
-
 def _events_worker(api_url: str):
     """The events worker of this process for `api_url`: Prefect's EventsWorker with the patient client."""
     from prefect.events.worker import EventsWorker
 
-    if not _CLIENT_TYPE:
-        _CLIENT_TYPE.append(_patient_client_type())
     # keyed by server: a process that talks to two servers in turn never sends one's events to the other
-    return super(EventsWorker, EventsWorker).instance.__func__(EventsWorker, _CLIENT_TYPE[0], (("api_url", api_url),))
+    return super(EventsWorker, EventsWorker).instance.__func__(EventsWorker, _patient_client_type(), (("api_url", api_url),))
 
 
 def prefect_sink(event: TimelineEvent) -> Any:

@@ -509,11 +509,11 @@ def _unavailable_expect(drill: Drill) -> None:
     _rollback_expect(drill)
     moves = [move for move in drill.registry.audit_trail(drill.registry.champion_alias) if move.at >= drill.injected_at]
     unsettled = [f"{move.action} v{move.to_version}: {move.outcome}" for move in moves if not move.applied]
-    drill.require(len([m for m in moves if m.action == AliasAction.ROLLBACK]) == 1, f"{len(moves)} champion moves after the outage began")
+    rollbacks = [move for move in moves if move.action == AliasAction.ROLLBACK]
+    drill.require(len(rollbacks) == 1, f"{len(moves)} champion moves after the outage began")
     drill.require(not unsettled, f"audit rows not applied: {'; '.join(unsettled)}")
     if drill.state.get("restored_at"):
         drill.facts["outage_s"] = seconds(drill.injected_at, drill.state["restored_at"])
-        rollbacks = [move for move in moves if move.action == AliasAction.ROLLBACK]
         if rollbacks:  # the rollback as seen from the store's return: what the retries add to the outage
             drill.facts["recover_after_store_back_s"] = seconds(drill.state["restored_at"], rollbacks[0].at)
 
@@ -582,7 +582,7 @@ def _training_inject(drill: Drill) -> None:
     for process in processes:
         process.kill()  # SIGKILL
     drill.inject_now()
-    drill.state.update(killed_run=run.info.run_id, killed_pids=[process.pid for process in processes])
+    drill.state["killed_run"] = run.info.run_id
 
 
 def _training_expect(drill: Drill) -> None:
@@ -626,14 +626,14 @@ def _training_expect(drill: Drill) -> None:
 def _cancel_training(drill: Drill) -> None:
     """Leave no training of the drill running (a failed drill may have left one): processes still running one of its
     flow runs (found again by their environment, never by a pid that may have been reused)."""
+    import contextlib
+
     import psutil
 
     for flow_run_id in (drill.state.get("killed_flow_run"), drill.state.get("next_flow_run")):
         for process in flow_run_processes(flow_run_id) if flow_run_id else ():
-            try:
+            with contextlib.suppress(psutil.Error):  # it ended meanwhile
                 process.kill()
-            except psutil.Error:
-                pass
 
 
 # -- 9 a silent monitor -----------------------------------------------------------------------

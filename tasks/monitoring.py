@@ -33,11 +33,11 @@ from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.core.errors import CrisisError, MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
-from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, Responder, Severity, is_drill_model
+from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity, is_drill_model
 from prefect_crisis.tasks.drift import DriftSettings, frame_drift
 from prefect_crisis.tasks.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
 from prefect_crisis.tasks.references import load_reference
-from prefect_crisis.tasks.rollback import baseline_value, promotion_guarded
+from prefect_crisis.tasks.rollback import baseline_value, promotion_guarded, promotions_over
 from prefect_crisis.tasks.validation import checks_drift
 
 BREACH_EVENTS = {Severity.WARNING: CrisisEvent.BREACH_WARNING, Severity.CRITICAL: CrisisEvent.BREACH_CRITICAL, Severity.EMERGENCY: CrisisEvent.BREACH_EMERGENCY}
@@ -249,10 +249,8 @@ class ModelHealth:
 def _replaced_metrics(registry: ModelRegistry, version: str) -> dict[str, float] | None:
     """The registered metrics of the version `version` was last promoted over; None when it became champion otherwise."""
     try:
-        moves = [move for move in registry.audit_trail(registry.champion_alias) if move.applied and move.to_version == version]
-        if not moves or moves[-1].action != AliasAction.PROMOTE or not moves[-1].from_version:
-            return None
-        return dict(registry.version(moves[-1].from_version).metrics)
+        replaced = promotions_over(registry.audit_trail(registry.champion_alias)).get(version)
+        return dict(registry.version(replaced).metrics) if replaced else None
     except (CrisisError, MlflowException):
         return None  # unreadable now: the champion's own figures
 

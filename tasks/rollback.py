@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from prefect_crisis.blocks.rollback_policy import METRICS, MetricRule, RollbackPolicy
-from prefect_crisis.core.vocabulary import AliasAction, DecisionKind, MetricKind, Severity
+from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, DecisionKind, MetricKind, Severity
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,23 @@ def promotion_guarded(metrics: dict[str, float], replaced: dict[str, float] | No
         if spec.kind == MetricKind.RATE and own is not None and before is not None:
             guarded[metric] = max(own, before) if spec.higher_is_better else min(own, before)
     return guarded
+
+
+def promotions_over(trail) -> dict[str, str | None]:
+    """Per version, the version its latest arrival on the champion alias replaced, when that arrival was a
+    promotion (None when it came by rollback, fallback or a plain move), from the alias's audit trail.
+
+    Example:
+        >>> from types import SimpleNamespace as Move
+        >>> promotions_over([Move(action="promote", from_version="1", to_version="2", outcome="applied"),
+        ...                  Move(action="rollback", from_version="2", to_version="1", outcome="applied")])
+        {'2': '1', '1': None}
+    """
+    over: dict[str, str | None] = {}
+    for move in trail:
+        if move.outcome == AuditOutcome.APPLIED and move.to_version:
+            over[move.to_version] = move.from_version if move.action == AliasAction.PROMOTE else None
+    return over
 
 
 @dataclass(frozen=True)
@@ -320,7 +337,6 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
     """
     served_from: dict[str, datetime] = {}
     served_until: dict[str, datetime] = {}
-    promoted_over: dict[str, str | None] = {}
     incident: set[str] = set()
     last_rollback_at = None
     trail = audit.of_alias(registry.champion_alias) if audit is not None else registry.audit_trail(registry.champion_alias)
@@ -336,8 +352,7 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
             served_until.pop(move.to_version, None)
         if AliasAction(move.action).is_recovery:
             last_rollback_at = move.at
-        if move.to_version:
-            promoted_over[move.to_version] = move.from_version if move.action == AliasAction.PROMOTE else None
+    promoted_over = promotions_over(trail)
     versions = registry.versions()
     candidates = [
         Candidate(
