@@ -67,6 +67,19 @@ class EscalationPolicy(Block):
         default=None,
         description="Notification block as `<block-type-slug>/<name>` (e.g. `slack-webhook/on-call`); empty: the ladder notifies nobody.",
     )
+    rollback_policy: str | None = Field(
+        default=None,
+        description="The RollbackPolicy block the responses of the models this policy is saved for use; empty: the block saved "
+        "under the model's name, else the defaults.",
+    )
+    monitoring_policy: str | None = Field(
+        default=None,
+        description="The MonitoringPolicy block their health sweeps use; empty: the block saved under the model's name, else the defaults.",
+    )
+    fallback_policy: str | None = Field(
+        default=None,
+        description="The FallbackPolicy block their serving uses; empty: the block saved under the model's name, else the defaults.",
+    )
     enabled_levels: list[LadderStep] = Field(
         default_factory=lambda: list(LadderStep),
         description="Steps whose automations are enabled; the others are kept on the server, disabled.",

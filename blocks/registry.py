@@ -310,7 +310,9 @@ class ModelRegistry(Block):
         """Every version, newest first (retired ones included, marked by tag)."""
         try:
             alias_map = self.client.get_registered_model(self.model_name).aliases
-        except MlflowException:
+        except (MlflowException, OSError) as error:
+            if is_unavailable(error):
+                raise self._unavailable("list the versions", error) from error
             return []
         found = self.client.search_model_versions(f"name='{self.model_name}'", order_by=["version_number DESC"])
         metrics = self._metrics_of_runs([item.run_id for item in found if item.run_id])
@@ -346,11 +348,24 @@ class ModelRegistry(Block):
             return None
 
     def version_by_alias(self, alias: str) -> VersionInfo | None:
+        """The version `alias` points at; None when the alias (or the model) does not exist.
+
+        Raises:
+            RegistryUnavailableError: the store cannot be read now: unknown is not absent, so a decision that needs the
+                answer is retried (or INCONCLUSIVE), never taken as "no version".
+        """
         try:
             found = self.client.get_model_version_by_alias(self.model_name, alias)
-        except MlflowException:
+        except (MlflowException, OSError) as error:
+            if is_unavailable(error):
+                raise self._unavailable(f"read @{alias}", error) from error
             return None
         return self._info(found, tuple(found.aliases))
+
+    def _unavailable(self, what: str, error: BaseException) -> RegistryUnavailableError:
+        return RegistryUnavailableError(
+            f"MLflow store {self.display_tracking_uri} unavailable: could not {what} of {self.model_name!r} ({store_error_line(error)})"
+        )
 
     def champion(self) -> VersionInfo | None:
         """The version that serves now, or None before the first promotion."""

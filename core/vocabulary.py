@@ -172,6 +172,7 @@ class CrisisEvent(str, Enum):
     BREACH_CRITICAL = "ml.breach.critical"
     BREACH_EMERGENCY = "ml.breach.emergency"
     INCIDENT_OPENED = "ml.incident.opened"
+    INCIDENT_JOINED = "ml.incident.joined"  # a later breach of the same episode joined the open incident
     DIAGNOSIS_DONE = "ml.diagnosis.done"
     DECISION_TAKEN = "ml.decision.taken"
     FALLBACK_ENGAGED = "ml.fallback.engaged"

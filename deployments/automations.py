@@ -109,12 +109,16 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
         (1800.0, ['ml.model.name'])
     """
     notify = Notifier(notification_block_id)
-    emergency_events = {CrisisEvent.BREACH_EMERGENCY, CrisisEvent.RECOVERY_FAILED, CrisisEvent.DATA_REJECTED}
+    emergency_events = {CrisisEvent.BREACH_EMERGENCY, CrisisEvent.RECOVERY_FAILED}
+    # the scheduled and the evidence-triggered sweep may report one breach in the same second: one stop per sweep interval
+    # (the flow itself joins the model's open incident after that, so a breach that persists stays one incident)
+    emergency_debounce = timedelta(seconds=policy.monitor_interval_seconds)
     # step -> (description, its trigger (given further label matches), its actions, what its page says or None)
     steps: dict[LadderStep, tuple[str, Callable[..., EventTrigger], list, str | None]] = {
         LadderStep.WARNING: (
-            "A warning breach: diagnose the model (crisis-response, diagnose_only) without acting.",
-            partial(model_trigger, {CrisisEvent.BREACH_WARNING}),
+            "A warning breach or a rejected batch: diagnose the model (crisis-response, diagnose_only) without acting. A rejected "
+            "batch blocks training on that batch only (the training flow refuses it); it never touches serving.",
+            partial(model_trigger, {CrisisEvent.BREACH_WARNING, CrisisEvent.DATA_REJECTED}),
             [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True))],
             "warning: diagnosing",
         ),
@@ -133,10 +137,13 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             "repeated warnings: escalated to critical",
         ),
         LadderStep.EMERGENCY: (
-            "An emergency breach, a failed recovery or rejected data: emergency stop (stop flag, cancel and pause training, serve the fallback).",
-            partial(model_trigger, emergency_events),
+            "An emergency breach or a failed recovery: emergency stop (stop flag, cancel and pause training) and the critical "
+            "decision for serving without waiting for more samples: roll back to a good version, the fallback only when there "
+            f"is none or it is measured better. At most one stop per model per {emergency_debounce.total_seconds():g} s; later "
+            "breaches join the open incident.",
+            partial(model_trigger, emergency_events, within=emergency_debounce),
             [run(deployment_ids, EMERGENCY_STOP, {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME})],
-            "EMERGENCY: stopping training and serving the fallback",
+            "EMERGENCY: stopping training and repairing serving",
         ),
         LadderStep.RESOLVED: (
             "Recovery succeeded while the model's emergency stop is in force: undo the stop (lower the stop flag, resume the "

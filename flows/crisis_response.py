@@ -14,20 +14,24 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
-from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.errors import DataInputError, RegistryError
 from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
 from prefect_crisis.tasks.batches import load_frame
 from prefect_crisis.tasks.dashboard import refresh_dashboard
 from prefect_crisis.tasks.incident import (
+    close_episode,
     decide_rollback_task,
     diagnose_model,
     execute_recovery_task,
+    join_or_open_incident,
+    latencies_of,
     live_window,
+    measure_versions,
     new_incident_id,
-    open_incident,
     response_limit,
     tag_response_run,
 )
+from prefect_crisis.tasks.loading import bind_policy
 from prefect_crisis.tasks.inference_log import read_labelled_window
 from prefect_crisis.tasks.stack_info import stack_summary
 
@@ -56,8 +60,11 @@ def crisis_response(
         window_path: parquet/CSV of recent labelled rows (features, label, optional timestamp); when empty,
             the labelled predictions of the last `window_minutes` are read from the inference log.
         incident_id: ties the response's audit entries and events together; a rerun with the same id changes nothing.
+            A response while the model's episode is still open (`tasks.episodes`) joins that incident instead.
         severity: warning, critical or emergency (emergency ignores the rollback cool-down).
         violation: quality, latency, errors or data-integrity: picks the recovery strategies.
+        rollback_policy_block: the RollbackPolicy block; empty: the model's own (`bind_policy`: named in its
+            EscalationPolicy, else saved under its name, else the defaults; the log says which).
         triggering_event_id: the event that opened the incident, when an automation runs the response.
         drill: the incident is a recovery drill (flows/drill.py), not a real crisis; a drill model's (`drill-*`) always is.
         inference_log_block: the InferenceLog block the window is read from when no window_path is
@@ -66,13 +73,14 @@ def crisis_response(
         diagnose_only: stop after the diagnosis (a Completed state named "Diagnosed"): the warning step of the ladder.
     """
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
-    policy = RollbackPolicy.load(rollback_policy_block) if rollback_policy_block else RollbackPolicy()
+    bound = bind_policy(RollbackPolicy, registry.model_name, rollback_policy_block)
+    policy = bound.policy
     identifier = incident_id or new_incident_id()
     timeline = None
     try:
         with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
             audit = registry.audit_snapshot()  # read once; every step of the incident uses this snapshot
-            if audit.handled(identifier):
+            if audit.handled(identifier) and (triggering_event_id is None or triggering_event_id == identifier):
                 return Completed(name="Already handled", message=f"incident {identifier} was handled before; nothing changed")
             champion = registry.champion()
             if champion is None:
@@ -80,30 +88,49 @@ def crisis_response(
                     f"{registry.model_name!r} has no champion in {registry.display_tracking_uri}: nothing to respond for "
                     "(train and promote a version first, or point CRISIS_HOME / MLFLOW_TRACKING_URI at the store that has it)"
                 )
-            incident, timeline = open_incident(
-                registry.model_name, identifier, severity, violation, triggering_event_id=triggering_event_id,
-            drill=drill or is_drill_model(registry.model_name), clock=registry.now
+            joined = join_or_open_incident(
+                registry.model_name, triggering_event_id, severity, violation, quiet_minutes=policy.cooldown_minutes,
+                drill=drill or is_drill_model(registry.model_name), clock=registry.now, incident_id=identifier,
             )
+            if joined is None:
+                return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")
+            incident, timeline, episode = joined
             logger = timeline.logger(get_run_logger(), registry.model_name, champion.version)
-            logger.info("using %s; labelled window %s", stack_summary(registry.display_tracking_uri), window_path or "from the inference log")
+            logger.info("using %s; labelled window %s; rollback policy: %s", stack_summary(registry.display_tracking_uri),
+                        window_path or "from the inference log", bound.source)
             tag_response_run(incident)
-            window = load_frame(window_path) if window_path else read_labelled_window(
-                inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
-            )
+            try:
+                window = load_frame(window_path) if window_path else read_labelled_window(
+                    inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
+                )
+            except DataInputError as error:
+                if not diagnose_only:
+                    raise
+                return Completed(name="Nothing to diagnose", message=f"incident {incident.id}: {first_line(str(error))}")
             reference = load_frame(reference_path) if reference_path else None
             with tags(incident.run_tag):
                 report, y_pred = diagnose_model(registry, champion, window, label_column, reference, incident, audit, timeline)
                 if diagnose_only:
                     return Completed(name="Diagnosed", message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})", data=report.to_dict())
-                live = live_window(window[label_column].to_numpy(), y_pred)
-                decision = decide_rollback_task(registry, policy, live, incident, audit, timeline)
+                live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))
+                measured = measure_versions(registry, audit, window, label_column, timeline)
+                decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured)
                 if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
+                    close_episode(registry, episode)
+                    if decision.degraded and not champion.is_fallback and severity is not Severity.EMERGENCY:
+                        # degraded and nothing measured better: the ladder's emergency step (a person) takes it from here
+                        timeline.emit(CrisisEvent.RECOVERY_FAILED, registry.model_name, {"reason": decision.reason, "attempts": []}, version=champion.version)
+                        return Failed(name="Not recovered", message=f"incident {incident.id}: {decision.reason}", data=decision.to_dict())
                     return Completed(name=decision.kind.value.capitalize(), message=decision.reason, data=decision.to_dict())
-                outcome = execute_recovery_task(registry, policy, decision, incident, window, label_column, champion, audit, timeline)
+                outcome = execute_recovery_task(
+                    registry, policy, decision, incident, window, label_column, champion, audit, timeline, live,
+                    skip_if_handled=incident.id == identifier,
+                )
+                close_episode(registry, episode)
         summary = f"incident {incident.id}: {decision.kind.value}; champion v{outcome.champion_before} -> v{outcome.champion_after}"
         logger.info(summary)
         if not outcome.recovered:
-            return Failed(name="Not recovered", message=summary + "; every strategy failed verification (ml.recovery.failed emitted)")
+            return Failed(name="Not recovered", message=summary + "; every move failed verification (ml.recovery.failed emitted)")
         return Completed(name="Recovered", message=summary, data={"decision": decision.to_dict(), "recovery": outcome.to_dict(), "recommendations": [r.action.value for r in report.recommendations]})
     except Exception as error:
         if timeline is not None and not diagnose_only:  # the incident is open and nothing will end it: escalate (the ladder's emergency step)

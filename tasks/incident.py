@@ -22,7 +22,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo, is_unavailable, reset_store_connections
+from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo, first_line, is_unavailable, reset_store_connections
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
@@ -32,10 +32,21 @@ from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContex
 from prefect_crisis.tasks.emergency import EmergencyRecord
 from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
-from prefect_crisis.tasks.rollback import LiveWindow, RollbackDecision, candidates_from_registry, decide_rollback, judge_rules
+from prefect_crisis.tasks.episodes import Episode, EpisodeState, new_episode, read_episode, write_episode
+from prefect_crisis.tasks.rollback import (
+    LiveWindow,
+    RollbackDecision,
+    accuracy_of,
+    candidates_from_registry,
+    decide_rollback,
+    eligible_versions,
+    guarded_baseline,
+    judge_rules,
+)
 from prefect_crisis.tasks.stop_flag import set_stop_flag
 
 TOP_FINDINGS = 3
+LATENCY_COLUMN = "latency_ms"  # the labelled window's latency samples (the inference log's per-row latency)
 STORE_RETRY_DELAYS = [1, 2, 4, 8]  # seconds between a response step's tries while the MLflow store is unavailable (15 s in all)
 
 
@@ -196,54 +207,152 @@ def diagnose_model(
     return report, y_pred
 
 
+MEASURED_VERSIONS = 6  # versions scored on the window besides the champion: the most recent that served, and the fallback
+
+
+def latencies_of(window: pd.DataFrame) -> tuple[float, ...]:
+    """The latency samples of a labelled window (its `latency_ms` column), finite ones only."""
+    if LATENCY_COLUMN not in window.columns:
+        return ()
+    values = pd.to_numeric(window[LATENCY_COLUMN], errors="coerce").to_numpy(dtype=float)
+    return tuple(values[np.isfinite(values)])
+
+
+@task(name="measure-versions", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
+def measure_versions(registry: ModelRegistry, audit: AuditSnapshot, window: pd.DataFrame, label: str, timeline: Timeline) -> dict[str, LiveWindow]:
+    """Score the versions a repair may go to on the incident's labelled window (the same rows the champion is judged on):
+    the most recent versions that served and are not implicated, and the fallback. A version the window cannot feed
+    (features it lacks) is left out, and the log says so."""
+    champion, candidates, _ = candidates_from_registry(registry, audit)
+    logger = timeline.logger(get_run_logger(), registry.model_name, champion.version if champion else None)
+    current = champion.version if champion else None
+    served = sorted(eligible_versions(candidates, current), key=lambda c: c.served_until or c.served_from, reverse=True)[:MEASURED_VERSIONS]
+    fallback = [c for c in candidates if c.holds_fallback_alias and c.version != current]
+    truth = window[label].to_numpy()
+    measured: dict[str, LiveWindow] = {}
+    for candidate in [*served, *fallback]:
+        try:
+            y_pred, _ = predict_with(registry, candidate.version, window)
+        except (RegistryError, ValueError) as error:
+            logger.warning("v%s not measured on the window: %s", candidate.version, first_line(str(error)))
+            continue
+        measured[candidate.version] = live_window(truth, y_pred)
+    shown = ", ".join(f"v{v} {w.successes['accuracy'] / max(w.samples['accuracy'], 1):.1%}" for v, w in measured.items()) or "none"
+    logger.info("measured on the window's %d labelled rows: %s", len(window), shown)
+    return measured
+
+
 @task(name="decide-rollback", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
 def decide_rollback_task(
-    registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, incident: Incident, audit: AuditSnapshot, timeline: Timeline
+    registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, incident: Incident, audit: AuditSnapshot, timeline: Timeline,
+    measured: dict[str, LiveWindow] | None = None,
 ) -> RollbackDecision:
     """Decide HOLD / ROLLBACK / FALLBACK / INCONCLUSIVE from the incident's audit snapshot; emit `ml.decision.taken`."""
     champion, candidates, last_rollback_at = candidates_from_registry(registry, audit)
     if champion is None:
         raise RegistryError(f"{registry.model_name!r} has no champion to judge: promote a version first")
-    decision = decide_rollback(live, champion, candidates, policy, now=registry.now(), last_rollback_at=last_rollback_at, severity=incident.severity)
+    decision = decide_rollback(
+        live, champion, candidates, policy, now=registry.now(), last_rollback_at=last_rollback_at, severity=incident.severity, measured=measured,
+    )
     timeline.emit(
         CrisisEvent.DECISION_TAKEN,
         registry.model_name,
-        {"decision": decision.kind.value, "target_version": decision.target_version, "violations": [str(v) for v in decision.violations], "reason": decision.reason},
+        {"decision": decision.kind.value, "target_version": decision.target_version, "violations": [str(v) for v in decision.violations],
+         "reason": decision.reason, "degraded": decision.degraded, "measured_accuracy": dict(decision.measured)},
         version=champion.version,
     )
     timeline.logger(get_run_logger(), registry.model_name, champion.version).info("decision: %s (%s)", decision.kind.value, decision.reason)
     return decision
 
 
-@task(name="execute-recovery", cache_policy=NO_CACHE)
-def execute_recovery_task(
-    registry: ModelRegistry, policy: RollbackPolicy, decision: RollbackDecision, incident: Incident,
-    window: pd.DataFrame, label: str, champion: VersionInfo, audit: AuditSnapshot, timeline: Timeline,
-) -> RecoveryOutcome:
-    """Recover by the violation's strategies, verifying each on the labelled window."""
-    baseline = dict(champion.metrics)
+def verifier(
+    registry: ModelRegistry, policy: RollbackPolicy, audit: AuditSnapshot, window: pd.DataFrame, label: str, before: Verification | None,
+) -> Callable[[str], Verification]:
+    """Verification of a version on the window against its *own* baseline (none looser than the version it was promoted
+    over); the fallback model, a stopgap, verifies when it is measured no worse than what served before."""
+    _, candidates, _ = candidates_from_registry(registry, audit)
+    by_version = {c.version: c for c in candidates}
+    truth = window[label].to_numpy()
 
     def verify(version: str) -> Verification:
         y_pred, _ = predict_with(registry, version, window)
-        live = live_window(window[label].to_numpy(), y_pred)
+        live = live_window(truth, y_pred)
+        accuracy = live.successes["accuracy"] / max(live.samples["accuracy"], 1)
+        candidate = by_version.get(version)
+        if candidate is not None and candidate.fallback:
+            before_accuracy = None if before is None else before.metrics.get("accuracy")
+            passed = before_accuracy is None or accuracy >= before_accuracy
+            compared = "" if before_accuracy is None else f" against {before_accuracy:.4f} serving before"
+            return Verification(passed, f"fallback v{version} accuracy {accuracy:.4f} on the window{compared} (a stopgap)", {"accuracy": accuracy})
+        baseline = guarded_baseline(candidate, candidates) if candidate is not None else {}
         judged = judge_rules(live, baseline, policy)
         failing = [str(v) for v in judged.violations] + list(judged.undecided)  # a rule that cannot be judged does not verify
-        accuracy = live.successes["accuracy"] / live.samples["accuracy"]
-        detail = f"v{version} accuracy {accuracy:.4f} on the window" + (f"; still failing: {failing}" if failing else "")
+        detail = f"v{version} accuracy {accuracy:.4f} on the window against its own baseline" + (f"; still failing: {failing}" if failing else "")
         if judged.not_measured:
             detail += f"; not measured: {', '.join(judged.not_measured)}"
         return Verification(not failing, detail, {"accuracy": accuracy})
 
+    return verify
+
+
+@task(name="execute-recovery", cache_policy=NO_CACHE)
+def execute_recovery_task(
+    registry: ModelRegistry, policy: RollbackPolicy, decision: RollbackDecision, incident: Incident,
+    window: pd.DataFrame, label: str, champion: VersionInfo, audit: AuditSnapshot, timeline: Timeline,
+    live: LiveWindow | None = None, skip_if_handled: bool = True, emergency_step: bool = False,
+) -> RecoveryOutcome:
+    """Carry out the decision, verifying each move on the labelled window; keep the better state when none verifies.
+
+    `emergency_step`: the emergency step's own repair: its failure does not escalate again (it is the ladder's top), and
+    its success does not resolve the emergency it is part of (training stays stopped until a later recovery or a person)."""
+    served = accuracy_of(live)
+    before = None if served is None else Verification(False, f"v{champion.version} serving", {"accuracy": served})
     registry.use(timeline=timeline)
     outcome = execute_recovery(
-        registry, decision, incident.violation, incident, verify,
+        registry, decision, incident.violation, incident, verifier(registry, policy, audit, window, label, before),
         lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"),
-        audit=audit, champion=champion, timeline=timeline, emergency_in_force=lambda model: EmergencyRecord.read(model) is not None,
+        audit=audit, champion=champion, timeline=timeline,
+        emergency_in_force=(lambda model: False) if emergency_step else (lambda model: EmergencyRecord.read(model) is not None),
+        before=before, skip_if_handled=skip_if_handled, escalate=not emergency_step,
     )
     timeline.logger(get_run_logger(), registry.model_name, outcome.champion_after).info(
         "recovery %s: champion v%s -> v%s", "succeeded" if outcome.recovered else "failed", outcome.champion_before, outcome.champion_after
     )
     return outcome
+
+
+def join_or_open_incident(
+    model: str, event_id: str | None, severity: Severity, violation: ViolationType, *, quiet_minutes: float, drill: bool,
+    clock: Callable[[], datetime], incident_id: str | None = None,
+) -> tuple[Incident, Timeline, Episode] | None:
+    """The incident this response belongs to: the model's current episode when it is joinable (one incident per episode;
+    `ml.incident.joined` says so), else a new one (`ml.incident.opened`). None: the triggering event was answered already.
+    Call it holding the model's concurrency slot."""
+    now = clock()
+    episode = read_episode(model)
+    if episode is not None and episode.answered(event_id):
+        return None
+    if episode is not None and episode.joinable(now, quiet_minutes):
+        incident = Incident(episode.incident, model, Severity(severity), ViolationType(violation), datetime.fromisoformat(episode.opened_at), event_id, episode.drill or drill)
+        timeline = Timeline(clock=clock).bound(incident)
+        timeline.emit(CrisisEvent.INCIDENT_JOINED, model, {"flow_run_id": flow_run.get_id(), "triggering_event_id": event_id, "severity": Severity(severity).value,
+                                                          "episode_state": episode.state.value})
+        episode = episode.touched(now, event_id)
+    else:
+        incident, timeline = open_incident(model, incident_id or event_id or new_incident_id(), severity, violation, triggering_event_id=event_id, drill=drill, clock=clock)
+        episode = new_episode(incident.id, incident.severity.value, incident.violation.value, now, event_id, incident.drill)
+    write_episode(model, episode)
+    return incident, timeline, episode
+
+
+def close_episode(registry: ModelRegistry, episode: Episode, *, event_id: str | None = None) -> Episode:
+    """Record where the episode stands after a response: a stopgap while the fallback model serves, recovered when a
+    version serves, open otherwise."""
+    champion = registry.champion()
+    state = EpisodeState.STOPGAP if champion is not None and champion.is_fallback else EpisodeState.RECOVERED if champion is not None else EpisodeState.OPEN
+    updated = episode.touched(registry.now(), event_id, state)
+    write_episode(registry.model_name, updated)
+    return updated
 
 
 def new_incident_id() -> str:

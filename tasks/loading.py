@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prefect.blocks.core import Block
+
 from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
@@ -45,3 +51,66 @@ def load_registry(name: str | None, model_name: str) -> ModelRegistry:
         raise RegistryError(f"no ModelRegistry block named {name!r} on the Prefect server: save one, or leave it out") from error
     validate_model_name(registry.model_name)
     return registry
+
+
+P = TypeVar("P", bound=Block)
+# The field of the model's EscalationPolicy that may name a block of each kind.
+NAMED_IN_ESCALATION = {"RollbackPolicy": "rollback_policy", "MonitoringPolicy": "monitoring_policy", "FallbackPolicy": "fallback_policy"}
+
+
+def block_name_of(model: str) -> str:
+    """The block name a model's own policies are saved under: Prefect block names are lowercase letters, digits and
+    dashes, so the model's name is lowercased and every other character becomes a dash.
+
+    Example:
+        >>> block_name_of("Churn_v2")
+        'churn-v2'
+    """
+    return re.sub(r"[^a-z0-9-]+", "-", model.lower()).strip("-") or "model"
+
+
+@dataclass(frozen=True)
+class BoundPolicy(Generic[P]):
+    """The policy that binds a model, and where it came from (a line `crisis status` shows)."""
+
+    policy: P
+    source: str
+    block: str | None = None  # the saved block's name; None: the defaults
+
+
+def _load(kind: type[P], name: str) -> P | None:
+    try:
+        return kind.load(name)
+    except ValueError:  # Prefect: no block document of that name
+        return None
+
+
+def bind_policy(kind: type[P], model: str, named: str | None = None) -> BoundPolicy[P]:
+    """The `kind` policy of `model`: the block named by the caller, else the block the model's EscalationPolicy names,
+    else the block saved under the model's name, else the documented defaults (and the source says so).
+
+    Raises:
+        PolicyError: a block named by the caller or by the model's EscalationPolicy is not saved (a typo must not
+            silently fall back to the defaults).
+    """
+    from prefect_crisis.blocks.escalation_policy import EscalationPolicy
+    from prefect_crisis.core.errors import PolicyError
+
+    label = kind.get_block_type_slug()
+    if named:
+        policy = _load(kind, named)
+        if policy is None:
+            raise PolicyError(f"no {label} block named {named!r} on the Prefect server: save it, or leave the name out for {model!r}'s own")
+        return BoundPolicy(policy, f"block {named!r} (named by the deployment)", named)
+    own = block_name_of(model)
+    field = NAMED_IN_ESCALATION.get(kind.__name__)
+    escalation = _load(EscalationPolicy, own) if field else None
+    if escalation is not None and (in_escalation := getattr(escalation, field)):
+        policy = _load(kind, in_escalation)
+        if policy is None:
+            raise PolicyError(f"the escalation policy {own!r} names {label} {in_escalation!r}, which is not saved: save it, or empty {field}")
+        return BoundPolicy(policy, f"block {in_escalation!r} (named in escalation policy {own!r})", in_escalation)
+    policy = _load(kind, own)
+    if policy is not None:
+        return BoundPolicy(policy, f"block {own!r} (saved under the model's name)", own)
+    return BoundPolicy(kind(), f"defaults (no {label} block {own!r} saved)")

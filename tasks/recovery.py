@@ -76,6 +76,29 @@ def already_handled(registry: ModelRegistry, incident: str, audit: AuditSnapshot
     return (audit if audit is not None else registry.audit_snapshot()).handled(incident)
 
 
+def plan_of(decision: RollbackDecision, violation: ViolationType) -> list[tuple[Strategy, str | None]]:
+    """The moves the decision asks for, in order, limited to the violation's strategies: the rollback target first, then the
+    fallback when the decision allows it next (the target may fail verification); a FALLBACK decision: the fallback only.
+
+    Example:
+        >>> plan_of(RollbackDecision(DecisionKind.ROLLBACK, "degraded", "1", fallback_version="4", fallback_next=True), ViolationType.QUALITY)
+        [(<Strategy.ROLLBACK: 'rollback'>, '1'), (<Strategy.FALLBACK: 'fallback'>, '4')]
+        >>> plan_of(RollbackDecision(DecisionKind.ROLLBACK, "degraded", "1", fallback_version="4"), ViolationType.LATENCY)
+        [(<Strategy.FALLBACK: 'fallback'>, '4')]
+    """
+    allowed = STRATEGIES[violation]
+    if Strategy.STOP_TRAINING in allowed:
+        return [(Strategy.STOP_TRAINING, None)]
+    plan: list[tuple[Strategy, str | None]] = []
+    if decision.kind is DecisionKind.ROLLBACK and Strategy.ROLLBACK in allowed:
+        plan.append((Strategy.ROLLBACK, decision.target_version))
+    if Strategy.FALLBACK in allowed and (decision.kind is DecisionKind.FALLBACK or decision.fallback_next or Strategy.ROLLBACK not in allowed):
+        plan.append((Strategy.FALLBACK, decision.fallback_version))
+    if decision.kind is DecisionKind.FALLBACK and Strategy.ROLLBACK in allowed and not plan[:1] == [(Strategy.ROLLBACK, None)]:
+        plan.insert(0, (Strategy.ROLLBACK, None))  # said as tried: there was no version to roll back to
+    return plan
+
+
 def execute_recovery(
     registry: ModelRegistry,
     decision: RollbackDecision,
@@ -88,40 +111,51 @@ def execute_recovery(
     champion: VersionInfo | None = None,
     timeline: Timeline | None = None,
     emergency_in_force: Callable[[str], bool] = lambda model: False,
+    before: Verification | None = None,
+    skip_if_handled: bool = True,
+    escalate: bool = True,
 ) -> RecoveryOutcome:
-    """Run the violation's strategies in order until one verifies.
+    """Carry out the decision's plan until a move verifies; when none does, keep the better state.
 
     Args:
-        decision: the rollback decision; its target is the ROLLBACK strategy's version.
-        verify: evaluates a version on the recent labelled window.
+        decision: the rollback decision: its target, and the fallback version (where FALLBACK goes).
+        verify: evaluates a version on the recent labelled window against that version's own baseline (the
+            fallback: against what served before); `metrics["accuracy"]` is compared to keep the better state.
         stop_training: raises the model's stop flag (DATA_INTEGRITY).
         audit: the incident's snapshot of the audit (read here when not given).
         champion: the champion the incident began with (read here when not given).
         timeline: where `ml.recovery.*` goes; the registry's timeline for the incident by default.
         emergency_in_force: whether the model's emergency stop is in force; `ml.recovery.succeeded` carries it as
             the `ml.model.emergency` label, so the ladder resolves an emergency and stays quiet after other recoveries.
+        before: the champion measured on the same window before any move; when every move fails verification, the
+            state measured best (before or after) is the one left serving.
+        skip_if_handled: a second run for an incident that already moved an alias changes nothing (a later response
+            of the same episode passes False: it acts on what serves now).
+        escalate: a failed recovery emits `ml.recovery.failed` (the ladder's emergency step listens); the emergency step
+            itself passes False, so its own failure does not start it again (its `ml.emergency.stopped` says so).
     """
     identifier = incident_id(incident)
     timeline = timeline or registry.timeline(incident)
     champion = champion if champion is not None else registry.champion()
-    before = champion.version if champion else None
-    if already_handled(registry, identifier, audit):
-        return RecoveryOutcome(identifier, True, True, before, before)
+    before_version = champion.version if champion else None
+    if skip_if_handled and already_handled(registry, identifier, audit):
+        return RecoveryOutcome(identifier, True, True, before_version, before_version)
     attempts: list[Attempt] = []
     serving: VersionInfo | None = champion
-    after = before
-    for strategy in STRATEGIES[violation]:
+    after = before_version
+    for strategy, target in plan_of(decision, violation):
         if strategy is Strategy.STOP_TRAINING:
             stop_training(f"incident {identifier}: {decision.reason}")
             attempts.append(Attempt(strategy, None, Verification(True, "stop flag raised"), "stop flag raised"))
             break
-        if strategy is Strategy.ROLLBACK:
-            target = decision.target_version if decision.kind is DecisionKind.ROLLBACK else None
-        else:
+        if strategy is Strategy.FALLBACK and target is None:
             fallback = registry.version_by_alias(registry.fallback_alias)
             target = fallback.version if fallback else None
         if target is None:
             attempts.append(Attempt(strategy, None, None, f"no {strategy.value} target"))
+            continue
+        if target == after:
+            attempts.append(Attempt(strategy, target, None, f"v{target} already serves"))
             continue
         try:
             move: AliasMove = registry.move_alias(
@@ -137,8 +171,12 @@ def execute_recovery(
         if verification.passed:
             break
     recovered = bool(attempts) and attempts[-1].verification is not None and attempts[-1].verification.passed
-    outcome = RecoveryOutcome(identifier, recovered, False, before, after, tuple(attempts))
+    if not recovered and after != before_version:
+        after = _keep_the_better(registry, incident, decision, before_version, before, attempts, after, timeline) or after
+    outcome = RecoveryOutcome(identifier, recovered, False, before_version, after, tuple(attempts))
     labels = {EMERGENCY_LABEL: str(emergency_in_force(registry.model_name)).lower()} if recovered else None
+    if not recovered and not escalate:
+        return outcome
     timeline.emit(
         CrisisEvent.RECOVERY_SUCCEEDED if recovered else CrisisEvent.RECOVERY_FAILED,
         registry.model_name,
@@ -147,3 +185,34 @@ def execute_recovery(
         labels=labels,
     )
     return outcome
+
+
+def accuracy_of(verification: Verification | None) -> float | None:
+    return None if verification is None else verification.metrics.get("accuracy")
+
+
+def _keep_the_better(
+    registry: ModelRegistry, incident: Incident | str, decision: RollbackDecision, before_version: str | None, before: Verification | None,
+    attempts: list[Attempt], after: str | None, timeline: Timeline,
+) -> str | None:
+    """No move verified: leave serving whichever state measured best on the same window (before any move, or a
+    move's target). Returns the version serving afterwards (None: unchanged)."""
+    measured = [(before_version, accuracy_of(before))] + [(a.version, accuracy_of(a.verification)) for a in attempts if a.verification]
+    scored = [(version, value) for version, value in measured if version is not None and value is not None]
+    if not scored:
+        return None
+    best, value = max(scored, key=lambda pair: pair[1])
+    if best == after:
+        return None
+    shown = ", ".join(f"v{version} {score:.1%}" for version, score in scored)
+    try:
+        move = registry.move_alias(
+            registry.champion_alias, best, f"keep the better state: no move verified; measured on the window {shown}", incident,
+            action=AliasAction.ROLLBACK,
+        )
+    except RegistryError as error:
+        attempts.append(Attempt(Strategy.ROLLBACK, best, None, f"keeping the better state v{best} refused: {error}"))
+        return None
+    attempts.append(Attempt(Strategy.ROLLBACK, best, Verification(False, f"kept the better state v{best} ({shown})", {"accuracy": value}),
+                            f"no move verified: kept the better state v{best} ({shown})"))
+    return move.to_version

@@ -10,7 +10,7 @@ served through a whole stability window without an incident.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -126,6 +126,7 @@ class Candidate:
     retired: bool = False
     fallback: bool = False  # the fallback model (`crisis.role=fallback`): FALLBACK's target, never a rollback's
     promoted_over: str | None = None  # the version its latest promotion replaced as champion
+    holds_fallback_alias: bool = False  # the version @fallback points at: what FALLBACK serves
 
 
 @dataclass(frozen=True)
@@ -151,12 +152,25 @@ class RuleResults:
 
 @dataclass(frozen=True)
 class RollbackDecision:
+    """What to do, why, and the measurements it rests on (a value: logged, tested, put in an event).
+
+    `degraded`: the champion is worse than it may be (a violation), or it is the fallback model (a stopgap);
+    a HOLD that is `degraded` means nothing was measured better than what serves: serving stays, a person decides.
+    `fallback_version`: where FALLBACK goes, and where a ROLLBACK whose target fails verification may go next when the
+    fallback is measured better (`fallback_next`). `measured`: accuracy on the incident's window per version (the
+    champion's under its own version).
+    """
+
     kind: DecisionKind
     reason: str
     target_version: str | None = None
     violations: tuple[Violation, ...] = ()
     undecided: tuple[str, ...] = ()
     not_measured: tuple[str, ...] = ()
+    degraded: bool = False
+    fallback_version: str | None = None
+    fallback_next: bool = True
+    measured: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -166,6 +180,9 @@ class RollbackDecision:
             "violations": [str(v) for v in self.violations],
             "undecided": list(self.undecided),
             "not_measured": list(self.not_measured),
+            "degraded": self.degraded,
+            "fallback_version": self.fallback_version,
+            "measured_accuracy": {version: round(value, 4) for version, value in self.measured},
         }
 
 
@@ -210,11 +227,13 @@ def check_rule(rule: MetricRule, live: LiveWindow, baseline: float, confidence: 
     return Violation(rule.metric, value, bound, baseline, samples) if worse else None
 
 
-def judge_rules(live: LiveWindow, baseline: dict[str, float], policy: RollbackPolicy) -> RuleResults:
+def judge_rules(live: LiveWindow, baseline: dict[str, float], policy: RollbackPolicy, *, min_samples_cap: int | None = None) -> RuleResults:
     """Judge every rule; a rule that cannot be judged is named in `undecided`.
 
     A latency rule with no latency samples at all is `not_measured` (latency
     is not collected), which does not stand in the way of a HOLD.
+    `min_samples_cap`: judge with at most this many samples required (an emergency does not wait for more;
+    the Wilson bound still asks a small window for a large gap).
 
     Example:
         >>> policy = RollbackPolicy(rules=[MetricRule(metric="error_rate", tolerance=0.02)])
@@ -236,13 +255,17 @@ def judge_rules(live: LiveWindow, baseline: dict[str, float], policy: RollbackPo
             undecided.append(f"{rule.metric}: no baseline (the champion records {known})")
             continue
         _, samples = measured
-        if samples < rule.min_samples:
-            undecided.append(f"{rule.metric}: {samples} samples < {rule.min_samples}")
+        needed = rule.min_samples if min_samples_cap is None else min(rule.min_samples, min_samples_cap)
+        if samples < needed:
+            undecided.append(f"{rule.metric}: {samples} samples < {needed}")
             continue
         violation = check_rule(rule, live, reference, policy.confidence)
         if violation:
             violations.append(violation)
     return RuleResults(tuple(violations), tuple(undecided), tuple(not_measured))
+
+
+EMERGENCY_MIN_SAMPLES = 10  # an emergency judges a window this small (the Wilson bound asks it for a large gap)
 
 
 def stable_versions(candidates: Sequence[Candidate], current: str | None, now: datetime, window: timedelta) -> list[Candidate]:
@@ -251,26 +274,48 @@ def stable_versions(candidates: Sequence[Candidate], current: str | None, now: d
     The fallback model may have served a long while (after a FALLBACK recovery)
     and still is no place to roll back to: it is the last resort, not a version.
     """
-    stable = []
-    for candidate in candidates:
-        if candidate.version == current or candidate.retired or candidate.fallback or candidate.incident or candidate.served_from is None:
-            continue
-        until = candidate.served_until or now
-        if until - candidate.served_from >= window:
-            stable.append(candidate)
-    return stable
+    return [candidate for candidate in eligible_versions(candidates, current) if served_for(candidate, now) >= window]
+
+
+def eligible_versions(candidates: Sequence[Candidate], current: str | None) -> list[Candidate]:
+    """Versions a rollback may go to: served before, not implicated in an incident, not retired, not the fallback
+    model, not the current one."""
+    return [
+        candidate for candidate in candidates
+        if candidate.version != current and not (candidate.retired or candidate.fallback or candidate.incident) and candidate.served_from is not None
+    ]
+
+
+def served_for(candidate: Candidate, now: datetime) -> timedelta:
+    return (candidate.served_until or now) - candidate.served_from if candidate.served_from else timedelta(0)
 
 
 def choose_target(stable: Sequence[Candidate], policy: RollbackPolicy) -> Candidate | None:
-    if not stable:
-        return None
+    ordered = by_preference(stable, policy)
+    return ordered[0] if ordered else None
+
+
+def by_preference(stable: Sequence[Candidate], policy: RollbackPolicy) -> list[Candidate]:
+    """Stable versions in the policy's order of preference: the most recent first, or the best on the first rule's metric."""
+    recent = sorted(stable, key=lambda c: c.served_until or c.served_from, reverse=True)
     if policy.prefer == "best-metric" and policy.rules:
         rule = policy.rules[0]
-        scored = [(c, score) for c in stable if (score := baseline_value(rule.metric, c.metrics)) is not None]
-        if scored:
-            sign = 1 if rule.higher_is_better else -1
-            return max(scored, key=lambda pair: sign * pair[1])[0]
-    return max(stable, key=lambda c: c.served_until or c.served_from)
+        sign = 1 if rule.higher_is_better else -1
+        scored = [c for c in recent if baseline_value(rule.metric, c.metrics) is not None]
+        unscored = [c for c in recent if baseline_value(rule.metric, c.metrics) is None]
+        return sorted(scored, key=lambda c: -sign * baseline_value(rule.metric, c.metrics)) + unscored
+    return recent
+
+
+def guarded_baseline(candidate: Candidate, candidates: Sequence[Candidate]) -> dict[str, float]:
+    """A version's baseline: its registered rates, none looser than those of the version it was promoted over."""
+    replaced = next((c.metrics for c in candidates if c.version == candidate.promoted_over), None)
+    return promotion_guarded(candidate.metrics, replaced)
+
+
+def accuracy_of(window: LiveWindow | None) -> float | None:
+    measured = window.rate("accuracy") if window is not None else None
+    return None if measured is None or math.isnan(measured[0]) else measured[0]
 
 
 def decide_rollback(
@@ -283,9 +328,18 @@ def decide_rollback(
     baseline: dict[str, float] | None = None,
     last_rollback_at: datetime | None = None,
     severity: Severity = Severity.CRITICAL,
+    measured: Mapping[str, LiveWindow] | None = None,
 ) -> RollbackDecision:
-    """HOLD, ROLLBACK(target), FALLBACK (no stable version) or INCONCLUSIVE (a
-    rule cannot be judged: too few samples, no baseline, metric not reported).
+    """HOLD, ROLLBACK(target), FALLBACK or INCONCLUSIVE (a rule cannot be judged: too few samples, no baseline,
+    metric not reported), holding the invariants of DESIGN.md:
+
+    - rollback before fallback: a stable version, not implicated, that is not measured failing its own baseline on
+      the window is always preferred to the fallback; a version that served less than the stability window is a target
+      only when it is measured healthy on the window and better than the fallback;
+    - the fallback only when no such version exists, and never when it is measured worse than what serves;
+    - the fallback model serving is a stopgap, never judged against its own baseline: the decision looks for a version
+      measured healthy and better on the window, and holds (degraded) when there is none;
+    - an emergency judges without waiting for more samples and without the cool-down.
 
     Args:
         live: the live window of the current champion.
@@ -294,33 +348,145 @@ def decide_rollback(
         candidates: every registered version, with its serving history.
         now: the decision's clock (injected; tests pass fixed times).
         last_rollback_at: the last rollback of this model, for the cool-down.
+        measured: versions scored on the incident's labelled window (the same rows as `live`): a target that fails its
+            own baseline there is not chosen, and the fallback is compared with what serves. Empty: nothing scored (the
+            verification after the move decides).
     """
+    measured = dict(measured or {})
+    emergency = severity is Severity.EMERGENCY
+    fallback = next((c for c in candidates if c.holds_fallback_alias), None)
+    scores = {version: value for version, window in measured.items() if (value := accuracy_of(window)) is not None}
+    if (serving := accuracy_of(live)) is not None:
+        scores[champion.version] = serving
+    if champion.fallback:
+        return _leave_the_fallback(live, champion, candidates, policy, now, measured, scores)
     if baseline is None:
-        replaced = next((c.metrics for c in candidates if c.version == champion.promoted_over), None)
-        baseline = promotion_guarded(champion.metrics, replaced)
-    results = judge_rules(live, baseline, policy)
+        baseline = guarded_baseline(champion, candidates)
+    results = judge_rules(live, baseline, policy, min_samples_cap=EMERGENCY_MIN_SAMPLES if emergency else None)
     violations, undecided = results.violations, results.undecided
-    judged = {"violations": violations, "undecided": undecided, "not_measured": results.not_measured}
+    judged = {"violations": violations, "undecided": undecided, "not_measured": results.not_measured, "measured": _shown(scores)}
     unmeasured = f"; not measured: {', '.join(results.not_measured)}" if results.not_measured else ""
-    if not violations:
+    if not violations and not emergency:
         if undecided:
             return RollbackDecision(
                 DecisionKind.INCONCLUSIVE, "cannot tell: " + "; ".join(undecided) + unmeasured + " (escalate to a person)",
-                undecided=undecided, not_measured=results.not_measured,
+                undecided=undecided, not_measured=results.not_measured, measured=_shown(scores),
             )
-        return RollbackDecision(DecisionKind.HOLD, "no metric is worse than its tolerance allows" + unmeasured, not_measured=results.not_measured)
-    if last_rollback_at is not None and severity is not Severity.EMERGENCY:
+        return RollbackDecision(DecisionKind.HOLD, "no metric is worse than its tolerance allows" + unmeasured, **judged)
+    if last_rollback_at is not None and not emergency:
         cooldown = timedelta(minutes=policy.cooldown_minutes)
         if now - last_rollback_at < cooldown:
             return RollbackDecision(
-                DecisionKind.HOLD, f"cool-down: last rollback at {last_rollback_at.isoformat()}, within {policy.cooldown_minutes:g} min", **judged
+                DecisionKind.HOLD, f"cool-down: last rollback at {last_rollback_at.isoformat()}, within {policy.cooldown_minutes:g} min",
+                degraded=True, **judged,
             )
-    stable = stable_versions(candidates, champion.version, now, timedelta(minutes=policy.stability_window_minutes))
-    target = choose_target(stable, policy)
-    summary = "; ".join(str(v) for v in violations)
-    if target is None:
-        return RollbackDecision(DecisionKind.FALLBACK, f"degraded ({summary}) and no stable version to return to", **judged)
-    return RollbackDecision(DecisionKind.ROLLBACK, f"degraded ({summary}); v{target.version} served stably", target.version, **judged)
+    summary = "; ".join(str(v) for v in violations) or "emergency line crossed"
+    return _repair(champion, candidates, policy, now, measured, scores, fallback, summary, judged, must_beat_champion=not violations)
+
+
+def _shown(scores: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(scores.items(), key=lambda pair: int(pair[0]) if pair[0].isdigit() else 0))
+
+
+def _passes(candidate: Candidate, window: LiveWindow, candidates: Sequence[Candidate], policy: RollbackPolicy) -> bool:
+    """The version meets its own baseline on the window (no violation; too few samples does not fail it)."""
+    return not judge_rules(window, guarded_baseline(candidate, candidates), policy).violations
+
+
+def _repair(
+    champion: Candidate, candidates: Sequence[Candidate], policy: RollbackPolicy, now: datetime, measured: Mapping[str, LiveWindow],
+    scores: Mapping[str, float], fallback: Candidate | None, summary: str, judged: dict, *, must_beat_champion: bool = False,
+) -> RollbackDecision:
+    """The champion is degraded: the stable version to roll back to, else a version measured healthy, else the fallback."""
+    window = timedelta(minutes=policy.stability_window_minutes)
+    eligible = eligible_versions(candidates, champion.version)
+    stable = by_preference([c for c in eligible if served_for(c, now) >= window], policy)
+    recent = sorted([c for c in eligible if served_for(c, now) < window], key=lambda c: c.served_until or c.served_from, reverse=True)
+    serving, fallback_score = scores.get(champion.version), (scores.get(fallback.version) if fallback else None)
+    beaten = serving if must_beat_champion else None  # an emergency without a violation moves only to something better
+    fallback_version = fallback.version if fallback else None
+    skipped: list[str] = []
+
+    def better(version: str, than: float | None) -> bool:
+        return than is None or (version in scores and scores[version] > than)
+
+    for candidate in stable:
+        if candidate.version not in measured:
+            if beaten is None:
+                return _rollback(candidate, f"degraded ({summary}); v{candidate.version} served stably", fallback_version, judged)
+            continue
+        if _passes(candidate, measured[candidate.version], candidates, policy) and better(candidate.version, beaten):
+            why = f"degraded ({summary}); v{candidate.version} served stably and is measured healthy on the window ({scores[candidate.version]:.1%})"
+            return _rollback(candidate, why, fallback_version, judged, fallback_next=better(fallback_version or "", scores.get(candidate.version)))
+        skipped.append(f"v{candidate.version} measured {scores.get(candidate.version, math.nan):.1%}, failing its own baseline")
+    for candidate in recent:
+        if candidate.version in measured and _passes(candidate, measured[candidate.version], candidates, policy) and better(
+            candidate.version, max((v for v in (fallback_score, beaten) if v is not None), default=None)
+        ):
+            minutes = served_for(candidate, now).total_seconds() / 60
+            why = (f"degraded ({summary}); v{candidate.version} served {minutes:.0f} min (< the {policy.stability_window_minutes:g}-min stability "
+                   f"window) and is measured healthy on the window ({scores[candidate.version]:.1%}), better than the fallback")
+            return _rollback(candidate, why, fallback_version, judged)
+    # nothing healthy to return to: the best measured of what is left, the fallback, or what serves
+    scored = [c for c in eligible if c.version in scores]
+    best = max(scored, key=lambda c: scores[c.version], default=None)
+    tried = ("; " + "; ".join(skipped)) if skipped else ""
+    if best is not None and better(best.version, serving) and (fallback_score is None or scores[best.version] > fallback_score):
+        why = f"degraded ({summary}); no version meets its baseline{tried}; v{best.version} is measured best on the window ({scores[best.version]:.1%})"
+        return _rollback(best, why, fallback_version, judged)
+    if fallback is None:
+        return RollbackDecision(DecisionKind.FALLBACK, f"degraded ({summary}); no stable version to return to and no fallback{tried}", degraded=True, **judged)
+    if fallback_score is not None and serving is not None and fallback_score <= serving:
+        return RollbackDecision(
+            DecisionKind.HOLD,
+            f"degraded ({summary}); no version to return to{tried}, and the fallback v{fallback.version} is measured no better "
+            f"({fallback_score:.1%} against {serving:.1%} serving): serving unchanged, escalate to a person",
+            degraded=True, fallback_version=fallback_version, **judged,
+        )
+    measured_note = f" (measured {fallback_score:.1%} against {serving:.1%} serving)" if fallback_score is not None and serving is not None else ""
+    return RollbackDecision(
+        DecisionKind.FALLBACK, f"degraded ({summary}); no stable version to return to{tried}: the fallback v{fallback.version}{measured_note}",
+        degraded=True, fallback_version=fallback_version, **judged,
+    )
+
+
+def _rollback(target: Candidate, reason: str, fallback_version: str | None, judged: dict, *, fallback_next: bool = True) -> RollbackDecision:
+    return RollbackDecision(
+        DecisionKind.ROLLBACK, reason, target.version, degraded=True, fallback_version=fallback_version, fallback_next=fallback_next, **judged
+    )
+
+
+def _leave_the_fallback(
+    live: LiveWindow, champion: Candidate, candidates: Sequence[Candidate], policy: RollbackPolicy, now: datetime,
+    measured: Mapping[str, LiveWindow], scores: Mapping[str, float],
+) -> RollbackDecision:
+    """The fallback model serves (a stopgap): go back to a version measured healthy on the window and better than it."""
+    serving = scores.get(champion.version)
+    window = timedelta(minutes=policy.stability_window_minutes)
+    eligible = eligible_versions(candidates, champion.version)
+    ordered = by_preference([c for c in eligible if served_for(c, now) >= window], policy) + sorted(
+        [c for c in eligible if served_for(c, now) < window], key=lambda c: c.served_until or c.served_from, reverse=True
+    )
+    for candidate in ordered:
+        window_of = measured.get(candidate.version)
+        if window_of is not None and _passes(candidate, window_of, candidates, policy) and (serving is None or scores[candidate.version] > serving):
+            return RollbackDecision(
+                DecisionKind.ROLLBACK,
+                f"the fallback v{champion.version} serves as a stopgap ({_pct(serving)}); v{candidate.version} is measured healthy on the window "
+                f"({scores[candidate.version]:.1%})",
+                candidate.version, degraded=True, fallback_version=champion.version, fallback_next=False, measured=_shown(scores),
+            )
+    looked = ", ".join(f"v{c.version} {_pct(scores.get(c.version))}" for c in ordered) or "no version served before"
+    return RollbackDecision(
+        DecisionKind.HOLD,
+        f"the fallback v{champion.version} serves as a stopgap ({_pct(serving)}); no version is measured healthy on the window yet ({looked}): "
+        "it stays until one is, or a retrain passes the gate",
+        degraded=True, fallback_version=champion.version, measured=_shown(scores),
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1%}"
 
 
 def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, list[Candidate], datetime | None]:
@@ -364,6 +530,7 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
             retired=info.retired,
             fallback=info.is_fallback,
             promoted_over=promoted_over.get(info.version),
+            holds_fallback_alias=registry.fallback_alias in info.aliases,
         )
         for info in versions
     ]

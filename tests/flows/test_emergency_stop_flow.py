@@ -31,7 +31,7 @@ def training_deployment(client, model: str):
     return deployment_id, run.id
 
 
-def test_emergency_stop_stops_training_serves_the_fallback_and_resolve_undoes_it():
+def test_emergency_stop_stops_training_rolls_back_to_the_stable_version_and_resolve_undoes_it():
     model, bystander = f"emergency-{uuid.uuid4().hex[:8]}", f"bystander-{uuid.uuid4().hex[:8]}"
     registry, good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
     simple = register(registry, False, seed=3)
@@ -44,9 +44,10 @@ def test_emergency_stop_stops_training_serves_the_fallback_and_resolve_undoes_it
 
     assert state.is_completed() and state.name == "Stopped", state.message
     assert read_stop_flag(model) == "ml.recovery.failed" and read_stop_flag(bystander) is None
-    assert ModelRegistry(model_name=model).champion().version == simple
+    # rollback before fallback: a version served stably, so the emergency goes back to it, not to the fallback
+    assert ModelRegistry(model_name=model).champion().version == good
     last = ModelRegistry(model_name=model).audit_trail("champion")[-1]
-    assert (last.action, last.from_version, last.to_version, last.incident) == ("fallback", poisoned, simple, "inc-e1")
+    assert (last.action, last.from_version, last.to_version, last.incident) == ("rollback", poisoned, good, "inc-e1")
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run_id).state.type == StateType.CANCELLING
         assert client.read_flow_run(other_run).state.type == StateType.RUNNING
@@ -60,7 +61,7 @@ def test_emergency_stop_stops_training_serves_the_fallback_and_resolve_undoes_it
 
     again = emergency_stop(model_name=model, incident_id="inc-e1", reason="ml.recovery.failed", return_state=True)
     assert again.is_completed(), again.message
-    assert "cancelled 0 training run(s)" in again.message and "already is the fallback" in again.message
+    assert "cancelled 0 training run(s)" in again.message and f"v{good} keeps serving" in again.message
     assert EmergencyRecord.read(model).paused_deployments == [str(deployment_id)]  # the pause of the first stop is still remembered
     opened = wait_for(lambda: read_crisis_events(model), lambda found: sum(e.event == "ml.emergency.stopped" for e in found) >= 2)
     assert sum(e.event == "ml.incident.opened" for e in opened) == 1  # the rerun joined the incident
@@ -70,7 +71,7 @@ def test_emergency_stop_stops_training_serves_the_fallback_and_resolve_undoes_it
     assert read_stop_flag(model) is None and EmergencyRecord.read(model) is None
     with get_client(sync_client=True) as client:
         assert client.read_deployment(deployment_id).paused is False
-    assert ModelRegistry(model_name=model).champion().version == simple  # the champion stays where recovery put it
+    assert ModelRegistry(model_name=model).champion().version == good  # the champion stays where recovery put it
     nothing = emergency_stop(model_name=model, resolve=True, return_state=True)
     assert nothing.name == "Nothing to resolve"
 
@@ -94,7 +95,7 @@ def test_a_failing_step_fails_the_run_and_the_others_still_run(monkeypatch):
         assert state.is_failed()
         assert state.message == f"emergency stop of {model!r} incomplete: cancel-training (failed: the server refused the cancel)"
         assert read_stop_flag(model) == "ml.breach.emergency"
-        assert ModelRegistry(model_name=model).champion().version == simple
+        assert ModelRegistry(model_name=model).champion().version == good
         with get_client(sync_client=True) as client:
             assert client.read_deployment(deployment_id).paused is True
     finally:

@@ -39,7 +39,10 @@ def test_triggers_thresholds_and_windows_follow_the_policy():
     critical, escalate = automations["crisis-critical"].trigger, automations["crisis-escalate-warnings"].trigger
     assert (critical.expect, critical.threshold, critical.within) == ({"ml.breach.critical"}, 1, timedelta(minutes=45))
     assert (escalate.expect, escalate.threshold, escalate.within) == ({"ml.breach.warning"}, 4, timedelta(minutes=15))
-    assert automations["crisis-emergency"].trigger.expect == {"ml.breach.emergency", "ml.recovery.failed", "ml.data.rejected"}
+    emergency = automations["crisis-emergency"].trigger
+    # a rejected batch never reaches the emergency step (it blocks training on that batch only): the warning step diagnoses
+    assert (emergency.expect, emergency.within) == ({"ml.breach.emergency", "ml.recovery.failed"}, timedelta(seconds=30))
+    assert automations["crisis-warning"].trigger.expect == {"ml.breach.warning", "ml.data.rejected"}
     silent = automations["crisis-monitor-silent"].trigger
     assert (silent.posture, silent.expect, silent.within) == ("Proactive", {"ml.health.reported"}, timedelta(seconds=90))
     assert silent.after == {"ml.health.reported"}  # each report opens a window that expects the next one
