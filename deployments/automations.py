@@ -109,6 +109,8 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
         (1800.0, ['ml.model.name'])
     """
     notify = Notifier(notification_block_id)
+    # the deployment's default policy blocks, for models without their own (a model's own always binds first: bind_policy)
+    defaults = {"rollback_policy_block": policy.rollback_policy} if policy.rollback_policy else {}
     emergency_events = {CrisisEvent.BREACH_EMERGENCY, CrisisEvent.RECOVERY_FAILED}
     # the scheduled and the evidence-triggered sweep may report one breach in the same second: one stop per sweep interval
     # (the flow itself joins the model's open incident after that, so a breach that persists stays one incident)
@@ -119,21 +121,21 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             "A warning breach or a rejected batch: diagnose the model (crisis-response, diagnose_only) without acting. A rejected "
             "batch blocks training on that batch only (the training flow refuses it); it never touches serving.",
             partial(model_trigger, {CrisisEvent.BREACH_WARNING, CrisisEvent.DATA_REJECTED}),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True))],
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True, **defaults))],
             "warning: diagnosing",
         ),
         LadderStep.CRITICAL: (
             f"A critical breach: the full response (diagnose, decide rollback, recover, verify). Cool-down: no second response "
             f"for the same model within {policy.cooldown_minutes:g} minutes.",
             partial(model_trigger, {CrisisEvent.BREACH_CRITICAL}, within=policy.cooldown),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL))],
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, **defaults))],
             "critical: responding",
         ),
         LadderStep.ESCALATE_WARNINGS: (
             f"{policy.warnings_to_escalate} warning breaches of one model within {policy.escalation_window_minutes:g} minutes: "
             "escalate to the full (critical) response.",
             partial(model_trigger, {CrisisEvent.BREACH_WARNING}, threshold=policy.warnings_to_escalate, within=policy.escalation_window),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL))],
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, **defaults))],
             "repeated warnings: escalated to critical",
         ),
         LadderStep.EMERGENCY: (
@@ -142,7 +144,7 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             f"is none or it is measured better. At most one stop per model per {emergency_debounce.total_seconds():g} s; later "
             "breaches join the open incident.",
             partial(model_trigger, emergency_events, within=emergency_debounce),
-            [run(deployment_ids, EMERGENCY_STOP, {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME})],
+            [run(deployment_ids, EMERGENCY_STOP, {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME, **defaults})],
             "EMERGENCY: stopping training and repairing serving",
         ),
         LadderStep.RESOLVED: (
@@ -248,6 +250,23 @@ def resolve_notification_block(client: Any, reference: str | None) -> UUID | Non
         raise PolicyError(f"notification block {reference!r} is not saved on the server: save it, or empty notification_block") from None
 
 
+def check_named_block(client: Any, field: str, name: str | None) -> None:
+    """A policy block the escalation policy names is saved on the server.
+
+    Raises:
+        PolicyError: it is not (one line naming the field and the block type).
+    """
+    if not name:
+        return
+    from prefect.exceptions import ObjectNotFound
+
+    slug = "crisis-" + field.replace("_", "-")
+    try:
+        client.read_block_document_by_name(name=name, block_type_slug=slug)
+    except ObjectNotFound:
+        raise PolicyError(f"the escalation policy's {field} names {slug} block {name!r}, which is not saved: save it, or empty {field}") from None
+
+
 def apply_ladder(policy: EscalationPolicy, client: Any) -> list[tuple[str, str]]:
     """Create or update every automation of the ladder by name; extra copies of a name are deleted.
 
@@ -262,6 +281,8 @@ def apply_ladder(policy: EscalationPolicy, client: Any) -> list[tuple[str, str]]
         StackError: a deployment the ladder runs is missing.
         PolicyError: the notification block cannot be found.
     """
+    for field in ("rollback_policy", "monitoring_policy", "fallback_policy"):
+        check_named_block(client, field, getattr(policy, field))
     automations = ladder(policy, resolve_deployment_ids(client), resolve_notification_block(client, policy.notification_block))
     outcomes = []
     wanted = {automation.name for automation in automations}

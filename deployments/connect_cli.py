@@ -123,5 +123,8 @@ def deploy(
     print(f"deployed the flows of {PREFECT_YAML} to {POOL!r} and {WARM_POOL!r}, each with CRISIS_HOME={exports['CRISIS_HOME']}")
     for name, outcome in apply_escalation_ladder(exports["PREFECT_API_URL"], escalation_policy):
         print(f"automation {name!r} {outcome}")
+    print("policies: each model's RollbackPolicy, MonitoringPolicy and FallbackPolicy bind when its responses run: the blocks its own "
+          "EscalationPolicy (saved under its name) names, else the blocks saved under its name, else the escalation policy's, "
+          "else the defaults; `crisis status MODEL` shows which")
     print(f"start the workers: crisis up --worker (or, any folder, with PREFECT_API_URL={exports['PREFECT_API_URL']}: "
           f"prefect worker start --pool {POOL}; python -m prefect_crisis.deployments.warm_worker --pool {WARM_POOL})")

@@ -63,8 +63,8 @@ def crisis_response(
             A response while the model's episode is still open (`tasks.episodes`) joins that incident instead.
         severity: warning, critical or emergency (emergency ignores the rollback cool-down).
         violation: quality, latency, errors or data-integrity: picks the recovery strategies.
-        rollback_policy_block: the RollbackPolicy block; empty: the model's own (`bind_policy`: named in its
-            EscalationPolicy, else saved under its name, else the defaults; the log says which).
+        rollback_policy_block: the RollbackPolicy block for models without their own: a model's own binds first
+            (`bind_policy`: named in its EscalationPolicy, else saved under its name), the defaults last; the log says which.
         triggering_event_id: the event that opened the incident, when an automation runs the response.
         drill: the incident is a recovery drill (flows/drill.py), not a real crisis; a drill model's (`drill-*`) always is.
         inference_log_block: the InferenceLog block the window is read from when no window_path is

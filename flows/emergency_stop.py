@@ -151,7 +151,7 @@ def emergency_stop(
         resolve: lower the stop flag and resume the training schedules this stop paused; the champion stays
             where recovery put it.
         registry_block: a saved ModelRegistry block; empty: the model's registry in the default MLflow store.
-        rollback_policy_block: the RollbackPolicy block; empty: the model's own (`bind_policy`).
+        rollback_policy_block: the RollbackPolicy block for models without their own (`bind_policy`: a model's own binds first).
         inference_log_block: the InferenceLog the labelled window is read from; empty: the default log.
         window_minutes: how far back that window goes.
         label_column: the label's column in that window.

@@ -28,12 +28,13 @@ LOOK_BACK = timedelta(days=30)
 BREACHES = (CrisisEvent.BREACH_WARNING, CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY)
 OUTCOMES = {
     CrisisEvent.INCIDENT_OPENED: lambda p: f"{p.get('severity')} {p.get('violation')}" + (" (drill)" if p.get("drill") else ""),
+    CrisisEvent.INCIDENT_JOINED: lambda p: f"{p.get('severity')} breach joined the open incident (it stood {p.get('episode_state')})",
     CrisisEvent.DIAGNOSIS_DONE: lambda p: f"error rate {p.get('error_rate', 0):.2%}; " + ("; ".join(p.get("top_findings") or []) or "no recommendation"),
     CrisisEvent.DECISION_TAKEN: lambda p: f"{p.get('decision')}" + (f" to v{p['target_version']}" if p.get("target_version") else "") + f": {p.get('reason', '')}",
     CrisisEvent.MODEL_ROLLED_BACK: lambda p: f"{p.get('alias')} v{p.get('from_version')} -> v{p.get('to_version')}",
     CrisisEvent.FALLBACK_ENGAGED: lambda p: f"{p.get('alias')} v{p.get('from_version')} -> fallback v{p.get('to_version')}",
     CrisisEvent.RECOVERY_SUCCEEDED: lambda p: f"verified: champion v{p.get('champion_before')} -> v{p.get('champion_after')}",
-    CrisisEvent.RECOVERY_FAILED: lambda p: "every strategy failed: " + "; ".join(a.get("detail", "") for a in p.get("attempts", [])),
+    CrisisEvent.RECOVERY_FAILED: lambda p: "not recovered: " + ("; ".join(a.get("detail", "") for a in p.get("attempts", [])) or p.get("reason", "")),
 }
 
 

@@ -86,22 +86,18 @@ def _load(kind: type[P], name: str) -> P | None:
 
 
 def bind_policy(kind: type[P], model: str, named: str | None = None) -> BoundPolicy[P]:
-    """The `kind` policy of `model`: the block named by the caller, else the block the model's EscalationPolicy names,
-    else the block saved under the model's name, else the documented defaults (and the source says so).
+    """The `kind` policy of `model`, the most specific first: the block the model's EscalationPolicy (saved under its
+    name) names, else the block saved under the model's name, else `named` (the deployment's default for every model),
+    else the documented defaults; the source says which.
 
     Raises:
-        PolicyError: a block named by the caller or by the model's EscalationPolicy is not saved (a typo must not
+        PolicyError: a block named by the deployment or by the model's EscalationPolicy is not saved (a typo must not
             silently fall back to the defaults).
     """
     from prefect_crisis.blocks.escalation_policy import EscalationPolicy
     from prefect_crisis.core.errors import PolicyError
 
     label = kind.get_block_type_slug()
-    if named:
-        policy = _load(kind, named)
-        if policy is None:
-            raise PolicyError(f"no {label} block named {named!r} on the Prefect server: save it, or leave the name out for {model!r}'s own")
-        return BoundPolicy(policy, f"block {named!r} (named by the deployment)", named)
     own = block_name_of(model)
     field = NAMED_IN_ESCALATION.get(kind.__name__)
     escalation = _load(EscalationPolicy, own) if field else None
@@ -113,4 +109,9 @@ def bind_policy(kind: type[P], model: str, named: str | None = None) -> BoundPol
     policy = _load(kind, own)
     if policy is not None:
         return BoundPolicy(policy, f"block {own!r} (saved under the model's name)", own)
+    if named:
+        policy = _load(kind, named)
+        if policy is None:
+            raise PolicyError(f"no {label} block named {named!r} on the Prefect server: save it, or leave the name out for the defaults")
+        return BoundPolicy(policy, f"block {named!r} (the deployment's default)", named)
     return BoundPolicy(kind(), f"defaults (no {label} block {own!r} saved)")

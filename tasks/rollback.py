@@ -403,7 +403,7 @@ def _repair(
     stable = by_preference([c for c in eligible if served_for(c, now) >= window], policy)
     recent = sorted([c for c in eligible if served_for(c, now) < window], key=lambda c: c.served_until or c.served_from, reverse=True)
     serving, fallback_score = scores.get(champion.version), (scores.get(fallback.version) if fallback else None)
-    beaten = serving if must_beat_champion else None  # an emergency without a violation moves only to something better
+    beaten = serving  # never to something measured no better than what serves: the end state is never worse than doing nothing
     fallback_version = fallback.version if fallback else None
     skipped: list[str] = []
 
@@ -412,7 +412,7 @@ def _repair(
 
     for candidate in stable:
         if candidate.version not in measured:
-            if beaten is None:
+            if not must_beat_champion:  # an emergency without a violation moves only to something measured better
                 return _rollback(candidate, f"degraded ({summary}); v{candidate.version} served stably", fallback_version, judged)
             continue
         if _passes(candidate, measured[candidate.version], candidates, policy) and better(candidate.version, beaten):
