@@ -89,7 +89,8 @@ class ExitCode(IntEnum):
     0 done; 1 an unexpected failure (a bug: the traceback is printed);
     2 a usage or input error (bad argument, unknown name, missing file);
     3 the work was refused or halted on purpose (batch rejected, training stopped);
-    4 the stack cannot be used (no server, server unreachable or frozen, port taken).
+    4 the stack cannot be used (no server, server unreachable or frozen, port taken);
+    130 interrupted (Ctrl-C): one line, nothing half-written (alias moves are audited and settled).
     """
 
     DONE = 0
@@ -97,6 +98,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     REJECTED = 3
     STACK = 4
+    INTERRUPTED = 130
 
 
 class DemoError(CrisisError):

@@ -533,6 +533,11 @@ def main(argv: list[str] | None = None) -> None:
         _send_pending_events()
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         sys.exit(exit_code(error))
+    except KeyboardInterrupt:
+        if debug:
+            console.print_exception()
+        console.print("interrupted: nothing was left half-done (an alias move is audited and settled on the next read); run the command again to finish")
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 def _send_pending_events(timeout: float = 5.0) -> None:

@@ -4,7 +4,7 @@ trigger, the MLflow store and the inference log of the stack's state folder.
 
 serving -> inference log -> labels recorded -> health-monitor -> ml.breach.critical ->
 crisis-response -> rollback in the registry; two models breaching in the same second
-both recover; an emergency engages the fallback and the resolved event lowers the flag.
+both recover; an emergency rolls back to the stable version and the resolved event lowers the flag.
 """
 
 from __future__ import annotations
@@ -157,19 +157,19 @@ def test_two_models_breaching_in_the_same_second_both_recover(stack):
     assert all(len(response_runs(registry.model_name)) == 1 for registry, _, _ in registries)
 
 
-def test_an_emergency_engages_the_fallback_and_the_resolved_event_lowers_the_flag(stack):
+def test_an_emergency_rolls_back_before_it_falls_back_and_the_resolved_event_lowers_the_flag(stack):
     model = f"alarm-{uuid.uuid4().hex[:6]}"
-    registry, _good, bad = poisoned_after_stable(model)
+    registry, good, bad = poisoned_after_stable(model)
     fallback = register_fallback(registry)
     emit_crisis_event(CrisisEvent.BREACH_EMERGENCY, model, {"metric": "error_rate", "value": 0.87, "threshold": 0.5}, version=bad)
-    champion = wait_for(lambda: registry.champion().version, lambda version: version == fallback, timeout=LOOP_TIMEOUT, every=0.5)
-    assert champion == fallback, "the emergency stop did not move serving to the fallback"
+    champion = wait_for(lambda: registry.champion().version, lambda version: version != bad, timeout=LOOP_TIMEOUT, every=0.5)
+    assert champion == good, f"the emergency moved serving to v{champion}, not the stable v{good} (fallback v{fallback})"
     assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is not None, timeout=30) is not None
     code, board = status_of(stack, model)
-    assert code == 3 and board["level"] == "emergency" and board["versions"]["champion"]["version"] == fallback
-    emit_crisis_event(CrisisEvent.RECOVERY_SUCCEEDED, model, {"recovered": True}, version=fallback, labels={EMERGENCY_LABEL: "true"})
+    assert code == 3 and board["level"] == "emergency" and board["versions"]["champion"]["version"] == good
+    emit_crisis_event(CrisisEvent.RECOVERY_SUCCEEDED, model, {"recovered": True}, version=good, labels={EMERGENCY_LABEL: "true"})
     assert wait_for(lambda: read_stop_flag(model), lambda flag: flag is None, timeout=LOOP_TIMEOUT, every=0.5) is None
-    assert registry.champion().version == fallback  # resolving leaves the champion where recovery put it
+    assert registry.champion().version == good  # resolving leaves the champion where recovery put it
 
 
 def test_a_monitor_that_goes_silent_raises_a_warning_for_that_model_only(stack):
