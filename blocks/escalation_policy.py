@@ -24,6 +24,7 @@ class LadderStep(StrEnum):
     RESOLVED = "resolved"  # recovery succeeded: undo the emergency stop
     MONITOR_SILENT = "monitor-silent"  # the dead man's switch: the monitor stopped reporting a model
     EVIDENCE = "evidence"  # new labels or serving errors: run the monitor at once
+    STOPGAP = "stopgap"  # the fallback serves: look again for a good version, once per cool-down
 
     @property
     def automation_name(self) -> str:

@@ -30,8 +30,9 @@ class HealthMetricSpec:
 
 
 HEALTH_METRICS: dict[str, HealthMetricSpec] = {
-    "error_rate": HealthMetricSpec(True, "labelled rows", "share of labelled answered rows whose answer was wrong"),
+    "error_rate": HealthMetricSpec(True, "labelled rows", "share of the labelled rows the champion answered whose answer was wrong"),
     "fallback_share": HealthMetricSpec(True, "rows", "share of rows answered by the fallback"),
+    "fallback_error_rate": HealthMetricSpec(True, "labelled rows", "share of the labelled rows the fallback answered whose answer was wrong"),
     "failed_row_share": HealthMetricSpec(True, "rows", "share of rows nobody could answer"),
     "exception_rate": HealthMetricSpec(True, "requests", "share of requests refused or with a failed row"),
     "latency_p50_ms": HealthMetricSpec(False, "requests", "median request latency"),
@@ -59,7 +60,7 @@ class HealthRule(BaseModel):
         >>> HealthRule(name="x", metric="eror_rate", severity="warning", threshold=0.1)
         Traceback (most recent call last):
         ...
-        prefect_crisis.core.errors.PolicyError: unknown metric 'eror_rate' in health rule 'x': use one of error_rate, fallback_share, failed_row_share, exception_rate, latency_p50_ms, latency_p95_ms, confidence_p10, confidence_p50, confidence_mean, missing_ratio, drifted_features, cpu_percent, memory_percent, disk_percent
+        prefect_crisis.core.errors.PolicyError: unknown metric 'eror_rate' in health rule 'x': use one of error_rate, fallback_share, fallback_error_rate, failed_row_share, exception_rate, latency_p50_ms, latency_p95_ms, confidence_p10, confidence_p50, confidence_mean, missing_ratio, drifted_features, cpu_percent, memory_percent, disk_percent
     """
 
     model_config = ConfigDict(frozen=True)

@@ -186,6 +186,15 @@ class CrisisEvent(str, Enum):
     EMERGENCY_RESOLVED = "ml.emergency.resolved"  # the emergency-stop flow undid its stop (flag lowered, schedules resumed)
 
 
+class Serving(StrEnum):
+    """What answers as the champion: a model version, or the model's fallback moved onto the champion alias (a stopgap)."""
+
+    CHAMPION = "champion"
+    FALLBACK = "fallback"
+
+
+SERVING_LABEL = "ml.model.serving"  # resource label of ml.health.reported: a Serving value (automations match labels, not payloads)
+
 # Resource ids and roles of the events' related resources.
 MODEL_RESOURCE = "ml.model."
 MODEL_NAME_LABEL = "ml.model.name"  # label of every event's resource: automations run for_each on it

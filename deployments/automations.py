@@ -29,7 +29,18 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 
 from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
 from prefect_crisis.core.errors import PolicyError, StackError
-from prefect_crisis.core.vocabulary import DRILL_PREFIX, EMERGENCY_LABEL, SILENT_DRILL_PREFIX, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent, Severity, ViolationType
+from prefect_crisis.core.vocabulary import (
+    DRILL_PREFIX,
+    EMERGENCY_LABEL,
+    MODEL_NAME_LABEL,
+    MODEL_RESOURCE,
+    SERVING_LABEL,
+    SILENT_DRILL_PREFIX,
+    CrisisEvent,
+    Serving,
+    Severity,
+    ViolationType,
+)
 
 CRISIS_RESPONSE = "crisis-response/crisis-response"
 EMERGENCY_STOP = "emergency-stop/emergency-stop"
@@ -170,6 +181,13 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
                 Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value
             ))],
             "the health monitor went silent for this model",
+        ),
+        LadderStep.STOPGAP: (
+            f"The fallback serves (a sweep reports ml.model.serving=fallback): the incident stays open and the full response looks "
+            f"again for a version measured healthy on the window, at most once per {policy.cooldown_minutes:g} minutes.",
+            lambda labels=None: model_trigger({CrisisEvent.HEALTH_REPORTED}, within=policy.cooldown, labels={SERVING_LABEL: Serving.FALLBACK.value, **(labels or {})}),
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, **defaults))],
+            None,
         ),
         LadderStep.EVIDENCE: (
             "New labels or a burst of serving errors: run the health monitor for that model now, at most once per monitor interval.",

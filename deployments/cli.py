@@ -211,14 +211,15 @@ def status(model: str | None = None, *, json: JsonOption = False, home: HomeOpti
     """Say what runs (server, its database, workers, MLflow store); with MODEL, its crisis picture too: exit 3 when it is in crisis."""
     report = stack.stack_status(home)
     if model is not None:
-        from prefect_crisis.deployments.status_cli import print_model_status, read_model_dashboard
+        from prefect_crisis.deployments.status_cli import print_model_status, read_model_dashboard, read_policy_sources
 
         validate_model_name(model)
         with stack.use_stack(home, **SHORT_COMMAND):
             board = read_model_dashboard(model)
+            policies = read_policy_sources(model)
         if not json:
             _print_stack(report, home)
-        print_model_status(board, console, json, report)
+        print_model_status(board, console, json, report, policies)
         return
     if json:
         print(_json.dumps(report, default=str))

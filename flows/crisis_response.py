@@ -24,7 +24,6 @@ from prefect_crisis.tasks.incident import (
     diagnose_model,
     execute_recovery_task,
     join_or_open_incident,
-    latencies_of,
     live_window,
     measure_versions,
     new_incident_id,
@@ -32,7 +31,7 @@ from prefect_crisis.tasks.incident import (
     tag_response_run,
 )
 from prefect_crisis.tasks.loading import bind_policy
-from prefect_crisis.tasks.inference_log import read_labelled_window
+from prefect_crisis.tasks.inference_log import latencies_of, read_labelled_window
 from prefect_crisis.tasks.stack_info import stack_summary
 
 

@@ -38,7 +38,6 @@ from prefect_crisis.tasks.incident import (
     decide_rollback_task,
     execute_recovery_task,
     join_or_open_incident,
-    latencies_of,
     live_window,
     measure_versions,
     new_incident_id,
@@ -46,7 +45,7 @@ from prefect_crisis.tasks.incident import (
     response_limit,
     tag_response_run,
 )
-from prefect_crisis.tasks.inference_log import read_labelled_window
+from prefect_crisis.tasks.inference_log import latencies_of, read_labelled_window
 from prefect_crisis.tasks.loading import bind_policy
 from prefect_crisis.tasks.recovery import RecoveryOutcome
 from prefect_crisis.tasks.rollback import LiveWindow

@@ -10,7 +10,14 @@ the same state in the terminal.
 
 The crisis level now: `emergency` while the model's emergency stop is in
 force; else the worst severity of the latest health sweep when that sweep
-breached and the champion has not moved since; else `ok`.
+breached and the champion has not moved since; else `ok`. A model served by
+its fallback (the champion alias on the fallback version) is at least at
+`warning`: the fallback is a stopgap, not a healthy model.
+
+The champion's health is the latest sweep of the current champion since it
+took the alias (`champion_health`; None until the monitor has swept it); the
+fallback's figures (share of rows, error rate of its labelled rows) are
+counted apart in it.
 """
 
 from __future__ import annotations
@@ -30,11 +37,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
-from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, TagKey
+from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, Serving, TagKey
 from prefect_crisis.tasks.health_plot import plot_health
 
 LEVELS = ("ok", "warning", "critical", "emergency")
-HISTORY_COLUMNS = ("at", "version", "severity", "error_rate", "error_rate_samples", "fallback_share", "failed_row_share", "latency_p95_ms")
+HISTORY_COLUMNS = (
+    "at", "version", "serving", "serving_since", "severity", "rows", "rows_left_out", "error_rate", "error_rate_samples", "fallback_share",
+    "fallback_error_rate", "fallback_error_rate_samples", "failed_row_share", "latency_p95_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -52,10 +62,16 @@ class Dashboard:
     emergency: dict[str, Any] | None = None
     champion_moves: list[dict[str, Any]] = field(default_factory=list)  # applied champion moves, newest first (the plot's marks and band)
     mlflow_ui: str | None = None  # where people open the MLflow UI, for links
+    serving: str | None = None  # a Serving value: "fallback" while the champion is the fallback version; None: no champion
+    champion_health: dict[str, Any] | None = None  # the latest sweep of the current champion since it took the alias
 
     @property
     def in_crisis(self) -> bool:
         return self.level != "ok"
+
+    @property
+    def served_by_fallback(self) -> bool:
+        return self.serving == Serving.FALLBACK
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "in_crisis": self.in_crisis}
@@ -75,7 +91,9 @@ def _since(moves: list[AliasMove], alias: str, version: str | None) -> str | Non
     return _iso(max(landed)) if landed else None
 
 
-def crisis_level(emergency: dict[str, Any] | None, latest: dict[str, Any] | None, champion_moved_at: datetime | None) -> str:
+def crisis_level(
+    emergency: dict[str, Any] | None, latest: dict[str, Any] | None, champion_moved_at: datetime | None, *, served_by_fallback: bool = False
+) -> str:
     """The level now (see the module docstring).
 
     Example:
@@ -86,16 +104,33 @@ def crisis_level(emergency: dict[str, Any] | None, latest: dict[str, Any] | None
         'ok'
         >>> crisis_level({"incident": "inc-1"}, None, None)
         'emergency'
+        >>> crisis_level(None, None, None, served_by_fallback=True)
+        'warning'
     """
     if emergency is not None:
         return "emergency"
+    floor = "warning" if served_by_fallback else "ok"
     severity = (latest or {}).get("severity")
     if not severity or severity not in LEVELS:
-        return "ok"
+        return floor
     swept_at = pd.Timestamp(latest["at"])
     if champion_moved_at is not None and pd.Timestamp(champion_moved_at) > swept_at:
-        return "ok"  # the response acted after the sweep that breached: the next sweep judges the new champion
-    return severity
+        return floor  # the response acted after the sweep that breached: the next sweep judges the new champion
+    return max(severity, floor, key=LEVELS.index)
+
+
+def champion_sweep(sweeps: list[dict[str, Any]], version: str | None, since: str | None) -> dict[str, Any] | None:
+    """The latest sweep that judged `version` after it took the champion alias at `since` (ISO; None: unknown).
+
+    Example:
+        >>> sweeps = [{"at": "2026-01-01T10:00:00+00:00", "version": "2"}, {"at": "2026-01-01T10:10:00+00:00", "version": "3"}]
+        >>> champion_sweep(sweeps, "2", None)["at"], champion_sweep(sweeps, "3", "2026-01-01T10:20:00+00:00")
+        ('2026-01-01T10:00:00+00:00', None)
+    """
+    for sweep in reversed(sweeps):
+        if version is not None and str(sweep.get("version")) == str(version):
+            return sweep if since is None or pd.Timestamp(sweep["at"]) >= pd.Timestamp(since) else None
+    return None
 
 
 def sweeps_of(history: pd.DataFrame) -> list[dict[str, Any]]:
@@ -165,8 +200,14 @@ def read_dashboard(
         versions[role] = {"version": version, "since": _since(moves, alias, version) if version else None}
     sweeps = sweeps_of(history if history is not None else pd.DataFrame())
     latest = sweeps[-1] if sweeps else None
+    champion = versions["champion"]
+    health = champion_sweep(sweeps, champion["version"], champion["since"])
+    by_fallback = champion["version"] is not None and (
+        champion["version"] == versions["fallback"]["version"] or (health or {}).get("serving") == Serving.FALLBACK
+    )
+    serving = None if champion["version"] is None else (Serving.FALLBACK if by_fallback else Serving.CHAMPION).value
     champion_moves = [move.at for move in moves if move.alias == registry.champion_alias and move.applied]
-    level = crisis_level(emergency, latest, max(champion_moves) if champion_moves else None)
+    level = crisis_level(emergency, latest, max(champion_moves) if champion_moves else None, served_by_fallback=by_fallback)
     actions = [
         {"at": _iso(move.at), "action": move.action, "alias": move.alias, "from": move.from_version, "to": move.to_version,
          "outcome": move.outcome, "incident": move.incident, "reason": move.reason}
@@ -188,6 +229,8 @@ def read_dashboard(
             for move in sorted(moves, key=lambda move: move.at, reverse=True) if move.alias == registry.champion_alias and move.applied
         ][:50],
         mlflow_ui=mlflow_ui,
+        serving=serving,
+        champion_health=health,
     )
 
 
@@ -308,18 +351,25 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
                   f"{board.emergency.get('reason')}. Training is stopped, serving is on the fallback.", ""]
     lines += ["## Versions", "", "| role | version | since |", "|---|---|---|"]
     lines += [f"| {role} | {('v' + v['version']) if v['version'] else '-'} | {shown_time(v['since'])} |" for role, v in board.versions.items()]
-    sweep = board.latest_sweep
+    sweep = board.champion_health
     if plot_png:
         lines += ["", "## Health history", "", f"![Health of {board.model}: metrics against the policy's lines, registry moves, serving version]"
                   f"(data:image/png;base64,{base64.b64encode(plot_png).decode()})"]
-    lines += ["", "## Health (latest sweep)", ""]
+    champion = board.versions.get("champion", {}).get("version")
+    lines += ["", "## Health of the champion (latest sweep)", ""]
+    if board.served_by_fallback:
+        lines += [f"**Served by its fallback** v{champion}: no good version serves; the fallback's figures below are not a recovery.", ""]
     if sweep:
         lines += [
-            "| at | version | severity | error rate (labelled) | fallback share | failed rows | p95 latency |", "|---|---|---|---|---|---|---|",
+            "| at | version | severity | error rate (labelled) | failed rows | p95 latency | fallback share | fallback error rate (labelled) |",
+            "|---|---|---|---|---|---|---|---|",
             f"| {shown_time(sweep.get('at'))} | v{sweep.get('version') or '-'} | {sweep.get('severity') or 'healthy'} | {_percent(sweep.get('error_rate'))} "
-            f"({int(sweep.get('error_rate_samples') or 0)}) | {_percent(sweep.get('fallback_share'))} | {_percent(sweep.get('failed_row_share'))} | "
-            f"{'-' if sweep.get('latency_p95_ms') is None else format(sweep['latency_p95_ms'], '.1f') + ' ms'} |",
+            f"({int(sweep.get('error_rate_samples') or 0)}) | {_percent(sweep.get('failed_row_share'))} | "
+            f"{'-' if sweep.get('latency_p95_ms') is None else format(sweep['latency_p95_ms'], '.1f') + ' ms'} | {_percent(sweep.get('fallback_share'))} | "
+            f"{_percent(sweep.get('fallback_error_rate'))} ({int(sweep.get('fallback_error_rate_samples') or 0)}) |",
         ]
+    elif board.latest_sweep:
+        lines.append(f"No sweep of the champion {_v(champion)} since it took the alias yet (the latest judged {_v(board.latest_sweep.get('version'))}).")
     else:
         lines.append("No sweep yet: the health-monitor deployment has not seen this model in the inference log.")
     lines += ["", "## Recent breaches", ""]

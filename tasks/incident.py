@@ -30,6 +30,7 @@ from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, CrisisEvent, Severity, TagKey, ViolationType
 from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.emergency import EmergencyRecord
+from prefect_crisis.tasks.inference_log import LATENCY_COLUMN
 from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
 from prefect_crisis.tasks.episodes import Episode, EpisodeState, new_episode, read_episode, write_episode
@@ -46,7 +47,6 @@ from prefect_crisis.tasks.rollback import (
 from prefect_crisis.tasks.stop_flag import set_stop_flag
 
 TOP_FINDINGS = 3
-LATENCY_COLUMN = "latency_ms"  # the labelled window's latency samples (the inference log's per-row latency)
 STORE_RETRY_DELAYS = [1, 2, 4, 8]  # seconds between a response step's tries while the MLflow store is unavailable (15 s in all)
 
 
@@ -167,7 +167,7 @@ def diagnose_model(
     version = champion.version
     logger = timeline.logger(get_run_logger(), registry.model_name, version)
     y_pred, proba = predict_with(registry, version, window, champion)
-    features = window.drop(columns=[c for c in (label, "timestamp") if c in window.columns])
+    features = window.drop(columns=[c for c in (label, "timestamp", LATENCY_COLUMN) if c in window.columns])
     baseline_accuracy = champion.metrics.get("accuracy")
     context = OperationalContext(
         new_version_since=registry.champion_since(audit),
@@ -208,14 +208,6 @@ def diagnose_model(
 
 
 MEASURED_VERSIONS = 6  # versions scored on the window besides the champion: the most recent that served, and the fallback
-
-
-def latencies_of(window: pd.DataFrame) -> tuple[float, ...]:
-    """The latency samples of a labelled window (its `latency_ms` column), finite ones only."""
-    if LATENCY_COLUMN not in window.columns:
-        return ()
-    values = pd.to_numeric(window[LATENCY_COLUMN], errors="coerce").to_numpy(dtype=float)
-    return tuple(values[np.isfinite(values)])
 
 
 @task(name="measure-versions", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)

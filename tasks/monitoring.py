@@ -2,6 +2,14 @@
 a long and a short window of the inference log, judged by the MonitoringPolicy's
 rules, reported as `ml.breach.<severity>` and `ml.health.reported` events.
 
+A window belongs to one serving version: the rows logged since the current
+champion took the alias (the registry's audit says when), without the rows a
+previous version answered. Rows the fallback answered stay in the window for the
+serving figures (fallback share, failed rows, requests) but are judged apart
+(`fallback_error_rate`): they are never the champion's errors or successes.
+While the champion is the model's fallback version, the sweep says so
+(`serving: "fallback"`) and never calls the model healthy.
+
 Plain functions over plain data (a window frame as `InferenceLog.read_window`
 returns it, a champion's registered metrics); the Prefect tasks on top only
 load blocks and log. The rules themselves live in `tasks.health_rules`.
@@ -14,7 +22,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +37,11 @@ from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.inference_store import ERROR_ROW_ID, LOG_COLUMNS
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
-from prefect_crisis.blocks.registry import ModelRegistry, first_line
+from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, first_line
 from prefect_crisis.core.errors import CrisisError, MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
-from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity, is_drill_model
+from prefect_crisis.core.vocabulary import SERVING_LABEL, CrisisEvent, Responder, Serving, Severity, TagKey, VersionRole, is_drill_model
 from prefect_crisis.tasks.drift import DriftSettings, frame_drift
 from prefect_crisis.tasks.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
 from prefect_crisis.tasks.references import load_reference
@@ -41,7 +49,7 @@ from prefect_crisis.tasks.rollback import baseline_value, promotion_guarded, pro
 from prefect_crisis.tasks.validation import checks_drift
 
 BREACH_EVENTS = {Severity.WARNING: CrisisEvent.BREACH_WARNING, Severity.CRITICAL: CrisisEvent.BREACH_CRITICAL, Severity.EMERGENCY: CrisisEvent.BREACH_EMERGENCY}
-LABELLED_METRICS = ("error_rate",)
+LABELLED_METRICS = ("error_rate", "fallback_error_rate")
 HISTORY_BASELINE_METRICS = ("latency_p50_ms", "latency_p95_ms")  # without a registered figure: the median of past sweeps
 MIN_HISTORY_SWEEPS = 3
 
@@ -72,7 +80,9 @@ def model_metrics(frame: pd.DataFrame, minutes: float) -> WindowMetrics:
     """Every model and data metric of one window of the inference log.
 
     Rows are predicted rows (a refused request's record is counted as a request, not a row);
-    latency is per request, not per row.
+    latency is per request, not per row, over the requests not answered by the fallback alone.
+    The champion's figures (error rate, confidence) are the primary's rows only; the fallback's
+    rows have their own (`fallback_share`, `fallback_error_rate`).
 
     Example:
         >>> frame = pd.DataFrame({
@@ -81,18 +91,22 @@ def model_metrics(frame: pd.DataFrame, minutes: float) -> WindowMetrics:
         ...     "latency_ms": [10.0, 10.0, 30.0, None], "error": [None, None, "no answer", "bad input"],
         ...     "request_id": ["a", "a", "b", "c"], "row_id": ["0", "1", "0", "*"]})
         >>> metrics = model_metrics(frame, 60).to_dict()
-        >>> metrics["requests"], metrics["rows"], metrics["error_rate"], metrics["failed_row_share"], metrics["exception_rate"]
-        (3.0, 3.0, 0.5, 0.333333, 0.666667)
+        >>> metrics["requests"], metrics["rows"], metrics["failed_row_share"], metrics["exception_rate"]
+        (3.0, 3.0, 0.333333, 0.666667)
+        >>> metrics["error_rate"], metrics["fallback_error_rate"], metrics["fallback_share"]
+        (0.0, 1.0, 0.333333)
         >>> metrics["latency_p50_ms"], metrics["latency_p50_ms_samples"], metrics["missing_ratio"]
         (20.0, 2, 0.333333)
     """
     refused = _refused(frame) if len(frame) else pd.Series(dtype=bool)
     rows = frame[~refused]
     requests = int(frame["request_id"].nunique())
-    answered_by = rows["answered_by"]
+    answered_by = rows["answered_by"].astype(object)
+    primary, fallback = rows[(answered_by == Responder.PRIMARY).to_numpy()], rows[(answered_by == Responder.FALLBACK).to_numpy()]
     with_error = set(frame.loc[refused, "request_id"]) | set(rows.loc[rows["error"].notna(), "request_id"])
-    latencies = rows.groupby("request_id", sort=False)["latency_ms"].first().dropna().to_numpy(dtype=float)
-    confidence = rows["confidence"].dropna().to_numpy(dtype=float)
+    not_fallback = rows[(answered_by != Responder.FALLBACK).to_numpy()]
+    latencies = not_fallback.groupby("request_id", sort=False)["latency_ms"].first().dropna().to_numpy(dtype=float)
+    confidence = primary["confidence"].dropna().to_numpy(dtype=float)
     features = [name for name in frame.columns if name not in LOG_COLUMNS]
     cells = rows[features].to_numpy(dtype=object) if features else np.empty((len(rows), 0), dtype=object)
     missing = pd.isna(cells).mean() if cells.size else math.nan
@@ -103,8 +117,9 @@ def model_metrics(frame: pd.DataFrame, minutes: float) -> WindowMetrics:
     measures = {
         "requests": Measure(float(requests), requests),
         "rows": Measure(float(len(rows)), len(rows)),
-        "error_rate": error_rate(rows),
-        "fallback_share": _rate(int((answered_by == Responder.FALLBACK).sum()), len(rows)),
+        "error_rate": error_rate(primary),
+        "fallback_share": _rate(len(fallback), len(rows)),
+        "fallback_error_rate": error_rate(fallback),
         "failed_row_share": _rate(int((answered_by == Responder.NONE).sum()), len(rows)),
         "exception_rate": _rate(len(with_error), requests),
         "latency_p50_ms": Measure(quantile(latencies, 50), len(latencies)),
@@ -153,15 +168,19 @@ def split_windows(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(long, short, short of the labelled rows). The short window holds the last `short_minutes`,
     or the newest `short_min_samples` requests if that is more; the labelled short window ends at
-    the newest labelled row instead of now, because labels come after their predictions."""
+    the newest labelled row instead of now, because labels come after their predictions, and reaches
+    back to hold `short_min_samples` labelled rows of the primary (the error rate's samples) when
+    there are that many."""
     long = frame[frame["timestamp"] >= now - timedelta(minutes=long_minutes)]
     first_seen = long.groupby("request_id", sort=False)["timestamp"].min()
     short = long[long["timestamp"] >= _since(first_seen, now, short_minutes, short_min_samples)]
     labelled = long[long["label"].notna()]
     if not len(labelled):
         return long, short, labelled
+    judged = labelled[(labelled["answered_by"].astype(object) == Responder.PRIMARY).to_numpy()]
+    basis = judged if len(judged) else labelled
     newest = labelled["timestamp"].max()
-    return long, short, labelled[labelled["timestamp"] >= _since(labelled["timestamp"], newest, short_minutes, short_min_samples)]
+    return long, short, labelled[labelled["timestamp"] >= _since(basis["timestamp"], newest, short_minutes, short_min_samples)]
 
 
 def window_pair(
@@ -204,7 +223,10 @@ def baseline_of(registered: dict[str, float], history: pd.DataFrame | None = Non
 
 @dataclass(frozen=True)
 class ModelHealth:
-    """One sweep of one model: both windows' metrics, the baselines, the confirmed breaches."""
+    """One sweep of one model: both windows' metrics, the baselines, the confirmed breaches, and what
+    served in the window (`serving`: a Serving value, None without a champion; `serving_since`: when the
+    window's version began serving; `rows_left_out`: rows of the long window answered by another version
+    or before it began serving)."""
 
     model: str
     version: str | None
@@ -216,10 +238,18 @@ class ModelHealth:
     drifted_features: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     limits: dict[str, float] = field(default_factory=dict)  # "<metric>:<severity>" -> the line judged against (plots)
+    serving: Serving | None = None
+    serving_since: datetime | None = None
+    rows_left_out: int = 0
 
     @property
     def severity(self) -> Severity | None:
         return worst(self.breaches)
+
+    @property
+    def healthy(self) -> bool:
+        """No breach, and a model version serves (a model served by its fallback is never healthy)."""
+        return not self.breaches and self.serving is not Serving.FALLBACK
 
     def payload(self) -> dict[str, Any]:
         """The `ml.health.reported` payload."""
@@ -228,6 +258,8 @@ class ModelHealth:
             "window_minutes": {"long": self.long.minutes, "short": self.short.minutes}, "version": self.version,
             "breaches": [breach.rule for breach in self.breaches], "severity": self.severity.value if self.severity else None,
             "drifted_features": list(self.drifted_features), "notes": list(self.notes), "at": self.at.isoformat(),
+            "serving": self.serving.value if self.serving else None,
+            "serving_since": self.serving_since.isoformat() if self.serving_since else None, "rows_left_out": self.rows_left_out,
         }
 
     def line(self) -> str:
@@ -238,10 +270,12 @@ class ModelHealth:
             value = metrics.get(name)
             return "n/a" if value is None else format(value, spec)
 
-        verdict = "; ".join(str(breach) for breach in self.breaches) or "healthy"
+        verdict = "; ".join(str(breach) for breach in self.breaches) or ("served by its fallback" if self.serving is Serving.FALLBACK else "healthy")
         return (
-            f"{self.model} v{self.version or '-'}: {int(metrics.get('requests') or 0)} requests, {int(metrics.get('rows') or 0)} rows, "
-            f"error rate {shown('error_rate', '.2%')} of {metrics.get('error_rate_samples', 0)} labelled, fallback {shown('fallback_share', '.1%')}, "
+            f"{self.model} v{self.version or '-'}{' (its fallback)' if self.serving is Serving.FALLBACK else ''}: "
+            f"{int(metrics.get('requests') or 0)} requests, {int(metrics.get('rows') or 0)} rows, "
+            f"error rate {shown('error_rate', '.2%')} of {metrics.get('error_rate_samples', 0)} labelled, "
+            f"fallback {shown('fallback_share', '.1%')} (error rate {shown('fallback_error_rate', '.2%')} of {metrics.get('fallback_error_rate_samples', 0)}), "
             f"failed {shown('failed_row_share', '.1%')}, p95 {shown('latency_p95_ms', '.1f')} ms: {verdict}"
         )
 
@@ -275,20 +309,101 @@ def read_champion(registry: ModelRegistry) -> tuple[str | None, dict[str, float]
     return None, {}
 
 
-def answered_by_champion(frame: pd.DataFrame, version: str | None) -> pd.DataFrame:
-    """The window without the rows a previous champion answered: after a rollback, the old (bad)
-    version's answers are not the new champion's health (judged against the new champion's baseline,
-    they would breach again and stop a model that has just recovered). Fallback and failed rows stay.
+@dataclass(frozen=True)
+class ServingVersion:
+    """The version a sweep judges: the champion, its baseline figures, since when it serves (the audit's
+    move onto the alias; None when the audit does not say), and whether it is the model's fallback."""
+
+    version: str | None
+    registered: dict[str, float]
+    since: datetime | None = None
+    serving: Serving | None = None
+    notes: tuple[str, ...] = ()
+
+
+def champion_began(moves: Iterable[AliasMove], alias: str, version: str) -> datetime | None:
+    """When `version` took `alias` for the stint it serves now: the alias's latest applied move, when that
+    move went to `version` (None otherwise: the alias was moved outside the audit).
 
     Example:
-        >>> frame = pd.DataFrame({"answered_by": ["primary", "primary", "fallback"], "version": ["2", "1", "9"]})
-        >>> answered_by_champion(frame, "1")["version"].tolist()
-        ['1', '9']
+        >>> def move(to, minute, outcome="applied"):
+        ...     at = datetime(2026, 1, 1, 10, minute, tzinfo=timezone.utc)
+        ...     return AliasMove("move", "champion", None, to, "", None, None, at, outcome, "run")
+        >>> champion_began([move("2", 0), move("1", 5), move("2", 9), move("3", 12, "failed: refused")], "champion", "2").minute
+        9
+        >>> champion_began([move("2", 0), move("1", 5)], "champion", "2") is None
+        True
     """
-    if version is None or frame.empty or not {"answered_by", "version"} <= set(frame.columns):
-        return frame
-    stale = (frame["answered_by"].astype(str) == Responder.PRIMARY.value) & (frame["version"].astype(str) != str(version))
-    return frame[~stale.to_numpy()] if stale.any() else frame
+    applied = [move for move in moves if move.alias == alias and move.applied]
+    latest = max(applied, key=lambda move: move.at, default=None)
+    return latest.at if latest is not None and latest.to_version == str(version) else None
+
+
+def _is_fallback(registry: ModelRegistry, version: str) -> bool:
+    """The version is the model's fallback: tagged so, or under the fallback alias too."""
+    found = registry.client.get_model_version(registry.model_name, str(version))
+    return (found.tags or {}).get(TagKey.ROLE) == VersionRole.FALLBACK or registry.fallback_alias in (found.aliases or ())
+
+
+def read_serving(registry: ModelRegistry) -> ServingVersion:
+    """The champion (`read_champion`), since when it serves, and whether it is the model's fallback.
+
+    Raises:
+        MonitoringError: the registry cannot be read.
+    """
+    version, registered = read_champion(registry)
+    if version is None:
+        return ServingVersion(None, {})
+    notes = []
+    try:
+        since = champion_began(registry.audit_trail(registry.champion_alias), registry.champion_alias, version)
+        if since is None:
+            notes.append(f"v{version} took @{registry.champion_alias} outside the audit: its window starts after the last row another version answered")
+    except (CrisisError, MlflowException) as error:
+        since = None
+        notes.append(f"the audit cannot be read ({first_line(str(error))}): v{version}'s window starts after the last row another version answered")
+    try:
+        serving = Serving.FALLBACK if _is_fallback(registry, version) else Serving.CHAMPION
+    except MlflowException as error:
+        raise MonitoringError(
+            f"cannot read v{version} of {registry.model_name!r} from {registry.display_tracking_uri}: {first_line(str(error))} "
+            "(check the registry server and MLFLOW_TRACKING_URI)"
+        ) from None
+    return ServingVersion(version, registered, since, serving, tuple(notes))
+
+
+def serving_rows(frame: pd.DataFrame, version: str | None, since: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
+    """The rows of `version`'s serving window and when it starts: the rows logged since `version` began
+    serving (`since`; without it, after the newest row the primary answered at another version), without
+    the rows the primary answered at another version (a server still on the old one). Fallback-answered,
+    failed and refused rows of that time stay: the metrics count them apart.
+
+    Example:
+        >>> frame = pd.DataFrame({
+        ...     "timestamp": pd.to_datetime(["2026-01-01T10:00Z", "2026-01-01T10:05Z", "2026-01-01T10:06Z", "2026-01-01T10:07Z"]),
+        ...     "answered_by": ["primary", "primary", "fallback", "primary"], "version": ["2", "1", "9", "2"]})
+        >>> rows, start = serving_rows(frame, "2", None)  # not in the audit: after the last row v1 answered
+        >>> rows["version"].tolist(), start.isoformat()
+        (['9', '2'], '2026-01-01T10:05:00+00:00')
+        >>> serving_rows(frame, "2", datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc))[0]["version"].tolist()
+        ['2', '9', '2']
+    """
+    if version is None or frame.empty:
+        return frame, since
+    other = ((frame["answered_by"].astype(object) == Responder.PRIMARY) & (frame["version"].astype(str) != str(version))).to_numpy()
+    stamps = frame["timestamp"]
+    if since is not None:
+        start = pd.Timestamp(since)
+        start = start.tz_localize(timezone.utc) if start.tzinfo is None else start
+        keep = (stamps >= start).to_numpy()
+        began: datetime | None = start.to_pydatetime()
+    elif other.any():
+        start = stamps[other].max()
+        keep = (stamps > start).to_numpy()
+        began = start.to_pydatetime()
+    else:
+        keep, began = np.ones(len(frame), dtype=bool), None
+    return frame[keep & ~other], began
 
 
 def sweep_model(
@@ -296,21 +411,33 @@ def sweep_model(
     checks: HealthCheck | None = None, system: dict[str, Measure] | None = None,
     contract: DataContract | None = None, reference: pd.DataFrame | None = None, history: pd.DataFrame | None = None,
 ) -> ModelHealth:
-    """Measure and judge one model at `now`.
+    """Measure and judge one model at `now`, on the window of the version that serves (`serving_rows`).
 
     Raises:
         MonitoringError: the champion cannot be read.
         InferenceLogError: the inference log cannot be read.
     """
-    version, registered = read_champion(registry)
-    frame = answered_by_champion(
-        log.read_window(model, now - timedelta(minutes=policy.long_window_minutes), now, labelled_only=False), version
-    )
+    serving = read_serving(registry)
+    logged = log.read_window(model, now - timedelta(minutes=policy.long_window_minutes), now, labelled_only=False)
+    frame, began = serving_rows(logged, serving.version, serving.since)
     long, short, drifted = window_pair(frame, now, policy, system=system, contract=contract, reference=reference)
-    baseline = baseline_of(registered, history)
-    notes = () if version is not None else (f"no champion of {model!r} in {registry.display_tracking_uri}: rules relative to a baseline not judged",)
+    baseline = baseline_of(serving.registered, history)
+    notes = list(serving.notes)
+    if serving.version is None:
+        notes.append(f"no champion of {model!r} in {registry.display_tracking_uri}: rules relative to a baseline not judged")
+    if serving.serving is Serving.FALLBACK:
+        notes.append(
+            f"served by its fallback v{serving.version}: judged against the fallback's own figures, which says nothing of the model; "
+            "a good version is still to be found"
+        )
+    left_out = len(logged) - len(frame)
+    if left_out:
+        notes.append(f"{left_out} rows answered by another version or before v{serving.version} began serving left out")
     breaches = (checks or policy_checks(policy))(long, short, baseline)
-    return ModelHealth(model, version, now, long, short, baseline, breaches, drifted, notes, rule_limits(policy, baseline))
+    return ModelHealth(
+        model, serving.version, now, long, short, baseline, breaches, drifted, tuple(notes), rule_limits(policy, baseline),
+        serving.serving, began, left_out,
+    )
 
 
 def rule_limits(policy: MonitoringPolicy, baseline: dict[str, float]) -> dict[str, float]:
@@ -346,7 +473,8 @@ def report_health(health: ModelHealth, timeline: Timeline) -> None:
     """One `ml.breach.<severity>` per breaching metric (its most severe rule), then `ml.health.reported`."""
     for breach in escalated(health.breaches):
         timeline.emit(BREACH_EVENTS[breach.severity], health.model, breach.payload(), version=health.version)
-    timeline.emit(CrisisEvent.HEALTH_REPORTED, health.model, health.payload(), version=health.version)
+    labels = {SERVING_LABEL: health.serving.value} if health.serving else None
+    timeline.emit(CrisisEvent.HEALTH_REPORTED, health.model, health.payload(), version=health.version, labels=labels)
 
 
 # -- metric history -------------------------------------------------------------------------------
@@ -357,8 +485,9 @@ def history_path(model: str, folder: Path | None = None) -> Path:
 
 
 def metric_history(model: str, folder: Path | None = None) -> pd.DataFrame:
-    """The model's recorded sweeps, oldest first: `at`, `version`, `severity`, `breaches` and the long
-    window's metrics (`<metric>`, `<metric>_samples`); empty before the first sweep."""
+    """The model's recorded sweeps, oldest first: `at`, `version`, `severity`, `breaches`, the long
+    window's metrics (`<metric>`, `<metric>_samples`), `serving`, `serving_since` (ISO) and
+    `rows_left_out` (see ModelHealth); empty before the first sweep."""
     path = history_path(model, folder)
     if not path.exists():
         return pd.DataFrame()
@@ -375,6 +504,8 @@ def append_history(health: ModelHealth, keep: int, folder: Path | None = None) -
     row = pd.DataFrame([{
         "at": pd.Timestamp(health.at), "version": health.version, "severity": health.severity.value if health.severity else None,
         "breaches": ",".join(breach.rule for breach in health.breaches), **health.long.to_dict(),
+        "serving": health.serving.value if health.serving else None,
+        "serving_since": health.serving_since.isoformat() if health.serving_since else None, "rows_left_out": health.rows_left_out,
         **{f"limit:{key}": value for key, value in health.limits.items()},
     }])
     past = metric_history(health.model, folder)

@@ -14,7 +14,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFi
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import MonitoringError
-from prefect_crisis.core.timeline import ListSink, Timeline
+from prefect_crisis.core.timeline import ListSink, Timeline, utc_now
 from prefect_crisis.core.vocabulary import CrisisEvent
 from prefect_crisis.flows.health_monitor import health_monitor
 from prefect_crisis.tasks import monitoring
@@ -35,7 +35,7 @@ def events_of(model: str, *names: CrisisEvent):
     ))
 
 
-def serve_and_label(registry: ModelRegistry, log: InferenceLog, requests: int = 12, rows: int = 25) -> None:
+def serve_and_label(registry: ModelRegistry, log: InferenceLog, requests: int = 12, rows: int = 25, prefix: str = "") -> None:
     """Requests through the real router into the log, then their true labels (which emit ml.labels.recorded)."""
     writer = log.writer()
     router = FallbackRouter(registry, FallbackPolicy(), log=writer, timeline=Timeline(sink=ListSink())).start(refresh_in_background=False)
@@ -43,7 +43,7 @@ def serve_and_label(registry: ModelRegistry, log: InferenceLog, requests: int = 
     try:
         for number in range(requests):
             batch = make_batch(rows, seed=100 + number)
-            request_id = f"{registry.model_name}-{number}"
+            request_id = f"{registry.model_name}-{prefix}{number}"
             router.predict(batch, request_id=request_id)
             truth.update({(request_id, str(row)): int(label) for row, label in enumerate(batch["label"])})
         writer.flush()
@@ -103,3 +103,22 @@ def test_a_failed_sweep_is_reported_and_the_other_models_are_still_swept(crisis_
     assert "swept 1 of 2 models" in state.message and f"{broken_model} (MonitoringError" in state.message
     assert wait_for(lambda: events_of(healthy_model, CrisisEvent.HEALTH_REPORTED), bool)
     assert events_of(broken_model, CrisisEvent.HEALTH_REPORTED) == []  # its silence is what the dead man's switch hears
+
+
+def test_after_the_champion_was_moved_by_hand_the_monitor_judges_the_new_champion_alone(crisis_home):
+    model = f"repaired-{uuid.uuid4().hex[:8]}"
+    registry, good, _poisoned = poisoned_after_stable(model)
+    log = InferenceLog()
+    serve_and_label(registry, log, prefix="poisoned-")
+    registry.use(clock=utc_now)
+    registry.move_alias(registry.champion_alias, good, "moved by hand: the retrain answers badly")
+    serve_and_label(registry, log, prefix="good-")
+
+    state = health_monitor(model_name=model, return_state=True)
+    assert state.is_completed() and f"{model} [" not in state.message, state.message
+    reported = wait_for(lambda: events_of(model, CrisisEvent.HEALTH_REPORTED), bool)
+    payload = reported[0].payload
+    assert payload["version"] == good and payload["serving"] == "champion" and payload["severity"] is None
+    assert payload["rows_left_out"] == 300 and payload["metrics"]["error_rate_samples"] == 300  # the poisoned version's rows are not the good one's
+    assert reported[0].resource[monitoring.SERVING_LABEL] == "champion"
+    assert events_of(model, CrisisEvent.BREACH_WARNING, CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY) == []

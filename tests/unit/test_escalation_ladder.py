@@ -25,7 +25,8 @@ def by_name(policy: EscalationPolicy = EscalationPolicy(), notification=None) ->
 def test_every_step_is_one_automation_per_model_on_model_events():
     automations = by_name()
     assert list(automations) == [
-        "crisis-warning", "crisis-critical", "crisis-escalate-warnings", "crisis-emergency", "crisis-resolved", "crisis-monitor-silent", "crisis-evidence",
+        "crisis-warning", "crisis-critical", "crisis-escalate-warnings", "crisis-emergency", "crisis-resolved", "crisis-monitor-silent", "crisis-stopgap",
+        "crisis-evidence",
     ]
     for automation in automations.values():
         assert automation.trigger.for_each == {"ml.model.name"}
@@ -48,6 +49,9 @@ def test_triggers_thresholds_and_windows_follow_the_policy():
     assert silent.after == {"ml.health.reported"}  # each report opens a window that expects the next one
     resolved = automations["crisis-resolved"].trigger
     assert resolved.expect == {"ml.recovery.succeeded"} and resolved.match.root["ml.model.emergency"] == "true"
+    stopgap = automations["crisis-stopgap"].trigger  # the fallback serving keeps the ladder looking for a good version
+    assert (stopgap.expect, stopgap.within, stopgap.match.root["ml.model.serving"]) == ({"ml.health.reported"}, timedelta(minutes=45), "fallback")
+    assert automations["crisis-stopgap"].actions[0].parameters["severity"] == "critical"
     evidence = automations["crisis-evidence"].trigger
     assert (evidence.expect, evidence.within) == ({"ml.labels.recorded", "ml.serving.errors"}, timedelta(seconds=30))
 

@@ -354,7 +354,7 @@ def test_an_empty_labelled_window_says_what_to_do_in_one_line(log, writers):
     assert "record labels" in message and "window_path" in message
     log.record_labels(["unlabelled"], [1])
     window = labelled_window(log, "churn", 60, label_column="churned", now=NOW + timedelta(seconds=1))
-    assert list(window.columns) == ["id", "x", "city", "churned", "timestamp"]
+    assert list(window.columns) == ["id", "x", "city", "churned", "timestamp", "latency_ms"]
 
 
 def closed_port() -> int:

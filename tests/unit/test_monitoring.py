@@ -48,12 +48,14 @@ def test_model_metrics_of_a_crafted_window():
     ])
     measures = model_metrics(frame, 60).measures
     assert (measures["requests"].samples, measures["rows"].samples) == (3, 4)  # the refused request is no row
-    assert (measures["error_rate"].value, measures["error_rate"].samples, measures["error_rate"].count) == (pytest.approx(1 / 3), 3, 1)
+    # the champion's errors are the primary's rows only; the fallback's row is judged apart
+    assert (measures["error_rate"].value, measures["error_rate"].samples, measures["error_rate"].count) == (0.5, 2, 1)
+    assert (measures["fallback_error_rate"].value, measures["fallback_error_rate"].samples) == (0.0, 1)
     assert measures["fallback_share"].value == 0.25 and measures["failed_row_share"].value == 0.25
     assert measures["exception_rate"].value == pytest.approx(2 / 3)
     # per request, not per row: request a counts once at 100 ms
     assert measures["latency_p50_ms"].value == pytest.approx(55.0) and measures["latency_p50_ms"].samples == 2
-    assert measures["confidence_p50"].value == pytest.approx(0.4) and measures["confidence_mean"].value == pytest.approx(0.4)
+    assert measures["confidence_p50"].value == pytest.approx(0.3) and measures["confidence_mean"].value == pytest.approx(0.3)  # the primary's
     assert measures["missing_ratio"].value == 0.25
 
 
@@ -130,7 +132,7 @@ def test_the_quality_rule_breaches_exactly_when_the_rollback_decision_finds_the_
 
 
 class FakeRegistry:
-    model_name, display_tracking_uri, champion_alias = "churn", "sqlite:///fake.db", "champion"
+    model_name, display_tracking_uri, champion_alias, fallback_alias = "churn", "sqlite:///fake.db", "champion", "fallback"
 
     def __init__(self, champion=None, reachable=True):
         self._champion, self.reachable = champion, reachable
@@ -152,6 +154,9 @@ class FakeRegistry:
                 if not registry.reachable:
                     raise MlflowException("connection refused\nmore detail")
                 return []
+
+            def get_model_version(self, name, version):
+                return type("ModelVersion", (), {"tags": {}, "aliases": ["champion"]})()
 
         return Client()
 

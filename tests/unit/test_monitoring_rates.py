@@ -98,7 +98,9 @@ def test_a_poisoned_champion_is_detected_as_critical(rates):
 def test_the_simulated_log_looks_like_the_real_one():
     frame = simulated_window(np.random.default_rng(1), HONEST_ERROR, 100)
     long, short, _ = window_pair(frame, NOW, MonitoringPolicy())
-    assert 95 <= long.get("error_rate").samples <= 100  # a labelled row nobody answered has no answer to judge
+    # a labelled row nobody answered has no answer to judge; the fallback's answers are judged apart
+    assert 95 <= long.get("error_rate").samples + long.get("fallback_error_rate").samples <= 100
+    assert long.get("fallback_error_rate").samples >= 1
     assert 0.03 < long.get("fallback_share").value < 0.2
     assert short.get("requests").samples >= 10 and short.get("error_rate").samples >= 10
     assert 40 < long.get("latency_p95_ms").value < 70
