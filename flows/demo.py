@@ -1,12 +1,15 @@
 """The demo: the synthetic stream through validation, then training on the
 local stack: a first model promoted, a stop, a resume from its checkpoint, and
-a crisis: a retrain on poisoned labels gets promoted and serves live traffic
-into the inference log; labels arrive, the health monitor breaches, the crisis
-response diagnoses it on the log's labelled window and rolls back, and the
-next sweep finds the model healthy again. Then a second, short
-story on a second model (`<model>-b`): trained once (its champion and its
-fallback model), poisoned at once, and with no version that served long enough
-to be stable, the response falls back to the fallback model.
+a crisis: a retrain on poisoned labels is stopped at the promotion gate (the
+champion collapses on the batch's own holdout but not on its golden set: a
+label-quality finding), then an operator promotes it by hand past the gate, and
+it serves live traffic into the inference log; labels arrive, the health
+monitor breaches, the crisis response measures every version on the log's
+labelled window and rolls back, and the next sweep finds the model healthy
+again. Then a second, short story on a second model (`<model>-b`): trained once
+(its champion and its fallback model), its only earlier version retired, a bad
+release promoted by hand: with no version to return to, the fallback, measured
+better on the window, serves as a stopgap.
 
 Batches: clean, corrupted (2% of rows broken: quarantined), drifted
 (reported), broken (30% of rows: rejected whole), clean. Each runs as a
@@ -16,8 +19,8 @@ so the UI shows one run per step with its artifacts and events.
 Every run trains its own model (`synthetic-<time>-<random>`), so a second demo
 tells the same story as the first instead of meeting the first one's versions
 and rollback cool-down; a run whose story does not happen (the poisoned
-version not promoted, not rolled back, or not replaced by the fallback model)
-fails with a `DemoError`.
+retrain promoted by the gate, the bad release not rolled back, or not replaced
+by the fallback model) fails with a `DemoError`.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -150,21 +153,38 @@ def _monitored_rollback(model_name: str, rows: int) -> list[dict]:
     return story
 
 
-def _fallback_story(model_name: str, rows: int, storage: str) -> list[dict]:
-    """A second model, trained once (champion v1, fallback v2), poisoned at once; nothing served an hour, so FALLBACK.
+def _promote_by_hand(model_name: str, why: str) -> str:
+    """What an operator does past the gate: promote the challenger the gate held back. Returns its version.
 
     Raises:
-        DemoError: the poisoned version was not promoted, or the response did not move the champion to the fallback model.
+        DemoError: the gate promoted it already, or left no challenger.
+    """
+    registry = ModelRegistry(model_name=model_name)
+    challenger, champion = registry.version_by_alias(registry.challenger_alias), registry.champion()
+    if challenger is None or (champion is not None and challenger.version == champion.version):
+        raise DemoError(f"the demo's story did not happen: the gate promoted the poisoned retrain of {model_name!r} (or kept no challenger)")
+    registry.promote(challenger.version, why)
+    print(f"an operator promotes v{challenger.version} by hand past the gate: {why}")
+    return challenger.version
+
+
+def _fallback_story(model_name: str, rows: int, storage: str) -> list[dict]:
+    """A second model, trained once (champion v1, its fallback model); v1 retired, a bad release promoted by hand:
+    nothing to return to, so the fallback, measured better on the window, serves (a stopgap).
+
+    Raises:
+        DemoError: no fallback model, or the response did not move the champion to it.
     """
     story = [_train(model_name, rows, storage, seed=200, step="second model: train (registers its fallback model)")]
     registry = ModelRegistry(model_name=model_name)
     fallback = registry.version_by_alias(registry.fallback_alias)
     first = _champion_version(model_name)
     story.append(_train(model_name, rows, storage, seed=202, step="second model: retrain on a poisoned batch", condition="poisoned"))
-    poisoned = _champion_version(model_name)
-    if fallback is None or poisoned == first:
-        raise DemoError(f"the demo's second story did not happen: {model_name!r} has no fallback model or its poisoned retrain was not promoted")
-    story.append(_respond(model_name, rows, storage, DEMO_FALLBACK_ROLLBACK, seed=501, step="second model: crisis response (no stable version)"))
+    if fallback is None or first is None:
+        raise DemoError(f"the demo's second story did not happen: {model_name!r} has no champion or no fallback model")
+    registry.retire(first, "superseded: an operator retired it")
+    poisoned = _promote_by_hand(model_name, "the earlier version is retired; the new one is shipped anyway")
+    story.append(_respond(model_name, rows, storage, DEMO_FALLBACK_ROLLBACK, seed=501, step="second model: crisis response (nothing to return to)"))
     after = _champion_version(model_name)
     if story[-1]["outcome"] != "Recovered" or after != fallback.version:
         raise DemoError(
@@ -176,8 +196,9 @@ def _fallback_story(model_name: str, rows: int, storage: str) -> list[dict]:
 
 @flow(name="crisis-demo", log_prints=True)
 def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str | None = None) -> list[dict]:
-    """Validate the synthetic stream, train and promote, stop and resume, then a poisoned retrain and its rollback;
-    then a second model (`<model_name>-b`) whose poisoned retrain, with no stable version behind it, falls back to its fallback model.
+    """Validate the synthetic stream, train and promote, stop and resume, then a poisoned retrain the gate holds back,
+    promoted by hand and rolled back; then a second model (`<model_name>-b`) whose bad release, with nothing to return
+    to, is replaced by its fallback model.
 
     Args:
         model_name: the model the demo trains; empty gives a fresh `demo_model_name()`,
@@ -187,8 +208,8 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
 
     Raises:
         DataInputError: a bad model name or row count, before anything is written.
-        DemoError: the story did not happen (the poisoned version was not promoted, not rolled back, or the second
-            model's not replaced by its fallback model).
+        DemoError: the story did not happen (the gate promoted the poisoned retrain, the bad release was not rolled
+            back, or the second model's not replaced by its fallback model).
     """
     check_demo_rows(rows)
     model_name = validate_model_name(model_name) if model_name else demo_model_name()
@@ -213,10 +234,12 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
         clear_stop_flag(model_name)
     summary.append(_train(model_name, rows, storage, seed=101, step="train again: resumes from the checkpoint"))
     before_poison = _champion_version(model_name)
-    summary.append(_train(model_name, rows, storage, seed=102, step="retrain on a poisoned batch", condition="poisoned"))
-    poisoned = _champion_version(model_name)
-    if poisoned == before_poison:
-        raise DemoError(f"the demo's story did not happen: the poisoned retrain of {model_name!r} was not promoted (champion v{poisoned})")
+    summary.append(_train(model_name, rows, storage, seed=102, step="retrain on a poisoned batch (the gate holds it back)", condition="poisoned"))
+    if _champion_version(model_name) != before_poison:
+        raise DemoError(f"the demo's story did not happen: the gate promoted the poisoned retrain of {model_name!r}")
+    poisoned = _promote_by_hand(model_name, "shipped by hand past the gate")
+    summary.append({"step": "an operator promotes the held-back retrain by hand", "condition": f"v{poisoned}", "outcome": "promoted",
+                    "detail": f"v{before_poison} -> v{poisoned} past the gate's label-quality finding"})
     summary.extend(_monitored_rollback(model_name, rows))
     rollback_incident = next(row["condition"] for row in summary if row["step"].startswith("crisis response"))
     after = _champion_version(model_name)
