@@ -1,7 +1,10 @@
 """The continuous_training flow: load batch -> validate -> train with stop hook
--> evaluate -> register -> promotion gate -> keep a fallback model.
+-> evaluate -> register -> promotion gate (on the holdout and the golden set)
+-> keep a fallback model -> calibrate the candidate's routing to it.
 
-A rejected batch trains nothing. A stopped training ends the run in a state
+A rejected batch trains nothing. A batch that cannot train a sane model (one
+class, missing labels) trains nothing either: the run ends Failed (`Refused`)
+with the finding in its message. A stopped training ends the run in a state
 that says why: Cancelled for a cancel, `Stopped` (Completed) for the stop flag,
 a stall or the time budget, Failed for a loss that blew up or diverged. The
 partial model is never registered; its checkpoint is, as an MLflow artifact.
@@ -12,10 +15,11 @@ has none yet (or the policy says `replace_fallback`).
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
+from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.paths import validate_model_name
 from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
 from prefect_crisis.tasks.dashboard import refresh_dashboard
-from prefect_crisis.tasks.fallback_model import keep_fallback_model
+from prefect_crisis.tasks.fallback_model import calibrate_routing, keep_fallback_model
 from prefect_crisis.tasks.loading import load_contract, load_policy, load_registry
 from prefect_crisis.tasks.stack_info import stack_summary
 from prefect_crisis.tasks.promotion import register_and_gate
@@ -64,7 +68,11 @@ def continuous_training(
     if report.verdict is Verdict.REJECT:
         return Completed(name="Skipped", message=f"batch rejected, nothing trained: {'; '.join(report.rejection_reasons)}")
 
-    data = split_training_data(validation.kept, policy, report.fingerprint)
+    nullable = [spec.name for spec in contract.columns if spec.nullable]
+    try:
+        data = split_training_data(validation.kept, policy, report.fingerprint, nullable)
+    except TrainingError as error:
+        return Failed(name="Refused", message=str(error))
     training = train_model(data, policy, registry, resume)
     # A refused resume is news the person who asked for it must see in the run's message.
     refused = f"; {training.resume}" if training.resume.refusal else ""
@@ -76,7 +84,8 @@ def continuous_training(
     candidate = register_and_gate(training, data, registry, policy, report.to_dict())
     verdict = "promoted to champion" if candidate.decision.promote else "registered as challenger, not promoted"
     logger.info("v%s %s: %s", candidate.version, verdict, candidate.decision.reason)
-    fallback = keep_fallback_model(registry, data, policy)
+    fallback = keep_fallback_model(registry, data, policy, candidate)
+    calibrate_routing(registry, training, data, fallback, policy)
     message = f"v{candidate.version} {verdict}: {candidate.decision.reason}{refused}{fallback.message()}"
     refresh_dashboard(registry, logger)  # a new champion or challenger is news for the dashboard
     return Completed(message=message, data=candidate)

@@ -3,7 +3,8 @@ of the training run, so a stopped run is resumable from the same store the
 models live in.
 
 A checkpoint is two files: a state (position, losses, data fingerprint, the
-resume key, when it was written) and the estimator in skops' format, which
+resume key, when it was written) and the estimator in skops' format (the
+whole pipeline: the fitted scaler travels with the learner's weights), which
 rebuilds scikit-learn objects from their state without running code from the
 file (unlike pickle). Loading trusts skops' defaults (scikit-learn, numpy,
 scipy types) and the MLP optimizers only; a file naming any other type is
@@ -29,7 +30,7 @@ from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
 from prefect_crisis.tasks.resume import ResumeKey
 from prefect_crisis.tasks.models import TRUSTED_TYPES  # one list for checkpoints and registered models
 from prefect_crisis.tasks.stopping import StopKind
-from prefect_crisis.tasks.training import Checkpoint, Position
+from prefect_crisis.tasks.training import Checkpoint, Position, learner_of, trains_in_mini_batches
 
 ARTIFACT_DIR = "checkpoint"
 STATE_FILE = "state.json"  # the single-slot layout of earlier checkpoints, still read
@@ -140,8 +141,8 @@ def _read_slot(folder: Path, state: dict) -> Checkpoint:
         estimator = skops_io.loads(blob, trusted=sorted(TRUSTED_TYPES))
     except UntrustedTypesFoundException as error:
         raise ValueError(str(error)) from error
-    if not hasattr(estimator, "partial_fit"):
-        raise ValueError(f"its estimator is a {type(estimator).__name__}, which has no partial_fit")
+    if not trains_in_mini_batches(estimator):
+        raise ValueError(f"its estimator is a {type(learner_of(estimator)).__name__}, which has no partial_fit")
     return Checkpoint(
         estimator=estimator,
         position=Position(int(state["epoch"]), int(state["batch_index"])),

@@ -2,12 +2,13 @@
 
 A checkpoint continues a run exactly only when everything that decides the
 mini-batches and the estimator's updates is the same: the data (fingerprint,
-the split into train and holdout), the estimator and its parameters, and the
-batch layout (batch size, seed of the shuffles). A checkpoint of a failure stop
+the split into train and holdout and its size), the estimator, the steps
+before it (imputation, scaling) and its parameters, and the batch layout
+(batch size, seed of the shuffles). A checkpoint of a failure stop
 (non-finite loss, divergence) holds the weights that failed: it is kept for
 diagnosis and never resumed, or every later run would stop at once on it.
 
-    key = ResumeKey.of(policy, data.fingerprint, data.features)
+    key = resume_key(policy, data)  # prefect_crisis.tasks.training_run
     decision = decide_resume("run-1", stored, StopKind.FLAG, key, policy.epochs)
     decision.resume  # False -> str(decision) says why
 """
@@ -15,11 +16,13 @@ diagnosis and never resumed, or every later run would stop at once on it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from enum import Enum
 from typing import Any
 
 from prefect_crisis.tasks.stopping import StopKind
+
+SPLIT = "stratified"  # how `split_training_data` cuts the holdout: each class in its share
 
 
 class ResumeRefusal(str, Enum):
@@ -39,7 +42,10 @@ _FIELD_REFUSALS = {
     "label_column": ResumeRefusal.OTHER_DATA,
     "features": ResumeRefusal.OTHER_DATA,
     "holdout_fraction": ResumeRefusal.OTHER_DATA,
+    "holdout_rows": ResumeRefusal.OTHER_DATA,
+    "split": ResumeRefusal.OTHER_DATA,
     "estimator": ResumeRefusal.OTHER_ESTIMATOR,
+    "preprocessing": ResumeRefusal.OTHER_ESTIMATOR,
     "estimator_params": ResumeRefusal.OTHER_PARAMETERS,
     "batch_size": ResumeRefusal.OTHER_BATCH_LAYOUT,
     "seed": ResumeRefusal.OTHER_BATCH_LAYOUT,
@@ -58,10 +64,16 @@ class ResumeKey:
     estimator_params: str  # canonical JSON, so equal parameters compare equal
     batch_size: int
     seed: int
+    # Added later: a key written without them reads as these values, which no new run has, so such a
+    # checkpoint (trained on another split, without scaling) is refused, not resumed into a different model.
+    holdout_rows: int = 0
+    split: str = "shuffled"
+    preprocessing: str = "none"
 
     @classmethod
-    def of(cls, policy, fingerprint: str, features: list[str]) -> "ResumeKey":
-        """The key of training `policy` on data with `fingerprint` and `features`."""
+    def of(cls, policy, fingerprint: str, features: list[str], *, holdout_rows: int = 0, preprocessing: str = "none") -> "ResumeKey":
+        """The key of training `policy` on data with `fingerprint` and `features`, `holdout_rows` of them held out,
+        through the `preprocessing` steps (`prefect_crisis.tasks.training.preprocessing_name`)."""
         return cls(
             fingerprint=fingerprint,
             label_column=policy.label_column,
@@ -71,6 +83,9 @@ class ResumeKey:
             estimator_params=json.dumps(policy.estimator_params, sort_keys=True, default=str),
             batch_size=int(policy.batch_size),
             seed=int(policy.seed),
+            holdout_rows=int(holdout_rows),
+            split=SPLIT,
+            preprocessing=preprocessing,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,10 +93,11 @@ class ResumeKey:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ResumeKey":
-        names = {field.name for field in fields(cls)}
-        if not names <= set(values):
-            raise ValueError(f"resume key lacks {sorted(names - set(values))}")
-        return cls(**{**{name: values[name] for name in names}, "features": tuple(values["features"])})
+        required = {field.name for field in fields(cls) if field.default is MISSING}
+        if not required <= set(values):
+            raise ValueError(f"resume key lacks {sorted(required - set(values))}")
+        known = {field.name for field in fields(cls)}
+        return cls(**{**{name: values[name] for name in known if name in values}, "features": tuple(values["features"])})
 
 
 @dataclass(frozen=True)

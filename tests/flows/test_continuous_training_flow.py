@@ -21,6 +21,7 @@ from prefect_crisis.tasks.promotion import log_candidate
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
 from prefect_crisis.tasks.stopping import StopKind
+from prefect_crisis.tasks.training import learner_of
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
@@ -83,7 +84,7 @@ def test_stop_flag_halts_within_one_mini_batch_with_a_loadable_checkpoint(model,
     assert run.data.tags["crisis.status"] == "stopped" and run.info.status == "FINISHED"
     checkpoint = load_checkpoint(MlflowClient(), run.info.run_id)
     assert (checkpoint.position.epoch, checkpoint.position.batch_index) == (0, 1)  # one mini-batch, then the flag
-    assert len(checkpoint.losses) == 1 and hasattr(checkpoint.estimator, "coef_")
+    assert len(checkpoint.losses) == 1 and hasattr(learner_of(checkpoint.estimator), "coef_")
     assert ModelRegistry(model_name=model).versions() == []  # the partial model is never registered
     events = wait_for(lambda: read_crisis_events(model, prefix="ml.training."), lambda found: len(found) >= 2)
     stopped = events[-1]

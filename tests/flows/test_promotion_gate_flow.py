@@ -1,7 +1,8 @@
 """The promotion gate refuses a candidate judged on a holdout too small to tell
 anything: a 10-row batch leaves 2 holdout rows, on which a candidate was
 promoted before ("accuracy 1.0000 beats the champion 0.0000", or "no champion
-yet" for a first model)."""
+yet" for a first model). A small batch now holds out up to half its rows; 5 of
+10 are still below the floor, and the message names the setting."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def test_a_candidate_on_a_tiny_holdout_is_registered_but_not_promoted(tmp_path):
     )
     assert state.is_completed(), state.message
     assert state.message == (
-        "v1 registered as challenger, not promoted: holdout of 2 rows is below min_holdout_rows 200: train on a larger batch "
-        "or lower the policy minimum; no fallback registered (holdout of 2 rows is below min_holdout_rows 200)"
+        "v1 registered as challenger, not promoted: holdout of 5 rows is below min_holdout_rows 50: train on a batch of 100 rows "
+        "or more, or lower min_holdout_rows in the TrainingPolicy; no fallback registered (holdout of 5 rows is below min_holdout_rows 50)"
     )
     registry = ModelRegistry(model_name=model)
     assert registry.champion() is None and registry.version_by_alias("challenger").version == "1"

@@ -18,6 +18,7 @@ from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpo
 from prefect_crisis.tasks.stopping import StopCondition, TrainingProgress
 from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training import learner_of
 from prefect_crisis.tasks.training_run import split_training_data, train_model
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
@@ -42,6 +43,14 @@ def train(model: str, policy: str, **parameters):
     return continuous_training(
         model_name=model, contract_block=model, policy_block=policy, synthetic_rows=ROWS, return_state=True, **parameters
     )
+
+
+def assert_same_model(resumed, uninterrupted) -> None:
+    """Exactly the same model: the scaler fitted before the first mini-batch and the learner's weights."""
+    assert [name for name, _ in resumed.steps] == [name for name, _ in uninterrupted.steps] == ["scale", "sgd"]
+    np.testing.assert_array_equal(resumed.named_steps["scale"].scale_, uninterrupted.named_steps["scale"].scale_)
+    np.testing.assert_array_equal(learner_of(resumed).coef_, learner_of(uninterrupted).coef_)
+    np.testing.assert_array_equal(learner_of(resumed).intercept_, learner_of(uninterrupted).intercept_)
 
 
 def stop_by_flag(model: str, policy: str, tmp_path) -> str:
@@ -87,7 +96,8 @@ def test_a_checkpoint_is_not_resumed_under_another_estimator_parameters_or_batch
     again = train_once(model, **change)
 
     assert again.resumed_from is None and again.resume.refusal.value == refusal
-    assert again.outcome.completed and type(again.outcome.estimator).__name__ == ("MLPClassifier" if "estimator" in change else "SGDClassifier")
+    learner = type(learner_of(again.outcome.estimator)).__name__
+    assert again.outcome.completed and learner == ("MLPClassifier" if "estimator" in change else "SGDClassifier")
     first, second = training_runs(model)
     assert second.data.tags["crisis.resumed_from"] == "" and second.data.tags["crisis.resume_refused"].startswith(refusal)
     assert "crisis.resumed_by" not in first.data.tags
@@ -149,7 +159,7 @@ def test_ctrl_c_ends_the_run_killed_and_the_next_run_resumes_it_exactly(model):
     assert resumed.resumed_from == interrupted.info.run_id and resumed.outcome.completed
     uninterrupted = train_once(model, resume=False)
     assert uninterrupted.resumed_from is None
-    np.testing.assert_array_equal(resumed.outcome.estimator.coef_, uninterrupted.outcome.estimator.coef_)
+    assert_same_model(resumed.outcome.estimator, uninterrupted.outcome.estimator)
     assert resumed.outcome.progress.batches_seen == uninterrupted.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
 
 
@@ -243,7 +253,7 @@ def test_a_training_killed_outright_resumes_losing_at_most_the_mini_batch_in_fli
     assert killed.info.status == "FAILED" and killed.data.tags["crisis.stop_kind"] == "killed"
     assert resumed.resumed_from == killed.info.run_id and resumed.outcome.completed
     uninterrupted = train_once(model, resume=False)
-    np.testing.assert_array_equal(resumed.outcome.estimator.coef_, uninterrupted.outcome.estimator.coef_)
+    assert_same_model(resumed.outcome.estimator, uninterrupted.outcome.estimator)
     assert resumed.outcome.progress.batches_seen == 2 * BATCHES_PER_EPOCH
 
 

@@ -15,7 +15,7 @@ from prefect_crisis.tasks.checkpoints import load_checkpoint, read_checkpoint_fi
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.tasks.resume import ResumeKey, ResumeRefusal, decide_resume
 from prefect_crisis.tasks.stopping import StopKind, stop_after_seconds, stop_when_flag_set
-from prefect_crisis.tasks.training import Checkpoint, make_estimator, train_with_stop_hook
+from prefect_crisis.tasks.training import Checkpoint, learner_of, make_estimator, train_with_stop_hook
 
 CLASSES = np.array([0, 1])
 KEY = ResumeKey("fp", "label", ("f0", "f1"), 0.2, "sgd", "{}", 100, 0)
@@ -81,10 +81,10 @@ def test_a_checkpoint_through_mlflow_resumes_exactly_like_an_uninterrupted_run(k
     assert (loaded.position.epoch, loaded.position.batch_index) == (1, 5) and len(loaded.losses) == 25
     assert resumed.completed and resumed.progress.batches_seen == uninterrupted.progress.batches_seen
     if kind == "sgd":
-        np.testing.assert_array_equal(resumed.estimator.coef_, uninterrupted.estimator.coef_)
-        np.testing.assert_array_equal(resumed.estimator.intercept_, uninterrupted.estimator.intercept_)
+        np.testing.assert_array_equal(learner_of(resumed.estimator).coef_, learner_of(uninterrupted.estimator).coef_)
+        np.testing.assert_array_equal(learner_of(resumed.estimator).intercept_, learner_of(uninterrupted.estimator).intercept_)
     else:
-        for resumed_layer, uninterrupted_layer in zip(resumed.estimator.coefs_, uninterrupted.estimator.coefs_, strict=True):
+        for resumed_layer, uninterrupted_layer in zip(learner_of(resumed.estimator).coefs_, learner_of(uninterrupted.estimator).coefs_, strict=True):
             np.testing.assert_array_equal(resumed_layer, uninterrupted_layer)
 
 
@@ -119,6 +119,9 @@ def test_non_finite_losses_survive_the_json_state(tmp_path):
         ("estimator_params", '{"alpha": 0.001}', ResumeRefusal.OTHER_PARAMETERS),
         ("batch_size", 50, ResumeRefusal.OTHER_BATCH_LAYOUT),
         ("seed", 1, ResumeRefusal.OTHER_BATCH_LAYOUT),
+        ("holdout_rows", 400, ResumeRefusal.OTHER_DATA),
+        ("split", "stratified", ResumeRefusal.OTHER_DATA),
+        ("preprocessing", "standard-scaler", ResumeRefusal.OTHER_ESTIMATOR),
     ],
 )
 def test_any_difference_in_the_resume_key_refuses_and_names_the_field(field, value, refusal):
@@ -148,6 +151,19 @@ def test_the_key_round_trips_through_json():
     assert ResumeKey.from_dict(json.loads(json.dumps(KEY.to_dict()))) == KEY
     with pytest.raises(ValueError, match="lacks"):
         ResumeKey.from_dict({"fingerprint": "fp"})
+
+
+def test_a_checkpoint_of_the_unscaled_estimator_on_the_old_split_is_refused_not_resumed():
+    """A key written before scaling and the stratified split reads as unscaled and shuffled: refused, so a run
+    never continues weights learnt on raw values through a scaler."""
+    from prefect_crisis.blocks import TrainingPolicy
+
+    older = {name: value for name, value in KEY.to_dict().items() if name not in ("holdout_rows", "split", "preprocessing")}
+    stored = ResumeKey.from_dict(older)
+    policy = TrainingPolicy(batch_size=100)
+    wanted = ResumeKey.of(policy, "fp", ["f0", "f1"], holdout_rows=400, preprocessing="standard-scaler")
+    decision = decide_resume("r1", stored, StopKind.FLAG, wanted, 1, 5)
+    assert decision.refusal is ResumeRefusal.OTHER_DATA and decision.detail == "holdout_rows was 0, is 400"
 
 
 def test_the_resume_modules_docstring_examples_run():

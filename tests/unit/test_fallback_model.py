@@ -254,10 +254,10 @@ def test_the_window_used_to_score_a_fallback_needs_only_its_columns(registry, da
 
 
 def test_a_holdout_too_small_to_judge_gives_no_fallback_and_keeps_the_one_there(registry, data):
-    tiny = split_training_data(make_batch(100, seed=13), TrainingPolicy(), "batch-13")  # 20 holdout rows
+    tiny = split_training_data(make_batch(60, seed=13), TrainingPolicy(), "batch-13")  # 30 holdout rows: half the batch, below 50
     nothing = keep_fallback(registry, tiny, TrainingPolicy())
     assert (nothing.registered, nothing.version) == (False, None) and registry.versions() == []
-    assert nothing.message() == "; no fallback registered (holdout of 20 rows is below min_holdout_rows 200)"
+    assert nothing.message() == "; no fallback registered (holdout of 30 rows is below min_holdout_rows 50)"
     keep_fallback(registry, data, TrainingPolicy())
     kept = keep_fallback(registry, tiny, TrainingPolicy(replace_fallback=True))
     assert (kept.registered, kept.version, kept.message()) == (False, "1", "") and "not replaced" in kept.detail
