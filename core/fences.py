@@ -1,23 +1,35 @@
-"""Outlier fences per numeric column, and the rows outside them.
+"""Tolerance bands per numeric column, and the rows outside them.
 
-An outlier is a value the contract's range allows but the column's own
+An outlier is a value the contract's hard range allows but the column's own
 population makes implausible. The check has a budget: on clean data from the
 reference's population it may flag `outlier_rate` of the rows in total
 (1% by default), split evenly over the columns it checks and the two sides of
 each column. Thirty columns each judged at 1% would flag a quarter of the rows.
 
-Fences come from the reference when there is one (the contract stores them,
-see `DataContract.from_reference`). They are extrapolated in quantile space
-from two order statistics of the reference's tail, so they follow the column's
-own shape (skewed, heavy-tailed, discrete):
+Bands come from the reference when there is one (the contract stores them,
+see `DataContract.from_reference`). A reference of a few hundred rows cannot
+place a 1-in-60,000 quantile, so each side extrapolates the reference's tail
+in quantile space, as an exponential tail would run:
 
-    base  = the k-th most extreme value, k = max(1, rate * (n + 1))
-    inner = the 10k-th most extreme value
-    fence = base + (base - inner)
+    base    = the k-th most extreme value, k = max(rate * (n + 1), 5)
+    inner   = the 10k-th most extreme value (at most the quartile)
+    spacing = (base - inner) / ln(10k / k)      # value per e-fold of tail probability
+    band    = base + spacing * (ln(k / (n + 1) / rate) + ln(10) * (1 + 1 / sqrt(k)))
 
-A new value beyond the k-th most extreme of n has probability k / (n + 1)
-whatever the distribution; the extension beyond `base` absorbs the noise of
-estimating an extreme quantile from a finite reference.
+(the spacing at least the one from the most extreme value to `inner`), that
+is: from the k-th extreme on to the budget's rate, and one decade of tail
+probability further, widened more when k is small, for the noise of a tail
+estimated from few rows and for tails heavier than exponential. The five-row
+floor keeps the base out of the single most extreme value. A side squeezed to
+nothing by ties (a discrete or mostly-zero column) takes the reference's
+extreme as base, then the median, then the other extreme as inner. A
+right-skewed column with no negative values (amounts, areas, counts of
+events) is banded on the log scale when that makes it more symmetric: a
+log-normal or Pareto tail turns light there. A constant reference has no
+spread: its band is its value +- `CONSTANT_REACH` times its magnitude (at
+least 1), so a far value is still caught and a near one is left to a finding.
+When the budget is finer than the reference can resolve, the band never cuts
+inside the reference's own extremes.
 
 Without a reference the batch is all there is, and its own extremes cannot
 set the fences: a share of extreme values would hide itself (masking, as it
@@ -27,11 +39,9 @@ over:
 
     upper = Q3 + 2 * (Q3 - median) * log2(0.25 / rate)
 
-(a side squeezed to nothing by ties borrows half the interquartile range).
-
-on the log scale for a column with no negative values (amounts, counts,
-durations: a log-normal or Pareto tail turns light there). That is exact for
-an exponential tail at half the rate and generous for a normal one; a column
+(a side squeezed to nothing by ties borrows half the interquartile range),
+on the log scale for a column with no negative values. That is exact for an
+exponential tail at half the rate and generous for a normal one; a column
 with heavy tails on both sides needs a reference.
 """
 
@@ -42,10 +52,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# How far apart the two tail order statistics of a reference fence are.
+# How far apart the two tail order statistics of a reference band are (in rows).
 _INNER_FACTOR = 10
+# The base of a reference band is at least the 5th most extreme value: the most
+# extreme one alone says more about one row than about the tail.
+_MIN_TAIL_ROWS = 5
+# Decades of tail probability a reference band reaches beyond its budget.
+_EXTRA_DECADES = 1.0
+# A constant reference column's band, in multiples of its magnitude (at least 1).
+CONSTANT_REACH = 100.0
 # The batch-only fences' safety factor over an exponential tail.
 _BATCH_SAFETY = 2.0
+# Fewer finite reference values than this: no band.
+MIN_BAND_VALUES = 20
 
 
 @dataclass(frozen=True)
@@ -76,8 +95,40 @@ def rate_per_side(total_rate: float, columns: int) -> float:
     return total_rate / (2 * max(1, columns))
 
 
+def _quantile_skew(values: np.ndarray) -> float:
+    """Kelly's skewness from the 10th, 50th and 90th percentiles (0 when they coincide)."""
+    q10, q50, q90 = np.quantile(values, [0.1, 0.5, 0.9])
+    return float((q90 + q10 - 2 * q50) / (q90 - q10)) if q90 > q10 else 0.0
+
+
+def _tail_band(ascending: np.ndarray, rate: float) -> float:
+    """The band of the upper tail of sorted values (see the module's formula)."""
+    n = len(ascending)
+    k = max(rate * (n + 1), float(_MIN_TAIL_ROWS))
+    inner_k = min(_INNER_FACTOR * k, (n + 1) / 4)
+
+    def extreme(rank: float) -> float:  # the rank-th largest value, rank counted from 1
+        return float(ascending[max(0, min(n - 1, n - int(round(rank))))])
+
+    base, inner = extreme(k), extreme(inner_k)
+    if base <= inner:  # ties: the tail is a few repeated values
+        k, base = 1.0, float(ascending[-1])
+    if base <= inner:
+        inner_k, inner = (n + 1) / 2, float(np.median(ascending))
+    if base <= inner:  # more than half the values sit at the extreme: a ceiling
+        inner_k, inner = float(n), float(ascending[0])
+    spacing = (base - inner) / math.log(inner_k / k)
+    if k > 1:  # a sparse tail (a few scattered extremes) is wider than its k-th value says
+        spacing = max(spacing, (float(ascending[-1]) - inner) / math.log(inner_k))
+    reach = math.log(k / (n + 1) / rate) + _EXTRA_DECADES * math.log(10) * (1 + 1 / math.sqrt(k))
+    band = base + spacing * max(reach, 0.0)
+    if rate < 1 / (n + 1):
+        band = max(band, float(ascending[-1]))
+    return band
+
+
 def reference_fences(reference: np.ndarray, rate: float) -> Fences | None:
-    """Fences that a value from the reference's population crosses with probability about `rate` per side, at most.
+    """Tolerance bands that a value from the reference's population crosses with probability about `rate` per side, at most.
 
     Returns None when the reference has fewer than 20 finite values.
 
@@ -86,20 +137,24 @@ def reference_fences(reference: np.ndarray, rate: float) -> Fences | None:
         >>> fences = reference_fences(rng.lognormal(size=5_000), rate=0.0005)
         >>> float(np.mean(fences.outside(rng.lognormal(size=200_000)))) < 0.001
         True
+        >>> reference_fences(np.zeros(100), rate=0.0005)
+        Fences(low=-100.0, high=100.0)
     """
-    values = reference[np.isfinite(reference)]
-    n = len(values)
-    if n < 20:
+    values = np.sort(reference[np.isfinite(reference)].astype(float))
+    if len(values) < MIN_BAND_VALUES:
         return None
-    k = max(1, int(rate * (n + 1)))
-    inner_rank = min(_INNER_FACTOR * k, n // 2)
-    # Four order statistics need a partition, not a sort (linear on a million rows).
-    positions = [k - 1, inner_rank - 1, n - inner_rank, n - k]
-    low_base, low_inner, high_inner, high_base = np.partition(values, positions)[positions]
-    return Fences(
-        low=float(low_base - (low_inner - low_base)),
-        high=float(high_base + (high_base - high_inner)),
-    )
+    if values[0] == values[-1]:
+        reach = CONSTANT_REACH * max(abs(float(values[0])), 1.0)
+        return Fences(low=float(values[0]) - reach, high=float(values[0]) + reach)
+    if values[0] >= 0 and values[-1] > 0:
+        offset = float(values[values > 0][0])  # the smallest positive value: zeros stay finite, units cancel
+        logged = np.log(values + offset)
+        skew = _quantile_skew(values)
+        if skew > 0 and abs(_quantile_skew(logged)) < skew:
+            low = math.exp(-_tail_band(-logged[::-1], rate)) - offset
+            high = math.exp(min(_tail_band(logged, rate), 700.0)) - offset
+            return Fences(low=low if low > 0 else None, high=high)
+    return Fences(low=-_tail_band(-values[::-1], rate), high=_tail_band(values, rate))
 
 
 def batch_fences(values: np.ndarray, rate: float, min_rows: int) -> Fences | None:

@@ -95,6 +95,10 @@ class TagKey(StrEnum):
     MANAGED = TAG_PREFIX + "managed"
     AUDIT = TAG_PREFIX + "audit"
     FEATURES = TAG_PREFIX + "features"
+    FALLBACK_MEETS_BAR = TAG_PREFIX + "fallback.meets_bar"  # "true" / "false": the fallback reaches fallback_min_ratio x the primary
+    FALLBACK_BAR = TAG_PREFIX + "fallback.bar"  # the figures when it does not
+    GOLDEN_VERSION = TAG_PREFIX + "golden_version"  # registered model: the version whose holdout is the golden set
+    LABEL_FINDING = TAG_PREFIX + "label_finding"  # a version the gate held back for a label-quality finding
     FINGERPRINT = TAG_PREFIX + "fingerprint"
     VALIDATION = TAG_PREFIX + "validation"
     STATUS = TAG_PREFIX + "status"

@@ -19,9 +19,26 @@ BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def _range(column) -> str:
-    if column.min_value is None and column.max_value is None:
+    low, high = column.min_value, column.max_value
+    if low is None and high is None:
         return ""
-    return f"{column.min_value:g} .. {column.max_value:g}"
+    if high is None:
+        return f">= {low:g}"
+    if low is None:
+        return f"<= {high:g}"
+    return f"{low:g} .. {high:g}"
+
+
+def _values(column) -> str:
+    values = column.allowed_values
+    if values and column.dtype != "string" and len(values) > 3 and list(values) == list(range(int(values[0]), int(values[0]) + len(values))):
+        return f"{values[0]:g} .. {values[-1]:g} (every integer)"
+    if values:
+        text = ", ".join(str(value) for value in values)
+        return text if len(text) <= 40 else text[:37] + "..."
+    if column.constant_value is not None:
+        return f"constant {column.constant_value:g}"
+    return ""
 
 
 def _fences(column) -> str:
@@ -35,17 +52,16 @@ def _fences(column) -> str:
 def render_contract(contract) -> Table:
     """The learned contract, one row a column, as a person reviews it."""
     table = Table(title="Inferred contract (review before saving)")
-    for heading in ("column", "type", "nullable", "range", "outlier fences", "categories", "drift", "outliers"):
+    for heading in ("column", "type", "nullable", "hard range", "tolerance bands", "values", "drift", "outliers"):
         table.add_column(heading)
     for column in contract.columns:
-        categories = ", ".join(column.allowed_values) if column.allowed_values else ""
         table.add_row(
             column.name + (" (key)" if column.name == contract.key_column else ""),
             column.dtype,
             "yes" if column.nullable else "no",
             _range(column),
             _fences(column),
-            categories if len(categories) <= 40 else categories[:37] + "...",
+            _values(column),
             "yes" if column.check_drift else "no",
             "yes" if column.check_outliers and column.dtype in ("int", "float") else "no",
         )
@@ -57,8 +73,15 @@ def infer(
     batch: Path,
     *,
     key: Annotated[str | None, cyclopts.Parameter("--key", help="Identifier column: unique, no drift or outlier checks.")] = None,
-    label: Annotated[str | None, cyclopts.Parameter("--label", help="Label column: type and range only.")] = None,
-    margin: Annotated[float, cyclopts.Parameter("--margin", help="Widening of numeric ranges, as a share of the span.")] = 0.1,
+    label: Annotated[str | None, cyclopts.Parameter("--label", help="Label column: its classes, no drift.")] = None,
+    margin: Annotated[
+        float | None,
+        cyclopts.Parameter(
+            "--margin",
+            help="Also a hard range per numeric column: the reference's range widened by this share of its span "
+            "[default: none; values beyond the tolerance bands are outliers].",
+        ),
+    ] = None,
     save: Annotated[
         str | None,
         cyclopts.Parameter("--save", help="Save the contract as this DataContract block, with the batch stored as its drift reference."),
@@ -66,7 +89,7 @@ def infer(
     as_json: Annotated[bool, cyclopts.Parameter("--json", help="Print the contract as JSON instead of a table.")] = False,
     home: Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")] = None,
 ) -> None:
-    """Infer a DataContract from a reference batch (parquet or CSV): types, nulls, ranges, categories, outlier fences.
+    """Infer a DataContract from a reference batch (parquet or CSV): types, nulls, tolerance bands, codes, classes, categories.
 
     Without --save it only prints the contract; review it, then run again with --save NAME.
     """

@@ -101,10 +101,10 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
         if board.emergency:
             console.print(f"[bold red]emergency stop in force[/bold red] (incident {board.emergency.get('incident')}): {board.emergency.get('reason')}")
         versions = Table(title="versions", title_justify="left")
-        for column in ("role", "version", "since"):
+        for column in ("role", "version", "since", "note"):
             versions.add_column(column)
         for role, info in board.versions.items():
-            versions.add_row(role, f"v{info['version']}" if info["version"] else "-", shown_time(info["since"]))
+            versions.add_row(role, f"v{info['version']}" if info["version"] else "-", shown_time(info["since"]), info.get("quality") or "")
         console.print(versions)
         champion = board.versions.get("champion", {}).get("version")
         if board.served_by_fallback:

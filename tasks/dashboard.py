@@ -198,6 +198,8 @@ def read_dashboard(
     for role, alias in (("champion", registry.champion_alias), ("challenger", registry.challenger_alias), ("fallback", registry.fallback_alias)):
         version = aliases.get(alias)
         versions[role] = {"version": version, "since": _since(moves, alias, version) if version else None}
+    if versions["fallback"]["version"]:
+        versions["fallback"]["quality"] = fallback_quality(registry, versions["fallback"]["version"])
     sweeps = sweeps_of(history if history is not None else pd.DataFrame())
     latest = sweeps[-1] if sweeps else None
     champion = versions["champion"]
@@ -351,6 +353,8 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
                   f"{board.emergency.get('reason')}. Training is stopped, serving is on the fallback.", ""]
     lines += ["## Versions", "", "| role | version | since |", "|---|---|---|"]
     lines += [f"| {role} | {('v' + v['version']) if v['version'] else '-'} | {shown_time(v['since'])} |" for role, v in board.versions.items()]
+    if board.versions.get("fallback", {}).get("quality"):
+        lines += ["", f"Fallback: {board.versions['fallback']['quality']}"]
     sweep = board.champion_health
     if plot_png:
         lines += ["", "## Health history", "", f"![Health of {board.model}: metrics against the policy's lines, registry moves, serving version]"
@@ -397,6 +401,25 @@ def dashboard_markdown(board: Dashboard, plot_png: bytes | None = None) -> str:
     else:
         lines.append("None.")
     return "\n".join(lines)
+
+
+def fallback_quality(registry: ModelRegistry, version: str) -> str:
+    """A line on the fallback model's quality as its training recorded it: its holdout accuracy, against the primary's, and
+    whether it reached its bar (`crisis.fallback.meets_bar`); a fallback that misses it makes the ladder prefer rollback harder.
+
+    Example:
+        >>> from types import SimpleNamespace as Info
+        >>> registry = Info(version=lambda v: Info(metrics={"accuracy": 0.875, "accuracy_ratio": 0.915}, tags={TagKey.FALLBACK_MEETS_BAR: "true"}))
+        >>> fallback_quality(registry, "2")
+        'holdout accuracy 87.5% (0.92 x the primary): meets its bar'
+    """
+    info = registry.version(version)
+    accuracy, ratio = info.metrics.get("accuracy"), info.metrics.get("accuracy_ratio")
+    shown = "holdout accuracy " + ("not recorded" if accuracy is None else f"{accuracy:.1%}") + ("" if ratio is None else f" ({ratio:.2f} x the primary)")
+    verdict = {"true": "meets its bar", "false": "MISSES its bar: the ladder prefers any version that served to it"}.get(
+        info.tags.get(TagKey.FALLBACK_MEETS_BAR, ""), "its bar not recorded"
+    )
+    return f"{shown}: {verdict}"
 
 
 def gather_dashboard(registry: ModelRegistry) -> tuple[Dashboard, pd.DataFrame]:

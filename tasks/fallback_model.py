@@ -63,14 +63,14 @@ from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.errors import RegistryError, TrainingError
 from prefect_crisis.core.paths import ensure_experiment
-from prefect_crisis.core.vocabulary import TAG_PREFIX, AliasAction, TagKey, VersionRole
+from prefect_crisis.core.vocabulary import AliasAction, TagKey, VersionRole
 from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.promotion import CandidateResult, columns_of, evaluate, log_candidate
 from prefect_crisis.tasks.training_run import TrainingData
 
 # Tags of a fallback version (to join TagKey): whether it reaches fallback_min_ratio of the primary, and the figures when not.
-MEETS_BAR_TAG = TAG_PREFIX + "fallback.meets_bar"
-BAR_TAG = TAG_PREFIX + "fallback.bar"
+MEETS_BAR_TAG = TagKey.FALLBACK_MEETS_BAR
+BAR_TAG = TagKey.FALLBACK_BAR
 
 
 def rank_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:

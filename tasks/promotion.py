@@ -35,7 +35,7 @@ from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER, TrainingPolicy
 from prefect_crisis.core.errors import RegistryError
-from prefect_crisis.core.vocabulary import TAG_PREFIX, CrisisEvent, TagKey
+from prefect_crisis.core.vocabulary import CrisisEvent, TagKey
 from prefect_crisis.tasks.models import load_sklearn_model, log_sklearn_model
 from prefect_crisis.tasks.rollback import wilson_interval
 from prefect_crisis.tasks.training_run import smallest_judged_batch
@@ -43,8 +43,8 @@ from prefect_crisis.tasks.training_run import smallest_judged_batch
 LOGGER = logging.getLogger("prefect_crisis.promotion")
 GOLDEN_DIR, GOLDEN_FILE = "golden", "golden.parquet"
 # Tags this module writes (to join TagKey): the registered model's golden set, a version's label-quality finding.
-GOLDEN_VERSION_TAG = TAG_PREFIX + "golden_version"
-LABEL_FINDING_TAG = TAG_PREFIX + "label_finding"
+GOLDEN_VERSION_TAG = TagKey.GOLDEN_VERSION
+LABEL_FINDING_TAG = TagKey.LABEL_FINDING
 LABEL_CHECK_CONFIDENCE = 0.95
 
 # Explicit requirements: MLflow otherwise spends seconds inferring them in a subprocess.

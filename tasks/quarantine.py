@@ -148,14 +148,24 @@ def render_markdown(report: ValidationReport, model: str, batch_id: str, persist
         if len(report.failures) > len(worst):
             lines.append(f"\n{len(report.failures) - len(worst)} more check/column pairs in the failures table artifact.")
         lines.append("")
+    if report.findings:
+        lines += ["## Findings (no row quarantined for them)", "", *[f"- `{finding.reason.value}`: {finding.message}" for finding in report.findings], ""]
     if report.coercions:
         lines += ["## Coerced columns", "", *[f"- `{name}`: {what}" for name, what in report.coercions.items()], ""]
     if report.drift:
-        lines += ["## Drift against the reference", "", "| feature | PSI | KS distance | KS p-value | drifted |", "|---|---:|---:|---:|---|"]
+        lines += [
+            "## Drift against the reference",
+            "",
+            "| feature | PSI | KS distance | KS p-value | p-value, Holm over the features | drifted |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for figures in sorted(report.drift.values(), key=lambda f: -f.psi):
             ks = "-" if figures.ks_statistic is None else f"{figures.ks_statistic:.3f}"
             pvalue = "-" if figures.ks_pvalue is None else f"{figures.ks_pvalue:.2g}"
-            lines.append(f"| {figures.feature} | {figures.psi:.3f} | {ks} | {pvalue} | {'**yes**' if figures.drifted else 'no'} |")
+            adjusted = "-" if figures.adjusted_pvalue is None else f"{figures.adjusted_pvalue:.2g}"
+            lines.append(
+                f"| {figures.feature} | {figures.psi:.3f} | {ks} | {pvalue} | {adjusted} | {'**yes**' if figures.drifted else 'no'} |"
+            )
         lines.append("")
     if persisted is not None:
         lines += ["## Where the rows went", "", f"- kept: `{persisted.kept_uri}`"]
@@ -239,4 +249,6 @@ def validate_and_publish(
         report.quarantined,
         f", drifted: {report.drifted_features}" if report.drifted_features else "",
     )
+    for finding in report.findings:
+        logger.info("batch %s: %s", identifier, finding.message)
     return result

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from prefect_crisis.blocks.rollback_policy import METRICS, MetricRule, RollbackPolicy
-from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, DecisionKind, MetricKind, Severity
+from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, DecisionKind, MetricKind, Severity, TagKey
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class Candidate:
     fallback: bool = False  # the fallback model (`crisis.role=fallback`): FALLBACK's target, never a rollback's
     promoted_over: str | None = None  # the version its latest promotion replaced as champion
     holds_fallback_alias: bool = False  # the version @fallback points at: what FALLBACK serves
+    meets_bar: bool | None = None  # a fallback model: whether it reached its bar against the primary at training (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,13 @@ def _repair(
             why = (f"degraded ({summary}); v{candidate.version} served {minutes:.0f} min (< the {policy.stability_window_minutes:g}-min stability "
                    f"window) and is measured healthy on the window ({scores[candidate.version]:.1%}), better than the fallback")
             return _rollback(candidate, why, fallback_version, judged)
+    if fallback is not None and fallback.meets_bar is False and fallback_score is None and not must_beat_champion:
+        # a fallback known to be weak, and nothing measured: any version that served without an incident beats it
+        unmeasured = [c for c in recent if c.version not in measured]
+        if unmeasured:
+            why = (f"degraded ({summary}); the fallback v{fallback.version} misses its bar against the primary, so v{unmeasured[0].version}, "
+                   "which served before without an incident, is preferred even short of the stability window")
+            return _rollback(unmeasured[0], why, fallback_version, judged)
     # nothing healthy to return to: the best measured of what is left, the fallback, or what serves
     scored = [c for c in eligible if c.version in scores]
     best = max(scored, key=lambda c: scores[c.version], default=None)
@@ -531,6 +539,7 @@ def candidates_from_registry(registry, audit=None) -> tuple[Candidate | None, li
             fallback=info.is_fallback,
             promoted_over=promoted_over.get(info.version),
             holds_fallback_alias=registry.fallback_alias in info.aliases,
+            meets_bar={"true": True, "false": False}.get(info.tags.get(TagKey.FALLBACK_MEETS_BAR, "")),
         )
         for info in versions
     ]

@@ -9,6 +9,11 @@ preserved on both sides, so `kept + quarantined == rows` always holds.
 The checks are vectorised per column (numpy on the column's array); the per-row
 reason strings are built only for the failing rows, which is what keeps this
 fast on millions of rows.
+
+Besides row reasons, a report carries findings: facts about the batch as a
+whole that quarantine no row (a column constant in the reference now varies).
+`training_input_findings` gives the same kind of findings for a labelled
+batch that cannot train a sane classifier.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from enum import Enum
 import numpy as np
 import pandas as pd
 
-from prefect_crisis.blocks.contract import ColumnSpec, DataContract
+from prefect_crisis.blocks.contract import ColumnSpec, DataContract, did_you_mean
 from prefect_crisis.core.errors import ContractError, ContractErrorReason, DataInputError, InputErrorReason
 from prefect_crisis.core.fences import Fences, batch_fences, rate_per_side, reference_fences
 from prefect_crisis.core.parallel import parallel_map
@@ -51,6 +56,37 @@ class CheckFailure:
     examples: tuple = ()
 
 
+class FindingReason(str, Enum):
+    """Why a batch as a whole deserves a look (no row is quarantined for it)."""
+
+    CONSTANT_CHANGED = "constant_changed"
+    MISSING_LABEL_COLUMN = "missing_label_column"
+    NULL_LABEL = "null_label"
+    SINGLE_CLASS = "single_class"
+    RARE_CLASS = "rare_class"
+    UNKNOWN_CLASS = "unknown_class"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One fact about a batch, with its reason, the rows it concerns and a one-line message."""
+
+    reason: FindingReason
+    column: str | None
+    message: str
+    rows: int = 0
+    examples: tuple = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "reason": self.reason.value,
+            "column": self.column,
+            "message": self.message,
+            "rows": self.rows,
+            "examples": [str(example) for example in self.examples],
+        }
+
+
 @dataclass(frozen=True)
 class ValidationReport:
     """The verdict on one batch and everything behind it; safe to log and put in events."""
@@ -64,6 +100,7 @@ class ValidationReport:
     drift: dict[str, FeatureDrift] = field(default_factory=dict)
     rejection_reasons: tuple[str, ...] = ()
     fingerprint: str = ""
+    findings: tuple[Finding, ...] = ()
 
     @property
     def quarantine_ratio(self) -> float:
@@ -99,6 +136,7 @@ class ValidationReport:
             "drift": {name: figures.to_dict() for name, figures in self.drift.items()},
             "rejection_reasons": list(self.rejection_reasons),
             "fingerprint": self.fingerprint,
+            "findings": [finding.to_dict() for finding in self.findings],
         }
 
 
@@ -199,11 +237,11 @@ def outlier_rate(contract: DataContract) -> float:
     return rate_per_side(contract.outlier_rate, checked)
 
 
-Finding = tuple[RowReason, str | None, np.ndarray]
+RowFinding = tuple[RowReason, str | None, np.ndarray]
 
 
-def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContract, fences: Fences | None) -> list[Finding]:
-    findings: list[Finding] = []
+def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContract, fences: Fences | None) -> list[RowFinding]:
+    findings: list[RowFinding] = []
     wrong_type = column.wrong_type if column.wrong_type is not None else np.zeros(len(column.null), dtype=bool)
     findings.append((RowReason.WRONG_TYPE, spec.name, wrong_type))
     if not spec.nullable:
@@ -219,6 +257,11 @@ def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContrac
                 high = values > spec.max_value if spec.max_value is not None else False
             out_of_range = finite & (low | high)
             findings.append((RowReason.OUT_OF_RANGE, spec.name, out_of_range))
+        if spec.allowed_values is not None:
+            # Codes and classes: a value the reference never held is unknown, however near.
+            unknown = finite & ~np.isin(values, np.asarray(spec.allowed_values, dtype=float)) & ~out_of_range & ~wrong_type
+            findings.append((RowReason.UNKNOWN_CATEGORY, spec.name, unknown))
+            out_of_range = out_of_range | unknown
         if checks_outliers(spec, contract):
             # An outlier is a value the contract allows but the column's
             # population makes implausible; a value already out of range needs
@@ -234,7 +277,7 @@ def _check_column(spec: ColumnSpec, column: CoercedColumn, contract: DataContrac
 
 def _coerce_and_check(
     spec: ColumnSpec, series: pd.Series, contract: DataContract, reference: pd.DataFrame | None
-) -> tuple[CoercedColumn, list[Finding]]:
+) -> tuple[CoercedColumn, list[RowFinding]]:
     column = coerce_column(series, spec)
     fences = column_fences(spec, contract, reference) if checks_outliers(spec, contract) else None
     return column, _check_column(spec, column, contract, fences)
@@ -248,6 +291,65 @@ def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
             InputErrorReason.UNHASHABLE_VALUES,
             f"the batch holds unhashable values (lists, dicts?): {error}; flatten them before validating",
         ) from error
+
+
+def _fingerprint(frame: pd.DataFrame, hashes: np.ndarray) -> str:
+    """The batch's identity: its column names and every row's values, so a renamed header is another batch."""
+    digest = hashlib.sha256("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(hashes.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def column_mismatches(frame: pd.DataFrame, contract: DataContract) -> list[str]:
+    """Why the batch's columns do not fit the contract, one line each (empty: they fit).
+
+    A required column that is missing is named with the batch's unknown
+    columns, each with the contract column it most resembles (a typo in a
+    CSV header shows as both).
+
+    Example:
+        >>> contract = DataContract(columns=[ColumnSpec(name="mean_radius"), ColumnSpec(name="label", dtype="int")])
+        >>> column_mismatches(pd.DataFrame({"mean_radus": [1.0], "label": [0]}), contract)
+        ["missing required columns ['mean_radius']; the batch has columns the contract does not name: 'mean_radus' (did you mean 'mean_radius'?)"]
+    """
+    declared = contract.column_names
+    missing = [c.name for c in contract.columns if c.required and c.name not in frame.columns]
+    unknown = [str(name) for name in frame.columns if name not in set(declared)]
+    absent = [name for name in declared if name not in frame.columns]
+
+    def named(names: list[str]) -> str:
+        return ", ".join(f"{name!r}{did_you_mean(name, absent or declared)}" for name in names)
+
+    if missing:
+        line = f"missing required columns {missing}"
+        if unknown:
+            line += f"; the batch has columns the contract does not name: {named(unknown)}"
+        return [line]
+    if unknown and not contract.allow_extra_columns:
+        return [f"columns not in the contract {unknown}: {named(unknown)}"]
+    return []
+
+
+def _constant_changed(spec: ColumnSpec, column: CoercedColumn, flagged: np.ndarray, index: pd.Index) -> list[Finding]:
+    """A finding when a column constant in the reference holds other values."""
+    values = column.values
+    with np.errstate(invalid="ignore"):
+        other = np.isfinite(values) & (values != spec.constant_value)
+    if not other.any():
+        return []
+    positions = np.flatnonzero(other)
+    seen = ", ".join(f"{value:g}" for value in np.unique(values[positions])[:_EXAMPLES_PER_FAILURE])
+    kept = int((other & ~flagged).sum())
+    return [
+        Finding(
+            FindingReason.CONSTANT_CHANGED,
+            spec.name,
+            f"column {spec.name!r} was constant {spec.constant_value:g} in the reference; {len(positions)} rows hold "
+            f"other values ({seen}), {kept} of them kept: a model trained on the reference never learnt from it",
+            int(len(positions)),
+            tuple(index[positions[:_EXAMPLES_PER_FAILURE]].tolist()),
+        )
+    ]
 
 
 def _duplicate_rows(frame: pd.DataFrame, hashes: np.ndarray) -> np.ndarray:
@@ -285,16 +387,17 @@ def _failures(findings: _Findings, index: pd.Index) -> tuple[CheckFailure, ...]:
     return tuple(failures)
 
 
-def _drift(
-    contract: DataContract, columns: dict[str, CoercedColumn], kept: np.ndarray, reference: pd.DataFrame
-) -> dict[str, FeatureDrift]:
+def _drift(contract: DataContract, columns: dict[str, CoercedColumn], reference: pd.DataFrame) -> dict[str, FeatureDrift]:
+    """Drift of every checked column, on every row's value in it: a shift that puts values beyond the
+    fences or outside the codes is what drift is, and must not hide by being quarantined (rank-based
+    tests barely move for a few corrupt values; missing and unparsed ones are left out)."""
     specs = [
         spec
         for spec in contract.columns
         if checks_drift(spec, contract) and spec.name in columns and spec.name in reference.columns
     ]
     live = {
-        spec.name: (lambda spec=spec: columns[spec.name].values[kept] if spec.is_numeric else columns[spec.name].series[kept])
+        spec.name: (lambda spec=spec: columns[spec.name].values if spec.is_numeric else columns[spec.name].series)
         for spec in specs
     }
     kinds = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
@@ -349,12 +452,7 @@ def validate_data(
     findings = _Findings(rows)
     rejection_reasons: list[str] = []
 
-    missing = [c.name for c in contract.columns if c.required and c.name not in frame.columns]
-    if missing:
-        rejection_reasons.append(f"missing required columns {missing}")
-    extra = [name for name in frame.columns if name not in set(contract.column_names)]
-    if extra and not contract.allow_extra_columns:
-        rejection_reasons.append(f"columns not in the contract {[str(name) for name in extra]}")
+    rejection_reasons.extend(column_mismatches(frame, contract))
 
     present = [spec for spec in contract.columns if spec.name in frame.columns]
     checked = parallel_map(
@@ -375,9 +473,14 @@ def validate_data(
     fingerprint = ""
     if contract.check_duplicate_rows:
         hashes = _row_hashes(frame)
-        fingerprint = hashlib.sha256(hashes.tobytes()).hexdigest()[:16]
+        fingerprint = _fingerprint(frame, hashes)
         duplicate_rows = _duplicate_rows(frame, hashes)
         findings.add(RowReason.DUPLICATE_ROW, None, duplicate_rows)
+    else:
+        try:
+            fingerprint = _fingerprint(frame, _row_hashes(frame))
+        except DataInputError:  # unhashable cells: the batch keeps no fingerprint, as before
+            fingerprint = ""
     if contract.key_column is not None and contract.key_column in columns:
         # Copies of a whole row are already quarantined once as duplicate_row;
         # among the rest, every row sharing a key is ambiguous, so all of them go.
@@ -394,7 +497,7 @@ def validate_data(
             f"quarantine ratio {quarantine_ratio:.2%} is above the contract's limit {contract.max_quarantine_ratio:.2%}"
         )
 
-    drift = _drift(contract, columns, ~flagged, reference) if reference is not None else {}
+    drift = _drift(contract, columns, reference) if reference is not None else {}
     drifted = [name for name, figures in drift.items() if figures.drifted]
     if contract.max_drifted_features is not None and len(drifted) > contract.max_drifted_features:
         rejection_reasons.append(
@@ -430,5 +533,115 @@ def validate_data(
         drift=drift,
         rejection_reasons=tuple(rejection_reasons),
         fingerprint=fingerprint,
+        findings=tuple(
+            finding
+            for spec in contract.columns
+            if spec.constant_value is not None and spec.name in columns
+            for finding in _constant_changed(spec, columns[spec.name], flagged, frame.index)
+        ),
     )
     return ValidationResult(report=report, kept=kept, quarantined=quarantined)
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so messages read `3`, not `np.int64(3)`."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def training_input_findings(
+    frame: pd.DataFrame, label_column: str, *, min_rows_per_class: int = 2, classes: list | None = None
+) -> tuple[Finding, ...]:
+    """Why a labelled batch cannot train a sane classifier; empty when nothing stands in the way.
+
+    Finds a missing label column, labels that are missing, a label that is
+    constant (one class only, or none), classes with fewer than
+    `min_rows_per_class` rows (a stratified split and most classifiers need
+    two of each), and, when the expected `classes` are given, classes among
+    them the batch lacks and classes the batch holds beyond them.
+
+    Args:
+        frame: the labelled batch (e.g. the kept rows of a validation).
+        label_column: the column holding the class of each row.
+        min_rows_per_class: fewest rows of each class the batch must hold.
+        classes: the classes the model must know (e.g. the label's
+            `allowed_values` in the contract); None: those the batch holds.
+
+    Raises:
+        DataInputError: the input is not a DataFrame, or is empty.
+
+    Example:
+        >>> batch = pd.DataFrame({"x": range(6), "label": [1, 1, 1, 1, 1, None]})
+        >>> [(finding.reason.value, finding.rows) for finding in training_input_findings(batch, "label")]
+        [('null_label', 1), ('single_class', 5)]
+        >>> training_input_findings(batch, "label")[1].message
+        "label 'label' is constant: every labelled row is class 1.0; a classifier needs at least two classes"
+        >>> batch = pd.DataFrame({"x": range(5), "label": [0, 0, 1, 1, 2]})
+        >>> [finding.message for finding in training_input_findings(batch, "label", classes=[0, 1, 2, 3])]
+        ["class 2 of label 'label' has 1 row, fewer than 2: a stratified split and the classifier need at least 2 of each class", "class 3 of label 'label' has 0 rows, fewer than 2: a stratified split and the classifier need at least 2 of each class"]
+    """
+    check_input(frame)
+    if label_column not in frame.columns:
+        names = [str(name) for name in frame.columns]
+        return (
+            Finding(
+                FindingReason.MISSING_LABEL_COLUMN,
+                label_column,
+                f"the batch has no label column {label_column!r}{did_you_mean(label_column, names)}; it has {names}",
+                len(frame),
+            ),
+        )
+    labels = frame[label_column]
+    findings: list[Finding] = []
+    null = labels.isna().to_numpy()
+    if null.any():
+        positions = np.flatnonzero(null)
+        findings.append(
+            Finding(
+                FindingReason.NULL_LABEL,
+                label_column,
+                f"label {label_column!r} is missing in {len(positions)} of {len(frame)} rows: fill or drop them before training",
+                int(len(positions)),
+                tuple(frame.index[positions[:_EXAMPLES_PER_FAILURE]].tolist()),
+            )
+        )
+    counts = {_plain(value): int(rows) for value, rows in labels[~null].value_counts(sort=False).items()}
+    if len(counts) < 2:
+        only = next(iter(counts), None)
+        findings.append(
+            Finding(
+                FindingReason.SINGLE_CLASS,
+                label_column,
+                f"label {label_column!r} is constant: every labelled row is class {only!r}; a classifier needs at least two classes"
+                if counts
+                else f"label {label_column!r} holds no class at all: every row's label is missing",
+                counts.get(only, 0),
+            )
+        )
+    if classes is not None:
+        expected = [_plain(value) for value in classes]
+        unknown = [value for value in counts if value not in set(expected)]
+        if unknown:
+            rows = sum(counts[value] for value in unknown)
+            findings.append(
+                Finding(
+                    FindingReason.UNKNOWN_CLASS,
+                    label_column,
+                    f"label {label_column!r} holds classes {sorted(unknown, key=str)} beyond the expected {expected} in {rows} rows: "
+                    "a model cannot learn a class it is not meant to know; check the labelling",
+                    rows,
+                )
+            )
+        counts = {value: counts.get(value, 0) for value in expected} | {value: counts[value] for value in unknown}
+    if len(counts) >= 2 or classes is not None:
+        for value, rows in counts.items():
+            if rows < min_rows_per_class:
+                findings.append(
+                    Finding(
+                        FindingReason.RARE_CLASS,
+                        label_column,
+                        f"class {value!r} of label {label_column!r} has {rows} row{'' if rows == 1 else 's'}, fewer than "
+                        f"{min_rows_per_class}: a stratified split and the classifier need at least {min_rows_per_class} of each class",
+                        rows,
+                    )
+                )
+    return tuple(findings)

@@ -18,7 +18,8 @@ from prefect_crisis.core.errors import (
     DataInputError,
     InputErrorReason,
 )
-from prefect_crisis.tasks.validation import REASONS_COLUMN, validate_data
+from prefect_crisis.tasks.datasets import LABEL, load_dataset
+from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
 
 CONTRACT = DataContract(
     columns=[
@@ -56,6 +57,32 @@ def test_a_column_that_is_mostly_text_rejects_the_batch_and_names_the_column():
     report = validate_data(batch, CONTRACT).report
     assert report.verdict.value == "reject"
     assert any("column 'x' is declared float but 75% of its values are not" in reason for reason in report.rejection_reasons)
+
+
+def test_a_typo_in_a_csv_header_names_the_missing_and_the_unknown_column_and_is_another_batch(tmp_path):
+    reference, stream = load_dataset("breast-cancer").split(seed=0)
+    contract = DataContract.from_reference(reference, label_column=LABEL)
+    batch = stream.iloc[:100]
+    batch.to_csv(tmp_path / "clean.csv", index=False)
+    batch.rename(columns={"mean_radius": "mean_radus"}).to_csv(tmp_path / "typo.csv", index=False)
+    clean = validate_data(load_frame(str(tmp_path / "clean.csv")), contract, reference).report
+    typo = validate_data(load_frame(str(tmp_path / "typo.csv")), contract, reference).report
+    assert clean.verdict is Verdict.ACCEPT and typo.verdict is Verdict.REJECT and typo.quarantined == 100
+    assert typo.rejection_reasons == (
+        "missing required columns ['mean_radius']; the batch has columns the contract does not name: "
+        "'mean_radus' (did you mean 'mean_radius'?)",
+    )
+    # Same values under another header: another batch, so its parts never replace the clean file's.
+    assert typo.fingerprint and clean.fingerprint and typo.fingerprint != clean.fingerprint
+
+
+def test_a_mistyped_label_for_a_learned_contract_is_one_line_with_the_closest_column():
+    reference = load_dataset("wine").frame
+    with pytest.raises(ContractError) as caught:
+        DataContract.from_reference(reference, label_column="lable")
+    assert caught.value.reason is ContractErrorReason.UNKNOWN_COLUMN and caught.value.columns == ["lable"]
+    assert str(caught.value).startswith("label_column 'lable' is not a column of the reference (did you mean 'label'?); it has [")
+    assert "\n" not in str(caught.value)
 
 
 def test_contract_naming_an_undeclared_key_column_is_a_contract_error():

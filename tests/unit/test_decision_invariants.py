@@ -117,3 +117,13 @@ def test_a_version_that_served_less_than_the_window_is_a_target_only_when_measur
     assert unmeasured.kind is DecisionKind.FALLBACK  # nothing known of v1 on the window: the stability window rules
     measured = decide_rollback(window(0.10), champion, history, POLICY, now=NOW, measured={"1": window(0.92), "3": window(0.44)})
     assert (measured.kind, measured.target_version) == (DecisionKind.ROLLBACK, "1") and "served 40 min" in measured.reason
+
+
+def test_a_fallback_that_misses_its_bar_loses_to_any_version_that_served_without_an_incident():
+    recent = Candidate("1", NOW - timedelta(minutes=50), NOW - timedelta(minutes=10), {"accuracy": 0.92})
+    champion = Candidate("2", NOW - timedelta(minutes=10), None, {"accuracy": 0.97})
+    weak = Candidate("3", None, None, {"accuracy": 0.45}, fallback=True, holds_fallback_alias=True, meets_bar=False)
+    decision = decide_rollback(window(0.10), champion, [recent, champion, weak], POLICY, now=NOW)
+    assert (decision.kind, decision.target_version) == (DecisionKind.ROLLBACK, "1") and "misses its bar" in decision.reason
+    sound = Candidate("3", None, None, {"accuracy": 0.9}, fallback=True, holds_fallback_alias=True, meets_bar=True)
+    assert decide_rollback(window(0.10), champion, [recent, champion, sound], POLICY, now=NOW).kind is DecisionKind.FALLBACK

@@ -197,3 +197,26 @@ def test_a_value_out_of_range_is_not_also_called_an_outlier():
     result = validate_data(batch, synthetic_contract(with_label=False))
     assert reasons_of(result, 5) == {"out_of_range:f02"}
     assert reasons_of(result, 6) == {"outlier:f02"}
+
+
+def test_codes_of_a_numeric_column_quarantine_an_unseen_value_however_near():
+    codes = DataContract(columns=[ColumnSpec(name="rooms", dtype="int", allowed_values=[1, 2, 3, 5])], check_duplicate_rows=False)
+    result = validate_data(pd.DataFrame({"rooms": [1, 2, 4, 5, 3]}, index=[10, 11, 12, 13, 14]), codes)
+    assert result.quarantined.index.tolist() == [12]
+    assert reasons_of(result, 12) == {"unknown_category:rooms"}
+
+
+def test_allowed_values_take_the_kind_of_their_column():
+    assert ColumnSpec(name="rooms", dtype="int", allowed_values=["1", "2"]).allowed_values == [1, 2]
+    assert ColumnSpec(name="plan", dtype="string", allowed_values=[1, 2]).allowed_values == ["1", "2"]
+    with pytest.raises(ValueError, match="its allowed_values must be numbers, not 'free'"):
+        ColumnSpec(name="rooms", dtype="int", allowed_values=["free"])
+    with pytest.raises(ValueError, match="allowed_values applies to string and numeric columns, not bool"):
+        ColumnSpec(name="flag", dtype="bool", allowed_values=["true"])
+
+
+def test_the_fingerprint_covers_the_header_and_holds_without_the_duplicate_check():
+    renamed = frame().rename(columns={"plan": "tier"})
+    loose = contract(check_duplicate_rows=False, allow_extra_columns=True)
+    assert validate_data(frame(), loose).report.fingerprint == validate_data(frame(), contract()).report.fingerprint
+    assert validate_data(renamed, loose).report.fingerprint != validate_data(frame(), loose).report.fingerprint
