@@ -393,7 +393,10 @@ def validate(
     console.print(f"{report.verdict.value}: {report.kept} kept, {report.quarantined} quarantined of {report.rows}")
     for reason in report.rejection_reasons:
         console.print(f"  rejected because: {reason}", soft_wrap=True)
+    for finding in report.findings:
+        console.print(f"  finding: {escape(finding.message)}", soft_wrap=True)
     if report.verdict is Verdict.REJECT:
+        console.print("  serving is untouched: a rejected batch only keeps its rows out of training", soft_wrap=True)
         sys.exit(ExitCode.REJECTED)
 
 
