@@ -13,6 +13,11 @@ from pydantic import Field, model_validator
 class FallbackPolicy(Block):
     """Per-row routing, the circuit breaker, and how often serving follows the registry.
 
+    Confidence routing is fitted per primary version (`prefect_crisis.tasks.routing.fit_routing`), so the default
+    never lowers accuracy; `confidence_threshold` is for a user who sets one on purpose. It is None, not a number,
+    by default, so "not set" survives saving the block and the serving model's stored configuration (a pydantic
+    `model_fields_set` would not: a saved block stores every field).
+
     Example:
         ```python
         from prefect_crisis.blocks import FallbackPolicy
@@ -25,12 +30,22 @@ class FallbackPolicy(Block):
     _block_type_slug = "crisis-fallback-policy"
     _description = "How the serving model routes rows to the fallback model, and the circuit breaker in front of the primary."
 
-    confidence_threshold: float = Field(
-        default=0.6, ge=0.0, le=1.0, description="A row whose primary confidence is below this is answered by the fallback."
+    confidence_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Empty (the default): each primary version's fitted routing (routing.json of its run) decides which rows go to "
+            "the fallback, and a version without one routes none on confidence. A number overrides it: a row whose primary "
+            "confidence (calibrated when the version has a fitted routing) is below it is answered by the fallback."
+        ),
     )
     confidence_measure: Literal["max_probability", "margin"] = Field(
         default="max_probability",
-        description="max_probability: the largest class probability; margin: the largest minus the second largest.",
+        description=(
+            "For an explicit threshold on an uncalibrated version: max_probability, the largest class probability; margin, "
+            "the largest minus the second largest. A fitted routing reads its own calibrated confidence."
+        ),
     )
     primary_timeout_seconds: float | None = Field(
         default=2.0, gt=0, description="A primary call slower than this counts as failed and the batch goes to the fallback; empty: no timeout."

@@ -5,18 +5,27 @@ The wrapper version is registered on first use and again only when the
 configuration changes (policy, inference log, store). The server runs in the
 foreground, like `mlflow models serve`; Ctrl-C stops it. Fallback events go
 to the stack's Prefect server when one answers, else to the server's log.
+
+MLflow's scoring app runs under uvicorn behind `StrictJson`, which makes every
+answer of /invocations strict JSON: NaN and infinities become null (MLflow
+writes them bare, which JSON parsers refuse), and an error is one JSON line,
+`{"error_code": ..., "message": ...}`, without the request's data or a stack
+trace (MLflow puts both in the message or a `stack_trace` field).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import cyclopts
 import httpx
@@ -28,6 +37,8 @@ from prefect_crisis.core.uris import mask_uri
 from prefect_crisis.deployments import stack
 
 console = Console(highlight=False)
+logger = logging.getLogger("prefect_crisis.serving")
+MODEL_PATH_ENV = "CRISIS_SERVING_MODEL_PATH"  # the wrapper's local copy, which `scoring_app` serves
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 
 
@@ -42,6 +53,105 @@ def wait_until_ready(process: subprocess.Popen, url: str, timeout: float) -> Non
                 return
         time.sleep(0.25)
     raise StackError(f"the scoring server did not answer {url}/ping within {timeout:g} s: pass a larger --timeout")
+
+
+def one_line(message: Any, limit: int = 1_000) -> str:
+    """An error message as one line: MLflow's "Failed to predict data '<the whole input>'. Error: <ours>" keeps
+    ours only, and an echoed input (MLflow adds "Input: <the body>") or a second line is dropped.
+
+    Example:
+        >>> one_line("Failed to predict data '   f00\\n0  1.0'. \\nError: the input lacks column(s) f01: send it")
+        'the input lacks column(s) f01: send it'
+        >>> one_line("Invalid input. Error: 'Expecting value'\\nInput: \\nb'{broken'")
+        "Invalid input. Error: 'Expecting value'"
+    """
+    text = str(message or "the scoring server refused the request")
+    if text.startswith("Failed to predict data") and "\nError: " in text:
+        text = text.rsplit("\nError: ", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first[:limit]
+
+
+def strict_body(status: int, body: bytes) -> bytes:
+    """The body of an /invocations answer as strict JSON: non-finite numbers as null (allow_nan=False is then
+    guaranteed to hold); an error as one line with its code, without data echoes or stack frames.
+
+    Example:
+        >>> strict_body(200, b'{"predictions": [{"confidence": NaN, "error": "NaN in x"}]}')
+        b'{"predictions": [{"confidence": null, "error": "NaN in x"}]}'
+        >>> strict_body(400, b'{"error_code": "BAD_REQUEST", "message": "boom\\\\nmore", "stack_trace": "Traceback ..."}')
+        b'{"error_code": "BAD_REQUEST", "message": "boom"}'
+    """
+    if status < 400:
+        if b"NaN" not in body and b"Infinity" not in body:
+            return body  # the usual answer: already strict, no second pass over it
+        return json.dumps(json.loads(body, parse_constant=lambda _name: None), allow_nan=False).encode()
+    try:
+        error = json.loads(body, parse_constant=lambda _name: None)
+    except ValueError:
+        error = None
+    if not isinstance(error, dict):
+        error = {"message": body.decode("utf-8", "replace")}
+    if error.get("stack_trace"):
+        # an unexpected error inside MLflow or the model: its exception in one line on the server's log, no frames
+        last = next((line for line in reversed(str(error["stack_trace"]).splitlines()) if line.strip()), "")
+        logger.error("scoring request failed: %s (%s)", one_line(error.get("message")), last.strip()[:300])
+    code = error.get("error_code") or ("BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
+    message = error.get("message") or error.get("detail")  # FastAPI's own errors (a GET, say) say "detail"
+    return json.dumps({"error_code": str(code), "message": one_line(message)}, allow_nan=False).encode()
+
+
+class StrictJson:
+    """ASGI middleware: every answer of /invocations goes through `strict_body` (other paths pass as they are)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/invocations":
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def buffered(message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = strict_body(start["status"], b"".join(chunks))
+            headers = [(name, value) for name, value in start.get("headers", []) if name.lower() not in (b"content-length", b"content-type")]
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, buffered)
+
+
+def scoring_app():
+    """The ASGI app `crisis serve` runs (`uvicorn --factory`): MLflow's scoring app for the wrapper copied to
+    $CRISIS_SERVING_MODEL_PATH, behind `StrictJson`."""
+    from mlflow.pyfunc import scoring_server
+
+    return StrictJson(scoring_server.init(scoring_server.load_model_with_mlflow_config(os.environ[MODEL_PATH_ENV])))
+
+
+def download_serving_model(registry, name: str, version: str, folder: str) -> str:
+    """A local copy of a registered version, fetched with the registry's own client (no process-global store)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    client = registry.client
+    try:
+        location = client.get_model_version_download_uri(name, version)
+        return mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=folder, tracking_uri=client.tracking_uri)
+    except MlflowException as error:
+        raise StackError(f"cannot fetch models:/{name}/{version} from {registry.display_tracking_uri}: {one_line(error.message)}") from None
 
 
 def _interrupt(signum, frame) -> None:
@@ -93,30 +203,28 @@ def serve(
     uri = f"models:/{serving_model_name(model)}/{version}"
     console.print(f"{'registered' if registered else 'reusing'} {uri}: @champion v{champion.version}, @fallback {'v' + fallback.version if fallback else 'none'}")
     environment = dict(os.environ)
-    environment.update(
-        MLFLOW_TRACKING_URI=default_tracking_uri(),
-        CRISIS_HOME=str(crisis_home().resolve()),
-        CRISIS_NO_AUTOCONNECT="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}",  # MLflow starts `uvicorn` by name
-    )
+    environment.update(MLFLOW_TRACKING_URI=default_tracking_uri(), CRISIS_HOME=str(crisis_home().resolve()), CRISIS_NO_AUTOCONNECT="1")
     if api_url:
         environment["PREFECT_API_URL"] = api_url
     else:
         environment.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     url = f"http://127.0.0.1:{port}"
-    # Its own process group: stopped as a whole here, never orphaned by a signal meant for this command.
-    process = subprocess.Popen(command, env=environment, start_new_session=True)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        wait_until_ready(process, url, timeout)
-        console.print(f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True)
-        code = process.wait()
-    except KeyboardInterrupt:
-        stack.terminate_group(process.pid, 10.0)
-        console.print(f"stopped serving {model}")
-        return
-    except BaseException:
-        stack.terminate_group(process.pid, 10.0)
-        raise
+    with tempfile.TemporaryDirectory(prefix="crisis-serve-") as folder:
+        environment[MODEL_PATH_ENV] = download_serving_model(registry, serving_model_name(model), version, folder)
+        # MLflow's scoring app, as `mlflow models serve --env-manager local` runs it, behind StrictJson.
+        command = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:scoring_app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        # Its own process group: stopped as a whole here, never orphaned by a signal meant for this command.
+        process = subprocess.Popen(command, env=environment, start_new_session=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            wait_until_ready(process, url, timeout)
+            console.print(f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True)
+            code = process.wait()
+        except KeyboardInterrupt:
+            stack.terminate_group(process.pid, 10.0)
+            console.print(f"stopped serving {model}")
+            return
+        except BaseException:
+            stack.terminate_group(process.pid, 10.0)
+            raise
     raise StackError(f"the scoring server stopped by itself with code {code}: its output is above")

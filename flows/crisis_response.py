@@ -14,7 +14,7 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
-from prefect_crisis.core.errors import DataInputError, RegistryError
+from prefect_crisis.core.errors import DataInputError, InputErrorReason, RegistryError
 from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
 from prefect_crisis.tasks.batches import load_frame
 from prefect_crisis.tasks.dashboard import refresh_dashboard
@@ -27,6 +27,7 @@ from prefect_crisis.tasks.incident import (
     live_window,
     measure_versions,
     new_incident_id,
+    scorable_rows,
     response_limit,
     tag_response_run,
 )
@@ -102,6 +103,9 @@ def crisis_response(
                 window = load_frame(window_path) if window_path else read_labelled_window(
                     inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
                 )
+                window = scorable_rows(window, label_column)
+                if window.empty:
+                    raise DataInputError(InputErrorReason.EMPTY_FRAME, "no labelled row with valid features in the window: nothing to score the model on")
             except DataInputError as error:
                 if not diagnose_only:
                     raise

@@ -41,6 +41,7 @@ from prefect_crisis.tasks.incident import (
     live_window,
     measure_versions,
     new_incident_id,
+    scorable_rows,
     predict_with,
     response_limit,
     tag_response_run,
@@ -89,6 +90,8 @@ def repair_serving(
         logger.warning("no labelled window to measure on (%s): deciding from the serving history alone", first_line(str(error)))
         window = None
     if window is not None:
+        window = scorable_rows(window, label_column)
+    if window is not None and not window.empty:
         y_pred, _ = predict_with(registry, champion.version, window, champion)
         live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))
         measured = measure_versions(registry, audit, window, label_column, timeline)
@@ -100,7 +103,7 @@ def repair_serving(
     decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured)
     if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
         return StepResult("serve", True, f"v{champion.version} keeps serving: {decision.reason}")
-    if window is None:  # nothing to verify on: the decision's move, unverified
+    if window is None or window.empty:  # nothing to verify on: the decision's move, unverified
         outcome = move_unverified(registry, decision, incident, champion)
     else:
         outcome = execute_recovery_task(

@@ -207,6 +207,22 @@ def diagnose_model(
     return report, y_pred
 
 
+def scorable_rows(window: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The window's rows every version can be scored on: a label, and finite numbers in every numeric feature column
+    (a row serving answered by the fallback because the primary's inputs were invalid cannot judge the primary).
+
+    Example:
+        >>> frame = pd.DataFrame({"x": [1.0, float("nan"), 3.0], "label": [0, 1, None], "latency_ms": [5.0, None, None]})
+        >>> scorable_rows(frame, "label")["x"].tolist()
+        [1.0]
+    """
+    features = window.drop(columns=[c for c in (label, "timestamp", LATENCY_COLUMN) if c in window.columns])
+    numeric = features.select_dtypes(include="number")
+    finite = np.isfinite(numeric.to_numpy(dtype=float)).all(axis=1) if numeric.shape[1] else np.ones(len(window), dtype=bool)
+    keep = finite & window[label].notna().to_numpy()
+    return window if keep.all() else window[keep]
+
+
 MEASURED_VERSIONS = 6  # versions scored on the window besides the champion: the most recent that served, and the fallback
 
 

@@ -405,6 +405,9 @@ def _repair(
     recent = sorted([c for c in eligible if served_for(c, now) < window], key=lambda c: c.served_until or c.served_from, reverse=True)
     serving, fallback_score = scores.get(champion.version), (scores.get(fallback.version) if fallback else None)
     beaten = serving  # never to something measured no better than what serves: the end state is never worse than doing nothing
+    # an emergency without a violation moves only to something measured better; with nothing measured (no labelled rows),
+    # the emergency line itself is the evidence, and the serving history decides
+    must_beat_champion = must_beat_champion and serving is not None
     fallback_version = fallback.version if fallback else None
     skipped: list[str] = []
 

@@ -31,7 +31,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.registry import ModelRegistry, VersionInfo, first_line
-from prefect_crisis.core.errors import RegistryError, ServingInputError
+from prefect_crisis.core.errors import CrisisError, RegistryError, ServingInputError
 from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment
 from prefect_crisis.core.timeline import Timeline, TimelineEvent
 from prefect_crisis.core.uris import split_password
@@ -115,8 +115,8 @@ def flush_on(signum: int, router: FallbackRouter) -> None:
 
 class CrisisModel(mlflow.pyfunc.PythonModel):
     """The serving router as a pyfunc: `predict` returns, per row, the prediction,
-    which model answered, its version, the confidence, an error (or None),
-    the request id and the row id."""
+    which model answered, its version, the confidence, an error (or None), why
+    the fallback answered (or None), the request id and the row id."""
 
     def load_context(self, context) -> None:
         self.router = router_from_config(context.model_config).start()
@@ -133,6 +133,8 @@ class CrisisModel(mlflow.pyfunc.PythonModel):
         except ServingInputError as error:
             # The scoring server answers an MlflowException with this code as HTTP 400, with the reason.
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+        except CrisisError as error:  # the router cannot answer at all (not started): one line, no stack trace
+            raise MlflowException(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
 
 def register_serving_model(

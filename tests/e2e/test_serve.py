@@ -1,6 +1,8 @@
 """`crisis serve` as an operator runs it: MLflow's own scoring server, in a real
-subprocess on loopback, answering /invocations with the routing columns; bad
-input gets a 400 with the reason and the server keeps serving; Ctrl-C stops it."""
+subprocess on loopback, answering /invocations with the routing columns in strict
+JSON (no bare NaN); a row with an invalid primary value is answered by the fallback
+with the reason; a request no model can read gets a one-line JSON 400 and the
+server keeps serving; Ctrl-C stops it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.tasks.synthetic import make_batch
 from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401 - fixtures
 from prefect_crisis.blocks import InferenceLog
+from prefect_crisis.tasks.routing import fit_routing, log_routing
 from tests.helpers import FEATURES, register, wait_for
 from tests.unit.test_serving_swap import register_fallback
 
@@ -32,6 +35,15 @@ def trained(cli_env):
     version = register(registry, False, seed=1)
     registry.promote(version, "first model")
     fallback = register_fallback(registry)
+    # What training does once it has a primary and a fallback: fit the routing on a holdout, log it to the primary's run.
+    from prefect_crisis.tasks.models import load_sklearn_model
+
+    holdout = make_batch(1_000, seed=5)
+    primary_model = load_sklearn_model(registry.client, "churn", version)
+    fallback_model = load_sklearn_model(registry.client, "churn", fallback)
+    routing = fit_routing(primary_model, fallback_model, holdout[FEATURES].to_numpy(), holdout[FEATURES[:3]].to_numpy(),
+                          holdout["label"].to_numpy(), fallback_version=fallback)
+    log_routing(registry.client, registry.version(version).run_id, routing)
     return registry, version, fallback
 
 
@@ -55,6 +67,11 @@ def invoke(url: str, frame) -> httpx.Response:
     return httpx.post(url, json=body, timeout=30)
 
 
+def strict(response: httpx.Response):
+    """The body as strict JSON: a bare NaN or Infinity fails the test."""
+    return json.loads(response.text, parse_constant=lambda name: pytest.fail(f"bare {name} in {response.text[:200]}"))
+
+
 def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained):
     registry, version, fallback = trained
     port = free_port()
@@ -62,23 +79,30 @@ def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained)
     try:
         assert url == f"http://127.0.0.1:{port}/invocations"
         batch = make_batch(300, seed=77)[FEATURES]
+        batch.loc[0, "f10"] = float("nan")  # only the primary reads f10: the fallback answers the row
+        batch.loc[1, "f00"] = float("nan")  # both read f00: nobody can answer the row
         answer = invoke(url, batch)
         assert answer.status_code == 200, answer.text
-        rows = answer.json()["predictions"]
+        rows = strict(answer)["predictions"]
         assert len(rows) == 300
-        assert set(rows[0]) == {"prediction", "answered_by", "version", "confidence", "error", "request_id", "row_id"}
+        assert set(rows[0]) == {"prediction", "answered_by", "version", "confidence", "error", "reason", "request_id", "row_id"}
+        assert (rows[0]["answered_by"], rows[0]["version"], rows[0]["reason"]) == ("fallback", fallback, "primary input invalid: 'f10' is missing")
+        assert (rows[1]["answered_by"], rows[1]["version"], rows[1]["confidence"], rows[1]["prediction"]) == ("none", None, None, None)
         by = {(row["answered_by"], row["version"]) for row in rows}
         assert ("primary", version) in by and ("fallback", fallback) in by, by
 
         missing = httpx.post(url, json={"dataframe_split": {"columns": ["f00"], "data": [[1.0]]}}, timeout=30)
         assert missing.status_code == 400
-        assert "the input lacks column(s) f01" in missing.json()["message"]
-        text = batch.head(1).astype(object)
+        assert set(strict(missing)) == {"error_code", "message"} and "\n" not in missing.text.strip()
+        assert missing.json()["message"].startswith("the input lacks column(s) f01")  # without MLflow's echo of the input
+        text = batch.iloc[2:3].astype(object)
         text.iloc[0, 3] = "abc"
-        wrong = invoke(url, text)
-        assert wrong.status_code == 400 and "column 'f03' is not numeric" in wrong.json()["message"]
+        wrong = invoke(url, text)  # text in f03, which only the primary reads: the fallback answers
+        assert wrong.status_code == 200, wrong.text
+        assert strict(wrong)["predictions"][0]["answered_by"] == "fallback"
+        assert strict(wrong)["predictions"][0]["reason"] == "primary input invalid: 'f03' is not a number"
 
-        again = invoke(url, batch.head(5))
+        again = invoke(url, batch.iloc[2:7])
         assert again.status_code == 200 and len(again.json()["predictions"]) == 5
 
         # Every answered row and every refused request is in the inference log, written off the request path.
@@ -87,7 +111,7 @@ def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained)
         assert len(logged) == 307, len(logged)
         assert set(logged["request_id"]) >= {rows[0]["request_id"], again.json()["predictions"][0]["request_id"]}
         refused = logged[logged["answered_by"] == "none"]
-        assert len(refused) == 2 and refused["error"].str.contains("lacks column|is not numeric").all()
+        assert len(refused) == 2 and refused["error"].str.contains("lacks column|'f00' is missing").all()
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -97,7 +121,8 @@ def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained)
             raise
     assert process.returncode == 0, output
     assert "stopped serving churn" in output
-    assert "Traceback" not in output
+    assert "Traceback" not in output and "Failed to predict data" not in output
+    assert "no routing.json" not in output  # the routing logged for the champion was found
     with pytest.raises(httpx.HTTPError):  # the scoring server went with it
         httpx.get(url.replace("/invocations", "/ping"), timeout=2)
 

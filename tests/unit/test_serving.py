@@ -1,6 +1,8 @@
 """Per-row routing, the breaker in front of the primary, failed rows, bad input and
 the fallback events: the router on crafted probabilities (feature `p` is the
-primary's probability of class 1) and an injected clock."""
+primary's probability of class 1) and an injected clock. The policy's threshold
+is set explicitly where rows are routed on confidence: without one, and without a
+fitted routing, serving routes none on confidence."""
 
 import threading
 import time
@@ -18,19 +20,23 @@ from prefect_crisis.tasks.serving import FallbackRouter, ServedVersion, confiden
 
 
 class Crafted:
-    """Probability of class 1 is the row's `p`; counts its calls; can be told to fail or hang."""
+    """Probability of class 1 is the row's `p`; counts its calls (to predict, which serving makes first); can be
+    told to fail or hang."""
 
     classes_ = np.array([0, 1])
 
     def __init__(self, fail: Exception | None = None, delay: float = 0.0):
         self.fail, self.delay, self.calls = fail, delay, 0
 
-    def predict_proba(self, X):
+    def predict(self, X):
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
+        return self.classes_[(X[:, 0] > 0.5).astype(int)]
+
+    def predict_proba(self, X):
         p = np.where(X[:, 0] > 1, np.nan, X[:, 0])  # p > 1 stands for blown-up weights
         return np.c_[1 - p, p]
 
@@ -41,10 +47,13 @@ class Constant:
     def __init__(self, p1=0.8, fail=None):
         self.p1, self.fail, self.calls = p1, fail, 0
 
-    def predict_proba(self, X):
+    def predict(self, X):
         self.calls += 1
         if self.fail is not None:
             raise self.fail
+        return np.full(len(X), int(self.p1 > 0.5))
+
+    def predict_proba(self, X):
         return np.tile([1 - self.p1, self.p1], (len(X), 1))
 
 
@@ -163,19 +172,26 @@ def test_without_a_fallback_low_confidence_keeps_the_primary_but_a_failure_fails
     assert out["prediction"].tolist()[0] is None
 
 
-def test_a_row_with_a_missing_value_fails_alone_and_does_not_charge_the_breaker():
-    served = router(failure_threshold=1)
-    out = served.predict(pd.DataFrame({"p": [0.9, np.nan, 0.1], "x": [1.0, 1.0, 1.0]}))
-    assert out["answered_by"].tolist() == ["primary", "none", "primary"]
-    assert "missing" in out["error"][1]
+def test_a_row_with_a_missing_value_goes_to_the_model_that_can_read_it_and_does_not_charge_the_breaker():
+    served = router(failure_threshold=1)  # the primary reads p and x, the fallback x
+    out = served.predict(pd.DataFrame({"p": [0.9, np.nan, 0.1, 0.9], "x": [1.0, 1.0, 1.0, np.nan]}))
+    assert out["answered_by"].tolist() == ["primary", "fallback", "primary", "none"]
+    assert out["reason"][1] == "primary input invalid: 'p' is missing" and out["error"][1] is None
+    assert out["error"][3] == "primary input invalid: 'x' is missing; fallback input invalid: 'x' is missing"
     assert served.breaker.state is BreakerState.CLOSED
+
+
+def test_text_in_a_numeric_column_fails_its_row_only():
+    out = router().predict(pd.DataFrame({"p": [0.9, 0.9], "x": ["abc", 1.0]}))
+    assert out["answered_by"].tolist() == ["none", "primary"]
+    assert "'x' is not a number" in out["error"][0] and "\n" not in out["error"][0]
 
 
 @pytest.mark.parametrize(
     "frame, words",
     [
         (pd.DataFrame({"p": [0.9]}), "lacks column(s) x"),
-        (pd.DataFrame({"p": [0.9], "x": ["abc"]}), "column 'x' is not numeric ('abc' in row 0)"),
+        ("rows as one string", "the input is not a table"),
     ],
 )
 def test_bad_input_is_one_line_and_the_router_keeps_serving(frame, words):

@@ -124,3 +124,52 @@ def test_events_leave_with_the_prefect_settings_of_whoever_started_the_router(se
     router._events.put((CrisisEvent.FALLBACK_ENGAGED, {"reason": "test"}, None))
     router.close()
     assert seen == ["http://127.0.0.1:1/api"]
+
+
+def test_the_router_routes_on_the_routing_fitted_for_the_version_it_serves(mlflow_tracking_uri):
+    """routing.json of the champion's run turns confidence routing on for that version only; a version without one
+    routes nothing on confidence (the reason logged once), and invalid input still goes to the fallback."""
+    from prefect_crisis.tasks.routing import ConfidenceMap, RoutingCalibration, log_routing
+
+    registry = ModelRegistry(model_name="routed").use(timeline=Timeline(sink=ListSink()))
+    routed, plain = register(registry, False, seed=1), register(registry, False, seed=2)
+    fallback = register_fallback(registry)
+    routing = RoutingCalibration(ConfidenceMap("probability", "none"), 0.9, "on: test threshold", 600, 0.9, 0.8, 0.92, fallback_version=fallback)
+    log_routing(registry.client, registry.version(routed).run_id, routing)
+    registry.promote(routed, "calibrated")
+    served = FallbackRouter(registry, FallbackPolicy(), timeline=Timeline(sink=ListSink())).start(refresh_in_background=False)
+    try:
+        batch = make_batch(400, seed=52)
+        assert served.primary.routing == routing
+        out = served.predict(batch)
+        assert set(out["answered_by"]) == {"primary", "fallback"}
+        assert (out.loc[out["answered_by"] == "primary", "confidence"] >= 0.9).all()
+        assert (out.loc[out["answered_by"] == "fallback", "reason"] == "primary confidence under 0.9 (calibrated)").all()
+
+        registry.promote(plain, "no routing fitted")
+        assert served.refresh()
+        assert served.primary.routing is None and "no routing.json in its run" in served.primary.routing_note
+        batch.loc[3, FEATURES[10]] = np.nan  # a column only the primary reads
+        out = served.predict(batch)
+        assert out["answered_by"][3] == "fallback" and out["reason"][3] == f"primary input invalid: {FEATURES[10]!r} is missing"
+        assert (out["answered_by"].drop(index=3) == "primary").all()
+    finally:
+        served.close()
+
+
+def test_a_routing_logged_after_the_promotion_is_picked_up_by_the_next_refresh(mlflow_tracking_uri):
+    """Training promotes a version before it fits that version's routing: serving may load it in between."""
+    from prefect_crisis.tasks.routing import ConfidenceMap, RoutingCalibration, log_routing
+
+    registry = ModelRegistry(model_name="late-routing").use(timeline=Timeline(sink=ListSink()))
+    version = register(registry, False, seed=3)
+    registry.promote(version, "promoted before its routing is logged")
+    served = FallbackRouter(registry, FallbackPolicy(), timeline=Timeline(sink=ListSink())).start(refresh_in_background=False)
+    try:
+        assert served.primary.routing is None and not served.refresh()
+        routing = RoutingCalibration(ConfidenceMap("probability", "none"), None, "off: no gain", 600, 0.9, 0.8, 0.9)
+        log_routing(registry.client, registry.version(version).run_id, routing)
+        assert served.refresh() and served.primary.routing == routing
+        assert "off: no gain" in served.routing_plan(served.primary, served.fallback).note
+    finally:
+        served.close()
