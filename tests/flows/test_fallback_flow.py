@@ -1,6 +1,7 @@
 """The fallback model end to end, against a real Prefect server and MLflow store:
-training registers it once; a poisoned retrain is promoted; with no version
-stable enough to roll back to, crisis_response falls back to it, verifies it,
+training registers it once; a poisoned retrain is held back by the gate and
+promoted by hand; with its only earlier version retired (nothing to return to),
+crisis_response falls back to it, verifies it measured better than what served,
 and the registry says `ml.fallback.engaged`; a clean retrain then beats it."""
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ def train(model: str, condition: str, seed: int):
 
 def test_with_no_stable_version_the_response_falls_back_to_the_fallback_model(model, tmp_path):
     first = train(model, "clean", seed=100)
-    assert first.message.startswith("v1 promoted to champion") and first.message.endswith("; fallback v2 registered (logistic on f00, f01, f02)")
+    assert first.message.startswith("v1 promoted to champion") and "; fallback v2 registered (logistic on " in first.message
     poisoned = train(model, "poisoned", seed=102)
-    assert poisoned.message.startswith("v3 promoted to champion") and "fallback" not in poisoned.message  # kept, not replaced
+    assert "v3 registered as challenger, not promoted: label-quality finding" in poisoned.message, poisoned.message  # the golden set
     registry = ModelRegistry(model_name=model)
+    registry.retire("1", "superseded")
+    registry.promote("3", "shipped by hand past the gate")
     assert (registry.champion().version, registry.version_by_alias("fallback").version) == ("3", "2")
 
     window = make_batch(3_000, seed=42)
@@ -57,7 +60,7 @@ def test_with_no_stable_version_the_response_falls_back_to_the_fallback_model(mo
     assert registry.champion().version == "2"
     last = registry.audit_trail("champion")[-1]
     assert (last.action, last.from_version, last.to_version, last.incident) == ("fallback", "3", "2", "inc-fb")
-    assert "no stable version to return to" in last.reason
+    assert "no stable version to return to" in last.reason and "measured" in last.reason
 
     events = wait_for(lambda: read_crisis_events(model, prefix="ml."), lambda found: any(e.event == "ml.recovery.succeeded" for e in found))
     engaged = [e for e in events if e.event == "ml.fallback.engaged"]
@@ -69,15 +72,13 @@ def test_with_no_stable_version_the_response_falls_back_to_the_fallback_model(mo
     succeeded = next(e for e in events if e.event == "ml.recovery.succeeded")
     attempts = succeeded.payload["attempts"]
     assert [(a["strategy"], a["version"], a["verified"]) for a in attempts] == [("rollback", None, None), ("fallback", "2", True)]
-    assert attempts[1]["detail"].startswith("v2 accuracy ") and "still failing" not in attempts[1]["detail"]
+    assert attempts[1]["detail"].startswith("fallback v2 accuracy ") and "serving before (a stopgap)" in attempts[1]["detail"]
 
-    # The fallback reads three columns; a clean retrain is judged against it on those and beats it. (The default
-    # SGD settings give log losses of 0.6-2 against the logistic fallback's 0.3: the log_loss guard would refuse
-    # them, rightly. A regularised SGD is as well calibrated.)
-    TrainingPolicy(epochs=3, batch_size=64, flag_poll_seconds=0.0, estimator_params={"alpha": 1e-2}).save(model, overwrite=True)
+    # The fallback reads a few columns; a clean retrain is judged against it on those and beats it (the guards, on
+    # metrics a fallback is not judged by, are not applied against it: a fallback serving must never block the way back)
     retrain = train(model, "clean", seed=103)
     assert retrain.message.startswith("v4 promoted to champion"), retrain.message
-    assert "fallback" not in retrain.message and registry.champion().version == "4"
+    assert "guards are not applied against the fallback model" in retrain.message and registry.champion().version == "4"
     assert registry.version_by_alias("fallback").version == "2"
     candidate = retrain.result()
     assert candidate.champion_version == "2"
