@@ -104,6 +104,23 @@ _EXPORTS = {
     "validate_data": "prefect_crisis.tasks.validation",
     "validate_data_task": "prefect_crisis.tasks.quarantine",
     "wilson_interval": "prefect_crisis.tasks.rollback",
+    # real models on real data, the model's own policies, one incident per episode
+    "BoundPolicy": "prefect_crisis.tasks.loading",
+    "bind_policy": "prefect_crisis.tasks.loading",
+    "Episode": "prefect_crisis.tasks.episodes",
+    "read_episode": "prefect_crisis.tasks.episodes",
+    "RealDataset": "prefect_crisis.tasks.datasets",
+    "load_dataset": "prefect_crisis.tasks.datasets",
+    "serving_accuracy": "prefect_crisis.tasks.real_models",
+    "RoutingCalibration": "prefect_crisis.tasks.routing",
+    "fit_routing": "prefect_crisis.tasks.routing",
+    "load_routing": "prefect_crisis.tasks.routing",
+    "log_routing": "prefect_crisis.tasks.routing",
+    "Finding": "prefect_crisis.tasks.validation",
+    "FindingReason": "prefect_crisis.tasks.validation",
+    "training_input_findings": "prefect_crisis.tasks.validation",
+    "freeze_golden_set": "prefect_crisis.tasks.promotion",
+    "read_golden_set": "prefect_crisis.tasks.promotion",
 }
 
 __all__ = sorted(_EXPORTS)
