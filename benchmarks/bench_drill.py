@@ -5,7 +5,10 @@ each, through the operator's command `crisis drill --iterations N --json`.
 
 Per scenario: success rate, time to detect, to mitigate and to recover (p50 / p95 /
 max), every time counted from the fault (the labels recorded, the batch sent, the
-primary broken). Targets (issue 14): 100% success on every scenario; recover p50
+primary broken), and the end state a run passes on (issue 22): mean accuracy on
+fresh labelled rows before the fault and once the stack responded (within 0.03 of
+it on every run), and the incidents opened per episode (fewest-most over the runs).
+Targets (issue 14): 100% success on every scenario; recover p50
 under 3 s for registry-side recoveries (poisoned-retrain, duplicate-event,
 registry-unavailable: the last holds the store unwritable 2.5 s into the response); mitigate
 p50 under 1 s where the serving fallback applies (primary-raising, latency-spike).
@@ -13,8 +16,10 @@ p50 under 1 s where the serving fallback applies (primary-raising, latency-spike
 The silent-monitor scenario waits out the deployed dead man's window (3 x 60 s by
 default), so it runs only with `--silent` (then on a 10 s window applied for the run).
 
-Run: `.venv/bin/python benchmarks/bench_drill.py --iterations 20` (about 20 minutes
-on 2 cores); results go to benchmarks/results/drill.json and drill.png.
+Run: `.venv/bin/python benchmarks/bench_drill.py --iterations 20 --silent` (every
+scenario; about an hour on 2 cores); results go to benchmarks/results/drill.json and
+drill.png. `--scenarios real-bad-release --iterations 1` drills one scenario once
+(results: drill-real-bad-release.json).
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_escalation import cli, clean_environment, exports_of, free_port  # noqa: E402 - the same stack handling
 
+from prefect_crisis.deployments.drill_cli import shown_accuracy, shown_incidents  # noqa: E402 - as `crisis drill` shows them
+
 RESULTS = Path(__file__).parent / "results"
 CLI = [sys.executable, "-m", "prefect_crisis.deployments.cli"]
 SCENARIOS = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable", "training-killed",
-             "duplicate-event"]
+             "duplicate-event", "real-bad-release", "real-poisoned-retrain", "real-rejected-batch"]
 
 
 def short_ladder(env: dict[str, str], work: Path, restore: bool = False) -> None:
@@ -81,14 +88,18 @@ def main() -> None:
         (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
         if report.get("png"):
             shutil.copy(report["png"], RESULTS / f"{name}.png")
-        print(f"\n{'scenario':18} {'ok':>7} {'detect p50/p95':>16} {'mitigate p50/p95':>18} {'recover p50/p95/max':>22}")
+        print(f"\n{'scenario':21} {'ok':>7} {'detect p50/p95':>16} {'mitigate p50/p95':>18} {'recover p50/p95/max':>22} "
+              f"{'accuracy before>after':>22} {'incidents':>9}")
         for row in report["summary"]:
             def pair(name: str) -> str:
                 values = [row[f"{name}_p50_s"], row[f"{name}_p95_s"]] + ([row[f"{name}_max_s"]] if name == "recover" else [])
                 return "/".join("-" if v is None else f"{v:.2f}" for v in values)
-            print(f"{row['scenario']:18} {row['passed']:>3}/{row['runs']:<3} {pair('detect'):>16} {pair('mitigate'):>18} {pair('recover'):>22}")
+            print(f"{row['scenario']:21} {row['passed']:>3}/{row['runs']:<3} {pair('detect'):>16} {pair('mitigate'):>18} {pair('recover'):>22} "
+                  f"{shown_accuracy(row):>22} {shown_incidents(row):>9}")
             if row["failures"]:
                 print(f"    failures: {row['failures']}")
+        print("accuracy: mean on fresh labelled rows before the fault > once the stack responded ('-': a fault accuracy does "
+              "not measure); incidents: opened per episode, fewest-most over the runs")
         print(f"\n{len(report['runs'])} runs in {elapsed:.0f} s; written {RESULTS / (name + '.json')}")
     finally:
         cli(env, work, "down", timeout=120)

@@ -178,7 +178,7 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             ),
             # the firing's event is the model's last health report, not news: each run opens its own incident
             [run(deployment_ids, CRISIS_RESPONSE, response_parameters(
-                Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value
+                Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value, **defaults
             ))],
             "the health monitor went silent for this model",
         ),

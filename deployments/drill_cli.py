@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import cyclopts
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -85,9 +86,12 @@ def drill(
 ) -> None:
     """Inject faults into the running stack and time its automated response: crisis drill [SCENARIO ...] (all when none).
 
-    Scenarios: corrupted-batch, poisoned-retrain, concept-drift, primary-raising, latency-spike, duplicate-event,
-    monitor-silent. Exit 0 when every run recovered as expected, 1 when one did not (the report says why),
-    2 for an unknown scenario, 4 when the stack cannot respond (no server, no `crisis deploy`, no worker).
+    Scenarios: corrupted-batch, poisoned-retrain, concept-drift, primary-raising, latency-spike, registry-unavailable,
+    training-killed, duplicate-event, real-bad-release, real-poisoned-retrain, real-rejected-batch, monitor-silent.
+    A run passes on its end state: accuracy on fresh labelled rows no lower than before the fault (within 0.03),
+    the incidents its episode should open, no row lost. Exit 0 when every run ended as expected, 1 when one did not
+    (the report says why), 2 for an unknown scenario, 4 when the stack cannot respond (no server, no `crisis deploy`,
+    no worker).
     """
     from prefect_crisis.deployments import stack
     from prefect_crisis.deployments.cli import LONG_COMMAND, _exit_for_failure, _quiet_console
@@ -132,21 +136,58 @@ def drill(
         sys.exit(ExitCode.FAILURE)
 
 
-def _print_summary(rows: list[dict]) -> None:
-    def shown(value) -> str:
-        return "-" if value is None else f"{value:.2f}"
+def shown_seconds(value: float | None) -> str:
+    """Seconds in at most four characters' precision: `0.87`, `12.4`; `-` for none.
 
-    table = Table(title="recovery drills", caption="seconds from the fault: detect and mitigate p50/p95, recover p50/p95/max")
+    Example:
+        >>> shown_seconds(0.874), shown_seconds(12.44), shown_seconds(None)
+        ('0.87', '12.4', '-')
+    """
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def shown_accuracy(row: dict) -> str:
+    """`before>after`: mean accuracy on fresh rows before the fault and once the stack responded; `-` where the scenario
+    does not measure it.
+
+    Example:
+        >>> shown_accuracy({"pre_accuracy": 0.9582, "end_accuracy": 0.9577}), shown_accuracy({"pre_accuracy": None, "end_accuracy": None})
+        ('0.958>0.958', '-')
+    """
+    if row.get("pre_accuracy") is None or row.get("end_accuracy") is None:
+        return "-"
+    return f"{row['pre_accuracy']:.3f}>{row['end_accuracy']:.3f}"
+
+
+def shown_incidents(row: dict) -> str:
+    """Incidents opened per episode: `1`, or `0-1` when runs differ.
+
+    Example:
+        >>> shown_incidents({"incidents_min": 1, "incidents_max": 1}), shown_incidents({"incidents_min": 0, "incidents_max": 1})
+        ('1', '0-1')
+    """
+    fewest, most = row.get("incidents_min"), row.get("incidents_max")
+    if fewest is None:
+        return "-"
+    return str(fewest) if fewest == most else f"{fewest}-{most}"
+
+
+def _print_summary(rows: list[dict]) -> None:
+    def pair(row: dict, measure: str) -> str:
+        return f"{shown_seconds(row[f'{measure}_p50_s'])}/{shown_seconds(row[f'{measure}_p95_s'])}"
+
+    # no outer border and one space between columns: with the end state the table still fits 80 columns
+    table = Table(title="recovery drills", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                  caption="seconds from the fault, p50/p95 (recover max: the JSON); accuracy on fresh rows before>after "
+                          "the fault (mean); incidents opened per episode")
     table.add_column("scenario", no_wrap=True)
-    for column in ("ok", "detect", "mitigate", "recover"):  # short headers: the table fits 80 columns
+    for column in ("ok", "detect", "mitigate", "recover", "accuracy", "inc"):
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(
-            row["scenario"], f"{row['passed']}/{row['runs']}",
-            f"{shown(row['detect_p50_s'])}/{shown(row['detect_p95_s'])}",
-            f"{shown(row['mitigate_p50_s'])}/{shown(row['mitigate_p95_s'])}",
-            f"{shown(row['recover_p50_s'])}/{shown(row['recover_p95_s'])}/{shown(row['recover_max_s'])}",
-        )
+        table.add_row(row["scenario"], f"{row['passed']}/{row['runs']}", pair(row, "detect"), pair(row, "mitigate"), pair(row, "recover"),
+                      shown_accuracy(row), shown_incidents(row))
     console.print(table)
     for row in rows:
         if row["failures"]:
@@ -162,8 +203,10 @@ def _print_timelines(runs: list[dict]) -> None:
         if not run["incident"]:
             continue
         console.rule(f"{run['scenario']} #{run['iteration']}")
+        # a warning's diagnosis has no recovery outcome to wait for (the drill waited for its run to end)
+        outcome_s = 0 if run["facts"].get("warns_at_most") else 15
         try:
-            lines = wait_for_incident_end(run["incident"], timeout=15).lines()
+            lines = wait_for_incident_end(run["incident"], timeout=outcome_s).lines()
         except IncidentError as error:
             lines = [f"incident {run['incident']}: {error}"]
         for line in lines:

@@ -14,7 +14,8 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
-from prefect_crisis.core.errors import DataInputError, InputErrorReason, RegistryError
+from prefect_crisis.core.errors import DataInputError, InputErrorReason, PolicyError, RegistryError
+from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
 from prefect_crisis.tasks.batches import load_frame
 from prefect_crisis.tasks.dashboard import refresh_dashboard
@@ -26,6 +27,7 @@ from prefect_crisis.tasks.incident import (
     join_or_open_incident,
     live_window,
     measure_versions,
+    model_features,
     new_incident_id,
     scorable_rows,
     response_limit,
@@ -73,7 +75,12 @@ def crisis_response(
         diagnose_only: stop after the diagnosis (a Completed state named "Diagnosed"): the warning step of the ladder.
     """
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
-    bound = bind_policy(RollbackPolicy, registry.model_name, rollback_policy_block)
+    try:
+        bound = bind_policy(RollbackPolicy, registry.model_name, rollback_policy_block)
+    except PolicyError as error:  # a named block that is not saved: no response with guessed rules, but never a silent one
+        if not diagnose_only:
+            Timeline(clock=registry.now).emit(CrisisEvent.RECOVERY_FAILED, registry.model_name, {"reason": str(error), "attempts": []})
+        raise
     policy = bound.policy
     identifier = incident_id or new_incident_id()
     timeline = None
@@ -91,6 +98,7 @@ def crisis_response(
             joined = join_or_open_incident(
                 registry.model_name, triggering_event_id, severity, violation, quiet_minutes=policy.cooldown_minutes,
                 drill=drill or is_drill_model(registry.model_name), clock=registry.now, incident_id=identifier,
+                fallback_serves=champion.is_fallback,
             )
             if joined is None:
                 return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")
@@ -101,26 +109,29 @@ def crisis_response(
             tag_response_run(incident)
             try:
                 window = load_frame(window_path) if window_path else read_labelled_window(
-                    inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
+                    inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now(), latency_version=champion.version,
                 )
-                window = scorable_rows(window, label_column)
+                window = scorable_rows(window, label_column, model_features(registry))
                 if window.empty:
                     raise DataInputError(InputErrorReason.EMPTY_FRAME, "no labelled row with valid features in the window: nothing to score the model on")
             except DataInputError as error:
-                if not diagnose_only:
-                    raise
-                return Completed(name="Nothing to diagnose", message=f"incident {incident.id}: {first_line(str(error))}")
+                if diagnose_only:
+                    return Completed(name="Nothing to diagnose", message=f"incident {incident.id}: {first_line(str(error))}")
+                if champion.is_fallback:  # the stopgap serves and no labels yet: nothing to look for a good version with
+                    close_episode(registry, episode)
+                    return Completed(name="Waiting for labels", message=f"incident {incident.id}: the fallback v{champion.version} serves; {first_line(str(error))}")
+                raise
             reference = load_frame(reference_path) if reference_path else None
             with tags(incident.run_tag):
                 report, y_pred = diagnose_model(registry, champion, window, label_column, reference, incident, audit, timeline)
                 if diagnose_only:
                     return Completed(name="Diagnosed", message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})", data=report.to_dict())
                 live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))
-                measured = measure_versions(registry, audit, window, label_column, timeline)
-                decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured)
+                measured, unscorable = measure_versions(registry, audit, window, label_column, timeline)
+                decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured, unscorable)
                 if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
                     close_episode(registry, episode)
-                    if decision.degraded and not champion.is_fallback and severity is not Severity.EMERGENCY:
+                    if decision.escalate and severity is not Severity.EMERGENCY:
                         # degraded and nothing measured better: the ladder's emergency step (a person) takes it from here
                         timeline.emit(CrisisEvent.RECOVERY_FAILED, registry.model_name, {"reason": decision.reason, "attempts": []}, version=champion.version)
                         return Failed(name="Not recovered", message=f"incident {incident.id}: {decision.reason}", data=decision.to_dict())

@@ -14,6 +14,13 @@ MLflow audit when it noticed (detect), when the harm stopped reaching clients
 (mitigate) and when the model was whole again (recover). Every time counts from
 the moment the evidence existed: the labels recorded, the batch sent, the fault
 switched on.
+
+A drill passes on its end state (`EndState`), the same for every scenario: what
+serves after the response scores at least the pre-crisis version's accuracy on
+fresh labelled rows, minus `END_STATE_TOLERANCE`; the episode opened the
+incidents it should (one, unless the scenario says why not); no row was lost.
+The `real-*` scenarios run real models on the bundled real data sets
+(tasks/real_models.py), where a wrong repair costs far more than the tolerance.
 """
 
 from __future__ import annotations
@@ -21,15 +28,19 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import statistics
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events.worker import EventsWorker
@@ -42,15 +53,18 @@ from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.errors import CrisisError, IncidentError
 from prefect_crisis.core.paths import artifact_key, crisis_home, default_storage
 from prefect_crisis.core.timeline import Timeline, TimelineEvent, model_resource, prefect_sink, related_resources
-from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, AliasAction, CrisisEvent, Severity, TagKey
+from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, AliasAction, CrisisEvent, DecisionKind, Severity, TagKey
 from prefect_crisis.flows.validate_batch import validate_batch
+from prefect_crisis.tasks.datasets import LABEL
 from prefect_crisis.tasks.drills import (
-    PROGRESS, SCENARIO_NAMES, Served, applied_moves, concept_drifted, drill_model_name, first_event, flow_run_processes, inject_into_primary,
-    positives_flipped, register_synthetic, scenario_names, seconds, serve_rows, stable_champion, training_runs, wait_until,
+    END_STATE_TOLERANCE, FRESH_ROWS, PROGRESS, SCENARIO_NAMES, Served, applied_moves, champion_moves, concept_drifted, corrupt_real,
+    drill_model_name, first_event, flow_run_processes, incidents_opened, inject_into_primary, model_events, positives_flipped, register_synthetic,
+    scenario_names, seconds, serve_rows, stable_champion, training_runs, wait_until,
 )
 from prefect_crisis.tasks.emergency import EmergencyRecord
 from prefect_crisis.tasks.incident_report import wait_for_incident_end
 from prefect_crisis.tasks.quarantine import storage_uri, write_parquet
+from prefect_crisis.tasks.real_models import build_real_stack, mislabelled, release_poisoned, release_retrained, serving_accuracy, version_accuracy
 from prefect_crisis.tasks.serving import FallbackRouter
 from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag
 from prefect_crisis.tasks.synthetic import make_batch
@@ -95,9 +109,29 @@ class Drill:
 
 
 @dataclass(frozen=True)
+class EndState:
+    """What a drill's success is judged on once the stack has responded, the same for every scenario:
+
+    - accuracy: what `@champion` serves scores, on `fresh(drill)` labelled rows the response never saw, at least the
+      pre-crisis version's accuracy on the same rows minus END_STATE_TOLERANCE (`pre_accuracy`, `end_accuracy`);
+      `fresh` None: the fault says nothing about accuracy, and `unmeasured` says why;
+    - incidents: the `ml.incident.opened` of the drill model after the injection number `incidents` (fewest, most):
+      one per episode unless `why` says otherwise; `warnings_only`: each is a warning;
+    - nothing lost: the scenario's `rows_lost` fact, where it sends rows, is 0.
+    """
+
+    fresh: Callable[["Drill"], pd.DataFrame] | None = None
+    unmeasured: str = ""
+    incidents: tuple[int, int] = (1, 1)
+    warnings_only: bool = False
+    why: str = ""
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A drill: `setup` builds the model, `inject` breaks it (and stamps the time), `expect` waits for the stack's
-    response within `limit` seconds and records what held, `cleanup` leaves nothing in force."""
+    response within `limit` seconds and records what held, `end` judges where it left the model, `cleanup` leaves
+    nothing in force."""
 
     name: str
     summary: str
@@ -106,6 +140,7 @@ class Scenario:
     expect: Callable[[Drill], None]
     cleanup: Callable[[Drill], None]
     limit: float = 120.0
+    end: EndState = EndState()
 
 
 @dataclass(frozen=True)
@@ -143,26 +178,107 @@ def _close_router(drill: Drill) -> None:
         router.close()
 
 
-def _serve_and_label(drill: Drill, batch_seed: int, drift: bool = False, emit: bool = True) -> Served:
-    """Serve SERVED_ROWS rows through the champion into the stack's inference log, then record their true labels
-    (with `emit`, `ml.labels.recorded`: the evidence the ladder acts on). Stamps the injection time at the labels."""
+def _serve_and_label(drill: Drill, batch: pd.DataFrame, name: str, emit: bool = True) -> Served:
+    """Serve `batch` (features and their true `label`: synthetic rows or a real data set's) through the champion into
+    the stack's inference log, then record the true labels (with `emit`, `ml.labels.recorded`: the evidence the ladder
+    acts on). Stamps the injection time at the labels."""
     log = InferenceLog()
     router = FallbackRouter(drill.registry, log=log.writer(), close_log=True).start(refresh_in_background=False)
-    batch = make_batch(SERVED_ROWS, seed=batch_seed)
-    if drift:
-        batch = concept_drifted(batch, batch_seed)
     try:
-        served = serve_rows(router, batch, prefix=f"{drill.model}-{batch_seed}")
+        served = serve_rows(router, batch, prefix=f"{drill.model}-{name}")
     finally:
         router.close()
-    drill.require(served.failed_requests == 0 and served.rows_failed == 0,
-                  f"{served.failed_requests} requests and {served.rows_failed} rows failed to the client")
+    drill.require(served.rows_lost == 0, f"{served.failed_requests} requests and {served.rows_failed} rows failed to the client")
     drill.inject_now()
     log.record_labels(served.keys, served.labels, emit=emit)
     if emit:
         EventsWorker.drain_all()
-    drill.facts["rows_served"] = len(served.keys)
+    drill.facts.update(rows_served=served.rows_sent, rows_lost=drill.facts.get("rows_lost", 0) + served.rows_lost)
     return served
+
+
+def _synthetic_rows(seed: int, rows: int = SERVED_ROWS, drift: bool = False) -> pd.DataFrame:
+    batch = make_batch(rows, seed=seed)
+    return concept_drifted(batch, seed) if drift else batch
+
+
+def _ladder_runs(model: str, since: datetime, deployment: str = "crisis-response") -> list:
+    """The runs of a ladder deployment (crisis-response, emergency-stop) for `model` created since `since`, newest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since - timedelta(seconds=5))),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200,
+        )
+    return [run for run in runs if run.parameters.get("model_name") == model]
+
+
+def _response_runs(model: str, since: datetime) -> list:
+    """The crisis-response runs of `model` created since `since` (newest first: a busy stack has many)."""
+    return _ladder_runs(model, since)
+
+
+def _incident_of(event) -> str | None:
+    """The incident an event belongs to (its related `ml.incident.<id>` resource)."""
+    return next((r.id.removeprefix(INCIDENT_RESOURCE) for r in event.related if r.role == "incident"), None)
+
+
+INCIDENTS_SETTLE = 20.0  # seconds for the incidents a drill saw to reach the server's event store
+
+
+def judge_end_state(drill: Drill, end: EndState) -> None:
+    """Record and check the end state (`EndState`): `pre_accuracy`, `end_accuracy` and `incidents` in the facts."""
+    if not drill.require(drill.injected_at, "the fault was never injected: no end state to judge"):
+        return
+    fewest, most = end.incidents
+
+    def counted():  # the server persists events in batches: wait for the incidents the drill already knows of
+        opened = incidents_opened(drill.model, drill.injected_at)
+        known = drill.incident is None or drill.incident in {_incident_of(event) for event in opened}
+        return (opened,) if len(opened) >= fewest and known else None  # a tuple: none opened is an answer too
+
+    EventsWorker.drain_all()
+    settled = wait_until(counted, INCIDENTS_SETTLE)
+    opened = settled[0] if settled else incidents_opened(drill.model, drill.injected_at)
+    drill.facts["incidents"] = len(opened)
+    expected = str(fewest) if fewest == most else f"{fewest} to {most}"
+    drill.require(fewest <= len(opened) <= most,
+                  f"{len(opened)} incidents opened for the episode, expected {expected}" + (f" ({end.why})" if end.why else ""))
+    if end.warnings_only:
+        severities = sorted({str(event.payload.get("severity")) for event in opened} - {Severity.WARNING.value})
+        drill.require(not severities, f"a {', '.join(severities)} incident opened: this fault warns at most")
+        drill.facts["warns_at_most"] = True
+    if end.why:
+        drill.facts["incidents_expected"] = f"{expected}: {end.why}"
+    if end.fresh is None:
+        drill.facts["accuracy"] = f"not measured: {end.unmeasured}"
+    else:
+        fresh = end.fresh(drill)
+        before = version_accuracy(drill.registry, drill.state["good"], fresh)
+        version, after = serving_accuracy(drill.registry, fresh)
+        drill.facts.update(pre_accuracy=round(before, 4), end_accuracy=round(after, 4), pre_version=drill.state["good"], end_version=version,
+                           fresh_rows=len(fresh))
+        drill.require(after >= before - END_STATE_TOLERANCE,
+                      f"the end state serves v{version} at {after:.3f} accuracy on {len(fresh)} fresh rows, below the pre-crisis "
+                      f"v{drill.state['good']}'s {before:.3f} by more than {END_STATE_TOLERANCE}")
+    if "rows_lost" in drill.facts:
+        drill.require(drill.facts["rows_lost"] == 0, f"{drill.facts['rows_lost']} rows lost: not kept, quarantined or answered")
+
+
+def _fresh_rows(drill: Drill) -> pd.DataFrame:
+    return _synthetic_rows(drill.seed + 900, FRESH_ROWS)
+
+
+def _fresh_drifted_rows(drill: Drill) -> pd.DataFrame:
+    return _synthetic_rows(drill.seed + 900, FRESH_ROWS, drift=True)
+
+
+def _fresh_real_rows(drill: Drill) -> pd.DataFrame:
+    return drill.state["stack"].fresh()
 
 
 def _check_timeline(drill: Drill, incident: str | None, steps: tuple[str, ...] = TIMELINE_STEPS) -> None:
@@ -208,8 +324,6 @@ def _keyed(batch, start: int = 0):
 def corrupt(batch, rows: int, seed: int):
     """Break `rows` rows of the batch, in equal parts: a missing value, inf, a value far out of range, text in a
     numeric column, a duplicated key. Returns the broken batch (text makes its column a text column)."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     broken = batch.astype({"f04": object}).copy()
     chosen = rng.choice(len(batch) - 1, size=rows, replace=False) + 1
@@ -242,35 +356,60 @@ def _corrupted_inject(drill: Drill) -> None:
     drill.state.update(light=light, heavy=heavy, sent={name: rows for name, (_, rows) in batches.items()})
 
 
+# A value far out of range: an `outlier` past a contract's learnt tolerance bands, `out_of_range` past a hard limit.
+FAR_OUT = {"outlier", "out_of_range"}
+
+
 def _corrupted_expect(drill: Drill) -> None:
     light, heavy, sent = drill.state["light"], drill.state["heavy"], drill.state["sent"]
     for name, report in (("light", light), ("heavy", heavy)):
         drill.require(report.kept + report.quarantined == sent[name],
                       f"{name} batch: kept {report.kept} + quarantined {report.quarantined} != {sent[name]} rows sent")
     kinds = set(light.check_counts)
-    wanted = {"null", "not_finite", "out_of_range", "wrong_type", "duplicate_key"}
-    drill.require(wanted <= kinds, f"light batch: quarantine reasons {sorted(kinds)} miss {sorted(wanted - kinds)}")
+    wanted = {"null", "not_finite", "wrong_type", "duplicate_key"}
+    drill.require(wanted <= kinds and kinds & FAR_OUT, f"light batch: quarantine reasons {sorted(kinds)} miss {sorted(wanted - kinds) or 'outlier'}")
     drill.require(light.verdict.value != "reject" and light.kept >= 180, f"light batch (5% broken): {light.verdict.value}, kept {light.kept}")
-    drill.require(heavy.verdict.value == "reject" and heavy.kept == 0, f"heavy batch (35% broken): {heavy.verdict.value}, kept {heavy.kept}")
-    drill.facts.update(light_quarantined=light.quarantined, heavy_quarantined=heavy.quarantined)
+    drill.facts.update(light_quarantined=light.quarantined, heavy_quarantined=heavy.quarantined,
+                       rows_lost=sum(sent[name] - report.kept - report.quarantined for name, report in (("light", light), ("heavy", heavy))))
+    _rejected_expect(drill, heavy, "heavy batch (35% broken)")
+
+
+WARNING_WAIT = 60.0  # seconds a rejected batch's warning response has to end before the drill judges what it left
+
+
+def _rejected_expect(drill: Drill, report, what: str) -> None:
+    """A batch over the contract's quarantine limit is rejected: quarantined whole (`ml.data.rejected`), so training
+    never sees a row of it; it may warn (the warning step diagnoses the model and acts on nothing) and never reaches
+    serving: no emergency stop, no stop flag, no move of the champion. Detect and mitigate: the rejection reaching the
+    server (the batch is kept from training from then on)."""
+    drill.require(report.verdict.value == "reject" and report.kept == 0, f"{what}: {report.verdict.value}, kept {report.kept}")
     rejected = wait_until(lambda: first_event(drill.model, [CrisisEvent.DATA_REJECTED], drill.injected_at), 15)
-    drill.detect_s = drill.since(rejected.occurred) if rejected else None
-    drill.require(rejected, "no ml.data.rejected event reached the server")
-    registry, fallback = drill.registry, drill.state["fallback"]
-    moved = wait_until(lambda: applied_moves(registry, AliasAction.FALLBACK, drill.injected_at), drill.limit)
+    if drill.require(rejected, "no ml.data.rejected event reached the server"):
+        drill.detect_s = drill.mitigate_s = drill.since(rejected.occurred)
+    warned = wait_until(lambda: [run for run in _ladder_runs(drill.model, drill.injected_at) if run.state and run.state.is_final()],
+                        min(drill.limit, WARNING_WAIT), every=0.5)
+    drill.facts["warning"] = warned[0].state.name if warned else f"none within {min(drill.limit, WARNING_WAIT):g} s"
+    for run in warned or []:
+        drill.require((run.parameters.get("severity"), run.parameters.get("diagnose_only")) == (Severity.WARNING.value, True),
+                      f"the rejected batch started a {run.parameters.get('severity')} response, not a diagnose-only warning")
+        drill.incident = drill.incident or run.parameters.get("incident_id")
+    registry, good = drill.registry, drill.state["good"]
+    stops = _ladder_runs(drill.model, drill.injected_at, "emergency-stop")
+    drill.require(not stops, f"the rejected batch started {len(stops)} emergency stop(s): a rejected batch never reaches serving")
+    moves = champion_moves(registry, drill.injected_at)
+    drill.require(not moves, "the rejected batch moved the champion: " + "; ".join(f"{m.action} v{m.from_version} -> v{m.to_version}" for m in moves))
+    champion = registry.champion()
+    drill.require(champion is not None and champion.version == good, f"the champion is v{champion.version if champion else None}, not v{good}")
     flag = read_stop_flag(drill.model)
-    if drill.require(moved, f"the emergency stop did not serve the fallback within {drill.limit:g} s"):
-        drill.mitigate_s = drill.since(moved[0].at)
-        drill.require(moved[0].to_version == fallback, f"champion moved to v{moved[0].to_version}, not the fallback v{fallback}")
-        drill.incident = moved[0].incident
-    drill.require(wait_until(lambda: read_stop_flag(drill.model), 15), "training's stop flag was not raised")
-    drill.facts["stop_flag"] = bool(flag)
+    drill.require(flag is None, f"training's stop flag was raised over a rejected batch ({flag})")
+    drill.facts.update(stop_flag=flag is not None, kept_for_training=report.kept)
 
 
 # -- 2 poisoned retrain, 3 concept drift ------------------------------------------------------
 
 def _stable_setup(drill: Drill) -> None:
     drill.registry, drill.state["good"] = stable_champion(drill.model, drill.seed)
+    drill.state["fallback"] = drill.registry.version_by_alias(drill.registry.fallback_alias).version
 
 
 def _poisoned_inject(drill: Drill) -> None:
@@ -279,7 +418,7 @@ def _poisoned_inject(drill: Drill) -> None:
     holdout = registry.version(poisoned).metrics.get("accuracy")
     registry.promote(poisoned, f"retrained on the latest batch (holdout accuracy {holdout:.3f} on its own labels)")
     drill.state["poisoned"] = poisoned
-    _serve_and_label(drill, batch_seed=drill.seed + 500)
+    _serve_and_label(drill, _synthetic_rows(drill.seed + 500), str(drill.seed + 500))
 
 
 def _rollback_expect(drill: Drill) -> None:
@@ -297,24 +436,49 @@ def _rollback_expect(drill: Drill) -> None:
 
 
 def _drift_inject(drill: Drill) -> None:
-    _serve_and_label(drill, batch_seed=drill.seed + 600, drift=True)
+    _serve_and_label(drill, _synthetic_rows(drill.seed + 600, drift=True), str(drill.seed + 600))
 
 
 def _drift_expect(drill: Drill) -> None:
-    """Every version learnt the old concept: rolling back cannot help. Expected: detected, one incident, the response
-    fails to recover and escalates (the emergency stop halts training and serves the fallback), and no rollback storm."""
-    registry = drill.registry
+    """Every version learnt the old concept, so nothing is better than what serves but by the window's noise. The
+    decision: the fallback only when measured better than what serves on the window, and then it serves as a stopgap
+    (verified, no escalation); else the response holds, emits `ml.recovery.failed`, and the emergency step stops
+    training and holds serving. Either way at most one move of the champion, and the end state is no worse than
+    doing nothing (pre_accuracy here: the pre-crisis version on fresh rows of the new concept)."""
+    registry, good, fallback = drill.registry, drill.state["good"], drill.state["fallback"]
     breach = wait_until(lambda: first_event(drill.model, [CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY], drill.injected_at), drill.limit)
     if not drill.require(breach, f"the drift was not detected within {drill.limit:g} s"):
         return
     drill.detect_s = drill.since(breach.occurred)
-    stopped = wait_until(lambda: first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], drill.injected_at), drill.limit)
+
+    def settled():
+        return first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], drill.injected_at) or applied_moves(registry, AliasAction.FALLBACK, drill.injected_at)
+
+    if not drill.require(wait_until(settled, drill.limit), f"neither a stopgap nor an emergency stop within {drill.limit:g} s"):
+        return
+    moves = champion_moves(registry, drill.injected_at)
+    drill.require(len(moves) <= 1, f"{len(moves)} champion moves: a storm")
+    decisions = [event.payload for event in model_events(drill.model, [CrisisEvent.DECISION_TAKEN], drill.injected_at)]
+    chosen = next((decision for decision in decisions if decision.get("decision") == DecisionKind.FALLBACK.value), decisions[0] if decisions else {})
+    measured = chosen.get("measured_accuracy", {})
+    drill.facts.update(champion_moves=len(moves), measured_on_window=measured)
+    stopgap = [move for move in moves if move.action == AliasAction.FALLBACK]
+    if stopgap:
+        drill.facts["response"] = "stopgap"
+        drill.mitigate_s = drill.since(stopgap[0].at)
+        drill.incident = stopgap[0].incident
+        drill.require(stopgap[0].to_version == fallback, f"the stopgap is v{stopgap[0].to_version}, not the fallback v{fallback}")
+        drill.require(measured.get(fallback, 0.0) > measured.get(good, 1.0),
+                      f"the fallback serves though not measured better on the window ({measured})")
+        return
+    drill.facts["response"] = "held"
+    failed = first_event(drill.model, [CrisisEvent.RECOVERY_FAILED], drill.injected_at)
+    drill.require(failed, "the response held without emitting ml.recovery.failed")
+    stopped = first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], drill.injected_at)
     if drill.require(stopped, "the ladder did not escalate to the emergency stop"):
         drill.mitigate_s = drill.since(stopped.occurred)
-        drill.incident = next((r.id.removeprefix(INCIDENT_RESOURCE) for r in stopped.related if r.role == "incident"), None)
-    rollbacks = applied_moves(registry, AliasAction.ROLLBACK, drill.injected_at)
-    drill.require(len(rollbacks) <= 1, f"{len(rollbacks)} rollbacks: a rollback storm")
-    drill.facts["rollbacks"] = len(rollbacks)
+        drill.incident = _incident_of(stopped)
+    drill.require(not moves and registry.champion().version == good, f"the champion moved from v{good} with nothing measured better")
     drill.require(read_stop_flag(drill.model), "training was not stopped while the concept changed")
 
 
@@ -334,6 +498,13 @@ class _Recorder:
         return next((event.occurred for event in self.seen if event.event == name.value and event.occurred >= since), None)
 
 
+SERVING_FAULT = EndState(
+    unmeasured="a serving fault: the primary's answers fail or come late, they are not wrong; the router's fallback answers "
+               "meanwhile, the primary answers again once fixed, and the champion never moves (checked)",
+    incidents=(0, 1), warnings_only=True,
+    why="none by design: the router alone answers from the fallback; a health sweep that happens to see the fallback's share "
+        "meanwhile may raise one diagnose-only warning",
+)
 SERVING_DRILL_POLICY = FallbackPolicy(primary_timeout_seconds=0.25, failure_threshold=3, cooldown_seconds=1.0,
                                       share_window_rows=200, min_share_rows=50, refresh_seconds=3600)
 
@@ -377,7 +548,10 @@ def _serving_expect(drill: Drill) -> None:
         drill.detect_s = drill.mitigate_s = drill.since(engaged)
     if drill.require(released, f"the fallback was not released within {drill.limit:g} s of the primary's repair"):
         drill.recover_s = seconds(drill.cleared_at, released)
-    drill.facts.update(requests=served.requests, rows_by_fallback=served.rows_by_fallback, primary_calls_faulted=faulty.faulted_calls)
+    drill.facts.update(requests=served.requests, rows_by_fallback=served.rows_by_fallback, primary_calls_faulted=faulty.faulted_calls,
+                       rows_lost=served.rows_lost)
+    moves = champion_moves(drill.registry, drill.injected_at)
+    drill.require(not moves, f"a serving fault moved the champion {len(moves)} time(s): the router alone answers it")
     _close_router(drill)
     EventsWorker.drain_all()
     on_server = wait_until(lambda: first_event(drill.model, [CrisisEvent.FALLBACK_RELEASED], drill.injected_at), 15)
@@ -392,7 +566,7 @@ def _duplicate_setup(drill: Drill) -> None:
     poisoned = register_synthetic(registry, drill.seed + 1, positives_flipped)
     registry.promote(poisoned, "retrained on the latest batch")
     drill.state["poisoned"] = poisoned
-    _serve_and_label(drill, batch_seed=drill.seed + 800, emit=False)  # the window the response reads; no monitor run
+    _serve_and_label(drill, _synthetic_rows(drill.seed + 800), str(drill.seed + 800), emit=False)  # the window the response reads; no monitor run
 
 
 def _duplicate_inject(drill: Drill) -> None:
@@ -412,21 +586,6 @@ def _duplicate_inject(drill: Drill) -> None:
         for event in (breach, breach, late):
             client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
     drill.state["event_ids"] = {str(breach.id), str(late.id)}
-
-
-def _response_runs(model: str, since: datetime) -> list:
-    """The crisis-response runs of `model` created since `since` (newest first: a busy stack has many)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["crisis-response"])),
-            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since - timedelta(seconds=5))),
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200,
-        )
-    return [run for run in runs if run.parameters.get("model_name") == model]
 
 
 def _duplicate_expect(drill: Drill) -> None:
@@ -676,36 +835,137 @@ def _silent_expect(drill: Drill) -> None:
     drill.facts["window_s"] = window
 
 
+# -- 10 a bad release, 11 a poisoned retrain, 12 a rejected batch: real models on real data ---------
+
+REAL_CONTRACT = "drill-real"
+# A labelling pipeline that records half the benign tumours as malignant: the retrain's own holdout (on those labels)
+# says 0.6-0.77, and on true labels it answers 0.57-0.75 of breast-cancer's rows right: the monitor's critical band.
+BENIGN_RECORDED_MALIGNANT = 0.5
+OVER_THE_LIMIT = 0.15  # the rejected batch's broken share above the contract's quarantine limit
+
+
+def _real_setup(dataset: str) -> Callable[[Drill], None]:
+    """A real model on `dataset` (tasks/real_models.py): a good scaled logistic version that served 3 h, the weak
+    3-feature fallback behind it."""
+    def setup(drill: Drill) -> None:
+        with warnings.catch_warnings():  # digits' blank border pixels: the fallback's feature ranking says so, a terminal need not
+            warnings.filterwarnings("ignore", message="Features .* are constant", category=UserWarning)
+            stack = build_real_stack(drill.model, dataset, seed=drill.seed)
+        drill.registry = stack.registry
+        drill.state.update(stack=stack, good=stack.good, fallback=stack.fallback)
+    return setup
+
+
+def _real_bad_release_inject(drill: Drill) -> None:
+    """A release trained on labels a broken pipeline rotated (every digit recorded as the next) is promoted over the
+    good version, serves the window's rows, and their true labels come in."""
+    stack = drill.state["stack"]
+    drill.state["poisoned"] = release_poisoned(stack)
+    _serve_and_label(drill, stack.window(), "window")
+
+
+def _real_retrain_inject(drill: Drill) -> None:
+    """A retrain on labels that recorded BENIGN_RECORDED_MALIGNANT of the benign tumours as malignant, promoted directly
+    (as poisoned-retrain's, past any gate), serves the window's rows, and their true labels come in."""
+    stack = drill.state["stack"]
+    recorded = mislabelled(stack.parts["retrain"][LABEL].to_numpy(), stack.data.classes, BENIGN_RECORDED_MALIGNANT, np.random.default_rng(drill.seed))
+    drill.state["poisoned"] = release_retrained(stack, recorded)
+    _serve_and_label(drill, stack.window(), "window")
+
+
+def _real_rollback_expect(drill: Drill) -> None:
+    """Rolled back to the good version (rollback before fallback): never to the weak fallback."""
+    _rollback_expect(drill)
+    stopgaps = applied_moves(drill.registry, AliasAction.FALLBACK, drill.injected_at)
+    drill.require(not stopgaps, f"the weak fallback v{drill.state['fallback']} served though the good v{drill.state['good']} was there")
+
+
+def _real_rejected_setup(drill: Drill) -> None:
+    """A real model on digits that serves (the window's rows, labelled: the monitor sees it healthy), and the contract
+    learnt from its training rows (`DataContract.from_reference`, the label's classes included)."""
+    _real_setup("digits")(drill)
+    stack = drill.state["stack"]
+    reference = stack.parts["train"]
+    uri = storage_uri(default_storage(), drill.model, "reference.parquet")
+    write_parquet(reference, uri)
+    contract = DataContract.from_reference(reference, label_column=LABEL, reference_uri=uri)
+    contract.save(REAL_CONTRACT, overwrite=True)
+    drill.state["limit"] = contract.max_quarantine_ratio
+    _serve_and_label(drill, stack.window(), "serving")
+
+
+def _real_rejected_inject(drill: Drill) -> None:
+    """The next training's batch (the retrain rows) arrives with NaN, text in a numeric column, a class never seen and
+    values far out of range on OVER_THE_LIMIT more of its rows than the contract's quarantine limit."""
+    stack, limit = drill.state["stack"], drill.state["limit"]
+    batch = stack.parts["retrain"]
+    broken = math.ceil(len(batch) * (limit + OVER_THE_LIMIT))
+    uri = storage_uri(default_storage(), drill.model, f"drill-real-{drill.iteration}.parquet")
+    write_parquet(corrupt_real(batch, broken, drill.seed, stack.data.classes), uri)
+    drill.inject_now()
+    report = validate_batch(model_name=drill.model, contract_block=REAL_CONTRACT, batch_path=uri, storage=default_storage())
+    drill.state.update(report=report, sent=len(batch), broken=broken)
+
+
+def _real_rejected_expect(drill: Drill) -> None:
+    report, sent, broken, limit = drill.state["report"], drill.state["sent"], drill.state["broken"], drill.state["limit"]
+    drill.require(report.kept + report.quarantined == sent, f"kept {report.kept} + quarantined {report.quarantined} != {sent} rows sent")
+    kinds, wanted = set(report.check_counts), {"null", "wrong_type", "unknown_category"}
+    drill.require(wanted <= kinds, f"quarantine reasons {sorted(kinds)} miss {sorted(wanted - kinds)}")
+    drill.facts.update(batch_rows=sent, broken_rows=broken, quarantined=report.quarantined,
+                       rows_lost=drill.facts.get("rows_lost", 0) + sent - report.kept - report.quarantined)
+    _rejected_expect(drill, report, f"the batch ({broken / sent:.0%} broken, limit {limit:.0%})")
+
+
+MEASURED = EndState(_fresh_rows)
+REAL = EndState(_fresh_real_rows)
+REJECTED_WARNS = ("a rejected batch warns at most: the warning step's diagnosis, which acts on nothing; the batch's rows were all "
+                  "kept from training, so nothing else is needed")
+
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
     for scenario in (
         Scenario("corrupted-batch", "a batch with NaN, inf, out-of-range values, text in a numeric column and duplicate keys: "
-                 "5% broken is quarantined row by row, 35% is rejected whole and the emergency stop serves the fallback",
-                 _corrupted_setup, _corrupted_inject, _corrupted_expect, _lift_emergency, limit=90),
+                 "5% broken is quarantined row by row, 35% is rejected whole; it may warn, and never reaches serving",
+                 _corrupted_setup, _corrupted_inject, _corrupted_expect, _lift_emergency, limit=90,
+                 end=EndState(_fresh_rows, incidents=(0, 1), warnings_only=True, why=REJECTED_WARNS)),
         Scenario("poisoned-retrain", "a retrain on labels flipped upstream is promoted by its own holdout; live labels reveal it; "
                  "the monitor breaches and the response rolls back to the stable version",
-                 _stable_setup, _poisoned_inject, _rollback_expect, _no_cleanup, limit=240),
-        Scenario("concept-drift", "live traffic whose labels follow a new concept: every version is wrong, so no rollback helps; "
-                 "detected, the response fails to recover and escalates to the emergency stop",
-                 _stable_setup, _drift_inject, _drift_expect, _lift_emergency, limit=120),
+                 _stable_setup, _poisoned_inject, _rollback_expect, _no_cleanup, limit=240, end=MEASURED),
+        Scenario("concept-drift", "live traffic whose labels follow a new concept: every version is wrong, so nothing is better; "
+                 "detected, the response holds and the emergency step stops training (or the fallback, measured better, is a stopgap)",
+                 _stable_setup, _drift_inject, _drift_expect, _lift_emergency, limit=120, end=EndState(_fresh_drifted_rows)),
         Scenario("primary-raising", "the served primary raises on every call: each request is answered by the fallback, and the "
                  "breaker lets the primary back when it is fixed",
-                 _serving_setup, _serving_inject("raise"), _serving_expect, _close_router, limit=30),
+                 _serving_setup, _serving_inject("raise"), _serving_expect, _close_router, limit=30, end=SERVING_FAULT),
         Scenario("latency-spike", "the served primary takes 1 s a call against a 0.25 s timeout: answered by the fallback, "
                  "released when the primary is fast again",
-                 _serving_setup, _serving_inject(1.0), _serving_expect, _close_router, limit=30),
+                 _serving_setup, _serving_inject(1.0), _serving_expect, _close_router, limit=30, end=SERVING_FAULT),
         Scenario("registry-unavailable", "the MLflow store turns unwritable as a critical breach arrives and stays so while the "
                  "response runs: its writes wait the outage out and the rollback completes once, audited, nothing half done",
-                 _unavailable_setup, _unavailable_inject, _unavailable_expect, _restore_store, limit=90),
+                 _unavailable_setup, _unavailable_inject, _unavailable_expect, _restore_store, limit=90, end=MEASURED),
         Scenario("training-killed", "the training process is killed mid-epoch (SIGKILL: no handler runs): Prefect records it "
                  "Crashed, and the next training run closes the orphaned MLflow run and resumes its last periodic checkpoint",
-                 _training_setup, _training_inject, _training_expect, _cancel_training, limit=120),
+                 _training_setup, _training_inject, _training_expect, _cancel_training, limit=120,
+                 end=EndState(unmeasured="a killed training: nothing served before it, and what it leaves is the resumed run, "
+                              "judged by completing from its checkpoint", incidents=(0, 0),
+                              why="none by design: the next training run resumes the checkpoint; nothing breaches")),
         Scenario("duplicate-event", "one critical breach delivered twice (same event id) and a late copy out of order: "
                  "one response, one rollback",
-                 _duplicate_setup, _duplicate_inject, _duplicate_expect, _no_cleanup, limit=90),
+                 _duplicate_setup, _duplicate_inject, _duplicate_expect, _no_cleanup, limit=90, end=MEASURED),
+        Scenario("real-bad-release", "digits: a release trained on rotated labels is promoted over the good version and serves; "
+                 "labels come in; the ladder rolls back to the good version, not the weak fallback",
+                 _real_setup("digits"), _real_bad_release_inject, _real_rollback_expect, _lift_emergency, limit=240, end=REAL),
+        Scenario("real-poisoned-retrain", "breast-cancer: a retrain on labels that call half the benign tumours malignant is "
+                 "promoted directly and serves; labels come in; the response rolls back to the good version",
+                 _real_setup("breast-cancer"), _real_retrain_inject, _real_rollback_expect, _lift_emergency, limit=240, end=REAL),
+        Scenario("real-rejected-batch", "digits, serving: the next training batch arrives with NaN, text, an unseen class and "
+                 "values far out of range on more rows than the contract allows: rejected whole, it may warn, never reaches serving",
+                 _real_rejected_setup, _real_rejected_inject, _real_rejected_expect, _lift_emergency, limit=90,
+                 end=EndState(_fresh_real_rows, incidents=(0, 1), warnings_only=True, why=REJECTED_WARNS)),
         Scenario("monitor-silent", "a model's health monitor stops reporting: the dead man's switch raises a diagnose-only "
                  "warning once its window has passed",
-                 _silent_setup, _silent_inject, _silent_expect, _no_cleanup, limit=60),
+                 _silent_setup, _silent_inject, _silent_expect, _no_cleanup, limit=60, end=EndState(_fresh_rows, warnings_only=True)),
     )
 }
 assert tuple(SCENARIOS) == SCENARIO_NAMES, "tasks/drills.SCENARIO_NAMES lists the scenarios in catalogue order"
@@ -720,12 +980,14 @@ def say(line: str) -> None:
 def run_iteration(scenario: Scenario, iteration: int, seed: int, progress: Callable[[str], None] = say) -> DrillResult:
     """Set up, inject, expect and clean up once; an exception anywhere is a failure with its reason, never a crash."""
     drill = Drill(scenario.name, iteration, seed, drill_model_name(scenario.name), scenario.limit)
+    drill.facts.update(pre_accuracy=None, end_accuracy=None, incidents=None)
     progress(f"{scenario.name} #{iteration} (seed {seed}): {scenario.summary} [{drill.model}]")
     started = time.monotonic()
     try:
         scenario.setup(drill)
         scenario.inject(drill)
         scenario.expect(drill)
+        judge_end_state(drill, scenario.end)
     except Exception as error:  # noqa: BLE001 - a drill reports what broke, it does not stop the others
         drill.failures.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     finally:
@@ -745,14 +1007,21 @@ def describe(result: DrillResult) -> str:
     Example:
         >>> describe(DrillResult("latency-spike", 0, 7, "drill-latency-spike-1", True, 0.61, 0.61, 1.2, None, (), {}, 9.5))
         'latency-spike #0 (seed 7): passed; detect 0.61 s, mitigate 0.61 s, recover 1.20 s [drill-latency-spike-1, 9.5 s]'
+        >>> describe(DrillResult("real-bad-release", 0, 7, "drill-real-bad-release-1", True, 0.9, 2.1, 2.1, "e-1", (),
+        ...                      {"pre_accuracy": 0.9582, "end_accuracy": 0.9582, "incidents": 1}, 30.2))
+        'real-bad-release #0 (seed 7): passed; detect 0.90 s, mitigate 2.10 s, recover 2.10 s; accuracy 0.958 -> 0.958, 1 incident [drill-real-bad-release-1, incident e-1, 30.2 s]'
     """
     def shown(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f} s"
 
     verdict = "passed" if result.passed else "FAILED: " + "; ".join(result.failures)
     incident = f", incident {result.incident}" if result.incident else ""
+    before, after, incidents = (result.facts.get(name) for name in ("pre_accuracy", "end_accuracy", "incidents"))
+    end = f"; accuracy {before:.3f} -> {after:.3f}" if before is not None and after is not None else ""
+    if incidents is not None:
+        end += f"{',' if end else ';'} {incidents} incident{'' if incidents == 1 else 's'}"
     return (f"{result.scenario} #{result.iteration} (seed {result.seed}): {verdict}; detect {shown(result.detect_s)}, "
-            f"mitigate {shown(result.mitigate_s)}, recover {shown(result.recover_s)} [{result.model}{incident}, {result.wall_s:.1f} s]")
+            f"mitigate {shown(result.mitigate_s)}, recover {shown(result.recover_s)}{end} [{result.model}{incident}, {result.wall_s:.1f} s]")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -771,7 +1040,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def summarize(results: list[DrillResult]) -> list[dict[str, Any]]:
-    """Per scenario: runs, success rate, and p50 / p95 / max of detect, mitigate and recover; failures with reasons."""
+    """Per scenario: runs, success rate, p50 / p95 / max of detect, mitigate and recover, the end state (mean accuracy
+    before and after on fresh rows, the largest drop, fewest and most incidents per episode); failures with reasons."""
     rows = []
     for name in dict.fromkeys(result.scenario for result in results):
         mine = [result for result in results if result.scenario == name]
@@ -782,6 +1052,13 @@ def summarize(results: list[DrillResult]) -> list[dict[str, Any]]:
             row[f"{measure[:-2]}_p50_s"] = percentile(values, 50)
             row[f"{measure[:-2]}_p95_s"] = percentile(values, 95)
             row[f"{measure[:-2]}_max_s"] = max(values) if values else None
+        before = [r.facts["pre_accuracy"] for r in mine if r.facts.get("pre_accuracy") is not None and r.facts.get("end_accuracy") is not None]
+        after = [r.facts["end_accuracy"] for r in mine if r.facts.get("pre_accuracy") is not None and r.facts.get("end_accuracy") is not None]
+        row["pre_accuracy"] = round(statistics.fmean(before), 4) if before else None
+        row["end_accuracy"] = round(statistics.fmean(after), 4) if after else None
+        row["accuracy_drop_max"] = round(max(b - a for b, a in zip(before, after)), 4) if before else None
+        incidents = [r.facts["incidents"] for r in mine if r.facts.get("incidents") is not None]
+        row["incidents_min"], row["incidents_max"] = (min(incidents), max(incidents)) if incidents else (None, None)
         row["failures"] = "; ".join(f"#{r.iteration}: {'; '.join(r.failures)}" for r in mine if not r.passed)
         rows.append(row)
     return rows

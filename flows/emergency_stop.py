@@ -17,7 +17,7 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
-from prefect_crisis.core.errors import DataInputError
+from prefect_crisis.core.errors import CrisisError, DataInputError, PolicyError
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Severity, is_drill_model
 from prefect_crisis.tasks.batches import load_frame
@@ -40,6 +40,7 @@ from prefect_crisis.tasks.incident import (
     join_or_open_incident,
     live_window,
     measure_versions,
+    model_features,
     new_incident_id,
     scorable_rows,
     predict_with,
@@ -47,7 +48,7 @@ from prefect_crisis.tasks.incident import (
     tag_response_run,
 )
 from prefect_crisis.tasks.inference_log import latencies_of, read_labelled_window
-from prefect_crisis.tasks.loading import bind_policy
+from prefect_crisis.tasks.loading import BoundPolicy, bind_policy
 from prefect_crisis.tasks.recovery import RecoveryOutcome
 from prefect_crisis.tasks.rollback import LiveWindow
 
@@ -84,23 +85,23 @@ def repair_serving(
         return StepResult("serve", True, "no champion: serving unchanged")
     try:
         window = load_frame(window_path) if window_path else read_labelled_window(
-            inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now()
+            inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now(), latency_version=champion.version,
         )
     except DataInputError as error:
         logger.warning("no labelled window to measure on (%s): deciding from the serving history alone", first_line(str(error)))
         window = None
     if window is not None:
-        window = scorable_rows(window, label_column)
+        window = scorable_rows(window, label_column, model_features(registry))
     if window is not None and not window.empty:
         y_pred, _ = predict_with(registry, champion.version, window, champion)
         live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))
-        measured = measure_versions(registry, audit, window, label_column, timeline)
+        measured, unscorable = measure_versions(registry, audit, window, label_column, timeline)
     else:
         moved = [move for move in audit.of_alias(registry.champion_alias) if move.incident == incident.id and move.applied]
         if moved and moved[-1].to_version == champion.version and not champion.is_fallback:
             return StepResult("serve", True, f"v{champion.version} keeps serving: this incident's {moved[-1].action} put it there (nothing measured since)")
-        live, measured = LiveWindow({}, {}), {}
-    decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured)
+        live, measured, unscorable = LiveWindow({}, {}), {}, frozenset()
+    decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured, unscorable)
     if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
         return StepResult("serve", True, f"v{champion.version} keeps serving: {decision.reason}")
     if window is None or window.empty:  # nothing to verify on: the decision's move, unverified
@@ -112,6 +113,15 @@ def repair_serving(
         )
     moved = f"v{outcome.champion_before} -> v{outcome.champion_after}" if outcome.champion_after != outcome.champion_before else f"v{outcome.champion_after} unchanged"
     return StepResult("serve", outcome.recovered, f"{decision.kind.value}: {moved} ({decision.reason})", [outcome.champion_after or ""])
+
+
+def champion_is_fallback(registry: ModelRegistry) -> bool:
+    """The fallback model serves now (False when the store cannot say: a stopgap episode is then joined by time only)."""
+    try:
+        champion = registry.champion()
+    except CrisisError:
+        return False
+    return champion is not None and champion.is_fallback
 
 
 def move_unverified(registry: ModelRegistry, decision, incident: Incident, champion) -> RecoveryOutcome:
@@ -164,15 +174,16 @@ def emergency_stop(
     logger = get_run_logger()
     with get_client(sync_client=True) as client:
         if resolve:
-            record = EmergencyRecord.read(model)
-            if record is None:
-                return Completed(name="Nothing to resolve", message=f"{model!r} has no emergency stop in force")
-            results = [
-                outcome_of("stop-flag", lower_flag_task(model, return_state=True)),
-                outcome_of("resume-training", resume_training_task(client, record.paused_deployments, return_state=True)),
-            ]
-            if all(r.ok for r in results):
-                EmergencyRecord.clear(model)
+            with concurrency(response_limit(model), occupy=1, strict=True):  # never beside a stop that writes the record
+                record = EmergencyRecord.read(model)
+                if record is None:
+                    return Completed(name="Nothing to resolve", message=f"{model!r} has no emergency stop in force")
+                results = [
+                    outcome_of("stop-flag", lower_flag_task(model, return_state=True)),
+                    outcome_of("resume-training", resume_training_task(client, record.paused_deployments, return_state=True)),
+                ]
+                if all(r.ok for r in results):
+                    EmergencyRecord.clear(model)
             Timeline(record.incident, clock=registry.now).emit(
                 CrisisEvent.EMERGENCY_RESOLVED, model,
                 {"reason": reason, "triggering_event_id": triggering_event_id, "steps": {r.step: r.detail for r in results}},
@@ -181,13 +192,17 @@ def emergency_stop(
             refresh_dashboard(registry, logger)
             return resolved
 
-        bound = bind_policy(RollbackPolicy, model, rollback_policy_block)
+        try:
+            bound = bind_policy(RollbackPolicy, model, rollback_policy_block)
+        except PolicyError as error:  # the emergency acts all the same: on the defaults, and says why loudly
+            logger.error("%s: acting on the default rollback policy", error)
+            bound = BoundPolicy(RollbackPolicy(), f"defaults ({first_line(str(error))})")
         identifier = incident_id or new_incident_id()
         with concurrency(response_limit(model), occupy=1, strict=True):
             record = EmergencyRecord.read(model)
             joined = join_or_open_incident(
                 model, triggering_event_id, Severity.EMERGENCY, violation_of(reason), quiet_minutes=bound.policy.cooldown_minutes,
-                drill=is_drill_model(model), clock=registry.now, incident_id=identifier,
+                drill=is_drill_model(model), clock=registry.now, incident_id=identifier, fallback_serves=champion_is_fallback(registry),
             )
             if joined is None:
                 return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")

@@ -36,12 +36,19 @@ from prefect_crisis.tasks.synthetic import feature_names, make_batch
 FEATURES = feature_names(20)
 # The scenarios of flows/drill.py, in the order a full drill runs them.
 SCENARIO_NAMES = ("corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable",
-                  "training-killed", "duplicate-event", "monitor-silent")
+                  "training-killed", "duplicate-event", "real-bad-release", "real-poisoned-retrain", "real-rejected-batch", "monitor-silent")
 PROGRESS = logging.getLogger("prefect_crisis.drill")  # a line per step for a terminal (`crisis drill` shows it); the run log has them too
 FALLBACK_FEATURES = ["f00", "f01", "f02"]
 # A labelling pipeline that turns 65% of the positives into negatives: the retrain's own holdout (scored on
 # those labels) still passes it, while on true labels it lands in the monitor's CRITICAL band (error ~0.4).
 POSITIVES_FLIPPED = 0.65
+# A drill passes on its end state. The accuracy of what serves after the response, on fresh labelled rows the response
+# never saw, may fall at most this far below the pre-crisis version's on the same rows. The comparison is paired: a
+# response that returns to the pre-crisis version scores exactly what it did, and another version (the fallback as a
+# stopgap under drift) differs by the rows' noise, one standard deviation under 0.016 on FRESH_ROWS synthetic rows; a
+# wrong end state on the real sets costs far more (digits' weak fallback 0.4, a poisoned release 0.4 to 0.9).
+END_STATE_TOLERANCE = 0.03
+FRESH_ROWS = 2_000  # fresh labelled rows of the synthetic scenarios (the real ones use their data set's fresh part)
 
 
 def scenario_names(names: list[str] | None) -> list[str]:
@@ -141,6 +148,12 @@ class Served:
     failed_requests: int = 0
     rows_failed: int = 0
     rows_by_fallback: int = 0
+    rows_sent: int = 0
+
+    @property
+    def rows_lost(self) -> int:
+        """Rows sent that no model answered: those of failed requests and the rows marked failed."""
+        return self.rows_sent - (len(self.keys) - self.rows_failed)
 
     def extend(self, other: "Served") -> None:
         self.keys += other.keys
@@ -149,15 +162,18 @@ class Served:
         self.failed_requests += other.failed_requests
         self.rows_failed += other.rows_failed
         self.rows_by_fallback += other.rows_by_fallback
+        self.rows_sent += other.rows_sent
 
 
 def serve_rows(router: Any, batch: pd.DataFrame, request_rows: int = 10, prefix: str | None = None, pause: float = 0.0) -> Served:
-    """Send `batch` through the router `request_rows` at a time, as clients would; an exception is a failed request."""
+    """Send `batch` (features and its true `label`: synthetic rows or a real data set's) through the router
+    `request_rows` at a time, as clients would; an exception is a failed request."""
     prefix = prefix or uuid.uuid4().hex[:8]
     served = Served([], [])
     for start in range(0, len(batch), request_rows):
         part = batch.iloc[start:start + request_rows]
         served.requests += 1
+        served.rows_sent += len(part)
         try:
             answer = router.predict(part.drop(columns=["label"]), request_id=f"{prefix}-{start // request_rows}")
         except Exception:  # noqa: BLE001 - what a client sees: its request failed
@@ -216,6 +232,31 @@ class FaultyEstimator:
         return self.estimator.predict(X)
 
 
+def corrupt_real(batch: pd.DataFrame, rows: int, seed: int, classes: Iterable[int], label: str = "label") -> pd.DataFrame:
+    """Break `rows` rows of a real batch, in equal parts: a missing value, text in a numeric column, a class the model
+    never saw, a value far out of range (1e6), each in a feature chosen by `seed`. Returns the broken batch (the columns
+    given text become text columns).
+
+    Example:
+        >>> batch = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [5, 6, 7, 8], "label": [0, 1, 0, 1]})
+        >>> broken = corrupt_real(batch, 4, seed=0, classes=[0, 1])
+        >>> int(broken["a"].isna().sum() + broken["b"].isna().sum()), sorted(broken["label"].unique().tolist())
+        (1, [0, 1, 2])
+    """
+    rng = np.random.default_rng(seed)
+    features = [name for name in batch.columns if name != label]
+    broken = batch.astype(object)
+    values = (np.nan, "n/a", max(classes) + 1, 1e6)
+    for number, row in enumerate(rng.choice(len(batch), size=rows, replace=False)):
+        kind = number % 4
+        column = label if kind == 2 else str(rng.choice(features))
+        broken.iat[row, broken.columns.get_loc(column)] = values[kind]
+    for name in broken.columns:  # numbers stay numbers; a column given text is a text column, as it arrives
+        if not broken[name].map(lambda value: isinstance(value, str)).any():
+            broken[name] = pd.to_numeric(broken[name])
+    return broken
+
+
 def inject_into_primary(router: Any) -> FaultyEstimator:
     """Put a fault switch in front of the router's loaded primary (the served process's own model object)."""
     from dataclasses import replace
@@ -240,6 +281,17 @@ def model_events(model: str, names: Iterable[CrisisEvent], since: datetime) -> l
 def first_event(model: str, names: Iterable[CrisisEvent], since: datetime) -> ReceivedEvent | None:
     found = [event for event in model_events(model, names, since) if event.occurred >= since]
     return found[0] if found else None
+
+
+def incidents_opened(model: str, since: datetime) -> list[ReceivedEvent]:
+    """The model's `ml.incident.opened` events since `since`: a response that joins the open incident emits
+    `ml.incident.joined` instead, so this counts the incidents of the episode."""
+    return [event for event in model_events(model, [CrisisEvent.INCIDENT_OPENED], since) if event.occurred >= since]
+
+
+def champion_moves(registry: ModelRegistry, since: datetime) -> list[AliasMove]:
+    """Every applied move of the champion alias at or after `since`, whatever its action, oldest first."""
+    return [move for move in registry.audit_trail(registry.champion_alias) if move.applied and move.at >= since]
 
 
 def applied_moves(registry: ModelRegistry, action: AliasAction, since: datetime) -> list[AliasMove]:

@@ -18,7 +18,6 @@ from enum import StrEnum
 
 from prefect.variables import Variable
 
-from prefect_crisis.tasks.loading import block_name_of
 
 EVENTS_KEPT = 20  # triggering events remembered per episode: a late duplicate of an older one is rare, and is held by the cool-down
 
@@ -41,8 +40,9 @@ class Episode:
         >>> episode = Episode("e-1", "critical", "quality", at.isoformat(), EpisodeState.RECOVERED, at.isoformat(), ("e-1",))
         >>> episode.joinable(at + timedelta(minutes=10), quiet_minutes=30), episode.joinable(at + timedelta(minutes=31), quiet_minutes=30)
         (True, False)
-        >>> replace(episode, state=EpisodeState.STOPGAP).joinable(at + timedelta(days=2), quiet_minutes=30)
-        True
+        >>> stopgap = replace(episode, state=EpisodeState.STOPGAP)
+        >>> stopgap.joinable(at + timedelta(days=2), 30), stopgap.joinable(at + timedelta(days=2), 30, fallback_serves=False)
+        (True, False)
     """
 
     incident: str
@@ -54,9 +54,10 @@ class Episode:
     events: tuple[str, ...] = ()
     drill: bool = False
 
-    def joinable(self, now: datetime, quiet_minutes: float) -> bool:
-        """A response at `now` joins this incident: the fallback still serves, or the last response was within `quiet_minutes`."""
-        if self.state is EpisodeState.STOPGAP:
+    def joinable(self, now: datetime, quiet_minutes: float, fallback_serves: bool = True) -> bool:
+        """A response at `now` joins this incident: the stopgap it left still serves (`fallback_serves`: the fallback model is
+        the champion now), or the last response was within `quiet_minutes`."""
+        if self.state is EpisodeState.STOPGAP and fallback_serves:
             return True
         return now - datetime.fromisoformat(self.updated_at) < timedelta(minutes=quiet_minutes)
 
@@ -70,8 +71,9 @@ class Episode:
 
 
 def episode_name(model: str) -> str:
-    """Name of the Variable that holds the model's current episode."""
-    return "crisis-incident-" + block_name_of(model)
+    """Name of the Variable that holds the model's current episode (model names are already Variable-safe: lowercase
+    letters, digits, `-` and `_`; `churn_v2` and `churn-v2` stay two models)."""
+    return "crisis-incident-" + model
 
 
 def read_episode(model: str) -> Episode | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo, first_line, is_unavailable, reset_store_connections
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
-from prefect_crisis.core.errors import RegistryError
+from prefect_crisis.core.errors import CrisisError, RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, CrisisEvent, Severity, TagKey, ViolationType
@@ -37,6 +37,7 @@ from prefect_crisis.tasks.episodes import Episode, EpisodeState, new_episode, re
 from prefect_crisis.tasks.rollback import (
     LiveWindow,
     RollbackDecision,
+    EMERGENCY_MIN_SAMPLES,
     accuracy_of,
     candidates_from_registry,
     decide_rollback,
@@ -207,30 +208,48 @@ def diagnose_model(
     return report, y_pred
 
 
-def scorable_rows(window: pd.DataFrame, label: str) -> pd.DataFrame:
-    """The window's rows every version can be scored on: a label, and finite numbers in every numeric feature column
-    (a row serving answered by the fallback because the primary's inputs were invalid cannot judge the primary).
+def scorable_rows(window: pd.DataFrame, label: str, features: Collection[str] | None = None) -> pd.DataFrame:
+    """The window's rows every version can be scored on: a label, and a finite number in every feature the versions read
+    (`features`; every numeric column when not given). A row serving answered by the fallback because the primary's
+    inputs were invalid (NaN, text) cannot judge the primary.
 
     Example:
-        >>> frame = pd.DataFrame({"x": [1.0, float("nan"), 3.0], "label": [0, 1, None], "latency_ms": [5.0, None, None]})
+        >>> frame = pd.DataFrame({"x": [1.0, float("nan"), 3.0, 4.0], "t": ["a", "b", "c", "n/a"], "label": [0, 1, None, 1]})
         >>> scorable_rows(frame, "label")["x"].tolist()
+        [1.0, 4.0]
+        >>> scorable_rows(frame.assign(t=["1", "2", "3", "n/a"]), "label", features=["x", "t"])["x"].tolist()
         [1.0]
     """
-    features = window.drop(columns=[c for c in (label, "timestamp", LATENCY_COLUMN) if c in window.columns])
-    numeric = features.select_dtypes(include="number")
-    finite = np.isfinite(numeric.to_numpy(dtype=float)).all(axis=1) if numeric.shape[1] else np.ones(len(window), dtype=bool)
+    if features is None:
+        columns = window.drop(columns=[c for c in (label, "timestamp", LATENCY_COLUMN) if c in window.columns]).select_dtypes(include="number").columns
+    else:
+        columns = [column for column in features if column in window.columns]
+    values = np.column_stack([pd.to_numeric(window[column], errors="coerce").to_numpy(dtype=float) for column in columns]) if len(columns) else None
+    finite = np.isfinite(values).all(axis=1) if values is not None else np.ones(len(window), dtype=bool)
     keep = finite & window[label].notna().to_numpy()
     return window if keep.all() else window[keep]
+
+
+def model_features(registry: ModelRegistry) -> list[str]:
+    """Every feature any version of the model reads (their `crisis.features` tags)."""
+    found: dict[str, None] = {}
+    for info in registry.versions():
+        for name in info.tags.get(TagKey.FEATURES, "").split(","):
+            if name:
+                found[name] = None
+    return list(found)
 
 
 MEASURED_VERSIONS = 6  # versions scored on the window besides the champion: the most recent that served, and the fallback
 
 
 @task(name="measure-versions", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
-def measure_versions(registry: ModelRegistry, audit: AuditSnapshot, window: pd.DataFrame, label: str, timeline: Timeline) -> dict[str, LiveWindow]:
+def measure_versions(
+    registry: ModelRegistry, audit: AuditSnapshot, window: pd.DataFrame, label: str, timeline: Timeline
+) -> tuple[dict[str, LiveWindow], frozenset[str]]:
     """Score the versions a repair may go to on the incident's labelled window (the same rows the champion is judged on):
-    the most recent versions that served and are not implicated, and the fallback. A version the window cannot feed
-    (features it lacks) is left out, and the log says so."""
+    the most recent versions that served and are not implicated, and the fallback. Returns the measurements and the
+    versions the window cannot feed (features it lacks, values they cannot read): never a repair's target."""
     champion, candidates, _ = candidates_from_registry(registry, audit)
     logger = timeline.logger(get_run_logger(), registry.model_name, champion.version if champion else None)
     current = champion.version if champion else None
@@ -238,22 +257,24 @@ def measure_versions(registry: ModelRegistry, audit: AuditSnapshot, window: pd.D
     fallback = [c for c in candidates if c.holds_fallback_alias and c.version != current]
     truth = window[label].to_numpy()
     measured: dict[str, LiveWindow] = {}
+    unscorable: set[str] = set()
     for candidate in [*served, *fallback]:
         try:
             y_pred, _ = predict_with(registry, candidate.version, window)
         except (RegistryError, ValueError) as error:
-            logger.warning("v%s not measured on the window: %s", candidate.version, first_line(str(error)))
+            logger.warning("v%s cannot be scored on the window (never a target): %s", candidate.version, first_line(str(error)))
+            unscorable.add(candidate.version)
             continue
         measured[candidate.version] = live_window(truth, y_pred)
     shown = ", ".join(f"v{v} {w.successes['accuracy'] / max(w.samples['accuracy'], 1):.1%}" for v, w in measured.items()) or "none"
     logger.info("measured on the window's %d labelled rows: %s", len(window), shown)
-    return measured
+    return measured, frozenset(unscorable)
 
 
 @task(name="decide-rollback", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
 def decide_rollback_task(
     registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, incident: Incident, audit: AuditSnapshot, timeline: Timeline,
-    measured: dict[str, LiveWindow] | None = None,
+    measured: dict[str, LiveWindow] | None = None, unscorable: frozenset[str] = frozenset(),
 ) -> RollbackDecision:
     """Decide HOLD / ROLLBACK / FALLBACK / INCONCLUSIVE from the incident's audit snapshot; emit `ml.decision.taken`."""
     champion, candidates, last_rollback_at = candidates_from_registry(registry, audit)
@@ -261,6 +282,7 @@ def decide_rollback_task(
         raise RegistryError(f"{registry.model_name!r} has no champion to judge: promote a version first")
     decision = decide_rollback(
         live, champion, candidates, policy, now=registry.now(), last_rollback_at=last_rollback_at, severity=incident.severity, measured=measured,
+        unscorable=unscorable,
     )
     timeline.emit(
         CrisisEvent.DECISION_TAKEN,
@@ -275,6 +297,7 @@ def decide_rollback_task(
 
 def verifier(
     registry: ModelRegistry, policy: RollbackPolicy, audit: AuditSnapshot, window: pd.DataFrame, label: str, before: Verification | None,
+    min_samples_cap: int | None = None,
 ) -> Callable[[str], Verification]:
     """Verification of a version on the window against its *own* baseline (none looser than the version it was promoted
     over); the fallback model, a stopgap, verifies when it is measured no worse than what served before."""
@@ -283,7 +306,10 @@ def verifier(
     truth = window[label].to_numpy()
 
     def verify(version: str) -> Verification:
-        y_pred, _ = predict_with(registry, version, window)
+        try:
+            y_pred, _ = predict_with(registry, version, window)
+        except (RegistryError, ValueError) as error:
+            return Verification(False, f"v{version} cannot be scored on the window: {first_line(str(error))}")
         live = live_window(truth, y_pred)
         accuracy = live.successes["accuracy"] / max(live.samples["accuracy"], 1)
         candidate = by_version.get(version)
@@ -293,7 +319,7 @@ def verifier(
             compared = "" if before_accuracy is None else f" against {before_accuracy:.4f} serving before"
             return Verification(passed, f"fallback v{version} accuracy {accuracy:.4f} on the window{compared} (a stopgap)", {"accuracy": accuracy})
         baseline = guarded_baseline(candidate, candidates) if candidate is not None else {}
-        judged = judge_rules(live, baseline, policy)
+        judged = judge_rules(live, baseline, policy, min_samples_cap=min_samples_cap)
         failing = [str(v) for v in judged.violations] + list(judged.undecided)  # a rule that cannot be judged does not verify
         detail = f"v{version} accuracy {accuracy:.4f} on the window against its own baseline" + (f"; still failing: {failing}" if failing else "")
         if judged.not_measured:
@@ -317,7 +343,8 @@ def execute_recovery_task(
     before = None if served is None else Verification(False, f"v{champion.version} serving", {"accuracy": served})
     registry.use(timeline=timeline)
     outcome = execute_recovery(
-        registry, decision, incident.violation, incident, verifier(registry, policy, audit, window, label, before),
+        registry, decision, incident.violation, incident,
+        verifier(registry, policy, audit, window, label, before, EMERGENCY_MIN_SAMPLES if incident.severity is Severity.EMERGENCY else None),
         lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"),
         audit=audit, champion=champion, timeline=timeline,
         emergency_in_force=(lambda model: False) if emergency_step else (lambda model: EmergencyRecord.read(model) is not None),
@@ -331,7 +358,7 @@ def execute_recovery_task(
 
 def join_or_open_incident(
     model: str, event_id: str | None, severity: Severity, violation: ViolationType, *, quiet_minutes: float, drill: bool,
-    clock: Callable[[], datetime], incident_id: str | None = None,
+    clock: Callable[[], datetime], incident_id: str | None = None, fallback_serves: bool = False,
 ) -> tuple[Incident, Timeline, Episode] | None:
     """The incident this response belongs to: the model's current episode when it is joinable (one incident per episode;
     `ml.incident.joined` says so), else a new one (`ml.incident.opened`). None: the triggering event was answered already.
@@ -340,7 +367,7 @@ def join_or_open_incident(
     episode = read_episode(model)
     if episode is not None and episode.answered(event_id):
         return None
-    if episode is not None and episode.joinable(now, quiet_minutes):
+    if episode is not None and episode.joinable(now, quiet_minutes, fallback_serves):
         incident = Incident(episode.incident, model, Severity(severity), ViolationType(violation), datetime.fromisoformat(episode.opened_at), event_id, episode.drill or drill)
         timeline = Timeline(clock=clock).bound(incident)
         timeline.emit(CrisisEvent.INCIDENT_JOINED, model, {"flow_run_id": flow_run.get_id(), "triggering_event_id": event_id, "severity": Severity(severity).value,
@@ -353,12 +380,16 @@ def join_or_open_incident(
     return incident, timeline, episode
 
 
-def close_episode(registry: ModelRegistry, episode: Episode, *, event_id: str | None = None) -> Episode:
+def close_episode(registry: ModelRegistry, episode: Episode) -> Episode:
     """Record where the episode stands after a response: a stopgap while the fallback model serves, recovered when a
-    version serves, open otherwise."""
-    champion = registry.champion()
+    version serves, open otherwise. The store unreadable now: the episode keeps its state (logged), never a failed response."""
+    try:
+        champion = registry.champion()
+    except CrisisError as error:
+        get_run_logger().warning("episode %s: the champion cannot be read now (%s); its state is left as it was", episode.incident, first_line(str(error)))
+        return episode
     state = EpisodeState.STOPGAP if champion is not None and champion.is_fallback else EpisodeState.RECOVERED if champion is not None else EpisodeState.OPEN
-    updated = episode.touched(registry.now(), event_id, state)
+    updated = episode.touched(registry.now(), None, state)
     write_episode(registry.model_name, updated)
     return updated
 

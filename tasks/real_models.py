@@ -134,3 +134,38 @@ def serving_accuracy(registry: ModelRegistry, frame: pd.DataFrame) -> tuple[str,
     features = champion.tags[TagKey.FEATURES].split(",")
     model = load_sklearn_model(registry.client, registry.model_name, champion.version)
     return champion.version, accuracy(model, frame, features)
+
+
+def version_accuracy(registry: ModelRegistry, version: str, frame: pd.DataFrame) -> float:
+    """Accuracy of one registered version on labelled rows (what it would serve, whatever `@champion` points at now)."""
+    info = registry.version(version)
+    model = load_sklearn_model(registry.client, registry.model_name, version)
+    return accuracy(model, frame, info.tags[TagKey.FEATURES].split(","))
+
+
+def mislabelled(labels: np.ndarray, classes: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Labels from a pipeline that records `share` of the last class as the first (breast-cancer: benign as malignant):
+    a partly poisoned retrain, which its own holdout on those labels does not give away.
+
+    Example:
+        >>> mislabelled(np.array([0, 1, 1, 1, 2]), np.array([0, 1, 2]), 1.0, np.random.default_rng(0)).tolist()
+        [0, 1, 1, 1, 0]
+    """
+    flipped = (labels == classes[-1]) & (rng.random(len(labels)) < share)
+    return np.where(flipped, classes[0], labels)
+
+
+def release_retrained(
+    stack: RealModelStack, labels: np.ndarray, reason: str = "retrained on the latest batch", *, ago: timedelta = timedelta(minutes=10),
+) -> str:
+    """Promote a retrain on the first half of the retrain part with `labels` (one per retrain row, as the labelling
+    pipeline recorded them), its holdout accuracy scored on the second half's recorded labels. The version."""
+    retrain = stack.parts["retrain"]
+    features = list(stack.features)
+    half = len(retrain) // 2
+    model = scaled_logistic(retrain.iloc[:half], features, labels[:half])
+    recorded = accuracy(model, retrain.iloc[half:], features, labels[half:])
+    registry = back_dated(stack.registry, ago)
+    version = register_estimator(registry, model, features, recorded)
+    registry.promote(version, f"{reason} (holdout accuracy {recorded:.3f} on its own labels)")
+    return version

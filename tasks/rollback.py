@@ -10,9 +10,10 @@ served through a whole stability window without an incident.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 import numpy as np
 from scipy import stats
@@ -172,6 +173,7 @@ class RollbackDecision:
     fallback_version: str | None = None
     fallback_next: bool = True
     measured: tuple[tuple[str, float], ...] = ()
+    escalate: bool = False  # a degraded HOLD because nothing is measured better: a person (the emergency step) takes it
 
     def to_dict(self) -> dict:
         return {
@@ -182,6 +184,7 @@ class RollbackDecision:
             "undecided": list(self.undecided),
             "not_measured": list(self.not_measured),
             "degraded": self.degraded,
+            "escalate": self.escalate,
             "fallback_version": self.fallback_version,
             "measured_accuracy": {version: round(value, 4) for version, value in self.measured},
         }
@@ -269,15 +272,6 @@ def judge_rules(live: LiveWindow, baseline: dict[str, float], policy: RollbackPo
 EMERGENCY_MIN_SAMPLES = 10  # an emergency judges a window this small (the Wilson bound asks it for a large gap)
 
 
-def stable_versions(candidates: Sequence[Candidate], current: str | None, now: datetime, window: timedelta) -> list[Candidate]:
-    """Versions that served at least `window` without an incident, not retired, not the fallback model, not the current one.
-
-    The fallback model may have served a long while (after a FALLBACK recovery)
-    and still is no place to roll back to: it is the last resort, not a version.
-    """
-    return [candidate for candidate in eligible_versions(candidates, current) if served_for(candidate, now) >= window]
-
-
 def eligible_versions(candidates: Sequence[Candidate], current: str | None) -> list[Candidate]:
     """Versions a rollback may go to: served before, not implicated in an incident, not retired, not the fallback
     model, not the current one."""
@@ -289,11 +283,6 @@ def eligible_versions(candidates: Sequence[Candidate], current: str | None) -> l
 
 def served_for(candidate: Candidate, now: datetime) -> timedelta:
     return (candidate.served_until or now) - candidate.served_from if candidate.served_from else timedelta(0)
-
-
-def choose_target(stable: Sequence[Candidate], policy: RollbackPolicy) -> Candidate | None:
-    ordered = by_preference(stable, policy)
-    return ordered[0] if ordered else None
 
 
 def by_preference(stable: Sequence[Candidate], policy: RollbackPolicy) -> list[Candidate]:
@@ -330,6 +319,7 @@ def decide_rollback(
     last_rollback_at: datetime | None = None,
     severity: Severity = Severity.CRITICAL,
     measured: Mapping[str, LiveWindow] | None = None,
+    unscorable: frozenset[str] = frozenset(),
 ) -> RollbackDecision:
     """HOLD, ROLLBACK(target), FALLBACK or INCONCLUSIVE (a rule cannot be judged: too few samples, no baseline,
     metric not reported), holding the invariants of DESIGN.md:
@@ -352,15 +342,18 @@ def decide_rollback(
         measured: versions scored on the incident's labelled window (the same rows as `live`): a target that fails its
             own baseline there is not chosen, and the fallback is compared with what serves. Empty: nothing scored (the
             verification after the move decides).
+        unscorable: versions the window cannot feed (columns it lacks): never a target, the fallback included.
     """
     measured = dict(measured or {})
     emergency = severity is Severity.EMERGENCY
     fallback = next((c for c in candidates if c.holds_fallback_alias), None)
     scores = {version: value for version, window in measured.items() if (value := accuracy_of(window)) is not None}
+    trials = {version: window.samples.get("accuracy", 0) for version, window in measured.items()}
     if (serving := accuracy_of(live)) is not None:
-        scores[champion.version] = serving
+        scores[champion.version], trials[champion.version] = serving, live.samples.get("accuracy", 0)
+    better = partial(_better, scores, trials)
     if champion.fallback:
-        return _leave_the_fallback(live, champion, candidates, policy, now, measured, scores)
+        return _leave_the_fallback(champion, candidates, policy, now, measured, scores, better)
     if baseline is None:
         baseline = guarded_baseline(champion, candidates)
     results = judge_rules(live, baseline, policy, min_samples_cap=EMERGENCY_MIN_SAMPLES if emergency else None)
@@ -382,7 +375,35 @@ def decide_rollback(
                 degraded=True, **judged,
             )
     summary = "; ".join(str(v) for v in violations) or "emergency line crossed"
-    return _repair(champion, candidates, policy, now, measured, scores, fallback, summary, judged, must_beat_champion=not violations)
+    latency_only = bool(violations) and all(METRICS[v.metric].kind == MetricKind.LATENCY for v in violations if v.metric in METRICS)
+    return _repair(champion, candidates, policy, now, measured, scores, better, fallback, summary, judged,
+                   must_beat_champion=not violations, latency_only=latency_only, unscorable=unscorable)
+
+
+BETTER_Z = 2.0  # standard errors a measured gain must clear: a window of 300 rows cannot tell 0.537 from 0.533
+
+
+def clearly_better(value: float, trials: int, than: float, than_trials: int, z: float = BETTER_Z) -> bool:
+    """`value` beats `than` beyond sampling noise: their difference exceeds `z` standard errors of a difference of two
+    proportions (unpaired, so conservative for two versions scored on the same rows).
+
+    Example:
+        >>> clearly_better(0.5367, 300, 0.5333, 300), clearly_better(0.90, 300, 0.05, 300)
+        (False, True)
+    """
+    if trials <= 0 or than_trials <= 0:
+        return value > than
+    error = math.sqrt(max(value * (1 - value), 1e-9) / trials + max(than * (1 - than), 1e-9) / than_trials)
+    return value - than > z * error
+
+
+def _better(scores: Mapping[str, float], trials: Mapping[str, int], version: str | None, than: str | None) -> bool:
+    """Version `version` is measured clearly better than version `than` on the window; True when `than` is not measured."""
+    if than is None or than not in scores:
+        return True
+    if version is None or version not in scores:
+        return False
+    return clearly_better(scores[version], trials.get(version, 0), scores[than], trials.get(than, 0))
 
 
 def _shown(scores: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
@@ -396,63 +417,76 @@ def _passes(candidate: Candidate, window: LiveWindow, candidates: Sequence[Candi
 
 def _repair(
     champion: Candidate, candidates: Sequence[Candidate], policy: RollbackPolicy, now: datetime, measured: Mapping[str, LiveWindow],
-    scores: Mapping[str, float], fallback: Candidate | None, summary: str, judged: dict, *, must_beat_champion: bool = False,
+    scores: Mapping[str, float], better: Callable[[str | None, str | None], bool], fallback: Candidate | None, summary: str, judged: dict,
+    *, must_beat_champion: bool = False, latency_only: bool = False, unscorable: frozenset[str] = frozenset(),
 ) -> RollbackDecision:
-    """The champion is degraded: the stable version to roll back to, else a version measured healthy, else the fallback."""
+    """The champion is degraded: the stable version to roll back to, else a version measured healthy, else the fallback.
+
+    With a labelled window, a version is a target only when scored on it (one the window cannot feed never is), healthy
+    against its own baseline, and not measured clearly worse than what serves (clearly better, for an emergency without
+    a violation); the fallback only when measured clearly better than what serves. Without a window (nothing measured),
+    the serving history decides. A latency crisis compares accuracy only to refuse something clearly worse.
+    """
     window = timedelta(minutes=policy.stability_window_minutes)
-    eligible = eligible_versions(candidates, champion.version)
+    eligible = [c for c in eligible_versions(candidates, champion.version) if c.version not in unscorable]
     stable = by_preference([c for c in eligible if served_for(c, now) >= window], policy)
     recent = sorted([c for c in eligible if served_for(c, now) < window], key=lambda c: c.served_until or c.served_from, reverse=True)
     serving, fallback_score = scores.get(champion.version), (scores.get(fallback.version) if fallback else None)
-    beaten = serving  # never to something measured no better than what serves: the end state is never worse than doing nothing
-    # an emergency without a violation moves only to something measured better; with nothing measured (no labelled rows),
-    # the emergency line itself is the evidence, and the serving history decides
+    windowed = bool(measured)  # versions were scored on a labelled window: decide on measurements, not on history
+    # an emergency without a violation moves only to something measured clearly better
     must_beat_champion = must_beat_champion and serving is not None
     fallback_version = fallback.version if fallback else None
     skipped: list[str] = []
 
-    def better(version: str, than: float | None) -> bool:
-        return than is None or (version in scores and scores[version] > than)
+    def sound(candidate: Candidate) -> bool:
+        """Healthy on the window, and no worse than what serves (clearly better when there is nothing to repair but the line)."""
+        if not _passes(candidate, measured[candidate.version], candidates, policy):
+            skipped.append(f"v{candidate.version} measured {scores[candidate.version]:.1%}, failing its own baseline")
+            return False
+        if must_beat_champion and not better(candidate.version, champion.version) or better(champion.version, candidate.version):
+            skipped.append(f"v{candidate.version} measured {scores[candidate.version]:.1%}, no better than v{champion.version}'s {_pct(serving)}")
+            return False
+        return True
 
     for candidate in stable:
         if candidate.version not in measured:
-            if not must_beat_champion:  # an emergency without a violation moves only to something measured better
-                return _rollback(candidate, f"degraded ({summary}); v{candidate.version} served stably", fallback_version, judged)
-            continue
-        if _passes(candidate, measured[candidate.version], candidates, policy) and better(candidate.version, beaten):
+            if windowed:
+                skipped.append(f"v{candidate.version} cannot be scored on the window")
+                continue
+            return _rollback(candidate, f"degraded ({summary}); v{candidate.version} served stably (nothing labelled to measure on)", fallback_version, judged)
+        if sound(candidate):
             why = f"degraded ({summary}); v{candidate.version} served stably and is measured healthy on the window ({scores[candidate.version]:.1%})"
-            return _rollback(candidate, why, fallback_version, judged, fallback_next=better(fallback_version or "", scores.get(candidate.version)))
-        skipped.append(f"v{candidate.version} measured {scores.get(candidate.version, math.nan):.1%}, failing its own baseline")
+            return _rollback(candidate, why, fallback_version, judged, fallback_next=fallback_version in scores and better(fallback_version, candidate.version))
     for candidate in recent:
-        if candidate.version in measured and _passes(candidate, measured[candidate.version], candidates, policy) and better(
-            candidate.version, max((v for v in (fallback_score, beaten) if v is not None), default=None)
-        ):
+        if candidate.version in measured and sound(candidate) and not better(fallback_version, candidate.version):
             minutes = served_for(candidate, now).total_seconds() / 60
             why = (f"degraded ({summary}); v{candidate.version} served {minutes:.0f} min (< the {policy.stability_window_minutes:g}-min stability "
-                   f"window) and is measured healthy on the window ({scores[candidate.version]:.1%}), better than the fallback")
+                   f"window) and is measured healthy on the window ({scores[candidate.version]:.1%}), no worse than the fallback")
             return _rollback(candidate, why, fallback_version, judged)
-    if fallback is not None and fallback.meets_bar is False and fallback_score is None and not must_beat_champion:
+    if fallback is not None and fallback.meets_bar is False and not windowed:
         # a fallback known to be weak, and nothing measured: any version that served without an incident beats it
-        unmeasured = [c for c in recent if c.version not in measured]
-        if unmeasured:
-            why = (f"degraded ({summary}); the fallback v{fallback.version} misses its bar against the primary, so v{unmeasured[0].version}, "
+        if recent:
+            why = (f"degraded ({summary}); the fallback v{fallback.version} misses its bar against the primary, so v{recent[0].version}, "
                    "which served before without an incident, is preferred even short of the stability window")
-            return _rollback(unmeasured[0], why, fallback_version, judged)
+            return _rollback(recent[0], why, fallback_version, judged)
     # nothing healthy to return to: the best measured of what is left, the fallback, or what serves
     scored = [c for c in eligible if c.version in scores]
     best = max(scored, key=lambda c: scores[c.version], default=None)
     tried = ("; " + "; ".join(skipped)) if skipped else ""
-    if best is not None and better(best.version, serving) and (fallback_score is None or scores[best.version] > fallback_score):
+    if best is not None and better(best.version, champion.version) and better(best.version, fallback_version):
         why = f"degraded ({summary}); no version meets its baseline{tried}; v{best.version} is measured best on the window ({scores[best.version]:.1%})"
         return _rollback(best, why, fallback_version, judged)
     if fallback is None:
-        return RollbackDecision(DecisionKind.FALLBACK, f"degraded ({summary}); no stable version to return to and no fallback{tried}", degraded=True, **judged)
-    if fallback_score is not None and serving is not None and fallback_score <= serving:
+        return RollbackDecision(DecisionKind.HOLD, f"degraded ({summary}); no version to return to and no fallback{tried}: serving unchanged, "
+                                "escalate to a person", degraded=True, escalate=True, **judged)
+    if fallback.version in unscorable or windowed and serving is not None and (
+        fallback_score is None or not (better(fallback.version, champion.version) or latency_only and not better(champion.version, fallback.version))
+    ):
+        shown = "cannot be scored on the window" if fallback_score is None else f"is measured {fallback_score:.1%} against {serving:.1%} serving, within noise or worse"
         return RollbackDecision(
             DecisionKind.HOLD,
-            f"degraded ({summary}); no version to return to{tried}, and the fallback v{fallback.version} is measured no better "
-            f"({fallback_score:.1%} against {serving:.1%} serving): serving unchanged, escalate to a person",
-            degraded=True, fallback_version=fallback_version, **judged,
+            f"degraded ({summary}); no version to return to{tried}, and the fallback v{fallback.version} {shown}: serving unchanged, escalate to a person",
+            degraded=True, escalate=True, fallback_version=fallback_version, **judged,
         )
     measured_note = f" (measured {fallback_score:.1%} against {serving:.1%} serving)" if fallback_score is not None and serving is not None else ""
     return RollbackDecision(
@@ -468,10 +502,11 @@ def _rollback(target: Candidate, reason: str, fallback_version: str | None, judg
 
 
 def _leave_the_fallback(
-    live: LiveWindow, champion: Candidate, candidates: Sequence[Candidate], policy: RollbackPolicy, now: datetime,
-    measured: Mapping[str, LiveWindow], scores: Mapping[str, float],
+    champion: Candidate, candidates: Sequence[Candidate], policy: RollbackPolicy, now: datetime,
+    measured: Mapping[str, LiveWindow], scores: Mapping[str, float], better: Callable[[str | None, str | None], bool],
 ) -> RollbackDecision:
-    """The fallback model serves (a stopgap): go back to a version measured healthy on the window and better than it."""
+    """The fallback model serves (a stopgap): go back to a version measured healthy on the window and not measured worse
+    than it (within noise, the real version wins)."""
     serving = scores.get(champion.version)
     window = timedelta(minutes=policy.stability_window_minutes)
     eligible = eligible_versions(candidates, champion.version)
@@ -480,7 +515,7 @@ def _leave_the_fallback(
     )
     for candidate in ordered:
         window_of = measured.get(candidate.version)
-        if window_of is not None and _passes(candidate, window_of, candidates, policy) and (serving is None or scores[candidate.version] > serving):
+        if window_of is not None and _passes(candidate, window_of, candidates, policy) and not better(champion.version, candidate.version):
             return RollbackDecision(
                 DecisionKind.ROLLBACK,
                 f"the fallback v{champion.version} serves as a stopgap ({_pct(serving)}); v{candidate.version} is measured healthy on the window "

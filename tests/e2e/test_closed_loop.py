@@ -261,19 +261,22 @@ def drill_cli(home, *args: str, timeout: float = 600) -> subprocess.CompletedPro
     return subprocess.run([*CLI, "drill", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.timeout(900)  # eight drills in one command: about 4-5 minutes on a loaded 2-core machine
+@pytest.mark.timeout(1500)  # eleven drills in one command: 3-6 minutes on a loaded 2-core machine (the stack included)
 def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack):
     """Each scenario once, injected into the running stack: the automations, the workers, the registry and the
-    router respond on their own; the drill checks the end state (alias, fallback, stop flag, rows, the incident's
-    timeline, marked as a drill) and writes its report (JSON, PNG, Prefect artifacts)."""
+    router respond on their own; the drill checks the end state (accuracy on fresh labelled rows no lower than before
+    the fault, the incidents of the episode, nothing lost; alias, fallback, stop flag, the incident's timeline, marked
+    as a drill) and writes its report (JSON, PNG, Prefect artifacts)."""
+    from prefect_crisis.tasks.drills import END_STATE_TOLERANCE
+
     mistyped = drill_cli(stack, "latency-spik")
     assert mistyped.returncode == 2 and "no drill scenario 'latency-spik'" in mistyped.stderr + mistyped.stdout
     assert "Traceback" not in mistyped.stderr
 
     scenarios = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable",
-                 "training-killed", "duplicate-event"]
-    done = drill_cli(stack, *scenarios, "--seed", "3", "--json")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+                 "training-killed", "duplicate-event", "real-bad-release", "real-poisoned-retrain", "real-rejected-batch"]
+    done = drill_cli(stack, *scenarios, "--seed", "3", "--json", timeout=1400)
+    assert done.returncode == 0, drill_failures(done)
     report = json.loads(done.stdout)
     assert "poisoned-retrain #0 (seed 3): passed" in done.stderr  # progress as it happens, off the JSON
     rows = {row["scenario"]: row for row in report["summary"]}
@@ -281,10 +284,32 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     for name in scenarios:
         assert rows[name]["detect_p50_s"] is not None, name
         assert rows[name]["mitigate_p50_s"] is not None or name == "training-killed", name  # a killed training has nothing to mitigate
-    for name in ("poisoned-retrain", "duplicate-event", "primary-raising", "latency-spike", "registry-unavailable", "training-killed"):
+    for name in ("poisoned-retrain", "duplicate-event", "primary-raising", "latency-spike", "registry-unavailable", "training-killed",
+                 "real-bad-release", "real-poisoned-retrain"):
         assert rows[name]["recover_p50_s"] is not None, name
     assert runs_outage_s(report) >= 2.5  # the store was unwritable while the response ran, and the rollback still landed once
     runs = {run["scenario"]: run for run in report["runs"]}
+
+    # the end state, from the JSON: accuracy on fresh rows, incidents per episode, rows lost
+    for name, run in runs.items():
+        facts = run["facts"]
+        if name in ("primary-raising", "latency-spike", "training-killed"):
+            assert facts["pre_accuracy"] is None and facts["accuracy"].startswith("not measured: "), name
+        else:
+            assert facts["end_accuracy"] >= facts["pre_accuracy"] - END_STATE_TOLERANCE, (name, facts)
+        assert facts.get("rows_lost", 0) == 0, (name, facts)
+    for name in ("poisoned-retrain", "concept-drift", "registry-unavailable", "duplicate-event", "real-bad-release", "real-poisoned-retrain"):
+        assert runs[name]["facts"]["incidents"] == 1, (name, runs[name]["facts"])
+    for name in ("corrupted-batch", "real-rejected-batch", "primary-raising", "latency-spike"):  # none by design, or one warning
+        assert runs[name]["facts"]["incidents"] <= 1, (name, runs[name]["facts"])
+    assert runs["training-killed"]["facts"]["incidents"] == 0
+    for name in ("poisoned-retrain", "registry-unavailable", "duplicate-event", "real-bad-release", "real-poisoned-retrain",
+                 "corrupted-batch", "real-rejected-batch"):  # back on (or never off) the version that served before the fault
+        assert runs[name]["facts"]["end_version"] == runs[name]["facts"]["pre_version"], (name, runs[name]["facts"])
+    for name in ("corrupted-batch", "real-rejected-batch"):  # a rejected batch never reaches serving or stops training
+        assert runs[name]["facts"]["stop_flag"] is False and runs[name]["facts"]["kept_for_training"] == 0, name
+    assert runs["real-bad-release"]["facts"]["pre_accuracy"] > 0.9  # a real 10-class model, back at its own accuracy
+
     assert runs["poisoned-retrain"]["incident"] and runs["corrupted-batch"]["facts"]["heavy_quarantined"] == 200
     assert runs["duplicate-event"]["facts"]["responses"] == 1
     assert runs["training-killed"]["facts"]["work_lost_s"] <= 3.0  # SIGKILLed: resumed from a checkpoint of the last second or so
@@ -296,6 +321,16 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drill-report", "drill-times"])))
     assert {artifact.key for artifact in artifacts} == {"drill-report", "drill-times"}
     print("\n".join(line for line in done.stderr.splitlines() if ": passed;" in line))
+
+
+def drill_failures(done: subprocess.CompletedProcess) -> str:
+    """What failed, from the report's JSON (every failed run's reasons and facts), else the output's tails."""
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        return done.stdout[-3000:] + done.stderr[-3000:]
+    failed = [run for run in report["runs"] if not run["passed"]]
+    return "\n".join(f"{run['scenario']}: {'; '.join(run['failures'])} (facts {run['facts']})" for run in failed) or done.stderr[-3000:]
 
 
 def runs_outage_s(report: dict) -> float:
@@ -318,6 +353,7 @@ def test_the_silent_monitor_drill_waits_out_the_deployed_window(stack):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = json.loads(done.stdout)["runs"][0]
     assert run["passed"] and run["facts"]["window_s"] == 10 and 10 <= run["detect_s"] < 60
+    assert run["facts"]["incidents"] == 1 and run["facts"]["end_accuracy"] == run["facts"]["pre_accuracy"]
 
 
 

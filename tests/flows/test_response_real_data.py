@@ -127,7 +127,7 @@ def test_with_nothing_measured_better_serving_is_left_as_it_was(dataset, tmp_pat
     state = crisis_response(model_name=name, window_path=window_file(stack, tmp_path), incident_id=f"inc-n-{dataset}", return_state=True)
 
     assert state.name == "Not recovered", state.message
-    assert "measured no better" in state.message
+    assert "within noise or worse: serving unchanged" in state.message
     assert serving_accuracy(stack.registry, stack.fresh()) == before
 
 

@@ -77,7 +77,8 @@ def test_best_metric_preference_picks_the_best_stable_version():
 def test_stability_window_excludes_versions_that_served_too_briefly():
     history = [Candidate("2", hours_ago(1.0), hours_ago(0.5), {"accuracy": 0.89}), CHAMPION]  # served 30 min
     decision = decide_rollback(window(700, 1_000), CHAMPION, history, POLICY, now=NOW)
-    assert decision.kind is DecisionKind.FALLBACK and "no stable version" in decision.reason
+    # nowhere to go and no fallback model: serving unchanged, a person is asked (ml.recovery.failed)
+    assert decision.kind is DecisionKind.HOLD and decision.escalate and "no version to return to and no fallback" in decision.reason
     longer = POLICY.model_copy(update={"stability_window_minutes": 20})
     assert decide_rollback(window(700, 1_000), CHAMPION, history, longer, now=NOW).target_version == "2"
 
@@ -88,7 +89,8 @@ def test_versions_with_incidents_or_retired_are_not_targets():
         Candidate("2", hours_ago(24), hours_ago(0.5), {"accuracy": 0.89}, incident=True),
         CHAMPION,
     ]
-    assert decide_rollback(window(700, 1_000), CHAMPION, history, POLICY, now=NOW).kind is DecisionKind.FALLBACK
+    decision = decide_rollback(window(700, 1_000), CHAMPION, history, POLICY, now=NOW)
+    assert decision.kind is DecisionKind.HOLD and decision.escalate and decision.target_version is None
 
 
 def test_cool_down_holds_a_second_rollback_unless_emergency():
