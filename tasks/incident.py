@@ -100,7 +100,7 @@ def tag_response_run(incident: Incident) -> None:
 def predict_with(registry: ModelRegistry, version: str, window: pd.DataFrame, info: VersionInfo | None = None):
     """Predictions (and probabilities) of a registered version on the window (`info`: the version, when already read)."""
     info = info if info is not None else registry.version(version)
-    features = info.tags.get(TagKey.FEATURES, "").split(",")
+    features = [name for name in info.tags.get(TagKey.FEATURES, "").split(",") if name]
     missing = [name for name in features if name not in window.columns]
     if not features or missing:
         raise RegistryError(f"v{version} of {registry.model_name!r} needs features {missing or '(unknown)'} the window lacks")
