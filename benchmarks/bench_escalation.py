@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -72,6 +73,36 @@ def cli(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> str
     if done.returncode != 0:
         raise RuntimeError(f"crisis {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done.stdout
+
+
+@contextmanager
+def local_stack(*up_args: str, prefix: str = "crisis-bench-"):
+    """A stack of its own for a benchmark: `crisis up --worker` (plus `up_args`) on a free port in a temporary folder,
+    this process pointed at it (before prefect_crisis is imported), `crisis deploy`; `crisis down` at the end, also on
+    Ctrl-C or an error. Yields (the folder, the stack's exports)."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    env = clean_environment(work)
+    port = free_port()
+    print(f"stack: {work} (port {port})", flush=True)
+    cli(env, work, "up", "--worker", "--port", str(port), *up_args, timeout=240)
+    try:
+        exports = exports_of(cli(env, work, "env"))
+        for name in list(os.environ):  # the script's own environment, before prefect_crisis (or prefect) is imported
+            if name.startswith(("PREFECT_API", "MLFLOW_TRACKING", "CRISIS_")):
+                del os.environ[name]
+        os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false", CRISIS_NO_AUTOCONNECT="1", **exports)
+        print(cli({**env, **exports}, work, "deploy", timeout=300), flush=True)
+        yield work, exports
+    finally:
+        try:
+            cli(env, work, "down", timeout=90)
+            print("stack down", flush=True)
+        except Exception as error:  # noqa: BLE001 - report, never mask the original error
+            print(f"crisis down failed: {error}", file=sys.stderr)
 
 
 def exports_of(output: str) -> dict[str, str]:
@@ -411,24 +442,8 @@ def main() -> None:
     args = parser.parse_args()
     parts = {int(p) for p in args.parts.split(",") if p.strip()}
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    work = Path(tempfile.mkdtemp(prefix="crisis-bench-"))
-    env = clean_environment(work)
-    port = free_port()
-    print(f"stack: {work} (port {port})", flush=True)
     started = time.perf_counter()
-    cli(env, work, "up", "--worker", "--port", str(port), *(["--postgres"] if args.database == "postgres" else []), timeout=240)
-    try:
-        exports = exports_of(cli(env, work, "env"))
-        # The script's own environment, before prefect_crisis (or prefect) is imported.
-        for name in list(os.environ):
-            if name.startswith(("PREFECT_API", "MLFLOW_TRACKING", "CRISIS_")):
-                del os.environ[name]
-        os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false", CRISIS_NO_AUTOCONNECT="1", **exports)
-        print(cli({**env, **exports}, work, "deploy", timeout=300), flush=True)
+    with local_stack(*(["--postgres"] if args.database == "postgres" else [])) as (work, exports):
         print(f"stack up and deployed in {time.perf_counter() - started:.1f} s", flush=True)
         results: dict = {"started": datetime.now(timezone.utc).isoformat(), "cpus": os.cpu_count(), "rows": ROWS,
                          "load_before": os.getloadavg(), "database": args.database, "parts": {}}
@@ -451,13 +466,6 @@ def main() -> None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2, default=str))
         print(f"\nwritten {args.output}; load average {results['load_before']} -> {results['load_after']}")
-    finally:
-        try:
-            cli(env, work, "down", timeout=90)
-            print("stack down", flush=True)
-        except Exception as error:  # noqa: BLE001 - report, never mask the original error
-            print(f"crisis down failed: {error}", file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_escalation import clean_environment, cli, exports_of, free_port  # noqa: E402
+from bench_escalation import local_stack  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 ROWS_PER_ROUND = 100
@@ -88,23 +85,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    work = Path(tempfile.mkdtemp(prefix="crisis-soak-"))
-    env = clean_environment(work)
-    port = free_port()
-    print(f"stack: {work} (port {port})", flush=True)
-    cli(env, work, "up", "--worker", "--postgres", "--port", str(port), timeout=240)
-    try:
-        exports = exports_of(cli(env, work, "env"))
-        for name in list(os.environ):
-            if name.startswith(("PREFECT_API", "MLFLOW_TRACKING", "CRISIS_")):
-                del os.environ[name]
-        os.environ.update(PREFECT_HOME=env["PREFECT_HOME"], PREFECT_SERVER_ANALYTICS_ENABLED="false", CRISIS_NO_AUTOCONNECT="1", **exports)
-        print(cli({**env, **exports}, work, "deploy", timeout=300), flush=True)
-
+    with local_stack("--postgres", prefix="crisis-soak-"):
         from prefect_crisis.tasks.real_models import build_real_stack, rotated, serving_accuracy
 
         model = f"soak-{datetime.now(timezone.utc):%H%M%S}"
@@ -131,13 +112,6 @@ def main() -> None:
         args.output.write_text(json.dumps(result, indent=2, default=str))
         print(f"\n{result['incidents_opened']} incident(s) opened in {args.minutes:g} minutes of a persistent breach "
               f"({result['events'].get('ml.incident.joined', 0)} later breaches joined it); written {args.output}")
-    finally:
-        try:
-            cli(env, work, "down", timeout=90)
-            print("stack down", flush=True)
-        except Exception as error:  # noqa: BLE001 - report, never mask the original error
-            print(f"crisis down failed: {error}", file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()
