@@ -23,8 +23,8 @@ class LadderStep(StrEnum):
     EMERGENCY = "emergency"  # emergency breach, failed recovery or rejected data: emergency stop
     RESOLVED = "resolved"  # recovery succeeded: undo the emergency stop
     MONITOR_SILENT = "monitor-silent"  # the dead man's switch: the monitor stopped reporting a model
-    EVIDENCE = "evidence"  # new labels or serving errors: run the monitor at once
     STOPGAP = "stopgap"  # the fallback serves: look again for a good version, once per cool-down
+    EVIDENCE = "evidence"  # new labels or serving errors: run the monitor at once
 
     @property
     def automation_name(self) -> str:

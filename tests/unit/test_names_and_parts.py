@@ -87,7 +87,7 @@ def test_each_demo_run_gets_a_model_of_its_own():
 
 
 def test_exit_codes_follow_one_scheme():
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 130]  # 130: interrupted (Ctrl-C), as shells report it
     assert exit_code(StackError("no server")) is ExitCode.STACK
     assert exit_code(DemoError("story did not happen")) is ExitCode.FAILURE
     assert exit_code(ContractError(ContractErrorReason.NOT_FOUND, "no block")) is ExitCode.USAGE
