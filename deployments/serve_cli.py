@@ -216,6 +216,9 @@ def serve(
         # Its own process group: stopped as a whole here, never orphaned by a signal meant for this command.
         process = subprocess.Popen(command, env=environment, start_new_session=True)
         signal.signal(signal.SIGTERM, _interrupt)
+        # Ctrl-C (SIGINT) stops it too, even when started in the background of a script, where the shell starts it with
+        # SIGINT ignored: a server that only `kill -9` can stop would lose the log records it still holds.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             wait_until_ready(process, url, timeout)
             console.print(f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True)

@@ -147,8 +147,13 @@ class ctrl_c_after(StopCondition):
 
 def test_ctrl_c_ends_the_run_killed_and_the_next_run_resumes_it_exactly(model):
     client = MlflowClient()
-    with pytest.raises(KeyboardInterrupt):
-        train_once(model, resume=True, also_stop_when=ctrl_c_after(BATCHES_PER_EPOCH + 5))
+    # What Ctrl-C does in a terminal; a shell running the tests in the background starts them with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_once(model, resume=True, also_stop_when=ctrl_c_after(BATCHES_PER_EPOCH + 5))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     (interrupted,) = training_runs(model)
     assert interrupted.info.status == "KILLED"
     assert interrupted.data.tags["crisis.status"] == "stopped" and interrupted.data.tags["crisis.stop_kind"] == "interrupted"
