@@ -54,12 +54,45 @@ def short_ladder(env: dict[str, str], work: Path, restore: bool = False) -> None
     subprocess.run([sys.executable, "-c", code], env=env, cwd=work, check=True, timeout=120)
 
 
+def drill_and_report(scenarios: list[str], args, connected: dict[str, str], work: Path, named: bool) -> None:
+    """One `crisis drill` of `scenarios` on the running stack: its JSON written under benchmarks/results, its table printed."""
+    started = time.perf_counter()
+    done = subprocess.run([*CLI, "drill", *scenarios, "--iterations", str(args.iterations), "--seed", str(args.seed), "--json"],
+                          env=connected, cwd=work, stdout=subprocess.PIPE, stderr=None, text=True, timeout=6 * 3600)
+    elapsed = time.perf_counter() - started
+    if not done.stdout.strip().startswith("{"):
+        raise SystemExit(f"crisis drill failed ({done.returncode}): {done.stdout[-2000:]}")
+    report = json.loads(done.stdout)
+    report.update(iterations=args.iterations, seconds=round(elapsed, 1), cpus=os.cpu_count(), load_after=os.getloadavg(), exit_code=done.returncode)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "drill-" + "-".join(scenarios) if named else "drill"
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
+    if report.get("png"):
+        shutil.copy(report["png"], RESULTS / f"{name}.png")
+    print(f"\n{'scenario':21} {'ok':>7} {'detect p50/p95':>16} {'mitigate p50/p95':>18} {'recover p50/p95/max':>22} "
+          f"{'accuracy before>after':>22} {'incidents':>9}")
+    for row in report["summary"]:
+        def pair(name: str) -> str:
+            values = [row[f"{name}_p50_s"], row[f"{name}_p95_s"]] + ([row[f"{name}_max_s"]] if name == "recover" else [])
+            return "/".join("-" if v is None else f"{v:.2f}" for v in values)
+        print(f"{row['scenario']:21} {row['passed']:>3}/{row['runs']:<3} {pair('detect'):>16} {pair('mitigate'):>18} {pair('recover'):>22} "
+              f"{shown_accuracy(row):>22} {shown_incidents(row):>9}", flush=True)
+        if row["failures"]:
+            print(f"    failures: {row['failures']}", flush=True)
+    print("accuracy: mean on fresh labelled rows before the fault > once the stack responded ('-': a fault accuracy does "
+          "not measure); incidents: opened per episode, fewest-most over the runs")
+    print(f"\n{len(report['runs'])} runs in {elapsed:.0f} s; written {RESULTS / (name + '.json')}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--silent", action="store_true", help="also drill the silent monitor (on a 10 s dead man's window)")
     parser.add_argument("--scenarios", nargs="*", default=None, help="only these scenarios (default: all but monitor-silent)")
+    parser.add_argument("--each", action="store_true",
+                        help="one `crisis drill` per scenario on the same stack, each written as it finishes (drill-<scenario>.json): "
+                             "an interrupted long run keeps the scenarios it finished")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="crisis-drill-bench-"))
     env = clean_environment(work)
@@ -73,34 +106,11 @@ def main() -> None:
         scenarios = (args.scenarios or SCENARIOS) + (["monitor-silent"] if args.silent else [])
         if args.silent:
             short_ladder(connected, work)
-        started = time.perf_counter()
-        done = subprocess.run([*CLI, "drill", *scenarios, "--iterations", str(args.iterations), "--seed", str(args.seed), "--json"],
-                              env=connected, cwd=work, stdout=subprocess.PIPE, stderr=None, text=True, timeout=6 * 3600)
-        elapsed = time.perf_counter() - started
+        groups = [[scenario] for scenario in scenarios] if args.each else [scenarios]
+        for group in groups:
+            drill_and_report(group, args, connected, work, named=args.each or bool(args.scenarios))
         if args.silent:
             short_ladder(connected, work, restore=True)
-        if not done.stdout.strip().startswith("{"):
-            raise SystemExit(f"crisis drill failed ({done.returncode}): {done.stdout[-2000:]}")
-        report = json.loads(done.stdout)
-        report.update(iterations=args.iterations, seconds=round(elapsed, 1), cpus=os.cpu_count(), load_after=os.getloadavg(), exit_code=done.returncode)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        name = "drill" if not args.scenarios else "drill-" + "-".join(args.scenarios)
-        (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
-        if report.get("png"):
-            shutil.copy(report["png"], RESULTS / f"{name}.png")
-        print(f"\n{'scenario':21} {'ok':>7} {'detect p50/p95':>16} {'mitigate p50/p95':>18} {'recover p50/p95/max':>22} "
-              f"{'accuracy before>after':>22} {'incidents':>9}")
-        for row in report["summary"]:
-            def pair(name: str) -> str:
-                values = [row[f"{name}_p50_s"], row[f"{name}_p95_s"]] + ([row[f"{name}_max_s"]] if name == "recover" else [])
-                return "/".join("-" if v is None else f"{v:.2f}" for v in values)
-            print(f"{row['scenario']:21} {row['passed']:>3}/{row['runs']:<3} {pair('detect'):>16} {pair('mitigate'):>18} {pair('recover'):>22} "
-                  f"{shown_accuracy(row):>22} {shown_incidents(row):>9}")
-            if row["failures"]:
-                print(f"    failures: {row['failures']}")
-        print("accuracy: mean on fresh labelled rows before the fault > once the stack responded ('-': a fault accuracy does "
-              "not measure); incidents: opened per episode, fewest-most over the runs")
-        print(f"\n{len(report['runs'])} runs in {elapsed:.0f} s; written {RESULTS / (name + '.json')}")
     finally:
         cli(env, work, "down", timeout=120)
         print("stack down", flush=True)
