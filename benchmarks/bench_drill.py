@@ -103,7 +103,7 @@ def main() -> None:
         exports = exports_of(cli(env, work, "env"))
         connected = {**env, **exports}
         cli(connected, work, "deploy", timeout=300)
-        scenarios = (args.scenarios or SCENARIOS) + (["monitor-silent"] if args.silent else [])
+        scenarios = list(dict.fromkeys((args.scenarios or SCENARIOS) + (["monitor-silent"] if args.silent else [])))
         if args.silent:
             short_ladder(connected, work)
         groups = [[scenario] for scenario in scenarios] if args.each else [scenarios]
