@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_escalation import cli, clean_environment, exports_of, free_port  # noqa: E402 - the same stack handling
+from bench_escalation import clean_environment, cli, exports_of, free_port  # noqa: E402 - the same stack handling
 from prefect_crisis.deployments.drill_cli import shown_accuracy, shown_incidents  # noqa: E402 - as `crisis drill` shows them
 
 RESULTS = Path(__file__).parent / "results"
