@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefect_crisis.tasks.diagnostics import diagnose
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.response.diagnostics import diagnose
+from prefect_crisis.tasks.drills.synthetic import make_batch
 
 HERE = Path(__file__).parent
 PEER_VENV = HERE / ".venv-evidently"

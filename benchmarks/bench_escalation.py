@@ -118,7 +118,7 @@ def exports_of(output: str) -> dict[str, str]:
 def register(registry, labels, seed: int) -> str:
     """Train a logistic model on a synthetic batch with `labels(y, rng)` as its training labels, log
     its holdout accuracy (on those labels: what a poisoned pipeline would see) and register it."""
-    from prefect_crisis.tasks.drills import register_synthetic
+    from prefect_crisis.tasks.drills.injections import register_synthetic
 
     return register_synthetic(registry, seed, labels)
 
@@ -149,8 +149,8 @@ def poisoned_after_stable(model: str, poison, seed: int):
 def serve_window(model: str, seed: int):
     """Serve ROWS rows through a FallbackRouter logging to the stack's inference log; returns (keys, true labels)."""
     from prefect_crisis.blocks import InferenceLog, ModelRegistry
-    from prefect_crisis.tasks.serving import FallbackRouter
-    from prefect_crisis.tasks.synthetic import make_batch
+    from prefect_crisis.tasks.serving.router import FallbackRouter
+    from prefect_crisis.tasks.drills.synthetic import make_batch
 
     writer = InferenceLog().writer()
     router = FallbackRouter(ModelRegistry(model_name=model), log=writer).start(refresh_in_background=False)

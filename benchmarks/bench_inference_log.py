@@ -20,7 +20,7 @@ import pandas as pd
 
 from prefect_crisis.blocks import InferenceLog
 from prefect_crisis.core.vocabulary import Responder
-from prefect_crisis.tasks.inference_log import PredictionBatch
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch
 
 FEATURES = 10
 TARGET_RECORDS = 60_000

@@ -33,13 +33,13 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
     from prefect_crisis.blocks.registry import ModelRegistry
     from prefect_crisis.blocks.training_policy import TrainingPolicy
     from prefect_crisis.core.timeline import ListSink, Timeline
-    from prefect_crisis.tasks.datasets import LABEL, load_dataset
-    from prefect_crisis.tasks.fallback_model import fit_fallback
-    from prefect_crisis.tasks.routing import fit_routing
-    from prefect_crisis.tasks.serving import FallbackRouter, ServedVersion
-    from prefect_crisis.tasks.stopping import stop_any
-    from prefect_crisis.tasks.training import train_with_stop_hook
-    from prefect_crisis.tasks.training_run import policy_estimator, split_training_data
+    from prefect_crisis.tasks.drills.datasets import LABEL, load_dataset
+    from prefect_crisis.tasks.serving.fallback_model import fit_fallback
+    from prefect_crisis.tasks.serving.confidence_routing import fit_routing
+    from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
+    from prefect_crisis.tasks.training.stopping import stop_any
+    from prefect_crisis.tasks.training.loop import train_with_stop_hook
+    from prefect_crisis.tasks.training.run import policy_estimator, split_training_data
 
     data = load_dataset(name)
     features = list(data.features)

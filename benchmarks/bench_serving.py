@@ -39,11 +39,11 @@ from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import TagKey
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.serving import FallbackRouter, ServedVersion
-from prefect_crisis.tasks.serving_model import register_serving_model, serving_model_name
-from prefect_crisis.tasks.synthetic import feature_names, make_batch
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
+from prefect_crisis.tasks.serving.pyfunc import register_serving_model, serving_model_name
+from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch
 
 FEATURES = feature_names(20)
 RESULTS = Path(__file__).parent / "results" / "serving.json"

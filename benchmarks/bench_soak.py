@@ -36,8 +36,8 @@ ROWS_PER_ROUND = 100
 def serve_round(registry, stream, start: int, rotate) -> int:
     """Serve the next ROWS_PER_ROUND rows of the stream and record their (shifted) labels; returns the next start."""
     from prefect_crisis.blocks.inference_log import InferenceLog
-    from prefect_crisis.tasks.datasets import LABEL
-    from prefect_crisis.tasks.serving import FallbackRouter
+    from prefect_crisis.tasks.drills.datasets import LABEL
+    from prefect_crisis.tasks.serving.router import FallbackRouter
 
     rows = stream.iloc[[(start + i) % len(stream) for i in range(ROWS_PER_ROUND)]]
     log = InferenceLog()
@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with local_stack("--postgres", prefix="crisis-soak-"):
-        from prefect_crisis.tasks.real_models import build_real_stack, rotated, serving_accuracy
+        from prefect_crisis.tasks.drills.real_models import build_real_stack, rotated, serving_accuracy
 
         model = f"soak-{datetime.now(timezone.utc):%H%M%S}"
         stack = build_real_stack(model, "digits", seed=7)

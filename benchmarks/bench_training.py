@@ -50,12 +50,12 @@ from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.deployments.runner import serving
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.checkpoints import load_checkpoint, training_experiment
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.stopping import StopKind
-from prefect_crisis.tasks.synthetic import feature_names, make_batch, synthetic_contract
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
-from prefect_crisis.tasks.training_run import split_training_data, train_model
+from prefect_crisis.tasks.training.checkpoints import load_checkpoint, training_experiment
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.training.stopping import StopKind
+from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch, synthetic_contract
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training.run import split_training_data, train_model
 
 RESULTS = Path(__file__).parent / "results"
 POLICY_PARAMS = len(TrainingPolicy().model_dump(exclude={"block_type_slug"}))  # what train_model logs

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import psutil
 
-from prefect_crisis.tasks.synthetic import CHANNELS, FEATURE_LIMIT, SEGMENTS, feature_names, make_batch, synthetic_contract
-from prefect_crisis.tasks.validation import validate_data
+from prefect_crisis.tasks.drills.synthetic import CHANNELS, FEATURE_LIMIT, SEGMENTS, feature_names, make_batch, synthetic_contract
+from prefect_crisis.tasks.validation.checks import validate_data
 
 RESULTS = Path(__file__).parent / "results"
 

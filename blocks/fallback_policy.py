@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 class FallbackPolicy(Block):
     """Per-row routing, the circuit breaker, and how often serving follows the registry.
 
-    Confidence routing is fitted per primary version (`prefect_crisis.tasks.routing.fit_routing`), so the default
+    Confidence routing is fitted per primary version (`prefect_crisis.tasks.serving.confidence_routing.fit_routing`), so the default
     never lowers accuracy; `confidence_threshold` is for a user who sets one on purpose. It is None, not a number,
     by default, so "not set" survives saving the block and the serving model's stored configuration (a pydantic
     `model_fields_set` would not: a saved block stores every field).

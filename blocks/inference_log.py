@@ -40,7 +40,7 @@ class InferenceLog(Block):
     Example:
         ```python
         from prefect_crisis.blocks import InferenceLog
-        from prefect_crisis.tasks.inference_log import PredictionBatch
+        from prefect_crisis.tasks.serving.inference_log import PredictionBatch
 
         log = InferenceLog(url="sqlite:////tmp/inference.db")
         writer = log.writer()

@@ -22,7 +22,7 @@ class TrainingPolicy(Block):
         ```
 
     Besides the candidate, a completed training keeps a fallback version (the
-    `fallback_*` fields and `replace_fallback`): see `prefect_crisis.tasks.fallback_model`.
+    `fallback_*` fields and `replace_fallback`): see `prefect_crisis.tasks.serving.fallback_model`.
 
     The holdout grows with a small batch: `holdout_fraction` of the rows, grown toward
     `target_holdout_rows` but never past `max_holdout_fraction` of them. A holdout

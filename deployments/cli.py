@@ -298,7 +298,7 @@ def demo(
         from prefect_crisis.blocks import ModelRegistry
         from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
         from prefect_crisis.flows.demo import crisis_demo
-        from prefect_crisis.tasks.synthetic import check_demo_rows, demo_model_name
+        from prefect_crisis.tasks.drills.synthetic import check_demo_rows, demo_model_name
 
         check_demo_rows(rows)  # before anything is written
         model = demo_model_name(model)
@@ -324,7 +324,7 @@ def demo(
             console.print(f"  {count} x {kind:8} {key}")
         ui_url = api_url.removesuffix("/api")
         console.print(f"open {ui_url}/runs/flow-run/{state.state_details.flow_run_id} to read the timeline")
-        from prefect_crisis.tasks.incident_report import wait_for_incident_end
+        from prefect_crisis.tasks.response.report import wait_for_incident_end
 
         incident = summary[-1]["condition"]
         console.rule(f"crisis incident show {incident}")
@@ -338,7 +338,7 @@ def incident_list(model: str | None = None, *, json: JsonOption = False, home: H
     if model is not None:
         validate_model_name(model)
     with stack.use_stack(home, **SHORT_COMMAND):
-        from prefect_crisis.tasks.incident_report import opened_incidents
+        from prefect_crisis.tasks.response.report import opened_incidents
 
         opened = [event.payload | {"flow_run": event.payload.get("flow_run_id")} for event in opened_incidents(model)]
     if json:
@@ -355,7 +355,7 @@ def incident_list(model: str | None = None, *, json: JsonOption = False, home: H
 def incident_show(incident_id: str, *, json: JsonOption = False, home: HomeOption = None) -> None:
     """The timeline of incident INCIDENT_ID: one line per step, and the times to detect, decide and recover."""
     with stack.use_stack(home, **SHORT_COMMAND):
-        from prefect_crisis.tasks.incident_report import incident_report
+        from prefect_crisis.tasks.response.report import incident_report
 
         report = incident_report(incident_id)
     if json:
@@ -383,7 +383,7 @@ def validate(
     """Validate one parquet or CSV batch against a saved DataContract block."""
     from prefect_crisis.flows.validate_batch import validate_batch
     from prefect_crisis.tasks.loading import load_contract
-    from prefect_crisis.tasks.validation import Verdict
+    from prefect_crisis.tasks.validation.checks import Verdict
 
     validate_model_name(model)
     batch_path = _existing_batch(batch)
@@ -414,7 +414,7 @@ def stop(
         with stack.use_stack(home, **SHORT_COMMAND):  # checked first: an unreachable server is the news that matters
             if not force:
                 check_known_model(model)
-            from prefect_crisis.tasks.stop_flag import set_stop_flag, stop_flag_name
+            from prefect_crisis.tasks.training.stop_flag import set_stop_flag, stop_flag_name
 
             set_stop_flag(model, reason)
     except StackError as error:
@@ -429,7 +429,7 @@ def resume(model: str, *, home: HomeOption = None) -> None:
     """Lower MODEL's stop flag so training may run again."""
     validate_model_name(model)
     with stack.use_stack(home, **SHORT_COMMAND):
-        from prefect_crisis.tasks.stop_flag import clear_stop_flag, stop_flag_name
+        from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, stop_flag_name
 
         was_set = clear_stop_flag(model)
     console.print(f"stop flag {stop_flag_name(model)!r} {'lowered' if was_set else 'was not raised'}")

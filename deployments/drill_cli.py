@@ -99,7 +99,7 @@ def drill(
     if iterations < 1:
         raise CrisisError(f"--iterations must be at least 1, not {iterations}")
     with stack.use_stack(home, **LONG_COMMAND) as api_url:
-        from prefect_crisis.tasks.drills import PROGRESS, scenario_names
+        from prefect_crisis.tasks.drills.injections import PROGRESS, scenario_names
 
         names = scenario_names(list(scenarios))  # an unknown name: one line, before anything runs
         check_stack_can_respond()
@@ -197,7 +197,7 @@ def _print_summary(rows: list[dict]) -> None:
 def _print_timelines(runs: list[dict]) -> None:
     """Each run's incident as `crisis incident show` prints it (steps, actors, times to detect, decide, recover)."""
     from prefect_crisis.core.errors import IncidentError
-    from prefect_crisis.tasks.incident_report import wait_for_incident_end
+    from prefect_crisis.tasks.response.report import wait_for_incident_end
 
     for run in runs:
         if not run["incident"]:

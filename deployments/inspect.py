@@ -17,7 +17,7 @@ from prefect.client.schemas.objects import Artifact
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.schemas.events import ReceivedEvent
 
-from prefect_crisis.tasks.incident_report import read_events
+from prefect_crisis.tasks.response.report import read_events
 
 
 def flow_run_family(flow_run_id: UUID) -> list[UUID]:

@@ -30,7 +30,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 
 from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
-from prefect_crisis.tasks.checkpoints import record_killed
+from prefect_crisis.tasks.training.checkpoints import record_killed
 
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
 REASON = "the Prefect server stopped while this run was in progress; marked crashed when the stack was started again"

@@ -196,7 +196,7 @@ def serve(
     registry = ModelRegistry(model_name=model)
     if not registry.versions():
         raise DataInputError(InputErrorReason.INVALID_NAME, f"no model {model!r} in {registry.display_tracking_uri}: check the name, or train it first")
-    from prefect_crisis.tasks.serving_model import serving_model_name, serving_version
+    from prefect_crisis.tasks.serving.pyfunc import serving_model_name, serving_version
 
     version, registered = serving_version(registry, fallback_policy, log=not no_log)
     champion, fallback = registry.champion(), registry.version_by_alias(registry.fallback_alias)

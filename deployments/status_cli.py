@@ -30,7 +30,7 @@ def read_model_dashboard(model: str):
     """
     from prefect_crisis.blocks.registry import ModelRegistry
     from prefect_crisis.core.errors import RegistryError
-    from prefect_crisis.tasks.dashboard import gather_dashboard
+    from prefect_crisis.tasks.monitoring.dashboard import gather_dashboard
 
     try:
         board, _history = gather_dashboard(ModelRegistry(model_name=model))
@@ -63,7 +63,7 @@ def _percent(value) -> str:
 
 def print_champion_health(board, champion: str | None, console: Console) -> None:
     """The current champion's latest sweep, then the fallback's figures apart (what serving routed to it)."""
-    from prefect_crisis.tasks.dashboard import shown_time
+    from prefect_crisis.tasks.monitoring.dashboard import shown_time
 
     sweep = board.champion_health
     if not sweep:
@@ -92,7 +92,7 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
     if as_json:
         print(_json.dumps({"stack": stack_report, "model": {**board.to_dict(), "policies": policies or {}}}, default=str))
     else:
-        from prefect_crisis.tasks.dashboard import shown_time
+        from prefect_crisis.tasks.monitoring.dashboard import shown_time
 
         style = LEVEL_STYLE[board.level]
         console.print(f"[{style}]{board.model}: {board.level.upper()}[/{style}]  (as of {shown_time(board.at)})")

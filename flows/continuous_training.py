@@ -17,15 +17,15 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.paths import validate_model_name
-from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
-from prefect_crisis.tasks.dashboard import refresh_dashboard
-from prefect_crisis.tasks.fallback_model import calibrate_routing, keep_fallback_model
+from prefect_crisis.tasks.validation.batches import SyntheticCondition, load_batch
+from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
+from prefect_crisis.tasks.serving.fallback_model import calibrate_routing, keep_fallback_model
 from prefect_crisis.tasks.loading import load_contract, load_policy, load_registry
 from prefect_crisis.tasks.stack_info import stack_summary
-from prefect_crisis.tasks.promotion import register_and_gate
-from prefect_crisis.tasks.quarantine import validate_and_publish
-from prefect_crisis.tasks.training_run import split_training_data, train_model
-from prefect_crisis.tasks.validation import Verdict
+from prefect_crisis.tasks.training.promotion import register_and_gate
+from prefect_crisis.tasks.validation.quarantine import validate_and_publish
+from prefect_crisis.tasks.training.run import split_training_data, train_model
+from prefect_crisis.tasks.validation.checks import Verdict
 
 
 @flow(name="continuous-training", log_prints=True)

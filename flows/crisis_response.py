@@ -17,9 +17,9 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import DataInputError, InputErrorReason, PolicyError, RegistryError
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
-from prefect_crisis.tasks.batches import load_frame
-from prefect_crisis.tasks.dashboard import refresh_dashboard
-from prefect_crisis.tasks.incident import (
+from prefect_crisis.tasks.validation.batches import load_frame
+from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
+from prefect_crisis.tasks.response.incident import (
     close_episode,
     decide_rollback_task,
     diagnose_model,
@@ -34,7 +34,7 @@ from prefect_crisis.tasks.incident import (
     tag_response_run,
 )
 from prefect_crisis.tasks.loading import bind_policy
-from prefect_crisis.tasks.inference_log import latencies_of, read_labelled_window
+from prefect_crisis.tasks.serving.inference_log import latencies_of, read_labelled_window
 from prefect_crisis.tasks.stack_info import stack_summary
 
 

@@ -36,14 +36,14 @@ from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.core.vocabulary import Severity
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.health_monitor import health_monitor
-from prefect_crisis.tasks.serving import FallbackRouter
+from prefect_crisis.tasks.serving.router import FallbackRouter
 from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.core.errors import DemoError
 from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
-from prefect_crisis.tasks.incident_report import wait_for_incident_end
-from prefect_crisis.tasks.quarantine import storage_uri, write_parquet
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
-from prefect_crisis.tasks.synthetic import check_demo_rows, demo_model_name, make_batch, synthetic_contract
+from prefect_crisis.tasks.response.report import wait_for_incident_end
+from prefect_crisis.tasks.validation.quarantine import storage_uri, write_parquet
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.drills.synthetic import check_demo_rows, demo_model_name, make_batch, synthetic_contract
 
 DEMO_CONTRACT = "synthetic-stream"
 DEMO_POLICY = "synthetic-training"

@@ -20,7 +20,7 @@ serves after the response scores at least the pre-crisis version's accuracy on
 fresh labelled rows, minus `END_STATE_TOLERANCE`; the episode opened the
 incidents it should (one, unless the scenario says why not); no row was lost.
 The `real-*` scenarios run real models on the bundled real data sets
-(tasks/real_models.py), where a wrong repair costs far more than the tolerance.
+(tasks/drills/real_models.py), where a wrong repair costs far more than the tolerance.
 """
 
 from __future__ import annotations
@@ -55,19 +55,19 @@ from prefect_crisis.core.paths import artifact_key, crisis_home, default_storage
 from prefect_crisis.core.timeline import Timeline, TimelineEvent, model_resource, prefect_sink, related_resources
 from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, AliasAction, CrisisEvent, DecisionKind, Severity, TagKey
 from prefect_crisis.flows.validate_batch import validate_batch
-from prefect_crisis.tasks.datasets import LABEL
-from prefect_crisis.tasks.drills import (
+from prefect_crisis.tasks.drills.datasets import LABEL
+from prefect_crisis.tasks.drills.injections import (
     END_STATE_TOLERANCE, FRESH_ROWS, PROGRESS, SCENARIO_NAMES, Served, applied_moves, champion_moves, concept_drifted, corrupt_real,
     drill_model_name, first_event, flow_run_processes, incidents_opened, inject_into_primary, model_events, positives_flipped, register_synthetic,
     scenario_names, seconds, serve_rows, stable_champion, training_runs, wait_until,
 )
-from prefect_crisis.tasks.emergency import EmergencyRecord
-from prefect_crisis.tasks.incident_report import wait_for_incident_end
-from prefect_crisis.tasks.quarantine import storage_uri, write_parquet
-from prefect_crisis.tasks.real_models import build_real_stack, mislabelled, release_poisoned, release_retrained, serving_accuracy, version_accuracy
-from prefect_crisis.tasks.serving import FallbackRouter
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.response.emergency import EmergencyRecord
+from prefect_crisis.tasks.response.report import wait_for_incident_end
+from prefect_crisis.tasks.validation.quarantine import storage_uri, write_parquet
+from prefect_crisis.tasks.drills.real_models import build_real_stack, mislabelled, release_poisoned, release_retrained, serving_accuracy, version_accuracy
+from prefect_crisis.tasks.serving.router import FallbackRouter
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, read_stop_flag
+from prefect_crisis.tasks.drills.synthetic import make_batch
 
 DRILL_CONTRACT = "drill-stream"
 TIMELINE_STEPS = ("incident.opened", "decision.taken", "model.rolled-back", "recovery.succeeded")
@@ -747,7 +747,7 @@ def _training_inject(drill: Drill) -> None:
 def _training_expect(drill: Drill) -> None:
     """Prefect records the killed run Crashed; the MLflow run it left RUNNING is closed as killed by the next training
     run, which resumes its last checkpoint (written within the policy's interval of the kill) and completes."""
-    from prefect_crisis.tasks.checkpoints import load_checkpoint_state, load_checkpoint_written_at
+    from prefect_crisis.tasks.training.checkpoints import load_checkpoint_state, load_checkpoint_written_at
 
     client, killed_id, interval = drill.registry.client, drill.state["killed_run"], drill.state["interval"]
     ended = wait_until(lambda: _flow_run_ended(drill.state["killed_flow_run"]), 60, every=0.2)
@@ -845,7 +845,7 @@ OVER_THE_LIMIT = 0.15  # the rejected batch's broken share above the contract's 
 
 
 def _real_setup(dataset: str) -> Callable[[Drill], None]:
-    """A real model on `dataset` (tasks/real_models.py): a good scaled logistic version that served 3 h, the weak
+    """A real model on `dataset` (tasks/drills/real_models.py): a good scaled logistic version that served 3 h, the weak
     3-feature fallback behind it."""
     def setup(drill: Drill) -> None:
         with warnings.catch_warnings():  # digits' blank border pixels: the fallback's feature ranking says so, a terminal need not

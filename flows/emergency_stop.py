@@ -20,9 +20,9 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import CrisisError, DataInputError, PolicyError
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Severity, is_drill_model
-from prefect_crisis.tasks.batches import load_frame
-from prefect_crisis.tasks.dashboard import refresh_dashboard
-from prefect_crisis.tasks.emergency import (
+from prefect_crisis.tasks.validation.batches import load_frame
+from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
+from prefect_crisis.tasks.response.emergency import (
     EmergencyRecord,
     StepResult,
     cancel_training_runs_task,
@@ -33,7 +33,7 @@ from prefect_crisis.tasks.emergency import (
     resume_training_task,
     violation_of,
 )
-from prefect_crisis.tasks.incident import (
+from prefect_crisis.tasks.response.incident import (
     close_episode,
     decide_rollback_task,
     execute_recovery_task,
@@ -47,10 +47,10 @@ from prefect_crisis.tasks.incident import (
     response_limit,
     tag_response_run,
 )
-from prefect_crisis.tasks.inference_log import latencies_of, read_labelled_window
+from prefect_crisis.tasks.serving.inference_log import latencies_of, read_labelled_window
 from prefect_crisis.tasks.loading import BoundPolicy, bind_policy
-from prefect_crisis.tasks.recovery import RecoveryOutcome
-from prefect_crisis.tasks.rollback import LiveWindow
+from prefect_crisis.tasks.response.recovery import RecoveryOutcome
+from prefect_crisis.tasks.response.rollback import LiveWindow
 
 
 def outcome_of(step: str, state: State) -> StepResult:

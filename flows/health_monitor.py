@@ -20,10 +20,10 @@ from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.timeline import utc_now
-from prefect_crisis.tasks.dashboard import dashboard_due, refresh_dashboard
+from prefect_crisis.tasks.monitoring.dashboard import dashboard_due, refresh_dashboard
 from prefect_crisis.core.vocabulary import Serving
 from prefect_crisis.tasks.loading import bind_policy
-from prefect_crisis.tasks.monitoring import load_drift_reference, metric_history, models_to_sweep, sweep_model_task, system_metrics
+from prefect_crisis.tasks.monitoring.sweep import load_drift_reference, metric_history, models_to_sweep, sweep_model_task, system_metrics
 
 
 @flow(name="health-monitor")

@@ -4,11 +4,11 @@ contract and reference, persist kept and quarantined parts, publish the report."
 from prefect import flow, get_run_logger
 
 from prefect_crisis.core.paths import validate_model_name
-from prefect_crisis.tasks.batches import SyntheticCondition, load_batch
+from prefect_crisis.tasks.validation.batches import SyntheticCondition, load_batch
 from prefect_crisis.tasks.loading import load_contract
-from prefect_crisis.tasks.quarantine import validate_and_publish
+from prefect_crisis.tasks.validation.quarantine import validate_and_publish
 from prefect_crisis.tasks.stack_info import stack_summary
-from prefect_crisis.tasks.validation import ValidationReport
+from prefect_crisis.tasks.validation.checks import ValidationReport
 
 
 @flow(name="validate-batch", log_prints=True)

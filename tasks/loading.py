@@ -1,5 +1,5 @@
 """Load the saved blocks a flow needs, with errors that say how to make them.
-(References are read by `prefect_crisis.tasks.references`.)"""
+(References are read by `prefect_crisis.tasks.validation.references`.)"""
 
 from __future__ import annotations
 

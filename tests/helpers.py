@@ -12,9 +12,9 @@ from sklearn.linear_model import LogisticRegression
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.vocabulary import TagKey
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.synthetic import feature_names, make_batch
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch
 
 T = TypeVar("T")
 FEATURES = feature_names(20)

@@ -26,9 +26,9 @@ from prefect_crisis.blocks import InferenceLog, ModelRegistry
 from prefect_crisis.core.timeline import emit_crisis_event
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent
 from prefect_crisis.deployments.postgres import read_cluster
-from prefect_crisis.tasks.serving import FallbackRouter
-from prefect_crisis.tasks.stop_flag import read_stop_flag
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.serving.router import FallbackRouter
+from prefect_crisis.tasks.training.stop_flag import read_stop_flag
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.e2e.test_stack import free_port
 from tests.helpers import FEATURES, poisoned_after_stable, register, wait_for
 from tests.unit.test_serving_swap import register_fallback
@@ -267,7 +267,7 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     router respond on their own; the drill checks the end state (accuracy on fresh labelled rows no lower than before
     the fault, the incidents of the episode, nothing lost; alias, fallback, stop flag, the incident's timeline, marked
     as a drill) and writes its report (JSON, PNG, Prefect artifacts)."""
-    from prefect_crisis.tasks.drills import END_STATE_TOLERANCE
+    from prefect_crisis.tasks.drills.injections import END_STATE_TOLERANCE
 
     mistyped = drill_cli(stack, "latency-spik")
     assert mistyped.returncode == 2 and "no drill scenario 'latency-spik'" in mistyped.stderr + mistyped.stdout
@@ -366,8 +366,8 @@ def test_a_breach_sent_while_the_server_restarts_reaches_the_response(stack):
     from prefect.events.worker import EventsWorker
 
     from prefect_crisis.deployments import stack as stacks
-    from prefect_crisis.tasks.drills import model_events
-    from prefect_crisis.tasks.incident_report import wait_for_incident_end
+    from prefect_crisis.tasks.drills.injections import model_events
+    from prefect_crisis.tasks.response.report import wait_for_incident_end
 
     model = f"restart-{uuid.uuid4().hex[:6]}"
     registry, good, bad = poisoned_after_stable(model, swapped=("f00", "f05"))

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from prefect_crisis.blocks import InferenceLog
 from prefect_crisis.blocks.inference_store import predictions
-from prefect_crisis.tasks.inference_log import LogStats, RequestError
+from prefect_crisis.tasks.serving.inference_log import LogStats, RequestError
 from tests.unit.test_inference_log import NOW, Clock, batch, wait_until
 
 pytestmark = pytest.mark.e2e

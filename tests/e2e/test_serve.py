@@ -17,10 +17,10 @@ import pytest
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.timeline import ListSink, Timeline
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401 - fixtures
 from prefect_crisis.blocks import InferenceLog
-from prefect_crisis.tasks.routing import fit_routing, log_routing
+from prefect_crisis.tasks.serving.confidence_routing import fit_routing, log_routing
 from tests.helpers import FEATURES, register, wait_for
 from tests.unit.test_serving_swap import register_fallback
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefect_crisis.tasks.synthetic import customer_table
-from prefect_crisis.tasks.validation import REASONS_COLUMN
+from prefect_crisis.tasks.drills.synthetic import customer_table
+from prefect_crisis.tasks.validation.checks import REASONS_COLUMN
 
 pytestmark = pytest.mark.e2e
 CRISIS = [sys.executable, "-m", "prefect_crisis.deployments.cli"]

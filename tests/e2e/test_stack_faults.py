@@ -157,7 +157,7 @@ LONG_FLOW = textwrap.dedent(
     from mlflow import MlflowClient
     from prefect import flow
     from prefect.runtime import flow_run
-    from prefect_crisis.tasks.checkpoints import training_experiment
+    from prefect_crisis.tasks.training.checkpoints import training_experiment
 
     @flow(name="long-training")
     def long_training(tracking_uri: str):

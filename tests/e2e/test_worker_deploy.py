@@ -21,10 +21,10 @@ from sklearn.linear_model import LogisticRegression
 
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
 from prefect_crisis.core.vocabulary import Responder
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.inference_log import PredictionBatch
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.synthetic import feature_names, make_batch, synthetic_contract
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch, synthetic_contract
 from tests.e2e.test_stack import crisis, free_port
 
 pytestmark = pytest.mark.e2e

@@ -22,8 +22,8 @@ from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.flows.demo import crisis_demo
 from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.core.errors import DataInputError, ExitCode
-from prefect_crisis.tasks.quarantine import write_parquet
-from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
+from prefect_crisis.tasks.validation.quarantine import write_parquet
+from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 
 CRISIS = [sys.executable, "-m", "prefect_crisis.deployments.cli"]
 

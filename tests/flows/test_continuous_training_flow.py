@@ -16,12 +16,12 @@ from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
-from prefect_crisis.tasks.stopping import StopKind
-from prefect_crisis.tasks.training import learner_of
+from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training.stopping import StopKind
+from prefect_crisis.tasks.training.loop import learner_of
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")

@@ -22,9 +22,9 @@ from prefect_crisis.blocks import InferenceLog, MetricRule, ModelRegistry, Rollb
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.core.vocabulary import Responder
-from prefect_crisis.tasks.incident import response_limit
-from prefect_crisis.tasks.inference_log import PredictionBatch
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.response.incident import response_limit
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import poisoned_after_stable, register, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")

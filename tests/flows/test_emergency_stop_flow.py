@@ -15,8 +15,8 @@ from prefect.states import Running
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.flows.emergency_stop import emergency_stop
-from prefect_crisis.tasks.emergency import TRAINING_FLOW, EmergencyRecord
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, read_stop_flag
+from prefect_crisis.tasks.response.emergency import TRAINING_FLOW, EmergencyRecord
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, read_stop_flag
 from tests.helpers import poisoned_after_stable, register, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri", "crisis_home")

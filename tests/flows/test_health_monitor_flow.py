@@ -18,9 +18,9 @@ from prefect_crisis.core.timeline import ListSink, Timeline, utc_now
 from prefect_crisis.core.vocabulary import CrisisEvent
 from prefect_crisis.flows.health_monitor import health_monitor
 from prefect_crisis.tasks import monitoring
-from prefect_crisis.tasks.incident_report import read_events
-from prefect_crisis.tasks.serving import FallbackRouter
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.response.report import read_events
+from prefect_crisis.tasks.serving.router import FallbackRouter
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import poisoned_after_stable, register, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")

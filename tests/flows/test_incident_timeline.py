@@ -24,8 +24,8 @@ from prefect_crisis.core.errors import ExitCode
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
 from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.tasks.incident_report import incident_events, incident_report
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.response.report import incident_events, incident_report
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import poisoned_after_stable, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")

@@ -12,7 +12,7 @@ import pytest
 
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.synthetic import synthetic_contract
+from prefect_crisis.tasks.drills.synthetic import synthetic_contract
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 

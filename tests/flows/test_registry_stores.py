@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.tasks.incident import predict_with
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.response.incident import predict_with
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import register
 
 

@@ -17,11 +17,11 @@ from prefect_crisis.core.vocabulary import AliasAction
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.emergency_stop import emergency_stop
-from prefect_crisis.tasks.datasets import DATASET_NAMES
-from prefect_crisis.tasks.episodes import read_episode
+from prefect_crisis.tasks.drills.datasets import DATASET_NAMES
+from prefect_crisis.tasks.response.episodes import read_episode
 from prefect_crisis.tasks.loading import bind_policy, block_name_of
-from prefect_crisis.tasks.real_models import back_dated, build_real_stack, register_estimator, release_poisoned, scaled_logistic, serving_accuracy
-from prefect_crisis.tasks.stop_flag import clear_stop_flag
+from prefect_crisis.tasks.drills.real_models import back_dated, build_real_stack, register_estimator, release_poisoned, scaled_logistic, serving_accuracy
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri", "crisis_home")

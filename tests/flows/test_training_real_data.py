@@ -13,10 +13,10 @@ from mlflow import MlflowClient
 
 from prefect_crisis.blocks import DataContract, ModelRegistry
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.datasets import load_dataset
-from prefect_crisis.tasks.fallback_model import MEETS_BAR_TAG
-from prefect_crisis.tasks.promotion import GOLDEN_VERSION_TAG
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.drills.datasets import load_dataset
+from prefect_crisis.tasks.serving.fallback_model import MEETS_BAR_TAG
+from prefect_crisis.tasks.training.promotion import GOLDEN_VERSION_TAG
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 

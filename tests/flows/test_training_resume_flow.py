@@ -14,12 +14,12 @@ from prefect import flow
 
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
-from prefect_crisis.tasks.stopping import StopCondition, TrainingProgress
-from prefect_crisis.tasks.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
-from prefect_crisis.tasks.training import learner_of
-from prefect_crisis.tasks.training_run import split_training_data, train_model
+from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
+from prefect_crisis.tasks.training.stopping import StopCondition, TrainingProgress
+from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training.loop import learner_of
+from prefect_crisis.tasks.training.run import split_training_data, train_model
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 
@@ -203,9 +203,9 @@ KILLED_CHILD = """
 import sys
 from prefect import flow
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
-from prefect_crisis.tasks.stopping import StopCondition
-from prefect_crisis.tasks.synthetic import make_batch
-from prefect_crisis.tasks.training_run import split_training_data, train_model
+from prefect_crisis.tasks.training.stopping import StopCondition
+from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.training.run import split_training_data, train_model
 
 class SayEachBatch(StopCondition):  # called after the mini-batch's checkpoint is written
     def __call__(self, progress):
@@ -265,7 +265,7 @@ def test_a_training_killed_outright_resumes_losing_at_most_the_mini_batch_in_fli
 def test_a_training_run_of_a_live_flow_run_is_never_taken_over(model):
     """A RUNNING training run whose flow run has not ended is someone's training in progress: left alone."""
     from prefect import get_client as _unused  # noqa: F401
-    from prefect_crisis.tasks.checkpoints import close_killed_runs
+    from prefect_crisis.tasks.training.checkpoints import close_killed_runs
 
     client = MlflowClient()
     live = client.create_run(training_experiment(client, model), tags={"crisis.flow_run_id": str(uuid.uuid4())}).info.run_id
@@ -276,7 +276,7 @@ def test_a_training_run_of_a_live_flow_run_is_never_taken_over(model):
 
 
 def test_a_resumed_run_killed_before_its_first_checkpoint_leaves_the_earlier_checkpoint_resumable(model):
-    from prefect_crisis.tasks.checkpoints import close_killed_runs
+    from prefect_crisis.tasks.training.checkpoints import close_killed_runs
 
     set_stop_flag(model, "pause")
     try:

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
-from prefect_crisis.tasks.batches import load_frame
+from prefect_crisis.tasks.validation.batches import load_frame
 from prefect_crisis.core.errors import (
     ContractError,
     ContractErrorReason,
@@ -18,8 +18,8 @@ from prefect_crisis.core.errors import (
     DataInputError,
     InputErrorReason,
 )
-from prefect_crisis.tasks.datasets import LABEL, load_dataset
-from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
+from prefect_crisis.tasks.drills.datasets import LABEL, load_dataset
+from prefect_crisis.tasks.validation.checks import REASONS_COLUMN, Verdict, validate_data
 
 CONTRACT = DataContract(
     columns=[

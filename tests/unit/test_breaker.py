@@ -3,7 +3,7 @@
 import pytest
 
 from prefect_crisis.core.vocabulary import BreakerState
-from prefect_crisis.tasks.breaker import CircuitBreaker
+from prefect_crisis.tasks.serving.breaker import CircuitBreaker
 
 
 class Clock:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from prefect_crisis.tasks.checkpoints import load_checkpoint, read_checkpoint_files, save_checkpoint, training_experiment, write_checkpoint_files
+from prefect_crisis.tasks.training.checkpoints import load_checkpoint, read_checkpoint_files, save_checkpoint, training_experiment, write_checkpoint_files
 from prefect_crisis.core.errors import TrainingError
-from prefect_crisis.tasks.resume import ResumeKey, ResumeRefusal, decide_resume
-from prefect_crisis.tasks.stopping import StopKind, stop_after_seconds, stop_when_flag_set
-from prefect_crisis.tasks.training import Checkpoint, learner_of, make_estimator, train_with_stop_hook
+from prefect_crisis.tasks.training.resume import ResumeKey, ResumeRefusal, decide_resume
+from prefect_crisis.tasks.training.stopping import StopKind, stop_after_seconds, stop_when_flag_set
+from prefect_crisis.tasks.training.loop import Checkpoint, learner_of, make_estimator, train_with_stop_hook
 
 CLASSES = np.array([0, 1])
 KEY = ResumeKey("fp", "label", ("f0", "f1"), 0.2, "sgd", "{}", 100, 0)

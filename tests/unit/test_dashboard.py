@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from prefect_crisis.core.vocabulary import AliasAction
-from prefect_crisis.tasks.dashboard import crisis_level, dashboard_markdown, read_dashboard
+from prefect_crisis.tasks.monitoring.dashboard import crisis_level, dashboard_markdown, read_dashboard
 from tests.unit.test_recovery import START, clock, registry, serve, sink  # noqa: F401 - fixtures
 
 

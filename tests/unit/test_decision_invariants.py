@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
 from prefect_crisis.core.vocabulary import DecisionKind, Severity
-from prefect_crisis.tasks.rollback import Candidate, LiveWindow, decide_rollback, eligible_versions, served_for
+from prefect_crisis.tasks.response.rollback import Candidate, LiveWindow, decide_rollback, eligible_versions, served_for
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 POLICY = RollbackPolicy(rules=[MetricRule(metric="accuracy", tolerance=0.02)], stability_window_minutes=60)

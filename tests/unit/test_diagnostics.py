@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from prefect_crisis.tasks.diagnostics import Action, OperationalContext, diagnose
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.response.diagnostics import Action, OperationalContext, diagnose
+from prefect_crisis.tasks.drills.synthetic import make_batch
 
 ROWS = 6_000
 

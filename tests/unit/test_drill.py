@@ -17,12 +17,12 @@ from prefect_crisis.core.vocabulary import is_drill_model
 from prefect_crisis.flows.drill import (
     BENIGN_RECORDED_MALIGNANT, FAR_OUT, OVER_THE_LIMIT, SCENARIOS, DrillResult, _keyed, corrupt, describe, percentile, plot_times, summarize,
 )
-from prefect_crisis.tasks.datasets import LABEL, load_dataset
-from prefect_crisis.tasks.drills import END_STATE_TOLERANCE, FaultyEstimator, concept_drifted, corrupt_real, drill_model_name, scenario_names
-from prefect_crisis.tasks.real_models import WEAK_FALLBACK_FEATURES, accuracy, mislabelled, scaled_logistic, top_features
-from prefect_crisis.tasks.quarantine import write_parquet
-from prefect_crisis.tasks.synthetic import make_batch
-from prefect_crisis.tasks.validation import validate_data
+from prefect_crisis.tasks.drills.datasets import LABEL, load_dataset
+from prefect_crisis.tasks.drills.injections import END_STATE_TOLERANCE, FaultyEstimator, concept_drifted, corrupt_real, drill_model_name, scenario_names
+from prefect_crisis.tasks.drills.real_models import WEAK_FALLBACK_FEATURES, accuracy, mislabelled, scaled_logistic, top_features
+from prefect_crisis.tasks.validation.quarantine import write_parquet
+from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.validation.checks import validate_data
 
 
 def result(scenario: str, iteration: int, passed: bool = True, detect=None, mitigate=None, recover=None, facts=None) -> DrillResult:

@@ -19,13 +19,13 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError, TrainingError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, TagKey, VersionRole
-from prefect_crisis.tasks.fallback_model import fit_fallback, keep_fallback, select_fallback_features
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.incident import predict_with
-from prefect_crisis.tasks.promotion import champion_metrics_on, decide_promotion, evaluate, log_candidate
-from prefect_crisis.tasks.rollback import LiveWindow, candidates_from_registry, decide_rollback
-from prefect_crisis.tasks.synthetic import COLUMN_SHAPES, customer_table, make_batch
-from prefect_crisis.tasks.training_run import split_training_data
+from prefect_crisis.tasks.serving.fallback_model import fit_fallback, keep_fallback, select_fallback_features
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.response.incident import predict_with
+from prefect_crisis.tasks.training.promotion import champion_metrics_on, decide_promotion, evaluate, log_candidate
+from prefect_crisis.tasks.response.rollback import LiveWindow, candidates_from_registry, decide_rollback
+from prefect_crisis.tasks.drills.synthetic import COLUMN_SHAPES, customer_table, make_batch
+from prefect_crisis.tasks.training.run import split_training_data
 
 START = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
 

@@ -11,9 +11,9 @@ import pandas as pd
 from PIL import Image
 
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
-from prefect_crisis.tasks.health_plot import plot_health, version_segments
-from prefect_crisis.tasks.health_rules import WindowMetrics
-from prefect_crisis.tasks.monitoring import ModelHealth, append_history, metric_history, rule_limits
+from prefect_crisis.tasks.monitoring.health_plot import plot_health, version_segments
+from prefect_crisis.tasks.monitoring.health_rules import WindowMetrics
+from prefect_crisis.tasks.monitoring.sweep import ModelHealth, append_history, metric_history, rule_limits
 
 
 def history(sweeps: int = 40, labelled: bool = True) -> tuple[pd.DataFrame, list[dict]]:
@@ -84,7 +84,7 @@ def test_each_sweep_records_the_lines_it_was_judged_against(tmp_path):
 
 
 def test_a_healthy_model_refreshes_its_dashboard_once_a_period_and_a_change_at_once():
-    from prefect_crisis.tasks.dashboard import dashboard_due
+    from prefect_crisis.tasks.monitoring.dashboard import dashboard_due
 
     at = pd.date_range("2026-12-03T10:00:30Z", periods=30, freq="1min")
     healthy = pd.DataFrame({"at": at, "version": "1", "severity": np.nan})  # as parquet gives back an all-healthy column

@@ -24,7 +24,7 @@ from prefect_crisis.blocks import InferenceLog
 from prefect_crisis.blocks.inference_store import create_tables, insert_predictions, predictions
 from prefect_crisis.core.errors import DataInputError, InferenceLogError, InputErrorReason
 from prefect_crisis.core.vocabulary import Responder
-from prefect_crisis.tasks.inference_log import InferenceLogWriter, LogStats, PredictionBatch, RequestError, labelled_window
+from prefect_crisis.tasks.serving.inference_log import InferenceLogWriter, LogStats, PredictionBatch, RequestError, labelled_window
 
 LOGGER = "prefect_crisis.inference_log"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

@@ -93,5 +93,5 @@ def test_no_vocabulary_string_outside_the_vocabulary(path: Path):
 
 
 def test_the_layer_test_catches_an_upward_import(tmp_path: Path):
-    module = "from prefect_crisis.tasks.rollback import decide_rollback\n"
+    module = "from prefect_crisis.tasks.response.rollback import decide_rollback\n"
     assert [layer_of(name) for _, name, _ in imported_modules(ast.parse(module))] == ["tasks"]

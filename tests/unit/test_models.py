@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prefect_crisis.tasks.models import load_sklearn_model, log_sklearn_model
-from prefect_crisis.tasks.training import make_estimator
+from prefect_crisis.tasks.training.loop import make_estimator
 
 
 @pytest.mark.parametrize("estimator", ["sgd", "mlp"])

@@ -17,12 +17,12 @@ from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
 from prefect_crisis.core.errors import MonitoringError, PolicyError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity
-from prefect_crisis.tasks.health_rules import Measure, WindowMetrics, check_any, check_rule_on_windows, judge_long, policy_checks
-from prefect_crisis.tasks.inference_log import PredictionBatch, RequestError
-from prefect_crisis.tasks.monitoring import (
+from prefect_crisis.tasks.monitoring.health_rules import Measure, WindowMetrics, check_any, check_rule_on_windows, judge_long, policy_checks
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch, RequestError
+from prefect_crisis.tasks.monitoring.sweep import (
     ModelHealth, append_history, metric_history, model_metrics, read_champion, report_health, split_windows, sweep_model,
 )
-from prefect_crisis.tasks.rollback import LiveWindow, judge_rules
+from prefect_crisis.tasks.response.rollback import LiveWindow, judge_rules
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
 
@@ -242,8 +242,8 @@ def test_a_health_line_names_the_model_and_says_healthy_when_it_is():
 def test_one_sweep_reports_each_metric_once_at_its_worst_severity():
     from prefect_crisis.core.timeline import ListSink, Timeline
     from prefect_crisis.core.vocabulary import CrisisEvent, Severity
-    from prefect_crisis.tasks.health_rules import Breach
-    from prefect_crisis.tasks.monitoring import escalated
+    from prefect_crisis.tasks.monitoring.health_rules import Breach
+    from prefect_crisis.tasks.monitoring.sweep import escalated
 
     def breach(rule, metric, severity):
         return Breach(rule=rule, metric=metric, severity=severity, value=0.9, threshold=0.5, samples=100, bound=0.8,
@@ -256,7 +256,7 @@ def test_one_sweep_reports_each_metric_once_at_its_worst_severity():
 
 
 def test_the_schedule_sweeps_a_drill_model_only_while_its_drill_runs(tmp_path):
-    from prefect_crisis.tasks.monitoring import models_to_sweep
+    from prefect_crisis.tasks.monitoring.sweep import models_to_sweep
 
     log = InferenceLog(url=f"sqlite:///{tmp_path / 'log.db'}", spool_path=str(tmp_path / "spool"))
     now = datetime.now(timezone.utc)
@@ -275,8 +275,8 @@ def test_a_promoted_champion_is_judged_no_looser_than_the_version_it_replaced():
 
     from prefect_crisis.blocks import ModelRegistry
     from prefect_crisis.core.vocabulary import AliasAction
-    from prefect_crisis.tasks.drills import positives_flipped, register_synthetic
-    from prefect_crisis.tasks.monitoring import read_champion
+    from prefect_crisis.tasks.drills.injections import positives_flipped, register_synthetic
+    from prefect_crisis.tasks.monitoring.sweep import read_champion
 
     registry = ModelRegistry(model_name=f"guard-{uuid.uuid4().hex[:6]}")
     good = register_synthetic(registry, 1)

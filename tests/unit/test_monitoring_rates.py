@@ -21,8 +21,8 @@ import pytest
 
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
 from prefect_crisis.core.vocabulary import Responder, Severity
-from prefect_crisis.tasks.health_rules import policy_checks
-from prefect_crisis.tasks.monitoring import baseline_of, window_pair
+from prefect_crisis.tasks.monitoring.health_rules import policy_checks
+from prefect_crisis.tasks.monitoring.sweep import baseline_of, window_pair
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
 LATENCY_MEDIAN_MS, LATENCY_SIGMA = 20.0, 0.6

@@ -25,11 +25,11 @@ from prefect_crisis.core.errors import RegistryUnavailableError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, Responder, Severity, TagKey, VersionRole
 from prefect_crisis.deployments.status_cli import print_model_status
-from prefect_crisis.tasks.dashboard import dashboard_markdown, read_dashboard
-from prefect_crisis.tasks.datasets import load_dataset
-from prefect_crisis.tasks.health_rules import judge_long
-from prefect_crisis.tasks.inference_log import LATENCY_COLUMN, PredictionBatch, labelled_window, latencies_of
-from prefect_crisis.tasks.monitoring import (
+from prefect_crisis.tasks.monitoring.dashboard import dashboard_markdown, read_dashboard
+from prefect_crisis.tasks.drills.datasets import load_dataset
+from prefect_crisis.tasks.monitoring.health_rules import judge_long
+from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN, PredictionBatch, labelled_window, latencies_of
+from prefect_crisis.tasks.monitoring.sweep import (
     SERVING_LABEL, Serving, append_history, baseline_of, metric_history, report_health, sweep_model, window_pair,
 )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from prefect_crisis.blocks import TrainingPolicy
-from prefect_crisis.tasks.promotion import decide_promotion
+from prefect_crisis.tasks.training.promotion import decide_promotion
 
 
 @pytest.mark.parametrize("champion", [{"accuracy": 0.0}, None], ids=["against a champion", "first model"])
@@ -26,7 +26,7 @@ def test_the_minimum_is_the_policys_and_is_inclusive():
 
 @pytest.mark.parametrize(("rows", "held"), [(10, 5), (99, 49), (100, 50), (178, 89), (569, 200), (1_000, 200), (1_797, 360), (5_000, 1_000)])
 def test_the_holdout_grows_for_a_small_batch_within_half_of_it(rows, held):
-    from prefect_crisis.tasks.training_run import holdout_rows
+    from prefect_crisis.tasks.training.run import holdout_rows
 
     assert holdout_rows(rows, TrainingPolicy()) == held
 
@@ -44,7 +44,7 @@ def test_guards_are_not_applied_against_a_fallback_champion_but_are_against_any_
 
 
 def test_a_label_quality_finding_blocks_promotion_whatever_the_scores():
-    from prefect_crisis.tasks.promotion import TrustedFigures, label_quality_finding
+    from prefect_crisis.tasks.training.promotion import TrustedFigures, label_quality_finding
 
     figures = TrustedFigures("3", 0.146, 400, 0.905, 0.90, 200, 0.97, 0.10)
     finding = label_quality_finding(figures, TrainingPolicy().label_collapse_margin)
@@ -59,7 +59,7 @@ def test_a_label_quality_finding_blocks_promotion_whatever_the_scores():
     [(0.60, 400, True), (0.73, 400, False), (0.60, 20, False)],  # beyond doubt only: 12/20 could be bad luck of 0.905
 )
 def test_a_collapse_counts_only_beyond_doubt(on_batch, rows, found):
-    from prefect_crisis.tasks.promotion import TrustedFigures, label_quality_finding
+    from prefect_crisis.tasks.training.promotion import TrustedFigures, label_quality_finding
 
     figures = TrustedFigures("1", on_batch, rows, 0.905, 0.90, 200, 0.95)
     assert (label_quality_finding(figures, 0.15) is not None) is found

@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.timeline import Incident, ListSink, Timeline
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent, DecisionKind, Severity, Strategy, TagKey, ViolationType
-from prefect_crisis.tasks.recovery import Verification, execute_recovery
-from prefect_crisis.tasks.rollback import RollbackDecision, candidates_from_registry
+from prefect_crisis.tasks.response.recovery import Verification, execute_recovery
+from prefect_crisis.tasks.response.rollback import RollbackDecision, candidates_from_registry
 
 START = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
 

@@ -8,7 +8,7 @@ import pytest
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
 from prefect_crisis.core.errors import DataInputError
-from prefect_crisis.tasks.validation import validate_data
+from prefect_crisis.tasks.validation.checks import validate_data
 
 
 def customers(rows: int, seed: int, shift: float = 0.0, first_id: int = 0) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import AliasAction
-from prefect_crisis.tasks.drills import register_synthetic
+from prefect_crisis.tasks.drills.injections import register_synthetic
 
 
 def chattr(path: Path, flag: str) -> None:

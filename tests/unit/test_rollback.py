@@ -11,8 +11,8 @@ import pytest
 import prefect_crisis.blocks.rollback_policy
 from prefect_crisis.blocks import MetricRule, RollbackPolicy
 from prefect_crisis.core.errors import PolicyError
-from prefect_crisis.tasks.incident import live_window
-from prefect_crisis.tasks.rollback import (
+from prefect_crisis.tasks.response.incident import live_window
+from prefect_crisis.tasks.response.rollback import (
     Candidate,
     DecisionKind,
     LiveWindow,

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 
 from prefect_crisis.core.errors import ServingError
-from prefect_crisis.tasks.routing import (
+from prefect_crisis.tasks.serving.confidence_routing import (
     ConfidenceMap,
     RoutingCalibration,
     best_threshold,
@@ -26,7 +26,7 @@ from prefect_crisis.tasks.routing import (
 )
 
 
-@pytest.mark.parametrize("name", ["prefect_crisis.tasks.routing", "prefect_crisis.deployments.serve_cli"])
+@pytest.mark.parametrize("name", ["prefect_crisis.tasks.serving.confidence_routing", "prefect_crisis.deployments.serve_cli"])
 def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -32,11 +32,11 @@ from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.timeline import ListSink, Timeline
-from prefect_crisis.tasks.datasets import load_dataset
-from prefect_crisis.tasks.fallback_model import fit_fallback
-from prefect_crisis.tasks.routing import RoutingCalibration, fit_routing
-from prefect_crisis.tasks.serving import FallbackRouter, ServedVersion
-from prefect_crisis.tasks.training_run import TrainingData
+from prefect_crisis.tasks.drills.datasets import load_dataset
+from prefect_crisis.tasks.serving.fallback_model import fit_fallback
+from prefect_crisis.tasks.serving.confidence_routing import RoutingCalibration, fit_routing
+from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
+from prefect_crisis.tasks.training.run import TrainingData
 
 TOLERANCE = 0.01  # served accuracy may trail the primary's own by at most one point on fresh rows
 

@@ -16,7 +16,7 @@ from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import ServingInputError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import BreakerState, CrisisEvent, Responder
-from prefect_crisis.tasks.serving import FallbackRouter, ServedVersion, confidence_of
+from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion, confidence_of
 
 
 class Crafted:

@@ -9,8 +9,8 @@ import pytest
 
 from prefect_crisis.blocks import TrainingPolicy
 from prefect_crisis.core.errors import TrainingError
-from prefect_crisis.tasks.promotion import decide_promotion
-from prefect_crisis.tasks.stopping import (
+from prefect_crisis.tasks.training.promotion import decide_promotion
+from prefect_crisis.tasks.training.stopping import (
     StopKind,
     TrainingProgress,
     stop_after_seconds,
@@ -20,7 +20,7 @@ from prefect_crisis.tasks.stopping import (
     stop_on_stall,
     stop_when_flag_set,
 )
-from prefect_crisis.tasks.training import Checkpoint, learner_of, make_estimator, train_with_stop_hook
+from prefect_crisis.tasks.training.loop import Checkpoint, learner_of, make_estimator, train_with_stop_hook
 
 CLASSES = np.array([0, 1])
 

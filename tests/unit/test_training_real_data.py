@@ -17,13 +17,13 @@ from sklearn.preprocessing import StandardScaler
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.timeline import ListSink, Timeline
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.datasets import DATASET_NAMES, load_dataset
-from prefect_crisis.tasks.fallback_model import MEETS_BAR_TAG, fit_fallback, keep_fallback
-from prefect_crisis.tasks.promotion import GOLDEN_VERSION_TAG, LABEL_FINDING_TAG, evaluate, gate_candidate, read_golden_set
-from prefect_crisis.tasks.stopping import stop_after_seconds
-from prefect_crisis.tasks.training import train_with_stop_hook
-from prefect_crisis.tasks.training_run import holdout_rows, policy_estimator, split_training_data
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.drills.datasets import DATASET_NAMES, load_dataset
+from prefect_crisis.tasks.serving.fallback_model import MEETS_BAR_TAG, fit_fallback, keep_fallback
+from prefect_crisis.tasks.training.promotion import GOLDEN_VERSION_TAG, LABEL_FINDING_TAG, evaluate, gate_candidate, read_golden_set
+from prefect_crisis.tasks.training.stopping import stop_after_seconds
+from prefect_crisis.tasks.training.loop import train_with_stop_hook
+from prefect_crisis.tasks.training.run import holdout_rows, policy_estimator, split_training_data
 
 
 def cross_validated_logistic(name: str) -> float:

@@ -30,9 +30,9 @@ from prefect_crisis.core.errors import ContractError, ContractErrorReason, DataI
 from prefect_crisis.core.fences import Fences, batch_fences, rate_per_side, reference_fences
 from prefect_crisis.core.parallel import parallel_map
 from prefect_crisis.core.vocabulary import RowReason
-from prefect_crisis.tasks.columns import CoercedColumn, coerce_column
-from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, deterministic_sample, frame_drift
-from prefect_crisis.tasks.references import load_reference
+from prefect_crisis.tasks.validation.columns import CoercedColumn, coerce_column
+from prefect_crisis.tasks.validation.drift import DriftSettings, FeatureDrift, deterministic_sample, frame_drift
+from prefect_crisis.tasks.validation.references import load_reference
 
 REASONS_COLUMN = "quarantine_reasons"
 _EXAMPLES_PER_FAILURE = 5

@@ -38,7 +38,7 @@ from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, Serving, TagKey
-from prefect_crisis.tasks.health_plot import plot_health
+from prefect_crisis.tasks.monitoring.health_plot import plot_health
 
 LEVELS = ("ok", "warning", "critical", "emergency")
 HISTORY_COLUMNS = (
@@ -285,7 +285,7 @@ def log_health_plot(client, run_id: str, png: bytes) -> None:
 def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> list[dict[str, Any]]:
     """The model's last incidents from the Prefect server, newest first: id, severity, opened, times, the run's link."""
     from prefect_crisis.core.errors import IncidentError
-    from prefect_crisis.tasks.incident_report import build_report, first_symptom, incident_events, opened_incidents
+    from prefect_crisis.tasks.response.report import build_report, first_symptom, incident_events, opened_incidents
 
     found = []
     for opened in list(reversed(opened_incidents(model)))[:limit]:
@@ -431,8 +431,8 @@ def gather_dashboard(registry: ModelRegistry) -> tuple[Dashboard, pd.DataFrame]:
     """
     from prefect.settings import PREFECT_UI_URL
 
-    from prefect_crisis.tasks.emergency import EmergencyRecord
-    from prefect_crisis.tasks.monitoring import metric_history
+    from prefect_crisis.tasks.response.emergency import EmergencyRecord
+    from prefect_crisis.tasks.monitoring.sweep import metric_history
 
     record = EmergencyRecord.read(registry.model_name)
     history = metric_history(registry.model_name)

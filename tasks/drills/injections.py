@@ -28,10 +28,10 @@ from prefect.events.schemas.events import ReceivedEvent
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.vocabulary import DRILL_PREFIX, MODEL_RESOURCE, AliasAction, CrisisEvent, Responder, TagKey
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.incident_report import read_events
-from prefect_crisis.tasks.promotion import log_candidate
-from prefect_crisis.tasks.synthetic import feature_names, make_batch
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.response.report import read_events
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch
 
 FEATURES = feature_names(20)
 # The scenarios of flows/drill.py, in the order a full drill runs them.

@@ -4,6 +4,6 @@ importable code, not by a pickle of an object."""
 
 from mlflow.models import set_model
 
-from prefect_crisis.tasks.serving_model import CrisisModel
+from prefect_crisis.tasks.serving.pyfunc import CrisisModel
 
 set_model(CrisisModel())

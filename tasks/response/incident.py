@@ -28,13 +28,13 @@ from prefect_crisis.core.errors import CrisisError, RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, CrisisEvent, Severity, TagKey, ViolationType
-from prefect_crisis.tasks.diagnostics import DiagnosticReport, OperationalContext, diagnose
-from prefect_crisis.tasks.emergency import EmergencyRecord
-from prefect_crisis.tasks.inference_log import LATENCY_COLUMN
+from prefect_crisis.tasks.response.diagnostics import DiagnosticReport, OperationalContext, diagnose
+from prefect_crisis.tasks.response.emergency import EmergencyRecord
+from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.recovery import RecoveryOutcome, Verification, execute_recovery
-from prefect_crisis.tasks.episodes import Episode, EpisodeState, new_episode, read_episode, write_episode
-from prefect_crisis.tasks.rollback import (
+from prefect_crisis.tasks.response.recovery import RecoveryOutcome, Verification, execute_recovery
+from prefect_crisis.tasks.response.episodes import Episode, EpisodeState, new_episode, read_episode, write_episode
+from prefect_crisis.tasks.response.rollback import (
     LiveWindow,
     RollbackDecision,
     EMERGENCY_MIN_SAMPLES,
@@ -45,7 +45,7 @@ from prefect_crisis.tasks.rollback import (
     guarded_baseline,
     judge_rules,
 )
-from prefect_crisis.tasks.stop_flag import set_stop_flag
+from prefect_crisis.tasks.training.stop_flag import set_stop_flag
 
 TOP_FINDINGS = 3
 STORE_RETRY_DELAYS = [1, 2, 4, 8]  # seconds between a response step's tries while the MLflow store is unavailable (15 s in all)

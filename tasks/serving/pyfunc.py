@@ -36,7 +36,7 @@ from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment
 from prefect_crisis.core.timeline import Timeline, TimelineEvent
 from prefect_crisis.core.uris import split_password
 from prefect_crisis.core.vocabulary import TagKey, VersionRole
-from prefect_crisis.tasks.serving import FallbackRouter
+from prefect_crisis.tasks.serving.router import FallbackRouter
 
 logger = logging.getLogger("prefect_crisis.serving")
 
@@ -164,7 +164,7 @@ def register_serving_model(
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / "serving"
             mlflow.pyfunc.save_model(
-                str(local), python_model=str(Path(__file__).with_name("crisis_model_code.py")), model_config=config,
+                str(local), python_model=str(Path(__file__).with_name("pyfunc_code.py")), model_config=config,
                 pip_requirements=["prefect-crisis", f"mlflow=={mlflow.__version__}"],
             )
             client.log_model_artifacts(logged.model_id, str(local))

@@ -37,8 +37,8 @@ from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER, TrainingPolic
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.vocabulary import CrisisEvent, TagKey
 from prefect_crisis.tasks.models import load_sklearn_model, log_sklearn_model
-from prefect_crisis.tasks.rollback import wilson_interval
-from prefect_crisis.tasks.training_run import smallest_judged_batch
+from prefect_crisis.tasks.response.rollback import wilson_interval
+from prefect_crisis.tasks.training.run import smallest_judged_batch
 
 LOGGER = logging.getLogger("prefect_crisis.promotion")
 GOLDEN_DIR, GOLDEN_FILE = "golden", "golden.parquet"

@@ -26,7 +26,7 @@ to it, which registering it does not.
 Only when the model has no fallback yet, or the policy says `replace_fallback`:
 a fallback a user registered and pointed the alias at is kept. It is never
 promoted, never a challenger and never a rollback target (the registry and
-`prefect_crisis.tasks.rollback` refuse it).
+`prefect_crisis.tasks.response.rollback` refuse it).
 
 Columns are picked by the F statistic of the label on each column's *ranks*
 (the ordering of the Kruskal-Wallis test), not on raw values and not by mutual
@@ -65,8 +65,8 @@ from prefect_crisis.core.errors import RegistryError, TrainingError
 from prefect_crisis.core.paths import ensure_experiment
 from prefect_crisis.core.vocabulary import AliasAction, TagKey, VersionRole
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.promotion import CandidateResult, columns_of, evaluate, log_candidate
-from prefect_crisis.tasks.training_run import TrainingData
+from prefect_crisis.tasks.training.promotion import CandidateResult, columns_of, evaluate, log_candidate
+from prefect_crisis.tasks.training.run import TrainingData
 
 # Tags of a fallback version (to join TagKey): whether it reaches fallback_min_ratio of the primary, and the figures when not.
 MEETS_BAR_TAG = TagKey.FALLBACK_MEETS_BAR
@@ -372,7 +372,7 @@ def keep_fallback_model(
 
 
 def calibrate_candidate_routing(registry: ModelRegistry, run_id: str, primary, data: TrainingData, fallback_version: str | None, seed: int = 0):
-    """Fit the candidate's confidence routing to the fallback on the holdout (`prefect_crisis.tasks.routing.fit_routing`)
+    """Fit the candidate's confidence routing to the fallback on the holdout (`prefect_crisis.tasks.serving.confidence_routing.fit_routing`)
     and log it as `routing.json` to the candidate's run; returns the `RoutingCalibration`.
 
     Args:
@@ -383,7 +383,7 @@ def calibrate_candidate_routing(registry: ModelRegistry, run_id: str, primary, d
     Raises:
         RegistryError: the fallback version cannot be loaded, or reads a column the holdout lacks.
     """
-    from prefect_crisis.tasks.routing import fit_routing, log_routing
+    from prefect_crisis.tasks.serving.confidence_routing import fit_routing, log_routing
 
     fallback, X_fallback = None, None
     if fallback_version is not None:

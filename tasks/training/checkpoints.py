@@ -27,10 +27,10 @@ from mlflow import MlflowClient
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.paths import ensure_experiment
 from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
-from prefect_crisis.tasks.resume import ResumeKey
+from prefect_crisis.tasks.training.resume import ResumeKey
 from prefect_crisis.tasks.models import TRUSTED_TYPES  # one list for checkpoints and registered models
-from prefect_crisis.tasks.stopping import StopKind
-from prefect_crisis.tasks.training import Checkpoint, Position, learner_of, trains_in_mini_batches
+from prefect_crisis.tasks.training.stopping import StopKind
+from prefect_crisis.tasks.training.loop import Checkpoint, Position, learner_of, trains_in_mini_batches
 
 ARTIFACT_DIR = "checkpoint"
 STATE_FILE = "state.json"  # the single-slot layout of earlier checkpoints, still read

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import confusion_matrix, mean_absolute_error, mean_squared_error, precision_recall_fscore_support, r2_score
 
-from prefect_crisis.tasks.drift import DriftSettings, FeatureDrift, dataframe_drift
+from prefect_crisis.tasks.validation.drift import DriftSettings, FeatureDrift, dataframe_drift
 
 
 class Action(str, Enum):

@@ -37,7 +37,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from prefect_crisis.core.errors import TrainingError
-from prefect_crisis.tasks.stopping import StopCondition, StopReason, TrainingProgress
+from prefect_crisis.tasks.training.stopping import StopCondition, StopReason, TrainingProgress
 
 
 LOGGER = logging.getLogger("prefect_crisis.training")
@@ -209,7 +209,7 @@ def train_with_stop_hook(
         A `TrainingOutcome`; `stop_reason` is None when every epoch ran.
 
     Example:
-        >>> from prefect_crisis.tasks.stopping import stop_after_seconds
+        >>> from prefect_crisis.tasks.training.stopping import stop_after_seconds
         >>> rng = np.random.default_rng(0)
         >>> X = rng.normal(size=(2_000, 4)); y = (X[:, 0] > 0).astype(int)
         >>> outcome = train_with_stop_hook(make_estimator(), X, y, classes=np.array([0, 1]),

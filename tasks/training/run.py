@@ -19,7 +19,7 @@ Training stops for:
 
 Every stop but a failure (non-finite loss, divergence) leaves a resumable
 checkpoint; the next run resumes it only if data, estimator, parameters and
-batch layout match (`prefect_crisis.tasks.resume`), and says why when not.
+batch layout match (`prefect_crisis.tasks.training.resume`), and says why when not.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
-from prefect_crisis.tasks.checkpoints import (
+from prefect_crisis.tasks.training.checkpoints import (
     CheckpointWriter,
     close_killed_runs,
     latest_checkpoint_run,
@@ -51,8 +51,8 @@ from prefect_crisis.tasks.checkpoints import (
 from prefect_crisis.core.errors import DataInputError, TrainingError
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, RunStatusTag, TagKey
-from prefect_crisis.tasks.resume import NOTHING_TO_RESUME, ResumeDecision, ResumeKey, ResumeRefusal, decide_resume
-from prefect_crisis.tasks.stopping import (
+from prefect_crisis.tasks.training.resume import NOTHING_TO_RESUME, ResumeDecision, ResumeKey, ResumeRefusal, decide_resume
+from prefect_crisis.tasks.training.stopping import (
     StopCondition,
     StopKind,
     StopReason,
@@ -62,9 +62,9 @@ from prefect_crisis.tasks.stopping import (
     stop_on_stall,
     stop_when_flag_set,
 )
-from prefect_crisis.tasks.stop_flag import read_stop_flag
-from prefect_crisis.tasks.training import Checkpoint, TrainingOutcome, make_estimator, preprocessing_name, train_with_stop_hook
-from prefect_crisis.tasks.validation import training_input_findings
+from prefect_crisis.tasks.training.stop_flag import read_stop_flag
+from prefect_crisis.tasks.training.loop import Checkpoint, TrainingOutcome, make_estimator, preprocessing_name, train_with_stop_hook
+from prefect_crisis.tasks.validation.checks import training_input_findings
 
 
 
@@ -177,7 +177,7 @@ def findings_before_training(
     frame: pd.DataFrame, label_column: str, features: list[str], nullable_features: Collection[str] = ()
 ) -> list[str]:
     """Why the batch cannot train a sane model, one line each; empty when it can. The label's findings are
-    validation's (`prefect_crisis.tasks.validation.training_input_findings`: missing labels, one class only, a class
+    validation's (`prefect_crisis.tasks.validation.checks.training_input_findings`: missing labels, one class only, a class
     of fewer than two rows); then missing or infinite feature values in columns whose contract allows none.
 
     Example:

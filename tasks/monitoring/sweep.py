@@ -42,11 +42,11 @@ from prefect_crisis.core.errors import CrisisError, MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import SERVING_LABEL, CrisisEvent, Responder, Serving, Severity, TagKey, VersionRole, is_drill_model
-from prefect_crisis.tasks.drift import DriftSettings, frame_drift
-from prefect_crisis.tasks.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
-from prefect_crisis.tasks.references import load_reference
-from prefect_crisis.tasks.rollback import baseline_value, promotion_guarded, promotions_over
-from prefect_crisis.tasks.validation import checks_drift
+from prefect_crisis.tasks.validation.drift import DriftSettings, frame_drift
+from prefect_crisis.tasks.monitoring.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
+from prefect_crisis.tasks.validation.references import load_reference
+from prefect_crisis.tasks.response.rollback import baseline_value, promotion_guarded, promotions_over
+from prefect_crisis.tasks.validation.checks import checks_drift
 
 BREACH_EVENTS = {Severity.WARNING: CrisisEvent.BREACH_WARNING, Severity.CRITICAL: CrisisEvent.BREACH_CRITICAL, Severity.EMERGENCY: CrisisEvent.BREACH_EMERGENCY}
 LABELLED_METRICS = ("error_rate", "fallback_error_rate")

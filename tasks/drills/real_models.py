@@ -15,10 +15,10 @@ import pandas as pd
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.vocabulary import TagKey, VersionRole
-from prefect_crisis.tasks.checkpoints import training_experiment
-from prefect_crisis.tasks.datasets import LABEL, RealDataset, load_dataset
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.drills.datasets import LABEL, RealDataset, load_dataset
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.promotion import log_candidate
+from prefect_crisis.tasks.training.promotion import log_candidate
 
 WEAK_FALLBACK_FEATURES = 3  # the few-feature fallback users met: on 10 classes it answers about half the rows right
 

@@ -17,7 +17,7 @@ from prefect_crisis.blocks.registry import AliasMove, AuditSnapshot, ModelRegist
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent, DecisionKind, Strategy, ViolationType
-from prefect_crisis.tasks.rollback import RollbackDecision
+from prefect_crisis.tasks.response.rollback import RollbackDecision
 
 
 STRATEGIES: dict[ViolationType, tuple[Strategy, ...]] = {

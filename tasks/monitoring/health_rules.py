@@ -24,7 +24,7 @@ from typing import Any
 from prefect_crisis.blocks.monitoring_policy import HealthRule, MonitoringPolicy
 from prefect_crisis.blocks.rollback_policy import MetricRule
 from prefect_crisis.core.vocabulary import Severity
-from prefect_crisis.tasks.rollback import LiveWindow, check_rule
+from prefect_crisis.tasks.response.rollback import LiveWindow, check_rule
 
 
 @dataclass(frozen=True)

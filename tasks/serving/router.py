@@ -6,7 +6,7 @@ A row is answered by whichever model can answer it. The primary answers with
 its own `predict()`; a row whose primary columns are missing or invalid (NaN,
 infinite, beyond float32's range, text, a boolean) goes to the fallback when
 the fallback's own columns are valid; a row under the primary version's fitted
-confidence threshold goes to the fallback (`prefect_crisis.tasks.routing`: a
+confidence threshold goes to the fallback (`prefect_crisis.tasks.serving.confidence_routing`: a
 version without a fitted calibration gets no confidence routing unless the
 policy sets a threshold); a primary that raises or times out sends its rows to
 the fallback and counts against the breaker, which stops calling it and tries
@@ -44,10 +44,10 @@ from prefect_crisis.blocks.registry import ModelRegistry, VersionInfo
 from prefect_crisis.core.errors import CrisisError, ServingError, ServingInputError
 from prefect_crisis.core.timeline import Timeline, utc_now
 from prefect_crisis.core.vocabulary import BreakerState, CrisisEvent, Responder, TagKey
-from prefect_crisis.tasks.breaker import CircuitBreaker, StateChange
-from prefect_crisis.tasks.inference_log import PredictionBatch, RequestError
+from prefect_crisis.tasks.serving.breaker import CircuitBreaker, StateChange
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch, RequestError
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.routing import (
+from prefect_crisis.tasks.serving.confidence_routing import (
     DECISION, PROBABILITY, ROUTING_ARTIFACT, RoutingCalibration, RoutingPlan, load_routing, plan_routing, raw_confidence, score_output, top_two,
 )
 

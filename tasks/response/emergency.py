@@ -34,7 +34,7 @@ from prefect.variables import Variable
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.timeline import Incident
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, ViolationType
-from prefect_crisis.tasks.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
 
 TRAINING_FLOW = "continuous-training"
 MODEL_PARAMETER = "model_name"

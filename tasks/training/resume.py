@@ -8,7 +8,7 @@ before it (imputation, scaling) and its parameters, and the batch layout
 (non-finite loss, divergence) holds the weights that failed: it is kept for
 diagnosis and never resumed, or every later run would stop at once on it.
 
-    key = resume_key(policy, data)  # prefect_crisis.tasks.training_run
+    key = resume_key(policy, data)  # prefect_crisis.tasks.training.run
     decision = decide_resume("run-1", stored, StopKind.FLAG, key, policy.epochs)
     decision.resume  # False -> str(decision) says why
 """
@@ -20,7 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from enum import Enum
 from typing import Any
 
-from prefect_crisis.tasks.stopping import StopKind
+from prefect_crisis.tasks.training.stopping import StopKind
 
 SPLIT = "stratified"  # how `split_training_data` cuts the holdout: each class in its share
 
@@ -73,7 +73,7 @@ class ResumeKey:
     @classmethod
     def of(cls, policy, fingerprint: str, features: list[str], *, holdout_rows: int = 0, preprocessing: str = "none") -> "ResumeKey":
         """The key of training `policy` on data with `fingerprint` and `features`, `holdout_rows` of them held out,
-        through the `preprocessing` steps (`prefect_crisis.tasks.training.preprocessing_name`)."""
+        through the `preprocessing` steps (`prefect_crisis.tasks.training.loop.preprocessing_name`)."""
         return cls(
             fingerprint=fingerprint,
             label_column=policy.label_column,

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
-from prefect_crisis.tasks.synthetic import make_batch
+from prefect_crisis.tasks.drills.synthetic import make_batch
 
 SyntheticCondition = Literal["clean", "corrupted", "drifted", "broken", "poisoned"]
 

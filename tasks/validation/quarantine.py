@@ -27,8 +27,8 @@ from prefect_crisis.core.errors import DataInputError, InputErrorReason
 from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent
-from prefect_crisis.tasks.references import load_reference
-from prefect_crisis.tasks.validation import ValidationReport, ValidationResult, Verdict, validate_data
+from prefect_crisis.tasks.validation.references import load_reference
+from prefect_crisis.tasks.validation.checks import ValidationReport, ValidationResult, Verdict, validate_data
 
 
 _MARKDOWN_FAILURES = 12

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from prefect_crisis.blocks.inference import MIN_REFERENCE_ROWS  # an empty reference made every batch "PSI 0"
-from prefect_crisis.tasks.batches import load_frame
+from prefect_crisis.tasks.validation.batches import load_frame
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
 
 
