@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast lint bench mutation venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ demo: $(STAMP)
 
 # Two workers: the end-to-end tests (servers, stacks, the browser) one after another in one of them,
 # the unit and flow tests beside them (tests/conftest.py groups them); the slowest 20 are listed at the end.
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20
+
+# ruff (lint, import order, format) and mypy against its baseline (.ci/typecheck): part of make test.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/typecheck
 
 # Unit tests only: no servers started.
 test-fast: $(STAMP)
@@ -51,5 +57,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_escalation.py
 	$(BIN)/python benchmarks/bench_drill.py --iterations 20 --silent
 
+# mutmut over the decision modules in a scratch copy of the tree (30-40 min on 2 cores; weekly, not in make test).
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/mutation.py --max-children 2 --json benchmarks/results/mutation.json --fail-under 0.9
+
 clean:
-	rm -rf $(VENV) .crisis .pytest_cache .hypothesis
+	rm -rf $(VENV) .crisis .pytest_cache .hypothesis .mypy_cache .ruff_cache mutants

@@ -149,10 +149,11 @@ def poisoned_after_stable(model: str, poison, seed: int):
 def serve_window(model: str, seed: int):
     """Serve ROWS rows through a FallbackRouter logging to the stack's inference log; returns (keys, true labels)."""
     from prefect_crisis.blocks import InferenceLog, ModelRegistry
+    from prefect_crisis.tasks.serving.inference_log import open_inference_log
     from prefect_crisis.tasks.serving.router import FallbackRouter
     from prefect_crisis.tasks.drills.synthetic import make_batch
 
-    writer = InferenceLog().writer()
+    writer = open_inference_log(InferenceLog())
     router = FallbackRouter(ModelRegistry(model_name=model), log=writer).start(refresh_in_background=False)
     batch = make_batch(ROWS, seed=seed)
     keys, labels = [], []
@@ -176,13 +177,14 @@ def record_labels(keys, labels, *, emit: bool) -> float:
     import inspect
 
     from prefect_crisis.blocks import InferenceLog
+    from prefect_crisis.tasks.serving.inference_log import record_labels as write_labels
 
     log = InferenceLog()
     started = time.time()
-    if "emit" in inspect.signature(log.record_labels).parameters:
-        log.record_labels(keys, labels, emit=emit)
+    if "emit" in inspect.signature(write_labels).parameters:
+        write_labels(log, keys, labels, emit=emit)
     elif emit:
-        log.record_labels(keys, labels)
+        write_labels(log, keys, labels)
     else:
         raise RuntimeError("record_labels has no `emit` keyword: part 1 cannot record labels without ml.labels.recorded")
     if emit:

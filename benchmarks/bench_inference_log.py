@@ -20,7 +20,7 @@ import pandas as pd
 
 from prefect_crisis.blocks import InferenceLog
 from prefect_crisis.core.vocabulary import Responder
-from prefect_crisis.tasks.serving.inference_log import PredictionBatch
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch, open_inference_log
 
 FEATURES = 10
 TARGET_RECORDS = 60_000
@@ -41,7 +41,7 @@ def run(log: InferenceLog, rows: int, records: int, database_up: bool) -> tuple[
     generator = np.random.default_rng(rows)
     inputs = pd.DataFrame(generator.normal(size=(rows, FEATURES)), columns=[f"f{i}" for i in range(FEATURES)])
     requests = [request(number, rows, inputs) for number in range(max(records // rows, 1))]
-    writer = log.writer()
+    writer = open_inference_log(log)
     submit_seconds = 0.0
     started = time.perf_counter()
     for item in requests:

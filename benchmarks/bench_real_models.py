@@ -39,7 +39,7 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
     from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
     from prefect_crisis.tasks.training.stopping import stop_any
     from prefect_crisis.tasks.training.loop import train_with_stop_hook
-    from prefect_crisis.tasks.training.run import policy_estimator, split_training_data
+    from prefect_crisis.tasks.training.data import policy_estimator, split_training_data
 
     data = load_dataset(name)
     features = list(data.features)

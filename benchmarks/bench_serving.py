@@ -36,6 +36,7 @@ from sklearn.neural_network import MLPClassifier
 
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.tasks.serving.inference_log import open_inference_log
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import TagKey
@@ -192,7 +193,7 @@ def log_on_request_path(registry: ModelRegistry, folder: str, calls: int) -> dic
     }
     routers = {}
     for case, log in logs.items():
-        routers[case] = FallbackRouter(registry, FallbackPolicy(), log=log.writer() if log else None, timeline=Timeline(sink=ListSink()), close_log=True)
+        routers[case] = FallbackRouter(registry, FallbackPolicy(), log=open_inference_log(log) if log else None, timeline=Timeline(sink=ListSink()), close_log=True)
         routers[case].start(refresh_in_background=False)
     frame = make_batch(1, seed=5)[FEATURES]
     times: dict[str, list[float]] = {case: [] for case in routers}

@@ -37,16 +37,17 @@ def serve_round(registry, stream, start: int, rotate) -> int:
     """Serve the next ROWS_PER_ROUND rows of the stream and record their (shifted) labels; returns the next start."""
     from prefect_crisis.blocks.inference_log import InferenceLog
     from prefect_crisis.tasks.drills.datasets import LABEL
+    from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
     from prefect_crisis.tasks.serving.router import FallbackRouter
 
     rows = stream.iloc[[(start + i) % len(stream) for i in range(ROWS_PER_ROUND)]]
     log = InferenceLog()
-    router = FallbackRouter(registry, log=log.writer(), close_log=True).start(refresh_in_background=False)
+    router = FallbackRouter(registry, log=open_inference_log(log), close_log=True).start(refresh_in_background=False)
     try:
         answer = router.predict(rows.drop(columns=[LABEL]))
     finally:
         router.close()
-    log.record_labels(list(zip(answer["request_id"], answer["row_id"].astype(str))), rotate(rows[LABEL].to_numpy()).tolist(), emit=True)
+    record_labels(log, list(zip(answer["request_id"], answer["row_id"].astype(str))), rotate(rows[LABEL].to_numpy()).tolist(), emit=True)
     return start + ROWS_PER_ROUND
 
 

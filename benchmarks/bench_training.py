@@ -55,7 +55,8 @@ from prefect_crisis.tasks.training.promotion import log_candidate
 from prefect_crisis.tasks.training.stopping import StopKind
 from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch, synthetic_contract
 from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
-from prefect_crisis.tasks.training.run import split_training_data, train_model
+from prefect_crisis.tasks.training.data import split_training_data
+from prefect_crisis.tasks.training.tasks import train_model
 
 RESULTS = Path(__file__).parent / "results"
 POLICY_PARAMS = len(TrainingPolicy().model_dump(exclude={"block_type_slug"}))  # what train_model logs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -22,20 +22,37 @@ from mlflow.exceptions import MlflowException
 from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from prefect_crisis.blocks.registry_audit import (
+    NO_VERSION,
+    AliasMove,
+    AuditSnapshot,
+    _ms,
+    audit_tags,
+    finish_row,
+    move_from_run,
+    pending_settlements,
+    read_audit,
+)
+from prefect_crisis.blocks.store_errors import (
+    UNAVAILABLE,
+    first_line,
+    is_unavailable,
+    reset_store_connections,
+    store_error_line,
+    unavailable_error,
+)
 from prefect_crisis.core.errors import RegistryError, RegistryUnavailableError
 from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment, validate_model_name
 from prefect_crisis.core.timeline import Incident, Timeline, utc_now
 from prefect_crisis.core.uris import mask_uri, password_moved_apart, with_password
 from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey, VersionRole
 
-NO_VERSION = "none"
+__all__ = [
+    "MOVE_EVENTS", "NO_VERSION", "UNAVAILABLE", "AliasMove", "AuditSnapshot", "ModelRegistry", "RegistryUnavailableError", "VersionInfo",
+    "first_line", "incident_id", "is_unavailable", "reset_store_connections", "store_error_line",
+]
 T = TypeVar("T")
 logger = logging.getLogger("prefect_crisis.registry")
-# What an MLflow store that is down, locked or out of reach says: worth waiting out, unlike a refusal.
-UNAVAILABLE = (
-    "database is locked", "disk i/o error", "readonly database", "unable to open database", "connection refused",
-    "max retries exceeded", "temporarily unavailable", "timed out", "connection aborted", "remote end closed", "error code 503",
-)
 
 # The event each audited alias move emits itself, so no caller can forget it.
 MOVE_EVENTS = {
@@ -44,86 +61,14 @@ MOVE_EVENTS = {
     AliasAction.FALLBACK: CrisisEvent.FALLBACK_ENGAGED,
 }  # a plain MOVE (the challenger of a new version) is told by ml.model.registered
 
-def first_line(message: str) -> str:
-    """MLflow's message cut to its first line: errors here are one line."""
-    return (message or "").strip().splitlines()[0] if (message or "").strip() else "no detail"
-
-
-def store_error_line(error: BaseException) -> str:
-    """The line of a store error that says what happened: SQLAlchemy puts a note on autoflush first.
-
-    Example:
-        >>> store_error_line(MlflowException("(raised as a result of Query-invoked autoflush)\\n(sqlite3.OperationalError) disk I/O error"))
-        '(sqlite3.OperationalError) disk I/O error'
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return next((line for line in lines if "Error)" in line), lines[0] if lines else "no detail")
-
-
-def is_unavailable(error: BaseException) -> bool:
-    """True when MLflow could not be reached or written for now (a retry may succeed), not when it refused.
-
-    Example:
-        >>> is_unavailable(MlflowException("(sqlite3.OperationalError) database is locked"))
-        True
-        >>> is_unavailable(MlflowException("Registered Model with name=churn not found"))
-        False
-    """
-    if isinstance(error, RegistryUnavailableError) or (isinstance(error, MlflowException) and error.error_code == "TEMPORARILY_UNAVAILABLE"):
-        return True
-    return isinstance(error, (MlflowException, OSError)) and any(hint in str(error).lower() for hint in UNAVAILABLE)
-
-
-def reset_store_connections(client: MlflowClient) -> None:
-    """Drop the pooled database connections of the client's stores (MLflow shares one engine per store URI in a
-    process): a SQLite connection that met a disk I/O error during an outage stays unusable after the store is back,
-    so a long-lived process (the warm worker) would fail every later write until restarted."""
-    for store in (getattr(client._tracking_client, "store", None), getattr(client._get_registry_client(), "store", None)):
-        engine = getattr(store, "engine", None)
-        if engine is not None:
-            engine.dispose()
-
-
 def incident_id(incident: Incident | str | None) -> str | None:
+    """The id of an incident, or the id given.
+
+    Example:
+        >>> incident_id("inc-20261127T030000"), incident_id(None)
+        ('inc-20261127T030000', None)
+    """
     return incident.id if isinstance(incident, Incident) else incident
-
-
-def _ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
-
-
-@dataclass(frozen=True)
-class AliasMove:
-    """One entry of the audit: an alias moved (or an action tried) at a time."""
-
-    action: str
-    alias: str
-    from_version: str | None
-    to_version: str | None
-    reason: str
-    incident: str | None
-    flow_run_id: str | None
-    at: datetime
-    outcome: str  # AuditOutcome.APPLIED, or "failed: <why>"
-    audit_run_id: str
-
-    @property
-    def applied(self) -> bool:
-        return self.outcome == AuditOutcome.APPLIED
-
-
-@dataclass(frozen=True)
-class AuditSnapshot:
-    """The audit of one model read once (oldest first), passed along an incident's steps."""
-
-    moves: tuple[AliasMove, ...] = ()
-
-    def of_alias(self, alias: str) -> list[AliasMove]:
-        return [move for move in self.moves if move.alias == alias]
-
-    def handled(self, incident: str) -> bool:
-        """True when an alias move for this incident was applied."""
-        return any(move.incident == incident and move.applied for move in self.moves)
 
 
 @dataclass(frozen=True)
@@ -363,9 +308,7 @@ class ModelRegistry(Block):
         return self._info(found, tuple(found.aliases))
 
     def _unavailable(self, what: str, error: BaseException) -> RegistryUnavailableError:
-        return RegistryUnavailableError(
-            f"MLflow store {self.display_tracking_uri} unavailable: could not {what} of {self.model_name!r} ({store_error_line(error)})"
-        )
+        return unavailable_error(self.display_tracking_uri, what, self.model_name, error)
 
     def champion(self) -> VersionInfo | None:
         """The version that serves now, or None before the first promotion."""
@@ -427,7 +370,7 @@ class ModelRegistry(Block):
         # The audit row is written first, as `pending`: the intent. The alias moves, then the row says `applied`.
         # An unavailable store is waited out (`unavailable_retry_seconds`); a move that still fails leaves the alias
         # where it was and its row `failed`; a row left `pending` (the store went away after the alias moved, or the
-        # process died) is settled from the alias itself the next time the audit is read: never half done.
+        # process died) is settled from the alias itself by the next `settle_audit`: never half done.
         audit = self._retrying("write the audit row", self._audit, action, alias, from_version, version, reason, incident_id(incident), finished=False)
         try:
             self._retrying(f"move {alias!r}", self.client.set_registered_model_alias, self.model_name, alias, version)
@@ -474,9 +417,8 @@ class ModelRegistry(Block):
                 if not is_unavailable(error):
                     raise
                 if time.monotonic() + delay > deadline:
-                    raise RegistryUnavailableError(
-                        f"MLflow store {self.display_tracking_uri} unavailable: could not {what} for {self.model_name!r} "
-                        f"after {tries} tries in {self.unavailable_retry_seconds:g} s ({store_error_line(error)})"
+                    raise unavailable_error(
+                        self.display_tracking_uri, what, self.model_name, error, tries=tries, seconds=self.unavailable_retry_seconds
                     ) from error
                 logger.warning("%s: MLflow store unavailable (%s); retrying %s in %.1f s", self.model_name, store_error_line(error), what, delay)
                 reset_store_connections(self.client)
@@ -496,30 +438,22 @@ class ModelRegistry(Block):
             self._retrying("settle the audit row", self._finish_audit, audit, outcome)
             return True
         except (MlflowException, RegistryError) as error:
-            logger.warning("%s: audit row %s left pending (settled on the next read of the audit): %s", self.model_name, audit, error)
+            logger.warning("%s: audit row %s left pending (settled by the next settle_audit): %s", self.model_name, audit, error)
             return False
 
-    def _settled(self, moves: list[AliasMove]) -> list[AliasMove]:
-        """Pending rows settled from what happened after them: applied when the alias went on from (or still points at)
-        their version, failed otherwise; the outcome is written back when the store allows."""
-        settled = list(moves)
-        for index, move in enumerate(settled):
-            if move.outcome != AuditOutcome.PENDING or not move.alias:
-                continue
-            if self.now() - move.at < timedelta(seconds=3 * self.unavailable_retry_seconds + 30):
-                continue  # perhaps still in flight in another process: its mover settles it
-            later = [m for m in settled[index + 1:] if m.alias == move.alias and m.applied]
-            if later:
-                applied = later[0].from_version == move.to_version
-            else:
-                current = self._alias_reads(move.alias)
-                if current is None:
-                    continue  # cannot tell yet
-                applied = current == move.to_version
-            outcome = AuditOutcome.APPLIED.value if applied else AuditOutcome.FAILED.because("the move did not complete (settled from the alias)")
-            settled[index] = replace(move, outcome=outcome)
-            self._settle_quietly(move.audit_run_id, outcome)  # unwritable now: settled again on the next read
-        return settled
+    def settle_audit(self) -> int:
+        """Settle the audit's `pending` rows older than their grace (a mover may still be at work) from what happened after
+        them: applied when the alias went on from (or still points at) their version, failed otherwise, written to the
+        store. An explicit step (reading the audit never writes): the response calls it before it decides, the `crisis`
+        commands before they show the audit. Returns how many rows it settled; a row the store will not take now stays
+        pending for the next call.
+
+        Raises:
+            RegistryUnavailableError: the audit cannot be read now.
+        """
+        moves = self._retrying("read the audit", read_audit, self.client, self.audit_experiment, self.model_name)
+        grace = timedelta(seconds=3 * self.unavailable_retry_seconds + 30)
+        return sum(self._settle_quietly(move.audit_run_id, outcome) for move, outcome in pending_settlements(moves, self.now(), grace, self._alias_reads))
 
     def _audit_experiment_id(self) -> str:
         return ensure_experiment(self.client, self.audit_experiment, {TagKey.AUDIT: "true"})
@@ -537,18 +471,7 @@ class ModelRegistry(Block):
         from prefect.runtime import flow_run
 
         at = self.now()
-        tags: dict[str, Any] = {
-            TagKey.MODEL: self.model_name,
-            TagKey.ACTION: AliasAction(action).value,
-            TagKey.ALIAS: alias or "",
-            TagKey.FROM_VERSION: from_version or NO_VERSION,
-            TagKey.TO_VERSION: to_version or NO_VERSION,
-            TagKey.REASON: reason,
-            TagKey.INCIDENT: incident or "",
-            TagKey.FLOW_RUN_ID: flow_run.get_id() or "",
-            TagKey.AT: at.isoformat(),
-            TagKey.OUTCOME: (AuditOutcome.APPLIED if finished else AuditOutcome.PENDING).value,
-        }
+        tags = audit_tags(self.model_name, action, alias, from_version, to_version, reason, incident, flow_run.get_id(), at, finished)
         run = self.client.create_run(
             self._audit_experiment_id(), start_time=_ms(at), tags=tags, run_name=f"{action}-{self.model_name}"
         )
@@ -557,58 +480,19 @@ class ModelRegistry(Block):
         return run.info.run_id
 
     def _finish_audit(self, run_id: str, outcome: str) -> None:
-        self.client.set_tag(run_id, TagKey.OUTCOME, str(outcome))
-        status = RunStatus.FINISHED if outcome == AuditOutcome.APPLIED else RunStatus.FAILED
-        self.client.set_terminated(run_id, RunStatus.to_string(status), end_time=_ms(self.now()))
+        finish_row(self.client, run_id, outcome, self.now())
 
-    @staticmethod
-    def _move_from_run(run) -> AliasMove:
-        tags = run.data.tags
-
-        def version(key: TagKey) -> str | None:
-            value = tags.get(key, NO_VERSION)
-            return None if value == NO_VERSION else value
-
-        return AliasMove(
-            action=tags[TagKey.ACTION],
-            alias=tags.get(TagKey.ALIAS, ""),
-            from_version=version(TagKey.FROM_VERSION),
-            to_version=version(TagKey.TO_VERSION),
-            reason=tags.get(TagKey.REASON, ""),
-            incident=tags.get(TagKey.INCIDENT) or None,
-            flow_run_id=tags.get(TagKey.FLOW_RUN_ID) or None,
-            at=datetime.fromisoformat(tags[TagKey.AT]),
-            outcome=tags.get(TagKey.OUTCOME, ""),
-            audit_run_id=run.info.run_id,
-        )
+    _move_from_run = staticmethod(move_from_run)
 
     def audit_trail(self, alias: str | None = None) -> list[AliasMove]:
-        """Every audited action on this model (optionally one alias), oldest first; read again with backoff while the
-        store is unavailable (`unavailable_retry_seconds`).
+        """Every audited action on this model (optionally one alias), oldest first, as stored: reading never writes (a row
+        left `pending` stays so until `settle_audit`). Read again with backoff while the store is unavailable
+        (`unavailable_retry_seconds`).
 
         Raises:
             RegistryUnavailableError: the store stayed unavailable.
         """
-        return self._settled(self._retrying("read the audit", self._audit_rows, alias))
-
-    def _audit_rows(self, alias: str | None) -> list[AliasMove]:
-        experiment = self.client.get_experiment_by_name(self.audit_experiment)
-        if experiment is None:
-            return []
-        query = f"tags.`{TagKey.MODEL}` = '{self.model_name}'"
-        if alias is not None:
-            query += f" and tags.`{TagKey.ALIAS}` = '{alias}'"
-        runs = []
-        page_token = None
-        while True:
-            page = self.client.search_runs(
-                [experiment.experiment_id], query, max_results=1000, order_by=["attributes.start_time ASC"], page_token=page_token
-            )
-            runs.extend(page)
-            page_token = page.token
-            if not page_token:
-                break
-        return sorted((self._move_from_run(run) for run in runs), key=lambda move: move.at)
+        return self._retrying("read the audit", read_audit, self.client, self.audit_experiment, self.model_name, alias)
 
     def audit_snapshot(self) -> AuditSnapshot:
         """The whole audit of this model, read once: an incident's steps share it."""

@@ -2,8 +2,8 @@
 
 `crisis up` records its server in `$CRISIS_HOME/server.json` (default
 `./.crisis`). A flow called directly, or a block saved from a script, would
-otherwise talk to a throwaway Prefect database of its own: `connect_to_local_stack`
-points this process at the recorded server instead, where that is safe:
+otherwise talk to a throwaway Prefect database of its own: `connect()` (an explicit
+call: importing the project connects nothing) points this process at the recorded server instead, where that is safe:
 
 - nothing is changed when a Prefect API is already configured (environment or
   profile): a worker's flow run, a team server, a test harness keep theirs;
@@ -80,3 +80,27 @@ def connect_to_local_stack() -> StackConnection | None:
     os.environ["CRISIS_HOME"] = str(home)
     refresh_global_settings_context()  # Prefect read its settings at import; let it see the variable
     return StackConnection(api_url=api_url, home=home)
+
+
+def connect() -> StackConnection | None:
+    """Point this process at the stack `crisis up` started, and say so in one log line.
+
+    Importing the project connects nothing: a plain script calls this once, before
+    it loads a block or calls a flow. Nothing changes when a Prefect API is already
+    configured (a worker's flow run, a team server, a test harness).
+
+    Example:
+        >>> from prefect_crisis.core.connection import connect
+        >>> connect()  # doctest: +SKIP
+    """
+    connection = connect_to_local_stack()
+    if connection is not None:
+        from prefect.logging import get_logger
+        from prefect.logging.configuration import ensure_logging_setup
+
+        ensure_logging_setup()  # Prefect configures its loggers lazily; the line must show in a plain script
+        get_logger("crisis").info(
+            "using the local stack: Prefect %s, state folder %s (found in %s)",
+            connection.api_url, connection.home, connection.home / SERVER_RECORD,
+        )
+    return connection

@@ -45,7 +45,11 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[st
 
 
 class _MovedModule(importlib.abc.Loader):
-    """Loads an old module name as the module it moved to, warning once per process."""
+    """Loads an old module name as a stand-in for the module it moved to, warning once per process.
+
+    A name the old module defined is read from the new module, or, where the split sent it to
+    a sibling, from the new module's package (which exports every public name of its parts).
+    """
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -56,19 +60,38 @@ class _MovedModule(importlib.abc.Loader):
             DeprecationWarning,
             stacklevel=2,
         )
-        module = importlib.import_module(self.target)
-        self._own_spec = module.__spec__
-        return module
+        return _StandIn(spec.name, self.target)
 
     def exec_module(self, module: ModuleType) -> None:
-        # The import system stamped the old name's spec on the module it created; the module keeps its own.
-        module.__spec__ = self._own_spec
+        return None
+
+
+class _StandIn(ModuleType):
+    def __init__(self, name: str, target: str) -> None:
+        super().__init__(name, f"moved to {target}")
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        target = importlib.import_module(self._target)
+        if hasattr(target, name):
+            return getattr(target, name)
+        package = importlib.import_module(self._target.rpartition(".")[0])
+        try:
+            return getattr(package, name)
+        except AttributeError:
+            raise AttributeError(f"module {self.__name__!r} (moved to {self._target}) has no attribute {name!r}") from None
+
+    def __dir__(self) -> list[str]:
+        target = importlib.import_module(self._target)
+        package = importlib.import_module(self._target.rpartition(".")[0])
+        return sorted(set(dir(target)) | set(getattr(package, "__all__", ())))
 
 
 class MovedModules(importlib.abc.MetaPathFinder):
-    """Old module names that keep working for one release: `import old` gives the
-    module at its new place (the same object, so patching one patches the other)
-    with a `DeprecationWarning`."""
+    """Old module names that keep working for one release: `import old` gives a stand-in that
+    reads every name from the module's new place, with a `DeprecationWarning`."""
 
     def __init__(self, moved: Mapping[str, str]) -> None:
         self.moved = dict(moved)

@@ -21,6 +21,7 @@ from prefect_crisis.core.vocabulary import (
     INCIDENT_RESOURCE,
     INCIDENT_ROLE,
     INCIDENT_RUN_TAG,
+    MODEL_NAME_LABEL,
     MODEL_RESOURCE,
     MODEL_VERSION_RESOURCE,
     MODEL_VERSION_ROLE,
@@ -76,7 +77,7 @@ class Incident:
 
 def model_resource(model: str) -> dict[str, str]:
     """The resource every crisis event is about."""
-    return {"prefect.resource.id": f"{MODEL_RESOURCE}{model}", "prefect.resource.name": model, "ml.model.name": model}
+    return {"prefect.resource.id": f"{MODEL_RESOURCE}{model}", "prefect.resource.name": model, MODEL_NAME_LABEL: model}
 
 
 def related_resources(model: str, version: str | int | None = None, incident: str | None = None) -> list[dict[str, str]]:
@@ -137,6 +138,7 @@ def _patient_client_type():
     import time
 
     from prefect_crisis.core.uris import mask_uri
+    from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
 
     from prefect.events.clients import RETRYABLE_EXCEPTIONS, PrefectEventsClient
 
@@ -174,15 +176,14 @@ def _patient_client_type():
 
         async def __aexit__(self, *exc_info) -> None:
             """On close (a drain, the process's exit) with events held: look for the server a few seconds more."""
-            import asyncio
-
             self._stop_checkpoint_task()  # one reconnect at a time: the resend loop's or this one
-            deadline = time.monotonic() + FLUSH_ON_CLOSE_SECONDS
-            while self._away_since is not None and self._unconfirmed_events and time.monotonic() < deadline:
+            async for _attempt in Retrying(stop=stop_after_delay(FLUSH_ON_CLOSE_SECONDS), wait=wait_fixed(0.5)).aattempts():
+                if self._away_since is None or not self._unconfirmed_events:
+                    break
                 try:
                     await self._reconnect()  # sends them
-                except Exception:  # noqa: BLE001 - still away
-                    await asyncio.sleep(0.5)
+                except Exception:  # noqa: BLE001 - still away: the policy's pause, then again
+                    continue
             if self._away_since is not None and self._unconfirmed_events:
                 DELIVERY.warning("the Prefect server at %s still does not answer: %d held events lost", mask_uri(self._api_url),
                                  len(self._unconfirmed_events))
@@ -204,7 +205,37 @@ def _events_worker(api_url: str):
     from prefect.events.worker import EventsWorker
 
     # keyed by server: a process that talks to two servers in turn never sends one's events to the other
-    return super(EventsWorker, EventsWorker).instance.__func__(EventsWorker, _patient_client_type(), (("api_url", api_url),))
+    worker = super(EventsWorker, EventsWorker).instance.__func__(EventsWorker, _patient_client_type(), (("api_url", api_url),))
+    _flush_before_exit(worker)
+    return worker
+
+
+_FLUSHED_AT_EXIT: set[int] = set()
+
+
+def _flush_before_exit(worker, waiting=None) -> None:
+    """At the process's exit, let `worker` send what it has queued before Prefect drains it.
+
+    Prefect drains its events worker at exit and warns "Still processing items: N items remaining..." when the
+    queue is not empty at that moment, though it then sends them: a script that emitted its last events just
+    before ending printed that warning. This waits (FLUSH_ON_CLOSE_SECONDS at most) for the queue to empty
+    first; registered after the worker started, it runs before Prefect's drain (those hooks run last-in first-out).
+    """
+    import threading
+
+    if id(worker) in _FLUSHED_AT_EXIT:
+        return
+    _FLUSHED_AT_EXIT.add(id(worker))
+    from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
+
+    waiting = waiting or Retrying(stop=stop_after_delay(FLUSH_ON_CLOSE_SECONDS), wait=wait_fixed(0.05))
+    threading._register_atexit(lambda: queue_emptied(worker, waiting))  # the hook Prefect's services use for the same reason
+
+
+def queue_emptied(worker, waiting) -> bool:
+    """True once `worker`'s queue is empty (polled by `waiting`); False when its budget ran out first."""
+    queue = getattr(worker, "_queue", None)
+    return queue is None or bool(waiting.poll(lambda: queue.qsize() == 0))
 
 
 def prefect_sink(event: TimelineEvent) -> Any:

@@ -137,6 +137,17 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half-open"
 
 
+class RouteReason(StrEnum):
+    """Why serving sent a row to the fallback: the first words of the row's `reason` (in the answer and in the
+    inference log's `reason` column), the detail after them."""
+
+    PRIMARY_INPUT_INVALID = "primary input invalid"  # + ": '<column>' is missing" (or infinite, text, ...)
+    LOW_CONFIDENCE = "primary confidence under"  # + " <threshold>", " (calibrated)" on a fitted map
+    NON_FINITE_SCORES = "primary gave non-finite"  # + " <score> scores": blown-up weights
+    PRIMARY_FAILED = "primary failed"  # "primary v<n> failed: <error>": it raised or timed out
+    BREAKER_OPEN = "breaker open"  # + ": primary v<n> not called"
+
+
 class RunStatusTag(StrEnum):
     """Values of the `crisis.status` tag of a training run."""
 
@@ -200,6 +211,7 @@ class Serving(StrEnum):
 SERVING_LABEL = "ml.model.serving"  # resource label of ml.health.reported: a Serving value (automations match labels, not payloads)
 
 # Resource ids and roles of the events' related resources.
+EVENT_PREFIX = "ml."  # every event prefect-crisis emits starts with it
 MODEL_RESOURCE = "ml.model."
 MODEL_NAME_LABEL = "ml.model.name"  # label of every event's resource: automations run for_each on it
 # label of ml.recovery.succeeded: "true" while the model's emergency stop is in force (only then the ladder resolves it)

@@ -27,7 +27,6 @@ import logging
 import os
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +37,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from prefect_crisis.deployments import stack
+from prefect_crisis.deployments.commands import LONG_COMMAND, SHORT_COMMAND, exit_for_failure as _exit_for_failure, quiet_console as _quiet_console
 from prefect_crisis.deployments.connect_cli import deploy, env
+from prefect_crisis.deployments.process import NO_SERVER
 from prefect_crisis.deployments.contract_cli import contract_app
 from prefect_crisis.deployments.serve_cli import serve
 from prefect_crisis.deployments.drill_cli import drill
@@ -48,11 +49,6 @@ from prefect_crisis.core.uris import mask_uri
 
 app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
 console = Console(highlight=False)
-
-# Bounds on every Prefect API call a command makes, for this CLI's process only (Prefect's
-# defaults, 60 s and 5 retries with back-off, make a frozen server look like minutes of silence).
-LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 3}  # demo, train, validate: flows with many calls; a busy SQLite server answers 503 for seconds
-SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
 
 app.command(contract_app)
 app.command(env)
@@ -102,7 +98,7 @@ def up(
     elif not postgres and not database and cluster_exists(stack_home):
         console.print("[yellow]this state folder has a PostgreSQL cluster from `crisis up --postgres`: starting on SQLite, "
                       "whose deployments and runs are others; `crisis down` and `crisis up --postgres` to use it[/yellow]")
-    from prefect_crisis.deployments.mlflow_ui import launch_mlflow_ui
+    from prefect_crisis.deployments.mlflow_ui import launch_mlflow_ui, store_uri
 
     ui_launch = launch_mlflow_ui(home, mlflow_port) if mlflow_ui else None  # it imports for seconds: meanwhile the Prefect server starts
     started_cluster = False
@@ -121,7 +117,7 @@ def up(
         raise
     console.print(f"Prefect server database: {state.database}")
     console.print(f"[green]Prefect server ready[/green]: UI {state.ui_url}  API {state.api_url}")
-    console.print(f"MLflow tracking URI: {mask_uri(stack.default_tracking_uri())}")
+    console.print(f"MLflow tracking URI: {mask_uri(store_uri(stack_home))}")
     _report_mlflow_ui(ui_launch)
     home_flag = f" --home {state.home}" if home is not None else ""
     console.print(f'connect a shell or a Python process: eval "$(crisis env{home_flag})"', soft_wrap=True)
@@ -130,7 +126,7 @@ def up(
     if already_running is None:
         from prefect_crisis.deployments.leftovers import mark_leftovers_crashed
 
-        leftovers = mark_leftovers_crashed(state.api_url, stack.default_tracking_uri())
+        leftovers = mark_leftovers_crashed(state.api_url, store_uri(stack_home))
         if leftovers.flow_runs or leftovers.training_runs:
             console.print(leftovers.summary())
 
@@ -181,8 +177,14 @@ def _start_worker(api_url: str, home: Path | None) -> None:
 
 
 @app.command
-def down(*, home: HomeOption = None) -> None:
-    """Stop the local Prefect server started by `crisis up` (and its worker)."""
+def down(
+    *,
+    home: HomeOption = None,
+    purge: Annotated[bool, cyclopts.Parameter("--purge", negative=(), help=(
+        "Also delete the stack's PostgreSQL cluster (its data folder, password and log; under /var/tmp when "
+        "its account could not reach the state folder)."))] = False,
+) -> None:
+    """Stop the local Prefect server started by `crisis up` (and its worker); --purge also deletes its PostgreSQL data."""
     from prefect_crisis.deployments.worker import stop_workers
 
     for stopped_worker in stop_workers(home):
@@ -199,11 +201,16 @@ def down(*, home: HomeOption = None) -> None:
         console.print(f"stopped Prefect server (pid {outcome.state.pid})")
     else:
         console.print(f"stale server record ({outcome.stale_reason}): no process signalled, record cleared")
-    from prefect_crisis.deployments.postgres import stop_cluster
+    from prefect_crisis.deployments.postgres import purge_cluster, read_cluster, stop_cluster
 
+    recorded_cluster = read_cluster((home or crisis_home()).resolve())
     cluster = stop_cluster(home or crisis_home())
     if cluster is not None:
-        console.print(f"stopped the stack's PostgreSQL (port {cluster.port}; data kept in {cluster.data})")
+        console.print(f"stopped the stack's PostgreSQL (port {cluster.port}; " + ("data deleted below)" if purge else f"data kept in {cluster.data})"))
+    if purge:
+        # stop_cluster dropped the record: the folder it named is passed on
+        deleted = purge_cluster(home or crisis_home(), recorded_cluster.folder if recorded_cluster else None)
+        console.print(f"deleted the stack's PostgreSQL data: {', '.join(map(str, deleted))}" if deleted else "no PostgreSQL data to delete")
 
 
 @app.command
@@ -223,8 +230,10 @@ def status(model: str | None = None, *, json: JsonOption = False, home: HomeOpti
         return
     if json:
         print(_json.dumps(report, default=str))
-        return
-    _print_stack(report, home)
+    else:
+        _print_stack(report, home)
+    if report["prefect"]["source"] != NO_SERVER and not report["prefect"]["healthy"]:
+        sys.exit(ExitCode.STACK)  # a server is recorded or configured and cannot be used: said above, exit 4
 
 
 def _print_stack(report: dict, home: Path | None) -> None:
@@ -252,37 +261,6 @@ def _print_stack(report: dict, home: Path | None) -> None:
         label = "warm worker" if worker.kind == "warm" else "worker"
         table.add_row(label, f"{worker.pool} (pid {worker.pid}, {'running' if worker_alive(worker) else 'gone: crisis up --worker restarts it'})")
     console.print(table)
-
-
-@contextmanager
-def _quiet_console(level: int = logging.WARNING):
-    """Keep Prefect's INFO run logs off the terminal (they still go to the runs); print the story instead."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, PrefectConsoleHandler)]
-    previous = [handler.level for handler in handlers]
-    for handler in handlers:
-        handler.setLevel(level)
-    try:
-        yield
-    finally:
-        for handler, old in zip(handlers, previous):
-            handler.setLevel(old)
-
-
-def _failure(state) -> BaseException | None:
-    """The exception a Failed flow-run state holds, if any."""
-    error = state.result(raise_on_failure=False)
-    return error if isinstance(error, BaseException) else None
-
-
-def _exit_for_failure(state) -> None:
-    """One line for a failed run and the exit code of its kind of error."""
-    error = _failure(state)
-    if isinstance(error, CrisisError):
-        raise error  # main() prints it as one line with its exit code
-    console.print(f"[red]error:[/red] {state.name}: {state.message}", soft_wrap=True)
-    sys.exit(ExitCode.FAILURE)
 
 
 @app.command
@@ -315,6 +293,7 @@ def demo(
         registry = ModelRegistry(model_name=model)
         champion = registry.champion()
         console.print(f"MLflow registry {registry.display_tracking_uri}: champion of {model!r} is v{champion.version if champion else '-'}")
+        registry.settle_audit()  # shown settled: reading the audit never writes
         for move in registry.audit_trail(registry.champion_alias)[-3:]:
             console.print(f"  audit {move.at:%H:%M:%S} {move.action}: champion v{move.from_version or '-'} -> v{move.to_version} ({move.reason})")
         artifacts = read_artifacts_of_flow_run(state.state_details.flow_run_id)
@@ -383,7 +362,7 @@ def validate(
     """Validate one parquet or CSV batch against a saved DataContract block."""
     from prefect_crisis.flows.validate_batch import validate_batch
     from prefect_crisis.tasks.loading import load_contract
-    from prefect_crisis.tasks.validation.checks import Verdict
+    from prefect_crisis.tasks.validation.report import Verdict
 
     validate_model_name(model)
     batch_path = _existing_batch(batch)

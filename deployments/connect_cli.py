@@ -126,5 +126,15 @@ def deploy(
     print("policies: each model's RollbackPolicy, MonitoringPolicy and FallbackPolicy bind when its responses run: the blocks its own "
           "EscalationPolicy (saved under its name) names, else the blocks saved under its name, else the escalation policy's, "
           "else the defaults; `crisis status MODEL` shows which")
-    print(f"start the workers: crisis up --worker (or, any folder, with PREFECT_API_URL={exports['PREFECT_API_URL']}: "
-          f"prefect worker start --pool {POOL}; python -m prefect_crisis.deployments.warm_worker --pool {WARM_POOL})")
+    print(workers_hint(home, exports["PREFECT_API_URL"]))
+
+
+def workers_hint(home: Path | None, api_url: str) -> str:
+    """What `crisis deploy` says of the workers: which run already (recorded by this stack and alive), or how to start them."""
+    from prefect_crisis.deployments.worker import read_workers, worker_alive
+
+    running = [state for state in read_workers(home) if worker_alive(state) and state.api_url == api_url]
+    if {state.pool for state in running} >= {POOL, WARM_POOL}:
+        return "workers running: " + ", ".join(f"{state.kind} on {state.pool} (pid {state.pid})" for state in running)
+    return (f"start the workers: crisis up --worker (or, any folder, with PREFECT_API_URL={api_url}: "
+            f"prefect worker start --pool {POOL}; python -m prefect_crisis.deployments.warm_worker --pool {WARM_POOL})")

@@ -94,12 +94,13 @@ def drill(
     no worker).
     """
     from prefect_crisis.deployments import stack
-    from prefect_crisis.deployments.cli import LONG_COMMAND, _exit_for_failure, _quiet_console
+    from prefect_crisis.deployments.commands import LONG_COMMAND, exit_for_failure as _exit_for_failure, quiet_console as _quiet_console
 
     if iterations < 1:
         raise CrisisError(f"--iterations must be at least 1, not {iterations}")
+    local = stack.configured_api_url() is None
     with stack.use_stack(home, **LONG_COMMAND) as api_url:
-        from prefect_crisis.tasks.drills.injections import PROGRESS, scenario_names
+        from prefect_crisis.tasks.drills.catalogue import PROGRESS, scenario_names
 
         names = scenario_names(list(scenarios))  # an unknown name: one line, before anything runs
         check_stack_can_respond()
@@ -114,10 +115,12 @@ def drill(
         quieted = {name: logging.getLogger(name).level for name in ("prefect_crisis.serving", "EventsWorker")}
         for name in quieted:
             logging.getLogger(name).setLevel(logging.ERROR)
+        end_watch = stack.watch_local_server(home, _stack_went_down) if local else (lambda: None)
         try:
             with _quiet_console():
                 state = crisis_drill(scenarios=names, iterations=iterations, seed=seed, return_state=True)
         finally:
+            end_watch()
             PROGRESS.removeHandler(handler)
             for name, level in quieted.items():
                 logging.getLogger(name).setLevel(level)
@@ -134,6 +137,18 @@ def drill(
                 _print_timelines(report["runs"])
     if not all(row["success_rate"] == 1.0 for row in report["summary"]):
         sys.exit(ExitCode.FAILURE)
+
+
+def _stack_went_down(why: str) -> None:
+    """The local stack stopped under a running drill: one line and exit 4 at once. The drill's flow runs in this
+    process's main thread, blocked on calls to a server that is gone (each retried, then its crash reported to
+    that same server): nothing of the drill can be recorded any more, so nothing is waited for."""
+    import os
+
+    console.print(f"[red]error:[/red] the local Prefect server stopped during the drill ({why}): the drill cannot go on; "
+                  "`crisis up --worker` and run it again", soft_wrap=True)
+    console.file.flush()
+    os._exit(ExitCode.STACK)
 
 
 def shown_seconds(value: float | None) -> str:

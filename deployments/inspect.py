@@ -17,6 +17,7 @@ from prefect.client.schemas.objects import Artifact
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.schemas.events import ReceivedEvent
 
+from prefect_crisis.core.vocabulary import EVENT_PREFIX, MODEL_RESOURCE
 from prefect_crisis.tasks.response.report import read_events
 
 
@@ -43,13 +44,13 @@ def read_artifacts_of_flow_run(flow_run_id: UUID) -> list[Artifact]:
 
 
 def read_crisis_events(
-    model: str, prefix: str = "ml.", since: timedelta = timedelta(hours=1), limit: int = 500
+    model: str, prefix: str = EVENT_PREFIX, since: timedelta = timedelta(hours=1), limit: int = 500
 ) -> list[ReceivedEvent]:
     """Events about `model` whose name starts with `prefix`, oldest first (at most about `limit`)."""
     now = datetime.now(timezone.utc)
     event_filter = EventFilter(
         occurred=EventOccurredFilter(since=now - since, until=now + timedelta(minutes=1)),
         event=EventNameFilter(prefix=[prefix]),
-        resource=EventResourceFilter(id=[f"ml.model.{model}"]),
+        resource=EventResourceFilter(id=[f"{MODEL_RESOURCE}{model}"]),
     )
     return read_events(event_filter, limit)

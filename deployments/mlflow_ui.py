@@ -16,23 +16,18 @@ databricks) starts nothing: that server is the UI.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-import psutil
-
 from prefect_crisis.core.errors import StackError
 from prefect_crisis.core.paths import MLFLOW_UI_STATE, crisis_home, default_tracking_uri
 from prefect_crisis.core.uris import mask_uri
-from prefect_crisis.deployments.stack import listens_on, port_free, terminate_group
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
+from prefect_crisis.deployments.process import NO_SERVER, ManagedProcess, free_port, http_ok, port_free, recorded
 
 LOG_FILE = "mlflow-ui.log"
 DEFAULT_PORT = 5000
@@ -53,6 +48,14 @@ class MlflowUiState:
         return urlsplit(self.url).port
 
 
+def store_uri(home: Path | None = None) -> str:
+    """The stack's MLflow store: `MLFLOW_TRACKING_URI` when set, else the SQLite store under `home`
+    (`--home X` is X's store, not the one of `$CRISIS_HOME` or `./.crisis`)."""
+    if home is None:
+        return default_tracking_uri()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home.resolve() / 'mlflow.db'}"
+
+
 def is_remote(tracking_uri: str) -> bool:
     """True when the tracking URI is already a server (its own UI), not a store this stack can serve."""
     return tracking_uri.startswith(("http://", "https://", "databricks"))
@@ -70,37 +73,21 @@ def read_ui_state(home: Path | None = None) -> MlflowUiState | None:
         return None
 
 
+def ui_process(state: MlflowUiState) -> ManagedProcess:
+    """The recorded MLflow UI as a managed process: `... mlflow server ... --port PORT` started at `started_at`."""
+    def matches(cmdline: list[str]) -> bool:
+        return "mlflow" in " ".join(cmdline[:3]) and "server" in cmdline and str(state.port) in cmdline
+
+    return recorded("MLflow UI server", state.pid, state.started_at, matches, state.log)
+
+
 def why_not_ours(state: MlflowUiState) -> str | None:
     """None when `state.pid` is still the `mlflow server` this stack started; else why the record is stale."""
-    try:
-        process = psutil.Process(state.pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return f"pid {state.pid} has exited"
-        cmdline, created = process.cmdline(), process.create_time()
-    except psutil.NoSuchProcess:
-        return f"pid {state.pid} is not running"
-    except psutil.AccessDenied:
-        return f"pid {state.pid} belongs to another user"
-    if not ("mlflow" in " ".join(cmdline[:3]) and "server" in cmdline and str(state.port) in cmdline):
-        return f"pid {state.pid} is now another program"
-    if state.started_at is not None and abs(created - state.started_at) > 1.0:
-        return f"pid {state.pid} is another process, started at a different time"
-    return None
+    return ui_process(state).why_not_ours()
 
 
 def is_answering(url: str, timeout: float = 2.0) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+    return http_ok(f"{url}/health", timeout)
 
 
 @dataclass
@@ -108,12 +95,12 @@ class Launch:
     """An `mlflow server` started and not yet waited for (it takes seconds to import; the Prefect
     server starts meanwhile)."""
 
-    process: subprocess.Popen | None
+    process: ManagedProcess | None
     state: MlflowUiState
     home: Path
     already_running: bool = False
 
-    def wait(self, timeout: float = 90.0) -> MlflowUiState:
+    def wait(self, timeout: float = 90.0, waiting: Retrying | None = None) -> MlflowUiState:
         """Until the server answers its health check; recorded then.
 
         Raises:
@@ -121,24 +108,20 @@ class Launch:
         """
         if self.already_running or self.process is None:
             return self.state
-        deadline = time.monotonic() + timeout
         port = self.state.port or 0
-        while time.monotonic() < deadline and self.process.poll() is None:
-            if listens_on(self.process.pid, port) and is_answering(self.state.url):
-                (self.home / MLFLOW_UI_STATE).write_text(json.dumps(asdict(self.state)))
-                return self.state
-            time.sleep(0.5)
+        waiting = waiting or Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5))
+        if self.process.wait_ready(lambda: self.process.listens_on(port) and is_answering(self.state.url), waiting):
+            (self.home / MLFLOW_UI_STATE).write_text(json.dumps(asdict(self.state)))
+            return self.state
+        why = "exited" if self.process.exit_code() is not None else f"did not answer within {timeout:.0f}s"
         self.abandon()
-        lines = [line.strip() for line in Path(self.state.log).read_text(errors="replace").splitlines() if line.strip()]
-        why = "exited" if self.process.poll() is not None else f"did not answer within {timeout:.0f}s"
+        lines = [line.strip() for line in self.process.log_text().splitlines() if line.strip()]
         raise StackError(f"the MLflow UI server {why}; its log says: {(lines[-1] if lines else '(empty log)')[:200]} (log {self.state.log})")
 
     def abandon(self) -> None:
         """Stop a server this launch started (a failed `crisis up` leaves nothing running)."""
         if self.process is not None and not self.already_running:
-            terminate_group(self.process.pid, timeout=10)
-            with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
-                self.process.wait(timeout=1)
+            self.process.stop(grace=10)
 
 
 def launch_mlflow_ui(home: Path | None = None, port: int | None = None, host: str = "127.0.0.1", tracking_uri: str | None = None) -> Launch | None:
@@ -149,7 +132,7 @@ def launch_mlflow_ui(home: Path | None = None, port: int | None = None, host: st
         StackError: `port` was asked for and is taken by another process.
     """
     home = (home or crisis_home()).resolve()
-    store = tracking_uri or default_tracking_uri()
+    store = tracking_uri or store_uri(home)
     if is_remote(store):
         return None
     running = read_ui_state(home)
@@ -157,10 +140,10 @@ def launch_mlflow_ui(home: Path | None = None, port: int | None = None, host: st
         if why_not_ours(running) is None and is_answering(running.url):
             return Launch(None, running, home, already_running=True)
         if why_not_ours(running) is None:  # ours but not answering (frozen, wedged): replaced
-            terminate_group(running.pid, timeout=10)
+            ui_process(running).stop(grace=10)
         (home / MLFLOW_UI_STATE).unlink(missing_ok=True)
     if port is None:
-        port = DEFAULT_PORT if port_free(host, DEFAULT_PORT) else _free_port(host)
+        port = DEFAULT_PORT if port_free(host, DEFAULT_PORT) else free_port(host)
     elif not port_free(host, port):
         raise StackError(f"port {port} on {host} is in use by another process: pass another --mlflow-port")
     home.mkdir(parents=True, exist_ok=True)
@@ -171,14 +154,8 @@ def launch_mlflow_ui(home: Path | None = None, port: int | None = None, host: st
     environment.update(MLFLOW_BACKEND_STORE_URI=store, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
                "--artifacts-destination", str(home / "mlartifacts")]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, env=environment, cwd=home, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        started_at = psutil.Process(process.pid).create_time()
-    except psutil.Error:
-        started_at = None
-    state = MlflowUiState(pid=process.pid, url=f"http://{host}:{port}", log=str(log_path), store=mask_uri(store), started_at=started_at)
+    process = ManagedProcess.spawn("MLflow UI server", command, log=log_path, env=environment, cwd=home)
+    state = MlflowUiState(pid=process.pid, url=f"http://{host}:{port}", log=str(log_path), store=mask_uri(store), started_at=process.started_at)
     return Launch(process, state, home)
 
 
@@ -189,20 +166,18 @@ def stop_mlflow_ui(home: Path | None = None, timeout: float = 15.0) -> MlflowUiS
     if state is None:
         (home / MLFLOW_UI_STATE).unlink(missing_ok=True)
         return None
-    stopped = why_not_ours(state) is None
-    if stopped:
-        terminate_group(state.pid, timeout)
+    stopped = ui_process(state).stop(grace=timeout)
     (home / MLFLOW_UI_STATE).unlink(missing_ok=True)
     return state if stopped else None
 
 
 def mlflow_ui_status(home: Path | None = None) -> dict[str, object]:
     """What `crisis status` says of the MLflow UI."""
-    store = default_tracking_uri()
+    store = store_uri(home)
     if is_remote(store):
         return {"source": "MLFLOW_TRACKING_URI", "url": mask_uri(store), "healthy": is_answering(store)}
     state = read_ui_state(home)
     if state is None:
-        return {"source": "none", "healthy": False}
+        return {"source": NO_SERVER, "healthy": False}
     stale = why_not_ours(state)
     return {"source": "local stack", "url": state.url, "pid": state.pid, "healthy": stale is None and is_answering(state.url), "problem": stale}

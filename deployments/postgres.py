@@ -23,12 +23,12 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect_crisis.core.errors import StackError
+from prefect_crisis.deployments.process import free_port
 
 FOLDER = "postgres"
 STATE_FILE = "postgres.json"
@@ -81,12 +81,6 @@ class Cluster:
         done = subprocess.run([f"{self.bin}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "3"],
                               capture_output=True, text=True, timeout=30)
         return done.returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run(command: list[str], what: str, timeout: float = 120, env: dict[str, str] | None = None) -> None:
@@ -157,7 +151,7 @@ def start_cluster(home: Path, progress=lambda message: None) -> Cluster:
             os.chown(secret, account.pw_uid, account.pw_gid)  # initdb reads it as postgres; root still reads it
         progress(f"creating the PostgreSQL cluster in {data}")
         _run([*run_as, f"{binaries}/initdb", "-D", str(data), "-U", USER, f"--pwfile={secret}", "--auth=scram-sha-256", "-E", "UTF8"], "initdb")
-    cluster = Cluster(str(data), _free_port(), str(binaries), run_as)
+    cluster = Cluster(str(data), free_port("127.0.0.1"), str(binaries), run_as)
     options = f"-p {cluster.port} -k {data} -c listen_addresses=127.0.0.1"
     _run([*run_as, f"{binaries}/pg_ctl", "-D", str(data), "start", "-w", "-t", "60", "-l", str(folder / "server.log"), "-o", options], "start")
     (home / STATE_FILE).write_text(json.dumps(asdict(cluster)))
@@ -180,3 +174,29 @@ def stop_cluster(home: Path) -> Cluster | None:
     _run([*cluster.run_as, f"{cluster.bin}/pg_ctl", "-D", cluster.data, "stop", "-m", "fast", "-w"], "stop", timeout=60)
     (home / STATE_FILE).unlink(missing_ok=True)  # only now: a failed stop keeps the record of a running cluster
     return cluster
+
+
+def purge_cluster(home: Path, recorded_folder: Path | None = None) -> list[Path]:
+    """Delete the stack's cluster folders (data, password, log) once it is stopped: `<home>/postgres` and its
+    `/var/tmp/prefect-crisis-pg/<digest>` twin, whichever exist. Returns what was deleted.
+
+    Raises:
+        StackError: the cluster still runs (stop it first), or a folder could not be deleted.
+    """
+    home = home.resolve()
+    recorded = read_cluster(home)
+    if recorded is not None and recorded.running():
+        raise StackError(f"the stack's PostgreSQL (port {recorded.port}) still runs: `crisis down` stops it before purging")
+    digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
+    candidates = {home / FOLDER, Path("/var/tmp/prefect-crisis-pg") / digest}
+    candidates |= {folder for folder in (recorded_folder, recorded.folder if recorded else None) if folder is not None}
+    deleted = []
+    for folder in sorted(candidates):
+        if folder.is_dir() and ((folder / "data").exists() or (folder / "password").exists()):
+            try:
+                shutil.rmtree(folder)
+            except OSError as error:
+                raise StackError(f"cannot delete the PostgreSQL folder {folder}: {error.strerror}") from None
+            deleted.append(folder)
+    (home / STATE_FILE).unlink(missing_ok=True)
+    return deleted

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -21,6 +20,7 @@ from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 
 from prefect_crisis.core.errors import StackError
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
 
 
 @contextlib.contextmanager
@@ -40,10 +40,7 @@ def serving(flow: Flow, deployment: str | None = None, start_timeout: float = 60
 
     thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True, name="crisis-runner")
     thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not runner.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not runner.started:
+    if not Retrying(stop=stop_after_delay(start_timeout), wait=wait_fixed(0.05)).poll(lambda: runner.started):
         raise StackError(f"the Prefect runner did not start within {start_timeout:.0f}s")
     try:
         yield f"{flow.name}/{deployment}"

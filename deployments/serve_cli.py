@@ -21,20 +21,23 @@ import logging
 import os
 import signal
 import subprocess
+import socket
 import sys
 import tempfile
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import cyclopts
-import httpx
 from rich.console import Console
 
 from prefect_crisis.core.errors import DataInputError, InputErrorReason, StackError
 from prefect_crisis.core.paths import crisis_home, default_tracking_uri, validate_model_name
 from prefect_crisis.core.uris import mask_uri
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, stop_never, wait_fixed
 from prefect_crisis.deployments import stack
+from prefect_crisis.deployments.process import ManagedProcess, http_ok, port_free
 
 console = Console(highlight=False)
 logger = logging.getLogger("prefect_crisis.serving")
@@ -42,17 +45,39 @@ MODEL_PATH_ENV = "CRISIS_SERVING_MODEL_PATH"  # the wrapper's local copy, which 
 HomeOption = Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")]
 
 
-def wait_until_ready(process: subprocess.Popen, url: str, timeout: float) -> None:
-    """Poll the scoring server's /ping until it answers; one-line errors when it dies or never answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"the scoring server exited with code {process.returncode} before answering: its output is above")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/ping", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.25)
+def wait_until_ready(process: subprocess.Popen, url: str, timeout: float, waiting: Retrying | None = None) -> None:
+    """Poll the scoring server's /ping until it answers from its own socket; one-line errors when it dies or never answers."""
+    port = urlsplit(url).port or 0
+    server = ManagedProcess("scoring server", process.pid, popen=process)
+    waiting = waiting or Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25))
+    if server.wait_ready(lambda: server.listens_on(port) and http_ok(f"{url}/ping", timeout=1.0), waiting):
+        return
+    if server.exit_code() is not None:
+        if not port_free("127.0.0.1", port):  # another server took the port first (two `crisis serve` at once)
+            raise StackError(f"port {port} on 127.0.0.1 is in use: pass --port with a free one")
+        raise StackError(f"the scoring server exited with code {server.exit_code()} before answering: its output is above")
     raise StackError(f"the scoring server did not answer {url}/ping within {timeout:g} s: pass a larger --timeout")
+
+
+@contextlib.contextmanager
+def reserved_port(port: int, host: str = "127.0.0.1") -> Iterator[Callable[[], None]]:
+    """Hold `host:port` (bound, not listening) until released (the yielded function) or the block ends: a second
+    `crisis serve` on that port is told at once, not after it has prepared the model; released just before the
+    scoring server binds it.
+
+    Raises:
+        StackError: something listens on the port, or holds it (one line).
+    """
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind((host, port))
+    except OSError:
+        holder.close()
+        raise StackError(f"port {port} on {host} is in use: pass --port with a free one") from None
+    try:
+        yield holder.close
+    finally:
+        holder.close()
 
 
 def one_line(message: Any, limit: int = 1_000) -> str:
@@ -154,6 +179,48 @@ def download_serving_model(registry, name: str, version: str, folder: str) -> st
         raise StackError(f"cannot fetch models:/{name}/{version} from {registry.display_tracking_uri}: {one_line(error.message)}") from None
 
 
+CHAMPION_CHECK_SECONDS = 5.0  # how often a running `crisis serve` reads @champion (MLflow's own refresh follows moves)
+
+
+def watch_champion(process: subprocess.Popen, registry, served: str, say: Callable[[str], None], waiting: Retrying | None = None) -> int:
+    """Wait for the scoring server to end (its exit code); meanwhile read `@champion` every few seconds and say once
+    when it is gone (its version deleted): the server keeps answering with the copy it loaded, which nobody chose now.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from prefect_crisis.core.waiting import FakeClock
+        >>> clock, answers, said = FakeClock(), iter([SimpleNamespace(version="3"), None, None]), []
+        >>> process = SimpleNamespace(poll=lambda: 0 if clock.now >= 15 else None, returncode=0)
+        >>> registry = SimpleNamespace(champion=lambda: next(answers), model_name="churn", champion_alias="champion")
+        >>> watch_champion(process, registry, "3", said.append, Retrying(stop=stop_never(), wait=wait_fixed(5), clock=clock, sleep=clock.sleep))
+        0
+        >>> said
+        ["@champion of 'churn' is gone (v3 deleted?): this server keeps answering with v3, which no alias names; promote a version, then restart `crisis serve`"]
+    """
+    from prefect_crisis.core.errors import RegistryError
+
+    def pause(seconds: float) -> None:  # returns as soon as the server exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=seconds)
+
+    waiting = waiting or Retrying(stop=stop_never(), wait=wait_fixed(CHAMPION_CHECK_SECONDS), sleep=pause)
+    warned = False
+    for _attempt in waiting.attempts():
+        if process.poll() is not None:
+            break
+        try:
+            champion = registry.champion()
+        except RegistryError:  # the store is away: unknown is not absent
+            continue
+        if champion is not None:
+            served, warned = champion.version, False  # the server follows the alias on its own
+        elif not warned:
+            say(f"@{registry.champion_alias} of {registry.model_name!r} is gone (v{served} deleted?): this server keeps answering with "
+                f"v{served}, which no alias names; promote a version, then restart `crisis serve`")
+            warned = True
+    return process.returncode
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # `kill` stops the server as Ctrl-C does: the scoring server goes with it
 
@@ -173,6 +240,11 @@ def serve(
         os.environ["CRISIS_HOME"] = str(home.resolve())
     if not stack.port_free("127.0.0.1", port):
         raise StackError(f"port {port} on 127.0.0.1 is in use: pass --port with a free one")
+    with reserved_port(port) as release:
+        _serve(model, port, policy, no_log, timeout, home, release)
+
+
+def _serve(model: str, port: int, policy: str | None, no_log: bool, timeout: float, home: Path | None, release: Callable[[], None]) -> None:
     from prefect_crisis.blocks.fallback_policy import FallbackPolicy
     from prefect_crisis.blocks.registry import ModelRegistry
 
@@ -214,6 +286,7 @@ def serve(
         # MLflow's scoring app, as `mlflow models serve --env-manager local` runs it, behind StrictJson.
         command = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:scoring_app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         # Its own process group: stopped as a whole here, never orphaned by a signal meant for this command.
+        release()
         process = subprocess.Popen(command, env=environment, start_new_session=True)
         signal.signal(signal.SIGTERM, _interrupt)
         # Ctrl-C (SIGINT) stops it too, even when started in the background of a script, where the shell starts it with
@@ -222,7 +295,7 @@ def serve(
         try:
             wait_until_ready(process, url, timeout)
             console.print(f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True)
-            code = process.wait()
+            code = watch_champion(process, registry, champion.version, say=lambda line: console.print(f"[yellow]{line}[/yellow]", soft_wrap=True))
         except KeyboardInterrupt:
             stack.terminate_group(process.pid, 10.0)
             console.print(f"stopped serving {model}")

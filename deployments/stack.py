@@ -16,19 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 from prefect.settings import (
     PREFECT_API_REQUEST_TIMEOUT,
     PREFECT_API_URL,
@@ -40,6 +34,8 @@ from prefect.settings import (
 from prefect_crisis.core.errors import StackError
 from prefect_crisis.core.paths import crisis_home, default_tracking_uri
 from prefect_crisis.core.uris import mask_uri
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, stop_never, wait_fixed
+from prefect_crisis.deployments.process import NO_SERVER, ManagedProcess, http_ok, port_free, recorded, terminate_group  # noqa: F401 (port_free, terminate_group: the CLI's)
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
@@ -101,11 +97,38 @@ def _clear_state(home: Path) -> None:
 
 
 def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
-    """True when the server at `api_url` answers its health check."""
-    try:
-        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """True when the server at `api_url` answers its health check (the process answers; its database may not)."""
+    return http_ok(f"{api_url}/health", timeout)
+
+
+def query_problem(api_url: str, timeout: float = REACH_TIMEOUT, waiting: Retrying | None = None) -> str | None:
+    """None when the server answers a real query (it counts flow runs in its database); else what it answered.
+
+    Its health check answers while every query fails (its PostgreSQL killed, say). HTTP 503 is the server's
+    "busy, try again" (SQLite's write lock): asked again within `timeout` seconds before it counts.
+    """
+    waiting = waiting or Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5))
+
+    def ask() -> str | None:
+        try:
+            response = httpx.post(f"{api_url}/flow_runs/count", json={}, timeout=timeout)
+        except httpx.TimeoutException:
+            return f"no answer to a query within {timeout:.0f}s"
+        except httpx.HTTPError as error:
+            return f"{type(error).__name__} on a query"
+        if response.status_code == 503:
+            return None
+        return "ok" if response.is_success else f"HTTP {response.status_code} to a query"
+
+    outcome = waiting.poll(ask)
+    if outcome is None:
+        return f"busy (HTTP 503 to every query for {timeout:.0f}s)"
+    return None if outcome == "ok" else outcome
+
+
+def server_process(state: ServerState) -> ManagedProcess:
+    """The recorded server as a managed process: `... prefect server start ... --port PORT` started at `started_at`."""
+    return recorded("Prefect server", state.pid, state.started_at, lambda cmdline: _is_server_command(cmdline, state.port), state.log)
 
 
 def _is_server_command(cmdline: list[str], port: int | None) -> bool:
@@ -117,95 +140,12 @@ def _is_server_command(cmdline: list[str], port: int | None) -> bool:
 
 def why_not_our_server(state: ServerState) -> str | None:
     """None when `state.pid` is the server this stack started; else why the record is stale."""
-    try:
-        process = psutil.Process(state.pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return f"pid {state.pid} has exited"
-        cmdline, created = process.cmdline(), process.create_time()
-    except psutil.NoSuchProcess:
-        return f"pid {state.pid} is not running"
-    except psutil.AccessDenied:
-        return f"pid {state.pid} belongs to another user"
-    if not _is_server_command(cmdline, state.port):
-        return f"pid {state.pid} is now another program ({' '.join(cmdline)[:80] or '?'})"
-    if state.started_at is not None and abs(created - state.started_at) > 1.0:
-        return f"pid {state.pid} is another Prefect server, started at a different time"
-    return None
+    return server_process(state).why_not_ours()
 
 
 def server_is_frozen(state: ServerState) -> bool:
     """True when our server process is stopped by a signal (SIGSTOP, SIGTSTP)."""
-    try:
-        return psutil.Process(state.pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
-    except psutil.Error:
-        return False
-
-
-def listens_on(pid: int, port: int) -> bool:
-    """True when process `pid` (or a child of it) holds a listening socket on `port`."""
-    try:
-        process = psutil.Process(pid)
-        candidates = [process, *process.children(recursive=True)]
-    except psutil.Error:
-        return False
-    for candidate in candidates:
-        try:
-            for connection in candidate.net_connections(kind="tcp"):
-                if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
-                    return True
-        except psutil.Error:
-            continue
-    return False
-
-
-def terminate_group(pid: int, timeout: float) -> None:
-    """SIGTERM (and SIGCONT, so a frozen process handles it) to the group `pid` leads (or to `pid`
-    alone), SIGKILL what is left after `timeout` seconds.
-
-    The whole group is waited for, not only its leader: a leader may exit at once while its
-    children still finish their work (MLflow's CLI and the uvicorn it starts, say).
-    """
-    try:
-        leads = os.getpgid(pid) == pid
-    except ProcessLookupError:  # the leader is gone (and reaped); its group may live on
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        leads = True
-
-    def send(signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signum) if leads else os.kill(pid, signum)
-
-    def alive() -> bool:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap a leader that is our own child, or the group never empties
-        try:
-            os.killpg(pid, 0) if leads else os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def gone_within(seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not alive():
-                return True
-            time.sleep(0.1)
-        return not alive()
-
-    send(signal.SIGTERM)
-    send(signal.SIGCONT)
-    if not gone_within(timeout):
-        send(signal.SIGKILL)
-        gone_within(5.0)
-
-
-def port_free(host: str, port: int) -> bool:
-    """True when nothing listens on `host:port`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        return probe.connect_ex((host, port)) != 0
+    return server_process(state).frozen()
 
 
 def server_environment(home: Path, database_url: str | None = None, host: str = "127.0.0.1", port: int = 4200) -> dict[str, str]:
@@ -234,9 +174,11 @@ def start_server(
     timeout: float = 90.0,
     progress: Callable[[str], None] = lambda message: None,
     database_url: str | None = None,
+    waiting: Retrying | None = None,
 ) -> ServerState:
     """Start the local Prefect server, or return the one already running.
 
+    `waiting`: how it waits for the server to answer (default: every 0.5 s for `timeout` seconds).
     `database_url`: the server's database (e.g. the private PostgreSQL of `crisis up --postgres`);
     None: SQLite under `home`. It reaches the server's environment only, never a file or a log.
 
@@ -267,42 +209,29 @@ def start_server(
         raise StackError(f"port {port} on {host} is in use by another process: pass --port to use another one")
     log_path = home / LOG_FILE
     api_url = f"http://{host}:{port}/api"
-    log_start = log_path.stat().st_size if log_path.exists() else 0
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"],
-            env=server_environment(home, database_url, host, port),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        started_at = psutil.Process(process.pid).create_time()
-    except psutil.Error:
-        started_at = None
+    process = ManagedProcess.spawn(
+        "Prefect server",
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"],
+        log=log_path,
+        env=server_environment(home, database_url, host, port),
+        matches=lambda cmdline: _is_server_command(cmdline, port),
+    )
     database = mask_uri(database_url) if database_url else f"sqlite:///{home / 'prefect.db'}"
-    state = ServerState(pid=process.pid, api_url=api_url, home=str(home), log=str(log_path), started_at=started_at, database=database)
+    state = ServerState(pid=process.pid, api_url=api_url, home=str(home), log=str(log_path), started_at=process.started_at, database=database)
     progress(f"starting Prefect server on {state.ui_url} (pid {process.pid}, log {log_path})")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if listens_on(process.pid, port) and is_healthy(api_url) and process.poll() is None:
-            # recorded only now: a start that fails never overwrites the record of a running server
-            (home / STATE_FILE).write_text(json.dumps(asdict(state)))
-            return state
-        time.sleep(0.5)
-    exited = process.poll() is not None
-    terminate_group(process.pid, timeout=10)
-    with contextlib.suppress(ChildProcessError):
-        process.wait(timeout=1)
-    log_text = log_path.read_text(errors="replace")[log_start:]
-    if "address already in use" in log_text.lower() or "errno 98" in log_text.lower():
+    waiting = waiting or Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5))
+    if process.wait_ready(lambda: process.listens_on(port) and is_healthy(api_url), waiting):
+        # recorded only now: a start that fails never overwrites the record of a running server
+        (home / STATE_FILE).write_text(json.dumps(asdict(state)))
+        return state
+    exited = process.exit_code() is not None
+    process.stop(grace=10)
+    log_text = process.log_text().lower()
+    if "address already in use" in log_text or "errno 98" in log_text:
         raise StackError(f"port {port} on {host} is already served by another process: pass --port to use another one")
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
     # the cause (a refused database password, an unreachable host) is the last exception line, not the last line
-    last = next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception): ", line)), lines[-1] if lines else "(empty log)")
     why = "exited" if exited else f"did not become healthy within {timeout:.0f}s"
-    raise StackError(f"the Prefect server {why}; its log says: {last[:200]} (log {log_path})")
+    raise StackError(f"the Prefect server {why}; its log says: {process.last_error()} (log {log_path})")
 
 
 def stop_server(home: Path | None = None, timeout: float = 20.0) -> StopOutcome | None:
@@ -319,9 +248,10 @@ def stop_server(home: Path | None = None, timeout: float = 20.0) -> StopOutcome 
             _clear_state(home)
             return StopOutcome(ServerState(pid=0, api_url="", home=str(home), log=""), stopped=False, stale_reason="the record was unreadable")
         return None
-    stale = why_not_our_server(state)
+    server = server_process(state)
+    stale = server.why_not_ours()
     if stale is None:
-        terminate_group(state.pid, timeout)
+        server.stop(grace=timeout)
     _clear_state(home)
     return StopOutcome(state, stopped=stale is None, stale_reason=stale)
 
@@ -336,7 +266,7 @@ def resolve_api_url(home: Path | None = None) -> str | None:
 
 
 def check_reachable(api_url: str, timeout: float = REACH_TIMEOUT) -> None:
-    """Raise StackError within `timeout` seconds unless the server answers its health check."""
+    """Raise StackError unless the server answers its health check and a real query (each within `timeout` seconds)."""
     where = mask_uri(api_url)
     try:
         response = httpx.get(f"{api_url}/health", timeout=timeout)
@@ -346,6 +276,10 @@ def check_reachable(api_url: str, timeout: float = REACH_TIMEOUT) -> None:
         raise StackError(f"cannot reach the Prefect server at {where}: {type(error).__name__} (is it running?)") from None
     if response.status_code != 200:
         raise StackError(f"the Prefect server at {where} answers its health check with HTTP {response.status_code}")
+    problem = query_problem(api_url, timeout)
+    if problem is not None:
+        raise StackError(f"the Prefect server at {where} answers its health check but not a query ({problem}): its database is down or "
+                         "unreachable; for the stack's PostgreSQL: `crisis down`, then `crisis up --postgres`")
 
 
 def require_server(home: Path | None = None, timeout: float = REACH_TIMEOUT) -> str:
@@ -394,8 +328,58 @@ def use_stack(
         updates[PREFECT_API_REQUEST_TIMEOUT] = request_timeout
     if max_retries is not None:
         updates[PREFECT_CLIENT_MAX_RETRIES] = max_retries
-    with temporary_settings(updates=updates):
+    with temporary_settings(updates=updates), home_exported(home):
         yield api_url
+
+
+def local_server_gone(home: Path | None = None) -> str | None:
+    """Why the local stack's server is no longer there (`crisis down` cleared its record, it was killed); None while it runs.
+
+    Reads the record and the process table only: no request, so a busy server is never taken for a gone one.
+    """
+    state = read_state((home or crisis_home()).resolve())
+    if state is None:
+        return "its record is gone (`crisis down`)"
+    return why_not_our_server(state)
+
+
+def watch_local_server(home: Path | None, on_gone: Callable[[str], None], every: float = 1.0) -> Callable[[], None]:
+    """Check every `every` seconds, on a daemon thread, that the local server still runs; call `on_gone(why)` once
+    when it does not. Returns the function that ends the watch."""
+    import threading
+
+    ended = threading.Event()
+    waiting = Retrying(stop=stop_never(), wait=wait_fixed(every), sleep=ended.wait)
+
+    def watch() -> None:
+        for _attempt in waiting.attempts():
+            if ended.is_set():
+                return
+            why = local_server_gone(home)
+            if why is not None:
+                on_gone(why)
+                return
+
+    threading.Thread(target=watch, name="crisis-stack-watch", daemon=True).start()
+    return ended.set
+
+
+@contextlib.contextmanager
+def home_exported(home: Path | None) -> Iterator[None]:
+    """`CRISIS_HOME` set to `home` inside the block (nothing changed when None): what runs in this process
+    (flows, the MLflow store, batch storage) follows `--home`, as it follows `$CRISIS_HOME`."""
+    if home is None:
+        yield
+        return
+    previous = os.environ.get("CRISIS_HOME")
+    os.environ["CRISIS_HOME"] = str(home.resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CRISIS_HOME", None)
+        else:
+            os.environ["CRISIS_HOME"] = previous
 
 
 def stack_status(home: Path | None = None) -> dict[str, object]:
@@ -404,21 +388,28 @@ def stack_status(home: Path | None = None) -> dict[str, object]:
     configured = configured_api_url()
     state = read_state(home)
     if configured:
-        prefect = {"source": "PREFECT_API_URL", "api_url": mask_uri(configured), "healthy": is_healthy(configured)}
+        problem = None if is_healthy(configured) else "not answering its health check"
+        problem = problem or query_problem(configured)
+        prefect = {"source": "PREFECT_API_URL", "api_url": mask_uri(configured), "healthy": problem is None, "problem": problem}
     elif state:
         stale = why_not_our_server(state)
         frozen = stale is None and server_is_frozen(state)
+        problem = stale or ("frozen (stopped by a signal)" if frozen else None)
+        if problem is None:
+            problem = None if is_healthy(state.api_url) else "not answering its health check"
+        if problem is None and (query := query_problem(state.api_url)) is not None:
+            problem = f"answers its health check, not a query: {query}"
         prefect = {
             "source": "local stack",
             "api_url": state.api_url,
             "ui_url": state.ui_url,
             "pid": state.pid,
             "database": state.database,
-            "healthy": stale is None and not frozen and is_healthy(state.api_url),
-            "problem": stale or ("frozen (stopped by a signal)" if frozen else None),
+            "healthy": problem is None,
+            "problem": problem,
         }
     else:
-        prefect = {"source": "none", "healthy": False}
-    from prefect_crisis.deployments.mlflow_ui import mlflow_ui_status
+        prefect = {"source": NO_SERVER, "healthy": False}
+    from prefect_crisis.deployments.mlflow_ui import mlflow_ui_status, store_uri
 
-    return {"home": str(home), "prefect": prefect, "mlflow_tracking_uri": mask_uri(default_tracking_uri()), "mlflow_ui": mlflow_ui_status(home)}
+    return {"home": str(home), "prefect": prefect, "mlflow_tracking_uri": mask_uri(store_uri(home)), "mlflow_ui": mlflow_ui_status(home)}

@@ -36,18 +36,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import anyio
-import psutil
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import InfrastructureNotAvailable
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
-from prefect_crisis.deployments.worker import WARM_MODULE, WARM_POOL
+from prefect_crisis.core.waiting import Retrying, stop_never, wait_exponential
+from prefect_crisis.deployments.process import recorded
+from prefect_crisis.deployments.pools import WARM_POOL
+
+WARM_MODULE = __spec__.name  # this module, as `python -m` names it on the worker's command line (worker.WARM_MODULE)
 
 WARM_TYPE = "crisis-warm"
 DEFAULT_LIMIT = 8
@@ -183,10 +186,7 @@ def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> float:
 
 
 def _is_warm_worker(pid: int) -> bool:
-    try:
-        return WARM_MODULE in psutil.Process(pid).cmdline()
-    except psutil.Error:
-        return False
+    return recorded("warm worker", pid, None, lambda cmdline: WARM_MODULE in cmdline).why_not_ours() is None
 
 
 def crash_orphans(pool: str) -> int:
@@ -222,24 +222,47 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     seconds = warm_up()
     print(f"imported the crisis flows in {seconds:.1f} s", flush=True)
-    backoff = 1.0
+
+    def start() -> None:
+        orphans = crash_orphans(options.pool)
+        if orphans:
+            print(f"marked {orphans} run(s) of a warm worker that is gone as Crashed", flush=True)
+        worker = WarmWorker(work_pool_name=options.pool, name=options.name, limit=options.limit)
+        asyncio.run(worker.start(printer=lambda message: print(message, flush=True)))
+
+    supervise(start, say=lambda message: print(message, flush=True))
+
+
+def supervise(start: Callable[[], None], say: Callable[[str], None], waiting: Retrying | None = None, settled_after: float = 60.0) -> None:
+    """Run `start` until it returns or Ctrl-C; when it raises (the API was away too long and Prefect's loops gave up),
+    start it again after a pause that doubles from 1 s up to 30 s, and from 1 s again after a run that lasted
+    `settled_after` seconds.
+
+    Example:
+        >>> from prefect_crisis.core.waiting import FakeClock
+        >>> clock, failures = FakeClock(), iter([OSError("away"), OSError("away"), None])
+        >>> def start():
+        ...     failure = next(failures)
+        ...     if failure:
+        ...         raise failure
+        >>> supervise(start, say=lambda line: None, waiting=Retrying(stop=stop_never(), wait=wait_exponential(1.0, maximum=30.0), clock=clock, sleep=clock.sleep))
+        >>> clock.sleeps
+        [1.0, 2.0]
+    """
+    waiting = waiting or Retrying(stop=stop_never(), wait=wait_exponential(1.0, maximum=30.0))
     while True:
-        started = time.monotonic()
-        try:
-            orphans = crash_orphans(options.pool)
-            if orphans:
-                print(f"marked {orphans} run(s) of a warm worker that is gone as Crashed", flush=True)
-            worker = WarmWorker(work_pool_name=options.pool, name=options.name, limit=options.limit)
-            asyncio.run(worker.start(printer=lambda message: print(message, flush=True)))
-            return
-        except KeyboardInterrupt:
-            return
-        except Exception as error:  # noqa: BLE001 - the API was away too long and Prefect's loops gave up: start again
-            if time.monotonic() - started > 60:
-                backoff = 1.0
-            print(f"the warm worker stopped ({type(error).__name__}: {str(error)[:160]}); starting again in {backoff:g} s", flush=True)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        for attempt in waiting.attempts():
+            started = waiting.clock()
+            try:
+                start()
+                return
+            except KeyboardInterrupt:
+                return
+            except Exception as error:  # noqa: BLE001 - whatever stopped it, the worker starts again
+                if waiting.clock() - started > settled_after and attempt.number > 1:
+                    say(f"the warm worker stopped ({type(error).__name__}: {str(error)[:160]}) after running a while; starting again")
+                    break  # a fresh series of pauses, from the shortest
+                say(f"the warm worker stopped ({type(error).__name__}: {str(error)[:160]}); starting again in {waiting.wait(attempt):g} s")
 
 
 if __name__ == "__main__":

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
 from prefect_crisis.core.errors import StackError
 from prefect_crisis.core.paths import crisis_home
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
+from prefect_crisis.deployments.pools import POOL, WARM_POOL  # re-exported
+from prefect_crisis.deployments.process import ManagedProcess, recorded
 
-POOL = "crisis-pool"
-WARM_POOL = "crisis-responders"
-WARM_MODULE = "prefect_crisis.deployments.warm_worker"
+WARM_MODULE = "prefect_crisis.deployments.warm_worker"  # how the warm worker is started, and recognised on a command line
 
 
 @dataclass(frozen=True)
@@ -76,22 +73,19 @@ def read_workers(home: Path | None = None) -> list[WorkerState]:
     return [state for kind in KINDS.values() if (state := read_worker(home, kind)) is not None]
 
 
+def worker_process(state: WorkerState) -> ManagedProcess:
+    """The recorded worker as a managed process: its kind's marker on its command line, started at `started_at`."""
+    kind = KINDS.get(state.kind)
+    return recorded(f"{state.kind} worker", state.pid, state.started_at, lambda cmdline: kind is not None and kind.marker in cmdline, state.log)
+
+
 def worker_alive(state: WorkerState) -> bool:
     """True when the recorded pid is still the worker this stack started (command line and start time)."""
-    kind = KINDS.get(state.kind)
-    try:
-        process = psutil.Process(state.pid)
-        return (
-            kind is not None
-            and process.status() != psutil.STATUS_ZOMBIE
-            and kind.marker in process.cmdline()
-            and abs(process.create_time() - state.started_at) < 1.0
-        )
-    except psutil.Error:
-        return False
+    return worker_process(state).alive()
 
 
-def start_worker(api_url: str, home: Path | None = None, kind: WorkerKind = PROCESS, timeout: float = 60.0) -> WorkerState:
+def start_worker(api_url: str, home: Path | None = None, kind: WorkerKind = PROCESS, timeout: float = 60.0,
+                 waiting: Retrying | None = None) -> WorkerState:
     """Start the worker of `kind` against `api_url`, or return the one running.
 
     Raises:
@@ -111,21 +105,16 @@ def start_worker(api_url: str, home: Path | None = None, kind: WorkerKind = PROC
         CRISIS_NO_AUTOCONNECT="1",
     )
     environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    offset = log.stat().st_size if log.exists() else 0
-    with log.open("ab") as output:
-        process = subprocess.Popen(kind.command(str(os.getpid())), env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
-    state = WorkerState(process.pid, kind.pool, api_url, str(log), psutil.Process(process.pid).create_time(), kind.name)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"the {kind.name} worker exited with code {process.returncode} at start: see {log}")
-        with log.open("rb") as written:
-            written.seek(offset)
-            if b"started!" in written.read():
-                (home / kind.state_file).write_text(json.dumps(asdict(state)))
-                return state
-        time.sleep(0.25)
-    stop_worker(home, state)
+    process = ManagedProcess.spawn(f"{kind.name} worker", kind.command(str(os.getpid())), log=log, env=environment, cwd=home,
+                                   matches=lambda cmdline: kind.marker in cmdline)
+    state = WorkerState(process.pid, kind.pool, api_url, str(log), process.started_at or 0.0, kind.name)
+    waiting = waiting or Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25))
+    if process.wait_ready(lambda: "started!" in process.log_text(), waiting):
+        (home / kind.state_file).write_text(json.dumps(asdict(state)))
+        return state
+    if process.exit_code() is not None:
+        raise StackError(f"the {kind.name} worker exited with code {process.exit_code()} at start: see {log}")
+    process.stop(grace=15.0)
     raise StackError(f"the {kind.name} worker did not start within {timeout:g} s: see {log}")
 
 
@@ -140,11 +129,8 @@ def stop_worker(home: Path | None = None, state: WorkerState | None = None, grac
     kind = KINDS.get(state.kind, kind) if state is not None else kind
     state = state or read_worker(home, kind)
     (home / kind.state_file).unlink(missing_ok=True)
-    if state is None or not worker_alive(state):
+    if state is None or not worker_process(state).stop(grace):
         return None
-    from prefect_crisis.deployments.stack import terminate_group
-
-    terminate_group(state.pid, grace)
     return state
 
 

@@ -14,11 +14,6 @@ import sys
 import types
 from typing import Any
 
-from prefect_crisis.tasks.run_logs import quiet_expected_errors
-
-# A deployment imports its flow through this package: expected errors are one log line wherever a flow runs.
-quiet_expected_errors()
-
 _EXPORTS = {
     "continuous_training": "prefect_crisis.flows.continuous_training",
     "crisis_demo": "prefect_crisis.flows.demo",

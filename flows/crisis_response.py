@@ -29,6 +29,7 @@ from prefect_crisis.tasks.response.incident import (
     measure_versions,
     model_features,
     new_incident_id,
+    read_serving_history,
     scorable_rows,
     response_limit,
     tag_response_run,
@@ -36,6 +37,7 @@ from prefect_crisis.tasks.response.incident import (
 from prefect_crisis.tasks.loading import bind_policy
 from prefect_crisis.tasks.serving.inference_log import latencies_of, read_labelled_window
 from prefect_crisis.tasks.stack_info import stack_summary
+from prefect_crisis.tasks.run_logs import quiet_expected_errors
 
 
 @flow(name="crisis-response", log_prints=True)
@@ -74,6 +76,7 @@ def crisis_response(
         window_minutes: how far back that window goes.
         diagnose_only: stop after the diagnosis (a Completed state named "Diagnosed"): the warning step of the ladder.
     """
+    quiet_expected_errors()  # expected errors are one log line wherever the flow runs
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
     try:
         bound = bind_policy(RollbackPolicy, registry.model_name, rollback_policy_block)
@@ -86,6 +89,7 @@ def crisis_response(
     timeline = None
     try:
         with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
+            registry.settle_audit()  # rows a lost store left pending: settled before the response reads and decides
             audit = registry.audit_snapshot()  # read once; every step of the incident uses this snapshot
             if audit.handled(identifier) and (triggering_event_id is None or triggering_event_id == identifier):
                 return Completed(name="Already handled", message=f"incident {identifier} was handled before; nothing changed")
@@ -111,7 +115,8 @@ def crisis_response(
                 window = load_frame(window_path) if window_path else read_labelled_window(
                     inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now(), latency_version=champion.version,
                 )
-                window = scorable_rows(window, label_column, model_features(registry))
+                history = read_serving_history(registry, audit)  # the versions, read once: measure, decide and verify share it
+                window = scorable_rows(window, label_column, model_features(registry, history))
                 if window.empty:
                     raise DataInputError(InputErrorReason.EMPTY_FRAME, "no labelled row with valid features in the window: nothing to score the model on")
             except DataInputError as error:
@@ -127,8 +132,8 @@ def crisis_response(
                 if diagnose_only:
                     return Completed(name="Diagnosed", message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})", data=report.to_dict())
                 live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))
-                measured, unscorable = measure_versions(registry, audit, window, label_column, timeline)
-                decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured, unscorable)
+                measured, unscorable = measure_versions(registry, audit, window, label_column, timeline, history)
+                decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured, unscorable, history)
                 if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
                     close_episode(registry, episode)
                     if decision.escalate and severity is not Severity.EMERGENCY:
@@ -138,7 +143,7 @@ def crisis_response(
                     return Completed(name=decision.kind.value.capitalize(), message=decision.reason, data=decision.to_dict())
                 outcome = execute_recovery_task(
                     registry, policy, decision, incident, window, label_column, champion, audit, timeline, live,
-                    skip_if_handled=incident.id == identifier,
+                    skip_if_handled=incident.id == identifier, history=history,
                 )
                 close_episode(registry, episode)
         summary = f"incident {incident.id}: {decision.kind.value}; champion v{outcome.champion_before} -> v{outcome.champion_after}"

@@ -33,6 +33,7 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
 from prefect_crisis.core.vocabulary import Severity
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.health_monitor import health_monitor
@@ -44,6 +45,7 @@ from prefect_crisis.tasks.response.report import wait_for_incident_end
 from prefect_crisis.tasks.validation.quarantine import storage_uri, write_parquet
 from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
 from prefect_crisis.tasks.drills.synthetic import check_demo_rows, demo_model_name, make_batch, synthetic_contract
+from prefect_crisis.tasks.run_logs import quiet_expected_errors
 
 DEMO_CONTRACT = "synthetic-stream"
 DEMO_POLICY = "synthetic-training"
@@ -113,13 +115,13 @@ def _serve_and_label(model_name: str, rows: int, seed: int) -> int:
     record its true labels, as a labelling pipeline would; returns the rows served. No `ml.labels.recorded`
     event: the demo runs the monitor itself, so a deployed automation does not start a second one."""
     log = InferenceLog()
-    router = FallbackRouter(ModelRegistry(model_name=model_name), log=log.writer(), close_log=True).start(refresh_in_background=False)
+    router = FallbackRouter(ModelRegistry(model_name=model_name), log=open_inference_log(log), close_log=True).start(refresh_in_background=False)
     try:
         batch = make_batch(rows, seed=seed)
         answer = router.predict(batch.drop(columns=["label"]))
     finally:
         router.close()
-    log.record_labels(list(zip(answer["request_id"], answer["row_id"].astype(str))), batch["label"].tolist(), emit=False)
+    record_labels(log, list(zip(answer["request_id"], answer["row_id"].astype(str))), batch["label"].tolist(), emit=False)
     return len(answer)
 
 
@@ -211,6 +213,7 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
         DemoError: the story did not happen (the gate promoted the poisoned retrain, the bad release was not rolled
             back, or the second model's not replaced by its fallback model).
     """
+    quiet_expected_errors()  # expected errors are one log line wherever the flow runs
     check_demo_rows(rows)
     model_name = validate_model_name(model_name) if model_name else demo_model_name()
     second_model = validate_model_name(f"{model_name}-b")  # the fallback story's model; a name too long fails here, before any write

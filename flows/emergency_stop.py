@@ -51,6 +51,7 @@ from prefect_crisis.tasks.serving.inference_log import latencies_of, read_labell
 from prefect_crisis.tasks.loading import BoundPolicy, bind_policy
 from prefect_crisis.tasks.response.recovery import RecoveryOutcome
 from prefect_crisis.tasks.response.rollback import LiveWindow
+from prefect_crisis.tasks.run_logs import quiet_expected_errors
 
 
 def outcome_of(step: str, state: State) -> StepResult:
@@ -79,6 +80,7 @@ def repair_serving(
     version if there is one, the fallback only when there is none or it is measured better, and never to something
     measured worse than what serves. Without labelled rows nothing can be measured: a stable version, else the fallback."""
     logger = timeline.logger(get_run_logger(), registry.model_name)
+    registry.settle_audit()  # rows a lost store left pending: settled before the decision reads the audit
     audit = registry.audit_snapshot()
     champion = registry.champion()
     if champion is None:
@@ -169,6 +171,7 @@ def emergency_stop(
         label_column: the label's column in that window.
         window_path: parquet/CSV of recent labelled rows to measure on instead of the inference log's window.
     """
+    quiet_expected_errors()  # expected errors are one log line wherever the flow runs
     registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
     model = registry.model_name
     logger = get_run_logger()

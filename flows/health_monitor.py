@@ -24,6 +24,7 @@ from prefect_crisis.tasks.monitoring.dashboard import dashboard_due, refresh_das
 from prefect_crisis.core.vocabulary import Serving
 from prefect_crisis.tasks.loading import bind_policy
 from prefect_crisis.tasks.monitoring.sweep import load_drift_reference, metric_history, models_to_sweep, sweep_model_task, system_metrics
+from prefect_crisis.tasks.run_logs import quiet_expected_errors
 
 
 @flow(name="health-monitor")
@@ -44,6 +45,7 @@ def health_monitor(
             first (`bind_policy`: named in its EscalationPolicy, else saved under its name), the defaults last.
         inference_log_block: the InferenceLog block; empty: the default log (`$CRISIS_HOME/inference.db`).
     """
+    quiet_expected_errors()  # expected errors are one log line wherever the flow runs
     logger = get_run_logger()
     policy = MonitoringPolicy.load(monitoring_policy_block) if monitoring_policy_block else MonitoringPolicy()
     log = InferenceLog.load(inference_log_block) if inference_log_block else InferenceLog()

@@ -14,6 +14,7 @@ Each is a DataFrame of identifier-safe feature names and an integer `label`.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class RealDataset:
         for _, group in self.frame.groupby(LABEL, sort=True):
             order = group.iloc[rng.permutation(len(group))]
             cuts = np.round(bounds * len(order)).astype(int)
-            for index, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):
+            for index, (start, stop) in enumerate(itertools.pairwise(cuts)):
                 pieces[index].append(order.iloc[start:stop])
         return [pd.concat(piece).sample(frac=1.0, random_state=seed + index).reset_index(drop=True) for index, piece in enumerate(pieces)]
 

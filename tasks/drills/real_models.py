@@ -8,16 +8,16 @@ the response never saw, so "an alias moved" is never mistaken for a repair.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.vocabulary import TagKey, VersionRole
-from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.drills.datasets import LABEL, RealDataset, load_dataset
 from prefect_crisis.tasks.models import load_sklearn_model
+from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.training.promotion import log_candidate
 
 WEAK_FALLBACK_FEATURES = 3  # the few-feature fallback users met: on 10 classes it answers about half the rows right
@@ -82,7 +82,12 @@ class RealModelStack:
 
 
 def build_real_stack(
-    model: str, dataset: str, *, seed: int = 0, served_for: timedelta = timedelta(hours=3), fallback_features: int = WEAK_FALLBACK_FEATURES,
+    model: str,
+    dataset: str,
+    *,
+    seed: int = 0,
+    served_for: timedelta = timedelta(hours=3),
+    fallback_features: int = WEAK_FALLBACK_FEATURES,
 ) -> RealModelStack:
     """A good version (a scaled logistic regression) that served `served_for`, with a fallback on a few features behind it.
 
@@ -125,7 +130,9 @@ def release_poisoned(stack: RealModelStack, *, ago: timedelta = timedelta(minute
 
 def back_dated(registry: ModelRegistry, ago: timedelta) -> ModelRegistry:
     """The same registry on a clock `ago` behind: what was done then (a promotion an hour ago)."""
-    return ModelRegistry(model_name=registry.model_name, tracking_uri=registry.tracking_uri).use(client=registry.client, clock=lambda: datetime.now(timezone.utc) - ago)
+    return ModelRegistry(model_name=registry.model_name, tracking_uri=registry.tracking_uri).use(
+        client=registry.client, clock=lambda: datetime.now(UTC) - ago
+    )
 
 
 def serving_accuracy(registry: ModelRegistry, frame: pd.DataFrame) -> tuple[str, float]:
@@ -156,7 +163,11 @@ def mislabelled(labels: np.ndarray, classes: np.ndarray, share: float, rng: np.r
 
 
 def release_retrained(
-    stack: RealModelStack, labels: np.ndarray, reason: str = "retrained on the latest batch", *, ago: timedelta = timedelta(minutes=10),
+    stack: RealModelStack,
+    labels: np.ndarray,
+    reason: str = "retrained on the latest batch",
+    *,
+    ago: timedelta = timedelta(minutes=10),
 ) -> str:
     """Promote a retrain on the first half of the retrain part with `labels` (one per retrain row, as the labelling
     pipeline recorded them), its holdout accuracy scored on the second half's recorded labels. The version."""

@@ -8,7 +8,7 @@ columns, and a binary label that depends on the features.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -28,10 +28,7 @@ def feature_names(n_numeric: int) -> list[str]:
 
 def synthetic_contract(n_numeric: int = 20, *, with_label: bool = True, **overrides) -> DataContract:
     """The contract the synthetic stream is written against."""
-    columns = [
-        ColumnSpec(name=name, dtype="float", min_value=-FEATURE_LIMIT, max_value=FEATURE_LIMIT)
-        for name in feature_names(n_numeric)
-    ]
+    columns = [ColumnSpec(name=name, dtype="float", min_value=-FEATURE_LIMIT, max_value=FEATURE_LIMIT) for name in feature_names(n_numeric)]
     columns += [
         ColumnSpec(name="segment", dtype="string", allowed_values=SEGMENTS),
         ColumnSpec(name="channel", dtype="string", allowed_values=CHANNELS),
@@ -142,7 +139,7 @@ DEMO_MAX_ROWS = 1_000_000
 
 def demo_model_name(prefix: str = "synthetic", now: datetime | None = None) -> str:
     """A model name of its own for one demo run: `<prefix>-<UTC time>-<4 hex>`."""
-    when = now or datetime.now(timezone.utc)
+    when = now or datetime.now(UTC)
     return validate_model_name(f"{prefix}-{when:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}")
 
 

@@ -1,17 +1,26 @@
 """Monitoring: windows of the inference log, health rules, the dashboard and its plots.
 
+Pure (neither Prefect nor MLflow): `windows` (the inference log's windows and their metrics), `health_rules`
+(a rule judged on two windows), `dashboard_view` (the
+dashboard's values and markdown), `health_plot`; adapters (`ADAPTERS`): `sweep` (reads the log, the registry,
+the host; reports events), `dashboard` (gathers the dashboard, publishes its artifacts).
+
 Names are imported on first use (PEP 562), so importing one part does not load the rest."""
 
 from prefect_crisis.core.lazy import lazy_exports
 
+# The submodules that may import Prefect or MLflow (directly, or through prefect_crisis.blocks, core.timeline,
+# core.connection or core.paths); every other submodule is pure (tests/unit/test_layers.py checks it).
+ADAPTERS = frozenset({"dashboard", "sweep"})
+
 _EXPORTS = {
-    "Dashboard": "dashboard",
-    "HISTORY_COLUMNS": "dashboard",
-    "LEVELS": "dashboard",
-    "champion_sweep": "dashboard",
-    "crisis_level": "dashboard",
-    "dashboard_due": "dashboard",
-    "dashboard_markdown": "dashboard",
+    "Dashboard": "dashboard_view",
+    "HISTORY_COLUMNS": "dashboard_view",
+    "LEVELS": "dashboard_view",
+    "champion_sweep": "dashboard_view",
+    "crisis_level": "dashboard_view",
+    "dashboard_due": "dashboard_view",
+    "dashboard_markdown": "dashboard_view",
     "fallback_quality": "dashboard",
     "gather_dashboard": "dashboard",
     "incident_run": "dashboard",
@@ -21,8 +30,8 @@ _EXPORTS = {
     "read_dashboard": "dashboard",
     "recent_incidents": "dashboard",
     "refresh_dashboard": "dashboard",
-    "shown_time": "dashboard",
-    "sweeps_of": "dashboard",
+    "shown_time": "dashboard_view",
+    "sweeps_of": "dashboard_view",
     "MARK_STYLE": "health_plot",
     "PANELS": "health_plot",
     "SEVERITY_STYLE": "health_plot",
@@ -33,6 +42,7 @@ _EXPORTS = {
     "HealthCheck": "health_rules",
     "Judgement": "health_rules",
     "Measure": "health_rules",
+    "RateRule": "health_rules",
     "WindowMetrics": "health_rules",
     "check_any": "health_rules",
     "check_rule_on_windows": "health_rules",
@@ -41,32 +51,32 @@ _EXPORTS = {
     "policy_checks": "health_rules",
     "worst": "health_rules",
     "BREACH_EVENTS": "sweep",
-    "HISTORY_BASELINE_METRICS": "sweep",
-    "LABELLED_METRICS": "sweep",
-    "MIN_HISTORY_SWEEPS": "sweep",
+    "HISTORY_BASELINE_METRICS": "windows",
+    "LABELLED_METRICS": "windows",
+    "MIN_HISTORY_SWEEPS": "windows",
     "ModelHealth": "sweep",
     "ServingVersion": "sweep",
     "append_history": "sweep",
-    "baseline_of": "sweep",
+    "baseline_of": "windows",
     "champion_began": "sweep",
-    "error_rate": "sweep",
+    "error_rate": "windows",
     "escalated": "sweep",
     "history_path": "sweep",
-    "input_drift": "sweep",
+    "input_drift": "windows",
     "load_drift_reference": "sweep",
     "metric_history": "sweep",
-    "model_metrics": "sweep",
+    "model_metrics": "windows",
     "models_to_sweep": "sweep",
     "read_champion": "sweep",
     "read_serving": "sweep",
     "report_health": "sweep",
     "rule_limits": "sweep",
     "serving_rows": "sweep",
-    "split_windows": "sweep",
+    "split_windows": "windows",
     "sweep_model": "sweep",
     "sweep_model_task": "sweep",
     "system_metrics": "sweep",
-    "window_pair": "sweep",
+    "window_pair": "windows",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

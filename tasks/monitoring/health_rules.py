@@ -19,12 +19,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefect_crisis.blocks.monitoring_policy import HealthRule, MonitoringPolicy
-from prefect_crisis.blocks.rollback_policy import MetricRule
+from prefect_crisis.core.metrics import METRICS, MetricSpec
 from prefect_crisis.core.vocabulary import Severity
-from prefect_crisis.tasks.response.rollback import LiveWindow, check_rule
+from prefect_crisis.tasks.response.rules import LiveWindow, check_rule
+
+if TYPE_CHECKING:
+    from prefect_crisis.blocks.monitoring_policy import HealthRule, MonitoringPolicy
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,29 @@ class Breach:
         )
 
 
+@dataclass(frozen=True)
+class RateRule:
+    """The rollback decision's rule (`MetricRule`) for the error rate with no tolerance, as `check_rule` reads it:
+    the health rule's limit is its baseline, so a rate is judged by the same Wilson bound and the same comparison."""
+
+    metric: str = "error_rate"
+    tolerance: float = 0.0
+    relative: bool = False
+    min_samples: int = 0
+
+    @property
+    def spec(self) -> MetricSpec:
+        return METRICS[self.metric]
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.spec.higher_is_better
+
+
 def judge_long(rule: HealthRule, window: WindowMetrics, baseline: dict[str, float], confidence: float) -> Judgement:
     """The rule on the long window: rates by the rollback decision's own `check_rule`."""
     measure = window.get(rule.metric)
@@ -113,7 +138,7 @@ def judge_long(rule: HealthRule, window: WindowMetrics, baseline: dict[str, floa
         return Judgement(False, measure.value, limit, samples=measure.samples, undecided=f"{rule.metric}: {measure.samples} samples < {rule.min_samples}")
     if rule.spec.rate:
         # The limit is the rollback rule's baseline with no tolerance: the same Wilson bound, the same comparison.
-        as_rollback_rule = MetricRule(metric="error_rate", tolerance=0.0, min_samples=rule.min_samples)
+        as_rollback_rule = RateRule(min_samples=rule.min_samples)
         live = LiveWindow({"error_rate": int(measure.count or 0)}, {"error_rate": measure.samples})
         violation = check_rule(as_rollback_rule, live, limit, confidence)
         if violation is not None:
@@ -149,6 +174,7 @@ class check_rule_on_windows(HealthCheck):
     """One HealthRule judged on the long and the short window.
 
     Example:
+        >>> from prefect_crisis.blocks.monitoring_policy import HealthRule
         >>> rule = HealthRule(name="failed", metric="failed_row_share", severity="critical", threshold=0.05)
         >>> long = WindowMetrics(60, {"failed_row_share": Measure(0.3, 400, 120)})
         >>> short = WindowMetrics(5, {"failed_row_share": Measure(0.4, 30, 12)})

@@ -10,14 +10,13 @@ serving figures (fallback share, failed rows, requests) but are judged apart
 While the champion is the model's fallback version, the sweep says so
 (`serving: "fallback"`) and never calls the model healthy.
 
-Plain functions over plain data (a window frame as `InferenceLog.read_window`
-returns it, a champion's registered metrics); the Prefect tasks on top only
-load blocks and log. The rules themselves live in `tasks.health_rules`.
+The windows and their metrics are plain functions over plain data
+(tasks/monitoring/windows.py), the rules plain values (tasks/monitoring/health_rules.py);
+this module reads the log, the registry and the host, and reports.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -35,101 +34,32 @@ from prefect.cache_policies import NO_CACHE
 
 from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.inference_log import InferenceLog
-from prefect_crisis.blocks.inference_store import ERROR_ROW_ID, LOG_COLUMNS
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, first_line
 from prefect_crisis.core.errors import CrisisError, MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import SERVING_LABEL, CrisisEvent, Responder, Serving, Severity, TagKey, VersionRole, is_drill_model
-from prefect_crisis.tasks.validation.drift import DriftSettings, frame_drift
 from prefect_crisis.tasks.monitoring.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
+from prefect_crisis.tasks.monitoring.windows import (  # noqa: F401 - the windows' functions, imported from here before
+    HISTORY_BASELINE_METRICS,
+    LABELLED_METRICS,
+    MIN_HISTORY_SWEEPS,
+    _rate,
+    _refused,
+    _since,
+    baseline_of,
+    error_rate,
+    input_drift,
+    model_metrics,
+    split_windows,
+    window_pair,
+)
+from prefect_crisis.tasks.response.candidates import promotion_guarded, promotions_over
+from prefect_crisis.tasks.serving.inference_log import logged_models, read_window
 from prefect_crisis.tasks.validation.references import load_reference
-from prefect_crisis.tasks.response.rollback import baseline_value, promotion_guarded, promotions_over
-from prefect_crisis.tasks.validation.checks import checks_drift
 
 BREACH_EVENTS = {Severity.WARNING: CrisisEvent.BREACH_WARNING, Severity.CRITICAL: CrisisEvent.BREACH_CRITICAL, Severity.EMERGENCY: CrisisEvent.BREACH_EMERGENCY}
-LABELLED_METRICS = ("error_rate", "fallback_error_rate")
-HISTORY_BASELINE_METRICS = ("latency_p50_ms", "latency_p95_ms")  # without a registered figure: the median of past sweeps
-MIN_HISTORY_SWEEPS = 3
-
-
-def _rate(count: int, samples: int) -> Measure:
-    return Measure(count / samples if samples else math.nan, samples, count)
-
-
-def _refused(frame: pd.DataFrame) -> pd.Series:
-    """The one record of a request refused before any prediction (it has no row, no latency)."""
-    return (frame["row_id"] == ERROR_ROW_ID) & frame["prediction"].isna() & frame["latency_ms"].isna() & (frame["answered_by"] == Responder.NONE)
-
-
-def error_rate(frame: pd.DataFrame) -> Measure:
-    """Wrong answers among the labelled, answered rows (`count`: the wrong ones).
-
-    Example:
-        >>> frame = pd.DataFrame({"label": [1, 0, 1, None], "prediction": [1, 1, 1, 0]})
-        >>> error_rate(frame)
-        Measure(value=0.3333333333333333, samples=3, count=1)
-    """
-    labelled = frame[frame["label"].notna() & frame["prediction"].notna()]
-    wrong = int(sum(label != prediction for label, prediction in zip(labelled["label"], labelled["prediction"])))
-    return _rate(wrong, len(labelled))
-
-
-def model_metrics(frame: pd.DataFrame, minutes: float) -> WindowMetrics:
-    """Every model and data metric of one window of the inference log.
-
-    Rows are predicted rows (a refused request's record is counted as a request, not a row);
-    latency is per request, not per row, over the requests not answered by the fallback alone.
-    The champion's figures (error rate, confidence) are the primary's rows only; the fallback's
-    rows have their own (`fallback_share`, `fallback_error_rate`).
-
-    Example:
-        >>> frame = pd.DataFrame({
-        ...     "x": [1.0, None, 3.0, None], "label": [1, 1, None, None], "prediction": [1, 0, 1, None],
-        ...     "answered_by": ["primary", "fallback", "none", "none"], "confidence": [0.9, 0.7, None, None],
-        ...     "latency_ms": [10.0, 10.0, 30.0, None], "error": [None, None, "no answer", "bad input"],
-        ...     "request_id": ["a", "a", "b", "c"], "row_id": ["0", "1", "0", "*"]})
-        >>> metrics = model_metrics(frame, 60).to_dict()
-        >>> metrics["requests"], metrics["rows"], metrics["failed_row_share"], metrics["exception_rate"]
-        (3.0, 3.0, 0.333333, 0.666667)
-        >>> metrics["error_rate"], metrics["fallback_error_rate"], metrics["fallback_share"]
-        (0.0, 1.0, 0.333333)
-        >>> metrics["latency_p50_ms"], metrics["latency_p50_ms_samples"], metrics["missing_ratio"]
-        (20.0, 2, 0.333333)
-    """
-    refused = _refused(frame) if len(frame) else pd.Series(dtype=bool)
-    rows = frame[~refused]
-    requests = int(frame["request_id"].nunique())
-    answered_by = rows["answered_by"].astype(object)
-    primary, fallback = rows[(answered_by == Responder.PRIMARY).to_numpy()], rows[(answered_by == Responder.FALLBACK).to_numpy()]
-    with_error = set(frame.loc[refused, "request_id"]) | set(rows.loc[rows["error"].notna(), "request_id"])
-    not_fallback = rows[(answered_by != Responder.FALLBACK).to_numpy()]
-    latencies = not_fallback.groupby("request_id", sort=False)["latency_ms"].first().dropna().to_numpy(dtype=float)
-    confidence = primary["confidence"].dropna().to_numpy(dtype=float)
-    features = [name for name in frame.columns if name not in LOG_COLUMNS]
-    cells = rows[features].to_numpy(dtype=object) if features else np.empty((len(rows), 0), dtype=object)
-    missing = pd.isna(cells).mean() if cells.size else math.nan
-
-    def quantile(values: np.ndarray, q: float) -> float:
-        return float(np.percentile(values, q)) if len(values) else math.nan
-
-    measures = {
-        "requests": Measure(float(requests), requests),
-        "rows": Measure(float(len(rows)), len(rows)),
-        "error_rate": error_rate(primary),
-        "fallback_share": _rate(len(fallback), len(rows)),
-        "fallback_error_rate": error_rate(fallback),
-        "failed_row_share": _rate(int((answered_by == Responder.NONE).sum()), len(rows)),
-        "exception_rate": _rate(len(with_error), requests),
-        "latency_p50_ms": Measure(quantile(latencies, 50), len(latencies)),
-        "latency_p95_ms": Measure(quantile(latencies, 95), len(latencies)),
-        "confidence_p10": Measure(quantile(confidence, 10), len(confidence)),
-        "confidence_p50": Measure(quantile(confidence, 50), len(confidence)),
-        "confidence_mean": Measure(float(confidence.mean()) if len(confidence) else math.nan, len(confidence)),
-        "missing_ratio": Measure(float(missing), len(rows)),
-    }
-    return WindowMetrics(minutes, measures)
 
 
 def system_metrics(path: Path | None = None) -> dict[str, Measure]:
@@ -143,82 +73,6 @@ def system_metrics(path: Path | None = None) -> dict[str, Measure]:
         "memory_percent": Measure(float(psutil.virtual_memory().percent), 1),
         "disk_percent": Measure(float(psutil.disk_usage(str(folder)).percent), 1),
     }
-
-
-def input_drift(frame: pd.DataFrame, contract: DataContract, reference: pd.DataFrame) -> tuple[Measure, tuple[str, ...]]:
-    """How many of the contract's drift-checked features drifted in the window's inputs against the
-    reference (the validation step's drift code and settings), and which."""
-    specs = [spec for spec in contract.columns if checks_drift(spec, contract) and spec.name in frame.columns and spec.name in reference.columns]
-    kinds = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
-    drift = frame_drift(reference, {name: (lambda name=name: frame[name]) for name in kinds}, kinds, DriftSettings.from_contract(contract))
-    drifted = tuple(sorted(name for name, figures in drift.items() if figures.drifted))
-    return Measure(float(len(drifted)), len(frame)), drifted
-
-
-def _since(stamps: pd.Series, end: datetime, minutes: float, at_least: int) -> datetime:
-    """Start of a short window ending at `end`: `minutes` back, or further back to hold the newest
-    `at_least` samples (sparse traffic or labels would otherwise leave it too thin to confirm anything)."""
-    start = end - timedelta(minutes=minutes)
-    newest = stamps.sort_values().iloc[-at_least:] if len(stamps) else stamps
-    return min(start, newest.iloc[0]) if len(newest) else start
-
-
-def split_windows(
-    frame: pd.DataFrame, now: datetime, long_minutes: float, short_minutes: float, short_min_samples: int = 1
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(long, short, short of the labelled rows). The short window holds the last `short_minutes`,
-    or the newest `short_min_samples` requests if that is more; the labelled short window ends at
-    the newest labelled row instead of now, because labels come after their predictions, and reaches
-    back to hold `short_min_samples` labelled rows of the primary (the error rate's samples) when
-    there are that many."""
-    long = frame[frame["timestamp"] >= now - timedelta(minutes=long_minutes)]
-    first_seen = long.groupby("request_id", sort=False)["timestamp"].min()
-    short = long[long["timestamp"] >= _since(first_seen, now, short_minutes, short_min_samples)]
-    labelled = long[long["label"].notna()]
-    if not len(labelled):
-        return long, short, labelled
-    judged = labelled[(labelled["answered_by"].astype(object) == Responder.PRIMARY).to_numpy()]
-    basis = judged if len(judged) else labelled
-    newest = labelled["timestamp"].max()
-    return long, short, labelled[labelled["timestamp"] >= _since(basis["timestamp"], newest, short_minutes, short_min_samples)]
-
-
-def window_pair(
-    frame: pd.DataFrame, now: datetime, policy: MonitoringPolicy, *, system: dict[str, Measure] | None = None,
-    contract: DataContract | None = None, reference: pd.DataFrame | None = None,
-) -> tuple[WindowMetrics, WindowMetrics, tuple[str, ...]]:
-    """The long and short windows' metrics (system figures are instantaneous: the same in both),
-    and the features drifted over the long window."""
-    long_rows, short_rows, labelled_short = split_windows(
-        frame, now, policy.long_window_minutes, policy.short_window_minutes, policy.short_min_samples
-    )
-    long, short = model_metrics(long_rows, policy.long_window_minutes), model_metrics(short_rows, policy.short_window_minutes)
-    short.measures.update({metric: model_metrics(labelled_short, policy.short_window_minutes).measures[metric] for metric in LABELLED_METRICS})
-    drifted: tuple[str, ...] = ()
-    if contract is not None and reference is not None:
-        predicted_long, predicted_short = long_rows[~_refused(long_rows)], short_rows[~_refused(short_rows)]
-        long.measures["drifted_features"], drifted = input_drift(predicted_long, contract, reference)
-        short.measures["drifted_features"], _ = input_drift(predicted_short, contract, reference)
-    for window in (long, short):
-        window.measures.update(system or {})
-    return long, short, drifted
-
-
-def baseline_of(registered: dict[str, float], history: pd.DataFrame | None = None) -> dict[str, float]:
-    """Baselines of the metrics: the champion's registered figures (error rate = 1 - accuracy,
-    as the rollback decision reads it), latency from the median of past sweeps when not registered.
-
-    Example:
-        >>> baseline_of({"accuracy": 0.9})
-        {'error_rate': 0.1}
-    """
-    baseline = {metric: value for metric in ("error_rate", *HISTORY_BASELINE_METRICS) if (value := baseline_value(metric, registered)) is not None}
-    if history is not None:
-        for metric in HISTORY_BASELINE_METRICS:
-            past = history[metric].dropna() if metric in history else pd.Series(dtype=float)
-            if metric not in baseline and len(past) >= MIN_HISTORY_SWEEPS:
-                baseline[metric] = float(past.median())
-    return baseline
 
 
 @dataclass(frozen=True)
@@ -418,7 +272,7 @@ def sweep_model(
         InferenceLogError: the inference log cannot be read.
     """
     serving = read_serving(registry)
-    logged = log.read_window(model, now - timedelta(minutes=policy.long_window_minutes), now, labelled_only=False)
+    logged = read_window(log, model, now - timedelta(minutes=policy.long_window_minutes), now, labelled_only=False)
     frame, began = serving_rows(logged, serving.version, serving.since)
     long, short, drifted = window_pair(frame, now, policy, system=system, contract=contract, reference=reference)
     baseline = baseline_of(serving.registered, history)
@@ -536,10 +390,10 @@ def models_to_sweep(
         validate_model_name(name)
     if named:
         return named
-    models = log.models(now - timedelta(minutes=minutes), now)
+    models = logged_models(log, now - timedelta(minutes=minutes), now)
     if not any(is_drill_model(model) for model in models):
         return models  # the usual case: one query
-    recent = set(log.models(now - timedelta(minutes=drill_minutes), now)) if drill_minutes else set()
+    recent = set(logged_models(log, now - timedelta(minutes=drill_minutes), now)) if drill_minutes else set()
     return [model for model in models if not is_drill_model(model) or model in recent]
 
 

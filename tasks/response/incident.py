@@ -22,49 +22,31 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo, first_line, is_unavailable, reset_store_connections
+from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo, first_line
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import CrisisError, RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, CrisisEvent, Severity, TagKey, ViolationType
+from prefect_crisis.tasks.models import load_sklearn_model
+from prefect_crisis.tasks.response.candidates import ServingHistory, eligible_versions
 from prefect_crisis.tasks.response.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.response.emergency import EmergencyRecord
-from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN
-from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.response.recovery import RecoveryOutcome, Verification, execute_recovery
 from prefect_crisis.tasks.response.episodes import Episode, EpisodeState, new_episode, read_episode, write_episode
-from prefect_crisis.tasks.response.rollback import (
-    LiveWindow,
-    RollbackDecision,
-    EMERGENCY_MIN_SAMPLES,
-    accuracy_of,
-    candidates_from_registry,
-    decide_rollback,
-    eligible_versions,
-    guarded_baseline,
-    judge_rules,
-)
+from prefect_crisis.tasks.response.reading import STORE_RETRY_DELAYS, model_features, read_serving_history, serving_history_of, store_unavailable
+from prefect_crisis.tasks.response.recovery import RecoveryOutcome, Verification, execute_recovery, verify_on_window
+from prefect_crisis.tasks.response.rollback import RollbackDecision, decide_rollback
+from prefect_crisis.tasks.response.rules import EMERGENCY_MIN_SAMPLES, LiveWindow, accuracy_of
+from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN
 from prefect_crisis.tasks.training.stop_flag import set_stop_flag
 
+__all__ = [
+    "MEASURED_VERSIONS", "STORE_RETRY_DELAYS", "TOP_FINDINGS", "close_episode", "decide_rollback_task", "diagnose_model", "execute_recovery_task",
+    "join_or_open_incident", "live_window", "measure_versions", "model_features", "new_incident_id", "open_incident", "plot_diagnosis",
+    "predict_with", "read_serving_history", "render_diagnosis", "response_limit", "scorable_rows", "store_unavailable", "tag_response_run", "verifier",
+]
+
 TOP_FINDINGS = 3
-STORE_RETRY_DELAYS = [1, 2, 4, 8]  # seconds between a response step's tries while the MLflow store is unavailable (15 s in all)
-
-
-def store_unavailable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's retry condition of the response's steps: try again only when the MLflow store was unavailable
-    (down, locked, unreachable), never after a refusal or a bug."""
-    error = state.data if isinstance(getattr(state, "data", None), BaseException) else None
-    while error is not None:
-        if is_unavailable(error):
-            from mlflow import MlflowClient
-
-            from prefect_crisis.core.paths import default_tracking_uri
-
-            reset_store_connections(MlflowClient(tracking_uri=default_tracking_uri(), registry_uri=default_tracking_uri()))
-            return True
-        error = error.__cause__
-    return False
 
 
 def open_incident(
@@ -230,27 +212,19 @@ def scorable_rows(window: pd.DataFrame, label: str, features: Collection[str] | 
     return window if keep.all() else window[keep]
 
 
-def model_features(registry: ModelRegistry) -> list[str]:
-    """Every feature any version of the model reads (their `crisis.features` tags)."""
-    found: dict[str, None] = {}
-    for info in registry.versions():
-        for name in info.tags.get(TagKey.FEATURES, "").split(","):
-            if name:
-                found[name] = None
-    return list(found)
-
-
 MEASURED_VERSIONS = 6  # versions scored on the window besides the champion: the most recent that served, and the fallback
 
 
 @task(name="measure-versions", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
 def measure_versions(
-    registry: ModelRegistry, audit: AuditSnapshot, window: pd.DataFrame, label: str, timeline: Timeline
+    registry: ModelRegistry, audit: AuditSnapshot, window: pd.DataFrame, label: str, timeline: Timeline, history: ServingHistory | None = None,
 ) -> tuple[dict[str, LiveWindow], frozenset[str]]:
     """Score the versions a repair may go to on the incident's labelled window (the same rows the champion is judged on):
     the most recent versions that served and are not implicated, and the fallback. Returns the measurements and the
-    versions the window cannot feed (features it lacks, values they cannot read): never a repair's target."""
-    champion, candidates, _ = candidates_from_registry(registry, audit)
+    versions the window cannot feed (features it lacks, values they cannot read): never a repair's target. `history`: the
+    response's one read of the registry (read here when not given)."""
+    history = history if history is not None else serving_history_of(registry, audit)
+    champion, candidates = history.champion, history.candidates
     logger = timeline.logger(get_run_logger(), registry.model_name, champion.version if champion else None)
     current = champion.version if champion else None
     served = sorted(eligible_versions(candidates, current), key=lambda c: c.served_until or c.served_from, reverse=True)[:MEASURED_VERSIONS]
@@ -274,10 +248,12 @@ def measure_versions(
 @task(name="decide-rollback", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
 def decide_rollback_task(
     registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, incident: Incident, audit: AuditSnapshot, timeline: Timeline,
-    measured: dict[str, LiveWindow] | None = None, unscorable: frozenset[str] = frozenset(),
+    measured: dict[str, LiveWindow] | None = None, unscorable: frozenset[str] = frozenset(), history: ServingHistory | None = None,
 ) -> RollbackDecision:
-    """Decide HOLD / ROLLBACK / FALLBACK / INCONCLUSIVE from the incident's audit snapshot; emit `ml.decision.taken`."""
-    champion, candidates, last_rollback_at = candidates_from_registry(registry, audit)
+    """Decide HOLD / ROLLBACK / FALLBACK / INCONCLUSIVE from the incident's audit snapshot (and `history`, the response's one
+    read of the registry, read here when not given); emit `ml.decision.taken`."""
+    history = history if history is not None else serving_history_of(registry, audit)
+    champion, candidates, last_rollback_at = history.champion, history.candidates, history.last_rollback_at
     if champion is None:
         raise RegistryError(f"{registry.model_name!r} has no champion to judge: promote a version first")
     decision = decide_rollback(
@@ -297,12 +273,12 @@ def decide_rollback_task(
 
 def verifier(
     registry: ModelRegistry, policy: RollbackPolicy, audit: AuditSnapshot, window: pd.DataFrame, label: str, before: Verification | None,
-    min_samples_cap: int | None = None,
+    min_samples_cap: int | None = None, history: ServingHistory | None = None,
 ) -> Callable[[str], Verification]:
     """Verification of a version on the window against its *own* baseline (none looser than the version it was promoted
-    over); the fallback model, a stopgap, verifies when it is measured no worse than what served before."""
-    _, candidates, _ = candidates_from_registry(registry, audit)
-    by_version = {c.version: c for c in candidates}
+    over); the fallback model, a stopgap, verifies when it is measured no worse than what served before
+    (`recovery.verify_on_window` judges; this scores the version)."""
+    candidates = (history if history is not None else serving_history_of(registry, audit)).candidates
     truth = window[label].to_numpy()
 
     def verify(version: str) -> Verification:
@@ -310,21 +286,7 @@ def verifier(
             y_pred, _ = predict_with(registry, version, window)
         except (RegistryError, ValueError) as error:
             return Verification(False, f"v{version} cannot be scored on the window: {first_line(str(error))}")
-        live = live_window(truth, y_pred)
-        accuracy = live.successes["accuracy"] / max(live.samples["accuracy"], 1)
-        candidate = by_version.get(version)
-        if candidate is not None and candidate.fallback:
-            before_accuracy = None if before is None else before.metrics.get("accuracy")
-            passed = before_accuracy is None or accuracy >= before_accuracy
-            compared = "" if before_accuracy is None else f" against {before_accuracy:.4f} serving before"
-            return Verification(passed, f"fallback v{version} accuracy {accuracy:.4f} on the window{compared} (a stopgap)", {"accuracy": accuracy})
-        baseline = guarded_baseline(candidate, candidates) if candidate is not None else {}
-        judged = judge_rules(live, baseline, policy, min_samples_cap=min_samples_cap)
-        failing = [str(v) for v in judged.violations] + list(judged.undecided)  # a rule that cannot be judged does not verify
-        detail = f"v{version} accuracy {accuracy:.4f} on the window against its own baseline" + (f"; still failing: {failing}" if failing else "")
-        if judged.not_measured:
-            detail += f"; not measured: {', '.join(judged.not_measured)}"
-        return Verification(not failing, detail, {"accuracy": accuracy})
+        return verify_on_window(version, live_window(truth, y_pred), candidates, policy, before, min_samples_cap=min_samples_cap)
 
     return verify
 
@@ -333,7 +295,7 @@ def verifier(
 def execute_recovery_task(
     registry: ModelRegistry, policy: RollbackPolicy, decision: RollbackDecision, incident: Incident,
     window: pd.DataFrame, label: str, champion: VersionInfo, audit: AuditSnapshot, timeline: Timeline,
-    live: LiveWindow | None = None, skip_if_handled: bool = True, emergency_step: bool = False,
+    live: LiveWindow | None = None, skip_if_handled: bool = True, emergency_step: bool = False, history: ServingHistory | None = None,
 ) -> RecoveryOutcome:
     """Carry out the decision, verifying each move on the labelled window; keep the better state when none verifies.
 
@@ -344,7 +306,7 @@ def execute_recovery_task(
     registry.use(timeline=timeline)
     outcome = execute_recovery(
         registry, decision, incident.violation, incident,
-        verifier(registry, policy, audit, window, label, before, EMERGENCY_MIN_SAMPLES if incident.severity is Severity.EMERGENCY else None),
+        verifier(registry, policy, audit, window, label, before, EMERGENCY_MIN_SAMPLES if incident.severity is Severity.EMERGENCY else None, history),
         lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"),
         audit=audit, champion=champion, timeline=timeline,
         emergency_in_force=(lambda model: False) if emergency_step else (lambda model: EmergencyRecord.read(model) is not None),

@@ -10,15 +10,20 @@ incident id, and a second run for the same incident changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from prefect_crisis.blocks.registry import AliasMove, AuditSnapshot, ModelRegistry, VersionInfo, incident_id
 from prefect_crisis.core.errors import RegistryError
-from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent, DecisionKind, Strategy, ViolationType
+from prefect_crisis.tasks.response.candidates import Candidate, guarded_baseline
 from prefect_crisis.tasks.response.rollback import RollbackDecision
+from prefect_crisis.tasks.response.rules import LiveWindow, judge_rules
 
+if TYPE_CHECKING:
+    from prefect_crisis.blocks.registry import AliasMove, AuditSnapshot, ModelRegistry, VersionInfo
+    from prefect_crisis.blocks.rollback_policy import RollbackPolicy
+    from prefect_crisis.core.timeline import Incident, Timeline
 
 STRATEGIES: dict[ViolationType, tuple[Strategy, ...]] = {
     ViolationType.QUALITY: (Strategy.ROLLBACK, Strategy.FALLBACK),
@@ -33,6 +38,11 @@ class Verification:
     passed: bool
     detail: str
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        """The accuracy measured on the window; None when the verification measured none."""
+        return self.metrics.get("accuracy")
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,40 @@ class RecoveryOutcome:
 def already_handled(registry: ModelRegistry, incident: str, audit: AuditSnapshot | None = None) -> bool:
     """True when an alias move for this incident is already in the audit (or the snapshot of it given)."""
     return (audit if audit is not None else registry.audit_snapshot()).handled(incident)
+
+
+def verify_on_window(
+    version: str, live: LiveWindow, candidates: Sequence[Candidate], policy: RollbackPolicy, before: Verification | None = None,
+    *, min_samples_cap: int | None = None,
+) -> Verification:
+    """Verification of `version` from its measurements on the incident's window (`live`), against its *own* baseline
+    (none looser than the version it was promoted over). A rule that cannot be judged (too few rows, no baseline) does
+    not verify: unknown is not recovered. The fallback model, a stopgap, verifies when it is measured no worse than
+    what served before (`before`).
+
+    Example:
+        >>> from prefect_crisis.blocks.rollback_policy import RollbackPolicy
+        >>> good = Candidate("2", None, None, {"accuracy": 0.9})
+        >>> verify_on_window("2", LiveWindow({"accuracy": 270}, {"accuracy": 300}), [good], RollbackPolicy()).passed
+        True
+        >>> verify_on_window("2", LiveWindow({"accuracy": 5}, {"accuracy": 5}), [good], RollbackPolicy()).passed
+        False
+    """
+    accuracy = live.successes.get("accuracy", 0) / max(live.samples.get("accuracy", 0), 1)
+    by_version = {c.version: c for c in candidates}
+    candidate = by_version.get(version)
+    if candidate is not None and candidate.fallback:
+        before_accuracy = None if before is None else before.accuracy
+        passed = before_accuracy is None or accuracy >= before_accuracy
+        compared = "" if before_accuracy is None else f" against {before_accuracy:.4f} serving before"
+        return Verification(passed, f"fallback v{version} accuracy {accuracy:.4f} on the window{compared} (a stopgap)", {"accuracy": accuracy})
+    baseline = guarded_baseline(candidate, candidates) if candidate is not None else {}
+    judged = judge_rules(live, baseline, policy, min_samples_cap=min_samples_cap)
+    failing = [str(v) for v in judged.violations] + list(judged.undecided)  # a rule that cannot be judged does not verify
+    detail = f"v{version} accuracy {accuracy:.4f} on the window against its own baseline" + (f"; still failing: {failing}" if failing else "")
+    if judged.not_measured:
+        detail += f"; not measured: {', '.join(judged.not_measured)}"
+    return Verification(not failing, detail, {"accuracy": accuracy})
 
 
 def plan_of(decision: RollbackDecision, violation: ViolationType) -> list[tuple[Strategy, str | None]]:
@@ -134,7 +178,7 @@ def execute_recovery(
         escalate: a failed recovery emits `ml.recovery.failed` (the ladder's emergency step listens); the emergency step
             itself passes False, so its own failure does not start it again (its `ml.emergency.stopped` says so).
     """
-    identifier = incident_id(incident)
+    identifier = getattr(incident, "id", incident)  # an Incident, or its id
     timeline = timeline or registry.timeline(incident)
     champion = champion if champion is not None else registry.champion()
     before_version = champion.version if champion else None
@@ -187,17 +231,13 @@ def execute_recovery(
     return outcome
 
 
-def accuracy_of(verification: Verification | None) -> float | None:
-    return None if verification is None else verification.metrics.get("accuracy")
-
-
 def _keep_the_better(
     registry: ModelRegistry, incident: Incident | str, decision: RollbackDecision, before_version: str | None, before: Verification | None,
     attempts: list[Attempt], after: str | None, timeline: Timeline,
 ) -> str | None:
     """No move verified: leave serving whichever state measured best on the same window (before any move, or a
     move's target). Returns the version serving afterwards (None: unchanged)."""
-    measured = [(before_version, accuracy_of(before))] + [(a.version, accuracy_of(a.verification)) for a in attempts if a.verification]
+    measured = [(before_version, before.accuracy if before else None)] + [(a.version, a.verification.accuracy) for a in attempts if a.verification]
     scored = [(version, value) for version, value in measured if version is not None and value is not None]
     if not scored:
         return None

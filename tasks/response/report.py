@@ -22,7 +22,9 @@ from prefect.events.schemas.events import ReceivedEvent
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import IncidentError
-from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, MODEL_RESOURCE, CrisisEvent
+from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent
+
+EVENT_NAMESPACE = INCIDENT_RESOURCE.partition(".")[0] + "."  # the namespace of every event prefect-crisis emits, cut from a step's name
 
 LOOK_BACK = timedelta(days=30)
 BREACHES = (CrisisEvent.BREACH_WARNING, CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY)
@@ -145,7 +147,7 @@ def build_report(events: list[ReceivedEvent], audit_moves: list | None = None, s
     for event in events:
         name = CrisisEvent(event.event) if event.event in CrisisEvent._value2member_map_ else None
         outcome = OUTCOMES[name](event.payload) if name in OUTCOMES else ", ".join(f"{k}={v}" for k, v in event.payload.items() if k in ("version", "to_version", "reason"))
-        steps.append(Step(event.occurred, event.event.removeprefix("ml."), actor(event), outcome))
+        steps.append(Step(event.occurred, event.event.removeprefix(EVENT_NAMESPACE), actor(event), outcome))
     for move in audit_moves or []:
         who = f"flow run {move.flow_run_id[:8]}" if move.flow_run_id else "person (outside a run)"
         steps.append(Step(move.at, f"audit: {move.action}", who, f"{move.alias or '-'} v{move.from_version or '-'} -> v{move.to_version or '-'}: {move.outcome}"))
@@ -174,8 +176,10 @@ def incident_report(incident_id: str) -> IncidentReport:
     opened = next((e for e in events if e.event == CrisisEvent.INCIDENT_OPENED.value), None)
     if opened is None:
         raise IncidentError(f"no incident {incident_id!r} on this Prefect server: list them with `crisis incident list`")
-    model = opened.payload.get("model") or opened.resource.get("ml.model.name")
-    audit = [move for move in ModelRegistry(model_name=model).audit_trail() if move.incident == incident_id]
+    model = opened.payload.get("model") or opened.resource.get(MODEL_NAME_LABEL)
+    registry = ModelRegistry(model_name=model)
+    registry.settle_audit()  # shown settled: reading the audit never writes
+    audit = [move for move in registry.audit_trail() if move.incident == incident_id]
     return build_report(events, audit, first_symptom(model, opened, opened.payload.get("triggering_event_id")))
 
 

@@ -1,8 +1,22 @@
 """Serving: the router with its circuit breaker and fallback model, confidence routing, the MLflow pyfunc, the inference log.
 
-Names are imported on first use (PEP 562), so importing one part does not load the rest."""
+Names are imported on first use (PEP 562), so importing one part does not load the rest.
+
+The domain modules are plain functions and values, importing neither Prefect nor MLflow (not even through
+project modules); the ADAPTERS below are the modules that do that I/O: MLflow (the router's loading, the
+routing artifact, the pyfunc, the fallback's training) and Prefect (the tasks, events, the InferenceLog block)."""
 
 from prefect_crisis.core.lazy import lazy_exports
+
+ADAPTERS = frozenset({
+    "fallback_model",  # Prefect tasks, MLflow registration of the fallback
+    "hot_swap",  # loads versions and their routing.json from MLflow
+    "inference_log",  # opens the InferenceLog block's database; Prefect events and task
+    "pyfunc",  # the router as an MLflow pyfunc
+    "pyfunc_code",  # MLflow's model-from-code file
+    "router",  # the registry block, Prefect events, hot swaps
+    "routing_artifact",  # routing.json in an MLflow run
+})
 
 _EXPORTS = {
     "CircuitBreaker": "breaker",
@@ -19,8 +33,6 @@ _EXPORTS = {
     "expected_calibration_error": "confidence_routing",
     "fit_map": "confidence_routing",
     "fit_routing": "confidence_routing",
-    "load_routing": "confidence_routing",
-    "log_routing": "confidence_routing",
     "plan_routing": "confidence_routing",
     "raw_confidence": "confidence_routing",
     "score_output": "confidence_routing",
@@ -44,8 +56,26 @@ _EXPORTS = {
     "LATENCY_COLUMN": "inference_log",
     "labelled_window": "inference_log",
     "latencies_of": "inference_log",
+    "logged_models": "inference_log",
+    "open_inference_log": "inference_log",
     "read_labelled_window": "inference_log",
+    "read_window": "inference_log",
+    "record_labels": "inference_log",
     "request_latency": "inference_log",
+    "InferenceLogWriter": "log_writer",
+    "LogStats": "log_writer",
+    "PredictionBatch": "log_writer",
+    "RequestError": "log_writer",
+    "Spool": "log_spool",
+    "add_missing_columns": "log_store",
+    "load_routing": "routing_artifact",
+    "log_routing": "routing_artifact",
+    "LoadedVersions": "hot_swap",
+    "RoutedRows": "row_routing",
+    "answer_table": "row_routing",
+    "route_reason_of": "row_routing",
+    "route_rows": "row_routing",
+    "engagement_change": "served",
     "CrisisModel": "pyfunc",
     "LOG_PASSWORD_ENV": "pyfunc",
     "PASSWORD_ENV": "pyfunc",
@@ -58,23 +88,23 @@ _EXPORTS = {
     "serving_config": "pyfunc",
     "serving_model_name": "pyfunc",
     "serving_version": "pyfunc",
-    "FLOAT32_MAX": "router",
+    "FLOAT32_MAX": "row_features",
     "FallbackRouter": "router",
-    "Features": "router",
-    "INVALID": "router",
+    "Features": "row_features",
+    "INVALID": "row_features",
     "LOGS_REASONS": "router",
-    "RESPONDERS": "router",
-    "RESPONDER_DTYPE": "router",
-    "ROUTING_WAIT_SECONDS": "router",
-    "RoutedShare": "router",
-    "ServedVersion": "router",
-    "confidence_of": "router",
-    "fallback_outputs": "router",
-    "invalid_reasons": "router",
-    "predicted": "router",
-    "primary_outputs": "router",
-    "read_features": "router",
-    "version_dtype": "router",
+    "RESPONDERS": "row_features",
+    "RESPONDER_DTYPE": "row_features",
+    "ROUTING_WAIT_SECONDS": "hot_swap",
+    "RoutedShare": "served",
+    "ServedVersion": "served",
+    "confidence_of": "answers",
+    "fallback_outputs": "answers",
+    "invalid_reasons": "row_features",
+    "predicted": "answers",
+    "primary_outputs": "answers",
+    "read_features": "row_features",
+    "version_dtype": "row_features",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

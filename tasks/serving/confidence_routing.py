@@ -19,8 +19,8 @@ fixed threshold lowered served accuracy (95.5 % -> 88.0 % on digits). So:
    off, with the reason.
 3. The result is a `RoutingCalibration`, a frozen JSON-safe value stored as
    `routing.json` in the primary version's MLflow run (`log_routing`), read
-   by serving (`load_routing`), and turned into a `RoutingPlan` for one
-   primary/fallback pair (`plan_routing`).
+   by serving (`load_routing`; both in `routing_artifact`, the MLflow side),
+   and turned into a `RoutingPlan` for one primary/fallback pair (`plan_routing`).
 
 Without a calibration, serving does no confidence routing (unless the policy
 sets a threshold explicitly); invalid input and a failing primary still go to
@@ -32,9 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -400,45 +398,6 @@ def fit_routing(
                              f"accuracy {primary_accuracy:.4f} -> {served:.4f} ({won} rows won, {lost} lost)", served=served)
 
 
-# -- storage ------------------------------------------------------------------------------------
-
-
-def log_routing(client: Any, run_id: str, calibration: RoutingCalibration) -> None:
-    """Store `calibration` as `routing.json` in the run that trained the primary version (the MLflow client is passed in).
-
-    Example:
-        ```python
-        log_routing(registry.client, candidate_run_id, fit_routing(model, fallback, X_hold, X_hold[:, columns], y_hold))
-        ```
-    """
-    client.log_dict(run_id, calibration.to_dict(), ROUTING_ARTIFACT)
-
-
-def load_routing(client: Any, run_id: str | None) -> RoutingCalibration | None:
-    """The run's `routing.json`, or None when it has none.
-
-    Raises:
-        ServingError: the run's artifacts cannot be read, or the file is not a routing calibration.
-    """
-    if not run_id:
-        return None
-    from mlflow.exceptions import MlflowException
-
-    try:
-        if ROUTING_ARTIFACT not in {Path(item.path).name for item in client.list_artifacts(run_id) if not item.is_dir}:
-            return None
-        with tempfile.TemporaryDirectory() as folder:
-            text = Path(client.download_artifacts(run_id, ROUTING_ARTIFACT, folder)).read_text()
-    except (MlflowException, OSError) as error:
-        message = str(getattr(error, "message", error)).splitlines()[0] if str(error) else type(error).__name__
-        raise ServingError(f"cannot read {ROUTING_ARTIFACT} of run {run_id}: {message}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise ServingError(f"{ROUTING_ARTIFACT} of run {run_id} is not JSON ({error}): log it again with log_routing") from None
-    return RoutingCalibration.from_dict(data)
-
-
 # -- serving's plan ----------------------------------------------------------------------------
 
 
@@ -497,3 +456,4 @@ def plan_routing(
     return RoutingPlan(PROBABILITY, None, None,
                        f"v{version}: confidence routing off: no usable routing calibration ({why}); fit_routing + log_routing at training "
                        "turn it on (or set FallbackPolicy.confidence_threshold)")
+

@@ -65,8 +65,9 @@ from prefect_crisis.core.errors import RegistryError, TrainingError
 from prefect_crisis.core.paths import ensure_experiment
 from prefect_crisis.core.vocabulary import AliasAction, TagKey, VersionRole
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.training.promotion import CandidateResult, columns_of, evaluate, log_candidate
-from prefect_crisis.tasks.training.run import TrainingData
+from prefect_crisis.tasks.training.gate import CandidateResult, columns_of, evaluate
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.training.data import TrainingData
 
 # Tags of a fallback version (to join TagKey): whether it reaches fallback_min_ratio of the primary, and the figures when not.
 MEETS_BAR_TAG = TagKey.FALLBACK_MEETS_BAR
@@ -383,7 +384,8 @@ def calibrate_candidate_routing(registry: ModelRegistry, run_id: str, primary, d
     Raises:
         RegistryError: the fallback version cannot be loaded, or reads a column the holdout lacks.
     """
-    from prefect_crisis.tasks.serving.confidence_routing import fit_routing, log_routing
+    from prefect_crisis.tasks.serving.confidence_routing import fit_routing
+    from prefect_crisis.tasks.serving.routing_artifact import log_routing
 
     fallback, X_fallback = None, None
     if fallback_version is not None:

@@ -1,10 +1,22 @@
 """The inference log, as serving and the crisis response use it.
 
 Serving hands each predict call to an `InferenceLogWriter` (from
-`InferenceLog.writer()`) as a `PredictionBatch`, or a refused request as a
-`RequestError`; the writer, its spool and the tables live with the block in
-`prefect_crisis.blocks` (blocks come before tasks in the layers, and the block
-makes the writer), and are re-exported here.
+`open_inference_log(block)`) as a `PredictionBatch`, or a refused request as a
+`RequestError`. The InferenceLog block is configuration only; the writer
+(`log_writer`), its spool (`log_spool`), the tables (`log_store`) and the
+database calls (`log_database`) are serving's, Prefect-free, and re-exported
+here. Labels go in with `record_labels(block, keys, labels)`, rows come out
+with `read_window(block, model, start, end)`.
+
+Example:
+    ```python
+    log = InferenceLog(url="sqlite:////tmp/inference.db")
+    writer = open_inference_log(log)
+    writer.submit(PredictionBatch(...))        # on the request path: O(1), never raises
+    writer.flush()
+    record_labels(log, ["req-1"], [1])         # later, when the truth is known
+    window = read_window(log, "churn", start=an_hour_ago)   # features, label, prediction, reason, ...
+    ```
 
 The crisis response reads its labelled window here when no file is given:
 one call, for a model and the last `minutes`. The window keeps each request's
@@ -15,7 +27,10 @@ them; it is not a feature (drop it before scoring or slicing by features).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -24,22 +39,67 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_crisis.blocks.inference_log import InferenceLog
-from prefect_crisis.blocks.inference_store import LOG_COLUMNS
-from prefect_crisis.blocks.inference_writer import InferenceLogWriter, LogStats, PredictionBatch, RequestError
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
-from prefect_crisis.core.timeline import utc_now
-from prefect_crisis.core.vocabulary import Responder
+from prefect_crisis.core.paths import validate_model_name
+from prefect_crisis.core.timeline import Timeline, utc_now
+from prefect_crisis.core.vocabulary import CrisisEvent, Responder
+from prefect_crisis.tasks.serving.log_database import read_models, read_rows, store_labels, writer_for
+from prefect_crisis.tasks.serving.log_store import LOG_COLUMNS
+from prefect_crisis.tasks.serving.log_writer import InferenceLogWriter, LogStats, PredictionBatch, RequestError
 
 __all__ = [
     "InferenceLog", "InferenceLogWriter", "LogStats", "PredictionBatch", "RequestError",
-    "LATENCY_COLUMN", "labelled_window", "latencies_of", "read_labelled_window", "request_latency",
+    "LATENCY_COLUMN", "labelled_window", "latencies_of", "logged_models", "open_inference_log", "read_labelled_window",
+    "read_window", "record_labels", "request_latency",
 ]
 
 LATENCY_COLUMN = "latency_ms"  # the labelled window's latency column (ms, per request; see request_latency)
 
 
+def open_inference_log(log: InferenceLog, clock: Callable[[], float] = time.monotonic) -> InferenceLogWriter:
+    """A writer on the log's database, on its own background thread; records spooled by an earlier process are
+    flushed once the database answers. `clock`: monotonic seconds for the retry schedule (tests)."""
+    return writer_for(log.settings(), clock)
+
+
+def record_labels(log: InferenceLog, keys: Iterable[Any], labels: Iterable[Any], *, emit: bool = True,
+                  timeline: Timeline | None = None) -> int:
+    """Record true labels; returns how many. A key is a request id (the label applies to every row of that
+    request) or a (request_id, row_id) pair. A label may come before or after its prediction is written; a
+    second label for the same key replaces the first.
+
+    With `emit`, one `ml.labels.recorded` per model whose logged predictions got labels (payload: `rows`
+    labelled, `requests`, `labels`), so an automation can run the health monitor for that model at once;
+    labels of predictions not logged yet emit nothing. `timeline`: where the events go (default: Prefect events).
+
+    Raises:
+        InferenceLogError: not one label per key, or the log's database cannot be written.
+    """
+    count, covered = store_labels(log.settings(), keys, labels, utc_now().replace(tzinfo=None), by_model=emit)
+    timeline = timeline or Timeline()
+    for model, figures in covered.items():
+        timeline.emit(CrisisEvent.LABELS_RECORDED, model, figures)
+    return count
+
+
+def logged_models(log: InferenceLog, start: datetime | None = None, end: datetime | None = None) -> list[str]:
+    """The models with records received in [start, end) (UTC; naive means UTC), sorted."""
+    return read_models(log.settings(), start, end)
+
+
+def read_window(
+    log: InferenceLog, model: str, start: datetime | None = None, end: datetime | None = None, *, labelled_only: bool = True
+) -> pd.DataFrame:
+    """The rows of `model` received in [start, end) (UTC; naive means UTC), oldest first: the input features
+    expanded back from JSON, then `label`, `timestamp` (when the request arrived), `prediction`, `answered_by`,
+    `version`, `confidence`, `latency_ms`, `error`, `reason` (why the fallback answered the row), `request_id`,
+    `row_id`. `labelled_only` keeps the rows that have a label (refused requests left out)."""
+    validate_model_name(model)
+    return read_rows(log.settings(), model, start, end, labelled_only=labelled_only)
+
+
 def request_latency(window: pd.DataFrame, version: str | None = None) -> pd.Series:
-    """Per row of a read window (`InferenceLog.read_window`): its request's latency on the request's first
+    """Per row of a read window (`read_window`): its request's latency on the request's first
     row, NaN on its other rows; with `version`, NaN too on requests the primary at `version` answered no row of
     (a previous champion's or the fallback's latency is not this version's).
 
@@ -85,7 +145,7 @@ def labelled_window(
     """
     end = now or utc_now()
     start = end - timedelta(minutes=minutes)
-    window = log.read_window(model, start, end, labelled_only=True)
+    window = read_window(log, model, start, end, labelled_only=True)
     if window.empty:
         raise DataInputError(
             InputErrorReason.EMPTY_FRAME,

@@ -35,7 +35,7 @@ from prefect_crisis.core.errors import CrisisError, RegistryError, ServingInputE
 from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment
 from prefect_crisis.core.timeline import Timeline, TimelineEvent
 from prefect_crisis.core.uris import split_password
-from prefect_crisis.core.vocabulary import TagKey, VersionRole
+from prefect_crisis.core.vocabulary import MODEL_NAME_LABEL, TagKey, VersionRole
 from prefect_crisis.tasks.serving.router import FallbackRouter
 
 logger = logging.getLogger("prefect_crisis.serving")
@@ -72,7 +72,7 @@ def config_digest(config: dict[str, Any]) -> str:
 
 
 def _log_sink(event: TimelineEvent) -> None:
-    logger.warning("%s %s %s", event.event.value, event.resource.get("ml.model.name"), event.payload)
+    logger.warning("%s %s %s", event.event.value, event.resource.get(MODEL_NAME_LABEL), event.payload)
 
 
 def router_from_config(config: dict[str, Any]) -> FallbackRouter:
@@ -91,8 +91,9 @@ def router_from_config(config: dict[str, Any]) -> FallbackRouter:
     log = None
     if config.get("inference_log", True):
         from prefect_crisis.blocks.inference_log import InferenceLog
+        from prefect_crisis.tasks.serving.inference_log import open_inference_log
 
-        log = InferenceLog(url=config.get("inference_log_url"), password=os.environ.get(LOG_PASSWORD_ENV) or None).writer()
+        log = open_inference_log(InferenceLog(url=config.get("inference_log_url"), password=os.environ.get(LOG_PASSWORD_ENV) or None))
     return FallbackRouter(registry, FallbackPolicy(**config.get("policy", {})), log=log, timeline=timeline, close_log=True)
 
 

@@ -1,4 +1,6 @@
-"""Training as Prefect tasks: the stop flag, cancellation, MLflow runs, registration.
+"""A training inside an MLflow run: the stop flag, cancellation, resuming, recording the stop.
+
+The task `train_model` (`prefect_crisis.tasks.training.tasks`) runs `run_training`.
 
 Training stops for:
 1. the stop flag, a Prefect Variable `crisis-stop-<model>` (`crisis stop MODEL`),
@@ -24,21 +26,22 @@ batch layout match (`prefect_crisis.tasks.training.resume`), and says why when n
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus
-from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
+from prefect_crisis.core.errors import TrainingError
+from prefect_crisis.core.timeline import Timeline
+from prefect_crisis.core.vocabulary import CrisisEvent, RunStatusTag, TagKey
 from prefect_crisis.tasks.training.checkpoints import (
     CheckpointWriter,
     close_killed_runs,
@@ -48,173 +51,19 @@ from prefect_crisis.tasks.training.checkpoints import (
     stop_kind_of,
     training_experiment,
 )
-from prefect_crisis.core.errors import DataInputError, TrainingError
-from prefect_crisis.core.timeline import Timeline
-from prefect_crisis.core.vocabulary import CrisisEvent, RunStatusTag, TagKey
+from prefect_crisis.tasks.training.data import TrainingData, policy_estimator, resume_key
+from prefect_crisis.tasks.training.loop import Checkpoint, TrainingOutcome, train_with_stop_hook
 from prefect_crisis.tasks.training.resume import NOTHING_TO_RESUME, ResumeDecision, ResumeKey, ResumeRefusal, decide_resume
-from prefect_crisis.tasks.training.stopping import (
-    StopCondition,
-    StopKind,
-    StopReason,
-    stop_after_seconds,
-    stop_on_divergence,
-    stop_on_nonfinite_loss,
-    stop_on_stall,
-    stop_when_flag_set,
-)
 from prefect_crisis.tasks.training.stop_flag import read_stop_flag
-from prefect_crisis.tasks.training.loop import Checkpoint, TrainingOutcome, make_estimator, preprocessing_name, train_with_stop_hook
-from prefect_crisis.tasks.validation.checks import training_input_findings
-
-
-
-# -- data -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class TrainingData:
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_holdout: np.ndarray
-    y_holdout: np.ndarray
-    classes: np.ndarray
-    features: list[str]
-    fingerprint: str
-    label_column: str = "label"
-    nullable_features: tuple[str, ...] = ()  # columns whose contract allows missing values: imputed, never refused
-
-    @property
-    def imputes(self) -> bool:
-        """Whether the estimator fills missing values first (some of its columns may lack them)."""
-        return any(name in self.nullable_features for name in self.features)
-
-    def holdout_frame(self) -> pd.DataFrame:
-        """The holdout as a frame: its features and the label (what a golden set freezes)."""
-        return pd.DataFrame(self.X_holdout, columns=self.features).assign(**{self.label_column: self.y_holdout})
-
-
-def holdout_rows(rows: int, policy: TrainingPolicy) -> int:
-    """How many of a batch's `rows` are held out: `holdout_fraction` of them, grown toward `target_holdout_rows`
-    while at least `1 - max_holdout_fraction` of the rows are left to train on.
-
-    Example:
-        >>> policy = TrainingPolicy()
-        >>> [holdout_rows(rows, policy) for rows in (10, 100, 178, 569, 1_797, 5_000)]
-        [5, 50, 89, 200, 360, 1000]
-    """
-    share = rows - int(rows * (1 - policy.holdout_fraction))
-    return max(share, min(policy.target_holdout_rows, int(rows * policy.max_holdout_fraction)))
-
-
-def smallest_judged_batch(policy: TrainingPolicy) -> int:
-    """The fewest rows a batch needs for its holdout to reach `min_holdout_rows`.
-
-    Example:
-        >>> smallest_judged_batch(TrainingPolicy()), smallest_judged_batch(TrainingPolicy(min_holdout_rows=200))
-        (100, 400)
-    """
-    rows = policy.min_holdout_rows
-    while holdout_rows(rows, policy) < policy.min_holdout_rows:
-        rows += 1
-    return rows
-
-
-def stratified_holdout(y: np.ndarray, rows: int, seed: int) -> np.ndarray:
-    """A mask of `rows` held-out rows, seeded, each class in about its share of them.
-
-    Rows are shuffled by `seed`; within its class, each row gets the position (k + 0.5) / n of its turn, and the
-    `rows` earliest positions are held out, so every class of two rows or more lands on both sides.
-
-    Example:
-        >>> y = np.array([0] * 90 + [1] * 10)
-        >>> held = stratified_holdout(y, 20, seed=0)
-        >>> int(held.sum()), int(held[y == 1].sum())
-        (20, 2)
-    """
-    order = np.random.default_rng(seed).permutation(len(y))
-    position = np.empty(len(y))
-    shuffled = y[order]
-    for label in np.unique(shuffled):
-        turns = np.flatnonzero(shuffled == label)
-        position[turns] = (np.arange(len(turns)) + 0.5) / len(turns)
-    held = np.zeros(len(y), dtype=bool)
-    held[order[np.argsort(position, kind="stable")[:rows]]] = True
-    return held
-
-
-def split_training_data(
-    frame: pd.DataFrame, policy: TrainingPolicy, fingerprint: str, nullable_features: Collection[str] = ()
-) -> TrainingData:
-    """Features and label as arrays, split into train and holdout (seeded, stratified by label, sized by `holdout_rows`).
-
-    Args:
-        nullable_features: columns the data contract allows to be missing; the estimator imputes them. A
-            missing value anywhere else is a finding.
-
-    Raises:
-        TrainingError: the batch cannot train a sane model (`findings_before_training`), before any training.
-    """
-    if policy.label_column not in frame.columns:
-        raise TrainingError(f"the batch has no label column {policy.label_column!r}: set label_column in the TrainingPolicy")
-    features = policy.feature_columns or [
-        name for name in frame.select_dtypes(include="number").columns if name != policy.label_column
-    ]
-    if not features:
-        raise TrainingError("no numeric feature columns to train on: set feature_columns in the TrainingPolicy")
-    findings = findings_before_training(frame, policy.label_column, features, nullable_features)
-    if findings:
-        raise TrainingError(f"training refused before it started: {'; '.join(findings)}")
-    X = frame[features].to_numpy(dtype=np.float64)
-    y = frame[policy.label_column].to_numpy()
-    held = stratified_holdout(y, holdout_rows(len(frame), policy), policy.seed)
-    return TrainingData(
-        X[~held], y[~held], X[held], y[held], np.unique(y), list(features), fingerprint,
-        policy.label_column, tuple(name for name in nullable_features if name in features),
-    )
-
-
-def findings_before_training(
-    frame: pd.DataFrame, label_column: str, features: list[str], nullable_features: Collection[str] = ()
-) -> list[str]:
-    """Why the batch cannot train a sane model, one line each; empty when it can. The label's findings are
-    validation's (`prefect_crisis.tasks.validation.checks.training_input_findings`: missing labels, one class only, a class
-    of fewer than two rows); then missing or infinite feature values in columns whose contract allows none.
-
-    Example:
-        >>> frame = pd.DataFrame({"x": [0.1, 0.2, 0.3], "label": [1, 1, 1]})
-        >>> findings_before_training(frame, "label", ["x"])
-        ["label 'label' is constant: every labelled row is class 1; a classifier needs at least two classes"]
-        >>> findings_before_training(frame.assign(label=[0, 1, 1], x=[0.1, None, 0.3]), "label", ["x"])[-1]
-        "feature column 'x' has 1 missing or infinite value and its contract allows none: validate the batch first"
-    """
-    try:
-        found = [finding.message for finding in training_input_findings(frame, label_column)]
-    except DataInputError as error:
-        return [str(error)]
-    for name in features:
-        if name in nullable_features:
-            continue
-        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
-        broken = int((~np.isfinite(values)).sum())
-        if broken:
-            plural = "s" if broken > 1 else ""
-            found.append(f"feature column {name!r} has {broken} missing or infinite value{plural} and its contract allows none: validate the batch first")
-    return found
+from prefect_crisis.tasks.training.stopping import StopCondition, StopKind, StopReason, policy_stop_condition
 
 
 def build_stop_condition(policy: TrainingPolicy, model: str, clock: Callable[[], float] = time.monotonic) -> StopCondition:
-    """The stop hook the policy asks for."""
-    stop = stop_when_flag_set(lambda: read_stop_flag(model), policy.flag_poll_seconds, clock) | stop_on_nonfinite_loss()
-    if policy.divergence_factor:
-        stop = stop | stop_on_divergence(policy.divergence_factor)
-    if policy.stall_patience_batches:
-        stop = stop | stop_on_stall(policy.stall_patience_batches)
-    if policy.time_budget_seconds:
-        stop = stop | stop_after_seconds(policy.time_budget_seconds)
-    return stop
+    """The stop hook the policy asks for, reading the model's stop flag Variable."""
+    return policy_stop_condition(policy, lambda: read_stop_flag(model), clock)
 
 
-# -- the training task ------------------------------------------------------------
+# -- a training in its MLflow run ------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,28 +96,16 @@ def resume_point(client, model: str, key: ResumeKey, epochs: int) -> tuple[Resum
         return ResumeDecision(run_id, ResumeRefusal.NOT_RESUMABLE, f"its estimator cannot be loaded ({error.__cause__})"), None
 
 
-def resume_key(policy: TrainingPolicy, data: TrainingData) -> ResumeKey:
-    """What a checkpoint must share with training `policy` on `data` to be resumed."""
-    return ResumeKey.of(
-        policy, data.fingerprint, data.features, holdout_rows=len(data.y_holdout),
-        preprocessing=preprocessing_name(policy.scale_features, data.imputes),
-    )
-
-
-def policy_estimator(policy: TrainingPolicy, data: TrainingData):
-    """The unfitted estimator `policy` trains on `data`: scaled (and imputed where the contract allows gaps)."""
-    return make_estimator(policy.estimator, policy.estimator_params, policy.seed, scale=policy.scale_features, impute=data.imputes)
-
-
-@task(name="train-with-stop-hook", cache_policy=NO_CACHE)
-def train_model(
+def run_training(
     data: TrainingData,
     policy: TrainingPolicy,
     registry: ModelRegistry,
     resume: bool = True,
     also_stop_when: StopCondition | None = None,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter,
 ) -> TrainingRun:
-    """Train in stoppable mini-batches inside an MLflow run; checkpoint on any stop.
+    """Train in stoppable mini-batches inside an MLflow run; checkpoint on any stop (the body of the task `train_model`).
 
     On a cancellation the loop writes its checkpoint, the run is recorded as
     stopped, and Prefect's TerminationSignal goes on: the flow run ends
@@ -279,8 +116,8 @@ def train_model(
     Args:
         resume: continue from the model's latest checkpoint when it is compatible.
         also_stop_when: a stop condition to check besides the policy's guards.
+        logger: where progress and stops are logged (the task's run logger).
     """
-    logger = get_run_logger()
     model = registry.model_name
     client = registry.client
     key = resume_key(policy, data)

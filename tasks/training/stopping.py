@@ -15,6 +15,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefect_crisis.blocks.training_policy import TrainingPolicy
 
 
 class StopKind(str, Enum):
@@ -179,3 +183,25 @@ class stop_after_seconds(StopCondition):
         if progress.elapsed_seconds >= self.seconds:
             return StopReason(StopKind.TIME_BUDGET, f"time budget of {self.seconds:g}s used ({progress.elapsed_seconds:.1f}s)")
         return None
+
+
+def policy_stop_condition(
+    policy: TrainingPolicy, read_flag: Callable[[], str | None], clock: Callable[[], float] = time.monotonic
+) -> StopCondition:
+    """The stop hook a policy asks for: the stop flag (read through `read_flag`), a non-finite loss, and the
+    guards the policy sets (divergence, stall, time budget).
+
+    Example:
+        >>> from prefect_crisis.blocks.training_policy import TrainingPolicy
+        >>> stop = policy_stop_condition(TrainingPolicy(stall_patience_batches=5), lambda: None)
+        >>> [type(condition).__name__ for condition in stop.conditions]
+        ['stop_when_flag_set', 'stop_on_nonfinite_loss', 'stop_on_divergence', 'stop_on_stall', 'stop_after_seconds']
+    """
+    stop = stop_when_flag_set(read_flag, policy.flag_poll_seconds, clock) | stop_on_nonfinite_loss()
+    if policy.divergence_factor:
+        stop = stop | stop_on_divergence(policy.divergence_factor)
+    if policy.stall_patience_batches:
+        stop = stop | stop_on_stall(policy.stall_patience_batches)
+    if policy.time_budget_seconds:
+        stop = stop | stop_after_seconds(policy.time_budget_seconds)
+    return stop

@@ -1,31 +1,42 @@
 """Validation: the data contract's checks, fences, drift against a reference, the quarantine of rejected rows.
 
+The domain is plain functions over plain data and imports neither Prefect nor MLflow:
+`inputs` (can the batch be validated), `columns` (coercion), `column_checks` (row checks
+and fences), `duplicates`, `drift`, `checks` (`validate_data`), `labels` (training input),
+`report` (the verdict and report), `quarantine` (parquet parts, the markdown report),
+`batches` and `references` (reading files). The modules in `ADAPTERS` wrap it in
+Prefect tasks and publish artifacts and events.
+
 Names are imported on first use (PEP 562), so importing one part does not load the rest."""
 
 from prefect_crisis.core.lazy import lazy_exports
 
+# The only modules of this package that may import Prefect or MLflow (directly or through
+# other modules); every other module is domain.
+ADAPTERS = frozenset({"tasks"})
+
 _EXPORTS = {
     "CORRUPT_FRACTION": "batches",
     "SyntheticCondition": "batches",
-    "load_batch": "batches",
+    "load_batch": "tasks",
     "load_frame": "batches",
-    "synthetic_batch": "batches",
-    "CheckFailure": "checks",
-    "Finding": "checks",
-    "FindingReason": "checks",
-    "REASONS_COLUMN": "checks",
-    "RowFinding": "checks",
-    "ValidationReport": "checks",
-    "ValidationResult": "checks",
-    "Verdict": "checks",
-    "check_contract": "checks",
-    "check_input": "checks",
-    "checks_drift": "checks",
-    "checks_outliers": "checks",
-    "column_fences": "checks",
-    "column_mismatches": "checks",
-    "outlier_rate": "checks",
-    "training_input_findings": "checks",
+    "synthetic_batch": "tasks",
+    "CheckFailure": "report",
+    "Finding": "report",
+    "FindingReason": "report",
+    "REASONS_COLUMN": "report",
+    "RowFinding": "column_checks",
+    "ValidationReport": "report",
+    "ValidationResult": "report",
+    "Verdict": "report",
+    "check_contract": "inputs",
+    "check_input": "inputs",
+    "checks_drift": "column_checks",
+    "checks_outliers": "column_checks",
+    "column_fences": "column_checks",
+    "column_mismatches": "inputs",
+    "outlier_rate": "column_checks",
+    "training_input_findings": "labels",
     "validate_data": "checks",
     "CoercedColumn": "columns",
     "coerce_column": "columns",
@@ -48,14 +59,14 @@ _EXPORTS = {
     "quantile_edges": "drift",
     "usable_bins": "drift",
     "PersistedBatch": "quarantine",
-    "batch_id": "quarantine",
+    "batch_id": "tasks",
     "persist_parts": "quarantine",
-    "persist_parts_task": "quarantine",
-    "publish_validation": "quarantine",
+    "persist_parts_task": "tasks",
+    "publish_validation": "tasks",
     "render_markdown": "quarantine",
     "storage_uri": "quarantine",
-    "validate_and_publish": "quarantine",
-    "validate_data_task": "quarantine",
+    "validate_and_publish": "tasks",
+    "validate_data_task": "tasks",
     "write_parquet": "quarantine",
     "load_reference": "references",
 }

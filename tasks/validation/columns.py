@@ -16,8 +16,14 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from prefect_crisis.blocks.contract import ColumnSpec
+from prefect_crisis.core.contract_spec import ColumnSpec
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
+
+
+# What a bool column's values mean. Numbers equal to 1 and 0 (1.0, numpy's integers)
+# find the bool keys, since 1 == True and hash(1) == hash(True): a key 1 beside True
+# would be the same key written twice. Text is stripped and lowercased first.
+TRUTH_VALUES = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,9 +119,8 @@ def _boolean(series: pd.Series, spec: ColumnSpec) -> CoercedColumn:
         raise _all_null_error(spec)
     if ptypes.is_bool_dtype(series.dtype):
         return CoercedColumn(series, None, null)
-    truth = {True: True, False: False, 1: True, 0: False, "true": True, "false": False, "1": True, "0": False}
     lowered = series.map(lambda value: value.strip().lower() if isinstance(value, str) else value)
-    mapped = lowered.map(lambda value: truth.get(value) if _hashable(value) else None)
+    mapped = lowered.map(lambda value: TRUTH_VALUES.get(value) if _hashable(value) else None)
     wrong_type = mapped.isna().to_numpy() & ~null
     return CoercedColumn(mapped.astype(object), None, null, wrong_type, coercion=f"{series.dtype} -> bool")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from prefect_crisis.blocks.inference import MIN_REFERENCE_ROWS  # an empty reference made every batch "PSI 0"
-from prefect_crisis.tasks.validation.batches import load_frame
+from prefect_crisis.core.contract_inference import MIN_REFERENCE_ROWS  # an empty reference made every batch "PSI 0"
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
+from prefect_crisis.tasks.validation.batches import load_frame
 
 
 _CACHE_SIZE = 4

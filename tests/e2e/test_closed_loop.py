@@ -23,6 +23,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
 from prefect_crisis.core.timeline import emit_crisis_event
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent
 from prefect_crisis.deployments.postgres import read_cluster
@@ -87,7 +88,7 @@ def status_of(home, model: str) -> tuple[int, dict]:
 
 def serve(registry: ModelRegistry, log: InferenceLog, rows: int = 300, seed: int = 500) -> tuple[list, list]:
     """Serve `rows` rows through the router into the stack's inference log; (row keys, true labels)."""
-    router = FallbackRouter(registry, log=log.writer(), close_log=True).start(refresh_in_background=False)
+    router = FallbackRouter(registry, log=open_inference_log(log), close_log=True).start(refresh_in_background=False)
     batch = make_batch(rows, seed=seed)
     answer = router.predict(batch[FEATURES])
     router.close()
@@ -120,7 +121,7 @@ def labelled_rollback(stack):
     healthy_keys, healthy_labels = serve(healthy, log, seed=502)
 
     started = time.monotonic()
-    log.record_labels(sick_keys + healthy_keys, sick_labels + healthy_labels)  # ml.labels.recorded, one per model
+    record_labels(log, sick_keys + healthy_keys, sick_labels + healthy_labels)  # ml.labels.recorded, one per model
     wait_for(lambda: rolled_back(sick), bool, timeout=LOOP_TIMEOUT, every=0.5)
     return sick, good, degraded, healthy, healthy_champion, time.monotonic() - started
 
@@ -148,7 +149,7 @@ def test_two_models_breaching_in_the_same_second_both_recover(stack):
     log = InferenceLog()
     for registry, _good, _bad in registries:
         keys, labels = serve(registry, log, seed=510)
-        log.record_labels(keys, labels, emit=False)  # the window the response reads; no monitor run
+        record_labels(log, keys, labels, emit=False)  # the window the response reads; no monitor run
     for registry, _good, bad in registries:  # back to back: the same second
         emit_crisis_event(CrisisEvent.BREACH_CRITICAL, registry.model_name, {"metric": "error_rate", "value": 0.32, "threshold": 0.19}, version=bad)
     for registry, good, bad in registries:
@@ -267,7 +268,7 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     router respond on their own; the drill checks the end state (accuracy on fresh labelled rows no lower than before
     the fault, the incidents of the episode, nothing lost; alias, fallback, stop flag, the incident's timeline, marked
     as a drill) and writes its report (JSON, PNG, Prefect artifacts)."""
-    from prefect_crisis.tasks.drills.injections import END_STATE_TOLERANCE
+    from prefect_crisis.tasks.drills.catalogue import END_STATE_TOLERANCE
 
     mistyped = drill_cli(stack, "latency-spik")
     assert mistyped.returncode == 2 and "no drill scenario 'latency-spik'" in mistyped.stderr + mistyped.stdout
@@ -366,13 +367,13 @@ def test_a_breach_sent_while_the_server_restarts_reaches_the_response(stack):
     from prefect.events.worker import EventsWorker
 
     from prefect_crisis.deployments import stack as stacks
-    from prefect_crisis.tasks.drills.injections import model_events
+    from prefect_crisis.tasks.drills.observe import model_events
     from prefect_crisis.tasks.response.report import wait_for_incident_end
 
     model = f"restart-{uuid.uuid4().hex[:6]}"
     registry, good, bad = poisoned_after_stable(model, swapped=("f00", "f05"))
     keys, labels = serve(registry, InferenceLog(), seed=520)
-    InferenceLog().record_labels(keys, labels, emit=False)  # the window the response reads
+    record_labels(InferenceLog(), keys, labels, emit=False)  # the window the response reads
     state = stacks.read_state(stack)
     cluster = read_cluster(stack)
     port = int(state.api_url.rsplit(":", 1)[1].split("/")[0])

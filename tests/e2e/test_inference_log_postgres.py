@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from prefect_crisis.blocks import InferenceLog
-from prefect_crisis.blocks.inference_store import predictions
-from prefect_crisis.tasks.serving.inference_log import LogStats, RequestError
+from prefect_crisis.tasks.serving.log_store import predictions
+from prefect_crisis.tasks.serving.inference_log import LogStats, RequestError, open_inference_log, read_window, record_labels
 from tests.unit.test_inference_log import NOW, Clock, batch, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,7 @@ def log(postgres_server, tmp_path) -> InferenceLog:
 
 def test_predictions_and_labels_round_trip_through_postgresql(log, postgres_server):
     assert log.url.endswith(f"127.0.0.1:{postgres_server.port}/postgres") and postgres_server.password not in log.url
-    writer = log.writer()
+    writer = open_inference_log(log)
     try:
         writer.submit(batch("pg-1", rows=3))
         writer.submit(batch("pg-1", rows=3))  # the same request twice: ON CONFLICT DO NOTHING
@@ -56,8 +56,8 @@ def test_predictions_and_labels_round_trip_through_postgresql(log, postgres_serv
         assert writer.stats == LogStats(written=7)
     finally:
         writer.close()
-    assert log.record_labels([("pg-1", "1"), "pg-1"], [0, 1]) == 2
-    window = log.read_window("churn", NOW - timedelta(minutes=1), NOW + timedelta(minutes=1))
+    assert record_labels(log, [("pg-1", "1"), "pg-1"], [0, 1]) == 2
+    window = read_window(log, "churn", NOW - timedelta(minutes=1), NOW + timedelta(minutes=1))
     assert window.row_id.tolist() == ["0", "1", "2"] and window.label.tolist() == [1, 0, 1]
     assert window.x.tolist() == [0.0, 1.0, 2.0] and window.timestamp.iloc[0] == NOW
     assert counts(postgres_server) == (4, 4)
@@ -71,7 +71,7 @@ def test_predictions_and_labels_round_trip_through_postgresql(log, postgres_serv
 def test_a_server_stopped_mid_stream_spools_exactly_and_the_flush_after_restart_adds_no_duplicate(log, postgres_server, caplog):
     caplog.set_level(logging.INFO, logger="prefect_crisis.inference_log")
     clock = Clock()
-    writer = log.writer(clock=clock)
+    writer = open_inference_log(log, clock=clock)
     submitted = []
     stop_streaming = threading.Event()
 

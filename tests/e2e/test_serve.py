@@ -16,11 +16,13 @@ import httpx
 import pytest
 
 from prefect_crisis.blocks import ModelRegistry
+from prefect_crisis.tasks.serving.inference_log import read_window
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401 - fixtures
 from prefect_crisis.blocks import InferenceLog
-from prefect_crisis.tasks.serving.confidence_routing import fit_routing, log_routing
+from prefect_crisis.tasks.serving.confidence_routing import fit_routing
+from prefect_crisis.tasks.serving.routing_artifact import log_routing
 from tests.helpers import FEATURES, register, wait_for
 from tests.unit.test_serving_swap import register_fallback
 
@@ -107,7 +109,7 @@ def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained)
 
         # Every answered row and every refused request is in the inference log, written off the request path.
         log = InferenceLog(url=f"sqlite:///{Path(cli_env['CRISIS_HOME']) / 'inference.db'}")
-        logged = wait_for(lambda: log.read_window("churn", labelled_only=False), lambda frame: len(frame) >= 307, timeout=20)
+        logged = wait_for(lambda: read_window(log, "churn", labelled_only=False), lambda frame: len(frame) >= 307, timeout=20)
         assert len(logged) == 307, len(logged)
         assert set(logged["request_id"]) >= {rows[0]["request_id"], again.json()["predictions"][0]["request_id"]}
         refused = logged[logged["answered_by"] == "none"]
@@ -138,7 +140,7 @@ def test_kill_stops_the_scoring_server_too_and_loses_no_record(cli_env, trained)
     with pytest.raises(httpx.HTTPError):
         httpx.get(url.replace("/invocations", "/ping"), timeout=2)
     log = InferenceLog(url=f"sqlite:///{Path(cli_env['CRISIS_HOME']) / 'inference.db'}")
-    logged = log.read_window("churn", labelled_only=False)
+    logged = read_window(log, "churn", labelled_only=False)
     assert set(logged["request_id"]) == {answer.json()["predictions"][0]["request_id"]} and len(logged) == 25
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from prefect_crisis.tasks.drills.synthetic import customer_table
-from prefect_crisis.tasks.validation.checks import REASONS_COLUMN
+from prefect_crisis.tasks.validation.report import REASONS_COLUMN
 
 pytestmark = pytest.mark.e2e
 CRISIS = [sys.executable, "-m", "prefect_crisis.deployments.cli"]
@@ -166,6 +166,14 @@ def test_the_server_on_its_private_postgresql_as_an_operator_tries_it(cli_env):
         dead = crisis(cli_env, "up", "--postgres")
         assert dead.returncode == 4 and "is not running" in dead.stdout + dead.stderr, dead.stdout + dead.stderr
         assert "NOT RUNNING" in crisis(cli_env, "status").stdout
+        # the server's health check still answers while every query fails: status probes a real query
+        plain = crisis(cli_env, "status")
+        assert plain.returncode == 4 and "(healthy)" not in plain.stdout.split("prefect database")[0], plain.stdout
+        assert "not a query" in plain.stdout and "Traceback" not in plain.stdout + plain.stderr
+        of_model = crisis(cli_env, "status", "synthetic")
+        assert of_model.returncode == 4, of_model.stdout + of_model.stderr
+        lines = (of_model.stdout + of_model.stderr).strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "not a query" in lines[0], lines
         shown = started.stdout + started.stderr + status.stdout + other.stdout + other.stderr + dead.stdout + dead.stderr
         assert password not in shown and password not in (home / "server.log").read_text(errors="replace")
     finally:

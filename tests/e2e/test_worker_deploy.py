@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
 from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.tasks.training.checkpoints import training_experiment
-from prefect_crisis.tasks.serving.inference_log import PredictionBatch
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch, open_inference_log, record_labels
 from prefect_crisis.tasks.training.promotion import log_candidate
 from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch, synthetic_contract
 from tests.e2e.test_stack import crisis, free_port
@@ -89,13 +89,13 @@ def test_deployments_run_by_a_worker_elsewhere_use_the_stack_state_folder(stack,
     # The response reads its labelled window from the stack's default inference log ($CRISIS_HOME/inference.db).
     window = make_batch(600, seed=9)
     log = InferenceLog(url=f"sqlite:///{home / 'inference.db'}", spool_path=str(tmp_path / "spool"))
-    writer = log.writer()
+    writer = open_inference_log(log)
     writer.submit(PredictionBatch("served-1", "synthetic", datetime.now(timezone.utc), 5.0, window.drop(columns=["label"]),
                                   [str(i) for i in range(600)], [0] * 600, [Responder.PRIMARY.value] * 600, [champion] * 600,
                                   [0.5] * 600, [None] * 600))
     assert writer.flush(timeout=60) and writer.stats.written == 600, writer.stats
     writer.close()
-    log.record_labels([("served-1", str(i)) for i in range(600)], window["label"].tolist())
+    record_labels(log, [("served-1", str(i)) for i in range(600)], window["label"].tolist())
 
     deployer = tmp_path / "deployer"
     deployer.mkdir()

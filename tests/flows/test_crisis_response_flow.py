@@ -23,7 +23,7 @@ from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.tasks.response.incident import response_limit
-from prefect_crisis.tasks.serving.inference_log import PredictionBatch
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch, open_inference_log, record_labels
 from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import poisoned_after_stable, register, wait_for
 
@@ -149,7 +149,7 @@ def log_served_window(log: InferenceLog, model: str, rows: int = 3_000, per_requ
     """What serving would have logged over the last 50 minutes, and the labels that came in later."""
     window = make_batch(rows, seed=42)
     start = datetime.now(timezone.utc) - timedelta(minutes=50)
-    writer = log.writer()
+    writer = open_inference_log(log)
     try:
         for number, first in enumerate(range(0, rows, per_request)):
             part = window.iloc[first:first + per_request]
@@ -164,7 +164,7 @@ def log_served_window(log: InferenceLog, model: str, rows: int = 3_000, per_requ
     finally:
         writer.close()
     keys = [(f"{model}-{first // per_request}", str(i)) for first in range(0, rows, per_request) for i in range(min(per_request, rows - first))]
-    assert log.record_labels(keys, window["label"].tolist()) == rows
+    assert record_labels(log, keys, window["label"].tolist()) == rows
 
 
 def test_without_a_window_path_the_response_reads_the_labelled_window_from_the_default_inference_log(model, crisis_home):

@@ -84,7 +84,7 @@ def test_a_failing_step_fails_the_run_and_the_others_still_run(monkeypatch):
     with get_client(sync_client=True) as client:
         deployment_id, _ = training_deployment(client, model)
 
-    from prefect_crisis.tasks import emergency
+    from prefect_crisis.tasks.response import emergency
 
     def refuse(*args, **kwargs):
         raise RuntimeError("the server refused the cancel\nsecond line")

@@ -12,12 +12,13 @@ import pytest
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import MonitoringError
 from prefect_crisis.core.timeline import ListSink, Timeline, utc_now
 from prefect_crisis.core.vocabulary import CrisisEvent
 from prefect_crisis.flows.health_monitor import health_monitor
-from prefect_crisis.tasks import monitoring
+from prefect_crisis.tasks.monitoring import sweep as monitoring  # the module the flow sweeps with (patched below)
 from prefect_crisis.tasks.response.report import read_events
 from prefect_crisis.tasks.serving.router import FallbackRouter
 from prefect_crisis.tasks.drills.synthetic import make_batch
@@ -37,7 +38,7 @@ def events_of(model: str, *names: CrisisEvent):
 
 def serve_and_label(registry: ModelRegistry, log: InferenceLog, requests: int = 12, rows: int = 25, prefix: str = "") -> None:
     """Requests through the real router into the log, then their true labels (which emit ml.labels.recorded)."""
-    writer = log.writer()
+    writer = open_inference_log(log)
     router = FallbackRouter(registry, FallbackPolicy(), log=writer, timeline=Timeline(sink=ListSink())).start(refresh_in_background=False)
     truth = {}
     try:
@@ -50,7 +51,7 @@ def serve_and_label(registry: ModelRegistry, log: InferenceLog, requests: int = 
     finally:
         router.close()
         writer.close(timeout=5)
-    log.record_labels(list(truth), list(truth.values()))
+    record_labels(log, list(truth), list(truth.values()))
 
 
 def test_a_poisoned_champion_breaches_at_its_worst_severity_only_and_a_healthy_one_does_not(crisis_home):

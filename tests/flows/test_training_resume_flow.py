@@ -19,7 +19,8 @@ from prefect_crisis.tasks.training.stopping import StopCondition, TrainingProgre
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
 from prefect_crisis.tasks.training.loop import learner_of
-from prefect_crisis.tasks.training.run import split_training_data, train_model
+from prefect_crisis.tasks.training.data import split_training_data
+from prefect_crisis.tasks.training.tasks import train_model
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 
@@ -205,7 +206,8 @@ from prefect import flow
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.tasks.training.stopping import StopCondition
 from prefect_crisis.tasks.drills.synthetic import make_batch
-from prefect_crisis.tasks.training.run import split_training_data, train_model
+from prefect_crisis.tasks.training.data import split_training_data
+from prefect_crisis.tasks.training.tasks import train_model
 
 class SayEachBatch(StopCondition):  # called after the mini-batch's checkpoint is written
     def __call__(self, progress):

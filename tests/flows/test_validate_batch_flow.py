@@ -15,7 +15,7 @@ from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.core.errors import ContractError, ContractErrorReason
 from prefect_crisis.tasks.validation.quarantine import write_parquet
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.validation.checks import REASONS_COLUMN, Verdict
+from prefect_crisis.tasks.validation.report import REASONS_COLUMN, Verdict
 from tests.helpers import wait_for
 
 

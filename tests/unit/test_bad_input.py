@@ -19,7 +19,7 @@ from prefect_crisis.core.errors import (
     InputErrorReason,
 )
 from prefect_crisis.tasks.drills.datasets import LABEL, load_dataset
-from prefect_crisis.tasks.validation.checks import REASONS_COLUMN, Verdict, validate_data
+from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
 
 CONTRACT = DataContract(
     columns=[

@@ -93,3 +93,39 @@ def test_listeners_hear_every_transition_in_order(clock):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         CircuitBreaker(failure_threshold=0)
+
+
+def test_a_threshold_of_one_opens_on_the_first_failure(clock):
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=5, clock=clock)
+    breaker.record_failure("boom")  # exactly the threshold: open (not only beyond it)
+    assert breaker.state is BreakerState.OPEN and breaker.opened_count == 1
+
+
+def test_a_failure_exactly_window_seconds_old_still_counts(clock):
+    breaker = CircuitBreaker(failure_threshold=2, window_seconds=10, cooldown_seconds=5, clock=clock)
+    breaker.record_failure("first")
+    clock.now = 10.0  # the first failure is exactly window_seconds old: still within the window
+    breaker.record_failure("second")
+    assert breaker.state is BreakerState.OPEN
+    late = CircuitBreaker(failure_threshold=2, window_seconds=10, cooldown_seconds=5, clock=clock)
+    clock.now = 0.0
+    late.record_failure("first")
+    clock.now = 10.001  # just beyond it: the first failure has left the window
+    late.record_failure("second")
+    assert late.state is BreakerState.CLOSED
+
+
+def test_half_open_exactly_when_the_cooldown_is_over(clock):
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=30, clock=clock)
+    breaker.record_failure("boom")
+    clock.now = 29.999
+    assert not breaker.allow() and breaker.state is BreakerState.OPEN
+    clock.now = 30.0  # exactly the cool-down: one trial call
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow()  # one trial at a time
+
+
+def test_a_zero_cooldown_lets_a_trial_through_at_once(clock):
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=0, clock=clock)
+    breaker.record_failure("boom")
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN

@@ -169,7 +169,7 @@ def test_a_checkpoint_of_the_unscaled_estimator_on_the_old_split_is_refused_not_
 def test_the_resume_modules_docstring_examples_run():
     import doctest
 
-    from prefect_crisis.tasks import resume
+    from prefect_crisis.tasks.training import resume
 
     result = doctest.testmod(resume, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -22,10 +22,12 @@ from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKin
 from prefect_crisis.tasks.serving.fallback_model import fit_fallback, keep_fallback, select_fallback_features
 from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.response.incident import predict_with
-from prefect_crisis.tasks.training.promotion import champion_metrics_on, decide_promotion, evaluate, log_candidate
-from prefect_crisis.tasks.response.rollback import LiveWindow, candidates_from_registry, decide_rollback
+from prefect_crisis.tasks.training.gate import decide_promotion, evaluate
+from prefect_crisis.tasks.training.promotion import champion_metrics_on, log_candidate
+from prefect_crisis.tasks.response.reading import candidates_from_registry
+from prefect_crisis.tasks.response.rollback import LiveWindow, decide_rollback
 from prefect_crisis.tasks.drills.synthetic import COLUMN_SHAPES, customer_table, make_batch
-from prefect_crisis.tasks.training.run import split_training_data
+from prefect_crisis.tasks.training.data import split_training_data
 
 START = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
 

@@ -21,10 +21,12 @@ import pytest
 from sqlalchemy import create_engine, event, func, select
 
 from prefect_crisis.blocks import InferenceLog
-from prefect_crisis.blocks.inference_store import create_tables, insert_predictions, predictions
+from prefect_crisis.tasks.serving.log_store import create_tables, insert_predictions, predictions
 from prefect_crisis.core.errors import DataInputError, InferenceLogError, InputErrorReason
 from prefect_crisis.core.vocabulary import Responder
-from prefect_crisis.tasks.serving.inference_log import InferenceLogWriter, LogStats, PredictionBatch, RequestError, labelled_window
+from prefect_crisis.tasks.serving.inference_log import (
+    InferenceLogWriter, LogStats, PredictionBatch, RequestError, labelled_window, open_inference_log, read_window, record_labels,
+)
 
 LOGGER = "prefect_crisis.inference_log"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -120,13 +122,13 @@ def test_batches_are_written_in_inserts_of_batch_rows_and_flush_does_not_wait_fo
 
 
 def test_a_batch_of_many_rows_is_one_record_per_row_and_a_refused_request_one_record(log, writers):
-    writer = log.writer()
+    writer = open_inference_log(log)
     writers.append(writer)
     writer.submit(batch("big", rows=1_500))
     writer.submit(RequestError("refused", "churn", NOW, "column 'x' is missing", rows=7))
     assert writer.flush()
     assert writer.stats.written == 1_501
-    everything = log.read_window("churn", labelled_only=False)
+    everything = read_window(log, "churn", labelled_only=False)
     refused = everything[everything.request_id == "refused"]
     assert len(refused) == 1
     assert refused.iloc[0][["row_id", "answered_by", "error"]].tolist() == ["*", Responder.NONE.value, "column 'x' is missing"]
@@ -138,7 +140,7 @@ def test_inserting_the_same_rows_again_adds_nothing(tmp_path, monkeypatch, diale
     engine = create_engine(f"sqlite:///{tmp_path / 'inference.db'}")
     if dialect == "generic":  # the read-then-insert path of dialects without ON CONFLICT
         monkeypatch.setattr(engine.dialect, "name", "generic")
-    from prefect_crisis.blocks.inference_store import batch_rows
+    from prefect_crisis.tasks.serving.log_store import batch_rows
 
     rows = batch_rows(batch("r1", rows=5)) + batch_rows(batch("r2", rows=3))
     with engine.begin() as connection:
@@ -154,7 +156,7 @@ def test_inserting_the_same_rows_again_adds_nothing(tmp_path, monkeypatch, diale
 def test_an_unusable_database_folder_spools_with_exact_counts_and_the_flush_adds_no_duplicate(log, writers, caplog):
     clock = Clock()
     folder = Path(log.url.removeprefix("sqlite:///")).parent
-    writer = log.writer(clock=clock)
+    writer = open_inference_log(log, clock=clock)
     writers.append(writer)
     writer.submit(batch("before", rows=10))
     assert writer.flush() and writer.stats.written == 10
@@ -182,7 +184,7 @@ def test_an_unusable_database_folder_spools_with_exact_counts_and_the_flush_adds
 def test_a_locked_database_counts_as_down_until_the_lock_goes(log, writers):
     clock = Clock()
     path = Path(log.url.removeprefix("sqlite:///"))
-    writer = log.writer(clock=clock)
+    writer = open_inference_log(log, clock=clock)
     writers.append(writer)
     writer.submit(batch("first"))
     assert writer.flush() and writer.stats.written == 1
@@ -206,7 +208,7 @@ def test_a_full_spool_drops_exactly_what_is_over_its_bound_and_says_so(tmp_path,
                        spool_max_records=50, flush_seconds=0.05, retry_seconds=60)
     (tmp_path / "file").write_text("not a folder")
     caplog.set_level(logging.INFO, logger=LOGGER)
-    writer = log.writer(clock=Clock())
+    writer = open_inference_log(log, clock=Clock())
     writers.append(writer)
     for number in range(8):
         writer.submit(batch(f"r{number}", rows=10))
@@ -222,9 +224,9 @@ def test_records_spooled_by_a_process_that_stopped_are_flushed_by_the_next_write
     script = (
         "import os, sys\n"
         "from prefect_crisis.blocks import InferenceLog\n"
-        "from tests.unit.test_inference_log import batch\n"
+        "from tests.unit.test_inference_log import batch, open_inference_log\n"
         f"log = InferenceLog.model_validate_json({log.model_dump_json()!r})\n"
-        "writer = log.writer()\n"
+        "writer = open_inference_log(log)\n"
         "for number in range(7):\n"
         "    writer.submit(batch(f'gone-{number}', rows=6))\n"
         "assert writer.flush(), 'flush timed out'\n"
@@ -237,7 +239,7 @@ def test_records_spooled_by_a_process_that_stopped_are_flushed_by_the_next_write
     assert [path.suffix for path in log.spool_folder.iterdir() if path.name != "database.txt"] == [".open"]
 
     bring_db_folder_back(folder)
-    writer = log.writer(clock=Clock())
+    writer = open_inference_log(log, clock=Clock())
     writers.append(writer)
     assert wait_until(lambda: writer.stats.flushed == 42), writer.stats
     assert count_rows(log.url) == 42 and writer.stats.in_spool == 0
@@ -246,14 +248,14 @@ def test_records_spooled_by_a_process_that_stopped_are_flushed_by_the_next_write
 
 def test_a_closed_writer_leaves_its_spool_to_the_next_writer_of_the_same_process(log, writers):
     folder = make_db_folder_unusable(log)
-    first = log.writer(clock=Clock())
+    first = open_inference_log(log, clock=Clock())
     first.submit(batch("a", rows=5))
     first.close()
     assert first.stats.spooled == 5
     first.submit(batch("after-close"))  # never raises; counted
     assert first.stats.dropped == 1
     bring_db_folder_back(folder)
-    second = log.writer(clock=Clock())
+    second = open_inference_log(log, clock=Clock())
     writers.append(second)
     assert wait_until(lambda: second.stats.flushed == 5), second.stats
     assert count_rows(log.url) == 5
@@ -285,7 +287,7 @@ def test_a_backlog_past_the_queue_bound_spills_to_the_spool_and_nothing_is_lost(
 
 
 def test_a_malformed_batch_costs_its_own_records_only(log, writers):
-    writer = log.writer()
+    writer = open_inference_log(log)
     writers.append(writer)
     broken = PredictionBatch("broken", "churn", NOW, 1.0, pd.DataFrame({"x": [1, 2]}), ["0", "1"], [1], [Responder.PRIMARY.value],
                              ["1"], [0.5], [None])  # one prediction for two rows
@@ -297,25 +299,25 @@ def test_a_malformed_batch_costs_its_own_records_only(log, writers):
 
 
 def test_labels_before_and_after_their_predictions_are_joined_on_read(log, writers):
-    assert log.record_labels(["early"], [1]) == 1  # a request-wide label, before its prediction exists
-    writer = log.writer()
+    assert record_labels(log, ["early"], [1]) == 1  # a request-wide label, before its prediction exists
+    writer = open_inference_log(log)
     writers.append(writer)
     writer.submit(batch("early", rows=2))
     writer.submit(batch("late", rows=3))
     writer.submit(batch("unlabelled"))
     assert writer.flush()
-    assert log.record_labels([("late", "0"), ("late", "2")], ["yes", "no"]) == 2
-    assert log.record_labels([("late", "2")], ["yes"]) == 1  # a correction replaces the first label
-    window = log.read_window("churn")
+    assert record_labels(log, [("late", "0"), ("late", "2")], ["yes", "no"]) == 2
+    assert record_labels(log, [("late", "2")], ["yes"]) == 1  # a correction replaces the first label
+    window = read_window(log, "churn")
     assert list(zip(window.request_id, window.row_id, window.label)) == [
         ("early", "0", 1), ("early", "1", 1), ("late", "0", "yes"), ("late", "2", "yes"),
     ]
     with pytest.raises(InferenceLogError, match="2 keys but 1 labels"):
-        log.record_labels(["a", "b"], [1])
+        record_labels(log, ["a", "b"], [1])
 
 
 def test_read_window_gives_the_features_back_with_the_logs_columns_within_the_time_range(log, writers):
-    writer = log.writer()
+    writer = open_inference_log(log)
     writers.append(writer)
     writer.submit(batch("old", rows=2, at=NOW - timedelta(hours=2)))
     writer.submit(batch("recent", rows=2, at=NOW - timedelta(minutes=30), first=10))
@@ -325,12 +327,12 @@ def test_read_window_gives_the_features_back_with_the_logs_columns_within_the_ti
                              [Responder.NONE.value], [None], [math.nan], ["both models raised"])
     writer.submit(failed)
     assert writer.flush()
-    log.record_labels(["old", "recent", "edge", "other-model", "failed"], [0, 1, 1, 1, 0])
+    record_labels(log, ["old", "recent", "edge", "other-model", "failed"], [0, 1, 1, 1, 0])
 
-    window = log.read_window("churn", NOW - timedelta(hours=1), NOW)  # [start, end): "edge" is out
+    window = read_window(log, "churn", NOW - timedelta(hours=1), NOW)  # [start, end): "edge" is out
     assert window.request_id.tolist() == ["recent", "recent", "failed"]
     assert list(window.columns) == ["id", "x", "city", "label", "timestamp", "prediction", "answered_by", "version",
-                                    "confidence", "latency_ms", "error", "request_id", "row_id"]
+                                    "confidence", "latency_ms", "error", "reason", "request_id", "row_id"]
     assert window.x.tolist()[:2] == [10.0, 11.0] and window.city.tolist()[:2] == ["lima", "oslo"]
     assert window.timestamp.iloc[0] == pd.Timestamp(NOW - timedelta(minutes=30))
     assert window.prediction.tolist()[:2] == [0, 1] and pd.isna(window.prediction.iloc[2])
@@ -338,12 +340,12 @@ def test_read_window_gives_the_features_back_with_the_logs_columns_within_the_ti
     assert window.confidence.iloc[0] == 0.75 and math.isnan(window.confidence.iloc[2])
     assert window.error.isna().tolist() == [True, True, False] and window.error.iloc[2] == "both models raised"
     assert window.latency_ms.tolist() == [2.5, 2.5, 9.0]
-    naive = log.read_window("churn", (NOW - timedelta(hours=1)).replace(tzinfo=None), (NOW + timedelta(seconds=1)).replace(tzinfo=None))
+    naive = read_window(log, "churn", (NOW - timedelta(hours=1)).replace(tzinfo=None), (NOW + timedelta(seconds=1)).replace(tzinfo=None))
     assert naive.request_id.tolist() == ["recent", "recent", "failed", "edge"]  # naive times are UTC
 
 
 def test_an_empty_labelled_window_says_what_to_do_in_one_line(log, writers):
-    writer = log.writer()
+    writer = open_inference_log(log)
     writers.append(writer)
     writer.submit(batch("unlabelled"))
     assert writer.flush()
@@ -352,7 +354,7 @@ def test_an_empty_labelled_window_says_what_to_do_in_one_line(log, writers):
     message = str(raised.value)
     assert raised.value.reason == InputErrorReason.EMPTY_FRAME and "\n" not in message
     assert "record labels" in message and "window_path" in message
-    log.record_labels(["unlabelled"], [1])
+    record_labels(log, ["unlabelled"], [1])
     window = labelled_window(log, "churn", 60, label_column="churned", now=NOW + timedelta(seconds=1))
     assert list(window.columns) == ["id", "x", "city", "churned", "timestamp", "latency_ms"]
 
@@ -371,7 +373,7 @@ def test_a_password_is_in_no_log_line_error_repr_or_spool_file(tmp_path, writers
     assert secret not in log.display_url and "***" in log.display_url
     assert secret not in repr(log) and secret not in str(log.model_dump())
     caplog.set_level(logging.DEBUG)
-    writer = log.writer(clock=Clock())
+    writer = open_inference_log(log, clock=Clock())
     writers.append(writer)
     for number in range(3):
         writer.submit(batch(f"r{number}", rows=2))
@@ -383,7 +385,7 @@ def test_a_password_is_in_no_log_line_error_repr_or_spool_file(tmp_path, writers
     spooled = "".join(path.read_text() for path in log.spool_folder.rglob("*") if path.is_file())
     assert "r0" in spooled and secret not in spooled
     with pytest.raises(InferenceLogError) as raised:
-        log.record_labels(["r0"], [1])
+        record_labels(log, ["r0"], [1])
     assert secret not in str(raised.value) and "\n" not in str(raised.value) and "***" in str(raised.value)
 
 
@@ -391,4 +393,44 @@ def test_the_default_log_lives_under_the_state_folder(crisis_home):
     log = InferenceLog()
     assert log.resolved_url == f"sqlite:///{crisis_home / 'inference.db'}"
     assert log.spool_folder.parent == crisis_home / "inference-spool"
-    assert log.record_labels(["r1"], [1]) == 1 and (crisis_home / "inference.db").exists()
+    assert record_labels(log, ["r1"], [1]) == 1 and (crisis_home / "inference.db").exists()
+
+
+def test_the_routing_reason_of_each_row_is_stored_and_read_back(log, writers):
+    from prefect_crisis.core.vocabulary import RouteReason
+    from prefect_crisis.tasks.serving.row_routing import route_reason_of
+
+    why = f"{RouteReason.PRIMARY_INPUT_INVALID}: 'x' is missing"
+    routed = PredictionBatch("routed", "churn", NOW, 3.0, pd.DataFrame({"x": [1.0, None]}), ["0", "1"], [1, 0],
+                             [Responder.PRIMARY.value, Responder.FALLBACK.value], ["2", "1"], [0.9, 0.7], [None, None],
+                             reasons=pd.Series([None, why], dtype=object))
+    writer = open_inference_log(log)
+    writers.append(writer)
+    writer.submit(routed)
+    writer.submit(batch("unexplained"))  # a batch made without reasons
+    assert writer.flush() and writer.stats.written == 3
+    window = read_window(log, "churn", labelled_only=False).set_index(["request_id", "row_id"])
+    assert window.loc[("routed", "1"), "reason"] == why and route_reason_of(why) is RouteReason.PRIMARY_INPUT_INVALID
+    assert pd.isna(window.loc[("routed", "0"), "reason"]) and pd.isna(window.loc[("unexplained", "0"), "reason"])
+
+
+def test_a_log_written_before_the_reason_column_opens_and_gains_it(log, writers):
+    from sqlalchemy import inspect, text
+
+    engine = create_engine(log.resolved_url)
+    with engine.begin() as connection:  # the predictions table as the first release made it
+        create_tables(connection)
+        connection.execute(text("ALTER TABLE predictions DROP COLUMN reason"))
+        assert "reason" not in {column["name"] for column in inspect(connection).get_columns("predictions")}
+        insert_predictions(connection, [])
+        connection.execute(text(
+            "INSERT INTO predictions (request_id, row_id, model, received_at, position, request_rows, answered_by) "
+            "VALUES ('old', '0', 'churn', :at, 0, 1, 'primary')"
+        ), {"at": NOW.replace(tzinfo=None)})
+    engine.dispose()
+    assert read_window(log, "churn", labelled_only=False).reason.isna().tolist() == [True]  # opened: the column is added
+    writer = open_inference_log(log)
+    writers.append(writer)
+    writer.submit(batch("new"))
+    assert writer.flush() and writer.stats.written == 1
+    assert read_window(log, "churn", labelled_only=False).request_id.tolist() == ["old", "new"]

@@ -18,7 +18,7 @@ from prefect_crisis.core.errors import MonitoringError, PolicyError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity
 from prefect_crisis.tasks.monitoring.health_rules import Measure, WindowMetrics, check_any, check_rule_on_windows, judge_long, policy_checks
-from prefect_crisis.tasks.serving.inference_log import PredictionBatch, RequestError
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch, RequestError, logged_models, open_inference_log, record_labels
 from prefect_crisis.tasks.monitoring.sweep import (
     ModelHealth, append_history, metric_history, model_metrics, read_champion, report_health, split_windows, sweep_model,
 )
@@ -176,7 +176,7 @@ def labelled_batch(request_id: str, rows: int, at: datetime, model: str = "churn
 
 
 def write(log: InferenceLog, *items) -> None:
-    writer = log.writer()
+    writer = open_inference_log(log)
     try:
         for item in items:
             writer.submit(item)
@@ -191,23 +191,23 @@ def test_recording_labels_emits_labels_recorded_per_model(tmp_path):
     write(log, labelled_batch("a", 3, at), labelled_batch("b", 2, at, model="fraud"),
           RequestError(request_id="c", model="churn", received_at=at, reason="bad input", rows=4))
     sink = ListSink()
-    assert log.record_labels(["a", ("b", "1"), "c", "unknown"], [1, 0, 1, 1], timeline=Timeline(sink=sink)) == 4
+    assert record_labels(log, ["a", ("b", "1"), "c", "unknown"], [1, 0, 1, 1], timeline=Timeline(sink=sink)) == 4
     figures = {event.resource["ml.model.name"]: (event.event, event.payload) for event in sink}
     assert figures == {
         "churn": (CrisisEvent.LABELS_RECORDED, {"rows": 3, "requests": 1, "labels": 1}),  # the refused request has no row
         "fraud": (CrisisEvent.LABELS_RECORDED, {"rows": 1, "requests": 1, "labels": 1}),
     }
     silent = ListSink()
-    log.record_labels(["a"], [0], emit=False, timeline=Timeline(sink=silent))
+    record_labels(log, ["a"], [0], emit=False, timeline=Timeline(sink=silent))
     assert silent == []
-    assert log.models(at - timedelta(minutes=1)) == ["churn", "fraud"]
+    assert logged_models(log, at - timedelta(minutes=1)) == ["churn", "fraud"]
 
 
 def test_a_sweep_of_a_logged_poisoned_model_reports_a_critical_breach_and_its_history(tmp_path):
     log = InferenceLog(url=f"sqlite:///{tmp_path / 'log.db'}", spool_path=str(tmp_path / "spool"))
     now = datetime.now(timezone.utc)
     write(log, *[labelled_batch(f"r{i}", 4, now - timedelta(minutes=30 - i / 10)) for i in range(100)])
-    log.record_labels([f"r{i}" for i in range(100)], [int(i % 2) for i in range(100)], emit=False)  # predictions are all 1: 50% wrong
+    record_labels(log, [f"r{i}" for i in range(100)], [int(i % 2) for i in range(100)], emit=False)  # predictions are all 1: 50% wrong
     champion = type("Champion", (), {"version": "1", "metrics": {"accuracy": 0.9}})()  # the version that answered
     policy = MonitoringPolicy()
     health = sweep_model("churn", log, policy, FakeRegistry(champion), now=now)
@@ -292,3 +292,48 @@ def test_a_promoted_champion_is_judged_no_looser_than_the_version_it_replaced():
     assert read_champion(registry)[1]["accuracy"] == own[good]
     registry.move_alias(registry.champion_alias, poisoned, "moved by hand")  # a plain move, not a promotion: its own figures
     assert read_champion(registry)[1]["accuracy"] == own[poisoned]
+
+
+# -- a rule's direction and what its threshold is relative to -------------------------------
+
+def windows_of(metric: str, value: float, samples: int = 200) -> tuple[WindowMetrics, WindowMetrics]:
+    return WindowMetrics(60, {metric: Measure(value, samples)}), WindowMetrics(5, {metric: Measure(value, samples)})
+
+
+def test_a_below_rule_breaches_under_its_limit_and_never_above_it():
+    below = HealthRule(name="unsure", metric="confidence_p10", severity="warning", threshold=0.6, direction="below")
+    above = HealthRule(name="sure", metric="confidence_p10", severity="warning", threshold=0.6)
+    low, high = windows_of("confidence_p10", 0.4), windows_of("confidence_p10", 0.8)
+    assert [b.rule for b in check_rule_on_windows(below)(*low, {})] == ["unsure"]
+    assert check_rule_on_windows(below)(*high, {}) == ()
+    assert check_rule_on_windows(above)(*low, {}) == ()  # the same value, read the other way, is healthy
+    assert [b.rule for b in check_rule_on_windows(above)(*high, {})] == ["sure"]
+    long_low, _ = low
+    assert judge_long(below, long_low, {}, 0.95).breached and not judge_long(above, long_low, {}, 0.95).breached
+    with pytest.raises(PolicyError, match="can only breach above"):  # a rate of bad events only breaches above
+        HealthRule(name="x", metric="error_rate", severity="warning", threshold=0.1, direction="below")
+
+
+@pytest.mark.parametrize(
+    ("relative_to", "limit"),
+    [("absolute", 1.5), ("plus", 201.5), ("times", 300.0)],
+)
+def test_a_threshold_is_absolute_or_added_to_or_multiplied_with_the_baseline(relative_to, limit):
+    rule = HealthRule(name="slow", metric="latency_p95_ms", severity="warning", threshold=1.5, relative_to=relative_to, min_samples=20)
+    baseline = {"latency_p95_ms": 200.0}
+    assert rule.limit(200.0) == limit
+    assert rule.limit(None) == (1.5 if relative_to == "absolute" else None)  # relative without a baseline: not judged
+    just_over, just_under = windows_of("latency_p95_ms", limit + 0.01), windows_of("latency_p95_ms", limit - 0.01)
+    assert [b.threshold for b in check_rule_on_windows(rule)(*just_over, baseline)] == [limit]
+    assert check_rule_on_windows(rule)(*just_under, baseline) == ()
+    if relative_to != "absolute":
+        judged = judge_long(rule, just_over[0], {}, 0.95)
+        assert not judged.breached and judged.undecided == "latency_p95_ms: no baseline"
+
+
+def test_a_health_rule_judges_a_rate_as_the_rollback_rule_with_no_tolerance_would():
+    from prefect_crisis.tasks.monitoring.health_rules import RateRule
+
+    rollback, rate = MetricRule(metric="error_rate", tolerance=0.0, min_samples=30), RateRule(min_samples=30)
+    fields = ("metric", "kind", "higher_is_better", "tolerance", "relative", "min_samples")
+    assert [getattr(rate, name) for name in fields] == [getattr(rollback, name) for name in fields]

@@ -28,7 +28,7 @@ from prefect_crisis.deployments.status_cli import print_model_status
 from prefect_crisis.tasks.monitoring.dashboard import dashboard_markdown, read_dashboard
 from prefect_crisis.tasks.drills.datasets import load_dataset
 from prefect_crisis.tasks.monitoring.health_rules import judge_long
-from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN, PredictionBatch, labelled_window, latencies_of
+from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN, PredictionBatch, labelled_window, latencies_of, open_inference_log, read_window, record_labels
 from prefect_crisis.tasks.monitoring.sweep import (
     SERVING_LABEL, Serving, append_history, baseline_of, metric_history, report_health, sweep_model, window_pair,
 )
@@ -111,7 +111,7 @@ def serve(log: InferenceLog, served: Served, rows: pd.DataFrame, primary: str, s
         answer = np.where(routed, served.models[fallback].predict(X[:, :32]), answer)
     confidence = np.where(routed, 0.5, proba.max(axis=1))
     requests = [list(range(first, min(first + rows_per_request, len(rows)))) for first in range(0, len(rows), rows_per_request)]
-    writer = log.writer()
+    writer = open_inference_log(log)
     ids = []
     try:
         for number, members in enumerate(requests):
@@ -133,7 +133,7 @@ def serve(log: InferenceLog, served: Served, rows: pd.DataFrame, primary: str, s
         writer.close(timeout=5)
     keys = [(request_id, str(row)) for request_id, members in zip(ids, requests) for row in range(len(members))]
     labels = [int(rows["label"].iloc[index]) for members in requests for index in members]
-    log.record_labels(keys, labels, emit=False)
+    record_labels(log, keys, labels, emit=False)
     return ids
 
 
@@ -160,7 +160,7 @@ def test_after_a_champion_moved_by_hand_the_sweep_judges_the_new_champion_alone_
     assert health.version == "2" and health.serving is Serving.CHAMPION and health.healthy, health.line()
     assert health.breaches == () and health.severity is None
     assert health.serving_since == MOVED_AT
-    logged = log.read_window("digits", NOW - timedelta(minutes=60), NOW, labelled_only=False)
+    logged = read_window(log, "digits", NOW - timedelta(minutes=60), NOW, labelled_only=False)
     left_out = (logged["timestamp"] < pd.Timestamp(MOVED_AT)) | (logged["version"] == "1")
     assert health.rows_left_out == int(left_out.sum()) == len(before) + 8  # served before the move, and by the server still on v1
     assert any("348 rows answered by another version" in note for note in health.notes)
@@ -209,7 +209,7 @@ def test_a_champion_that_is_the_fallback_version_is_reported_as_served_by_its_fa
     rows = served.stream.iloc[:300]
     X = rows[list(served.features)].to_numpy() / 16.0
     weak = served.models["3"]
-    writer = log.writer()
+    writer = open_inference_log(log)
     try:
         for number in range(0, len(rows), 3):  # the serving loads @champion (the fallback) as its primary
             members = list(range(number, min(number + 3, len(rows))))
@@ -223,7 +223,7 @@ def test_a_champion_that_is_the_fallback_version_is_reported_as_served_by_its_fa
         assert writer.flush()
     finally:
         writer.close(timeout=5)
-    log.record_labels([(f"f{n - n % 3}", str(n % 3)) for n in range(len(rows))], rows["label"].astype(int).tolist(), emit=False)
+    record_labels(log, [(f"f{n - n % 3}", str(n % 3)) for n in range(len(rows))], rows["label"].astype(int).tolist(), emit=False)
 
     health = sweep_model("digits", log, MonitoringPolicy(), registry, now=NOW)
     assert health.breaches == ()  # the fallback does as well as it registered...
@@ -271,7 +271,7 @@ def test_an_unreadable_audit_is_a_note_and_the_window_starts_after_the_last_row_
 
     monkeypatch.setattr(type(registry), "audit_trail", lambda self, alias=None: unavailable(alias))
     health = sweep_model("digits", log, MonitoringPolicy(), registry, now=NOW)
-    logged = log.read_window("digits", NOW - timedelta(minutes=60), NOW, labelled_only=False)
+    logged = read_window(log, "digits", NOW - timedelta(minutes=60), NOW, labelled_only=False)
     last_v1 = logged.loc[logged["version"] == "1", "timestamp"].max()
     assert health.version == "2" and health.healthy, health.line()
     assert health.serving_since == last_v1 and health.rows_left_out == int((logged["timestamp"] <= last_v1).sum())

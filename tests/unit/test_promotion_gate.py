@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from prefect_crisis.blocks import TrainingPolicy
-from prefect_crisis.tasks.training.promotion import decide_promotion
+from prefect_crisis.tasks.training.gate import decide_promotion
 
 
 @pytest.mark.parametrize("champion", [{"accuracy": 0.0}, None], ids=["against a champion", "first model"])
@@ -26,7 +26,7 @@ def test_the_minimum_is_the_policys_and_is_inclusive():
 
 @pytest.mark.parametrize(("rows", "held"), [(10, 5), (99, 49), (100, 50), (178, 89), (569, 200), (1_000, 200), (1_797, 360), (5_000, 1_000)])
 def test_the_holdout_grows_for_a_small_batch_within_half_of_it(rows, held):
-    from prefect_crisis.tasks.training.run import holdout_rows
+    from prefect_crisis.tasks.training.data import holdout_rows
 
     assert holdout_rows(rows, TrainingPolicy()) == held
 
@@ -44,7 +44,7 @@ def test_guards_are_not_applied_against_a_fallback_champion_but_are_against_any_
 
 
 def test_a_label_quality_finding_blocks_promotion_whatever_the_scores():
-    from prefect_crisis.tasks.training.promotion import TrustedFigures, label_quality_finding
+    from prefect_crisis.tasks.training.gate import TrustedFigures, label_quality_finding
 
     figures = TrustedFigures("3", 0.146, 400, 0.905, 0.90, 200, 0.97, 0.10)
     finding = label_quality_finding(figures, TrainingPolicy().label_collapse_margin)
@@ -59,7 +59,47 @@ def test_a_label_quality_finding_blocks_promotion_whatever_the_scores():
     [(0.60, 400, True), (0.73, 400, False), (0.60, 20, False)],  # beyond doubt only: 12/20 could be bad luck of 0.905
 )
 def test_a_collapse_counts_only_beyond_doubt(on_batch, rows, found):
-    from prefect_crisis.tasks.training.promotion import TrustedFigures, label_quality_finding
+    from prefect_crisis.tasks.training.gate import TrustedFigures, label_quality_finding
 
     figures = TrustedFigures("1", on_batch, rows, 0.905, 0.90, 200, 0.95)
     assert (label_quality_finding(figures, 0.15) is not None) is found
+
+
+def test_a_tie_does_not_promote_under_the_default_policy():
+    """With no margin (the default) a candidate must beat the champion: equal is not better."""
+    policy = TrainingPolicy()
+    assert policy.promotion_margin == 0
+    tie = decide_promotion({"accuracy": 0.9, "log_loss": 0.3}, {"accuracy": 0.9, "log_loss": 0.3}, policy, holdout_rows=1_000)
+    assert not tie.promote and tie.reason == "accuracy 0.9000 does not beat the champion 0.9000"
+    assert decide_promotion({"accuracy": 0.9001, "log_loss": 0.3}, {"accuracy": 0.9, "log_loss": 0.3}, policy, holdout_rows=1_000).promote
+
+
+@pytest.mark.parametrize(
+    ("primary", "minimum", "score", "promote"),
+    [
+        ("accuracy", 0.8, 0.79, False),
+        ("accuracy", 0.8, 0.8, True),  # reaching the minimum is enough
+        ("accuracy", 0.8, 0.81, True),
+        ("log_loss", 0.3, 0.31, False),  # lower is better: above the bar misses it
+        ("log_loss", 0.3, 0.3, True),
+        ("log_loss", 0.3, 0.29, True),
+    ],
+)
+def test_a_first_model_must_reach_min_primary_metric_in_the_metrics_direction(primary, minimum, score, promote):
+    policy = TrainingPolicy(primary_metric=primary, min_primary_metric=minimum, guard_metrics={})
+    decision = decide_promotion({primary: score}, None, policy, holdout_rows=1_000)
+    assert decision.promote is promote
+    if not promote:
+        assert decision.reason == f"first model's {primary} {score:.4f} misses the minimum {minimum}"
+
+
+def test_min_primary_metric_does_not_apply_against_a_champion():
+    policy = TrainingPolicy(min_primary_metric=0.8)
+    assert decide_promotion({"accuracy": 0.7}, {"accuracy": 0.6}, policy, holdout_rows=1_000).promote
+
+
+def test_the_gate_and_the_policy_agree_on_which_metrics_are_lower_is_better():
+    from prefect_crisis.blocks.training_policy import LOWER_IS_BETTER
+    from prefect_crisis.tasks.training import gate
+
+    assert gate.LOWER_IS_BETTER == LOWER_IS_BETTER

@@ -1,4 +1,4 @@
-"""What the README imports, and what a user needs, resolves from the package folders."""
+"""What the README and the docs import, and what a user needs, resolves from the package folders."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import pytest
 import prefect_crisis.blocks
 import prefect_crisis.tasks
 
-README = (Path(__file__).parents[2] / "README.md").read_text()
+ROOT = Path(__file__).parents[2]
+README = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 FROM_IMPORT = re.compile(r"from (prefect_crisis\.(?:tasks|blocks)) import \(?([\w\s,]+?)\)?\s*$", re.MULTILINE)
 DOTTED = re.compile(r"`(prefect_crisis\.(?:tasks|blocks)(?:\.\w+)+)`")
 
 
 def readme_imports() -> list[tuple[str, str]]:
     found = [(module, name.strip()) for module, names in FROM_IMPORT.findall(README) for name in names.split(",") if name.strip()]
-    assert found, "the README's import lines were not found"
+    assert found, "the docs' import lines were not found"
     return found
 
 

@@ -15,7 +15,7 @@ from prefect_crisis.blocks import ColumnSpec, DataContract
 from prefect_crisis.tasks.validation.drift import DriftSettings, categorical_drift, numeric_drift
 from prefect_crisis.core.errors import ContractError, ContractErrorReason
 from prefect_crisis.tasks.drills.synthetic import CATEGORIES, CATEGORY_SHARES, COLUMN_SHAPES, customer_table
-from prefect_crisis.tasks.validation.checks import REASONS_COLUMN, Verdict, validate_data
+from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
 
 SIGNIFICANCE = DriftSettings().significance
 SHAPES = COLUMN_SHAPES

@@ -13,7 +13,8 @@ from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.timeline import Incident, ListSink, Timeline
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent, DecisionKind, Severity, Strategy, TagKey, ViolationType
 from prefect_crisis.tasks.response.recovery import Verification, execute_recovery
-from prefect_crisis.tasks.response.rollback import RollbackDecision, candidates_from_registry
+from prefect_crisis.tasks.response.reading import candidates_from_registry
+from prefect_crisis.tasks.response.rollback import RollbackDecision
 
 START = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
 
@@ -131,3 +132,77 @@ def test_with_nowhere_to_go_recovery_fails_and_a_second_run_of_a_handled_inciden
     audit_rows = len(registry.audit_trail())
     again = execute_recovery(registry, rollback_to("2"), ViolationType.QUALITY, "inc-3", lambda v: pytest.fail("handled"), lambda r: None)
     assert first.recovered and again.already_handled and len(registry.audit_trail()) == audit_rows
+
+
+# -- verification is judged from values, and unknown is not recovered ---------------------------------------
+
+def test_a_verification_on_a_window_too_thin_to_judge_does_not_pass():
+    from prefect_crisis.blocks import MetricRule, RollbackPolicy
+    from prefect_crisis.tasks.response.candidates import Candidate
+    from prefect_crisis.tasks.response.recovery import verify_on_window
+    from prefect_crisis.tasks.response.rules import LiveWindow
+
+    policy = RollbackPolicy(rules=[MetricRule(metric="accuracy", tolerance=0.02, min_samples=30)])
+    good = Candidate("2", START, None, {"accuracy": 0.90})
+    thin = verify_on_window("2", LiveWindow({"accuracy": 29}, {"accuracy": 29}), [good], policy)  # perfect, but one row short
+    assert not thin.passed and "29 samples < 30" in thin.detail
+    enough = verify_on_window("2", LiveWindow({"accuracy": 30}, {"accuracy": 30}), [good], policy)  # the boundary: judged
+    assert enough.passed
+    assert not verify_on_window("9", LiveWindow({"accuracy": 300}, {"accuracy": 300}), [good], policy).passed  # no baseline: not verified
+    capped = verify_on_window("2", LiveWindow({"accuracy": 10}, {"accuracy": 10}), [good], policy, min_samples_cap=10)
+    assert capped.passed  # an emergency judges the small window
+
+
+def test_the_fallback_verifies_against_what_served_before_never_its_own_baseline():
+    from prefect_crisis.blocks import RollbackPolicy
+    from prefect_crisis.tasks.response.candidates import Candidate
+    from prefect_crisis.tasks.response.recovery import verify_on_window
+    from prefect_crisis.tasks.response.rules import LiveWindow
+
+    fallback = Candidate("4", None, None, {"accuracy": 0.99}, fallback=True)
+    window = LiveWindow({"accuracy": 60}, {"accuracy": 100})
+    assert verify_on_window("4", window, [fallback], RollbackPolicy(), Verification(False, "", {"accuracy": 0.55})).passed
+    assert not verify_on_window("4", window, [fallback], RollbackPolicy(), Verification(False, "", {"accuracy": 0.61})).passed
+
+
+# -- the emergency stop: the champion alias moves to the fallback; a run without the model's name is not the model's
+
+def test_serve_fallback_moves_the_champion_alias_to_the_fallback_version(registry, clock):
+    from prefect_crisis.tasks.response.emergency import serve_fallback
+
+    serve(registry, clock, "2", 2)
+    registry.move_alias(registry.fallback_alias, "1", "the simple model")
+    result = serve_fallback(registry, "emergency", "inc-1")
+    assert result.ok and result.changed == ["1"]
+    assert registry.champion().version == "1" and registry.version_by_alias(registry.fallback_alias).version == "1"
+    last = registry.audit_trail()[-1]
+    assert (last.alias, last.action, last.from_version, last.to_version) == (registry.champion_alias, AliasAction.FALLBACK, "2", "1")
+    assert serve_fallback(registry, "again", "inc-1").changed == []  # already serving it: nothing moves
+
+
+def test_serve_fallback_without_a_fallback_leaves_serving_unchanged(registry, clock):
+    from prefect_crisis.tasks.response.emergency import serve_fallback
+
+    serve(registry, clock, "2", 2)
+    assert serve_fallback(registry, "emergency", "inc-1").changed == []
+    assert registry.champion().version == "2"
+
+
+def test_a_run_matches_the_model_only_when_its_parameters_name_it():
+    from prefect_crisis.tasks.response.emergency import of_model
+
+    assert of_model({"model_name": "churn"}, "churn")
+    assert not of_model({"model_name": "fraud"}, "churn")
+    assert not of_model({}, "churn") and not of_model(None, "churn") and not of_model({"other": "churn"}, "churn")
+
+
+def test_reading_the_audit_never_writes_and_settling_is_an_explicit_step(registry, clock):
+    serve(registry, clock, "1", 2)
+    pending = registry._audit(AliasAction.ROLLBACK, registry.champion_alias, "1", "2", "lost store", "inc-1", finished=False)
+    clock[0] += timedelta(hours=1)  # past the grace of a move still in flight
+    assert registry.audit_trail()[-1].outcome == "pending"
+    assert registry.audit_trail()[-1].outcome == "pending"  # read again: still as stored
+    assert registry.settle_audit() == 1  # the alias never moved to v2: failed
+    last = registry.audit_trail()[-1]
+    assert last.audit_run_id == pending and last.outcome.startswith("failed") and not last.applied
+    assert registry.settle_audit() == 0

@@ -3,7 +3,7 @@ unwritable with `chattr +i` (as root `chmod` cannot), before, between and after 
 
 Retried with backoff, then completed, or given up with the alias untouched; never half done: an alias
 moved without its audit row, or a row saying `applied` for an alias that did not move. A row left
-`pending` (the store went away after the alias moved) is settled from the alias on the next read."""
+`pending` (the store went away after the alias moved) is settled from the alias by an explicit `settle_audit`; reading never writes."""
 
 from __future__ import annotations
 
@@ -105,7 +105,11 @@ def test_a_store_lost_right_after_the_alias_moved_leaves_an_intent_the_next_read
     chattr(db, "-i")
     assert registry.champion().version == second
     assert [m.outcome for m in rollbacks(registry)] == ["pending"]  # the intent, still within its grace
-    assert [m.outcome for m in rollbacks(later(registry))] == ["applied"]
+    assert registry.settle_audit() == 0 and [m.outcome for m in rollbacks(registry)] == ["pending"]  # perhaps in flight: left alone
+    ahead = later(registry)
+    assert [m.outcome for m in rollbacks(ahead)] == ["pending"]  # reading never writes: settling is its own step
+    assert ahead.settle_audit() == 1
+    assert [m.outcome for m in rollbacks(ahead)] == ["applied"]
     assert [m.outcome for m in rollbacks(registry)] == ["applied"]  # written back: every reader sees it settled
 
 
@@ -117,6 +121,8 @@ def test_a_store_lost_before_the_alias_moved_fails_the_move_and_the_row_settles_
         faulty.move_alias(registry.champion_alias, second, "rollback drill", action=AliasAction.ROLLBACK)
     chattr(db, "-i")
     assert registry.champion().version == first
-    settled = rollbacks(later(registry))
+    ahead = later(registry)
+    assert ahead.settle_audit() == 1
+    settled = rollbacks(ahead)
     assert len(settled) == 1 and settled[0].outcome.startswith("failed") and not settled[0].applied
     assert registry.serving_at(datetime.now(timezone.utc) + timedelta(minutes=10)) == first

@@ -20,10 +20,9 @@ from prefect_crisis.tasks.serving.confidence_routing import (
     best_threshold,
     expected_calibration_error,
     fit_routing,
-    load_routing,
-    log_routing,
     plan_routing,
 )
+from prefect_crisis.tasks.serving.routing_artifact import load_routing, log_routing
 
 
 @pytest.mark.parametrize("name", ["prefect_crisis.tasks.serving.confidence_routing", "prefect_crisis.deployments.serve_cli"])

@@ -36,7 +36,7 @@ from prefect_crisis.tasks.drills.datasets import load_dataset
 from prefect_crisis.tasks.serving.fallback_model import fit_fallback
 from prefect_crisis.tasks.serving.confidence_routing import RoutingCalibration, fit_routing
 from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
-from prefect_crisis.tasks.training.run import TrainingData
+from prefect_crisis.tasks.training.data import TrainingData
 
 TOLERANCE = 0.01  # served accuracy may trail the primary's own by at most one point on fresh rows
 

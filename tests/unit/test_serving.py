@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from prefect_crisis.blocks import ModelRegistry
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, read_window
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import ServingInputError
 from prefect_crisis.core.timeline import ListSink, Timeline
@@ -232,7 +233,7 @@ def test_every_row_and_every_refused_request_reaches_the_inference_log(tmp_path)
 
     log = InferenceLog(url=f"sqlite:///{tmp_path / 'inference.db'}", spool_path=str(tmp_path / "spool"))
     served = router(primary=Crafted(), fallback=Constant(p1=0.3), confidence_threshold=0.6, id_column="key")
-    served.log = log.writer()
+    served.log = open_inference_log(log)
     frame = rows(0.95, 0.55, 2.0)
     frame["key"] = ["k1", "k2", "k3"]
     answer = served.predict(frame)
@@ -240,12 +241,15 @@ def test_every_row_and_every_refused_request_reaches_the_inference_log(tmp_path)
         served.predict(pd.DataFrame({"p": [0.9]}))
     assert served.log.flush(10)
     served.log.close()
-    logged = log.read_window("crafted", labelled_only=False).set_index("row_id")
+    logged = read_window(log, "crafted", labelled_only=False).set_index("row_id")
     assert served.log.stats.written == 4 and served.log.stats.dropped == 0
     assert logged.loc["k1", "answered_by"] == "primary" and logged.loc["k1", "version"] == "7"
     assert logged.loc["k2", "answered_by"] == "fallback" and logged.loc["k2", "version"] == "2"
     assert logged.loc["k2", "confidence"] == pytest.approx(0.7)
     assert logged.loc["k3", "answered_by"] == "fallback"  # non-finite primary probabilities: routed
+    assert logged.loc["k2", "reason"] == answer["reason"][1] == "primary confidence under 0.6"  # the routing reason, per row
+    assert logged.loc["k3", "reason"] == answer["reason"][2] and answer["reason"][2].startswith("primary gave non-finite")
+    assert pd.isna(logged.loc["k1", "reason"])
     assert set(logged["request_id"]) >= {answer["request_id"][0]}
     refused = logged[logged["error"].fillna("").str.contains("lacks column")]
     assert len(refused) == 1 and refused["answered_by"].iloc[0] == "none"

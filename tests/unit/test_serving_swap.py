@@ -129,7 +129,8 @@ def test_events_leave_with_the_prefect_settings_of_whoever_started_the_router(se
 def test_the_router_routes_on_the_routing_fitted_for_the_version_it_serves(mlflow_tracking_uri):
     """routing.json of the champion's run turns confidence routing on for that version only; a version without one
     routes nothing on confidence (the reason logged once), and invalid input still goes to the fallback."""
-    from prefect_crisis.tasks.serving.confidence_routing import ConfidenceMap, RoutingCalibration, log_routing
+    from prefect_crisis.tasks.serving.confidence_routing import ConfidenceMap, RoutingCalibration
+    from prefect_crisis.tasks.serving.routing_artifact import log_routing
 
     registry = ModelRegistry(model_name="routed").use(timeline=Timeline(sink=ListSink()))
     routed, plain = register(registry, False, seed=1), register(registry, False, seed=2)
@@ -159,7 +160,8 @@ def test_the_router_routes_on_the_routing_fitted_for_the_version_it_serves(mlflo
 
 def test_a_routing_logged_after_the_promotion_is_picked_up_by_the_next_refresh(mlflow_tracking_uri):
     """Training promotes a version before it fits that version's routing: serving may load it in between."""
-    from prefect_crisis.tasks.serving.confidence_routing import ConfidenceMap, RoutingCalibration, log_routing
+    from prefect_crisis.tasks.serving.confidence_routing import ConfidenceMap, RoutingCalibration
+    from prefect_crisis.tasks.serving.routing_artifact import log_routing
 
     registry = ModelRegistry(model_name="late-routing").use(timeline=Timeline(sink=ListSink()))
     version = register(registry, False, seed=3)

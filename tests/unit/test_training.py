@@ -9,7 +9,7 @@ import pytest
 
 from prefect_crisis.blocks import TrainingPolicy
 from prefect_crisis.core.errors import TrainingError
-from prefect_crisis.tasks.training.promotion import decide_promotion
+from prefect_crisis.tasks.training.gate import decide_promotion
 from prefect_crisis.tasks.training.stopping import (
     StopKind,
     TrainingProgress,
@@ -61,6 +61,21 @@ def test_divergence_waits_for_warmup_then_compares_with_the_best():
     reason = stop(progress_with([0.1, 0.2, 0.31]))
     assert reason.kind is StopKind.DIVERGED and "over 3x the best 0.1" in reason.detail
 
+
+
+def test_stall_stops_at_exactly_patience_mini_batches_without_a_new_best():
+    stop = stop_on_stall(3)
+    assert progress_with([0.5, 0.5]).batches_since_best == 1  # an equal loss is no new best
+    assert stop(progress_with([0.5, 0.6, 0.6])) is None  # 2 without a new best
+    reason = stop(progress_with([0.5, 0.6, 0.6, 0.5]))  # 3: the window is full
+    assert reason.kind is StopKind.STALLED and "no improvement in 3 mini-batches" in reason.detail
+
+
+def test_divergence_boundaries_first_batch_after_warmup_and_a_loss_at_exactly_factor_times_the_best():
+    stop = stop_on_divergence(factor=2, warmup_batches=2)
+    assert stop(progress_with([0.25, 0.5])) is None  # the warm-up's last batch
+    assert stop(progress_with([0.25, 0.3, 0.5])) is None  # 0.5 is exactly 2x the best: not over it
+    assert stop(progress_with([0.25, 0.3, 0.5001])).kind is StopKind.DIVERGED
 
 def test_flag_is_read_at_most_once_per_poll_interval_of_the_clock():
     clock, reads = FakeClock(), []

@@ -20,10 +20,11 @@ from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.drills.datasets import DATASET_NAMES, load_dataset
 from prefect_crisis.tasks.serving.fallback_model import MEETS_BAR_TAG, fit_fallback, keep_fallback
-from prefect_crisis.tasks.training.promotion import GOLDEN_VERSION_TAG, LABEL_FINDING_TAG, evaluate, gate_candidate, read_golden_set
+from prefect_crisis.tasks.training.gate import evaluate
+from prefect_crisis.tasks.training.promotion import GOLDEN_VERSION_TAG, LABEL_FINDING_TAG, gate_candidate, read_golden_set
 from prefect_crisis.tasks.training.stopping import stop_after_seconds
 from prefect_crisis.tasks.training.loop import train_with_stop_hook
-from prefect_crisis.tasks.training.run import holdout_rows, policy_estimator, split_training_data
+from prefect_crisis.tasks.training.data import holdout_rows, policy_estimator, split_training_data
 
 
 def cross_validated_logistic(name: str) -> float:
@@ -199,11 +200,35 @@ def test_a_fallback_champion_does_not_block_the_retrain_that_beats_it(registry):
     assert "beats the fallback champion" in retrain.decision.reason
 
 
-def test_the_training_run_modules_docstring_examples_run():
-    """tests/unit/test_docstrings.py does not list it: its holdout sizes and findings are examples worth running."""
+@pytest.mark.parametrize("name", ["prefect_crisis.tasks.training.holdout", "prefect_crisis.tasks.training.data"])
+def test_the_holdout_and_data_modules_docstring_examples_run(name):
+    """Their holdout sizes and findings are examples worth running (also listed in tests/unit/test_docstrings.py)."""
     import doctest
+    import importlib
 
-    from prefect_crisis.tasks import training_run
-
-    result = doctest.testmod(training_run, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("old", "names"),
+    [
+        ("prefect_crisis.tasks.training_run", ["TrainingData", "TrainingRun", "build_stop_condition", "findings_before_training",
+                                               "holdout_rows", "policy_estimator", "resume_key", "resume_point",
+                                               "smallest_judged_batch", "split_training_data", "stratified_holdout", "train_model"]),
+        ("prefect_crisis.tasks.promotion", ["CandidateResult", "GOLDEN_DIR", "GOLDEN_FILE", "GOLDEN_VERSION_TAG", "LABEL_CHECK_CONFIDENCE",
+                                           "LABEL_FINDING_TAG", "PIP_REQUIREMENTS", "PromotionDecision", "TrustedFigures", "accuracy_on",
+                                           "champion_metrics_on", "columns_of", "decide_promotion", "evaluate", "freeze_golden_set",
+                                           "gate_candidate", "holdout_refusal", "label_quality_finding", "log_candidate",
+                                           "read_golden_set", "register_and_gate"]),
+    ],
+)
+def test_the_flat_modules_split_in_training_still_give_their_names(old, names):
+    """`training_run` and `promotion` were split into domain and adapter modules: their old names import the package."""
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match="prefect_crisis.tasks.training"):
+        module = importlib.import_module(old)
+    assert [name for name in names if not hasattr(module, name)] == []

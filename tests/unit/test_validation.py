@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
+from prefect_crisis.core.vocabulary import RowReason
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.validation.checks import REASONS_COLUMN, RowReason, Verdict, validate_data
+from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
 
 
 def contract(**overrides) -> DataContract:

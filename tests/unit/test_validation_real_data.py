@@ -20,7 +20,7 @@ import pytest
 
 from prefect_crisis.blocks import DataContract
 from prefect_crisis.tasks.drills.datasets import DATASET_NAMES, LABEL, load_dataset
-from prefect_crisis.tasks.validation.checks import REASONS_COLUMN, FindingReason, Verdict, validate_data
+from prefect_crisis.tasks.validation import REASONS_COLUMN, FindingReason, Verdict, validate_data
 
 SIZES = (30, 100, 200, 500)
 MAX_ROWS_LOST = 0.005

@@ -11,7 +11,7 @@ import pytest
 
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
 from prefect_crisis.tasks.drills.datasets import DATASET_NAMES, LABEL, load_dataset
-from prefect_crisis.tasks.validation.checks import FindingReason, training_input_findings
+from prefect_crisis.tasks.validation import FindingReason, training_input_findings
 
 
 def part(name: str, seed: int = 0, share: float = 0.5):

@@ -22,9 +22,9 @@ import pandas as pd
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from prefect_crisis.blocks.inference_spool import Spool
-from prefect_crisis.blocks.inference_store import batch_rows, create_tables, error_row, insert_predictions
 from prefect_crisis.core.vocabulary import Responder
+from prefect_crisis.tasks.serving.log_spool import Spool
+from prefect_crisis.tasks.serving.log_store import batch_rows, create_tables, error_row, insert_predictions
 
 # A database that is down, unreachable or too slow: the records go to the spool.
 DATABASE_DOWN = (sa_exc.DBAPIError, sa_exc.TimeoutError, TimeoutError, ConnectionError)
@@ -51,6 +51,7 @@ class PredictionBatch:
     versions: Sequence[str | None]
     confidence: Sequence[float]  # NaN where unknown
     errors: Sequence[str | None]  # None, or the one-line reason a row failed
+    reasons: Sequence[str | None] | None = None  # why a row went to the fallback (a RouteReason first); None: not given
 
     @property
     def rows(self) -> int:
@@ -89,7 +90,7 @@ def _records_of(item: Any) -> int:
 class InferenceLogWriter:
     """Appends predictions to the inference log from one background daemon thread.
 
-    Made by `InferenceLog.writer()`; see there for an example.
+    Made by `open_inference_log(block)` (`prefect_crisis.tasks.serving.inference_log`); see there for an example.
 
     Args:
         engine: the database (SQLAlchemy engine; nothing connects until the first write).

@@ -6,6 +6,9 @@ same way and joined on read, so a label may arrive before or after its
 prediction. Inserts are idempotent on the key (ON CONFLICT DO NOTHING on
 SQLite and PostgreSQL, read-then-insert elsewhere): flushing a spool twice, or
 after a write that had partly succeeded, adds no duplicate.
+
+A log made before the `reason` column existed gets it on open (`create_tables`),
+so old SQLite and PostgreSQL logs keep working; their old rows read back None.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
-    Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, and_, delete, func, or_, select, tuple_,
+    Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, and_, delete, func, inspect, or_, select, text,
+    tuple_,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -31,8 +36,10 @@ KEY_LENGTH = 255
 KEY = ("request_id", "row_id")
 # Columns of a read window besides the request's features (the log's own columns win a name clash).
 LOG_COLUMNS = (
-    "label", "timestamp", "prediction", "answered_by", "version", "confidence", "latency_ms", "error", "request_id", "row_id",
+    "label", "timestamp", "prediction", "answered_by", "version", "confidence", "latency_ms", "error", "reason", "request_id",
+    "row_id",
 )
+ADDED_COLUMNS = ("reason",)  # columns later than the first release: added on open to a log that lacks them
 
 metadata = MetaData()
 predictions = Table(
@@ -51,6 +58,7 @@ predictions = Table(
     Column("version", String(64)),
     Column("confidence", Float),
     Column("error", Text),
+    Column("reason", Text),  # why the fallback answered the row (a RouteReason first); None for the primary's rows
     Index("ix_predictions_model_received_at", "model", "received_at"),
 )
 labels = Table(
@@ -64,8 +72,29 @@ labels = Table(
 
 
 def create_tables(connection: Connection) -> None:
-    """Create both tables and their indexes if they are missing."""
+    """Create both tables and their indexes if they are missing, and the columns an older log lacks."""
     metadata.create_all(connection, checkfirst=True)
+    add_missing_columns(connection)
+
+
+def add_missing_columns(connection: Connection) -> list[str]:
+    """Add to `predictions` the ADDED_COLUMNS it lacks (a log written by an earlier release); returns their names.
+
+    Nullable text columns, so the old rows read back None. Two processes opening the same old log at once may both
+    try: PostgreSQL's IF NOT EXISTS makes the second a no-op, SQLite's "duplicate column" error is taken as done.
+    """
+    present = {column["name"] for column in inspect(connection).get_columns(predictions.name)}
+    missing = [name for name in ADDED_COLUMNS if name not in present]
+    for name in missing:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(f"ALTER TABLE {predictions.name} ADD COLUMN IF NOT EXISTS {name} TEXT"))
+            continue
+        try:
+            connection.execute(text(f"ALTER TABLE {predictions.name} ADD COLUMN {name} TEXT"))
+        except sa_exc.OperationalError as error:
+            if "duplicate column" not in str(error).lower():
+                raise
+    return missing
 
 
 def utc_naive(when: datetime) -> datetime:
@@ -120,6 +149,8 @@ def batch_rows(batch: Any) -> list[dict]:
     received_at = utc_naive(batch.received_at)
     row_ids, predictions, answered_by = plain(batch.row_ids), plain(batch.predictions), plain(batch.answered_by)
     versions, confidence, errors = plain(batch.versions), plain(batch.confidence), plain(batch.errors)
+    given = getattr(batch, "reasons", None)  # a batch made before the reason column has none
+    reasons = plain(given) if given is not None else [None] * len(row_ids)
     columns = [str(name) for name in batch.inputs.columns]
     # to_numpy(object) gives Python scalars per row, ten times faster than to_dict("records") on small frames
     records = [dict(zip(columns, values)) for values in batch.inputs.to_numpy(dtype=object).tolist()]
@@ -141,6 +172,7 @@ def batch_rows(batch: Any) -> list[dict]:
             "version": None if versions[position] is None else str(versions[position]),
             "confidence": finite_or_none(confidence[position]),
             "error": errors[position],
+            "reason": None if reasons[position] is None else str(reasons[position]),
         })
     return rows
 
@@ -151,7 +183,7 @@ def error_row(error: Any, answered_by: str) -> dict:
         "request_id": key_text(error.request_id), "row_id": ERROR_ROW_ID, "model": error.model,
         "received_at": utc_naive(error.received_at), "position": 0, "request_rows": int(error.rows), "latency_ms": None,
         "features": None, "prediction": None, "answered_by": answered_by, "version": None, "confidence": None,
-        "error": error.reason,
+        "error": error.reason, "reason": None,
     }
 
 
@@ -164,6 +196,8 @@ def insert_predictions(connection: Connection, rows: Sequence[dict]) -> None:
     """Insert `rows`, leaving alone any whose key is already there."""
     if not rows:
         return
+    # Rows spooled by an earlier release lack the later columns; one statement needs the same keys in every row.
+    rows = [row if len(row) == len(predictions.c) else {**dict.fromkeys(ADDED_COLUMNS), **row} for row in rows]
     dialect = connection.dialect.name
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
@@ -247,6 +281,7 @@ def window_frame(records: Sequence[Any]) -> pd.DataFrame:
         "confidence": pd.Series([r.confidence for r in records], dtype="float64"),
         "latency_ms": pd.Series([r.latency_ms for r in records], dtype="float64"),
         "error": [r.error for r in records],
+        "reason": [r.reason for r in records],
         "request_id": [r.request_id for r in records],
         "row_id": [r.row_id for r in records],
     })
