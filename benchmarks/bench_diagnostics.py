@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefect_crisis.tasks.response.diagnostics import diagnose
 from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.response.diagnostics import diagnose
 
 HERE = Path(__file__).parent
 PEER_VENV = HERE / ".venv-evidently"
@@ -58,7 +58,7 @@ def write_files(folder: Path) -> tuple[Path, Path]:
         frame["timestamp"] = pd.date_range("2026-11-01", periods=ROWS, freq="s", tz="UTC")
         frames.append(frame)
     paths = folder / "reference.parquet", folder / "current.parquet"
-    for frame, path in zip(frames, paths):
+    for frame, path in zip(frames, paths, strict=True):
         frame.to_parquet(path)
     return paths
 
@@ -88,10 +88,14 @@ def main() -> None:
     print(f"{'Evidently 0.7 ClassificationPreset':58} {peer['classification_seconds']:8.2f}")
     print(f"{'Evidently 0.7 total':58} {peer_total:8.2f}")
     print(f"{'prefect-crisis diagnose (all of it, reading files incl.)':58} {crisis_seconds:8.2f}  {', '.join(crisis_drifted)}")
-    print(f"\nprefect-crisis is {peer_total / crisis_seconds:.1f}x faster (target >= 10x); same drifted features: {crisis_drifted == sorted(peer['drifted']) == list(DRIFTED)}")
+    print(
+        f"\nprefect-crisis is {peer_total / crisis_seconds:.1f}x faster (target >= 10x); same drifted features: {crisis_drifted == sorted(peer['drifted']) == list(DRIFTED)}"
+    )
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    (results / "diagnostics.json").write_text(json.dumps({"rows": ROWS, "crisis_seconds": crisis_seconds, "crisis_drifted": crisis_drifted, "evidently": peer}, indent=2))
+    (results / "diagnostics.json").write_text(
+        json.dumps({"rows": ROWS, "crisis_seconds": crisis_seconds, "crisis_drifted": crisis_drifted, "evidently": peer}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -35,29 +35,50 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_escalation import clean_environment, cli, exports_of, free_port  # noqa: E402 - the same stack handling
-from prefect_crisis.deployments.drill_cli import shown_accuracy, shown_incidents  # noqa: E402 - as `crisis drill` shows them
+from bench_escalation import clean_environment, cli, exports_of, free_port
+
+from prefect_crisis.deployments.drill_cli import shown_accuracy, shown_incidents
 
 RESULTS = Path(__file__).parent / "results"
 CLI = [sys.executable, "-m", "prefect_crisis.deployments.cli"]
-SCENARIOS = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable", "training-killed",
-             "duplicate-event", "real-bad-release", "real-poisoned-retrain", "real-rejected-batch"]
+SCENARIOS = [
+    "corrupted-batch",
+    "poisoned-retrain",
+    "concept-drift",
+    "primary-raising",
+    "latency-spike",
+    "registry-unavailable",
+    "training-killed",
+    "duplicate-event",
+    "real-bad-release",
+    "real-poisoned-retrain",
+    "real-rejected-batch",
+]
 
 
 def short_ladder(env: dict[str, str], work: Path, restore: bool = False) -> None:
-    code = ("from prefect.client.orchestration import get_client\n"
-            "from prefect_crisis.blocks import EscalationPolicy\n"
-            "from prefect_crisis.deployments.automations import apply_ladder\n"
-            "with get_client(sync_client=True) as client:\n"
-            f"    apply_ladder(EscalationPolicy({'' if restore else 'monitor_interval_seconds=5, dead_man_intervals=2'}), client)\n")
+    code = (
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect_crisis.blocks import EscalationPolicy\n"
+        "from prefect_crisis.deployments.automations import apply_ladder\n"
+        "with get_client(sync_client=True) as client:\n"
+        f"    apply_ladder(EscalationPolicy({'' if restore else 'monitor_interval_seconds=5, dead_man_intervals=2'}), client)\n"
+    )
     subprocess.run([sys.executable, "-c", code], env=env, cwd=work, check=True, timeout=120)
 
 
 def drill_and_report(scenarios: list[str], args, connected: dict[str, str], work: Path, named: bool) -> None:
     """One `crisis drill` of `scenarios` on the running stack: its JSON written under benchmarks/results, its table printed."""
     started = time.perf_counter()
-    done = subprocess.run([*CLI, "drill", *scenarios, "--iterations", str(args.iterations), "--seed", str(args.seed), "--json"],
-                          env=connected, cwd=work, stdout=subprocess.PIPE, stderr=None, text=True, timeout=6 * 3600)
+    done = subprocess.run(
+        [*CLI, "drill", *scenarios, "--iterations", str(args.iterations), "--seed", str(args.seed), "--json"],
+        env=connected,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+        timeout=6 * 3600,
+    )
     elapsed = time.perf_counter() - started
     if not done.stdout.strip().startswith("{"):
         raise SystemExit(f"crisis drill failed ({done.returncode}): {done.stdout[-2000:]}")
@@ -68,18 +89,27 @@ def drill_and_report(scenarios: list[str], args, connected: dict[str, str], work
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
     if report.get("png"):
         shutil.copy(report["png"], RESULTS / f"{name}.png")
-    print(f"\n{'scenario':21} {'ok':>7} {'detect p50/p95':>16} {'mitigate p50/p95':>18} {'recover p50/p95/max':>22} "
-          f"{'accuracy before>after':>22} {'incidents':>9}")
+    print(
+        f"\n{'scenario':21} {'ok':>7} {'detect p50/p95':>16} {'mitigate p50/p95':>18} {'recover p50/p95/max':>22} "
+        f"{'accuracy before>after':>22} {'incidents':>9}"
+    )
     for row in report["summary"]:
-        def pair(name: str) -> str:
+
+        def pair(name: str, row: dict = row) -> str:
             values = [row[f"{name}_p50_s"], row[f"{name}_p95_s"]] + ([row[f"{name}_max_s"]] if name == "recover" else [])
             return "/".join("-" if v is None else f"{v:.2f}" for v in values)
-        print(f"{row['scenario']:21} {row['passed']:>3}/{row['runs']:<3} {pair('detect'):>16} {pair('mitigate'):>18} {pair('recover'):>22} "
-              f"{shown_accuracy(row):>22} {shown_incidents(row):>9}", flush=True)
+
+        print(
+            f"{row['scenario']:21} {row['passed']:>3}/{row['runs']:<3} {pair('detect'):>16} {pair('mitigate'):>18} {pair('recover'):>22} "
+            f"{shown_accuracy(row):>22} {shown_incidents(row):>9}",
+            flush=True,
+        )
         if row["failures"]:
             print(f"    failures: {row['failures']}", flush=True)
-    print("accuracy: mean on fresh labelled rows before the fault > once the stack responded ('-': a fault accuracy does "
-          "not measure); incidents: opened per episode, fewest-most over the runs")
+    print(
+        "accuracy: mean on fresh labelled rows before the fault > once the stack responded ('-': a fault accuracy does "
+        "not measure); incidents: opened per episode, fewest-most over the runs"
+    )
     print(f"\n{len(report['runs'])} runs in {elapsed:.0f} s; written {RESULTS / (name + '.json')}", flush=True)
 
 
@@ -89,9 +119,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--silent", action="store_true", help="also drill the silent monitor (on a 10 s dead man's window)")
     parser.add_argument("--scenarios", nargs="*", default=None, help="only these scenarios (default: all but monitor-silent)")
-    parser.add_argument("--each", action="store_true",
-                        help="one `crisis drill` per scenario on the same stack, each written as it finishes (drill-<scenario>.json): "
-                             "an interrupted long run keeps the scenarios it finished")
+    parser.add_argument(
+        "--each",
+        action="store_true",
+        help="one `crisis drill` per scenario on the same stack, each written as it finishes (drill-<scenario>.json): "
+        "an interrupted long run keeps the scenarios it finished",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="crisis-drill-bench-"))
     env = clean_environment(work)

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +55,7 @@ CRITICAL_POSITIVES_FLIPPED = 0.55
 
 # -- the stack -----------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,8 +64,7 @@ def free_port() -> int:
 
 def clean_environment(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "CRISIS_"))}
-    env.update(PREFECT_HOME=str(work / "client-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="200",
-               CRISIS_HOME=str(work / ".crisis"))
+    env.update(PREFECT_HOME=str(work / "client-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="200", CRISIS_HOME=str(work / ".crisis"))
     return env
 
 
@@ -80,6 +80,7 @@ def local_stack(*up_args: str, prefix: str = "crisis-bench-"):
     """A stack of its own for a benchmark: `crisis up --worker` (plus `up_args`) on a free port in a temporary folder,
     this process pointed at it (before prefect_crisis is imported), `crisis deploy`; `crisis down` at the end, also on
     Ctrl-C or an error. Yields (the folder, the stack's exports)."""
+
     def interrupted(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -101,7 +102,7 @@ def local_stack(*up_args: str, prefix: str = "crisis-bench-"):
         try:
             cli(env, work, "down", timeout=90)
             print("stack down", flush=True)
-        except Exception as error:  # noqa: BLE001 - report, never mask the original error
+        except Exception as error:
             print(f"crisis down failed: {error}", file=sys.stderr)
 
 
@@ -114,6 +115,7 @@ def exports_of(output: str) -> dict[str, str]:
 
 
 # -- models and windows ----------------------------------------------------------------
+
 
 def register(registry, labels, seed: int) -> str:
     """Train a logistic model on a synthetic batch with `labels(y, rng)` as its training labels, log
@@ -135,7 +137,7 @@ def poisoned_after_stable(model: str, poison, seed: int):
     """As tests/helpers.poisoned_after_stable: the good version served three hours, the poisoned one took over ten minutes ago."""
     from prefect_crisis.blocks import ModelRegistry
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     clock = [now - timedelta(hours=3)]
     registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
     good = register(registry, lambda y, rng: y, seed=seed)
@@ -149,9 +151,9 @@ def poisoned_after_stable(model: str, poison, seed: int):
 def serve_window(model: str, seed: int):
     """Serve ROWS rows through a FallbackRouter logging to the stack's inference log; returns (keys, true labels)."""
     from prefect_crisis.blocks import InferenceLog, ModelRegistry
+    from prefect_crisis.tasks.drills.synthetic import make_batch
     from prefect_crisis.tasks.serving.inference_log import open_inference_log
     from prefect_crisis.tasks.serving.router import FallbackRouter
-    from prefect_crisis.tasks.drills.synthetic import make_batch
 
     writer = open_inference_log(InferenceLog())
     router = FallbackRouter(ModelRegistry(model_name=model), log=writer).start(refresh_in_background=False)
@@ -159,7 +161,7 @@ def serve_window(model: str, seed: int):
     keys, labels = [], []
     try:
         for start in range(0, ROWS, REQUEST_ROWS):
-            part = batch.iloc[start:start + REQUEST_ROWS]
+            part = batch.iloc[start : start + REQUEST_ROWS]
             request = f"{model}-{start // REQUEST_ROWS}"
             output = router.predict(part.drop(columns=["label"]), request_id=request)
             keys += [(request, str(row)) for row in output["row_id"]]
@@ -195,6 +197,7 @@ def record_labels(keys, labels, *, emit: bool) -> float:
 
 
 # -- reading back what happened ----------------------------------------------------------
+
 
 def rollback_move(registry):
     for move in registry.audit_trail():
@@ -263,7 +266,8 @@ def breakdown(model: str, emitted: float, move, observed: float) -> dict:
     created, started = ts(run.created), ts(run.start_time)
     first, body = first_body_line(run.id)
     row.update(
-        flow_run=str(run.id), state=run.state.name if run.state else None,
+        flow_run=str(run.id),
+        state=run.state.name if run.state else None,
         to_created_s=created - emitted,
         created_to_running_s=(started - created) if started else None,
         running_to_first_line_s=(body - started) if body and started else None,
@@ -274,6 +278,7 @@ def breakdown(model: str, emitted: float, move, observed: float) -> dict:
 
 
 # -- the parts --------------------------------------------------------------------------
+
 
 def prepare(models: list[str], poison, seed0: int, *, emit_labels: bool = False) -> dict[str, tuple]:
     prepared = {}
@@ -296,8 +301,9 @@ def emit_breach(model: str) -> tuple[float, str]:
 
     champion = ModelRegistry(model_name=model).champion()
     emitted = time.time()
-    event = emit_crisis_event(CrisisEvent.BREACH_CRITICAL, model, {"metric": "accuracy", "rule": "bench", "source": "bench_escalation"},
-                              version=champion.version)
+    event = emit_crisis_event(
+        CrisisEvent.BREACH_CRITICAL, model, {"metric": "accuracy", "rule": "bench", "source": "bench_escalation"}, version=champion.version
+    )
     EventsWorker.drain_all()  # the emit returns when queued; the timing starts before it, as a monitor's would
     return emitted, str(getattr(event, "id", ""))
 
@@ -341,18 +347,24 @@ def part_three(count: int, timeout: float) -> list[dict]:
     rows = []
     for i in range(count):
         model = f"labels-{i}"
-        (keys, labels), = prepare([model], critical_band, seed0=900 + 10 * i, emit_labels=True).values()
+        ((keys, labels),) = prepare([model], critical_band, seed0=900 + 10 * i, emit_labels=True).values()
         recorded = record_labels(keys, labels, emit=True)
         found = wait_for_rollbacks([model], timeout)
         monitors = flow_runs_of("health-monitor/health-monitor", model)
         monitor = monitors[0] if monitors else None
-        row = {"model": model, "recovered": model in found, "monitor_runs": len(monitors),
-               "monitor_state": monitor.state.name if monitor and monitor.state else None,
-               "monitor_message": (monitor.state.message if monitor and monitor.state else None)}
+        row = {
+            "model": model,
+            "recovered": model in found,
+            "monitor_runs": len(monitors),
+            "monitor_state": monitor.state.name if monitor and monitor.state else None,
+            "monitor_message": (monitor.state.message if monitor and monitor.state else None),
+        }
         if monitor is not None:
-            row.update(to_monitor_created_s=ts(monitor.created) - recorded,
-                       monitor_running_s=(ts(monitor.start_time) - recorded) if monitor.start_time else None,
-                       monitor_done_s=(ts(monitor.end_time) - recorded) if monitor.end_time else None)
+            row.update(
+                to_monitor_created_s=ts(monitor.created) - recorded,
+                monitor_running_s=(ts(monitor.start_time) - recorded) if monitor.start_time else None,
+                monitor_done_s=(ts(monitor.end_time) - recorded) if monitor.end_time else None,
+            )
         responses = flow_runs_of("crisis-response/crisis-response", model)
         row["responses"] = [{"severity": r.parameters.get("severity"), "state": r.state.name if r.state else None} for r in responses]
         if model in found:
@@ -360,13 +372,17 @@ def part_three(count: int, timeout: float) -> list[dict]:
             row.update({k: v for k, v in breakdown(model, recorded, move, observed).items() if k not in ("model", "responses")})
             print(f"  {model}: labels -> rollback {row['rollback_at_s']:.2f} s", flush=True)
         else:
-            print(f"  {model}: no rollback within {timeout:g} s; monitor {row['monitor_state']}: {row['monitor_message']}; "
-                  f"responses {row['responses']}", flush=True)
+            print(
+                f"  {model}: no rollback within {timeout:g} s; monitor {row['monitor_state']}: {row['monitor_message']}; "
+                f"responses {row['responses']}",
+                flush=True,
+            )
         rows.append(row)
     return rows
 
 
 # -- figures -----------------------------------------------------------------------------
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -378,8 +394,14 @@ def summary(rows: list[dict], key: str = "rollback_at_s") -> dict:
     values = [row[key] for row in rows if row.get("recovered") and row.get(key) is not None]
     if not values:
         return {"n": 0, "recovered": 0, "of": len(rows)}
-    return {"n": len(values), "recovered": sum(bool(r.get("recovered")) for r in rows), "of": len(rows),
-            "p50": statistics.median(values), "p95": percentile(values, 95), "max": max(values)}
+    return {
+        "n": len(values),
+        "recovered": sum(bool(r.get("recovered")) for r in rows),
+        "of": len(rows),
+        "p50": statistics.median(values),
+        "p95": percentile(values, 95),
+        "max": max(values),
+    }
 
 
 PHASES = ("to_created_s", "created_to_running_s", "running_to_first_line_s", "first_line_to_rollback_s")
@@ -387,7 +409,7 @@ PHASES = ("to_created_s", "created_to_running_s", "running_to_first_line_s", "fi
 
 def phase_medians(rows: list[dict]) -> dict:
     medians = {}
-    for phase in PHASES + ("engine_first_line_s", "observed_s"):
+    for phase in (*PHASES, "engine_first_line_s", "observed_s"):
         values = [row[phase] for row in rows if row.get(phase) is not None]
         medians[phase] = statistics.median(values) if values else None
     return medians
@@ -395,6 +417,7 @@ def phase_medians(rows: list[dict]) -> dict:
 
 def import_cost(module: str = "prefect_crisis.flows.crisis_response", repeats: int = 3) -> dict:
     """Seconds to import `module` in a fresh interpreter (median of `repeats`), and the bare interpreter with prefect."""
+
     def timed(code: str) -> float:
         times = []
         for _ in range(repeats):
@@ -403,8 +426,14 @@ def import_cost(module: str = "prefect_crisis.flows.crisis_response", repeats: i
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
-    return {"python": timed("pass"), "prefect": timed("import prefect"), "prefect.flow_engine": timed("import prefect.flow_engine"),
-            "sklearn": timed("import sklearn.linear_model"), "skops.io": timed("import skops.io"), module: timed(f"import {module}")}
+    return {
+        "python": timed("pass"),
+        "prefect": timed("import prefect"),
+        "prefect.flow_engine": timed("import prefect.flow_engine"),
+        "sklearn": timed("import sklearn.linear_model"),
+        "skops.io": timed("import skops.io"),
+        module: timed(f"import {module}"),
+    }
 
 
 def fmt(value) -> str:
@@ -418,17 +447,22 @@ def print_table(results: dict) -> None:
         s = part["summary"]
         print(f"| {name} | {s.get('recovered', 0)}/{s['of']} | {fmt(s.get('p50'))} | {fmt(s.get('p95'))} | {fmt(s.get('max'))} |")
     print("\nmedian seconds per phase (event or labels -> created -> running -> flow body's first line -> rollback `at`):")
-    print("| scenario | -> run created | created -> running | running -> body line | body line -> rollback | (engine's first log line after running) | poll saw it |")
+    print(
+        "| scenario | -> run created | created -> running | running -> body line | body line -> rollback | (engine's first log line after running) | poll saw it |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, part in results["parts"].items():
         m = part["phases"]
-        print(f"| {name} | {fmt(m['to_created_s'])} | {fmt(m['created_to_running_s'])} | {fmt(m['running_to_first_line_s'])} | "
-              f"{fmt(m['first_line_to_rollback_s'])} | {fmt(m['engine_first_line_s'])} | {fmt(m['observed_s'])} |")
+        print(
+            f"| {name} | {fmt(m['to_created_s'])} | {fmt(m['created_to_running_s'])} | {fmt(m['running_to_first_line_s'])} | "
+            f"{fmt(m['first_line_to_rollback_s'])} | {fmt(m['engine_first_line_s'])} | {fmt(m['observed_s'])} |"
+        )
     if "imports" in results:
         print("\nimport in a fresh interpreter (s): " + ", ".join(f"{k} {v:.2f}" for k, v in results["imports"].items()))
 
 
 # -- main ----------------------------------------------------------------------------------
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -439,19 +473,31 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for one rollback (a burst: for all)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-imports", action="store_true", help="skip timing the imports in a fresh interpreter")
-    parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
-                        help="the Prefect server's database: `crisis up --postgres` (default) or SQLite")
+    parser.add_argument(
+        "--database",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="the Prefect server's database: `crisis up --postgres` (default) or SQLite",
+    )
     args = parser.parse_args()
     parts = {int(p) for p in args.parts.split(",") if p.strip()}
 
     started = time.perf_counter()
-    with local_stack(*(["--postgres"] if args.database == "postgres" else [])) as (work, exports):
+    with local_stack(*(["--postgres"] if args.database == "postgres" else [])) as (_work, exports):
         print(f"stack up and deployed in {time.perf_counter() - started:.1f} s", flush=True)
-        results: dict = {"started": datetime.now(timezone.utc).isoformat(), "cpus": os.cpu_count(), "rows": ROWS,
-                         "load_before": os.getloadavg(), "database": args.database, "parts": {}}
-        chosen = [(1, f"1. one model, breach -> rollback (N={args.incidents})", lambda: part_one(args.incidents, args.timeout)),
-                  (2, f"2. {args.burst} models in the same second", lambda: part_two(args.burst, args.timeout)),
-                  (3, f"3. labels -> monitor -> rollback (N={args.labels})", lambda: part_three(args.labels, args.timeout))]
+        results: dict = {
+            "started": datetime.now(UTC).isoformat(),
+            "cpus": os.cpu_count(),
+            "rows": ROWS,
+            "load_before": os.getloadavg(),
+            "database": args.database,
+            "parts": {},
+        }
+        chosen = [
+            (1, f"1. one model, breach -> rollback (N={args.incidents})", lambda: part_one(args.incidents, args.timeout)),
+            (2, f"2. {args.burst} models in the same second", lambda: part_two(args.burst, args.timeout)),
+            (3, f"3. labels -> monitor -> rollback (N={args.labels})", lambda: part_three(args.labels, args.timeout)),
+        ]
         for number, name, run in chosen:
             if number not in parts:
                 continue
@@ -461,13 +507,17 @@ def main() -> None:
         if not args.no_imports:
             results["imports"] = import_cost()
         results["load_after"] = os.getloadavg()
-        results["worker_log_errors"] = [line for log in ("worker.log", "warm-worker.log")
-                                        for line in (Path(exports["CRISIS_HOME"]) / log).read_text(errors="replace").splitlines()
-                                        if "Traceback" in line or " ERROR " in line or "Crashed" in line][:40]
+        results["worker_log_errors"] = [
+            line
+            for log in ("worker.log", "warm-worker.log")
+            for line in (Path(exports["CRISIS_HOME"]) / log).read_text(errors="replace").splitlines()
+            if "Traceback" in line or " ERROR " in line or "Crashed" in line
+        ][:40]
         print_table(results)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2, default=str))
         print(f"\nwritten {args.output}; load average {results['load_before']} -> {results['load_after']}")
+
 
 if __name__ == "__main__":
     main()

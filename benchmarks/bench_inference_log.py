@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,17 @@ TARGET_RECORDS = 60_000
 
 def request(number: int, rows: int, inputs: pd.DataFrame) -> PredictionBatch:
     return PredictionBatch(
-        request_id=f"req-{number}", model="bench", received_at=datetime.now(timezone.utc), latency_ms=1.2, inputs=inputs,
-        row_ids=[str(i) for i in range(rows)], predictions=[1] * rows, answered_by=[Responder.PRIMARY.value] * rows,
-        versions=["1"] * rows, confidence=[0.9] * rows, errors=[None] * rows,
+        request_id=f"req-{number}",
+        model="bench",
+        received_at=datetime.now(UTC),
+        latency_ms=1.2,
+        inputs=inputs,
+        row_ids=[str(i) for i in range(rows)],
+        predictions=[1] * rows,
+        answered_by=[Responder.PRIMARY.value] * rows,
+        versions=["1"] * rows,
+        confidence=[0.9] * rows,
+        errors=[None] * rows,
     )
 
 
@@ -67,16 +75,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for rows in (1, 100, 10_000):
             records = 20_000 if rows == 1 else TARGET_RECORDS
-            log = InferenceLog(url=f"sqlite:///{Path(folder) / f'bench-{rows}.db'}", spool_path=str(Path(folder) / "spool"),
-                               batch_rows=1_000, flush_seconds=0.05)
+            log = InferenceLog(
+                url=f"sqlite:///{Path(folder) / f'bench-{rows}.db'}", spool_path=str(Path(folder) / "spool"), batch_rows=1_000, flush_seconds=0.05
+            )
             per_second, submit_us, stats = run(log, rows, records, database_up=True)
             assert stats.written + stats.flushed == (records // rows) * rows and stats.dropped == 0, stats
             print(f"| {'SQLite, written':<34} | {rows:>12,} | {per_second:>10,.0f} | {submit_us:>11.1f} | {stats.flushed:>9,} |")
         down = Path(folder) / "not-a-folder"
         down.write_text("the database folder is a file: every connect fails")
         for rows in (100, 10_000):
-            log = InferenceLog(url=f"sqlite:///{down / 'bench.db'}", spool_path=str(Path(folder) / "spool-down"),
-                               batch_rows=1_000, flush_seconds=0.05, retry_seconds=3_600, spool_max_records=1_000_000)
+            log = InferenceLog(
+                url=f"sqlite:///{down / 'bench.db'}",
+                spool_path=str(Path(folder) / "spool-down"),
+                batch_rows=1_000,
+                flush_seconds=0.05,
+                retry_seconds=3_600,
+                spool_max_records=1_000_000,
+            )
             per_second, submit_us, stats = run(log, rows, TARGET_RECORDS, database_up=False)
             assert stats.spooled == (TARGET_RECORDS // rows) * rows, stats
             print(f"| {'database down, into the spool':<34} | {rows:>12,} | {per_second:>10,.0f} | {submit_us:>11.1f} | {stats.spooled:>9,} |")

@@ -17,7 +17,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 RESULTS = Path(__file__).parent / "results" / "real_models.json"
@@ -34,12 +33,12 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
     from prefect_crisis.blocks.training_policy import TrainingPolicy
     from prefect_crisis.core.timeline import ListSink, Timeline
     from prefect_crisis.tasks.drills.datasets import LABEL, load_dataset
-    from prefect_crisis.tasks.serving.fallback_model import fit_fallback
     from prefect_crisis.tasks.serving.confidence_routing import fit_routing
+    from prefect_crisis.tasks.serving.fallback_model import fit_fallback
     from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
-    from prefect_crisis.tasks.training.stopping import stop_any
-    from prefect_crisis.tasks.training.loop import train_with_stop_hook
     from prefect_crisis.tasks.training.data import policy_estimator, split_training_data
+    from prefect_crisis.tasks.training.loop import train_with_stop_hook
+    from prefect_crisis.tasks.training.stopping import stop_any
 
     data = load_dataset(name)
     features = list(data.features)
@@ -52,8 +51,14 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
         primary = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed).fit(training.X_train, training.y_train)
     else:
         primary = train_with_stop_hook(
-            policy_estimator(policy, training), training.X_train, training.y_train, classes=training.classes, epochs=policy.epochs,
-            batch_size=policy.batch_size, stop=stop_any(), seed=seed,
+            policy_estimator(policy, training),
+            training.X_train,
+            training.y_train,
+            classes=training.classes,
+            epochs=policy.epochs,
+            batch_size=policy.batch_size,
+            stop=stop_any(),
+            seed=seed,
         ).estimator
     holdout_accuracy = float((primary.predict(training.X_holdout) == training.y_holdout).mean())
     reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3_000))
@@ -74,11 +79,17 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
     on, routed = served(routing)
     off, _ = served(None)
     return {
-        "data set": name, "seed": seed, "reference_cv": reference_cv, "primary_holdout": holdout_accuracy,
+        "data set": name,
+        "seed": seed,
+        "reference_cv": reference_cv,
+        "primary_holdout": holdout_accuracy,
         "primary_fresh": float((primary.predict(fresh[features].to_numpy(float)) == truth).mean()),
         "fallback_holdout": fallback.metrics.get("accuracy"),
         "fallback_fresh": float((fallback.estimator.predict(fresh[list(fallback.features)].to_numpy(float)) == truth).mean()),
-        "fallback_columns": len(fallback.features), "served_routing_off": off, "served_routing_on": on, "routed_share": routed,
+        "fallback_columns": len(fallback.features),
+        "served_routing_off": off,
+        "served_routing_on": on,
+        "routed_share": routed,
         "routing_on": routing.threshold is not None,
     }
 
@@ -86,8 +97,12 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--primary", choices=("default", "raw-sgd"), default="default",
-                        help="the primary: the default policy's, or an SGD on raw features (the old default, weak)")
+    parser.add_argument(
+        "--primary",
+        choices=("default", "raw-sgd"),
+        default="default",
+        help="the primary: the default policy's, or an SGD on raw features (the old default, weak)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -95,19 +110,29 @@ def main() -> None:
     rows = [one_seed(name, seed, args.primary) for name in ("breast-cancer", "digits", "wine") for seed in range(args.seeds)]
     frame = pd.DataFrame(rows)
     table = frame.groupby("data set", sort=False).agg(
-        reference_cv=("reference_cv", "mean"), primary_fresh=("primary_fresh", "mean"), primary_worst_gap=("primary_fresh", "min"),
-        fallback_fresh=("fallback_fresh", "mean"), fallback_columns=("fallback_columns", "mean"), served_off=("served_routing_off", "mean"),
-        served_on=("served_routing_on", "mean"), routing_on=("routing_on", "sum"), routed=("routed_share", "mean"),
+        reference_cv=("reference_cv", "mean"),
+        primary_fresh=("primary_fresh", "mean"),
+        primary_worst_gap=("primary_fresh", "min"),
+        fallback_fresh=("fallback_fresh", "mean"),
+        fallback_columns=("fallback_columns", "mean"),
+        served_off=("served_routing_off", "mean"),
+        served_on=("served_routing_on", "mean"),
+        routing_on=("routing_on", "sum"),
+        routed=("routed_share", "mean"),
     )
     gaps = frame.assign(gap=frame.reference_cv - frame.primary_fresh, served_gap=frame.served_routing_on - frame.primary_fresh)
     table["primary_worst_gap"] = gaps.groupby("data set", sort=False)["gap"].max()
     table["served_on_minus_own_worst"] = gaps.groupby("data set", sort=False)["served_gap"].min()
     print(f"{args.seeds} seeds per data set; primary: {args.primary}; 80 % batch (TrainingPolicy() defaults) / 20 % fresh rows")
-    print("| data set | scaled logistic (5-fold CV) | default primary, fresh | worst gap | fallback, fresh (columns) | served, routing off | served, routing on (on in) | worst served - own |")
+    print(
+        "| data set | scaled logistic (5-fold CV) | default primary, fresh | worst gap | fallback, fresh (columns) | served, routing off | served, routing on (on in) | worst served - own |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in table.iterrows():
-        print(f"| {name} | {row.reference_cv:.3f} | {row.primary_fresh:.3f} | {row.primary_worst_gap:+.3f} | {row.fallback_fresh:.3f} ({row.fallback_columns:.1f}) | "
-              f"{row.served_off:.3f} | {row.served_on:.3f} ({int(row.routing_on)}/{args.seeds}) | {row.served_on_minus_own_worst:+.3f} |")
+        print(
+            f"| {name} | {row.reference_cv:.3f} | {row.primary_fresh:.3f} | {row.primary_worst_gap:+.3f} | {row.fallback_fresh:.3f} ({row.fallback_columns:.1f}) | "
+            f"{row.served_off:.3f} | {row.served_on:.3f} ({int(row.routing_on)}/{args.seeds}) | {row.served_on_minus_own_worst:+.3f} |"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"rows": rows}, indent=2, default=float))
     print(f"written {args.output}")

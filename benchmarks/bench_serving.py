@@ -36,15 +36,15 @@ from sklearn.neural_network import MLPClassifier
 
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
-from prefect_crisis.tasks.serving.inference_log import open_inference_log
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import TagKey
+from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch
+from prefect_crisis.tasks.serving.inference_log import open_inference_log
+from prefect_crisis.tasks.serving.pyfunc import register_serving_model, serving_model_name
+from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
 from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.training.promotion import log_candidate
-from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
-from prefect_crisis.tasks.serving.pyfunc import register_serving_model, serving_model_name
-from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch
 
 FEATURES = feature_names(20)
 RESULTS = Path(__file__).parent / "results" / "serving.json"
@@ -121,7 +121,7 @@ def breaking_primary(registry: ModelRegistry, requests: int, break_at: int, cool
         try:
             out = router.predict(batch)
             failed_to_client += int((out["answered_by"] == "none").any())
-        except Exception:  # noqa: BLE001 - counted
+        except Exception:
             failed_to_client += 1
         if opened:
             reached_after_open += flaky.calls_while_broken - calls_before
@@ -189,11 +189,15 @@ def log_on_request_path(registry: ModelRegistry, folder: str, calls: int) -> dic
     logs = {
         "log off": None,
         "log on (SQLite)": InferenceLog(url=f"sqlite:///{folder}/inference.db", spool_path=f"{folder}/spool-up"),
-        "database down (spool)": InferenceLog(url=f"sqlite:///{folder}/not-a-folder/inference.db", spool_path=f"{folder}/spool-down", retry_seconds=3600),
+        "database down (spool)": InferenceLog(
+            url=f"sqlite:///{folder}/not-a-folder/inference.db", spool_path=f"{folder}/spool-down", retry_seconds=3600
+        ),
     }
     routers = {}
     for case, log in logs.items():
-        routers[case] = FallbackRouter(registry, FallbackPolicy(), log=open_inference_log(log) if log else None, timeline=Timeline(sink=ListSink()), close_log=True)
+        routers[case] = FallbackRouter(
+            registry, FallbackPolicy(), log=open_inference_log(log) if log else None, timeline=Timeline(sink=ListSink()), close_log=True
+        )
         routers[case].start(refresh_in_background=False)
     frame = make_batch(1, seed=5)[FEATURES]
     times: dict[str, list[float]] = {case: [] for case in routers}

@@ -23,11 +23,11 @@ import json
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_escalation import local_stack  # noqa: E402
+from bench_escalation import local_stack
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 ROWS_PER_ROUND = 100
@@ -47,7 +47,7 @@ def serve_round(registry, stream, start: int, rotate) -> int:
         answer = router.predict(rows.drop(columns=[LABEL]))
     finally:
         router.close()
-    record_labels(log, list(zip(answer["request_id"], answer["row_id"].astype(str))), rotate(rows[LABEL].to_numpy()).tolist(), emit=True)
+    record_labels(log, list(zip(answer["request_id"], answer["row_id"].astype(str), strict=True)), rotate(rows[LABEL].to_numpy()).tolist(), emit=True)
     return start + ROWS_PER_ROUND
 
 
@@ -68,15 +68,18 @@ def tally(model: str, since: datetime) -> dict:
         for deployment in ("crisis-response", "emergency-stop", "health-monitor"):
             found = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])), limit=200)
             runs[deployment] = Counter(
-                str(run.state.name) for run in found
-                if model in (run.parameters.get("model_name"), *(run.parameters.get("model_names") or []))
+                str(run.state.name) for run in found if model in (run.parameters.get("model_name"), *(run.parameters.get("model_names") or []))
             )
     registry = ModelRegistry(model_name=model)
     moves = [move for move in registry.audit_trail(registry.champion_alias) if move.applied and move.at >= since]
     incidents = sorted({r.id for e in events for r in e.related if r.role == "incident"})
-    return {"events": dict(counted), "incidents": incidents, "runs": {name: dict(states) for name, states in runs.items()},
-            "alias_moves": [f"{m.action} v{m.from_version} -> v{m.to_version} ({m.incident})" for m in moves],
-            "champion": registry.champion().version}
+    return {
+        "events": dict(counted),
+        "incidents": incidents,
+        "runs": {name: dict(states) for name, states in runs.items()},
+        "alias_moves": [f"{m.action} v{m.from_version} -> v{m.to_version} ({m.incident})" for m in moves],
+        "champion": registry.champion().version,
+    }
 
 
 def main() -> None:
@@ -89,12 +92,12 @@ def main() -> None:
     with local_stack("--postgres", prefix="crisis-soak-"):
         from prefect_crisis.tasks.drills.real_models import build_real_stack, rotated, serving_accuracy
 
-        model = f"soak-{datetime.now(timezone.utc):%H%M%S}"
+        model = f"soak-{datetime.now(UTC):%H%M%S}"
         stack = build_real_stack(model, "digits", seed=7)
         stream = stack.fresh().sample(frac=1.0, random_state=7).reset_index(drop=True)
         _, before = serving_accuracy(stack.registry, stream)
         classes = stack.data.classes
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         deadline, start, rounds = time.monotonic() + args.minutes * 60, 0, 0
         print(f"{model}: v{stack.good} serves ({before:.1%} on true labels); the concept shifts now, for {args.minutes:g} minutes", flush=True)
         while time.monotonic() < deadline:
@@ -105,14 +108,23 @@ def main() -> None:
                 print(f"  {(time.monotonic() - (deadline - args.minutes * 60)) / 60:.1f} min: {rounds} rounds", flush=True)
             time.sleep(max(0.0, args.every - (time.monotonic() - started)))
         time.sleep(30)  # the last round's sweep and responses
-        result = {"model": model, "minutes": args.minutes, "rounds": rounds, "rows_per_round": ROWS_PER_ROUND, "accuracy_before": before,
-                  **tally(model, since)}
+        result = {
+            "model": model,
+            "minutes": args.minutes,
+            "rounds": rounds,
+            "rows_per_round": ROWS_PER_ROUND,
+            "accuracy_before": before,
+            **tally(model, since),
+        }
         result["incidents_opened"] = result["events"].get("ml.incident.opened", 0)
         print(json.dumps(result, indent=2, default=str))
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2, default=str))
-        print(f"\n{result['incidents_opened']} incident(s) opened in {args.minutes:g} minutes of a persistent breach "
-              f"({result['events'].get('ml.incident.joined', 0)} later breaches joined it); written {args.output}")
+        print(
+            f"\n{result['incidents_opened']} incident(s) opened in {args.minutes:g} minutes of a persistent breach "
+            f"({result['events'].get('ml.incident.joined', 0)} later breaches joined it); written {args.output}"
+        )
+
 
 if __name__ == "__main__":
     main()

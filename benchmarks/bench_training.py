@@ -50,12 +50,12 @@ from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.deployments.runner import serving
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.training.checkpoints import load_checkpoint, training_experiment
-from prefect_crisis.tasks.training.promotion import log_candidate
-from prefect_crisis.tasks.training.stopping import StopKind
 from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch, synthetic_contract
-from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training.checkpoints import load_checkpoint, training_experiment
 from prefect_crisis.tasks.training.data import split_training_data
+from prefect_crisis.tasks.training.promotion import log_candidate
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training.stopping import StopKind
 from prefect_crisis.tasks.training.tasks import train_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -151,7 +151,7 @@ def cancel_latencies(runs: int, storage: Path) -> list[list[float]]:
                 print(f"  cancel {index + 1}/{runs}: checkpoint after {timings[-1][0]:.3f} s, Cancelled after {timings[-1][1]:.3f} s", flush=True)
     finally:
         del os.environ["PREFECT_API_URL"]
-    return [list(column) for column in zip(*timings)]
+    return [list(column) for column in zip(*timings, strict=True)]
 
 
 # -- 3. candidate log + register -------------------------------------------------------

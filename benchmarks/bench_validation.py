@@ -48,7 +48,7 @@ class PeakRss:
         self.every = every
         self.process = psutil.Process()
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.baseline = self.process.memory_info().rss
         self.peak = self.baseline
         self._stop = threading.Event()
@@ -80,7 +80,14 @@ def measure(name: str, call: Callable[[], object], repeats: int) -> dict:
             seconds.append(time.perf_counter() - started)
         peaks.append(memory.extra_bytes)
         del memory
-    return {"name": name, "seconds": seconds, "best": min(seconds), "median": statistics.median(seconds), "peak_extra_bytes": max(peaks), "outcome": outcome}
+    return {
+        "name": name,
+        "seconds": seconds,
+        "best": min(seconds),
+        "median": statistics.median(seconds),
+        "peak_extra_bytes": max(peaks),
+        "outcome": outcome,
+    }
 
 
 def pandera_schemas():
@@ -154,7 +161,9 @@ def main() -> None:
         print(f"measuring {name} ...", flush=True)
         output = subprocess.run(
             [sys.executable, __file__, "--only", name, "--rows", str(args.rows), "--repeats", str(args.repeats)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         runs.append(json.loads(output.strip().splitlines()[-1]))
 

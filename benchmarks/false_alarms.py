@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks import DataContract
-from prefect_crisis.tasks.validation.drift import DriftSettings, categorical_drift, numeric_drift, psi_categorical, psi_numeric
 from prefect_crisis.tasks.drills.synthetic import CATEGORIES, CATEGORY_SHARES, COLUMN_SHAPES, customer_table
 from prefect_crisis.tasks.validation.checks import validate_data
+from prefect_crisis.tasks.validation.drift import DriftSettings, categorical_drift, numeric_drift, psi_categorical, psi_numeric
 
 SIZES = (30, 89, 200, 1_000)
 SHARES = CATEGORY_SHARES

@@ -132,8 +132,9 @@ def main() -> int:
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "MUTANT_UNDER_TEST")}
         env["CRISIS_HOME"] = str(work / ".crisis")  # tests that write state write it in the copy
         started = time.monotonic()
-        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=env,
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=env, capture_output=True, text=True
+        )
         minutes = (time.monotonic() - started) / 60
         counts, survivors = tally(work, args.modules)
         if not any(c["killed"] + c["survived"] for c in counts.values()):
@@ -151,12 +152,17 @@ def main() -> int:
             print(f"\nsurvived in {module}:")
             print("\n".join(f"  {name}" for name in sorted(names)))
         if args.json:
-            args.json.write_text(json.dumps({
-                "minutes": round(minutes, 1),
-                "modules": {m: dict(counts.get(m, Counter())) | {"kill_rate": rate(counts.get(m, Counter()))} for m in args.modules},
-                "overall": dict(total) | {"kill_rate": rate(total)},
-                "survived": survivors,
-            }, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "minutes": round(minutes, 1),
+                        "modules": {m: dict(counts.get(m, Counter())) | {"kill_rate": rate(counts.get(m, Counter()))} for m in args.modules},
+                        "overall": dict(total) | {"kill_rate": rate(total)},
+                        "survived": survivors,
+                    },
+                    indent=2,
+                )
+            )
         return 1 if rate(total) < args.fail_under else 0
     finally:
         if not args.keep:

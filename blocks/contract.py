@@ -60,7 +60,7 @@ class DataContract(Block, ContractSpec):
         max_levels: int = MAX_LEVELS,
         reference_uri: str | None = None,
         **settings: Any,
-    ) -> "DataContract":
+    ) -> DataContract:
         """A contract learned from reference data, for a person to review and save.
 
         Learns each column's type and nullability and what its values may be:

@@ -52,17 +52,22 @@ class EscalationPolicy(Block):
         default=3, ge=1, description="This many ml.breach.warning for one model within the escalation window start the full (critical) response."
     )
     escalation_window_minutes: float = Field(
-        default=10.0, gt=0, description="The window in which repeated warnings escalate; after escalating, further warnings are quiet for the rest of it."
+        default=10.0,
+        gt=0,
+        description="The window in which repeated warnings escalate; after escalating, further warnings are quiet for the rest of it.",
     )
     cooldown_minutes: float = Field(
-        default=30.0, gt=0,
+        default=30.0,
+        gt=0,
         description="After a critical breach starts a response, further critical breaches of that model start none for this long (the rollback-storm guard).",
     )
     monitor_interval_seconds: float = Field(
         default=60.0, ge=5, description="How often the health-monitor deployment sweeps the inference log (its schedule)."
     )
     dead_man_intervals: int = Field(
-        default=3, ge=1, description="A model without ml.health.reported for this many monitor intervals counts as unmonitored (the dead man's switch)."
+        default=3,
+        ge=1,
+        description="A model without ml.health.reported for this many monitor intervals counts as unmonitored (the dead man's switch).",
     )
     notification_block: str | None = Field(
         default=None,

@@ -53,9 +53,7 @@ class FallbackPolicy(Block):
     failure_threshold: int = Field(default=5, ge=1, description="Primary failures within failure_window_seconds that open the breaker.")
     failure_window_seconds: float = Field(default=60.0, gt=0, description="The window failures are counted in.")
     cooldown_seconds: float = Field(default=30.0, ge=0, description="How long an open breaker waits before one trial call to the primary.")
-    refresh_seconds: float = Field(
-        default=5.0, gt=0, description="How often serving re-reads @champion and @fallback and swaps in a moved version."
-    )
+    refresh_seconds: float = Field(default=5.0, gt=0, description="How often serving re-reads @champion and @fallback and swaps in a moved version.")
     engage_share: float = Field(
         default=0.5, gt=0.0, le=1.0, description="Share of recent rows answered by the fallback above which ml.fallback.engaged is emitted."
     )
@@ -65,15 +63,19 @@ class FallbackPolicy(Block):
     share_window_rows: int = Field(default=500, ge=1, description="How many recent rows the routed share is measured over.")
     min_share_rows: int = Field(default=50, ge=1, description="No share-based event before this many rows were seen.")
     error_burst_rows: int = Field(
-        default=20, ge=1, description="Failed rows and refused requests within error_burst_seconds that emit ml.serving.errors (the monitor runs at once)."
+        default=20,
+        ge=1,
+        description="Failed rows and refused requests within error_burst_seconds that emit ml.serving.errors (the monitor runs at once).",
     )
-    error_burst_seconds: float = Field(default=10.0, gt=0, description="The window a burst of serving errors is counted in; at most one event per window.")
+    error_burst_seconds: float = Field(
+        default=10.0, gt=0, description="The window a burst of serving errors is counted in; at most one event per window."
+    )
     id_column: str | None = Field(
         default=None, description="Input column whose value names each row in the output and the inference log; empty: the row's position."
     )
 
     @model_validator(mode="after")
-    def _release_below_engage(self) -> "FallbackPolicy":
+    def _release_below_engage(self) -> FallbackPolicy:
         if self.release_share >= self.engage_share:
             raise ValueError(
                 f"release_share ({self.release_share}) must be below engage_share ({self.engage_share}), "

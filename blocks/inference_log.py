@@ -62,7 +62,9 @@ class InferenceLog(Block):
 
     _block_type_name = "Crisis Inference Log"
     _block_type_slug = "crisis-inference-log"
-    _description = "Where serving logs every prediction (any SQLAlchemy database), with a local spool while it is down, and labelled windows read back."
+    _description = (
+        "Where serving logs every prediction (any SQLAlchemy database), with a local spool while it is down, and labelled windows read back."
+    )
 
     url: str | None = Field(
         default=None,
@@ -112,8 +114,14 @@ class InferenceLog(Block):
         secrets = [self.password.get_secret_value()] if self.password else []
         secrets += [p for p in [split_password(self.url or "")[1]] if p]
         return InferenceLogSettings(
-            url=self.resolved_url, display_url=self.display_url, spool_folder=self.spool_folder,
-            spool_max_records=self.spool_max_records, batch_rows=self.batch_rows, flush_seconds=self.flush_seconds,
-            retry_seconds=self.retry_seconds, timeout_seconds=self.timeout_seconds, secrets=tuple(secrets),
+            url=self.resolved_url,
+            display_url=self.display_url,
+            spool_folder=self.spool_folder,
+            spool_max_records=self.spool_max_records,
+            batch_rows=self.batch_rows,
+            flush_seconds=self.flush_seconds,
+            retry_seconds=self.retry_seconds,
+            timeout_seconds=self.timeout_seconds,
+            secrets=tuple(secrets),
             home=None if self.url else crisis_home(),
         )

@@ -75,12 +75,10 @@ class HealthRule(BaseModel):
     direction: Literal["above", "below"] = Field(
         default="above", description="above: breaches when the metric is above the limit; below: when under it (confidence)."
     )
-    min_samples: int = Field(
-        default=30, ge=1, description="Fewer samples than this in the long window cannot breach (as in the rollback rules)."
-    )
+    min_samples: int = Field(default=30, ge=1, description="Fewer samples than this in the long window cannot breach (as in the rollback rules).")
 
     @model_validator(mode="after")
-    def _known_metric(self) -> "HealthRule":
+    def _known_metric(self) -> HealthRule:
         spec = HEALTH_METRICS.get(self.metric)
         if spec is None:
             raise PolicyError(f"unknown metric {self.metric!r} in health rule {self.name!r}: use one of {', '.join(HEALTH_METRICS)}")
@@ -142,28 +140,26 @@ class MonitoringPolicy(Block):
         default=60.0, gt=0, description="The long window: a breach there says it is not noise (and is what the response reads)."
     )
     short_window_minutes: float = Field(
-        default=5.0, gt=0,
+        default=5.0,
+        gt=0,
         description="The short window: a breach there says it is still happening. Labelled metrics end it at the newest label; "
         "it reaches further back when it holds fewer than short_min_samples requests (labelled rows).",
     )
-    short_min_samples: int = Field(
-        default=10, ge=1, description="Fewer samples than this in the short window cannot confirm a breach."
-    )
-    confidence: float = Field(
-        default=0.95, gt=0.5, lt=1.0, description="Confidence of the Wilson bound for rates (use the rollback policy's)."
-    )
+    short_min_samples: int = Field(default=10, ge=1, description="Fewer samples than this in the short window cannot confirm a breach.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence of the Wilson bound for rates (use the rollback policy's).")
     contract_block: str | None = Field(
         default=None, description="DataContract whose reference the recent inputs are compared with for drift; empty: no drift metric."
     )
     history_sweeps: int = Field(default=1_000, ge=1, description="Sweeps of metric history kept per model (for plots).")
     dashboard_every_minutes: float = Field(
-        default=10.0, ge=0,
+        default=10.0,
+        ge=0,
         description="A healthy sweep refreshes the model's dashboard artifact at most this often (each refresh is a new artifact "
         "version with its plot, ~30 KB); a breach, a change of severity or of serving version refreshes it at once. 0: every sweep.",
     )
 
     @model_validator(mode="after")
-    def _short_inside_long(self) -> "MonitoringPolicy":
+    def _short_inside_long(self) -> MonitoringPolicy:
         if self.short_window_minutes > self.long_window_minutes:
             raise PolicyError(
                 f"short_window_minutes ({self.short_window_minutes:g}) is longer than long_window_minutes ({self.long_window_minutes:g}): swap them"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
@@ -48,8 +48,19 @@ from prefect_crisis.core.uris import mask_uri, password_moved_apart, with_passwo
 from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey, VersionRole
 
 __all__ = [
-    "MOVE_EVENTS", "NO_VERSION", "UNAVAILABLE", "AliasMove", "AuditSnapshot", "ModelRegistry", "RegistryUnavailableError", "VersionInfo",
-    "first_line", "incident_id", "is_unavailable", "reset_store_connections", "store_error_line",
+    "MOVE_EVENTS",
+    "NO_VERSION",
+    "UNAVAILABLE",
+    "AliasMove",
+    "AuditSnapshot",
+    "ModelRegistry",
+    "RegistryUnavailableError",
+    "VersionInfo",
+    "first_line",
+    "incident_id",
+    "is_unavailable",
+    "reset_store_connections",
+    "store_error_line",
 ]
 T = TypeVar("T")
 logger = logging.getLogger("prefect_crisis.registry")
@@ -60,6 +71,7 @@ MOVE_EVENTS = {
     AliasAction.ROLLBACK: CrisisEvent.MODEL_ROLLED_BACK,
     AliasAction.FALLBACK: CrisisEvent.FALLBACK_ENGAGED,
 }  # a plain MOVE (the challenger of a new version) is told by ml.model.registered
+
 
 def incident_id(incident: Incident | str | None) -> str | None:
     """The id of an incident, or the id given.
@@ -104,7 +116,7 @@ class ModelRegistry(Block):
         champion = registry.champion()
         if champion:
             print(champion.version, champion.metrics)
-        registry.serving_at(datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc))
+        registry.serving_at(datetime(2026, 11, 27, 3, 0, tzinfo=UTC))
         ```
     """
 
@@ -129,9 +141,12 @@ class ModelRegistry(Block):
     fallback_alias: str = Field(default="fallback", description="Alias of the simple model served when all else fails.")
     audit_experiment: str = Field(default="crisis-audit", description="MLflow experiment holding the audit of alias moves.")
     unavailable_retry_seconds: float = Field(
-        default=10.0, ge=0, description=(
+        default=10.0,
+        ge=0,
+        description=(
             "How long an alias move waits out an unreachable or locked MLflow store (retries with backoff from 0.2 s) "
-            "before it gives up with the alias untouched."),
+            "before it gives up with the alias untouched."
+        ),
     )
 
     _client: MlflowClient | None = PrivateAttr(default=None)
@@ -140,7 +155,7 @@ class ModelRegistry(Block):
 
     def use(
         self, *, client: MlflowClient | None = None, clock: Callable[[], datetime] | None = None, timeline: Timeline | None = None
-    ) -> "ModelRegistry":
+    ) -> ModelRegistry:
         """Inject the MLflow client, the clock and the timeline (tests, or a shared client)."""
         if client is not None:
             self._client = client
@@ -206,9 +221,7 @@ class ModelRegistry(Block):
             # MLflow's SQL registry resolves a models:/ source through the process-global
             # tracking URI (a ./mlflow.db when unset); resolve it through this block's store.
             source = self.client.get_logged_model(model_id).artifact_location
-        created = self.client.create_model_version(
-            self.model_name, source=source, run_id=run_id, tags=tags, model_id=model_id
-        )
+        created = self.client.create_model_version(self.model_name, source=source, run_id=run_id, tags=tags, model_id=model_id)
         self._audit(AliasAction.REGISTER, None, None, created.version, "registered", None)
         info = self.version(created.version)
         self.timeline().emit(
@@ -222,7 +235,7 @@ class ModelRegistry(Block):
         return VersionInfo(
             version=str(found.version),
             run_id=found.run_id,
-            created=datetime.fromtimestamp(found.creation_timestamp / 1000, tz=timezone.utc),
+            created=datetime.fromtimestamp(found.creation_timestamp / 1000, tz=UTC),
             metrics=dict(metrics),
             tags=dict(found.tags),
             aliases=aliases,
@@ -358,9 +371,7 @@ class ModelRegistry(Block):
         from_version = current.version if current else None
         target = self.version(version)
         if target.retired and alias != self.fallback_alias:
-            raise RegistryError(
-                f"version {version} of {self.model_name!r} is retired ({target.tags[TagKey.RETIRED]}): pick another version"
-            )
+            raise RegistryError(f"version {version} of {self.model_name!r} is retired ({target.tags[TagKey.RETIRED]}): pick another version")
         if target.is_fallback and (action is AliasAction.PROMOTE or alias == self.challenger_alias):
             # The fallback serves only through a FALLBACK recovery; the promotion gate never judged it.
             raise RegistryError(
@@ -371,7 +382,9 @@ class ModelRegistry(Block):
         # An unavailable store is waited out (`unavailable_retry_seconds`); a move that still fails leaves the alias
         # where it was and its row `failed`; a row left `pending` (the store went away after the alias moved, or the
         # process died) is settled from the alias itself by the next `settle_audit`: never half done.
-        audit = self._retrying("write the audit row", self._audit, action, alias, from_version, version, reason, incident_id(incident), finished=False)
+        audit = self._retrying(
+            "write the audit row", self._audit, action, alias, from_version, version, reason, incident_id(incident), finished=False
+        )
         try:
             self._retrying(f"move {alias!r}", self.client.set_registered_model_alias, self.model_name, alias, version)
         except (MlflowException, RegistryError) as error:
@@ -380,7 +393,9 @@ class ModelRegistry(Block):
                 self._settle_quietly(audit, AuditOutcome.FAILED.because(reason_failed))
                 raise RegistryError(f"could not move {alias!r} of {self.model_name!r} to v{version}: {reason_failed}") from error
         self._settle_quietly(audit, AuditOutcome.APPLIED)
-        move = AliasMove(str(action.value), alias, from_version, version, reason, incident_id(incident), None, self.now(), AuditOutcome.APPLIED, audit)
+        move = AliasMove(
+            str(action.value), alias, from_version, version, reason, incident_id(incident), None, self.now(), AuditOutcome.APPLIED, audit
+        )
         try:
             move = self._move_from_run(self.client.get_run(audit))
         except MlflowException as error:  # the move is done and audited: a read-back the store refuses now changes nothing
@@ -451,9 +466,27 @@ class ModelRegistry(Block):
         Raises:
             RegistryUnavailableError: the audit cannot be read now.
         """
-        moves = self._retrying("read the audit", read_audit, self.client, self.audit_experiment, self.model_name)
+        return self._settle(self._read_moves())[0]
+
+    def settled_snapshot(self) -> AuditSnapshot:
+        """`settle_audit`, then the audit as settled, from one read of the store: what a response decides from.
+
+        Raises:
+            RegistryUnavailableError: the audit cannot be read now.
+        """
+        return AuditSnapshot(tuple(self._settle(self._read_moves())[1]))
+
+    def _read_moves(self) -> list[AliasMove]:
+        return self._retrying("read the audit", read_audit, self.client, self.audit_experiment, self.model_name)
+
+    def _settle(self, moves: list[AliasMove]) -> tuple[int, list[AliasMove]]:
         grace = timedelta(seconds=3 * self.unavailable_retry_seconds + 30)
-        return sum(self._settle_quietly(move.audit_run_id, outcome) for move, outcome in pending_settlements(moves, self.now(), grace, self._alias_reads))
+        settled = {
+            move.audit_run_id: outcome
+            for move, outcome in pending_settlements(moves, self.now(), grace, self._alias_reads)
+            if self._settle_quietly(move.audit_run_id, outcome)
+        }
+        return len(settled), [replace(move, outcome=settled.get(move.audit_run_id, move.outcome)) for move in moves]
 
     def _audit_experiment_id(self) -> str:
         return ensure_experiment(self.client, self.audit_experiment, {TagKey.AUDIT: "true"})
@@ -472,9 +505,7 @@ class ModelRegistry(Block):
 
         at = self.now()
         tags = audit_tags(self.model_name, action, alias, from_version, to_version, reason, incident, flow_run.get_id(), at, finished)
-        run = self.client.create_run(
-            self._audit_experiment_id(), start_time=_ms(at), tags=tags, run_name=f"{action}-{self.model_name}"
-        )
+        run = self.client.create_run(self._audit_experiment_id(), start_time=_ms(at), tags=tags, run_name=f"{action}-{self.model_name}")
         if finished:
             self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=_ms(at))
         return run.info.run_id

@@ -63,8 +63,16 @@ class AuditSnapshot:
 
 
 def audit_tags(
-    model: str, action: str, alias: str | None, from_version: str | None, to_version: str | None, reason: str, incident: str | None,
-    flow_run_id: str | None, at: datetime, finished: bool,
+    model: str,
+    action: str,
+    alias: str | None,
+    from_version: str | None,
+    to_version: str | None,
+    reason: str,
+    incident: str | None,
+    flow_run_id: str | None,
+    at: datetime,
+    finished: bool,
 ) -> dict[str, Any]:
     """The tags of one audit row: the row is its tags (MLflow runs carry no other searchable fields)."""
     return {
@@ -150,7 +158,7 @@ def pending_settlements(
             continue
         if now - move.at < grace:
             continue  # perhaps still in flight in another process: its mover settles it
-        later = [m for m in moves[index + 1:] if m.alias == move.alias and m.applied]
+        later = [m for m in moves[index + 1 :] if m.alias == move.alias and m.applied]
         if later:
             applied = later[0].from_version == move.to_version
         else:
@@ -158,5 +166,7 @@ def pending_settlements(
             if current is None:
                 continue  # cannot tell yet
             applied = current == move.to_version
-        settled.append((move, AuditOutcome.APPLIED.value if applied else AuditOutcome.FAILED.because("the move did not complete (settled from the alias)")))
+        settled.append(
+            (move, AuditOutcome.APPLIED.value if applied else AuditOutcome.FAILED.because("the move did not complete (settled from the alias)"))
+        )
     return settled

@@ -47,7 +47,7 @@ class MetricRule(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _known_metric(self) -> "MetricRule":
+    def _known_metric(self) -> MetricRule:
         spec = METRICS.get(self.metric)
         if spec is None:
             raise PolicyError(f"unknown metric {self.metric!r} in a rollback rule: use one of {', '.join(METRICS)}")

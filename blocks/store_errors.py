@@ -14,8 +14,17 @@ from prefect_crisis.core.errors import RegistryUnavailableError
 
 # What an MLflow store that is down, locked or out of reach says: worth waiting out, unlike a refusal.
 UNAVAILABLE = (
-    "database is locked", "disk i/o error", "readonly database", "unable to open database", "connection refused",
-    "max retries exceeded", "temporarily unavailable", "timed out", "connection aborted", "remote end closed", "error code 503",
+    "database is locked",
+    "disk i/o error",
+    "readonly database",
+    "unable to open database",
+    "connection refused",
+    "max retries exceeded",
+    "temporarily unavailable",
+    "timed out",
+    "connection aborted",
+    "remote end closed",
+    "error code 503",
 )
 
 
@@ -59,7 +68,9 @@ def reset_store_connections(client: MlflowClient) -> None:
             engine.dispose()
 
 
-def unavailable_error(store: str, what: str, model: str, error: BaseException, *, tries: int | None = None, seconds: float | None = None) -> RegistryUnavailableError:
+def unavailable_error(
+    store: str, what: str, model: str, error: BaseException, *, tries: int | None = None, seconds: float | None = None
+) -> RegistryUnavailableError:
     """The one-line error for a store that stayed unavailable: which store, what could not be done, for which model,
     after how many tries (when retried), and the store's own line.
 

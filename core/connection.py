@@ -101,6 +101,8 @@ def connect() -> StackConnection | None:
         ensure_logging_setup()  # Prefect configures its loggers lazily; the line must show in a plain script
         get_logger("crisis").info(
             "using the local stack: Prefect %s, state folder %s (found in %s)",
-            connection.api_url, connection.home, connection.home / SERVER_RECORD,
+            connection.api_url,
+            connection.home,
+            connection.home / SERVER_RECORD,
         )
     return connection

@@ -57,6 +57,8 @@ def known_categories(series: pd.Series, max_categories: int) -> list[str] | None
     if (counts == 1).sum() / counts.sum() > MAX_UNSEEN_CATEGORY_RATE:
         return None
     return sorted(counts.index.tolist())
+
+
 # An integral column with at most this many distinct values, each in at least
 # `MIN_LEVEL_SHARE` of the rows and `MIN_LEVEL_ROWS` rows, is a set of codes: a value
 # outside it is an unknown category. A rare value is the sign of a measurement's
@@ -81,9 +83,7 @@ def _codes(values: np.ndarray, dtype: str, limit: int, min_rows: int, min_share:
     return [int(level) if dtype == "int" else float(level) for level in levels]
 
 
-def learn_kind(
-    name: str, series: pd.Series, *, key_column: str | None, label_column: str | None, max_categories: int, max_levels: int
-) -> dict:
+def learn_kind(name: str, series: pd.Series, *, key_column: str | None, label_column: str | None, max_categories: int, max_levels: int) -> dict:
     """A column's type, nullability and, for codes, classes and categories, its set of values."""
     dtype = infer_dtype(series)
     spec: dict = {"name": name, "dtype": dtype, "nullable": bool(series.isna().any())}
@@ -171,8 +171,7 @@ def learn_columns(
                 [name],
             )
     specs = [
-        learn_kind(str(name), frame[name], key_column=key_column, label_column=label_column,
-                   max_categories=max_categories, max_levels=max_levels)
+        learn_kind(str(name), frame[name], key_column=key_column, label_column=label_column, max_categories=max_categories, max_levels=max_levels)
         for name in frame.columns
     ]
     fenced = [spec for spec in specs if spec["dtype"] in ("int", "float") and spec.get("check_outliers", True)]

@@ -24,18 +24,10 @@ class ColumnSpec(BaseModel):
         description="Logical type: float, int, bool, string or datetime. "
         "Safe coercions (int to float, numeric text to numbers) are made and reported.",
     )
-    required: bool = Field(
-        default=True, description="A batch without this column is rejected."
-    )
-    nullable: bool = Field(
-        default=False, description="Missing values are allowed in this column."
-    )
-    min_value: float | None = Field(
-        default=None, description="Smallest allowed value (inclusive), numeric columns only."
-    )
-    max_value: float | None = Field(
-        default=None, description="Largest allowed value (inclusive), numeric columns only."
-    )
+    required: bool = Field(default=True, description="A batch without this column is rejected.")
+    nullable: bool = Field(default=False, description="Missing values are allowed in this column.")
+    min_value: float | None = Field(default=None, description="Smallest allowed value (inclusive), numeric columns only.")
+    max_value: float | None = Field(default=None, description="Largest allowed value (inclusive), numeric columns only.")
     allowed_values: list[int] | list[float] | list[str] | None = Field(
         default=None,
         description="The only values allowed: categories of a string column, or the codes or classes "
@@ -61,25 +53,15 @@ class ColumnSpec(BaseModel):
         description="Upper tolerance band learned from the reference (DataContract.from_reference): a larger "
         "value is an outlier. None: taken from the reference or the batch at validation time.",
     )
-    check_drift: bool = Field(
-        default=True, description="Compare this column with the reference for drift."
-    )
+    check_drift: bool = Field(default=True, description="Compare this column with the reference for drift.")
 
     @model_validator(mode="after")
-    def _bounds_are_ordered(self) -> "ColumnSpec":
-        if (
-            self.min_value is not None
-            and self.max_value is not None
-            and self.min_value > self.max_value
-        ):
-            raise ValueError(
-                f"column {self.name!r}: min_value {self.min_value} is above max_value {self.max_value}"
-            )
+    def _bounds_are_ordered(self) -> ColumnSpec:
+        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
+            raise ValueError(f"column {self.name!r}: min_value {self.min_value} is above max_value {self.max_value}")
         if self.allowed_values is not None:
             if self.dtype not in ("string", "int", "float"):
-                raise ValueError(
-                    f"column {self.name!r}: allowed_values applies to string and numeric columns, not {self.dtype}"
-                )
+                raise ValueError(f"column {self.name!r}: allowed_values applies to string and numeric columns, not {self.dtype}")
             self.allowed_values = _allowed_as(self.name, self.dtype, self.allowed_values)
         if self.constant_value is not None and not self.is_numeric:
             raise ValueError(f"column {self.name!r}: constant_value applies to numeric columns, not {self.dtype}")
@@ -116,9 +98,7 @@ class ContractSpec(BaseModel):
     """
 
     columns: list[ColumnSpec] = Field(description="The columns a batch must hold.")
-    key_column: str | None = Field(
-        default=None, description="A column whose values must be unique within a batch."
-    )
+    key_column: str | None = Field(default=None, description="A column whose values must be unique within a batch.")
     allow_extra_columns: bool = Field(
         default=True,
         description="Columns not named in the contract are passed through; when false, the batch is rejected.",
@@ -147,9 +127,7 @@ class ContractSpec(BaseModel):
         description="Population stability index above which a significant difference counts as drift "
         "(on small batches the significance test decides, PSI alone is noise there).",
     )
-    psi_bins: int = Field(
-        default=10, ge=2, le=100, description="Quantile bins of the reference used for PSI."
-    )
+    psi_bins: int = Field(default=10, ge=2, le=100, description="Quantile bins of the reference used for PSI.")
     drift_significance: float = Field(
         default=0.01,
         gt=0.0,
@@ -162,8 +140,7 @@ class ContractSpec(BaseModel):
         default=0.1,
         gt=0.0,
         le=1.0,
-        description="KS distance a significant shift must also exceed to count as drift "
-        "(with large batches every tiny shift is significant).",
+        description="KS distance a significant shift must also exceed to count as drift (with large batches every tiny shift is significant).",
     )
     drift_sample_size: int | None = Field(
         default=100_000,
@@ -176,16 +153,14 @@ class ContractSpec(BaseModel):
         ge=0,
         description="Reject a batch when more features than this have drifted; None only reports drift.",
     )
-    check_duplicate_rows: bool = Field(
-        default=True, description="Quarantine exact copies of an earlier row of the batch."
-    )
+    check_duplicate_rows: bool = Field(default=True, description="Quarantine exact copies of an earlier row of the batch.")
     reference_uri: str | None = Field(
         default=None,
         description="Parquet file (path or fsspec URL) of reference data that drift is measured against.",
     )
 
     @model_validator(mode="after")
-    def _column_names_are_unique(self) -> "DataContract":
+    def _column_names_are_unique(self) -> ContractSpec:
         names = [column.name for column in self.columns]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -205,7 +180,7 @@ class ContractSpec(BaseModel):
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
-    """" (did you mean 'x'?)" for the closest of `choices`, or "" when none is close.
+    """ " (did you mean 'x'?)" for the closest of `choices`, or "" when none is close.
 
     Example:
         >>> did_you_mean("mean_radus", ["mean_radius", "mean_area"])

@@ -108,7 +108,7 @@ def _tail_band(ascending: np.ndarray, rate: float) -> float:
     inner_k = min(_INNER_FACTOR * k, (n + 1) / 4)
 
     def extreme(rank: float) -> float:  # the rank-th largest value, rank counted from 1
-        return float(ascending[max(0, min(n - 1, n - int(round(rank))))])
+        return float(ascending[max(0, min(n - 1, n - round(rank)))])
 
     base, inner = extreme(k), extreme(inner_k)
     if base <= inner:  # ties: the tail is a few repeated values

@@ -24,7 +24,7 @@ def crisis_home() -> Path:
 
         raise StackError(
             f"CRISIS_HOME is {configured!r}: the deployment was made without CRISIS_HOME exported; "
-            "redeploy with `crisis deploy` (or after `eval \"$(crisis env)\"`)"
+            'redeploy with `crisis deploy` (or after `eval "$(crisis env)"`)'
         )
     return Path(configured or Path.cwd() / ".crisis").resolve()
 

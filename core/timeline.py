@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect_crisis.core.vocabulary import (
@@ -32,7 +32,7 @@ from prefect_crisis.core.vocabulary import (
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,10 @@ DELIVERY = logging.getLogger("prefect_crisis.events")
 def _patient_client_type():
     import time
 
+    from prefect.events.clients import RETRYABLE_EXCEPTIONS, PrefectEventsClient
+
     from prefect_crisis.core.uris import mask_uri
     from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
-
-    from prefect.events.clients import RETRYABLE_EXCEPTIONS, PrefectEventsClient
 
     class PatientEventsClient(PrefectEventsClient):
         """Prefect's events client that holds events while the server is away and resends them every 2 s."""
@@ -151,8 +151,12 @@ def _patient_client_type():
 
         def _went_away(self, error: Exception) -> None:
             self._away_since = self._away_since or time.monotonic()
-            DELIVERY.warning("the Prefect server at %s does not answer (%s): events are held in this process and sent "
-                             "again when it answers; they are lost if the process ends first", mask_uri(self._api_url), error)
+            DELIVERY.warning(
+                "the Prefect server at %s does not answer (%s): events are held in this process and sent "
+                "again when it answers; they are lost if the process ends first",
+                mask_uri(self._api_url),
+                error,
+            )
 
         async def __aenter__(self):
             try:
@@ -182,19 +186,24 @@ def _patient_client_type():
                     break
                 try:
                     await self._reconnect()  # sends them
-                except Exception:  # noqa: BLE001 - still away: the policy's pause, then again
+                except Exception:
                     continue
             if self._away_since is not None and self._unconfirmed_events:
-                DELIVERY.warning("the Prefect server at %s still does not answer: %d held events lost", mask_uri(self._api_url),
-                                 len(self._unconfirmed_events))
+                DELIVERY.warning(
+                    "the Prefect server at %s still does not answer: %d held events lost", mask_uri(self._api_url), len(self._unconfirmed_events)
+                )
             await super().__aexit__(*exc_info)
 
         async def _reconnect(self) -> None:
             held = len(self._unconfirmed_events)
             await super()._reconnect()  # on success it has sent every held event again
             if self._away_since is not None:
-                DELIVERY.warning("the Prefect server at %s answers again after %.0f s: %d held events sent", mask_uri(self._api_url),
-                                 time.monotonic() - self._away_since, held)
+                DELIVERY.warning(
+                    "the Prefect server at %s answers again after %.0f s: %d held events sent",
+                    mask_uri(self._api_url),
+                    time.monotonic() - self._away_since,
+                    held,
+                )
                 self._away_since = None
 
     return PatientEventsClient
@@ -248,9 +257,7 @@ def prefect_sink(event: TimelineEvent) -> Any:
     from prefect.settings import PREFECT_API_URL
 
     if emit_events_to_cloud() or not should_emit_events_to_running_server():
-        return emit_event(
-            event=event.event.value, resource=event.resource, related=event.related, payload=event.payload, occurred=event.occurred
-        )
+        return emit_event(event=event.event.value, resource=event.resource, related=event.related, payload=event.payload, occurred=event.occurred)
     sent = Event(event=event.event.value, resource=event.resource, related=event.related, payload=event.payload, occurred=event.occurred)
     _events_worker(PREFECT_API_URL.value()).send(sent)
     return sent
@@ -280,12 +287,17 @@ class Timeline:
         self.clock = clock or utc_now
         self.sink = sink if sink is not None else prefect_sink
 
-    def bound(self, incident: Incident | str | None) -> "Timeline":
+    def bound(self, incident: Incident | str | None) -> Timeline:
         """The same clock and sink, bound to another incident."""
         return Timeline(incident, clock=self.clock, sink=self.sink)
 
     def emit(
-        self, event: CrisisEvent, model: str, payload: dict[str, Any] | None = None, *, version: str | int | None = None,
+        self,
+        event: CrisisEvent,
+        model: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        version: str | int | None = None,
         labels: dict[str, str] | None = None,
     ) -> TimelineEvent:
         """Emit `event` about `model` (and `version`), inside the bound incident; `labels` are added to the model resource."""
@@ -298,7 +310,7 @@ class Timeline:
         self.sink(emitted)
         return emitted
 
-    def logger(self, logger: logging.Logger | logging.LoggerAdapter, model: str, version: str | int | None = None) -> "StepLogger":
+    def logger(self, logger: logging.Logger | logging.LoggerAdapter, model: str, version: str | int | None = None) -> StepLogger:
         """`logger` whose records carry incident id, model and version (as `extra` and in the message)."""
         return StepLogger(logger, {"incident": self.incident_id, "model": model, "version": None if version is None else str(version)})
 
@@ -322,7 +334,12 @@ class StepLogger(logging.LoggerAdapter):
 
 
 def emit_crisis_event(
-    event: CrisisEvent, model: str, payload: dict[str, Any] | None = None, *, version: str | int | None = None, incident: str | None = None,
+    event: CrisisEvent,
+    model: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    version: str | int | None = None,
+    incident: str | None = None,
     labels: dict[str, str] | None = None,
 ) -> TimelineEvent:
     """Emit one event outside a bound timeline (a one-off `Timeline(incident)`).

@@ -37,7 +37,7 @@ def mask_uri(uri: str | None) -> str:
         return uri or ""
     match = _USERINFO.match(uri)
     if match and match["password"] is not None:
-        uri = f"{match['head']}{match['user']}:{MASK}@{uri[match.end():]}"
+        uri = f"{match['head']}{match['user']}:{MASK}@{uri[match.end() :]}"
     return _SECRET_QUERY.sub(rf"\g<1>{MASK}", uri)
 
 
@@ -46,7 +46,7 @@ def split_password(uri: str) -> tuple[str, str | None]:
     match = _USERINFO.match(uri)
     if not match or match["password"] is None:
         return uri, None
-    return f"{match['head']}{match['user']}@{uri[match.end():]}", unquote(match["password"])
+    return f"{match['head']}{match['user']}@{uri[match.end() :]}", unquote(match["password"])
 
 
 def with_password(uri: str, password: str | None) -> str:
@@ -56,7 +56,7 @@ def with_password(uri: str, password: str | None) -> str:
     match = _USERINFO.match(uri)
     if not match or match["password"] is not None:
         return uri
-    return f"{match['head']}{match['user']}:{quote(password, safe='')}@{uri[match.end():]}"
+    return f"{match['head']}{match['user']}:{quote(password, safe='')}@{uri[match.end() :]}"
 
 
 def password_moved_apart(values, uri_field: str, password_field: str):

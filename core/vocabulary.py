@@ -232,6 +232,8 @@ def is_drill_model(model: str) -> bool:
         (True, False)
     """
     return model.startswith(DRILL_PREFIX)
+
+
 INCIDENT_ROLE = "incident"
 MODEL_VERSION_ROLE = "model-version"
 INCIDENT_RUN_TAG = "incident:"  # flow runs of a response carry `incident:<id>`

@@ -63,7 +63,7 @@ class _StopAny(Stop):
 
 
 @dataclass(frozen=True)
-class stop_after_attempt(Stop):  # noqa: N801 - named as tenacity names it
+class stop_after_attempt(Stop):
     """Give up once `attempts` attempts have been made."""
 
     attempts: int
@@ -73,7 +73,7 @@ class stop_after_attempt(Stop):  # noqa: N801 - named as tenacity names it
 
 
 @dataclass(frozen=True)
-class stop_after_delay(Stop):  # noqa: N801
+class stop_after_delay(Stop):
     """Give up once `seconds` have passed since the first attempt began."""
 
     seconds: float
@@ -83,7 +83,7 @@ class stop_after_delay(Stop):  # noqa: N801
 
 
 @dataclass(frozen=True)
-class stop_never(Stop):  # noqa: N801
+class stop_never(Stop):
     """Never give up (a supervisor that restarts what it watches)."""
 
     def __call__(self, attempt: Attempt) -> bool:
@@ -91,7 +91,7 @@ class stop_never(Stop):  # noqa: N801
 
 
 @dataclass(frozen=True)
-class wait_fixed:  # noqa: N801
+class wait_fixed:
     """The same pause after every attempt."""
 
     seconds: float
@@ -101,7 +101,7 @@ class wait_fixed:  # noqa: N801
 
 
 @dataclass(frozen=True)
-class wait_exponential:  # noqa: N801
+class wait_exponential:
     """`initial`, then twice as long after each attempt, never more than `maximum`.
 
     Example:

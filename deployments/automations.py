@@ -55,8 +55,13 @@ NOTIFICATION_BODY = "{{ event.event }} for model {{ event.resource['" + MODEL_NA
 
 
 def model_trigger(
-    events: set[CrisisEvent], *, threshold: int = 1, within: timedelta = timedelta(0), posture: Posture = Posture.Reactive,
-    after: set[CrisisEvent] = frozenset(), labels: dict[str, str | list[str]] | None = None,
+    events: set[CrisisEvent],
+    *,
+    threshold: int = 1,
+    within: timedelta = timedelta(0),
+    posture: Posture = Posture.Reactive,
+    after: set[CrisisEvent] = frozenset(),
+    labels: dict[str, str | list[str]] | None = None,
 ) -> EventTrigger:
     """A trigger on `events` about any model, counted per model (`for_each` on the model name label).
 
@@ -155,16 +160,32 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             f"is none or it is measured better. At most one stop per model per {emergency_debounce.total_seconds():g} s; later "
             "breaches join the open incident.",
             partial(model_trigger, emergency_events, within=emergency_debounce),
-            [run(deployment_ids, EMERGENCY_STOP, {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME, **defaults})],
+            [
+                run(
+                    deployment_ids,
+                    EMERGENCY_STOP,
+                    {"model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME, **defaults},
+                )
+            ],
             "EMERGENCY: stopping training and repairing serving",
         ),
         LadderStep.RESOLVED: (
             "Recovery succeeded while the model's emergency stop is in force: undo the stop (lower the stop flag, resume the "
             "training schedules it paused).",
             lambda labels=None: model_trigger({CrisisEvent.RECOVERY_SUCCEEDED}, labels={EMERGENCY_LABEL: "true", **(labels or {})}),
-            [run(deployment_ids, EMERGENCY_STOP, {
-                "model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "reason": EVENT_NAME, "resolve": True,
-            })],
+            [
+                run(
+                    deployment_ids,
+                    EMERGENCY_STOP,
+                    {
+                        "model_name": MODEL,
+                        "incident_id": EVENT_ID,
+                        "triggering_event_id": EVENT_ID,
+                        "reason": EVENT_NAME,
+                        "resolve": True,
+                    },
+                )
+            ],
             None,
         ),
         LadderStep.MONITOR_SILENT: (
@@ -173,25 +194,36 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             # Prefect's heartbeat pattern: each report opens a window that expects the next one; none -> fire.
             # Drill models are left out but the silent-monitor drill's: the others go quiet for good when their drill ends.
             lambda labels=None: model_trigger(
-                {CrisisEvent.HEALTH_REPORTED}, within=policy.dead_man_window, posture=Posture.Proactive, after={CrisisEvent.HEALTH_REPORTED},
+                {CrisisEvent.HEALTH_REPORTED},
+                within=policy.dead_man_window,
+                posture=Posture.Proactive,
+                after={CrisisEvent.HEALTH_REPORTED},
                 labels=labels if labels is not None else {MODEL_NAME_LABEL: [f"!{DRILL_PREFIX}*", f"{SILENT_DRILL_PREFIX}*"]},
             ),
             # the firing's event is the model's last health report, not news: each run opens its own incident
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(
-                Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value, **defaults
-            ))],
+            [
+                run(
+                    deployment_ids,
+                    CRISIS_RESPONSE,
+                    response_parameters(Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value, **defaults),
+                )
+            ],
             "the health monitor went silent for this model",
         ),
         LadderStep.STOPGAP: (
             f"The fallback serves (a sweep reports ml.model.serving=fallback): the incident stays open and the full response looks "
             f"again for a version measured healthy on the window, at most once per {policy.cooldown_minutes:g} minutes.",
-            lambda labels=None: model_trigger({CrisisEvent.HEALTH_REPORTED}, within=policy.cooldown, labels={SERVING_LABEL: Serving.FALLBACK.value, **(labels or {})}),
+            lambda labels=None: model_trigger(
+                {CrisisEvent.HEALTH_REPORTED}, within=policy.cooldown, labels={SERVING_LABEL: Serving.FALLBACK.value, **(labels or {})}
+            ),
             [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, **defaults))],
             None,
         ),
         LadderStep.EVIDENCE: (
             "New labels or a burst of serving errors: run the health monitor for that model now, at most once per monitor interval.",
-            partial(model_trigger, {CrisisEvent.LABELS_RECORDED, CrisisEvent.SERVING_ERRORS}, within=timedelta(seconds=policy.monitor_interval_seconds)),
+            partial(
+                model_trigger, {CrisisEvent.LABELS_RECORDED, CrisisEvent.SERVING_ERRORS}, within=timedelta(seconds=policy.monitor_interval_seconds)
+            ),
             [run(deployment_ids, HEALTH_MONITOR, {"model_names": [MODEL]})],
             None,
         ),
@@ -204,10 +236,14 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
     if notification_block_id is not None:  # pages: the same triggers, a drill's models left out
         automations += [
             AutomationCore(
-                name=page_name(step), description=f"Page for {step.automation_name} (drill models, {DRILL_PREFIX}*, page nobody).",
-                enabled=step in enabled, trigger=trigger(labels={MODEL_NAME_LABEL: f"!{DRILL_PREFIX}*"}), actions=notify(what),
+                name=page_name(step),
+                description=f"Page for {step.automation_name} (drill models, {DRILL_PREFIX}*, page nobody).",
+                enabled=step in enabled,
+                trigger=trigger(labels={MODEL_NAME_LABEL: f"!{DRILL_PREFIX}*"}),
+                actions=notify(what),
             )
-            for step, (_, trigger, _, what) in steps.items() if what is not None
+            for step, (_, trigger, _, what) in steps.items()
+            if what is not None
         ]
     return automations
 

@@ -23,10 +23,10 @@ without deployments or workers); 1 also for a drill that did not recover. Expect
 from __future__ import annotations
 
 import json as _json
-import logging
 import os
 import sys
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated
 
@@ -36,16 +36,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from prefect_crisis.deployments import stack
-from prefect_crisis.deployments.commands import LONG_COMMAND, SHORT_COMMAND, exit_for_failure as _exit_for_failure, quiet_console as _quiet_console
-from prefect_crisis.deployments.connect_cli import deploy, env
-from prefect_crisis.deployments.process import NO_SERVER
-from prefect_crisis.deployments.contract_cli import contract_app
-from prefect_crisis.deployments.serve_cli import serve
-from prefect_crisis.deployments.drill_cli import drill
 from prefect_crisis.core.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.uris import mask_uri
+from prefect_crisis.deployments import stack
+from prefect_crisis.deployments.commands import LONG_COMMAND, SHORT_COMMAND
+from prefect_crisis.deployments.commands import exit_for_failure as _exit_for_failure
+from prefect_crisis.deployments.commands import quiet_console as _quiet_console
+from prefect_crisis.deployments.connect_cli import deploy, env
+from prefect_crisis.deployments.contract_cli import contract_app
+from prefect_crisis.deployments.drill_cli import drill
+from prefect_crisis.deployments.process import NO_SERVER
+from prefect_crisis.deployments.serve_cli import serve
 
 app = cyclopts.App(name="crisis", help="Crisis response for continuously trained ML systems, on Prefect and MLflow.")
 console = Console(highlight=False)
@@ -68,15 +70,40 @@ def up(
     port: Annotated[int, cyclopts.Parameter("--port", help="Port of the local server.")] = 4200,
     home: HomeOption = None,
     timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds to wait for the server's health check.")] = 90.0,
-    worker: Annotated[bool, cyclopts.Parameter("--worker", negative=(), help="Also run the workers: a process worker on crisis-pool and the warm worker on crisis-responders.")] = False,
-    postgres: Annotated[bool, cyclopts.Parameter("--postgres", negative=(), help=(
-        "Run the server on a private PostgreSQL cluster in the state folder (needs initdb and pg_ctl): "
-        "automations act in ~0.1 s instead of ~2 s on SQLite."))] = False,
-    database: Annotated[str | None, cyclopts.Parameter("--database", help=(
-        "The server's database as an SQLAlchemy URL (postgresql+asyncpg://...) [default: SQLite in the state folder]."))] = None,
-    mlflow_ui: Annotated[bool, cyclopts.Parameter("--mlflow-ui", negative="--no-mlflow-ui", help=(
-        "Also run the MLflow UI (`mlflow server --workers 1`) on 127.0.0.1 over the stack's MLflow store."))] = True,
-    mlflow_port: Annotated[int | None, cyclopts.Parameter("--mlflow-port", help="Port of the MLflow UI [default: 5000, or a free one when 5000 is taken].")] = None,
+    worker: Annotated[
+        bool,
+        cyclopts.Parameter(
+            "--worker", negative=(), help="Also run the workers: a process worker on crisis-pool and the warm worker on crisis-responders."
+        ),
+    ] = False,
+    postgres: Annotated[
+        bool,
+        cyclopts.Parameter(
+            "--postgres",
+            negative=(),
+            help=(
+                "Run the server on a private PostgreSQL cluster in the state folder (needs initdb and pg_ctl): "
+                "automations act in ~0.1 s instead of ~2 s on SQLite."
+            ),
+        ),
+    ] = False,
+    database: Annotated[
+        str | None,
+        cyclopts.Parameter(
+            "--database", help=("The server's database as an SQLAlchemy URL (postgresql+asyncpg://...) [default: SQLite in the state folder].")
+        ),
+    ] = None,
+    mlflow_ui: Annotated[
+        bool,
+        cyclopts.Parameter(
+            "--mlflow-ui",
+            negative="--no-mlflow-ui",
+            help=("Also run the MLflow UI (`mlflow server --workers 1`) on 127.0.0.1 over the stack's MLflow store."),
+        ),
+    ] = True,
+    mlflow_port: Annotated[
+        int | None, cyclopts.Parameter("--mlflow-port", help="Port of the MLflow UI [default: 5000, or a free one when 5000 is taken].")
+    ] = None,
 ) -> None:
     """Start the local Prefect server on 127.0.0.1, unless PREFECT_API_URL names one; --worker also runs what executes deployments."""
     configured = stack.configured_api_url()
@@ -88,7 +115,9 @@ def up(
     if postgres and database:
         raise CrisisError("--postgres starts a private database, --database names one: pass one of them")
     if database and not database.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
-        raise CrisisError(f"--database {mask_uri(database)}: the Prefect server needs an async driver URL, postgresql+asyncpg://... or sqlite+aiosqlite:///...")
+        raise CrisisError(
+            f"--database {mask_uri(database)}: the Prefect server needs an async driver URL, postgresql+asyncpg://... or sqlite+aiosqlite:///..."
+        )
     from prefect_crisis.deployments.postgres import cluster_exists, read_cluster, start_cluster, stop_cluster
 
     stack_home = (home or crisis_home()).resolve()
@@ -96,8 +125,10 @@ def up(
     if already_running is not None:
         _check_same_database(already_running, stack_home, postgres, database)
     elif not postgres and not database and cluster_exists(stack_home):
-        console.print("[yellow]this state folder has a PostgreSQL cluster from `crisis up --postgres`: starting on SQLite, "
-                      "whose deployments and runs are others; `crisis down` and `crisis up --postgres` to use it[/yellow]")
+        console.print(
+            "[yellow]this state folder has a PostgreSQL cluster from `crisis up --postgres`: starting on SQLite, "
+            "whose deployments and runs are others; `crisis down` and `crisis up --postgres` to use it[/yellow]"
+        )
     from prefect_crisis.deployments.mlflow_ui import launch_mlflow_ui, store_uri
 
     ui_launch = launch_mlflow_ui(home, mlflow_port) if mlflow_ui else None  # it imports for seconds: meanwhile the Prefect server starts
@@ -164,8 +195,10 @@ def _check_same_database(running: stack.ServerState, home: Path, postgres: bool,
     if database and mask_uri(database) != running.database:
         raise StackError(f"the running server uses {running.database}, not {mask_uri(database)}: `crisis down` first")
     if on_cluster and not cluster.running():
-        raise StackError(f"the stack's PostgreSQL (port {cluster.port}) is not running, so the server cannot read or write: "
-                         "`crisis down`, then `crisis up --postgres`")
+        raise StackError(
+            f"the stack's PostgreSQL (port {cluster.port}) is not running, so the server cannot read or write: "
+            "`crisis down`, then `crisis up --postgres`"
+        )
 
 
 def _start_worker(api_url: str, home: Path | None) -> None:
@@ -180,9 +213,17 @@ def _start_worker(api_url: str, home: Path | None) -> None:
 def down(
     *,
     home: HomeOption = None,
-    purge: Annotated[bool, cyclopts.Parameter("--purge", negative=(), help=(
-        "Also delete the stack's PostgreSQL cluster (its data folder, password and log; under /var/tmp when "
-        "its account could not reach the state folder)."))] = False,
+    purge: Annotated[
+        bool,
+        cyclopts.Parameter(
+            "--purge",
+            negative=(),
+            help=(
+                "Also delete the stack's PostgreSQL cluster (its data folder, password and log; under /var/tmp when "
+                "its account could not reach the state folder)."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Stop the local Prefect server started by `crisis up` (and its worker); --purge also deletes its PostgreSQL data."""
     from prefect_crisis.deployments.worker import stop_workers
@@ -206,7 +247,9 @@ def down(
     recorded_cluster = read_cluster((home or crisis_home()).resolve())
     cluster = stop_cluster(home or crisis_home())
     if cluster is not None:
-        console.print(f"stopped the stack's PostgreSQL (port {cluster.port}; " + ("data deleted below)" if purge else f"data kept in {cluster.data})"))
+        console.print(
+            f"stopped the stack's PostgreSQL (port {cluster.port}; " + ("data deleted below)" if purge else f"data kept in {cluster.data})")
+        )
     if purge:
         # stop_cluster dropped the record: the folder it named is passed on
         deleted = purge_cluster(home or crisis_home(), recorded_cluster.folder if recorded_cluster else None)
@@ -266,7 +309,9 @@ def _print_stack(report: dict, home: Path | None) -> None:
 @app.command
 def demo(
     *,
-    model: Annotated[str, cyclopts.Parameter("--model", help="Prefix of the demo's model name; each run trains its own <prefix>-<time>-<id>.")] = "synthetic",
+    model: Annotated[
+        str, cyclopts.Parameter("--model", help="Prefix of the demo's model name; each run trains its own <prefix>-<time>-<id>.")
+    ] = "synthetic",
     rows: Annotated[int, cyclopts.Parameter("--rows", help="Rows per batch (1,000 to 1,000,000).")] = 5_000,
     home: HomeOption = None,
 ) -> None:
@@ -288,7 +333,10 @@ def demo(
         summary = state.result()
         console.rule("prefect-crisis demo")
         for number, row in enumerate(summary, start=1):
-            console.print(f"{number:2}. {escape(row['step'])} {escape('[' + str(row['condition']) + ']')}: [bold]{escape(str(row['outcome']))}[/bold] - {escape(str(row['detail']))}", soft_wrap=True)
+            console.print(
+                f"{number:2}. {escape(row['step'])} {escape('[' + str(row['condition']) + ']')}: [bold]{escape(str(row['outcome']))}[/bold] - {escape(str(row['detail']))}",
+                soft_wrap=True,
+            )
         console.rule()
         registry = ModelRegistry(model_name=model)
         champion = registry.champion()
@@ -327,7 +375,9 @@ def incident_list(model: str | None = None, *, json: JsonOption = False, home: H
         console.print("no incident opened in the last 30 days" + (f" for {model!r}" if model else ""))
     for incident in opened:
         drill = " (drill)" if incident.get("drill") else ""
-        console.print(f"{incident['id']}  {incident['opened_at']}  {incident['model']}  {incident['severity']} {incident['violation']}{drill}", soft_wrap=True)
+        console.print(
+            f"{incident['id']}  {incident['opened_at']}  {incident['model']}  {incident['severity']} {incident['violation']}{drill}", soft_wrap=True
+        )
 
 
 @incident_app.command(name="show")
@@ -399,7 +449,9 @@ def stop(
     except StackError as error:
         raise StackError(f"{error}; the stop flag was NOT raised: {other_ways_to_stop(model)}") from None
     except httpx.HTTPError as error:
-        raise StackError(f"the Prefect server did not take the stop flag ({type(error).__name__}); the stop flag was NOT raised: {other_ways_to_stop(model)}") from None
+        raise StackError(
+            f"the Prefect server did not take the stop flag ({type(error).__name__}); the stop flag was NOT raised: {other_ways_to_stop(model)}"
+        ) from None
     console.print(f"stop flag {stop_flag_name(model)!r} raised: training of {model} halts at its next mini-batch")
 
 
@@ -433,7 +485,11 @@ def train(
         load_contract(contract)  # missing blocks are one clear line here, not a failed run
         load_policy(policy)
         state = continuous_training(
-            model_name=model, contract_block=contract, policy_block=policy, batch_path=batch_path, return_state=True,
+            model_name=model,
+            contract_block=contract,
+            policy_block=policy,
+            batch_path=batch_path,
+            return_state=True,
         )
     if state.name in {"Skipped", "Stopped"}:
         console.print(f"{state.name}: {state.message}", soft_wrap=True)
@@ -451,7 +507,7 @@ def other_ways_to_stop(model: str) -> str:
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info["cmdline"] or []
         is_crisis = any(part.endswith(("crisis", "prefect_crisis.deployments.cli")) for part in cmdline)
-        named = next((b for a, b in zip(cmdline, cmdline[1:]) if a == "--model"), "synthetic")
+        named = next((b for a, b in pairwise(cmdline) if a == "--model"), "synthetic")
         if is_crisis and "train" in cmdline and named == model:
             pids.append(str(process.info["pid"]))
     where = f"`kill -INT {' '.join(pids)}` (crisis train of {model} on this machine)" if pids else "stop the training process (Ctrl-C or kill)"
@@ -519,7 +575,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         if debug:
             console.print_exception()
-        console.print("interrupted: nothing was left half-done (an alias move is audited and settled on the next read); run the command again to finish")
+        console.print(
+            "interrupted: nothing was left half-done (an alias move is audited and settled on the next read); run the command again to finish"
+        )
         sys.exit(ExitCode.INTERRUPTED)
 
 

@@ -15,7 +15,10 @@ console = Console(highlight=False)
 
 # Bounds on every Prefect API call a command makes, for this CLI's process only (Prefect's
 # defaults, 60 s and 5 retries with back-off, make a frozen server look like minutes of silence).
-LONG_COMMAND = {"request_timeout": 20.0, "max_retries": 3}  # demo, train, validate: flows with many calls; a busy SQLite server answers 503 for seconds
+LONG_COMMAND = {
+    "request_timeout": 20.0,
+    "max_retries": 3,
+}  # demo, train, validate: flows with many calls; a busy SQLite server answers 503 for seconds
 SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
 
 
@@ -31,7 +34,7 @@ def quiet_console(level: int = logging.WARNING):
     try:
         yield
     finally:
-        for handler, old in zip(handlers, previous):
+        for handler, old in zip(handlers, previous, strict=True):
             handler.setLevel(old)
 
 

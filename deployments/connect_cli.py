@@ -22,9 +22,9 @@ from typing import Annotated
 
 import cyclopts
 
-from prefect_crisis.deployments import stack
 from prefect_crisis.core.errors import CrisisError, PolicyError, StackError
 from prefect_crisis.core.paths import crisis_home
+from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.worker import POOL, WARM_POOL
 
 PREFECT_YAML = Path(__file__).parent / "prefect.yaml"
@@ -97,7 +97,10 @@ def deploy(
     home: HomeOption = None,
     timeout: Annotated[float, cyclopts.Parameter("--timeout", help="Seconds `prefect deploy` may take.")] = 180.0,
     escalation_policy: Annotated[
-        str | None, cyclopts.Parameter("--escalation-policy", help="EscalationPolicy block the ladder's automations are built from [default: the block's defaults].")
+        str | None,
+        cyclopts.Parameter(
+            "--escalation-policy", help="EscalationPolicy block the ladder's automations are built from [default: the block's defaults]."
+        ),
     ] = None,
 ) -> None:
     """Create the work pools crisis-pool (process) and crisis-responders (crisis-warm) if missing, deploy the packaged flows with the stack's state folder, and apply the escalation ladder."""
@@ -113,7 +116,10 @@ def deploy(
     try:
         done = subprocess.run(
             [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML), "--all"],
-            env=environment, capture_output=True, text=True, timeout=timeout,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         raise StackError(f"`prefect deploy` did not finish within {timeout:.0f}s: is the server overloaded? (--timeout to wait longer)") from None
@@ -123,9 +129,11 @@ def deploy(
     print(f"deployed the flows of {PREFECT_YAML} to {POOL!r} and {WARM_POOL!r}, each with CRISIS_HOME={exports['CRISIS_HOME']}")
     for name, outcome in apply_escalation_ladder(exports["PREFECT_API_URL"], escalation_policy):
         print(f"automation {name!r} {outcome}")
-    print("policies: each model's RollbackPolicy, MonitoringPolicy and FallbackPolicy bind when its responses run: the blocks its own "
-          "EscalationPolicy (saved under its name) names, else the blocks saved under its name, else the escalation policy's, "
-          "else the defaults; `crisis status MODEL` shows which")
+    print(
+        "policies: each model's RollbackPolicy, MonitoringPolicy and FallbackPolicy bind when its responses run: the blocks its own "
+        "EscalationPolicy (saved under its name) names, else the blocks saved under its name, else the escalation policy's, "
+        "else the defaults; `crisis status MODEL` shows which"
+    )
     print(workers_hint(home, exports["PREFECT_API_URL"]))
 
 
@@ -136,5 +144,7 @@ def workers_hint(home: Path | None, api_url: str) -> str:
     running = [state for state in read_workers(home) if worker_alive(state) and state.api_url == api_url]
     if {state.pool for state in running} >= {POOL, WARM_POOL}:
         return "workers running: " + ", ".join(f"{state.kind} on {state.pool} (pid {state.pid})" for state in running)
-    return (f"start the workers: crisis up --worker (or, any folder, with PREFECT_API_URL={api_url}: "
-            f"prefect worker start --pool {POOL}; python -m prefect_crisis.deployments.warm_worker --pool {WARM_POOL})")
+    return (
+        f"start the workers: crisis up --worker (or, any folder, with PREFECT_API_URL={api_url}: "
+        f"prefect worker start --pool {POOL}; python -m prefect_crisis.deployments.warm_worker --pool {WARM_POOL})"
+    )

@@ -94,9 +94,9 @@ def infer(
     Without --save it only prints the contract; review it, then run again with --save NAME.
     """
     from prefect_crisis.blocks import DataContract
-    from prefect_crisis.tasks.validation.batches import load_frame
     from prefect_crisis.core.errors import ContractError, ContractErrorReason
     from prefect_crisis.core.paths import crisis_home
+    from prefect_crisis.tasks.validation.batches import load_frame
 
     if save is not None and not BLOCK_NAME.fullmatch(save):
         raise ContractError(

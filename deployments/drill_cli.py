@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +36,7 @@ def check_workers(client, pools: set[str]) -> None:
     """
     from prefect.exceptions import ObjectNotFound
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for pool in sorted(pools):
         try:
             workers = client.read_workers_for_work_pool(pool)
@@ -81,7 +81,9 @@ def drill(
     iterations: Annotated[int, cyclopts.Parameter("--iterations", help="Runs per scenario, each on a fresh drill model.")] = 1,
     seed: Annotated[int, cyclopts.Parameter("--seed", help="Seed of the first run; run i uses seed + i.")] = 0,
     json_output: Annotated[bool, cyclopts.Parameter("--json", negative=(), help="Print the report as JSON instead of a table.")] = False,
-    timelines: Annotated[bool, cyclopts.Parameter("--timelines", negative=(), help="Also print each run's incident timeline with its times.")] = False,
+    timelines: Annotated[
+        bool, cyclopts.Parameter("--timelines", negative=(), help="Also print each run's incident timeline with its times.")
+    ] = False,
     home: Annotated[Path | None, cyclopts.Parameter("--home", help="State folder of the local stack [default: ./.crisis or $CRISIS_HOME].")] = None,
 ) -> None:
     """Inject faults into the running stack and time its automated response: crisis drill [SCENARIO ...] (all when none).
@@ -94,7 +96,9 @@ def drill(
     no worker).
     """
     from prefect_crisis.deployments import stack
-    from prefect_crisis.deployments.commands import LONG_COMMAND, exit_for_failure as _exit_for_failure, quiet_console as _quiet_console
+    from prefect_crisis.deployments.commands import LONG_COMMAND
+    from prefect_crisis.deployments.commands import exit_for_failure as _exit_for_failure
+    from prefect_crisis.deployments.commands import quiet_console as _quiet_console
 
     if iterations < 1:
         raise CrisisError(f"--iterations must be at least 1, not {iterations}")
@@ -132,7 +136,10 @@ def drill(
         else:
             _print_summary(report["summary"])
             console.print(f"report: {report['json']}" + (f", times: {report['png']}" if report["png"] else ""), soft_wrap=True)
-            console.print(f"in the Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id} (artifacts drill-report, drill-times)", soft_wrap=True)
+            console.print(
+                f"in the Prefect UI: {api_url.removesuffix('/api')}/runs/flow-run/{state.state_details.flow_run_id} (artifacts drill-report, drill-times)",
+                soft_wrap=True,
+            )
             if timelines:  # read from the stack's server: inside use_stack, which points Prefect at it
                 _print_timelines(report["runs"])
     if not all(row["success_rate"] == 1.0 for row in report["summary"]):
@@ -145,8 +152,10 @@ def _stack_went_down(why: str) -> None:
     that same server): nothing of the drill can be recorded any more, so nothing is waited for."""
     import os
 
-    console.print(f"[red]error:[/red] the local Prefect server stopped during the drill ({why}): the drill cannot go on; "
-                  "`crisis up --worker` and run it again", soft_wrap=True)
+    console.print(
+        f"[red]error:[/red] the local Prefect server stopped during the drill ({why}): the drill cannot go on; `crisis up --worker` and run it again",
+        soft_wrap=True,
+    )
     console.file.flush()
     os._exit(ExitCode.STACK)
 
@@ -194,15 +203,28 @@ def _print_summary(rows: list[dict]) -> None:
         return f"{shown_seconds(row[f'{measure}_p50_s'])}/{shown_seconds(row[f'{measure}_p95_s'])}"
 
     # no outer border and one space between columns: with the end state the table still fits 80 columns
-    table = Table(title="recovery drills", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
-                  caption="seconds from the fault, p50/p95 (recover max: the JSON); accuracy on fresh rows before>after "
-                          "the fault (mean); incidents opened per episode")
+    table = Table(
+        title="recovery drills",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        caption="seconds from the fault, p50/p95 (recover max: the JSON); accuracy on fresh rows before>after "
+        "the fault (mean); incidents opened per episode",
+    )
     table.add_column("scenario", no_wrap=True)
     for column in ("ok", "detect", "mitigate", "recover", "accuracy", "inc"):
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(row["scenario"], f"{row['passed']}/{row['runs']}", pair(row, "detect"), pair(row, "mitigate"), pair(row, "recover"),
-                      shown_accuracy(row), shown_incidents(row))
+        table.add_row(
+            row["scenario"],
+            f"{row['passed']}/{row['runs']}",
+            pair(row, "detect"),
+            pair(row, "mitigate"),
+            pair(row, "recover"),
+            shown_accuracy(row),
+            shown_incidents(row),
+        )
     console.print(table)
     for row in rows:
         if row["failures"]:
@@ -226,4 +248,3 @@ def _print_timelines(runs: list[dict]) -> None:
             lines = [f"incident {run['incident']}: {error}"]
         for line in lines:
             console.print(escape(line), soft_wrap=True)
-

@@ -3,7 +3,7 @@ crisis events. Used by the CLI and by tests, so both see what a user sees."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -27,9 +27,7 @@ def flow_run_family(flow_run_id: UUID) -> list[UUID]:
     with get_client(sync_client=True) as client:
         frontier = [flow_run_id]
         while frontier:
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier))
-            )
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
             frontier = [child.id for child in children]
             family.extend(frontier)
     return family
@@ -38,16 +36,12 @@ def flow_run_family(flow_run_id: UUID) -> list[UUID]:
 def read_artifacts_of_flow_run(flow_run_id: UUID) -> list[Artifact]:
     """Artifacts created by a flow run or any of its subflows."""
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_family(flow_run_id)))
-        )
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_family(flow_run_id))))
 
 
-def read_crisis_events(
-    model: str, prefix: str = EVENT_PREFIX, since: timedelta = timedelta(hours=1), limit: int = 500
-) -> list[ReceivedEvent]:
+def read_crisis_events(model: str, prefix: str = EVENT_PREFIX, since: timedelta = timedelta(hours=1), limit: int = 500) -> list[ReceivedEvent]:
     """Events about `model` whose name starts with `prefix`, oldest first (at most about `limit`)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     event_filter = EventFilter(
         occurred=EventOccurredFilter(since=now - since, until=now + timedelta(minutes=1)),
         event=EventNameFilter(prefix=[prefix]),

@@ -75,6 +75,7 @@ def read_ui_state(home: Path | None = None) -> MlflowUiState | None:
 
 def ui_process(state: MlflowUiState) -> ManagedProcess:
     """The recorded MLflow UI as a managed process: `... mlflow server ... --port PORT` started at `started_at`."""
+
     def matches(cmdline: list[str]) -> bool:
         return "mlflow" in " ".join(cmdline[:3]) and "server" in cmdline and str(state.port) in cmdline
 
@@ -152,8 +153,20 @@ def launch_mlflow_ui(home: Path | None = None, port: int | None = None, host: st
     # a UI to browse runs and models: without MLflow's job executor (its huey consumers serve GenAI jobs this
     # stack never submits; they cost seconds at start and a process per consumer)
     environment.update(MLFLOW_BACKEND_STORE_URI=store, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
-               "--artifacts-destination", str(home / "mlartifacts")]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--artifacts-destination",
+        str(home / "mlartifacts"),
+    ]
     process = ManagedProcess.spawn("MLflow UI server", command, log=log_path, env=environment, cwd=home)
     state = MlflowUiState(pid=process.pid, url=f"http://{host}:{port}", log=str(log_path), store=mask_uri(store), started_at=process.started_at)
     return Launch(process, state, home)

@@ -78,8 +78,9 @@ class Cluster:
     def running(self) -> bool:
         """True when the cluster accepts connections on its port (pg_isready: a killed postmaster left as a
         zombie, or a stale pid file, still passes `pg_ctl status`)."""
-        done = subprocess.run([f"{self.bin}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "3"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [f"{self.bin}/pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "3"], capture_output=True, text=True, timeout=30
+        )
         return done.returncode == 0
 
 
@@ -156,8 +157,25 @@ def start_cluster(home: Path, progress=lambda message: None) -> Cluster:
     _run([*run_as, f"{binaries}/pg_ctl", "-D", str(data), "start", "-w", "-t", "60", "-l", str(folder / "server.log"), "-o", options], "start")
     (home / STATE_FILE).write_text(json.dumps(asdict(cluster)))
     environment = {**os.environ, "PGPASSWORD": cluster.password()}
-    exists = subprocess.run([f"{binaries}/psql", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", USER, "-d", "postgres", "-tAc",
-                             f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"], capture_output=True, text=True, timeout=30, env=environment)
+    exists = subprocess.run(
+        [
+            f"{binaries}/psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(cluster.port),
+            "-U",
+            USER,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environment,
+    )
     if exists.stdout.strip() != "1":
         _run([f"{binaries}/createdb", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", USER, DATABASE], "createdb", env=environment)
     progress(f"PostgreSQL on 127.0.0.1:{cluster.port} (data {data})")

@@ -39,6 +39,7 @@ START_TIME_TOLERANCE = 1.0  # seconds: psutil's create_time of one process read 
 
 NO_SERVER = "none"  # the source a stack report names when no server is recorded or configured
 
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -117,13 +118,21 @@ class ManagedProcess:
     popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def spawn(cls, name: str, command: Sequence[str], log: Path | None, env: dict[str, str] | None = None,
-              cwd: Path | None = None, matches: CommandMatcher | None = None) -> ManagedProcess:
+    def spawn(
+        cls,
+        name: str,
+        command: Sequence[str],
+        log: Path | None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        matches: CommandMatcher | None = None,
+    ) -> ManagedProcess:
         """Start `command` in a process group of its own, output appended to `log` (discarded when None)."""
         offset = log.stat().st_size if log is not None and log.exists() else 0
         with open(log, "ab") if log is not None else open(os.devnull, "wb") as output:
-            popen = subprocess.Popen(list(command), env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            popen = subprocess.Popen(
+                list(command), env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         try:
             started_at = psutil.Process(popen.pid).create_time()
         except psutil.Error:

@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -215,8 +215,10 @@ def watch_champion(process: subprocess.Popen, registry, served: str, say: Callab
         if champion is not None:
             served, warned = champion.version, False  # the server follows the alias on its own
         elif not warned:
-            say(f"@{registry.champion_alias} of {registry.model_name!r} is gone (v{served} deleted?): this server keeps answering with "
-                f"v{served}, which no alias names; promote a version, then restart `crisis serve`")
+            say(
+                f"@{registry.champion_alias} of {registry.model_name!r} is gone (v{served} deleted?): this server keeps answering with "
+                f"v{served}, which no alias names; promote a version, then restart `crisis serve`"
+            )
             warned = True
     return process.returncode
 
@@ -262,18 +264,24 @@ def _serve(model: str, port: int, policy: str | None, no_log: bool, timeout: flo
             try:
                 fallback_policy = FallbackPolicy.load(policy)
             except ValueError:
-                raise DataInputError(InputErrorReason.INVALID_NAME, f"no FallbackPolicy block {policy!r}: save one first (FallbackPolicy(...).save({policy!r}))") from None
+                raise DataInputError(
+                    InputErrorReason.INVALID_NAME, f"no FallbackPolicy block {policy!r}: save one first (FallbackPolicy(...).save({policy!r}))"
+                ) from None
     else:
         fallback_policy = FallbackPolicy()
     registry = ModelRegistry(model_name=model)
     if not registry.versions():
-        raise DataInputError(InputErrorReason.INVALID_NAME, f"no model {model!r} in {registry.display_tracking_uri}: check the name, or train it first")
+        raise DataInputError(
+            InputErrorReason.INVALID_NAME, f"no model {model!r} in {registry.display_tracking_uri}: check the name, or train it first"
+        )
     from prefect_crisis.tasks.serving.pyfunc import serving_model_name, serving_version
 
     version, registered = serving_version(registry, fallback_policy, log=not no_log)
     champion, fallback = registry.champion(), registry.version_by_alias(registry.fallback_alias)
     uri = f"models:/{serving_model_name(model)}/{version}"
-    console.print(f"{'registered' if registered else 'reusing'} {uri}: @champion v{champion.version}, @fallback {'v' + fallback.version if fallback else 'none'}")
+    console.print(
+        f"{'registered' if registered else 'reusing'} {uri}: @champion v{champion.version}, @fallback {'v' + fallback.version if fallback else 'none'}"
+    )
     environment = dict(os.environ)
     environment.update(MLFLOW_TRACKING_URI=default_tracking_uri(), CRISIS_HOME=str(crisis_home().resolve()), CRISIS_NO_AUTOCONNECT="1")
     if api_url:
@@ -284,7 +292,19 @@ def _serve(model: str, port: int, policy: str | None, no_log: bool, timeout: flo
     with tempfile.TemporaryDirectory(prefix="crisis-serve-") as folder:
         environment[MODEL_PATH_ENV] = download_serving_model(registry, serving_model_name(model), version, folder)
         # MLflow's scoring app, as `mlflow models serve --env-manager local` runs it, behind StrictJson.
-        command = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:scoring_app", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            f"{__name__}:scoring_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
         # Its own process group: stopped as a whole here, never orphaned by a signal meant for this command.
         release()
         process = subprocess.Popen(command, env=environment, start_new_session=True)
@@ -294,7 +314,9 @@ def _serve(model: str, port: int, policy: str | None, no_log: bool, timeout: flo
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             wait_until_ready(process, url, timeout)
-            console.print(f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True)
+            console.print(
+                f"[green]serving {model}[/green] at {url}/invocations  (store {mask_uri(default_tracking_uri())}; Ctrl-C stops)", soft_wrap=True
+            )
             code = watch_champion(process, registry, champion.version, say=lambda line: console.print(f"[yellow]{line}[/yellow]", soft_wrap=True))
         except KeyboardInterrupt:
             stack.terminate_group(process.pid, 10.0)

@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,7 +33,7 @@ from prefect.settings import (
 )
 
 from prefect_crisis.core.errors import StackError
-from prefect_crisis.core.paths import crisis_home, default_tracking_uri
+from prefect_crisis.core.paths import crisis_home
 from prefect_crisis.core.uris import mask_uri
 from prefect_crisis.core.waiting import Retrying, stop_after_delay, stop_never, wait_fixed
 from prefect_crisis.deployments.process import NO_SERVER, ManagedProcess, http_ok, port_free, recorded, terminate_group  # noqa: F401 (port_free, terminate_group: the CLI's)
@@ -135,7 +136,7 @@ def _is_server_command(cmdline: list[str], port: int | None) -> bool:
     """True for `... prefect server start ... --port PORT` (how `start_server` runs it)."""
     if not ("prefect" in " ".join(cmdline[:3]) and "server" in cmdline and "start" in cmdline):
         return False
-    return port is None or any(a == "--port" and b == str(port) for a, b in zip(cmdline, cmdline[1:]))
+    return port is None or any(a == "--port" and b == str(port) for a, b in pairwise(cmdline))
 
 
 def why_not_our_server(state: ServerState) -> str | None:
@@ -198,11 +199,15 @@ def start_server(
         stale = why_not_our_server(state)
         if stale is None:
             if server_is_frozen(state):
-                raise StackError(f"the local Prefect server (pid {state.pid}) is frozen (stopped by a signal): `kill -CONT {state.pid}` resumes it, `crisis down` stops it")
+                raise StackError(
+                    f"the local Prefect server (pid {state.pid}) is frozen (stopped by a signal): `kill -CONT {state.pid}` resumes it, `crisis down` stops it"
+                )
             if is_healthy(state.api_url, timeout=REACH_TIMEOUT):
                 progress(f"Prefect server already running (pid {state.pid})")
                 return state
-            raise StackError(f"the local Prefect server (pid {state.pid}) runs but does not answer at {state.api_url}: `crisis down`, then `crisis up`")
+            raise StackError(
+                f"the local Prefect server (pid {state.pid}) runs but does not answer at {state.api_url}: `crisis down`, then `crisis up`"
+            )
         progress(f"the recorded server is gone ({stale}): starting a new one")
         _clear_state(home)
     if not port_free(host, port):
@@ -278,8 +283,10 @@ def check_reachable(api_url: str, timeout: float = REACH_TIMEOUT) -> None:
         raise StackError(f"the Prefect server at {where} answers its health check with HTTP {response.status_code}")
     problem = query_problem(api_url, timeout)
     if problem is not None:
-        raise StackError(f"the Prefect server at {where} answers its health check but not a query ({problem}): its database is down or "
-                         "unreachable; for the stack's PostgreSQL: `crisis down`, then `crisis up --postgres`")
+        raise StackError(
+            f"the Prefect server at {where} answers its health check but not a query ({problem}): its database is down or "
+            "unreachable; for the stack's PostgreSQL: `crisis down`, then `crisis up --postgres`"
+        )
 
 
 def require_server(home: Path | None = None, timeout: float = REACH_TIMEOUT) -> str:
@@ -298,9 +305,13 @@ def require_server(home: Path | None = None, timeout: float = REACH_TIMEOUT) -> 
         raise StackError("no Prefect server: run `crisis up`, or set PREFECT_API_URL to your server")
     stale = why_not_our_server(state)
     if stale is not None:
-        raise StackError(f"the local Prefect server is gone ({stale}): it crashed or was killed; `crisis up` starts it again and marks the runs it left behind as crashed")
+        raise StackError(
+            f"the local Prefect server is gone ({stale}): it crashed or was killed; `crisis up` starts it again and marks the runs it left behind as crashed"
+        )
     if server_is_frozen(state):
-        raise StackError(f"the local Prefect server (pid {state.pid}) is frozen (stopped by a signal): `kill -CONT {state.pid}` resumes it, `crisis down` stops it")
+        raise StackError(
+            f"the local Prefect server (pid {state.pid}) is frozen (stopped by a signal): `kill -CONT {state.pid}` resumes it, `crisis down` stops it"
+        )
     check_reachable(state.api_url, timeout)
     return state.api_url
 

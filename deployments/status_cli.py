@@ -70,15 +70,23 @@ def print_champion_health(board, champion: str | None, console: Console) -> None
         latest = board.latest_sweep
         console.print(
             f"no health sweep of the champion v{champion or '-'} since it took the alias yet (the latest judged v{latest.get('version') or '-'})"
-            if latest else "no health sweep yet"
+            if latest
+            else "no health sweep yet"
         )
         return
     health = Table(title=f"health of the champion v{sweep.get('version') or '-'} (latest sweep)", title_justify="left")
     for column in ("at", "since", "severity", "rows", "error rate", "labelled", "failed rows", "p95 ms"):
         health.add_column(column)
-    health.add_row(shown_time(sweep.get("at")), shown_time(sweep.get("serving_since")), sweep.get("severity") or "healthy",
-                   str(int(sweep.get("rows") or 0)), _percent(sweep.get("error_rate")), str(int(sweep.get("error_rate_samples") or 0)),
-                   _percent(sweep.get("failed_row_share")), "-" if sweep.get("latency_p95_ms") is None else f"{sweep['latency_p95_ms']:.1f}")
+    health.add_row(
+        shown_time(sweep.get("at")),
+        shown_time(sweep.get("serving_since")),
+        sweep.get("severity") or "healthy",
+        str(int(sweep.get("rows") or 0)),
+        _percent(sweep.get("error_rate")),
+        str(int(sweep.get("error_rate_samples") or 0)),
+        _percent(sweep.get("failed_row_share")),
+        "-" if sweep.get("latency_p95_ms") is None else f"{sweep['latency_p95_ms']:.1f}",
+    )
     console.print(health)
     console.print(
         f"fallback, counted apart: {_percent(sweep.get('fallback_share'))} of rows, error rate {_percent(sweep.get('fallback_error_rate'))} "
@@ -99,7 +107,9 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
         if board.mlflow_ui:
             console.print(f"MLflow UI: {board.mlflow_ui}/#/models/{board.model}", soft_wrap=True)
         if board.emergency:
-            console.print(f"[bold red]emergency stop in force[/bold red] (incident {board.emergency.get('incident')}): {board.emergency.get('reason')}")
+            console.print(
+                f"[bold red]emergency stop in force[/bold red] (incident {board.emergency.get('incident')}): {board.emergency.get('reason')}"
+            )
         versions = Table(title="versions", title_justify="left")
         for column in ("role", "version", "since", "note"):
             versions.add_column(column)
@@ -122,18 +132,27 @@ def print_model_status(board, console: Console, as_json: bool, stack_report: dic
             for column in ("incident", "severity", "opened", "detect s", "recover s"):
                 incidents.add_column(column)
             for item in board.incidents:
-                incidents.add_row(str(item["id"]), str(item.get("severity") or "-"), shown_time(item.get("opened_at")),
-                                  "-" if item.get("time_to_detect_s") is None else f"{item['time_to_detect_s']:.1f}",
-                                  "not recovered" if item.get("time_to_recover_s") is None else f"{item['time_to_recover_s']:.1f}")
+                incidents.add_row(
+                    str(item["id"]),
+                    str(item.get("severity") or "-"),
+                    shown_time(item.get("opened_at")),
+                    "-" if item.get("time_to_detect_s") is None else f"{item['time_to_detect_s']:.1f}",
+                    "not recovered" if item.get("time_to_recover_s") is None else f"{item['time_to_recover_s']:.1f}",
+                )
             console.print(incidents)
         if board.actions:
             actions = Table(title="registry actions", title_justify="left")
             for column in ("at", "action", "alias", "from -> to", "outcome", "incident"):
                 actions.add_column(column)
             for action in board.actions[:5]:
-                actions.add_row(shown_time(action["at"]), action["action"], action["alias"] or "-", f"{'v' + action['from'] if action['from'] else '-'} -> {'v' + action['to'] if action['to'] else '-'}",
-                                action["outcome"], action["incident"] or "-")
+                actions.add_row(
+                    shown_time(action["at"]),
+                    action["action"],
+                    action["alias"] or "-",
+                    f"{'v' + action['from'] if action['from'] else '-'} -> {'v' + action['to'] if action['to'] else '-'}",
+                    action["outcome"],
+                    action["incident"] or "-",
+                )
             console.print(actions)
     if board.in_crisis:
         sys.exit(ExitCode.REJECTED)
-

@@ -47,8 +47,8 @@ from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from prefect_crisis.core.waiting import Retrying, stop_never, wait_exponential
-from prefect_crisis.deployments.process import recorded
 from prefect_crisis.deployments.pools import WARM_POOL
+from prefect_crisis.deployments.process import recorded
 
 WARM_MODULE = __spec__.name  # this module, as `python -m` names it on the worker's command line (worker.WARM_MODULE)
 
@@ -258,7 +258,7 @@ def supervise(start: Callable[[], None], say: Callable[[str], None], waiting: Re
                 return
             except KeyboardInterrupt:
                 return
-            except Exception as error:  # noqa: BLE001 - whatever stopped it, the worker starts again
+            except Exception as error:
                 if waiting.clock() - started > settled_after and attempt.number > 1:
                     say(f"the warm worker stopped ({type(error).__name__}: {str(error)[:160]}) after running a while; starting again")
                     break  # a fresh series of pauses, from the shortest

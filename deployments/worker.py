@@ -84,8 +84,9 @@ def worker_alive(state: WorkerState) -> bool:
     return worker_process(state).alive()
 
 
-def start_worker(api_url: str, home: Path | None = None, kind: WorkerKind = PROCESS, timeout: float = 60.0,
-                 waiting: Retrying | None = None) -> WorkerState:
+def start_worker(
+    api_url: str, home: Path | None = None, kind: WorkerKind = PROCESS, timeout: float = 60.0, waiting: Retrying | None = None
+) -> WorkerState:
     """Start the worker of `kind` against `api_url`, or return the one running.
 
     Raises:
@@ -105,8 +106,9 @@ def start_worker(api_url: str, home: Path | None = None, kind: WorkerKind = PROC
         CRISIS_NO_AUTOCONNECT="1",
     )
     environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    process = ManagedProcess.spawn(f"{kind.name} worker", kind.command(str(os.getpid())), log=log, env=environment, cwd=home,
-                                   matches=lambda cmdline: kind.marker in cmdline)
+    process = ManagedProcess.spawn(
+        f"{kind.name} worker", kind.command(str(os.getpid())), log=log, env=environment, cwd=home, matches=lambda cmdline: kind.marker in cmdline
+    )
     state = WorkerState(process.pid, kind.pool, api_url, str(log), process.started_at or 0.0, kind.name)
     waiting = waiting or Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25))
     if process.wait_ready(lambda: "started!" in process.log_text(), waiting):

@@ -7,7 +7,7 @@ broken rows, and a labelled window for the crisis response.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ def main() -> None:
     batch.loc[42, "tenure_months"] = 900
     batch.loc[58, "monthly_spend"] = np.nan
     window = customers(rng, 400, first_id=300_000)
-    start = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
     window["timestamp"] = [start + timedelta(seconds=9 * i) for i in range(len(window))]
     reference.to_parquet(HERE / "reference.parquet", index=False)
     batch.to_parquet(HERE / "batch.parquet", index=False)

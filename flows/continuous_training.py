@@ -17,16 +17,16 @@ from prefect.states import Completed, Failed, State
 
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.paths import validate_model_name
-from prefect_crisis.tasks.validation import SyntheticCondition, load_batch
-from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
-from prefect_crisis.tasks.serving.fallback_model import calibrate_routing, keep_fallback_model
 from prefect_crisis.tasks.loading import load_contract, load_policy, load_registry
-from prefect_crisis.tasks.stack_info import stack_summary
-from prefect_crisis.tasks.training.tasks import register_and_gate, train_model
-from prefect_crisis.tasks.validation.tasks import validate_and_publish
-from prefect_crisis.tasks.training.data import split_training_data
-from prefect_crisis.tasks.validation.report import Verdict
+from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
 from prefect_crisis.tasks.run_logs import quiet_expected_errors
+from prefect_crisis.tasks.serving.fallback_model import calibrate_routing, keep_fallback_model
+from prefect_crisis.tasks.stack_info import stack_summary
+from prefect_crisis.tasks.training.data import split_training_data
+from prefect_crisis.tasks.training.tasks import register_and_gate, train_model
+from prefect_crisis.tasks.validation import SyntheticCondition, load_batch
+from prefect_crisis.tasks.validation.report import Verdict
+from prefect_crisis.tasks.validation.tasks import validate_and_publish
 
 
 @flow(name="continuous-training", log_prints=True)

@@ -17,7 +17,7 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import DataInputError, InputErrorReason, PolicyError, RegistryError
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
-from prefect_crisis.tasks.validation.batches import load_frame
+from prefect_crisis.tasks.loading import bind_policy
 from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
 from prefect_crisis.tasks.response.incident import (
     close_episode,
@@ -30,14 +30,14 @@ from prefect_crisis.tasks.response.incident import (
     model_features,
     new_incident_id,
     read_serving_history,
-    scorable_rows,
     response_limit,
+    scorable_rows,
     tag_response_run,
 )
-from prefect_crisis.tasks.loading import bind_policy
+from prefect_crisis.tasks.run_logs import quiet_expected_errors
 from prefect_crisis.tasks.serving.inference_log import latencies_of, read_labelled_window
 from prefect_crisis.tasks.stack_info import stack_summary
-from prefect_crisis.tasks.run_logs import quiet_expected_errors
+from prefect_crisis.tasks.validation.batches import load_frame
 
 
 @flow(name="crisis-response", log_prints=True)
@@ -89,8 +89,8 @@ def crisis_response(
     timeline = None
     try:
         with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
-            registry.settle_audit()  # rows a lost store left pending: settled before the response reads and decides
-            audit = registry.audit_snapshot()  # read once; every step of the incident uses this snapshot
+            # read once, the rows a lost store left pending settled first; every step of the incident uses this snapshot
+            audit = registry.settled_snapshot()
             if audit.handled(identifier) and (triggering_event_id is None or triggering_event_id == identifier):
                 return Completed(name="Already handled", message=f"incident {identifier} was handled before; nothing changed")
             champion = registry.champion()
@@ -100,37 +100,65 @@ def crisis_response(
                     "(train and promote a version first, or point CRISIS_HOME / MLFLOW_TRACKING_URI at the store that has it)"
                 )
             joined = join_or_open_incident(
-                registry.model_name, triggering_event_id, severity, violation, quiet_minutes=policy.cooldown_minutes,
-                drill=drill or is_drill_model(registry.model_name), clock=registry.now, incident_id=identifier,
+                registry.model_name,
+                triggering_event_id,
+                severity,
+                violation,
+                quiet_minutes=policy.cooldown_minutes,
+                drill=drill or is_drill_model(registry.model_name),
+                clock=registry.now,
+                incident_id=identifier,
                 fallback_serves=champion.is_fallback,
             )
             if joined is None:
                 return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")
             incident, timeline, episode = joined
             logger = timeline.logger(get_run_logger(), registry.model_name, champion.version)
-            logger.info("using %s; labelled window %s; rollback policy: %s", stack_summary(registry.display_tracking_uri),
-                        window_path or "from the inference log", bound.source)
+            logger.info(
+                "using %s; labelled window %s; rollback policy: %s",
+                stack_summary(registry.display_tracking_uri),
+                window_path or "from the inference log",
+                bound.source,
+            )
             tag_response_run(incident)
             try:
-                window = load_frame(window_path) if window_path else read_labelled_window(
-                    inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now(), latency_version=champion.version,
+                window = (
+                    load_frame(window_path)
+                    if window_path
+                    else read_labelled_window(
+                        inference_log_block,
+                        registry.model_name,
+                        window_minutes,
+                        label_column,
+                        now=registry.now(),
+                        latency_version=champion.version,
+                    )
                 )
                 history = read_serving_history(registry, audit)  # the versions, read once: measure, decide and verify share it
                 window = scorable_rows(window, label_column, model_features(registry, history))
                 if window.empty:
-                    raise DataInputError(InputErrorReason.EMPTY_FRAME, "no labelled row with valid features in the window: nothing to score the model on")
+                    raise DataInputError(
+                        InputErrorReason.EMPTY_FRAME, "no labelled row with valid features in the window: nothing to score the model on"
+                    )
             except DataInputError as error:
                 if diagnose_only:
                     return Completed(name="Nothing to diagnose", message=f"incident {incident.id}: {first_line(str(error))}")
                 if champion.is_fallback:  # the stopgap serves and no labels yet: nothing to look for a good version with
                     close_episode(registry, episode)
-                    return Completed(name="Waiting for labels", message=f"incident {incident.id}: the fallback v{champion.version} serves; {first_line(str(error))}")
+                    return Completed(
+                        name="Waiting for labels",
+                        message=f"incident {incident.id}: the fallback v{champion.version} serves; {first_line(str(error))}",
+                    )
                 raise
             reference = load_frame(reference_path) if reference_path else None
             with tags(incident.run_tag):
                 report, y_pred = diagnose_model(registry, champion, window, label_column, reference, incident, audit, timeline)
                 if diagnose_only:
-                    return Completed(name="Diagnosed", message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})", data=report.to_dict())
+                    return Completed(
+                        name="Diagnosed",
+                        message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})",
+                        data=report.to_dict(),
+                    )
                 live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))
                 measured, unscorable = measure_versions(registry, audit, window, label_column, timeline, history)
                 decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured, unscorable, history)
@@ -138,19 +166,35 @@ def crisis_response(
                     close_episode(registry, episode)
                     if decision.escalate and severity is not Severity.EMERGENCY:
                         # degraded and nothing measured better: the ladder's emergency step (a person) takes it from here
-                        timeline.emit(CrisisEvent.RECOVERY_FAILED, registry.model_name, {"reason": decision.reason, "attempts": []}, version=champion.version)
+                        timeline.emit(
+                            CrisisEvent.RECOVERY_FAILED, registry.model_name, {"reason": decision.reason, "attempts": []}, version=champion.version
+                        )
                         return Failed(name="Not recovered", message=f"incident {incident.id}: {decision.reason}", data=decision.to_dict())
                     return Completed(name=decision.kind.value.capitalize(), message=decision.reason, data=decision.to_dict())
                 outcome = execute_recovery_task(
-                    registry, policy, decision, incident, window, label_column, champion, audit, timeline, live,
-                    skip_if_handled=incident.id == identifier, history=history,
+                    registry,
+                    policy,
+                    decision,
+                    incident,
+                    window,
+                    label_column,
+                    champion,
+                    audit,
+                    timeline,
+                    live,
+                    skip_if_handled=incident.id == identifier,
+                    history=history,
                 )
                 close_episode(registry, episode)
         summary = f"incident {incident.id}: {decision.kind.value}; champion v{outcome.champion_before} -> v{outcome.champion_after}"
         logger.info(summary)
         if not outcome.recovered:
             return Failed(name="Not recovered", message=summary + "; every move failed verification (ml.recovery.failed emitted)")
-        return Completed(name="Recovered", message=summary, data={"decision": decision.to_dict(), "recovery": outcome.to_dict(), "recommendations": [r.action.value for r in report.recommendations]})
+        return Completed(
+            name="Recovered",
+            message=summary,
+            data={"decision": decision.to_dict(), "recovery": outcome.to_dict(), "recommendations": [r.action.value for r in report.recommendations]},
+        )
     except Exception as error:
         if timeline is not None and not diagnose_only:  # the incident is open and nothing will end it: escalate (the ladder's emergency step)
             why = f"the response failed: {type(error).__name__}: {first_line(str(error))}"

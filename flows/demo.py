@@ -23,29 +23,29 @@ retrain promoted by the gate, the bad release not rolled back, or not replaced
 by the fallback model) fails with a `DemoError`.
 """
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
-from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.blocks.inference_log import InferenceLog
-from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
-from prefect_crisis.core.vocabulary import Severity
-from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.flows.health_monitor import health_monitor
-from prefect_crisis.tasks.serving.router import FallbackRouter
-from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.core.errors import DemoError
 from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
-from prefect_crisis.tasks.response.report import wait_for_incident_end
-from prefect_crisis.tasks.validation.quarantine import storage_uri, write_parquet
-from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.core.vocabulary import Severity
+from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.flows.health_monitor import health_monitor
+from prefect_crisis.flows.validate_batch import validate_batch
 from prefect_crisis.tasks.drills.synthetic import check_demo_rows, demo_model_name, make_batch, synthetic_contract
+from prefect_crisis.tasks.response.report import wait_for_incident_end
 from prefect_crisis.tasks.run_logs import quiet_expected_errors
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
+from prefect_crisis.tasks.serving.router import FallbackRouter
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.validation.quarantine import storage_uri, write_parquet
 
 DEMO_CONTRACT = "synthetic-stream"
 DEMO_POLICY = "synthetic-training"
@@ -66,8 +66,12 @@ def _validate_stream(model_name: str, rows: int, storage: str) -> list[dict]:
     summary = []
     for number, condition in enumerate(STREAM):
         report = validate_batch(
-            model_name=model_name, contract_block=DEMO_CONTRACT, storage=storage,
-            synthetic_condition=condition, synthetic_rows=rows, seed=number,
+            model_name=model_name,
+            contract_block=DEMO_CONTRACT,
+            storage=storage,
+            synthetic_condition=condition,
+            synthetic_rows=rows,
+            seed=number,
         )
         summary.append(
             {
@@ -84,8 +88,14 @@ def _validate_stream(model_name: str, rows: int, storage: str) -> list[dict]:
 
 def _train(model_name: str, rows: int, storage: str, seed: int, step: str, condition: str = "clean") -> dict:
     state = continuous_training(
-        model_name=model_name, contract_block=DEMO_CONTRACT, policy_block=DEMO_POLICY,
-        synthetic_condition=condition, synthetic_rows=rows, seed=seed, storage=storage, return_state=True,
+        model_name=model_name,
+        contract_block=DEMO_CONTRACT,
+        policy_block=DEMO_POLICY,
+        synthetic_condition=condition,
+        synthetic_rows=rows,
+        seed=seed,
+        storage=storage,
+        return_state=True,
     )
     print(f"{step}: {state.name}: {state.message}")
     return {"step": step, "condition": f"{condition}, seed {seed}", "outcome": state.name, "detail": state.message}
@@ -96,13 +106,20 @@ def _champion_version(model_name: str) -> str | None:
     return champion.version if champion else None
 
 
-def _respond(model_name: str, rows: int, storage: str, policy_block: str = DEMO_ROLLBACK, seed: int = 500, step: str = "crisis response (fresh labelled window)") -> dict:
+def _respond(
+    model_name: str,
+    rows: int,
+    storage: str,
+    policy_block: str = DEMO_ROLLBACK,
+    seed: int = 500,
+    step: str = "crisis response (fresh labelled window)",
+) -> dict:
     """A fresh labelled window (true labels) and the crisis response on it."""
     window = make_batch(rows, seed=seed)
-    window["timestamp"] = [datetime.now(timezone.utc) - timedelta(seconds=rows - i) for i in range(rows)]
+    window["timestamp"] = [datetime.now(UTC) - timedelta(seconds=rows - i) for i in range(rows)]
     window_uri = storage_uri(storage, model_name, "labelled-window.parquet")
     write_parquet(window, window_uri)
-    incident = f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{seed}"
+    incident = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}-{seed}"
     state = crisis_response(
         model_name=model_name, window_path=window_uri, incident_id=incident, rollback_policy_block=policy_block, return_state=True
     )
@@ -121,7 +138,7 @@ def _serve_and_label(model_name: str, rows: int, seed: int) -> int:
         answer = router.predict(batch.drop(columns=["label"]))
     finally:
         router.close()
-    record_labels(log, list(zip(answer["request_id"], answer["row_id"].astype(str))), batch["label"].tolist(), emit=False)
+    record_labels(log, list(zip(answer["request_id"], answer["row_id"].astype(str), strict=True)), batch["label"].tolist(), emit=False)
     return len(answer)
 
 
@@ -144,7 +161,7 @@ def _monitored_rollback(model_name: str, rows: int) -> list[dict]:
     story = [sweep]
     if severity is None:
         raise DemoError(f"the demo's story did not happen: the monitor found the poisoned champion of {model_name!r} healthy ({sweep['detail']})")
-    incident = f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-500"
+    incident = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}-500"
     state = crisis_response(model_name=model_name, incident_id=incident, severity=severity, rollback_policy_block=DEMO_ROLLBACK, return_state=True)
     step = f"crisis response ({severity} breach, the inference log's labelled window)"
     print(f"{step}: {state.name}: {state.message}")
@@ -241,8 +258,14 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     if _champion_version(model_name) != before_poison:
         raise DemoError(f"the demo's story did not happen: the gate promoted the poisoned retrain of {model_name!r}")
     poisoned = _promote_by_hand(model_name, "shipped by hand past the gate")
-    summary.append({"step": "an operator promotes the held-back retrain by hand", "condition": f"v{poisoned}", "outcome": "promoted",
-                    "detail": f"v{before_poison} -> v{poisoned} past the gate's label-quality finding"})
+    summary.append(
+        {
+            "step": "an operator promotes the held-back retrain by hand",
+            "condition": f"v{poisoned}",
+            "outcome": "promoted",
+            "detail": f"v{before_poison} -> v{poisoned} past the gate's label-quality finding",
+        }
+    )
     summary.extend(_monitored_rollback(model_name, rows))
     rollback_incident = next(row["condition"] for row in summary if row["step"].startswith("crisis response"))
     after = _champion_version(model_name)

@@ -20,7 +20,7 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import CrisisError, DataInputError, PolicyError
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Severity, is_drill_model
-from prefect_crisis.tasks.validation.batches import load_frame
+from prefect_crisis.tasks.loading import BoundPolicy, bind_policy
 from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
 from prefect_crisis.tasks.response.emergency import (
     EmergencyRecord,
@@ -42,16 +42,16 @@ from prefect_crisis.tasks.response.incident import (
     measure_versions,
     model_features,
     new_incident_id,
-    scorable_rows,
     predict_with,
     response_limit,
+    scorable_rows,
     tag_response_run,
 )
-from prefect_crisis.tasks.serving.inference_log import latencies_of, read_labelled_window
-from prefect_crisis.tasks.loading import BoundPolicy, bind_policy
 from prefect_crisis.tasks.response.recovery import RecoveryOutcome
 from prefect_crisis.tasks.response.rollback import LiveWindow
 from prefect_crisis.tasks.run_logs import quiet_expected_errors
+from prefect_crisis.tasks.serving.inference_log import latencies_of, read_labelled_window
+from prefect_crisis.tasks.validation.batches import load_frame
 
 
 def outcome_of(step: str, state: State) -> StepResult:
@@ -73,21 +73,36 @@ def finish(model: str, name: str, action: str, results: list[StepResult]) -> Sta
 
 
 def repair_serving(
-    registry: ModelRegistry, policy: RollbackPolicy, incident: Incident, timeline: Timeline, inference_log_block: str | None,
-    window_minutes: float, label_column: str, first_response: bool, window_path: str | None = None,
+    registry: ModelRegistry,
+    policy: RollbackPolicy,
+    incident: Incident,
+    timeline: Timeline,
+    inference_log_block: str | None,
+    window_minutes: float,
+    label_column: str,
+    first_response: bool,
+    window_path: str | None = None,
 ) -> StepResult:
     """Serving in an emergency: the critical response's decision without waiting for more samples: roll back to a good
     version if there is one, the fallback only when there is none or it is measured better, and never to something
     measured worse than what serves. Without labelled rows nothing can be measured: a stable version, else the fallback."""
     logger = timeline.logger(get_run_logger(), registry.model_name)
-    registry.settle_audit()  # rows a lost store left pending: settled before the decision reads the audit
-    audit = registry.audit_snapshot()
+    audit = registry.settled_snapshot()  # one read, the rows a lost store left pending settled first
     champion = registry.champion()
     if champion is None:
         return StepResult("serve", True, "no champion: serving unchanged")
     try:
-        window = load_frame(window_path) if window_path else read_labelled_window(
-            inference_log_block, registry.model_name, window_minutes, label_column, now=registry.now(), latency_version=champion.version,
+        window = (
+            load_frame(window_path)
+            if window_path
+            else read_labelled_window(
+                inference_log_block,
+                registry.model_name,
+                window_minutes,
+                label_column,
+                now=registry.now(),
+                latency_version=champion.version,
+            )
         )
     except DataInputError as error:
         logger.warning("no labelled window to measure on (%s): deciding from the serving history alone", first_line(str(error)))
@@ -101,7 +116,9 @@ def repair_serving(
     else:
         moved = [move for move in audit.of_alias(registry.champion_alias) if move.incident == incident.id and move.applied]
         if moved and moved[-1].to_version == champion.version and not champion.is_fallback:
-            return StepResult("serve", True, f"v{champion.version} keeps serving: this incident's {moved[-1].action} put it there (nothing measured since)")
+            return StepResult(
+                "serve", True, f"v{champion.version} keeps serving: this incident's {moved[-1].action} put it there (nothing measured since)"
+            )
         live, measured, unscorable = LiveWindow({}, {}), {}, frozenset()
     decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured, unscorable)
     if decision.kind in (DecisionKind.HOLD, DecisionKind.INCONCLUSIVE):
@@ -110,10 +127,24 @@ def repair_serving(
         outcome = move_unverified(registry, decision, incident, champion)
     else:
         outcome = execute_recovery_task(
-            registry, policy, decision, incident, window, label_column, champion, audit, timeline, live,
-            skip_if_handled=first_response, emergency_step=True,
+            registry,
+            policy,
+            decision,
+            incident,
+            window,
+            label_column,
+            champion,
+            audit,
+            timeline,
+            live,
+            skip_if_handled=first_response,
+            emergency_step=True,
         )
-    moved = f"v{outcome.champion_before} -> v{outcome.champion_after}" if outcome.champion_after != outcome.champion_before else f"v{outcome.champion_after} unchanged"
+    moved = (
+        f"v{outcome.champion_before} -> v{outcome.champion_after}"
+        if outcome.champion_after != outcome.champion_before
+        else f"v{outcome.champion_after} unchanged"
+    )
     return StepResult("serve", outcome.recovered, f"{decision.kind.value}: {moved} ({decision.reason})", [outcome.champion_after or ""])
 
 
@@ -132,8 +163,14 @@ def move_unverified(registry: ModelRegistry, decision, incident: Incident, champ
     if target is None:
         return RecoveryOutcome(incident.id, False, False, champion.version, champion.version)
     action = AliasAction.ROLLBACK if decision.kind is DecisionKind.ROLLBACK else AliasAction.FALLBACK
-    move = registry.move_alias(registry.champion_alias, target, f"{action.value}: {decision.reason} (no labelled rows to verify on)", incident,
-                               action=action, current=champion)
+    move = registry.move_alias(
+        registry.champion_alias,
+        target,
+        f"{action.value}: {decision.reason} (no labelled rows to verify on)",
+        incident,
+        action=action,
+        current=champion,
+    )
     return RecoveryOutcome(incident.id, True, False, champion.version, move.to_version)
 
 
@@ -188,7 +225,8 @@ def emergency_stop(
                 if all(r.ok for r in results):
                     EmergencyRecord.clear(model)
             Timeline(record.incident, clock=registry.now).emit(
-                CrisisEvent.EMERGENCY_RESOLVED, model,
+                CrisisEvent.EMERGENCY_RESOLVED,
+                model,
                 {"reason": reason, "triggering_event_id": triggering_event_id, "steps": {r.step: r.detail for r in results}},
             )
             resolved = finish(model, "Resolved", "resolving the emergency stop", results)
@@ -204,8 +242,15 @@ def emergency_stop(
         with concurrency(response_limit(model), occupy=1, strict=True):
             record = EmergencyRecord.read(model)
             joined = join_or_open_incident(
-                model, triggering_event_id, Severity.EMERGENCY, violation_of(reason), quiet_minutes=bound.policy.cooldown_minutes,
-                drill=is_drill_model(model), clock=registry.now, incident_id=identifier, fallback_serves=champion_is_fallback(registry),
+                model,
+                triggering_event_id,
+                Severity.EMERGENCY,
+                violation_of(reason),
+                quiet_minutes=bound.policy.cooldown_minutes,
+                drill=is_drill_model(model),
+                clock=registry.now,
+                incident_id=identifier,
+                fallback_serves=champion_is_fallback(registry),
             )
             if joined is None:
                 return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")
@@ -223,14 +268,27 @@ def emergency_stop(
             EmergencyRecord(incident.id, reason, sorted({*earlier, *paused}), now_iso()).write(model)
             with tags(incident.run_tag):
                 serve = repair_serving_task(
-                    registry, bound.policy, incident, timeline, inference_log_block, window_minutes, label_column,
-                    incident.id == identifier, window_path, return_state=True,
+                    registry,
+                    bound.policy,
+                    incident,
+                    timeline,
+                    inference_log_block,
+                    window_minutes,
+                    label_column,
+                    incident.id == identifier,
+                    window_path,
+                    return_state=True,
                 )
             results.append(outcome_of("serve", serve))
             close_episode(registry, episode)
     timeline.emit(
-        CrisisEvent.EMERGENCY_STOPPED, model,
-        {"reason": reason, "triggering_event_id": triggering_event_id, "steps": {r.step: {"ok": r.ok, "detail": r.detail, "changed": r.changed} for r in results}},
+        CrisisEvent.EMERGENCY_STOPPED,
+        model,
+        {
+            "reason": reason,
+            "triggering_event_id": triggering_event_id,
+            "steps": {r.step: {"ok": r.ok, "detail": r.detail, "changed": r.changed} for r in results},
+        },
     )
     state = finish(model, "Stopped", "emergency stop", results)
     logger.info("%s", state.message)

@@ -20,9 +20,9 @@ from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.timeline import utc_now
-from prefect_crisis.tasks.monitoring.dashboard import dashboard_due, refresh_dashboard
 from prefect_crisis.core.vocabulary import Serving
 from prefect_crisis.tasks.loading import bind_policy
+from prefect_crisis.tasks.monitoring.dashboard import dashboard_due, refresh_dashboard
 from prefect_crisis.tasks.monitoring.sweep import load_drift_reference, metric_history, models_to_sweep, sweep_model_task, system_metrics
 from prefect_crisis.tasks.run_logs import quiet_expected_errors
 
@@ -77,10 +77,15 @@ def health_monitor(
     for model in swept:  # after every breach event is out: the dashboards follow, they never delay a breach
         if dashboard_due(metric_history(model), policy.dashboard_every_minutes):
             refresh_dashboard(ModelRegistry(model_name=model), logger)
-    summary = f"swept {len(swept)} of {len(models)} models; breaches: " + (
-        ", ".join(f"{model} {[b['rule'] for b in found]}" for model, found in swept.items() if found) or "none"
-    ) + (f"; served by their fallback: {', '.join(on_fallback)}" if on_fallback else "")
+    summary = (
+        f"swept {len(swept)} of {len(models)} models; breaches: "
+        + (", ".join(f"{model} {[b['rule'] for b in found]}" for model, found in swept.items() if found) or "none")
+        + (f"; served by their fallback: {', '.join(on_fallback)}" if on_fallback else "")
+    )
     if failed:
-        return Failed(name="Partly swept", message=summary + "; failed: " + "; ".join(f"{m} ({why})" for m, why in failed.items()),
-                      data={"swept": swept, "failed": failed, "on_fallback": on_fallback})
+        return Failed(
+            name="Partly swept",
+            message=summary + "; failed: " + "; ".join(f"{m} ({why})" for m, why in failed.items()),
+            data={"swept": swept, "failed": failed, "on_fallback": on_fallback},
+        )
     return Completed(message=summary, data={"swept": swept, "failed": failed, "on_fallback": on_fallback})

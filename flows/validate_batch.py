@@ -4,12 +4,12 @@ contract and reference, persist kept and quarantined parts, publish the report."
 from prefect import flow, get_run_logger
 
 from prefect_crisis.core.paths import validate_model_name
-from prefect_crisis.tasks.validation import SyntheticCondition, load_batch
 from prefect_crisis.tasks.loading import load_contract
-from prefect_crisis.tasks.validation.tasks import validate_and_publish
-from prefect_crisis.tasks.stack_info import stack_summary
-from prefect_crisis.tasks.validation.report import ValidationReport
 from prefect_crisis.tasks.run_logs import quiet_expected_errors
+from prefect_crisis.tasks.stack_info import stack_summary
+from prefect_crisis.tasks.validation import SyntheticCondition, load_batch
+from prefect_crisis.tasks.validation.report import ValidationReport
+from prefect_crisis.tasks.validation.tasks import validate_and_publish
 
 
 @flow(name="validate-batch", log_prints=True)

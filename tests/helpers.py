@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from prefect.events.worker import EventsWorker
@@ -12,9 +12,9 @@ from sklearn.linear_model import LogisticRegression
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.vocabulary import TagKey
+from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch
 from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.training.promotion import log_candidate
-from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch
 
 T = TypeVar("T")
 FEATURES = feature_names(20)
@@ -55,15 +55,13 @@ def register(registry: ModelRegistry, labels_flipped: bool, seed: int, swapped: 
     return registry.register_version(info.model_uri, run.info.run_id, info.model_id, {TagKey.FEATURES: ",".join(features)}).version
 
 
-def poisoned_after_stable(
-    model: str, seeds: tuple[int, int] = (1, 2), swapped: tuple[str, str] | None = None
-) -> tuple[ModelRegistry, str, str]:
+def poisoned_after_stable(model: str, seeds: tuple[int, int] = (1, 2), swapped: tuple[str, str] | None = None) -> tuple[ModelRegistry, str, str]:
     """A registry whose good version served three hours, then a version trained on
     flipped labels took over ten minutes ago: (registry on an injected clock, good, poisoned).
 
     `swapped`: the new version is not label-flipped (about 13% accurate: an emergency) but
     ships two columns swapped (about 68%: a critical degradation); see `register`."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     clock = [now - timedelta(hours=3)]
     registry = ModelRegistry(model_name=model).use(clock=lambda: clock[0])
     good = register(registry, False, seed=seeds[0])

@@ -67,9 +67,7 @@ def modules_of_tree(root: Path) -> dict[str, str]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _runtime_nodes(tree: ast.AST) -> Iterable[ast.AST]:
@@ -105,9 +103,7 @@ def _literal_exports(tree: ast.Module, package: str) -> tuple[dict[str, str], fr
                     where = value.value
                     exports[key.value] = where if "." in where else f"{package}.{where}"
         if "ADAPTERS" in names:
-            adapters = frozenset(
-                node_.value for node_ in ast.walk(node.value) if isinstance(node_, ast.Constant) and isinstance(node_.value, str)
-            )
+            adapters = frozenset(node_.value for node_ in ast.walk(node.value) if isinstance(node_, ast.Constant) and isinstance(node_.value, str))
     return exports, adapters
 
 
@@ -275,11 +271,7 @@ def domain_modules(modules: Mapping[str, Module]) -> dict[str, list[str]]:
     for package in modules.values():
         if package.adapters is None:
             continue
-        members = [
-            name
-            for name in modules
-            if name.rpartition(".")[0] == package.name and name.rpartition(".")[2] not in package.adapters
-        ]
+        members = [name for name in modules if name.rpartition(".")[0] == package.name and name.rpartition(".")[2] not in package.adapters]
         found[package.name] = sorted(members)
     return found
 

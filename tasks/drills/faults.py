@@ -75,7 +75,7 @@ def serve_rows(router: Any, batch: pd.DataFrame, request_rows: int = 10, prefix:
         except Exception:
             served.failed_requests += 1
             continue
-        served.keys += [(str(request), str(row)) for request, row in zip(answer["request_id"], answer["row_id"], strict=False)]
+        served.keys += [(str(request), str(row)) for request, row in zip(answer["request_id"], answer["row_id"], strict=True)]
         served.labels += part["label"].astype(int).tolist()
         served.rows_failed += int((answer["answered_by"] == Responder.NONE.value).sum())
         served.rows_by_fallback += int((answer["answered_by"] == Responder.FALLBACK.value).sum())

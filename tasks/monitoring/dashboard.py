@@ -22,10 +22,9 @@ counted apart in it.
 
 from __future__ import annotations
 
-import base64
 import tempfile
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,24 @@ from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, Serving, TagKey
 from prefect_crisis.tasks.monitoring.dashboard_view import (  # noqa: F401 - the dashboard's values, imported from here before
-    Dashboard, LEVELS, HISTORY_COLUMNS, _iso, _since, crisis_level, champion_sweep, sweeps_of, dashboard_due, _v, _seconds, shown_time, _percent, _run_links, dashboard_markdown,
+    HISTORY_COLUMNS,
+    LEVELS,
+    Dashboard,
+    _iso,
+    _percent,
+    _run_links,
+    _seconds,
+    _since,
+    _v,
+    champion_sweep,
+    crisis_level,
+    dashboard_due,
+    dashboard_markdown,
+    shown_time,
+    sweeps_of,
 )
 from prefect_crisis.tasks.monitoring.health_plot import plot_health
+
 
 def read_dashboard(
     registry: ModelRegistry,
@@ -82,15 +96,23 @@ def read_dashboard(
     champion_moves = [move.at for move in moves if move.alias == registry.champion_alias and move.applied]
     level = crisis_level(emergency, latest, max(champion_moves) if champion_moves else None, served_by_fallback=by_fallback)
     actions = [
-        {"at": _iso(move.at), "action": move.action, "alias": move.alias, "from": move.from_version, "to": move.to_version,
-         "outcome": move.outcome, "incident": move.incident, "reason": move.reason}
+        {
+            "at": _iso(move.at),
+            "action": move.action,
+            "alias": move.alias,
+            "from": move.from_version,
+            "to": move.to_version,
+            "outcome": move.outcome,
+            "incident": move.incident,
+            "reason": move.reason,
+        }
         for move in sorted(moves, key=lambda move: move.at, reverse=True)[:8]
     ]
     incidents = [_recovered_from_audit(dict(item), moves, registry.champion_alias) for item in list(incidents or [])[:5]]
     return Dashboard(
         model=registry.model_name,
         level=level,
-        at=(now or datetime.now(timezone.utc)).isoformat(),
+        at=(now or datetime.now(UTC)).isoformat(),
         versions=versions,
         latest_sweep=latest,
         breaches=[sweep for sweep in reversed(sweeps) if sweep.get("severity")][:8],
@@ -98,8 +120,16 @@ def read_dashboard(
         incidents=incidents,
         emergency=emergency,
         champion_moves=[
-            {"at": _iso(move.at), "action": move.action, "alias": move.alias, "from": move.from_version, "to": move.to_version, "outcome": move.outcome}
-            for move in sorted(moves, key=lambda move: move.at, reverse=True) if move.alias == registry.champion_alias and move.applied
+            {
+                "at": _iso(move.at),
+                "action": move.action,
+                "alias": move.alias,
+                "from": move.from_version,
+                "to": move.to_version,
+                "outcome": move.outcome,
+            }
+            for move in sorted(moves, key=lambda move: move.at, reverse=True)
+            if move.alias == registry.champion_alias and move.applied
         ][:50],
         mlflow_ui=mlflow_ui,
         serving=serving,
@@ -123,8 +153,9 @@ def incident_runs(client, model: str, limit: int = 50) -> dict[str, tuple[str, s
     experiment = client.get_experiment_by_name(INCIDENT_EXPERIMENT)
     if experiment is None:
         return {}
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TagKey.MODEL}` = '{model}'",
-                              max_results=limit, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{TagKey.MODEL}` = '{model}'", max_results=limit, order_by=["attributes.start_time DESC"]
+    )
     found: dict[str, tuple[str, str]] = {}
     for run in runs:
         incident = run.data.tags.get(TagKey.INCIDENT)
@@ -139,8 +170,9 @@ def incident_run(client, model: str, incident: str) -> str:
     known = incident_runs(client, model).get(incident)
     if known is not None:
         return known[1]
-    run = client.create_run(ensure_experiment(client, INCIDENT_EXPERIMENT), tags={TagKey.MODEL: model, TagKey.INCIDENT: incident},
-                            run_name=f"incident-{model}-{incident}")
+    run = client.create_run(
+        ensure_experiment(client, INCIDENT_EXPERIMENT), tags={TagKey.MODEL: model, TagKey.INCIDENT: incident}, run_name=f"incident-{model}-{incident}"
+    )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -162,9 +194,14 @@ def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> l
     for opened in list(reversed(opened_incidents(model)))[:limit]:
         identifier = opened.payload.get("id") or opened.payload.get("incident")
         runs = [related.id.rsplit(".", 1)[-1] for related in opened.related if related.role == "flow-run"]
-        entry = {"id": identifier, "severity": opened.payload.get("severity"), "violation": opened.payload.get("violation"),
-                 "opened_at": _iso(opened.occurred), "flow_run": runs[0] if runs else None,
-                 "link": f"{ui_url}/runs/flow-run/{runs[0]}" if ui_url and runs else None}
+        entry = {
+            "id": identifier,
+            "severity": opened.payload.get("severity"),
+            "violation": opened.payload.get("violation"),
+            "opened_at": _iso(opened.occurred),
+            "flow_run": runs[0] if runs else None,
+            "link": f"{ui_url}/runs/flow-run/{runs[0]}" if ui_url and runs else None,
+        }
         try:  # the times only: the audit's rows (the report's other steps) are read once, by read_dashboard
             symptom = first_symptom(model, opened, opened.payload.get("triggering_event_id"))
             report = build_report(incident_events(identifier), symptom_at=symptom).to_dict()
@@ -187,7 +224,9 @@ def fallback_quality(registry: ModelRegistry, version: str) -> str:
     """
     info = registry.version(version)
     accuracy, ratio = info.metrics.get("accuracy"), info.metrics.get("accuracy_ratio")
-    shown = "holdout accuracy " + ("not recorded" if accuracy is None else f"{accuracy:.1%}") + ("" if ratio is None else f" ({ratio:.2f} x the primary)")
+    shown = (
+        "holdout accuracy " + ("not recorded" if accuracy is None else f"{accuracy:.1%}") + ("" if ratio is None else f" ({ratio:.2f} x the primary)")
+    )
     verdict = {"true": "meets its bar", "false": "MISSES its bar: the ladder prefers any version that served to it"}.get(
         info.tags.get(TagKey.FALLBACK_MEETS_BAR, ""), "its bar not recorded"
     )
@@ -203,8 +242,8 @@ def gather_dashboard(registry: ModelRegistry) -> tuple[Dashboard, pd.DataFrame]:
     """
     from prefect.settings import PREFECT_UI_URL
 
-    from prefect_crisis.tasks.response.emergency import EmergencyRecord
     from prefect_crisis.tasks.monitoring.sweep import metric_history
+    from prefect_crisis.tasks.response.emergency import EmergencyRecord
 
     record = EmergencyRecord.read(registry.model_name)
     history = metric_history(registry.model_name)
@@ -228,15 +267,24 @@ def publish_dashboard(registry: ModelRegistry, incident: str | None = None) -> D
     plot = plot_health(registry.model_name, history, board.champion_moves, registry.champion_alias, now=board.at)
     if incident:
         log_health_plot(registry.client, incident_run(registry.client, registry.model_name, incident), plot)
-    create_markdown_artifact(key=artifact_key("crisis-dashboard", registry.model_name), markdown=dashboard_markdown(board, plot),
-                             description=f"crisis dashboard of {registry.model_name}: {board.level}")
+    create_markdown_artifact(
+        key=artifact_key("crisis-dashboard", registry.model_name),
+        markdown=dashboard_markdown(board, plot),
+        description=f"crisis dashboard of {registry.model_name}: {board.level}",
+    )
     sweeps = sweeps_of(history)[-200:]
     if sweeps:
-        create_table_artifact(key=artifact_key("crisis-metrics", registry.model_name), table=sweeps,
-                              description=f"health sweeps of {registry.model_name}, oldest first (last 200)")
+        create_table_artifact(
+            key=artifact_key("crisis-metrics", registry.model_name),
+            table=sweeps,
+            description=f"health sweeps of {registry.model_name}, oldest first (last 200)",
+        )
     if board.actions:
-        create_table_artifact(key=artifact_key("crisis-audit", registry.model_name), table=board.actions,
-                              description=f"the registry's audit of {registry.model_name}, newest first")
+        create_table_artifact(
+            key=artifact_key("crisis-audit", registry.model_name),
+            table=board.actions,
+            description=f"the registry's audit of {registry.model_name}, newest first",
+        )
     return board
 
 

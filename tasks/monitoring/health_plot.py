@@ -63,8 +63,12 @@ def version_segments(history: pd.DataFrame, champion_moves: list[dict[str, Any]]
 
 
 def plot_health(
-    model: str, history: pd.DataFrame | None, actions: list[dict[str, Any]] = (), champion_alias: str = "champion",
-    now: Any = None, dpi: int = 72,
+    model: str,
+    history: pd.DataFrame | None,
+    actions: list[dict[str, Any]] = (),
+    champion_alias: str = "champion",
+    now: Any = None,
+    dpi: int = 72,
 ) -> bytes:
     """The model's health plot as PNG bytes.
 
@@ -79,8 +83,14 @@ def plot_health(
 
     if history is None or history.empty or "at" not in history.columns:
         figure = Figure(figsize=(10, 1.6))
-        figure.text(0.5, 0.5, f"No health sweeps of {model} yet: this plot appears after the health-monitor's first sweep.",
-                    ha="center", va="center", fontsize=12)
+        figure.text(
+            0.5,
+            0.5,
+            f"No health sweeps of {model} yet: this plot appears after the health-monitor's first sweep.",
+            ha="center",
+            va="center",
+            fontsize=12,
+        )
         return _png(figure, dpi)
     history = history.sort_values("at").reset_index(drop=True)
     stamps = _times(history["at"])
@@ -98,7 +108,7 @@ def plot_health(
     # fixed margins, room on the right for the legends (a layout engine doubles the time to draw)
     figure.subplots_adjust(left=0.07, right=0.77, top=0.94, bottom=0.1, hspace=0.14)
     figure.suptitle(f"{model}: health sweeps ({len(history)}), UTC", fontsize=12)
-    for axis, (_name, metrics, ylabel, empty) in zip(axes, PANELS):
+    for axis, (_name, metrics, ylabel, empty) in zip(axes, PANELS, strict=False):  # the fourth axis is the serving band
         drawn = False
         for metric in metrics:
             if metric not in history.columns or history[metric].isna().all():
@@ -106,16 +116,30 @@ def plot_health(
             values = history[metric].astype(float)
             line = None
             for run in runs:  # one line per version served: a rollback is a jump, not a slope between two models
-                drawn_run = axis.plot(stamps[run], values[run], marker="o", markersize=3, linewidth=1.4,
-                                      color=None if line is None else line.get_color(), label=None if line is not None else metric.replace("_", " "))
+                drawn_run = axis.plot(
+                    stamps[run],
+                    values[run],
+                    marker="o",
+                    markersize=3,
+                    linewidth=1.4,
+                    color=None if line is None else line.get_color(),
+                    label=None if line is not None else metric.replace("_", " "),
+                )
                 line = line or drawn_run[0]
             drawn = True
             for severity, (colour, style) in SEVERITY_STYLE.items():
                 column = f"limit:{metric}:{severity}"
                 if column in history.columns and history[column].notna().any():
                     limits = history[column].astype(float)  # held to the right edge: one sweep still draws its line
-                    axis.step([*stamps, end], [*limits, limits.iloc[-1]], where="post", color=colour, linestyle=style, linewidth=1.1,
-                              label=f"{severity} line" + (f" ({metric.replace('_', ' ')})" if len(metrics) > 1 else ""))
+                    axis.step(
+                        [*stamps, end],
+                        [*limits, limits.iloc[-1]],
+                        where="post",
+                        color=colour,
+                        linestyle=style,
+                        linewidth=1.1,
+                        label=f"{severity} line" + (f" ({metric.replace('_', ' ')})" if len(metrics) > 1 else ""),
+                    )
         if not drawn:
             axis.text(0.5, 0.5, empty, transform=axis.transAxes, ha="center", va="center", color="#555555")
             axis.set_yticks([])
@@ -129,8 +153,17 @@ def plot_health(
                 axis.axvline(at, color=colour, linestyle=style, linewidth=1.6)
     for kind, at in marks:  # named once, on the top panel; outside the layout, so a label never squeezes the axes
         if left <= at <= right:
-            label = axes[0].annotate(kind, (at, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10), textcoords="offset points",
-                                     color=MARK_STYLE[kind][0], fontsize=8, fontweight="bold", annotation_clip=True)
+            label = axes[0].annotate(
+                kind,
+                (at, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                color=MARK_STYLE[kind][0],
+                fontsize=8,
+                fontweight="bold",
+                annotation_clip=True,
+            )
             label.set_in_layout(False)
     band = axes[3]
     colours: dict[str, str] = {}

@@ -90,9 +90,16 @@ class Breach:
 
     def payload(self) -> dict[str, Any]:
         return {
-            "rule": self.rule, "metric": self.metric, "severity": self.severity.value, "value": self.value,
-            "threshold": self.threshold, "samples": self.samples, "bound": self.bound, "short_value": self.short_value,
-            "short_samples": self.short_samples, "window_minutes": {"long": self.long_window_minutes, "short": self.short_window_minutes},
+            "rule": self.rule,
+            "metric": self.metric,
+            "severity": self.severity.value,
+            "value": self.value,
+            "threshold": self.threshold,
+            "samples": self.samples,
+            "bound": self.bound,
+            "short_value": self.short_value,
+            "short_samples": self.short_samples,
+            "window_minutes": {"long": self.long_window_minutes, "short": self.short_window_minutes},
             "baseline": self.baseline,
         }
 
@@ -135,7 +142,9 @@ def judge_long(rule: HealthRule, window: WindowMetrics, baseline: dict[str, floa
     if limit is None:
         return Judgement(False, measure.value, samples=measure.samples, undecided=f"{rule.metric}: no baseline")
     if measure.samples < rule.min_samples:
-        return Judgement(False, measure.value, limit, samples=measure.samples, undecided=f"{rule.metric}: {measure.samples} samples < {rule.min_samples}")
+        return Judgement(
+            False, measure.value, limit, samples=measure.samples, undecided=f"{rule.metric}: {measure.samples} samples < {rule.min_samples}"
+        )
     if rule.spec.rate:
         # The limit is the rollback rule's baseline with no tolerance: the same Wilson bound, the same comparison.
         as_rollback_rule = RateRule(min_samples=rule.min_samples)
@@ -154,7 +163,9 @@ def judge_short(rule: HealthRule, window: WindowMetrics, limit: float, min_sampl
     if measure is None:
         return Judgement(False, undecided=f"{rule.metric}: not measured in the short window")
     if measure.samples < min(min_samples, rule.min_samples):
-        return Judgement(False, measure.value, limit, samples=measure.samples, undecided=f"{rule.metric}: {measure.samples} samples in the short window")
+        return Judgement(
+            False, measure.value, limit, samples=measure.samples, undecided=f"{rule.metric}: {measure.samples} samples in the short window"
+        )
     past = measure.value > limit if rule.direction == "above" else measure.value < limit
     return Judgement(bool(past), measure.value, limit, samples=measure.samples)
 
@@ -166,7 +177,7 @@ class HealthCheck(ABC):
     def __call__(self, long: WindowMetrics, short: WindowMetrics, baseline: dict[str, float]) -> tuple[Breach, ...]:
         """The breaches confirmed on both windows (empty: healthy)."""
 
-    def __or__(self, other: "HealthCheck") -> "HealthCheck":
+    def __or__(self, other: HealthCheck) -> HealthCheck:
         return check_any(self, other)
 
 
@@ -198,8 +209,18 @@ class check_rule_on_windows(HealthCheck):
             return ()
         return (
             Breach(
-                self.rule.name, self.rule.metric, self.rule.severity, float(judged.value), float(judged.limit), judged.samples,
-                judged.bound, float(confirmed.value), confirmed.samples, long.minutes, short.minutes, baseline.get(self.rule.metric),
+                self.rule.name,
+                self.rule.metric,
+                self.rule.severity,
+                float(judged.value),
+                float(judged.limit),
+                judged.samples,
+                judged.bound,
+                float(confirmed.value),
+                confirmed.samples,
+                long.minutes,
+                short.minutes,
+                baseline.get(self.rule.metric),
             ),
         )
 

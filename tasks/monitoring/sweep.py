@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,11 @@ from prefect_crisis.tasks.response.candidates import promotion_guarded, promotio
 from prefect_crisis.tasks.serving.inference_log import logged_models, read_window
 from prefect_crisis.tasks.validation.references import load_reference
 
-BREACH_EVENTS = {Severity.WARNING: CrisisEvent.BREACH_WARNING, Severity.CRITICAL: CrisisEvent.BREACH_CRITICAL, Severity.EMERGENCY: CrisisEvent.BREACH_EMERGENCY}
+BREACH_EVENTS = {
+    Severity.WARNING: CrisisEvent.BREACH_WARNING,
+    Severity.CRITICAL: CrisisEvent.BREACH_CRITICAL,
+    Severity.EMERGENCY: CrisisEvent.BREACH_EMERGENCY,
+}
 
 
 def system_metrics(path: Path | None = None) -> dict[str, Measure]:
@@ -108,12 +112,19 @@ class ModelHealth:
     def payload(self) -> dict[str, Any]:
         """The `ml.health.reported` payload."""
         return {
-            "metrics": self.long.to_dict(), "short_metrics": self.short.to_dict(), "baseline": self.baseline,
-            "window_minutes": {"long": self.long.minutes, "short": self.short.minutes}, "version": self.version,
-            "breaches": [breach.rule for breach in self.breaches], "severity": self.severity.value if self.severity else None,
-            "drifted_features": list(self.drifted_features), "notes": list(self.notes), "at": self.at.isoformat(),
+            "metrics": self.long.to_dict(),
+            "short_metrics": self.short.to_dict(),
+            "baseline": self.baseline,
+            "window_minutes": {"long": self.long.minutes, "short": self.short.minutes},
+            "version": self.version,
+            "breaches": [breach.rule for breach in self.breaches],
+            "severity": self.severity.value if self.severity else None,
+            "drifted_features": list(self.drifted_features),
+            "notes": list(self.notes),
+            "at": self.at.isoformat(),
             "serving": self.serving.value if self.serving else None,
-            "serving_since": self.serving_since.isoformat() if self.serving_since else None, "rows_left_out": self.rows_left_out,
+            "serving_since": self.serving_since.isoformat() if self.serving_since else None,
+            "rows_left_out": self.rows_left_out,
         }
 
     def line(self) -> str:
@@ -181,7 +192,7 @@ def champion_began(moves: Iterable[AliasMove], alias: str, version: str) -> date
 
     Example:
         >>> def move(to, minute, outcome="applied"):
-        ...     at = datetime(2026, 1, 1, 10, minute, tzinfo=timezone.utc)
+        ...     at = datetime(2026, 1, 1, 10, minute, tzinfo=UTC)
         ...     return AliasMove("move", "champion", None, to, "", None, None, at, outcome, "run")
         >>> champion_began([move("2", 0), move("1", 5), move("2", 9), move("3", 12, "failed: refused")], "champion", "2").minute
         9
@@ -212,7 +223,9 @@ def read_serving(registry: ModelRegistry) -> ServingVersion:
     try:
         since = champion_began(registry.audit_trail(registry.champion_alias), registry.champion_alias, version)
         if since is None:
-            notes.append(f"v{version} took @{registry.champion_alias} outside the audit: its window starts after the last row another version answered")
+            notes.append(
+                f"v{version} took @{registry.champion_alias} outside the audit: its window starts after the last row another version answered"
+            )
     except (CrisisError, MlflowException) as error:
         since = None
         notes.append(f"the audit cannot be read ({first_line(str(error))}): v{version}'s window starts after the last row another version answered")
@@ -239,7 +252,7 @@ def serving_rows(frame: pd.DataFrame, version: str | None, since: datetime | Non
         >>> rows, start = serving_rows(frame, "2", None)  # not in the audit: after the last row v1 answered
         >>> rows["version"].tolist(), start.isoformat()
         (['9', '2'], '2026-01-01T10:05:00+00:00')
-        >>> serving_rows(frame, "2", datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc))[0]["version"].tolist()
+        >>> serving_rows(frame, "2", datetime(2026, 1, 1, 9, 0, tzinfo=UTC))[0]["version"].tolist()
         ['2', '9', '2']
     """
     if version is None or frame.empty:
@@ -248,7 +261,7 @@ def serving_rows(frame: pd.DataFrame, version: str | None, since: datetime | Non
     stamps = frame["timestamp"]
     if since is not None:
         start = pd.Timestamp(since)
-        start = start.tz_localize(timezone.utc) if start.tzinfo is None else start
+        start = start.tz_localize(UTC) if start.tzinfo is None else start
         keep = (stamps >= start).to_numpy()
         began: datetime | None = start.to_pydatetime()
     elif other.any():
@@ -261,9 +274,17 @@ def serving_rows(frame: pd.DataFrame, version: str | None, since: datetime | Non
 
 
 def sweep_model(
-    model: str, log: InferenceLog, policy: MonitoringPolicy, registry: ModelRegistry, *, now: datetime,
-    checks: HealthCheck | None = None, system: dict[str, Measure] | None = None,
-    contract: DataContract | None = None, reference: pd.DataFrame | None = None, history: pd.DataFrame | None = None,
+    model: str,
+    log: InferenceLog,
+    policy: MonitoringPolicy,
+    registry: ModelRegistry,
+    *,
+    now: datetime,
+    checks: HealthCheck | None = None,
+    system: dict[str, Measure] | None = None,
+    contract: DataContract | None = None,
+    reference: pd.DataFrame | None = None,
+    history: pd.DataFrame | None = None,
 ) -> ModelHealth:
     """Measure and judge one model at `now`, on the window of the version that serves (`serving_rows`).
 
@@ -289,8 +310,19 @@ def sweep_model(
         notes.append(f"{left_out} rows answered by another version or before v{serving.version} began serving left out")
     breaches = (checks or policy_checks(policy))(long, short, baseline)
     return ModelHealth(
-        model, serving.version, now, long, short, baseline, breaches, drifted, tuple(notes), rule_limits(policy, baseline),
-        serving.serving, began, left_out,
+        model,
+        serving.version,
+        now,
+        long,
+        short,
+        baseline,
+        breaches,
+        drifted,
+        tuple(notes),
+        rule_limits(policy, baseline),
+        serving.serving,
+        began,
+        left_out,
     )
 
 
@@ -355,13 +387,21 @@ def append_history(health: ModelHealth, keep: int, folder: Path | None = None) -
     """Add the sweep to the model's history, keep the last `keep` sweeps; written atomically."""
     path = history_path(health.model, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    row = pd.DataFrame([{
-        "at": pd.Timestamp(health.at), "version": health.version, "severity": health.severity.value if health.severity else None,
-        "breaches": ",".join(breach.rule for breach in health.breaches), **health.long.to_dict(),
-        "serving": health.serving.value if health.serving else None,
-        "serving_since": health.serving_since.isoformat() if health.serving_since else None, "rows_left_out": health.rows_left_out,
-        **{f"limit:{key}": value for key, value in health.limits.items()},
-    }])
+    row = pd.DataFrame(
+        [
+            {
+                "at": pd.Timestamp(health.at),
+                "version": health.version,
+                "severity": health.severity.value if health.severity else None,
+                "breaches": ",".join(breach.rule for breach in health.breaches),
+                **health.long.to_dict(),
+                "serving": health.serving.value if health.serving else None,
+                "serving_since": health.serving_since.isoformat() if health.serving_since else None,
+                "rows_left_out": health.rows_left_out,
+                **{f"limit:{key}": value for key, value in health.limits.items()},
+            }
+        ]
+    )
     past = metric_history(health.model, folder)
     frame = (pd.concat([past, row], ignore_index=True) if len(past) else row).tail(keep).reset_index(drop=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".parquet")
@@ -379,7 +419,11 @@ def append_history(health: ModelHealth, keep: int, folder: Path | None = None) -
 
 
 def models_to_sweep(
-    log: InferenceLog, now: datetime, minutes: float, model_names: Iterable[str] | None = None, model_name: str | None = None,
+    log: InferenceLog,
+    now: datetime,
+    minutes: float,
+    model_names: Iterable[str] | None = None,
+    model_name: str | None = None,
     drill_minutes: float | None = None,
 ) -> list[str]:
     """The models named (either parameter, or both), else every model with records in the last `minutes`; a drill
@@ -407,15 +451,24 @@ def load_drift_reference(policy: MonitoringPolicy) -> tuple[DataContract | None,
         return None, None
     contract = DataContract.load(policy.contract_block)
     if not contract.reference_uri:
-        raise MonitoringError(f"data contract {policy.contract_block!r} has no reference_uri: drift needs one (or drop contract_block from the policy)")
+        raise MonitoringError(
+            f"data contract {policy.contract_block!r} has no reference_uri: drift needs one (or drop contract_block from the policy)"
+        )
     return contract, load_reference(contract.reference_uri)
 
 
 @task(name="sweep-model", cache_policy=NO_CACHE)
 def sweep_model_task(
-    model: str, log: InferenceLog, policy: MonitoringPolicy, *, now: datetime, system: dict[str, Measure] | None = None,
-    contract: DataContract | None = None, reference: pd.DataFrame | None = None,
-    registry_for: Callable[[str], ModelRegistry] | None = None, timeline: Timeline | None = None,
+    model: str,
+    log: InferenceLog,
+    policy: MonitoringPolicy,
+    *,
+    now: datetime,
+    system: dict[str, Measure] | None = None,
+    contract: DataContract | None = None,
+    reference: pd.DataFrame | None = None,
+    registry_for: Callable[[str], ModelRegistry] | None = None,
+    timeline: Timeline | None = None,
 ) -> ModelHealth:
     """Sweep one model, report it (events, history) and log one line."""
     registry = (registry_for or (lambda name: ModelRegistry(model_name=name)))(model)

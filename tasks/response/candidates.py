@@ -99,7 +99,8 @@ def eligible_versions(candidates: Sequence[Candidate], current: str | None) -> l
     """Versions a rollback may go to: served before, not implicated in an incident, not retired, not the fallback
     model, not the current one."""
     return [
-        candidate for candidate in candidates
+        candidate
+        for candidate in candidates
         if candidate.version != current and not (candidate.retired or candidate.fallback or candidate.incident) and candidate.served_from is not None
     ]
 
@@ -136,9 +137,7 @@ def features_of(versions: Iterable[VersionInfo]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def serving_history(
-    trail: Iterable[AliasMove], versions: Sequence[VersionInfo], champion_alias: str, fallback_alias: str
-) -> ServingHistory:
+def serving_history(trail: Iterable[AliasMove], versions: Sequence[VersionInfo], champion_alias: str, fallback_alias: str) -> ServingHistory:
     """Champion, every version with its latest serving interval, and the last rollback time, from the champion alias's
     audit trail (MLflow keeps no alias history) and the versions read with it.
 
@@ -178,5 +177,5 @@ def serving_history(
         )
         for info in versions
     ]
-    champion = next((c for c, info in zip(candidates, versions) if champion_alias in info.aliases), None)
+    champion = next((c for c, info in zip(candidates, versions, strict=True) if champion_alias in info.aliases), None)
     return ServingHistory(champion, tuple(candidates), last_rollback_at, features_of(versions))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import Enum
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -137,7 +138,7 @@ def error_over_time(errors: np.ndarray, timestamps: pd.Series, windows: int) -> 
             found.append(TimeWindow(str(edges[w]), str(edges[w + 1]), int(members.sum()), float(errors[members].mean())))
     if len(found) < 2:
         return found, None, None
-    jumps = [abs(b.error_rate - a.error_rate) for a, b in zip(found, found[1:])]
+    jumps = [abs(b.error_rate - a.error_rate) for a, b in pairwise(found)]
     most = int(np.argmax(jumps))
     return found, found[most + 1], float(found[most + 1].error_rate - found[most].error_rate)
 
@@ -149,7 +150,7 @@ def _slices_of(values: pd.Series, bins: int) -> tuple[np.ndarray, list[str]]:
         finite = np.isfinite(numbers)
         edges = np.unique(np.quantile(numbers[finite], np.linspace(0, 1, bins + 1)))
         codes = np.clip(np.searchsorted(edges[1:-1], numbers, side="right"), 0, len(edges) - 2)
-        names = [f"[{low:.3g}, {high:.3g}{']' if i == len(edges) - 2 else ')'}" for i, (low, high) in enumerate(zip(edges, edges[1:]))]
+        names = [f"[{low:.3g}, {high:.3g}{']' if i == len(edges) - 2 else ')'}" for i, (low, high) in enumerate(pairwise(edges))]
         return np.where(finite, codes, -1), names
     codes, uniques = pd.factorize(values)
     return codes, [str(u) for u in uniques]
@@ -178,7 +179,15 @@ def error_slices(errors: np.ndarray, features: pd.DataFrame, *, bins: int = 5, a
             z = np.where(spread > 0, (rate - rest_rate) / spread, 0.0)
         for index in np.flatnonzero(testable):
             tests.append(
-                SliceFinding(str(feature), names[index], int(rows[index]), float(rate[index]), float(rest_rate[index]), float(z[index]), float(stats.norm.sf(z[index])))
+                SliceFinding(
+                    str(feature),
+                    names[index],
+                    int(rows[index]),
+                    float(rate[index]),
+                    float(rest_rate[index]),
+                    float(z[index]),
+                    float(stats.norm.sf(z[index])),
+                )
             )
     cutoff = alpha / max(len(tests), 1)
     return sorted((t for t in tests if t.p_value < cutoff and t.z > 0), key=lambda t: -t.z)
@@ -199,16 +208,21 @@ def recommend(report: DiagnosticReport, context: OperationalContext) -> list[Rec
             )
         )
     elif drifted:
-        found.append(Recommendation(Action.INVESTIGATE_DATA, f"features {sorted(drifted)} drifted but errors do not follow them", tuple(f"drift:{name}" for name in sorted(drifted))))
+        found.append(
+            Recommendation(
+                Action.INVESTIGATE_DATA,
+                f"features {sorted(drifted)} drifted but errors do not follow them",
+                tuple(f"drift:{name}" for name in sorted(drifted)),
+            )
+        )
     rose_in_window = report.change_window is not None and (report.change or 0) > 0
     above_baseline = (
-        context.baseline_error_rate is not None
-        and report.error_rate is not None
-        and report.error_rate > context.baseline_error_rate + 0.05
+        context.baseline_error_rate is not None and report.error_rate is not None and report.error_rate > context.baseline_error_rate + 0.05
     )
     if not drifted and context.new_version_since is not None and (rose_in_window or above_baseline):
         evidence = (
-            f"errors rose by {report.change:.1%}" if rose_in_window and not above_baseline
+            f"errors rose by {report.change:.1%}"
+            if rose_in_window and not above_baseline
             else f"error rate {report.error_rate:.1%} vs {context.baseline_error_rate:.1%} before it went live"
         )
         found.append(
@@ -284,7 +298,10 @@ def diagnose(
             error_rate=float(errors.mean()),
             labels=tuple(str(label) for label in labels),
             confusion=tuple(tuple(int(v) for v in row) for row in confusion_matrix(y_true, y_pred, labels=labels)),
-            per_class=tuple(ClassFigures(str(lab), float(p), float(r), float(f), int(s)) for lab, p, r, f, s in zip(labels, precision, recall, f1, support)),
+            per_class=tuple(
+                ClassFigures(str(lab), float(p), float(r), float(f), int(s))
+                for lab, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+            ),
         )
         if proba is not None:
             figures["expected_calibration_error"] = expected_calibration_error(~errors, np.asarray(proba).max(axis=1))

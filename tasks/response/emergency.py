@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -66,7 +66,7 @@ class EmergencyRecord:
     at: str = ""
 
     @classmethod
-    def read(cls, model: str) -> "EmergencyRecord | None":
+    def read(cls, model: str) -> EmergencyRecord | None:
         value = Variable.get(record_name(model), default=None)
         return cls(**value) if isinstance(value, dict) else None
 
@@ -160,7 +160,7 @@ def lower_flag(model: str) -> StepResult:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 # Thin tasks: one per step, so each shows (and fails) on its own in the UI.

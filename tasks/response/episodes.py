@@ -18,7 +18,6 @@ from enum import StrEnum
 
 from prefect.variables import Variable
 
-
 EVENTS_KEPT = 20  # triggering events remembered per episode: a late duplicate of an older one is rare, and is held by the cool-down
 
 
@@ -65,7 +64,7 @@ class Episode:
         """The triggering event was answered already (a duplicate or late delivery of the same event)."""
         return bool(event_id) and event_id in self.events
 
-    def touched(self, now: datetime, event_id: str | None, state: EpisodeState | None = None) -> "Episode":
+    def touched(self, now: datetime, event_id: str | None, state: EpisodeState | None = None) -> Episode:
         events = self.events if not event_id or event_id in self.events else (*self.events, event_id)[-EVENTS_KEPT:]
         return replace(self, updated_at=now.isoformat(), events=events, state=state or self.state)
 

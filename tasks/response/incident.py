@@ -8,9 +8,8 @@ from __future__ import annotations
 import base64
 import tempfile
 from collections.abc import Callable, Collection
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,9 +40,28 @@ from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN
 from prefect_crisis.tasks.training.stop_flag import set_stop_flag
 
 __all__ = [
-    "MEASURED_VERSIONS", "STORE_RETRY_DELAYS", "TOP_FINDINGS", "close_episode", "decide_rollback_task", "diagnose_model", "execute_recovery_task",
-    "join_or_open_incident", "live_window", "measure_versions", "model_features", "new_incident_id", "open_incident", "plot_diagnosis",
-    "predict_with", "read_serving_history", "render_diagnosis", "response_limit", "scorable_rows", "store_unavailable", "tag_response_run", "verifier",
+    "MEASURED_VERSIONS",
+    "STORE_RETRY_DELAYS",
+    "TOP_FINDINGS",
+    "close_episode",
+    "decide_rollback_task",
+    "diagnose_model",
+    "execute_recovery_task",
+    "join_or_open_incident",
+    "live_window",
+    "measure_versions",
+    "model_features",
+    "new_incident_id",
+    "open_incident",
+    "plot_diagnosis",
+    "predict_with",
+    "read_serving_history",
+    "render_diagnosis",
+    "response_limit",
+    "scorable_rows",
+    "store_unavailable",
+    "tag_response_run",
+    "verifier",
 ]
 
 TOP_FINDINGS = 3
@@ -110,7 +128,12 @@ def render_diagnosis(report: DiagnosticReport, model: str, version: str, run_lin
     if report.change_window:
         lines += [f"Error changed most (by {report.change:+.1%}) in the window starting {report.change_window.start}.", ""]
     if report.slices:
-        lines += ["## Slices with significantly more errors", "", "| feature | slice | rows | error rate | rest | z |", "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "## Slices with significantly more errors",
+            "",
+            "| feature | slice | rows | error rate | rest | z |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         lines += [f"| {s.feature} | {s.slice} | {s.rows:,} | {s.error_rate:.1%} | {s.rest_error_rate:.1%} | {s.z:.1f} |" for s in report.slices[:10]]
         lines.append("")
     if report.drifted_features:
@@ -141,10 +164,22 @@ def plot_diagnosis(report: DiagnosticReport, path: Path) -> None:
     figure.savefig(path, dpi=80)
 
 
-@task(name="diagnose-model", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
+@task(
+    name="diagnose-model",
+    cache_policy=NO_CACHE,
+    retries=len(STORE_RETRY_DELAYS),
+    retry_delay_seconds=STORE_RETRY_DELAYS,
+    retry_condition_fn=store_unavailable,
+)
 def diagnose_model(
-    registry: ModelRegistry, champion: VersionInfo, window: pd.DataFrame, label: str, reference: pd.DataFrame | None,
-    incident: Incident, audit: AuditSnapshot, timeline: Timeline,
+    registry: ModelRegistry,
+    champion: VersionInfo,
+    window: pd.DataFrame,
+    label: str,
+    reference: pd.DataFrame | None,
+    incident: Incident,
+    audit: AuditSnapshot,
+    timeline: Timeline,
 ) -> tuple[DiagnosticReport, np.ndarray]:
     """Score the window with the champion, diagnose, publish markdown + plot (MLflow run `crisis-incidents`), emit `ml.diagnosis.done`."""
     version = champion.version
@@ -171,7 +206,9 @@ def diagnose_model(
     client.log_dict(run.info.run_id, report.to_dict(), "diagnosis.json")
     client.set_terminated(run.info.run_id)
     run_link = mlflow_run_link(mlflow_ui_url(), run.info.experiment_id, run.info.run_id)
-    create_markdown_artifact(key=artifact_key("diagnosis", registry.model_name), markdown=render_diagnosis(report, registry.model_name, version, run_link, plot_png))
+    create_markdown_artifact(
+        key=artifact_key("diagnosis", registry.model_name), markdown=render_diagnosis(report, registry.model_name, version, run_link, plot_png)
+    )
     findings = [f"{r.action.value}: {r.reason}" for r in report.recommendations[:TOP_FINDINGS]]
     timeline.emit(
         CrisisEvent.DIAGNOSIS_DONE,
@@ -203,7 +240,9 @@ def scorable_rows(window: pd.DataFrame, label: str, features: Collection[str] | 
         [1.0]
     """
     if features is None:
-        columns = window.drop(columns=[c for c in (label, "timestamp", LATENCY_COLUMN) if c in window.columns]).select_dtypes(include="number").columns
+        columns = (
+            window.drop(columns=[c for c in (label, "timestamp", LATENCY_COLUMN) if c in window.columns]).select_dtypes(include="number").columns
+        )
     else:
         columns = [column for column in features if column in window.columns]
     values = np.column_stack([pd.to_numeric(window[column], errors="coerce").to_numpy(dtype=float) for column in columns]) if len(columns) else None
@@ -215,9 +254,20 @@ def scorable_rows(window: pd.DataFrame, label: str, features: Collection[str] | 
 MEASURED_VERSIONS = 6  # versions scored on the window besides the champion: the most recent that served, and the fallback
 
 
-@task(name="measure-versions", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
+@task(
+    name="measure-versions",
+    cache_policy=NO_CACHE,
+    retries=len(STORE_RETRY_DELAYS),
+    retry_delay_seconds=STORE_RETRY_DELAYS,
+    retry_condition_fn=store_unavailable,
+)
 def measure_versions(
-    registry: ModelRegistry, audit: AuditSnapshot, window: pd.DataFrame, label: str, timeline: Timeline, history: ServingHistory | None = None,
+    registry: ModelRegistry,
+    audit: AuditSnapshot,
+    window: pd.DataFrame,
+    label: str,
+    timeline: Timeline,
+    history: ServingHistory | None = None,
 ) -> tuple[dict[str, LiveWindow], frozenset[str]]:
     """Score the versions a repair may go to on the incident's labelled window (the same rows the champion is judged on):
     the most recent versions that served and are not implicated, and the fallback. Returns the measurements and the
@@ -245,10 +295,23 @@ def measure_versions(
     return measured, frozenset(unscorable)
 
 
-@task(name="decide-rollback", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=store_unavailable)
+@task(
+    name="decide-rollback",
+    cache_policy=NO_CACHE,
+    retries=len(STORE_RETRY_DELAYS),
+    retry_delay_seconds=STORE_RETRY_DELAYS,
+    retry_condition_fn=store_unavailable,
+)
 def decide_rollback_task(
-    registry: ModelRegistry, policy: RollbackPolicy, live: LiveWindow, incident: Incident, audit: AuditSnapshot, timeline: Timeline,
-    measured: dict[str, LiveWindow] | None = None, unscorable: frozenset[str] = frozenset(), history: ServingHistory | None = None,
+    registry: ModelRegistry,
+    policy: RollbackPolicy,
+    live: LiveWindow,
+    incident: Incident,
+    audit: AuditSnapshot,
+    timeline: Timeline,
+    measured: dict[str, LiveWindow] | None = None,
+    unscorable: frozenset[str] = frozenset(),
+    history: ServingHistory | None = None,
 ) -> RollbackDecision:
     """Decide HOLD / ROLLBACK / FALLBACK / INCONCLUSIVE from the incident's audit snapshot (and `history`, the response's one
     read of the registry, read here when not given); emit `ml.decision.taken`."""
@@ -257,14 +320,27 @@ def decide_rollback_task(
     if champion is None:
         raise RegistryError(f"{registry.model_name!r} has no champion to judge: promote a version first")
     decision = decide_rollback(
-        live, champion, candidates, policy, now=registry.now(), last_rollback_at=last_rollback_at, severity=incident.severity, measured=measured,
+        live,
+        champion,
+        candidates,
+        policy,
+        now=registry.now(),
+        last_rollback_at=last_rollback_at,
+        severity=incident.severity,
+        measured=measured,
         unscorable=unscorable,
     )
     timeline.emit(
         CrisisEvent.DECISION_TAKEN,
         registry.model_name,
-        {"decision": decision.kind.value, "target_version": decision.target_version, "violations": [str(v) for v in decision.violations],
-         "reason": decision.reason, "degraded": decision.degraded, "measured_accuracy": dict(decision.measured)},
+        {
+            "decision": decision.kind.value,
+            "target_version": decision.target_version,
+            "violations": [str(v) for v in decision.violations],
+            "reason": decision.reason,
+            "degraded": decision.degraded,
+            "measured_accuracy": dict(decision.measured),
+        },
         version=champion.version,
     )
     timeline.logger(get_run_logger(), registry.model_name, champion.version).info("decision: %s (%s)", decision.kind.value, decision.reason)
@@ -272,8 +348,14 @@ def decide_rollback_task(
 
 
 def verifier(
-    registry: ModelRegistry, policy: RollbackPolicy, audit: AuditSnapshot, window: pd.DataFrame, label: str, before: Verification | None,
-    min_samples_cap: int | None = None, history: ServingHistory | None = None,
+    registry: ModelRegistry,
+    policy: RollbackPolicy,
+    audit: AuditSnapshot,
+    window: pd.DataFrame,
+    label: str,
+    before: Verification | None,
+    min_samples_cap: int | None = None,
+    history: ServingHistory | None = None,
 ) -> Callable[[str], Verification]:
     """Verification of a version on the window against its *own* baseline (none looser than the version it was promoted
     over); the fallback model, a stopgap, verifies when it is measured no worse than what served before
@@ -293,9 +375,19 @@ def verifier(
 
 @task(name="execute-recovery", cache_policy=NO_CACHE)
 def execute_recovery_task(
-    registry: ModelRegistry, policy: RollbackPolicy, decision: RollbackDecision, incident: Incident,
-    window: pd.DataFrame, label: str, champion: VersionInfo, audit: AuditSnapshot, timeline: Timeline,
-    live: LiveWindow | None = None, skip_if_handled: bool = True, emergency_step: bool = False, history: ServingHistory | None = None,
+    registry: ModelRegistry,
+    policy: RollbackPolicy,
+    decision: RollbackDecision,
+    incident: Incident,
+    window: pd.DataFrame,
+    label: str,
+    champion: VersionInfo,
+    audit: AuditSnapshot,
+    timeline: Timeline,
+    live: LiveWindow | None = None,
+    skip_if_handled: bool = True,
+    emergency_step: bool = False,
+    history: ServingHistory | None = None,
 ) -> RecoveryOutcome:
     """Carry out the decision, verifying each move on the labelled window; keep the better state when none verifies.
 
@@ -305,12 +397,19 @@ def execute_recovery_task(
     before = None if served is None else Verification(False, f"v{champion.version} serving", {"accuracy": served})
     registry.use(timeline=timeline)
     outcome = execute_recovery(
-        registry, decision, incident.violation, incident,
+        registry,
+        decision,
+        incident.violation,
+        incident,
         verifier(registry, policy, audit, window, label, before, EMERGENCY_MIN_SAMPLES if incident.severity is Severity.EMERGENCY else None, history),
         lambda reason: set_stop_flag(registry.model_name, reason, by="crisis-response"),
-        audit=audit, champion=champion, timeline=timeline,
+        audit=audit,
+        champion=champion,
+        timeline=timeline,
         emergency_in_force=(lambda model: False) if emergency_step else (lambda model: EmergencyRecord.read(model) is not None),
-        before=before, skip_if_handled=skip_if_handled, escalate=not emergency_step,
+        before=before,
+        skip_if_handled=skip_if_handled,
+        escalate=not emergency_step,
     )
     timeline.logger(get_run_logger(), registry.model_name, outcome.champion_after).info(
         "recovery %s: champion v%s -> v%s", "succeeded" if outcome.recovered else "failed", outcome.champion_before, outcome.champion_after
@@ -319,8 +418,16 @@ def execute_recovery_task(
 
 
 def join_or_open_incident(
-    model: str, event_id: str | None, severity: Severity, violation: ViolationType, *, quiet_minutes: float, drill: bool,
-    clock: Callable[[], datetime], incident_id: str | None = None, fallback_serves: bool = False,
+    model: str,
+    event_id: str | None,
+    severity: Severity,
+    violation: ViolationType,
+    *,
+    quiet_minutes: float,
+    drill: bool,
+    clock: Callable[[], datetime],
+    incident_id: str | None = None,
+    fallback_serves: bool = False,
 ) -> tuple[Incident, Timeline, Episode] | None:
     """The incident this response belongs to: the model's current episode when it is joinable (one incident per episode;
     `ml.incident.joined` says so), else a new one (`ml.incident.opened`). None: the triggering event was answered already.
@@ -330,13 +437,31 @@ def join_or_open_incident(
     if episode is not None and episode.answered(event_id):
         return None
     if episode is not None and episode.joinable(now, quiet_minutes, fallback_serves):
-        incident = Incident(episode.incident, model, Severity(severity), ViolationType(violation), datetime.fromisoformat(episode.opened_at), event_id, episode.drill or drill)
+        incident = Incident(
+            episode.incident,
+            model,
+            Severity(severity),
+            ViolationType(violation),
+            datetime.fromisoformat(episode.opened_at),
+            event_id,
+            episode.drill or drill,
+        )
         timeline = Timeline(clock=clock).bound(incident)
-        timeline.emit(CrisisEvent.INCIDENT_JOINED, model, {"flow_run_id": flow_run.get_id(), "triggering_event_id": event_id, "severity": Severity(severity).value,
-                                                          "episode_state": episode.state.value})
+        timeline.emit(
+            CrisisEvent.INCIDENT_JOINED,
+            model,
+            {
+                "flow_run_id": flow_run.get_id(),
+                "triggering_event_id": event_id,
+                "severity": Severity(severity).value,
+                "episode_state": episode.state.value,
+            },
+        )
         episode = episode.touched(now, event_id)
     else:
-        incident, timeline = open_incident(model, incident_id or event_id or new_incident_id(), severity, violation, triggering_event_id=event_id, drill=drill, clock=clock)
+        incident, timeline = open_incident(
+            model, incident_id or event_id or new_incident_id(), severity, violation, triggering_event_id=event_id, drill=drill, clock=clock
+        )
         episode = new_episode(incident.id, incident.severity.value, incident.violation.value, now, event_id, incident.drill)
     write_episode(model, episode)
     return incident, timeline, episode
@@ -348,16 +473,24 @@ def close_episode(registry: ModelRegistry, episode: Episode) -> Episode:
     try:
         champion = registry.champion()
     except CrisisError as error:
-        get_run_logger().warning("episode %s: the champion cannot be read now (%s); its state is left as it was", episode.incident, first_line(str(error)))
+        get_run_logger().warning(
+            "episode %s: the champion cannot be read now (%s); its state is left as it was", episode.incident, first_line(str(error))
+        )
         return episode
-    state = EpisodeState.STOPGAP if champion is not None and champion.is_fallback else EpisodeState.RECOVERED if champion is not None else EpisodeState.OPEN
+    state = (
+        EpisodeState.STOPGAP
+        if champion is not None and champion.is_fallback
+        else EpisodeState.RECOVERED
+        if champion is not None
+        else EpisodeState.OPEN
+    )
     updated = episode.touched(registry.now(), None, state)
     write_episode(registry.model_name, updated)
     return updated
 
 
 def new_incident_id() -> str:
-    return f"inc-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    return f"inc-{datetime.now(UTC):%Y%m%dT%H%M%S}"
 
 
 def response_limit(model: str) -> str:
@@ -369,4 +502,3 @@ def response_limit(model: str) -> str:
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
     return name
-

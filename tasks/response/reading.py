@@ -44,7 +44,9 @@ def serving_history_of(registry: ModelRegistry, audit: AuditSnapshot | None = No
     return serving_history(trail, registry.versions(), registry.champion_alias, registry.fallback_alias)
 
 
-def candidates_from_registry(registry: ModelRegistry, audit: AuditSnapshot | None = None) -> tuple[Candidate | None, list[Candidate], datetime | None]:
+def candidates_from_registry(
+    registry: ModelRegistry, audit: AuditSnapshot | None = None
+) -> tuple[Candidate | None, list[Candidate], datetime | None]:
     """Champion, every version with its latest serving interval, and the last rollback time (see
     `candidates.serving_history`), read from the registry and its audit.
 
@@ -56,8 +58,13 @@ def candidates_from_registry(registry: ModelRegistry, audit: AuditSnapshot | Non
     return history.champion, list(history.candidates), history.last_rollback_at
 
 
-@task(name="read-serving-history", cache_policy=NO_CACHE, retries=len(STORE_RETRY_DELAYS), retry_delay_seconds=STORE_RETRY_DELAYS,
-      retry_condition_fn=store_unavailable)
+@task(
+    name="read-serving-history",
+    cache_policy=NO_CACHE,
+    retries=len(STORE_RETRY_DELAYS),
+    retry_delay_seconds=STORE_RETRY_DELAYS,
+    retry_condition_fn=store_unavailable,
+)
 def read_serving_history(registry: ModelRegistry, audit: AuditSnapshot) -> ServingHistory:
     """Read the model's versions once for a response (retried while the store is unavailable); every later step takes it."""
     return serving_history_of(registry, audit)

@@ -87,8 +87,13 @@ def already_handled(registry: ModelRegistry, incident: str, audit: AuditSnapshot
 
 
 def verify_on_window(
-    version: str, live: LiveWindow, candidates: Sequence[Candidate], policy: RollbackPolicy, before: Verification | None = None,
-    *, min_samples_cap: int | None = None,
+    version: str,
+    live: LiveWindow,
+    candidates: Sequence[Candidate],
+    policy: RollbackPolicy,
+    before: Verification | None = None,
+    *,
+    min_samples_cap: int | None = None,
 ) -> Verification:
     """Verification of `version` from its measurements on the incident's window (`live`), against its *own* baseline
     (none looser than the version it was promoted over). A rule that cannot be judged (too few rows, no baseline) does
@@ -232,8 +237,14 @@ def execute_recovery(
 
 
 def _keep_the_better(
-    registry: ModelRegistry, incident: Incident | str, decision: RollbackDecision, before_version: str | None, before: Verification | None,
-    attempts: list[Attempt], after: str | None, timeline: Timeline,
+    registry: ModelRegistry,
+    incident: Incident | str,
+    decision: RollbackDecision,
+    before_version: str | None,
+    before: Verification | None,
+    attempts: list[Attempt],
+    after: str | None,
+    timeline: Timeline,
 ) -> str | None:
     """No move verified: leave serving whichever state measured best on the same window (before any move, or a
     move's target). Returns the version serving afterwards (None: unchanged)."""
@@ -247,12 +258,21 @@ def _keep_the_better(
     shown = ", ".join(f"v{version} {score:.1%}" for version, score in scored)
     try:
         move = registry.move_alias(
-            registry.champion_alias, best, f"keep the better state: no move verified; measured on the window {shown}", incident,
+            registry.champion_alias,
+            best,
+            f"keep the better state: no move verified; measured on the window {shown}",
+            incident,
             action=AliasAction.ROLLBACK,
         )
     except RegistryError as error:
         attempts.append(Attempt(Strategy.ROLLBACK, best, None, f"keeping the better state v{best} refused: {error}"))
         return None
-    attempts.append(Attempt(Strategy.ROLLBACK, best, Verification(False, f"kept the better state v{best} ({shown})", {"accuracy": value}),
-                            f"no move verified: kept the better state v{best} ({shown})"))
+    attempts.append(
+        Attempt(
+            Strategy.ROLLBACK,
+            best,
+            Verification(False, f"kept the better state v{best} ({shown})", {"accuracy": value}),
+            f"no move verified: kept the better state v{best} ({shown})",
+        )
+    )
     return move.to_version

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -31,8 +31,12 @@ BREACHES = (CrisisEvent.BREACH_WARNING, CrisisEvent.BREACH_CRITICAL, CrisisEvent
 OUTCOMES = {
     CrisisEvent.INCIDENT_OPENED: lambda p: f"{p.get('severity')} {p.get('violation')}" + (" (drill)" if p.get("drill") else ""),
     CrisisEvent.INCIDENT_JOINED: lambda p: f"{p.get('severity')} breach joined the open incident (it stood {p.get('episode_state')})",
-    CrisisEvent.DIAGNOSIS_DONE: lambda p: f"error rate {p.get('error_rate', 0):.2%}; " + ("; ".join(p.get("top_findings") or []) or "no recommendation"),
-    CrisisEvent.DECISION_TAKEN: lambda p: f"{p.get('decision')}" + (f" to v{p['target_version']}" if p.get("target_version") else "") + f": {p.get('reason', '')}",
+    CrisisEvent.DIAGNOSIS_DONE: lambda p: (
+        f"error rate {p.get('error_rate', 0):.2%}; " + ("; ".join(p.get("top_findings") or []) or "no recommendation")
+    ),
+    CrisisEvent.DECISION_TAKEN: lambda p: (
+        f"{p.get('decision')}" + (f" to v{p['target_version']}" if p.get("target_version") else "") + f": {p.get('reason', '')}"
+    ),
     CrisisEvent.MODEL_ROLLED_BACK: lambda p: f"{p.get('alias')} v{p.get('from_version')} -> v{p.get('to_version')}",
     CrisisEvent.FALLBACK_ENGAGED: lambda p: f"{p.get('alias')} v{p.get('from_version')} -> fallback v{p.get('to_version')}",
     CrisisEvent.RECOVERY_SUCCEEDED: lambda p: f"verified: champion v{p.get('champion_before')} -> v{p.get('champion_after')}",
@@ -76,7 +80,10 @@ class IncidentReport:
             return "n/a" if value is None else f"{value.total_seconds():.1f}s"
 
         head = self.incident
-        lines = [f"incident {head['id']} of {head['model']}: {head['severity']} {head['violation']}, opened {head['opened_at']}" + (" (drill)" if head.get("drill") else "")]
+        lines = [
+            f"incident {head['id']} of {head['model']}: {head['severity']} {head['violation']}, opened {head['opened_at']}"
+            + (" (drill)" if head.get("drill") else "")
+        ]
         lines += [f"  {step.at:%H:%M:%S.%f}"[:-3] + f"  {step.step:<22} {step.actor:<32} {step.outcome}" for step in self.steps]
         lines.append(f"  time to detect {took(self.time_to_detect)}, to decide {took(self.time_to_decide)}, to recover {took(self.time_to_recover)}")
         return lines
@@ -95,7 +102,7 @@ def read_events(event_filter: EventFilter, limit: int = 1_000) -> list[ReceivedE
 
 
 def _window(now: datetime | None = None) -> EventOccurredFilter:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return EventOccurredFilter(since=now - LOOK_BACK, until=now + timedelta(minutes=1))
 
 
@@ -146,11 +153,19 @@ def build_report(events: list[ReceivedEvent], audit_moves: list | None = None, s
     steps = []
     for event in events:
         name = CrisisEvent(event.event) if event.event in CrisisEvent._value2member_map_ else None
-        outcome = OUTCOMES[name](event.payload) if name in OUTCOMES else ", ".join(f"{k}={v}" for k, v in event.payload.items() if k in ("version", "to_version", "reason"))
+        outcome = (
+            OUTCOMES[name](event.payload)
+            if name in OUTCOMES
+            else ", ".join(f"{k}={v}" for k, v in event.payload.items() if k in ("version", "to_version", "reason"))
+        )
         steps.append(Step(event.occurred, event.event.removeprefix(EVENT_NAMESPACE), actor(event), outcome))
     for move in audit_moves or []:
         who = f"flow run {move.flow_run_id[:8]}" if move.flow_run_id else "person (outside a run)"
-        steps.append(Step(move.at, f"audit: {move.action}", who, f"{move.alias or '-'} v{move.from_version or '-'} -> v{move.to_version or '-'}: {move.outcome}"))
+        steps.append(
+            Step(
+                move.at, f"audit: {move.action}", who, f"{move.alias or '-'} v{move.from_version or '-'} -> v{move.to_version or '-'}: {move.outcome}"
+            )
+        )
     steps.sort(key=lambda step: step.at)
 
     def first(*names: CrisisEvent) -> datetime | None:

@@ -24,8 +24,17 @@ if TYPE_CHECKING:
     from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 
 __all__ = [
-    "BETTER_Z", "Candidate", "EMERGENCY_MIN_SAMPLES", "LiveWindow", "RollbackDecision", "Violation", "clearly_better", "decide_rollback",
-    "eligible_versions", "judge_rules", "served_for",
+    "BETTER_Z",
+    "EMERGENCY_MIN_SAMPLES",
+    "Candidate",
+    "LiveWindow",
+    "RollbackDecision",
+    "Violation",
+    "clearly_better",
+    "decide_rollback",
+    "eligible_versions",
+    "judge_rules",
+    "served_for",
 ]
 
 
@@ -122,21 +131,39 @@ def decide_rollback(
     if not violations and not emergency:
         if undecided:
             return RollbackDecision(
-                DecisionKind.INCONCLUSIVE, "cannot tell: " + "; ".join(undecided) + unmeasured + " (escalate to a person)",
-                undecided=undecided, not_measured=results.not_measured, measured=_shown(scores),
+                DecisionKind.INCONCLUSIVE,
+                "cannot tell: " + "; ".join(undecided) + unmeasured + " (escalate to a person)",
+                undecided=undecided,
+                not_measured=results.not_measured,
+                measured=_shown(scores),
             )
         return RollbackDecision(DecisionKind.HOLD, "no metric is worse than its tolerance allows" + unmeasured, **judged)
     if last_rollback_at is not None and not emergency:
         cooldown = timedelta(minutes=policy.cooldown_minutes)
         if now - last_rollback_at < cooldown:
             return RollbackDecision(
-                DecisionKind.HOLD, f"cool-down: last rollback at {last_rollback_at.isoformat()}, within {policy.cooldown_minutes:g} min",
-                degraded=True, **judged,
+                DecisionKind.HOLD,
+                f"cool-down: last rollback at {last_rollback_at.isoformat()}, within {policy.cooldown_minutes:g} min",
+                degraded=True,
+                **judged,
             )
     summary = "; ".join(str(v) for v in violations) or "emergency line crossed"
     latency_only = bool(violations) and all(METRICS[v.metric].kind == MetricKind.LATENCY for v in violations if v.metric in METRICS)
-    return _repair(champion, candidates, policy, now, measured, scores, better, fallback, summary, judged,
-                   must_beat_champion=not violations, latency_only=latency_only, unscorable=unscorable)
+    return _repair(
+        champion,
+        candidates,
+        policy,
+        now,
+        measured,
+        scores,
+        better,
+        fallback,
+        summary,
+        judged,
+        must_beat_champion=not violations,
+        latency_only=latency_only,
+        unscorable=unscorable,
+    )
 
 
 BETTER_Z = 2.0  # standard errors a measured gain must clear: a window of 300 rows cannot tell 0.537 from 0.533
@@ -175,9 +202,20 @@ def _passes(candidate: Candidate, window: LiveWindow, candidates: Sequence[Candi
 
 
 def _repair(
-    champion: Candidate, candidates: Sequence[Candidate], policy: RollbackPolicy, now: datetime, measured: Mapping[str, LiveWindow],
-    scores: Mapping[str, float], better: Callable[[str | None, str | None], bool], fallback: Candidate | None, summary: str, judged: dict,
-    *, must_beat_champion: bool = False, latency_only: bool = False, unscorable: frozenset[str] = frozenset(),
+    champion: Candidate,
+    candidates: Sequence[Candidate],
+    policy: RollbackPolicy,
+    now: datetime,
+    measured: Mapping[str, LiveWindow],
+    scores: Mapping[str, float],
+    better: Callable[[str | None, str | None], bool],
+    fallback: Candidate | None,
+    summary: str,
+    judged: dict,
+    *,
+    must_beat_champion: bool = False,
+    latency_only: bool = False,
+    unscorable: frozenset[str] = frozenset(),
 ) -> RollbackDecision:
     """The champion is degraded: the stable version to roll back to, else a version measured healthy, else the fallback.
 
@@ -202,7 +240,7 @@ def _repair(
         if not _passes(candidate, measured[candidate.version], candidates, policy):
             skipped.append(f"v{candidate.version} measured {scores[candidate.version]:.1%}, failing its own baseline")
             return False
-        if must_beat_champion and not better(candidate.version, champion.version) or better(champion.version, candidate.version):
+        if (must_beat_champion and not better(candidate.version, champion.version)) or better(champion.version, candidate.version):
             skipped.append(f"v{candidate.version} measured {scores[candidate.version]:.1%}, no better than v{champion.version}'s {_pct(serving)}")
             return False
         return True
@@ -212,45 +250,75 @@ def _repair(
             if windowed:
                 skipped.append(f"v{candidate.version} cannot be scored on the window")
                 continue
-            return _rollback(candidate, f"degraded ({summary}); v{candidate.version} served stably (nothing labelled to measure on)", fallback_version, judged)
+            return _rollback(
+                candidate, f"degraded ({summary}); v{candidate.version} served stably (nothing labelled to measure on)", fallback_version, judged
+            )
         if sound(candidate):
             why = f"degraded ({summary}); v{candidate.version} served stably and is measured healthy on the window ({scores[candidate.version]:.1%})"
-            return _rollback(candidate, why, fallback_version, judged, fallback_next=fallback_version in scores and better(fallback_version, candidate.version))
+            return _rollback(
+                candidate, why, fallback_version, judged, fallback_next=fallback_version in scores and better(fallback_version, candidate.version)
+            )
     for candidate in recent:
         if candidate.version in measured and sound(candidate) and not better(fallback_version, candidate.version):
             minutes = served_for(candidate, now).total_seconds() / 60
-            why = (f"degraded ({summary}); v{candidate.version} served {minutes:.0f} min (< the {policy.stability_window_minutes:g}-min stability "
-                   f"window) and is measured healthy on the window ({scores[candidate.version]:.1%}), no worse than the fallback")
+            why = (
+                f"degraded ({summary}); v{candidate.version} served {minutes:.0f} min (< the {policy.stability_window_minutes:g}-min stability "
+                f"window) and is measured healthy on the window ({scores[candidate.version]:.1%}), no worse than the fallback"
+            )
             return _rollback(candidate, why, fallback_version, judged)
     if fallback is not None and fallback.meets_bar is False and not windowed:
         # a fallback known to be weak, and nothing measured: any version that served without an incident beats it
         if recent:
-            why = (f"degraded ({summary}); the fallback v{fallback.version} misses its bar against the primary, so v{recent[0].version}, "
-                   "which served before without an incident, is preferred even short of the stability window")
+            why = (
+                f"degraded ({summary}); the fallback v{fallback.version} misses its bar against the primary, so v{recent[0].version}, "
+                "which served before without an incident, is preferred even short of the stability window"
+            )
             return _rollback(recent[0], why, fallback_version, judged)
     # nothing healthy to return to: the best measured of what is left, the fallback, or what serves
     scored = [c for c in eligible if c.version in scores]
     best = max(scored, key=lambda c: scores[c.version], default=None)
     tried = ("; " + "; ".join(skipped)) if skipped else ""
     if best is not None and better(best.version, champion.version) and better(best.version, fallback_version):
-        why = f"degraded ({summary}); no version meets its baseline{tried}; v{best.version} is measured best on the window ({scores[best.version]:.1%})"
+        why = (
+            f"degraded ({summary}); no version meets its baseline{tried}; v{best.version} is measured best on the window ({scores[best.version]:.1%})"
+        )
         return _rollback(best, why, fallback_version, judged)
     if fallback is None:
-        return RollbackDecision(DecisionKind.HOLD, f"degraded ({summary}); no version to return to and no fallback{tried}: serving unchanged, "
-                                "escalate to a person", degraded=True, escalate=True, **judged)
-    if fallback.version in unscorable or windowed and serving is not None and (
-        fallback_score is None or not (better(fallback.version, champion.version) or latency_only and not better(champion.version, fallback.version))
+        return RollbackDecision(
+            DecisionKind.HOLD,
+            f"degraded ({summary}); no version to return to and no fallback{tried}: serving unchanged, escalate to a person",
+            degraded=True,
+            escalate=True,
+            **judged,
+        )
+    if fallback.version in unscorable or (
+        windowed
+        and serving is not None
+        and (
+            fallback_score is None
+            or not (better(fallback.version, champion.version) or (latency_only and not better(champion.version, fallback.version)))
+        )
     ):
-        shown = "cannot be scored on the window" if fallback_score is None else f"is measured {fallback_score:.1%} against {serving:.1%} serving, within noise or worse"
+        shown = (
+            "cannot be scored on the window"
+            if fallback_score is None
+            else f"is measured {fallback_score:.1%} against {serving:.1%} serving, within noise or worse"
+        )
         return RollbackDecision(
             DecisionKind.HOLD,
             f"degraded ({summary}); no version to return to{tried}, and the fallback v{fallback.version} {shown}: serving unchanged, escalate to a person",
-            degraded=True, escalate=True, fallback_version=fallback_version, **judged,
+            degraded=True,
+            escalate=True,
+            fallback_version=fallback_version,
+            **judged,
         )
     measured_note = f" (measured {fallback_score:.1%} against {serving:.1%} serving)" if fallback_score is not None and serving is not None else ""
     return RollbackDecision(
-        DecisionKind.FALLBACK, f"degraded ({summary}); no stable version to return to{tried}: the fallback v{fallback.version}{measured_note}",
-        degraded=True, fallback_version=fallback_version, **judged,
+        DecisionKind.FALLBACK,
+        f"degraded ({summary}); no stable version to return to{tried}: the fallback v{fallback.version}{measured_note}",
+        degraded=True,
+        fallback_version=fallback_version,
+        **judged,
     )
 
 
@@ -261,8 +329,13 @@ def _rollback(target: Candidate, reason: str, fallback_version: str | None, judg
 
 
 def _leave_the_fallback(
-    champion: Candidate, candidates: Sequence[Candidate], policy: RollbackPolicy, now: datetime,
-    measured: Mapping[str, LiveWindow], scores: Mapping[str, float], better: Callable[[str | None, str | None], bool],
+    champion: Candidate,
+    candidates: Sequence[Candidate],
+    policy: RollbackPolicy,
+    now: datetime,
+    measured: Mapping[str, LiveWindow],
+    scores: Mapping[str, float],
+    better: Callable[[str | None, str | None], bool],
 ) -> RollbackDecision:
     """The fallback model serves (a stopgap): go back to a version measured healthy on the window and not measured worse
     than it (within noise, the real version wins)."""
@@ -279,14 +352,20 @@ def _leave_the_fallback(
                 DecisionKind.ROLLBACK,
                 f"the fallback v{champion.version} serves as a stopgap ({_pct(serving)}); v{candidate.version} is measured healthy on the window "
                 f"({scores[candidate.version]:.1%})",
-                candidate.version, degraded=True, fallback_version=champion.version, fallback_next=False, measured=_shown(scores),
+                candidate.version,
+                degraded=True,
+                fallback_version=champion.version,
+                fallback_next=False,
+                measured=_shown(scores),
             )
     looked = ", ".join(f"v{c.version} {_pct(scores.get(c.version))}" for c in ordered) or "no version served before"
     return RollbackDecision(
         DecisionKind.HOLD,
         f"the fallback v{champion.version} serves as a stopgap ({_pct(serving)}); no version is measured healthy on the window yet ({looked}): "
         "it stays until one is, or a retrain passes the gate",
-        degraded=True, fallback_version=champion.version, measured=_shown(scores),
+        degraded=True,
+        fallback_version=champion.version,
+        measured=_shown(scores),
     )
 
 

@@ -8,15 +8,17 @@ routing artifact, the pyfunc, the fallback's training) and Prefect (the tasks, e
 
 from prefect_crisis.core.lazy import lazy_exports
 
-ADAPTERS = frozenset({
-    "fallback_model",  # Prefect tasks, MLflow registration of the fallback
-    "hot_swap",  # loads versions and their routing.json from MLflow
-    "inference_log",  # opens the InferenceLog block's database; Prefect events and task
-    "pyfunc",  # the router as an MLflow pyfunc
-    "pyfunc_code",  # MLflow's model-from-code file
-    "router",  # the registry block, Prefect events, hot swaps
-    "routing_artifact",  # routing.json in an MLflow run
-})
+ADAPTERS = frozenset(
+    {
+        "fallback_model",  # Prefect tasks, MLflow registration of the fallback
+        "hot_swap",  # loads versions and their routing.json from MLflow
+        "inference_log",  # opens the InferenceLog block's database; Prefect events and task
+        "pyfunc",  # the router as an MLflow pyfunc
+        "pyfunc_code",  # MLflow's model-from-code file
+        "router",  # the registry block, Prefect events, hot swaps
+        "routing_artifact",  # routing.json in an MLflow run
+    }
+)
 
 _EXPORTS = {
     "CircuitBreaker": "breaker",

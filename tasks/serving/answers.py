@@ -108,4 +108,3 @@ def fallback_outputs(estimator: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndar
     if not np.isfinite(probabilities).all():
         raise ValueError("non-finite probabilities")
     return predicted(estimator, X, probabilities, PROBABILITY), probabilities
-

@@ -30,7 +30,6 @@ the fallback.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -132,12 +131,15 @@ class ConfidenceMap:
         return raw
 
     def to_dict(self) -> dict[str, Any]:
-        parameters = {"x": list(self.x), "y": list(self.y)} if self.method == ISOTONIC else (
-            {"slope": self.slope, "intercept": self.intercept} if self.method == SIGMOID else {})
+        parameters = (
+            {"x": list(self.x), "y": list(self.y)}
+            if self.method == ISOTONIC
+            else ({"slope": self.slope, "intercept": self.intercept} if self.method == SIGMOID else {})
+        )
         return {"score": self.score, "method": self.method, **parameters}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ConfidenceMap":
+    def from_dict(cls, data: dict[str, Any]) -> ConfidenceMap:
         method, score = data.get("method"), data.get("score")
         if method not in METHODS or score not in (PROBABILITY, DECISION) or (method == UNCALIBRATED and score != PROBABILITY):
             raise ValueError(f"unknown confidence map {method!r} on {score!r}")
@@ -162,6 +164,7 @@ class RoutingCalibration:
 
     Example:
         >>> calibration = RoutingCalibration(ConfidenceMap("probability", "none"), None, "no gain", 300, 0.95, 0.6, 0.95)
+        >>> import json
         >>> RoutingCalibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration, calibration.method
         (True, 'none')
     """
@@ -193,15 +196,18 @@ class RoutingCalibration:
             "threshold": number(self.threshold),
             "reason": self.reason,
             "holdout": {
-                "rows": int(self.rows), "primary_accuracy": number(self.primary_accuracy),
-                "fallback_accuracy": number(self.fallback_accuracy), "served_accuracy": number(self.served_accuracy),
-                "ece_raw": number(self.ece_raw), "ece": number(self.ece),
+                "rows": int(self.rows),
+                "primary_accuracy": number(self.primary_accuracy),
+                "fallback_accuracy": number(self.fallback_accuracy),
+                "served_accuracy": number(self.served_accuracy),
+                "ece_raw": number(self.ece_raw),
+                "ece": number(self.ece),
             },
             "fallback_version": self.fallback_version,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RoutingCalibration":
+    def from_dict(cls, data: dict[str, Any]) -> RoutingCalibration:
         """The value back from `to_dict`'s output.
 
         Raises:
@@ -217,9 +223,15 @@ class RoutingCalibration:
                 return None if value is None else float(value)
 
             return cls(
-                ConfidenceMap.from_dict(mapping) if mapping else None, optional(data.get("threshold")), str(data.get("reason", "")),
-                int(holdout["rows"]), float(holdout["primary_accuracy"]), optional(holdout.get("fallback_accuracy")),
-                float(holdout["served_accuracy"]), optional(holdout.get("ece_raw")), optional(holdout.get("ece")),
+                ConfidenceMap.from_dict(mapping) if mapping else None,
+                optional(data.get("threshold")),
+                str(data.get("reason", "")),
+                int(holdout["rows"]),
+                float(holdout["primary_accuracy"]),
+                optional(holdout.get("fallback_accuracy")),
+                float(holdout["served_accuracy"]),
+                optional(holdout.get("ece_raw")),
+                optional(holdout.get("ece")),
                 None if data.get("fallback_version") is None else str(data["fallback_version"]),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as error:
@@ -350,7 +362,9 @@ def fit_routing(
     fallback_accuracy = float(fallback_right.mean()) if fallback_right is not None and rows else None
 
     def calibration(confidence_map, threshold, reason, served=primary_accuracy, ece_raw=None, ece=None) -> RoutingCalibration:
-        return RoutingCalibration(confidence_map, threshold, reason, rows, primary_accuracy, fallback_accuracy, served, ece_raw, ece, fallback_version)
+        return RoutingCalibration(
+            confidence_map, threshold, reason, rows, primary_accuracy, fallback_accuracy, served, ece_raw, ece, fallback_version
+        )
 
     scores = available_scores(primary)
     if not scores:
@@ -388,14 +402,21 @@ def fit_routing(
     won, lost = int(np.sum(routed & (gain > 0))), int(np.sum(routed & (gain < 0)))
     net = won - lost
     if net <= 0 or net <= z * math.sqrt(won + lost):
-        return fitted(None, f"off: cross-validated on {rows} holdout rows, the rows routing would send to the fallback were won "
-                            f"{won} and lost {lost}: no gain beyond noise ({z:g} standard errors)")
+        return fitted(
+            None,
+            f"off: cross-validated on {rows} holdout rows, the rows routing would send to the fallback were won "
+            f"{won} and lost {lost}: no gain beyond noise ({z:g} standard errors)",
+        )
     threshold = best_threshold(confidence_map(raw), gain)
     if threshold is None:
         return fitted(None, "off: on the whole holdout no threshold wins a row")
     served = float((primary_right.sum() + net) / rows)
-    return fitted(threshold, f"on: rows under calibrated confidence {threshold:.4g} go to the fallback; cross-validated holdout "
-                             f"accuracy {primary_accuracy:.4f} -> {served:.4f} ({won} rows won, {lost} lost)", served=served)
+    return fitted(
+        threshold,
+        f"on: rows under calibrated confidence {threshold:.4g} go to the fallback; cross-validated holdout "
+        f"accuracy {primary_accuracy:.4f} -> {served:.4f} ({won} rows won, {lost} lost)",
+        served=served,
+    )
 
 
 # -- serving's plan ----------------------------------------------------------------------------
@@ -437,23 +458,42 @@ def plan_routing(
     if usable:
         confidence_map = calibration.confidence_map
         if explicit_threshold is not None:
-            return RoutingPlan(confidence_map.score, confidence_map, explicit_threshold,
-                               f"v{version}: the policy's confidence_threshold {explicit_threshold:g} on the calibrated confidence "
-                               f"(the fitted one: {calibration.threshold if calibration.threshold is not None else 'off'})")
+            return RoutingPlan(
+                confidence_map.score,
+                confidence_map,
+                explicit_threshold,
+                f"v{version}: the policy's confidence_threshold {explicit_threshold:g} on the calibrated confidence "
+                f"(the fitted one: {calibration.threshold if calibration.threshold is not None else 'off'})",
+            )
         if calibration.threshold is None:
             return RoutingPlan(confidence_map.score, confidence_map, None, f"v{version}: confidence routing {calibration.reason}")
         if calibration.fallback_version is not None and fallback_version != calibration.fallback_version:
-            return RoutingPlan(confidence_map.score, confidence_map, None,
-                               f"v{version}: confidence routing off: its threshold was fitted against fallback v{calibration.fallback_version}, "
-                               f"the fallback served is {'v' + fallback_version if fallback_version else 'none'}")
+            return RoutingPlan(
+                confidence_map.score,
+                confidence_map,
+                None,
+                f"v{version}: confidence routing off: its threshold was fitted against fallback v{calibration.fallback_version}, "
+                f"the fallback served is {'v' + fallback_version if fallback_version else 'none'}",
+            )
         return RoutingPlan(confidence_map.score, confidence_map, calibration.threshold, f"v{version}: confidence routing {calibration.reason}")
-    why = missing if calibration is None else f"its {ROUTING_ARTIFACT} reads {calibration.confidence_map.score if calibration.confidence_map else 'no'} score"
+    why = (
+        missing
+        if calibration is None
+        else f"its {ROUTING_ARTIFACT} reads {calibration.confidence_map.score if calibration.confidence_map else 'no'} score"
+    )
     if PROBABILITY not in scores:
         return RoutingPlan(None, None, None, f"v{version} has no predict_proba and no routing calibration: served without confidence routing")
     if explicit_threshold is not None:
-        return RoutingPlan(PROBABILITY, None, explicit_threshold,
-                           f"v{version}: no usable routing calibration ({why}); the policy's confidence_threshold {explicit_threshold:g} on raw confidence")
-    return RoutingPlan(PROBABILITY, None, None,
-                       f"v{version}: confidence routing off: no usable routing calibration ({why}); fit_routing + log_routing at training "
-                       "turn it on (or set FallbackPolicy.confidence_threshold)")
-
+        return RoutingPlan(
+            PROBABILITY,
+            None,
+            explicit_threshold,
+            f"v{version}: no usable routing calibration ({why}); the policy's confidence_threshold {explicit_threshold:g} on raw confidence",
+        )
+    return RoutingPlan(
+        PROBABILITY,
+        None,
+        None,
+        f"v{version}: confidence routing off: no usable routing calibration ({why}); fit_routing + log_routing at training "
+        "turn it on (or set FallbackPolicy.confidence_threshold)",
+    )

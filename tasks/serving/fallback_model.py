@@ -65,9 +65,9 @@ from prefect_crisis.core.errors import RegistryError, TrainingError
 from prefect_crisis.core.paths import ensure_experiment
 from prefect_crisis.core.vocabulary import AliasAction, TagKey, VersionRole
 from prefect_crisis.tasks.models import load_sklearn_model
+from prefect_crisis.tasks.training.data import TrainingData
 from prefect_crisis.tasks.training.gate import CandidateResult, columns_of, evaluate
 from prefect_crisis.tasks.training.promotion import log_candidate
-from prefect_crisis.tasks.training.data import TrainingData
 
 # Tags of a fallback version (to join TagKey): whether it reaches fallback_min_ratio of the primary, and the figures when not.
 MEETS_BAR_TAG = TagKey.FALLBACK_MEETS_BAR

@@ -55,7 +55,7 @@ class LoadedVersions:
     def routing_arrived(self, info: VersionInfo) -> ServedVersion | None:
         """The served champion with its `routing.json`, when it was loaded without one and training has logged it since
         (a version can be promoted before its training fits the routing); looked for up to ROUTING_WAIT_SECONDS."""
-        estimator, routing, note, loaded_at = self._loaded[info.version]
+        estimator, routing, _note, loaded_at = self._loaded[info.version]
         if routing is not None or self.clock() - loaded_at > ROUTING_WAIT_SECONDS:
             return None
         try:

@@ -33,7 +33,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -48,9 +47,20 @@ from prefect_crisis.tasks.serving.log_store import LOG_COLUMNS
 from prefect_crisis.tasks.serving.log_writer import InferenceLogWriter, LogStats, PredictionBatch, RequestError
 
 __all__ = [
-    "InferenceLog", "InferenceLogWriter", "LogStats", "PredictionBatch", "RequestError",
-    "LATENCY_COLUMN", "labelled_window", "latencies_of", "logged_models", "open_inference_log", "read_labelled_window",
-    "read_window", "record_labels", "request_latency",
+    "LATENCY_COLUMN",
+    "InferenceLog",
+    "InferenceLogWriter",
+    "LogStats",
+    "PredictionBatch",
+    "RequestError",
+    "labelled_window",
+    "latencies_of",
+    "logged_models",
+    "open_inference_log",
+    "read_labelled_window",
+    "read_window",
+    "record_labels",
+    "request_latency",
 ]
 
 LATENCY_COLUMN = "latency_ms"  # the labelled window's latency column (ms, per request; see request_latency)
@@ -62,8 +72,7 @@ def open_inference_log(log: InferenceLog, clock: Callable[[], float] = time.mono
     return writer_for(log.settings(), clock)
 
 
-def record_labels(log: InferenceLog, keys: Iterable[Any], labels: Iterable[Any], *, emit: bool = True,
-                  timeline: Timeline | None = None) -> int:
+def record_labels(log: InferenceLog, keys: Iterable[Any], labels: Iterable[Any], *, emit: bool = True, timeline: Timeline | None = None) -> int:
     """Record true labels; returns how many. A key is a request id (the label applies to every row of that
     request) or a (request_id, row_id) pair. A label may come before or after its prediction is written; a
     second label for the same key replaces the first.
@@ -131,8 +140,13 @@ def latencies_of(window: pd.DataFrame) -> tuple[float, ...]:
 
 
 def labelled_window(
-    log: InferenceLog, model: str, minutes: float, label_column: str = "label", now: datetime | None = None,
-    *, latency_version: str | None = None,
+    log: InferenceLog,
+    model: str,
+    minutes: float,
+    label_column: str = "label",
+    now: datetime | None = None,
+    *,
+    latency_version: str | None = None,
 ) -> pd.DataFrame:
     """The labelled rows of `model` from the last `minutes`: its features, `label_column`, `timestamp`
     and `latency_ms` (LATENCY_COLUMN: the request's latency on its first labelled row, NaN elsewhere;
@@ -160,7 +174,11 @@ def labelled_window(
 
 @task(name="read-labelled-window", cache_policy=NO_CACHE)
 def read_labelled_window(
-    log_block: str | None, model: str, minutes: float, label_column: str = "label", now: datetime | None = None,
+    log_block: str | None,
+    model: str,
+    minutes: float,
+    label_column: str = "label",
+    now: datetime | None = None,
     latency_version: str | None = None,
 ) -> pd.DataFrame:
     """`labelled_window` from the InferenceLog block named `log_block` (the default log when None)."""
@@ -168,6 +186,10 @@ def read_labelled_window(
     window = labelled_window(log, model, minutes, label_column, now=now, latency_version=latency_version)
     get_run_logger().info(
         "labelled window: %d rows of %r from the last %g minutes of %s, %d latency samples",
-        len(window), model, minutes, log.display_url, len(latencies_of(window)),
+        len(window),
+        model,
+        minutes,
+        log.display_url,
+        len(latencies_of(window)),
     )
     return window

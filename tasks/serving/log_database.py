@@ -12,12 +12,19 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import create_engine, exc as sa_exc
+from sqlalchemy import create_engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from prefect_crisis.core.errors import InferenceLogError
 from prefect_crisis.tasks.serving.log_store import (
-    create_tables, label_rows, labelled_by_model, models_query, upsert_labels, window_frame, window_query,
+    create_tables,
+    label_rows,
+    labelled_by_model,
+    models_query,
+    upsert_labels,
+    window_frame,
+    window_query,
 )
 from prefect_crisis.tasks.serving.log_writer import InferenceLogWriter
 
@@ -45,9 +52,15 @@ def writer_for(settings: InferenceLogSettings, clock: Callable[[], float] = time
     """A writer on its own background thread; records spooled by an earlier process are flushed once the
     database answers. `clock`: monotonic seconds for the retry schedule (tests)."""
     return InferenceLogWriter(
-        database_engine(settings), settings.spool_folder, spool_max_records=settings.spool_max_records,
-        batch_rows=settings.batch_rows, flush_seconds=settings.flush_seconds, retry_seconds=settings.retry_seconds,
-        clock=clock, display_url=settings.display_url, secrets=settings.secrets,
+        database_engine(settings),
+        settings.spool_folder,
+        spool_max_records=settings.spool_max_records,
+        batch_rows=settings.batch_rows,
+        flush_seconds=settings.flush_seconds,
+        retry_seconds=settings.retry_seconds,
+        clock=clock,
+        display_url=settings.display_url,
+        secrets=settings.secrets,
     )
 
 
@@ -64,7 +77,12 @@ def failure(settings: InferenceLogSettings, doing: str, error: BaseException) ->
 
 
 def store_labels(
-    settings: InferenceLogSettings, keys: Iterable[Any], labels: Iterable[Any], labelled_at: datetime, *, by_model: bool = True,
+    settings: InferenceLogSettings,
+    keys: Iterable[Any],
+    labels: Iterable[Any],
+    labelled_at: datetime,
+    *,
+    by_model: bool = True,
 ) -> tuple[int, dict[str, dict[str, int]]]:
     """Write labels (see `record_labels`): how many, and with `by_model` what they cover per model in the
     logged predictions (`labelled_by_model`; empty without).
@@ -103,7 +121,11 @@ def read_models(settings: InferenceLogSettings, start: datetime | None = None, e
 
 
 def read_rows(
-    settings: InferenceLogSettings, model: str, start: datetime | None = None, end: datetime | None = None, *,
+    settings: InferenceLogSettings,
+    model: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
     labelled_only: bool = True,
 ) -> pd.DataFrame:
     """The rows of `model` received in [start, end) as `window_frame` lays them out (see `read_window`)."""

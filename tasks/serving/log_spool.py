@@ -120,7 +120,7 @@ class Spool:
                 self._close_open()
                 self._open = self.folder / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}{OPEN}"
                 self._open_count = 0
-            part = kept[written:written + self.segment_records - self._open_count]
+            part = kept[written : written + self.segment_records - self._open_count]
             with self._open.open("a", encoding="utf-8") as handle:
                 handle.write("".join(_encode(row) + "\n" for row in part))
             self._open_count += len(part)

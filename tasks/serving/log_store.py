@@ -16,13 +16,28 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
-    Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, and_, delete, func, inspect, or_, select, text,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
     tuple_,
 )
 from sqlalchemy import exc as sa_exc
@@ -36,7 +51,16 @@ KEY_LENGTH = 255
 KEY = ("request_id", "row_id")
 # Columns of a read window besides the request's features (the log's own columns win a name clash).
 LOG_COLUMNS = (
-    "label", "timestamp", "prediction", "answered_by", "version", "confidence", "latency_ms", "error", "reason", "request_id",
+    "label",
+    "timestamp",
+    "prediction",
+    "answered_by",
+    "version",
+    "confidence",
+    "latency_ms",
+    "error",
+    "reason",
+    "request_id",
     "row_id",
 )
 ADDED_COLUMNS = ("reason",)  # columns later than the first release: added on open to a log that lacks them
@@ -102,7 +126,7 @@ def utc_naive(when: datetime) -> datetime:
     if isinstance(when, pd.Timestamp):
         when = when.to_pydatetime()
     if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+        when = when.astimezone(UTC).replace(tzinfo=None)
     return when
 
 
@@ -153,37 +177,49 @@ def batch_rows(batch: Any) -> list[dict]:
     reasons = plain(given) if given is not None else [None] * len(row_ids)
     columns = [str(name) for name in batch.inputs.columns]
     # to_numpy(object) gives Python scalars per row, ten times faster than to_dict("records") on small frames
-    records = [dict(zip(columns, values)) for values in batch.inputs.to_numpy(dtype=object).tolist()]
+    records = [dict(zip(columns, values, strict=True)) for values in batch.inputs.to_numpy(dtype=object).tolist()]
     count = len(row_ids)
     rows = []
     for position in range(count):
         prediction = predictions[position]
-        rows.append({
-            "request_id": key_text(batch.request_id),
-            "row_id": key_text(row_ids[position]),
-            "model": batch.model,
-            "received_at": received_at,
-            "position": position,
-            "request_rows": count,
-            "latency_ms": finite_or_none(batch.latency_ms),
-            "features": to_json(records[position]) if position < len(records) else None,
-            "prediction": None if prediction is None else to_json(prediction),
-            "answered_by": str(answered_by[position]),
-            "version": None if versions[position] is None else str(versions[position]),
-            "confidence": finite_or_none(confidence[position]),
-            "error": errors[position],
-            "reason": None if reasons[position] is None else str(reasons[position]),
-        })
+        rows.append(
+            {
+                "request_id": key_text(batch.request_id),
+                "row_id": key_text(row_ids[position]),
+                "model": batch.model,
+                "received_at": received_at,
+                "position": position,
+                "request_rows": count,
+                "latency_ms": finite_or_none(batch.latency_ms),
+                "features": to_json(records[position]) if position < len(records) else None,
+                "prediction": None if prediction is None else to_json(prediction),
+                "answered_by": str(answered_by[position]),
+                "version": None if versions[position] is None else str(versions[position]),
+                "confidence": finite_or_none(confidence[position]),
+                "error": errors[position],
+                "reason": None if reasons[position] is None else str(reasons[position]),
+            }
+        )
     return rows
 
 
 def error_row(error: Any, answered_by: str) -> dict:
     """The one `predictions` row of a RequestError: no features, no prediction, the reason as its error."""
     return {
-        "request_id": key_text(error.request_id), "row_id": ERROR_ROW_ID, "model": error.model,
-        "received_at": utc_naive(error.received_at), "position": 0, "request_rows": int(error.rows), "latency_ms": None,
-        "features": None, "prediction": None, "answered_by": answered_by, "version": None, "confidence": None,
-        "error": error.reason, "reason": None,
+        "request_id": key_text(error.request_id),
+        "row_id": ERROR_ROW_ID,
+        "model": error.model,
+        "received_at": utc_naive(error.received_at),
+        "position": 0,
+        "request_rows": int(error.rows),
+        "latency_ms": None,
+        "features": None,
+        "prediction": None,
+        "answered_by": answered_by,
+        "version": None,
+        "confidence": None,
+        "error": error.reason,
+        "reason": None,
     }
 
 
@@ -214,7 +250,7 @@ def _existing_keys(connection: Connection, table: Table, rows: Sequence[dict]) -
     found: set[tuple[str, str]] = set()
     keys = [(row["request_id"], row["row_id"]) for row in rows]
     for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
+        chunk = keys[start : start + 500]
         query = select(table.c.request_id, table.c.row_id).where(tuple_(table.c.request_id, table.c.row_id).in_(chunk))
         found.update((request_id, row_id) for request_id, row_id in connection.execute(query))
     return found
@@ -234,7 +270,7 @@ def upsert_labels(connection: Connection, rows: Sequence[dict]) -> None:
         connection.execute(statement, rows)
         return
     for start in range(0, len(rows), 500):
-        chunk = rows[start:start + 500]
+        chunk = rows[start : start + 500]
         connection.execute(delete(labels).where(tuple_(labels.c.request_id, labels.c.row_id).in_([(r["request_id"], r["row_id"]) for r in chunk])))
         connection.execute(labels.insert(), chunk)
 
@@ -252,9 +288,9 @@ def window_query(model: str, start: datetime | None, end: datetime | None, label
     """Rows of `model` received in [start, end), each with its own label, else its request's."""
     by_row, by_request = labels.alias("by_row"), labels.alias("by_request")
     label = func.coalesce(by_row.c.label, by_request.c.label)
-    source = predictions.outerjoin(
-        by_row, and_(by_row.c.request_id == predictions.c.request_id, by_row.c.row_id == predictions.c.row_id)
-    ).outerjoin(by_request, and_(by_request.c.request_id == predictions.c.request_id, by_request.c.row_id == REQUEST_WIDE))
+    source = predictions.outerjoin(by_row, and_(by_row.c.request_id == predictions.c.request_id, by_row.c.row_id == predictions.c.row_id)).outerjoin(
+        by_request, and_(by_request.c.request_id == predictions.c.request_id, by_request.c.row_id == REQUEST_WIDE)
+    )
     query = select(predictions, label.label("label")).select_from(source).where(predictions.c.model == model)
     if start is not None:
         query = query.where(predictions.c.received_at >= utc_naive(start))
@@ -272,19 +308,21 @@ def _decoded(texts: Sequence[str | None]) -> list[Any]:
 def window_frame(records: Sequence[Any]) -> pd.DataFrame:
     """The features expanded back from JSON, then the log's columns (LOG_COLUMNS)."""
     features = pd.DataFrame([json.loads(r.features) if r.features else {} for r in records])
-    log = pd.DataFrame({
-        "label": _decoded([r.label for r in records]),
-        "timestamp": pd.to_datetime([r.received_at for r in records], utc=True),
-        "prediction": _decoded([r.prediction for r in records]),
-        "answered_by": [r.answered_by for r in records],
-        "version": [r.version for r in records],
-        "confidence": pd.Series([r.confidence for r in records], dtype="float64"),
-        "latency_ms": pd.Series([r.latency_ms for r in records], dtype="float64"),
-        "error": [r.error for r in records],
-        "reason": [r.reason for r in records],
-        "request_id": [r.request_id for r in records],
-        "row_id": [r.row_id for r in records],
-    })
+    log = pd.DataFrame(
+        {
+            "label": _decoded([r.label for r in records]),
+            "timestamp": pd.to_datetime([r.received_at for r in records], utc=True),
+            "prediction": _decoded([r.prediction for r in records]),
+            "answered_by": [r.answered_by for r in records],
+            "version": [r.version for r in records],
+            "confidence": pd.Series([r.confidence for r in records], dtype="float64"),
+            "latency_ms": pd.Series([r.latency_ms for r in records], dtype="float64"),
+            "error": [r.error for r in records],
+            "reason": [r.reason for r in records],
+            "request_id": [r.request_id for r in records],
+            "row_id": [r.row_id for r in records],
+        }
+    )
     features = features.drop(columns=[name for name in features.columns if name in LOG_COLUMNS])
     return pd.concat([features, log], axis=1)
 
@@ -306,7 +344,7 @@ def labelled_by_model(connection: Connection, rows: Sequence[dict]) -> dict[str,
     request_ids = sorted({row["request_id"] for row in rows})
     found: dict[str, list[tuple[str, str]]] = {}  # request id -> (row id, model) of its predicted rows
     for start in range(0, len(request_ids), 500):
-        chunk = request_ids[start:start + 500]
+        chunk = request_ids[start : start + 500]
         query = select(predictions.c.request_id, predictions.c.row_id, predictions.c.model).where(
             predictions.c.request_id.in_(chunk), predictions.c.features.is_not(None)
         )

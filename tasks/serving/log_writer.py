@@ -106,9 +106,18 @@ class InferenceLogWriter:
     """
 
     def __init__(
-        self, engine: Engine, spool_folder, *, spool_max_records: int = 100_000, batch_rows: int = 1_000,
-        flush_seconds: float = 1.0, retry_seconds: float = 30.0, max_queue_rows: int | None = None,
-        clock: Callable[[], float] = time.monotonic, display_url: str = "", secrets: Sequence[str] = (),
+        self,
+        engine: Engine,
+        spool_folder,
+        *,
+        spool_max_records: int = 100_000,
+        batch_rows: int = 1_000,
+        flush_seconds: float = 1.0,
+        retry_seconds: float = 30.0,
+        max_queue_rows: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        display_url: str = "",
+        secrets: Sequence[str] = (),
         logger: logging.Logger | None = None,
     ):
         self._engine = engine
@@ -151,7 +160,7 @@ class InferenceLogWriter:
                 self._submitted_items += 1
                 self._submitted_rows += rows
             self._queue.put(item)
-        except Exception:  # noqa: BLE001 - a prediction is never failed by its log; counted, reported by the thread
+        except Exception:
             with self._lock:
                 self._dropped += 1
 
@@ -179,8 +188,7 @@ class InferenceLogWriter:
     def stats(self) -> LogStats:
         with self._lock:
             pending = self._submitted_rows - self._handled_rows
-            return LogStats(self._written, self._spooled, self._flushed, self._dropped, pending,
-                            self._spool.records if self._spool else 0)
+            return LogStats(self._written, self._spooled, self._flushed, self._dropped, pending, self._spool.records if self._spool else 0)
 
     def __repr__(self) -> str:
         return f"InferenceLogWriter({self._display_url!r}, {self.stats})"
@@ -191,17 +199,25 @@ class InferenceLogWriter:
         try:
             self._spool = Spool(self._spool_folder, self._spool_max_records, database=self._display_url)
         except OSError as error:
-            self._logger.error("inference log %s: spool folder %s unusable (%s); records are dropped while the database is down",
-                               self._display_url, self._spool_folder, self._scrub(error))
+            self._logger.error(
+                "inference log %s: spool folder %s unusable (%s); records are dropped while the database is down",
+                self._display_url,
+                self._spool_folder,
+                self._scrub(error),
+            )
         stopping = False
         while not stopping:
             items, stopping = self._take()
             try:
                 self._deliver(items)
                 self._retry_spool()
-            except Exception as error:  # noqa: BLE001 - the thread must outlive any one bad item
-                self._logger.error("inference log %s: %d records could not be logged: %s", self._display_url,
-                                   sum(_records_of(item) for item in items), self._scrub(error))
+            except Exception as error:
+                self._logger.error(
+                    "inference log %s: %d records could not be logged: %s",
+                    self._display_url,
+                    sum(_records_of(item) for item in items),
+                    self._scrub(error),
+                )
                 with self._lock:
                     self._dropped += sum(_records_of(item) for item in items)
             self._report()  # before _done: whoever flush()es sees the line already written
@@ -247,8 +263,13 @@ class InferenceLogWriter:
                     raise TypeError(f"not a PredictionBatch or RequestError: {type(item).__name__}")
             except (TypeError, ValueError, AttributeError, IndexError, KeyError) as error:
                 # A malformed item (sequences shorter than its rows, say) costs its own records only.
-                self._logger.error("inference log %s: request %r not logged (%d records dropped): %s", self._display_url,
-                                   getattr(item, "request_id", None), _records_of(item), self._scrub(error))
+                self._logger.error(
+                    "inference log %s: request %r not logged (%d records dropped): %s",
+                    self._display_url,
+                    getattr(item, "request_id", None),
+                    _records_of(item),
+                    self._scrub(error),
+                )
                 with self._lock:
                     self._dropped += _records_of(item)
         return rows
@@ -278,7 +299,7 @@ class InferenceLogWriter:
             if not self._tables_ready:
                 create_tables(connection)
             for start in range(0, len(rows), INSERT_CHUNK_ROWS):
-                insert_predictions(connection, rows[start:start + INSERT_CHUNK_ROWS])
+                insert_predictions(connection, rows[start : start + INSERT_CHUNK_ROWS])
         self._tables_ready = True
         self._mark_up()
 
@@ -334,14 +355,19 @@ class InferenceLogWriter:
         with self._lock:
             counts = (self._spooled, self._flushed, self._dropped)
         now = self._clock()
-        if counts == self._reported or now - self._last_report < REPORT_EVERY_SECONDS and self._thread.is_alive() and not self._closed:
+        if counts == self._reported or (now - self._last_report < REPORT_EVERY_SECONDS and self._thread.is_alive() and not self._closed):
             return
         self._reported, self._last_report = counts, now
         state = f"database down ({self._down_reason})" if self._down_until is not None else "database up"
         level = logging.WARNING if self._down_until is not None or counts[2] else logging.INFO
         self._logger.log(
-            level, "inference log %s: %s; %d records spooled, %d flushed from the spool, %d dropped, %d in the spool %s",
-            self._display_url, state, *counts, self._spool.records if self._spool else 0, self._spool_folder,
+            level,
+            "inference log %s: %s; %d records spooled, %d flushed from the spool, %d dropped, %d in the spool %s",
+            self._display_url,
+            state,
+            *counts,
+            self._spool.records if self._spool else 0,
+            self._spool_folder,
         )
 
 

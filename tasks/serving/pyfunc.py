@@ -159,13 +159,17 @@ def register_serving_model(
     name = serving_model_name(registry.model_name)
     config = serving_config(registry, policy, log=log, log_url=log_url)
     experiment = ensure_experiment(client, f"crisis-serving-{registry.model_name}", {TagKey.MODEL: registry.model_name})
-    run = client.create_run(experiment, tags={TagKey.MODEL: registry.model_name, TagKey.ROLE: VersionRole.SERVING.value}, run_name=f"serving-{registry.model_name}")
+    run = client.create_run(
+        experiment, tags={TagKey.MODEL: registry.model_name, TagKey.ROLE: VersionRole.SERVING.value}, run_name=f"serving-{registry.model_name}"
+    )
     logged = client.create_logged_model(experiment, name="serving", source_run_id=run.info.run_id)
     try:
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / "serving"
             mlflow.pyfunc.save_model(
-                str(local), python_model=str(Path(__file__).with_name("pyfunc_code.py")), model_config=config,
+                str(local),
+                python_model=str(Path(__file__).with_name("pyfunc_code.py")),
+                model_config=config,
                 pip_requirements=["prefect-crisis", f"mlflow=={mlflow.__version__}"],
             )
             client.log_model_artifacts(logged.model_id, str(local))
@@ -175,7 +179,9 @@ def register_serving_model(
         except MlflowException:
             client.create_registered_model(name, tags={TagKey.MANAGED: "true", TagKey.WRAPS: registry.model_name})
         created = client.create_model_version(
-            name, source=client.get_logged_model(logged.model_id).artifact_location, run_id=run.info.run_id,
+            name,
+            source=client.get_logged_model(logged.model_id).artifact_location,
+            run_id=run.info.run_id,
             model_id=logged.model_id,
             tags={TagKey.ROLE: VersionRole.SERVING.value, TagKey.WRAPS: registry.model_name, TagKey.SERVING_CONFIG: config_digest(config)},
         )

@@ -43,15 +43,37 @@ from prefect_crisis.tasks.serving.confidence_routing import ROUTING_ARTIFACT, Ro
 from prefect_crisis.tasks.serving.hot_swap import ROUTING_WAIT_SECONDS, LoadedVersions
 from prefect_crisis.tasks.serving.log_writer import PredictionBatch, RequestError
 from prefect_crisis.tasks.serving.row_features import (
-    FLOAT32_MAX, INVALID, RESPONDER_DTYPE, RESPONDERS, Features, invalid_reasons, read_features, row_count, version_dtype,
+    FLOAT32_MAX,
+    INVALID,
+    RESPONDER_DTYPE,
+    RESPONDERS,
+    Features,
+    invalid_reasons,
+    read_features,
+    row_count,
+    version_dtype,
 )
 from prefect_crisis.tasks.serving.row_routing import answer_table, route_rows
 from prefect_crisis.tasks.serving.served import RoutedShare, ServedVersion, engagement_change
 
 __all__ = [
-    "FLOAT32_MAX", "FallbackRouter", "Features", "INVALID", "LOGS_REASONS", "RESPONDERS", "RESPONDER_DTYPE",
-    "ROUTING_WAIT_SECONDS", "RoutedShare", "ServedVersion", "confidence_of", "fallback_outputs", "invalid_reasons",
-    "predicted", "primary_outputs", "read_features", "version_dtype",
+    "FLOAT32_MAX",
+    "INVALID",
+    "LOGS_REASONS",
+    "RESPONDERS",
+    "RESPONDER_DTYPE",
+    "ROUTING_WAIT_SECONDS",
+    "FallbackRouter",
+    "Features",
+    "RoutedShare",
+    "ServedVersion",
+    "confidence_of",
+    "fallback_outputs",
+    "invalid_reasons",
+    "predicted",
+    "primary_outputs",
+    "read_features",
+    "version_dtype",
 ]
 
 logger = logging.getLogger("prefect_crisis.serving")
@@ -90,9 +112,7 @@ class FallbackRouter:
         self.log = log
         self.timeline = timeline or Timeline()
         self.wall_clock = wall_clock
-        self.breaker = CircuitBreaker(
-            self.policy.failure_threshold, self.policy.failure_window_seconds, self.policy.cooldown_seconds, clock=clock
-        )
+        self.breaker = CircuitBreaker(self.policy.failure_threshold, self.policy.failure_window_seconds, self.policy.cooldown_seconds, clock=clock)
         self.breaker.add_listener(self._on_breaker_change)
         self.primary: ServedVersion | None = None
         self.fallback: ServedVersion | None = None
@@ -118,8 +138,12 @@ class FallbackRouter:
         plan = self._plans.get(key)
         if plan is None:
             plan = plan_routing(
-                primary.estimator, primary.routing, version=primary.version, explicit_threshold=self.policy.confidence_threshold,
-                fallback_version=fallback.version if fallback else None, missing=primary.routing_note or f"no {ROUTING_ARTIFACT} in its run",
+                primary.estimator,
+                primary.routing,
+                version=primary.version,
+                explicit_threshold=self.policy.confidence_threshold,
+                fallback_version=fallback.version if fallback else None,
+                missing=primary.routing_note or f"no {ROUTING_ARTIFACT} in its run",
             )
             if len(self._plans) > 64:
                 self._plans.clear()
@@ -148,7 +172,9 @@ class FallbackRouter:
             changed = True
             if old is not None:
                 self.swaps += 1
-                logger.info("serving %s: @%s moved v%s -> v%s, swapped in", self.registry.model_name, self.registry.champion_alias, old, champion.version)
+                logger.info(
+                    "serving %s: @%s moved v%s -> v%s, swapped in", self.registry.model_name, self.registry.champion_alias, old, champion.version
+                )
         elif champion is not None and self.primary.routing is None and champion.version in self._loaded:
             arrived = self._loaded.routing_arrived(champion)
             if arrived is not None:
@@ -162,21 +188,26 @@ class FallbackRouter:
             changed = True
         return changed
 
-    def start(self, *, refresh_in_background: bool = True) -> "FallbackRouter":
+    def start(self, *, refresh_in_background: bool = True) -> FallbackRouter:
         """Load the versions, then follow the aliases and send events on background threads."""
         if self.primary is None:
             self.refresh()
         if self.fallback is None:
             logger.warning(
                 "serving %s without a fallback: no version under @%s (low-confidence rows keep the primary's answer)",
-                self.registry.model_name, self.registry.fallback_alias,
+                self.registry.model_name,
+                self.registry.fallback_alias,
             )
         # Each thread runs in a copy of the starter's context: Prefect's settings (the API a `crisis` command or a
         # flow points at) live in context variables, which a new thread does not inherit; without them the
         # events would go to a temporary server of their own.
-        self._threads = [threading.Thread(target=contextvars.copy_context().run, args=(self._send_events,), name="crisis-serving-events", daemon=True)]
+        self._threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(self._send_events,), name="crisis-serving-events", daemon=True)
+        ]
         if refresh_in_background:
-            self._threads.append(threading.Thread(target=contextvars.copy_context().run, args=(self._follow_aliases,), name="crisis-serving-refresh", daemon=True))
+            self._threads.append(
+                threading.Thread(target=contextvars.copy_context().run, args=(self._follow_aliases,), name="crisis-serving-refresh", daemon=True)
+            )
         for thread in self._threads:
             thread.start()
         return self
@@ -186,9 +217,13 @@ class FallbackRouter:
             try:
                 self.refresh()
             except (CrisisError, OSError, ValueError) as error:
-                logger.warning("serving %s: could not re-read the registry (keeps serving v%s): %s",
-                               self.registry.model_name, self.primary.version if self.primary else "?", error)
-            except Exception as error:  # noqa: BLE001 - the refresh thread must outlive any registry hiccup
+                logger.warning(
+                    "serving %s: could not re-read the registry (keeps serving v%s): %s",
+                    self.registry.model_name,
+                    self.primary.version if self.primary else "?",
+                    error,
+                )
+            except Exception as error:
                 logger.warning("serving %s: registry refresh failed (%s: %s); keeps serving", self.registry.model_name, type(error).__name__, error)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -212,7 +247,7 @@ class FallbackRouter:
             event, payload, version = item
             try:
                 self.timeline.emit(event, self.registry.model_name, payload, version=version)
-            except Exception as error:  # noqa: BLE001 - an unreachable event API must not stop serving
+            except Exception as error:
                 logger.warning("could not emit %s for %s: %s", event.value, self.registry.model_name, error)
 
     def _on_breaker_change(self, change: StateChange) -> None:
@@ -224,8 +259,14 @@ class FallbackRouter:
         breaker = self.breaker.state
         with self._state_lock:
             rows, routed, share = self._share.rows, self._share.routed, self._share.share
-            event = engagement_change(self._engaged, breaker, self._share, min_rows=self.policy.min_share_rows,
-                                      engage_share=self.policy.engage_share, release_share=self.policy.release_share)
+            event = engagement_change(
+                self._engaged,
+                breaker,
+                self._share,
+                min_rows=self.policy.min_share_rows,
+                engage_share=self.policy.engage_share,
+                release_share=self.policy.release_share,
+            )
             if event is None:
                 return
             self._engaged = event is CrisisEvent.FALLBACK_ENGAGED
@@ -251,8 +292,12 @@ class FallbackRouter:
             if total < self.policy.error_burst_rows or now - self._last_burst < window:
                 return
             self._last_burst = now
-        payload = {"errors": total, "window_seconds": window, "example": example[:300],
-                   "primary_version": self.primary.version if self.primary else None}
+        payload = {
+            "errors": total,
+            "window_seconds": window,
+            "example": example[:300],
+            "primary_version": self.primary.version if self.primary else None,
+        }
         self._events.put((CrisisEvent.SERVING_ERRORS, payload, payload["primary_version"]))
 
     @property
@@ -294,8 +339,15 @@ class FallbackRouter:
             self._count_errors(1, str(error))
             raise
         routed = route_rows(
-            features, needed, primary, fallback, plan, self.breaker, self._call_primary,
-            confidence_measure=self.policy.confidence_measure, fallback_alias=self.registry.fallback_alias,
+            features,
+            needed,
+            primary,
+            fallback,
+            plan,
+            self.breaker,
+            self._call_primary,
+            confidence_measure=self.policy.confidence_measure,
+            fallback_alias=self.registry.fallback_alias,
         )
         if routed.errors:
             self._count_errors(len(routed.errors), routed.errors[next(iter(routed.errors))])

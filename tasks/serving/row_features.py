@@ -26,8 +26,13 @@ RESPONDER_DTYPE = pd.CategoricalDtype(RESPONDERS)
 # scikit-learn's trees read float32: a larger value is infinite to them, and one such row would fail the whole batch.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MISSING, NOT_FINITE, NOT_A_NUMBER, BOOLEAN, ABSENT = range(5)  # why a cell is invalid
-INVALID = {MISSING: "is missing", NOT_FINITE: "is infinite or beyond float32's range", NOT_A_NUMBER: "is not a number",
-           BOOLEAN: "is a boolean, not a number", ABSENT: "is not in the input"}
+INVALID = {
+    MISSING: "is missing",
+    NOT_FINITE: "is infinite or beyond float32's range",
+    NOT_A_NUMBER: "is not a number",
+    BOOLEAN: "is a boolean, not a number",
+    ABSENT: "is not in the input",
+}
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,7 +61,9 @@ def _numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
     booleans = np.fromiter((isinstance(value, (bool, np.bool_)) for value in objects), dtype=bool, count=len(objects))
     present = pd.notna(objects) & ~booleans
     try:
-        values = pd.to_numeric(pd.Series(np.where(booleans, None, objects), dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        values = pd.to_numeric(pd.Series(np.where(booleans, None, objects), dtype=object), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
     except (OverflowError, TypeError, ValueError):  # an integer too large for a float: parse value by value
         values = np.array([_number(value) for value in objects], dtype=np.float64)
         values[booleans] = np.nan
@@ -67,7 +74,7 @@ def _numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
 def _number(value: Any) -> float:
     try:
         return float(value)
-    except (OverflowError,):
+    except OverflowError:
         return math.inf
     except (TypeError, ValueError):
         return math.nan
@@ -96,7 +103,9 @@ def read_features(frame: Any, needed: tuple[str, ...], answerable: tuple[tuple[s
     absent = [name for name in needed if name not in present]
     if absent and not any(all(name in present for name in columns) for columns in answerable):
         shown = ", ".join(absent[:8]) + (f" and {len(absent) - 8} more" if len(absent) > 8 else "")
-        raise ServingInputError(f"the input lacks column(s) {shown}: the served models read {len(needed)} columns ({', '.join(needed[:8])}{', ...' if len(needed) > 8 else ''})")
+        raise ServingInputError(
+            f"the input lacks column(s) {shown}: the served models read {len(needed)} columns ({', '.join(needed[:8])}{', ...' if len(needed) > 8 else ''})"
+        )
     dtypes, rows = frame.dtypes, len(frame)
     flags: list[tuple[int, np.ndarray, int]] = []
     if not absent and all(dtypes[name].kind in "iuf" for name in needed):
@@ -151,4 +160,3 @@ def placed(answers: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
     column = np.zeros(count, dtype=answers.dtype)
     column[rows] = answers
     return column
-

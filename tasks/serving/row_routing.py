@@ -20,7 +20,14 @@ from prefect_crisis.core.vocabulary import RouteReason
 from prefect_crisis.tasks.serving.answers import confidence_of, fallback_outputs
 from prefect_crisis.tasks.serving.confidence_routing import raw_confidence
 from prefect_crisis.tasks.serving.row_features import (
-    FALLBACK, NONE, PRIMARY, RESPONDER_DTYPE, Features, invalid_reasons, placed, version_dtype,
+    FALLBACK,
+    NONE,
+    PRIMARY,
+    RESPONDER_DTYPE,
+    Features,
+    invalid_reasons,
+    placed,
+    version_dtype,
 )
 
 if TYPE_CHECKING:
@@ -67,8 +74,16 @@ def route_reason_of(reason: str | None) -> RouteReason | None:
 
 
 def route_rows(
-    features: Features, needed: tuple[str, ...], primary: ServedVersion, fallback: ServedVersion | None, plan: RoutingPlan,
-    breaker: CircuitBreaker, call_primary: PrimaryCall, *, confidence_measure: str = "max_probability", fallback_alias: str = "fallback",
+    features: Features,
+    needed: tuple[str, ...],
+    primary: ServedVersion,
+    fallback: ServedVersion | None,
+    plan: RoutingPlan,
+    breaker: CircuitBreaker,
+    call_primary: PrimaryCall,
+    *,
+    confidence_measure: str = "max_probability",
+    fallback_alias: str = "fallback",
 ) -> RoutedRows:
     """Answer every row of `features` by whichever model can (see the module); the breaker hears how the primary did."""
     values, rows = features.values, len(features.frame)
@@ -97,7 +112,7 @@ def route_rows(
         if breaker.allow():
             try:
                 answers, output = call_primary(primary, values[live, :width], plan.score)
-            except Exception as error:  # noqa: BLE001 - any failure of the primary is the fallback's job
+            except Exception as error:
                 first = str(error).splitlines()[0] if str(error) else ""
                 primary_failure = f"primary v{primary.version} failed: {type(error).__name__}: {first}"
                 breaker.record_failure(primary_failure)
@@ -116,8 +131,21 @@ def route_rows(
     errors: dict[int, str] = {}  # row -> why it failed; empty on the usual path
     if to_fallback.any():
         predictions = _answer_by_fallback(
-            fallback, values, fallback_columns, features, needed, to_fallback, fallback_valid, has_answer, codes, predictions,
-            confidence, why, errors, confidence_measure, fallback_alias,
+            fallback,
+            values,
+            fallback_columns,
+            features,
+            needed,
+            to_fallback,
+            fallback_valid,
+            has_answer,
+            codes,
+            predictions,
+            confidence,
+            why,
+            errors,
+            confidence_measure,
+            fallback_alias,
         )
         why[codes != FALLBACK] = None  # the reason column explains the fallback's rows; a failed row's is its error
     readable = rows if primary_valid is None else int(np.count_nonzero(primary_valid | fallback_valid))
@@ -146,8 +174,21 @@ def _judge_confidence(plan: RoutingPlan, output, live, confidence, to_fallback, 
 
 
 def _answer_by_fallback(
-    fallback, values, fallback_columns, features, needed, to_fallback, fallback_valid, has_answer, codes, predictions, confidence,
-    why, errors, measure: str, fallback_alias: str,
+    fallback,
+    values,
+    fallback_columns,
+    features,
+    needed,
+    to_fallback,
+    fallback_valid,
+    has_answer,
+    codes,
+    predictions,
+    confidence,
+    why,
+    errors,
+    measure: str,
+    fallback_alias: str,
 ) -> np.ndarray:
     """Answer the routed rows the fallback can read; a routed row nobody can answer is marked failed with its reason,
     one the primary answered keeps that answer. Returns the predictions array (its dtype may widen)."""
@@ -169,13 +210,15 @@ def _answer_by_fallback(
         return predictions
     try:
         answers, probabilities = fallback_outputs(fallback.estimator, values[np.ix_(rows, fallback_columns)])
-    except Exception as error:  # noqa: BLE001 - the rows keep the primary's answer or fail with the reason, never silently
+    except Exception as error:
         first = str(error).splitlines()[0] if str(error) else ""
         failed = rows[~has_answer[rows]]
         _fail(failed, why[failed] + f"; fallback v{fallback.version} failed: {type(error).__name__}: {first}", codes, confidence, errors)
         return predictions
     if answers.dtype != predictions.dtype:
-        predictions = predictions.astype(np.result_type(predictions.dtype, answers.dtype) if answers.dtype.kind in "biuf" and predictions.dtype.kind in "biuf" else object)
+        predictions = predictions.astype(
+            np.result_type(predictions.dtype, answers.dtype) if answers.dtype.kind in "biuf" and predictions.dtype.kind in "biuf" else object
+        )
     codes[rows] = FALLBACK
     predictions[rows] = answers
     confidence[rows] = confidence_of(probabilities, measure) if probabilities is not None else np.nan
@@ -184,11 +227,15 @@ def _answer_by_fallback(
 
 def _fail(rows: np.ndarray, messages: np.ndarray, codes, confidence, errors) -> None:
     codes[rows], confidence[rows] = NONE, np.nan
-    errors.update(zip(rows.tolist(), messages.tolist()))
+    errors.update(zip(rows.tolist(), messages.tolist(), strict=True))
 
 
 def answer_table(
-    frame: pd.DataFrame, request_id: str, primary: ServedVersion, fallback: ServedVersion | None, routed: RoutedRows,
+    frame: pd.DataFrame,
+    request_id: str,
+    primary: ServedVersion,
+    fallback: ServedVersion | None,
+    routed: RoutedRows,
     id_column: str | None = None,
 ) -> pd.DataFrame:
     """The answer: per row `prediction`, `answered_by`, `version`, `confidence`, `error`, `reason`, `request_id`,

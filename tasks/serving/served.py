@@ -28,7 +28,7 @@ class ServedVersion:
     routing_note: str = ""
 
     @classmethod
-    def of(cls, info: VersionInfo, estimator: Any, routing: RoutingCalibration | None = None, routing_note: str = "") -> "ServedVersion":
+    def of(cls, info: VersionInfo, estimator: Any, routing: RoutingCalibration | None = None, routing_note: str = "") -> ServedVersion:
         features = tuple(name for name in info.tags.get(TagKey.FEATURES, "").split(",") if name)
         if not features:
             raise ServingError(f"v{info.version} has no {TagKey.FEATURES} tag: it cannot be served (register it through prefect-crisis)")
@@ -59,7 +59,13 @@ class RoutedShare:
 
 
 def engagement_change(
-    engaged: bool, breaker: BreakerState, share: RoutedShare, *, min_rows: int, engage_share: float, release_share: float,
+    engaged: bool,
+    breaker: BreakerState,
+    share: RoutedShare,
+    *,
+    min_rows: int,
+    engage_share: float,
+    release_share: float,
 ) -> CrisisEvent | None:
     """`ml.fallback.engaged` when the fallback starts carrying the traffic (the breaker opened, or the routed share of
     at least `min_rows` recent rows rose above `engage_share`), `released` when it stops (the breaker closed and the

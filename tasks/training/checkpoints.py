@@ -27,10 +27,10 @@ from mlflow import MlflowClient
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.paths import ensure_experiment
 from prefect_crisis.core.vocabulary import RunStatusTag, TagKey
-from prefect_crisis.tasks.training.resume import ResumeKey
 from prefect_crisis.tasks.models import TRUSTED_TYPES  # one list for checkpoints and registered models
-from prefect_crisis.tasks.training.stopping import StopKind
 from prefect_crisis.tasks.training.loop import Checkpoint, Position, learner_of, trains_in_mini_batches
+from prefect_crisis.tasks.training.resume import ResumeKey
+from prefect_crisis.tasks.training.stopping import StopKind
 
 ARTIFACT_DIR = "checkpoint"
 STATE_FILE = "state.json"  # the single-slot layout of earlier checkpoints, still read
@@ -247,8 +247,7 @@ def latest_checkpoint_run(client: MlflowClient, model: str) -> str | None:
     run = runs[0]
     tags = run.data.tags
     # a resumed run killed before its first checkpoint holds nothing new: what it resumed is still the latest work
-    while (tags.get(TagKey.STOP_KIND) == StopKind.KILLED.value and tags.get(TagKey.CHECKPOINT) != "true"
-           and tags.get(TagKey.RESUMED_FROM)):
+    while tags.get(TagKey.STOP_KIND) == StopKind.KILLED.value and tags.get(TagKey.CHECKPOINT) != "true" and tags.get(TagKey.RESUMED_FROM):
         run = client.get_run(tags[TagKey.RESUMED_FROM])
         tags = run.data.tags
         if tags.get(TagKey.CHECKPOINT) == "true" and tags.get(TagKey.STATUS) == RunStatusTag.STOPPED:

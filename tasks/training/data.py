@@ -47,9 +47,7 @@ class TrainingData:
         return pd.DataFrame(self.X_holdout, columns=self.features).assign(**{self.label_column: self.y_holdout})
 
 
-def split_training_data(
-    frame: pd.DataFrame, policy: TrainingPolicy, fingerprint: str, nullable_features: Collection[str] = ()
-) -> TrainingData:
+def split_training_data(frame: pd.DataFrame, policy: TrainingPolicy, fingerprint: str, nullable_features: Collection[str] = ()) -> TrainingData:
     """Features and label as arrays, split into train and holdout (seeded, stratified by label, sized by `holdout_rows`).
 
     Args:
@@ -61,9 +59,7 @@ def split_training_data(
     """
     if policy.label_column not in frame.columns:
         raise TrainingError(f"the batch has no label column {policy.label_column!r}: set label_column in the TrainingPolicy")
-    features = policy.feature_columns or [
-        name for name in frame.select_dtypes(include="number").columns if name != policy.label_column
-    ]
+    features = policy.feature_columns or [name for name in frame.select_dtypes(include="number").columns if name != policy.label_column]
     if not features:
         raise TrainingError("no numeric feature columns to train on: set feature_columns in the TrainingPolicy")
     findings = findings_before_training(frame, policy.label_column, features, nullable_features)
@@ -73,14 +69,19 @@ def split_training_data(
     y = frame[policy.label_column].to_numpy()
     held = stratified_holdout(y, holdout_rows(len(frame), policy), policy.seed)
     return TrainingData(
-        X[~held], y[~held], X[held], y[held], np.unique(y), list(features), fingerprint,
-        policy.label_column, tuple(name for name in nullable_features if name in features),
+        X[~held],
+        y[~held],
+        X[held],
+        y[held],
+        np.unique(y),
+        list(features),
+        fingerprint,
+        policy.label_column,
+        tuple(name for name in nullable_features if name in features),
     )
 
 
-def findings_before_training(
-    frame: pd.DataFrame, label_column: str, features: list[str], nullable_features: Collection[str] = ()
-) -> list[str]:
+def findings_before_training(frame: pd.DataFrame, label_column: str, features: list[str], nullable_features: Collection[str] = ()) -> list[str]:
     """Why the batch cannot train a sane model, one line each; empty when it can. The label's findings are
     validation's (`prefect_crisis.tasks.validation.labels.training_input_findings`: missing labels, one class only, a class
     of fewer than two rows); then missing or infinite feature values in columns whose contract allows none.
@@ -103,14 +104,19 @@ def findings_before_training(
         broken = int((~np.isfinite(values)).sum())
         if broken:
             plural = "s" if broken > 1 else ""
-            found.append(f"feature column {name!r} has {broken} missing or infinite value{plural} and its contract allows none: validate the batch first")
+            found.append(
+                f"feature column {name!r} has {broken} missing or infinite value{plural} and its contract allows none: validate the batch first"
+            )
     return found
 
 
 def resume_key(policy: TrainingPolicy, data: TrainingData) -> ResumeKey:
     """What a checkpoint must share with training `policy` on `data` to be resumed."""
     return ResumeKey.of(
-        policy, data.fingerprint, data.features, holdout_rows=len(data.y_holdout),
+        policy,
+        data.fingerprint,
+        data.features,
+        holdout_rows=len(data.y_holdout),
         preprocessing=preprocessing_name(policy.scale_features, data.imputes),
     )
 

@@ -114,18 +114,15 @@ def decide_promotion(
     gain = _better(metric, candidate[metric], champion[metric])
     if gain < policy.promotion_margin or (policy.promotion_margin == 0 and gain <= 0):
         margin = f" by {policy.promotion_margin:g}" if policy.promotion_margin else ""
-        return PromotionDecision(
-            False, f"{metric} {candidate[metric]:.4f} does not beat the champion {champion[metric]:.4f}{margin}"
-        )
+        return PromotionDecision(False, f"{metric} {candidate[metric]:.4f} does not beat the champion {champion[metric]:.4f}{margin}")
     if champion_is_fallback:
         return PromotionDecision(
-            True, f"{metric} {candidate[metric]:.4f} beats the fallback champion {champion[metric]:.4f} (guards are not applied against the fallback model)"
+            True,
+            f"{metric} {candidate[metric]:.4f} beats the fallback champion {champion[metric]:.4f} (guards are not applied against the fallback model)",
         )
     for guard, allowed in policy.guard_metrics.items():
         if guard in candidate and guard in champion and -_better(guard, candidate[guard], champion[guard]) > allowed:
-            return PromotionDecision(
-                False, f"guard {guard} worsens from {champion[guard]:.4f} to {candidate[guard]:.4f} (allowed {allowed:g})"
-            )
+            return PromotionDecision(False, f"guard {guard} worsens from {champion[guard]:.4f} to {candidate[guard]:.4f} (allowed {allowed:g})")
     return PromotionDecision(True, f"{metric} {candidate[metric]:.4f} beats the champion {champion[metric]:.4f}")
 
 
@@ -173,7 +170,6 @@ def label_quality_finding(figures: TrustedFigures | None, margin: float | None, 
     if figures is None or margin is None or figures.batch_rows == 0:
         return None
     # Imported here: prefect_crisis.tasks.response.rollback still imports its policy Block (and so Prefect) at its top.
-    from prefect_crisis.tasks.response.rules import wilson_interval
 
     bar = figures.champion_registered - margin
     _, batch_high = wilson_interval(round(figures.champion_on_batch * figures.batch_rows), figures.batch_rows, confidence)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import SGDClassifier
 from sklearn.impute import SimpleImputer
+from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -38,7 +38,6 @@ from sklearn.preprocessing import StandardScaler
 
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.tasks.training.stopping import StopCondition, StopReason, TrainingProgress
-
 
 LOGGER = logging.getLogger("prefect_crisis.training")
 
@@ -264,7 +263,7 @@ def train_with_stop_hook(
                 if checkpoint_every_seconds is not None and clock() - saved["at"] >= checkpoint_every_seconds:
                     try:
                         checkpoint()  # before the stop hook: whatever it reports has been written
-                    except Exception as error:  # noqa: BLE001 - a periodic write is best effort: training goes on
+                    except Exception as error:
                         saved["at"] = clock()  # tried again after the interval
                         LOGGER.warning("periodic checkpoint not written (%s: %s); training goes on", type(error).__name__, error)
                 reason = stop(progress)

@@ -168,8 +168,12 @@ def gate_candidate(
     if finding:
         client.set_model_version_tag(model, version.version, LABEL_FINDING_TAG, finding[:5_000])
     decision = decide_promotion(
-        metrics, champion_metrics, policy, holdout_rows=len(data.y_holdout),
-        champion_is_fallback=bool(champion and champion.is_fallback), label_finding=finding,
+        metrics,
+        champion_metrics,
+        policy,
+        holdout_rows=len(data.y_holdout),
+        champion_is_fallback=bool(champion and champion.is_fallback),
+        label_finding=finding,
     )
     if decision.promote:
         registry.promote(version.version, decision.reason)  # emits ml.model.promoted
@@ -188,8 +192,14 @@ def _trusted_figures(champion, on_batch, champion_model, champion_features, gold
     if on_golden is None:
         return None
     return TrustedFigures(
-        champion.version, on_batch["accuracy"], len(data.y_holdout), float(champion.metrics["accuracy"]),
-        on_golden, len(golden), metrics["accuracy"], candidate_on_golden,
+        champion.version,
+        on_batch["accuracy"],
+        len(data.y_holdout),
+        float(champion.metrics["accuracy"]),
+        on_golden,
+        len(golden),
+        metrics["accuracy"],
+        candidate_on_golden,
     )
 
 

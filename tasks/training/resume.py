@@ -71,7 +71,7 @@ class ResumeKey:
     preprocessing: str = "none"
 
     @classmethod
-    def of(cls, policy, fingerprint: str, features: list[str], *, holdout_rows: int = 0, preprocessing: str = "none") -> "ResumeKey":
+    def of(cls, policy, fingerprint: str, features: list[str], *, holdout_rows: int = 0, preprocessing: str = "none") -> ResumeKey:
         """The key of training `policy` on data with `fingerprint` and `features`, `holdout_rows` of them held out,
         through the `preprocessing` steps (`prefect_crisis.tasks.training.loop.preprocessing_name`)."""
         return cls(
@@ -92,7 +92,7 @@ class ResumeKey:
         return {**asdict(self), "features": list(self.features)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ResumeKey":
+    def from_dict(cls, values: dict[str, Any]) -> ResumeKey:
         required = {field.name for field in fields(cls) if field.default is MISSING}
         if not required <= set(values):
             raise ValueError(f"resume key lacks {sorted(required - set(values))}")

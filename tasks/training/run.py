@@ -123,8 +123,11 @@ def run_training(
     key = resume_key(policy, data)
     for killed in close_killed_runs(client, model, _flow_run_is_over) if resume else ():
         logger.warning("training run %s was killed (its flow run is over and it never closed): recorded as stopped", killed)
-        Timeline().emit(CrisisEvent.TRAINING_STOPPED, model, {"reason": StopKind.KILLED.value, "run_id": killed, "found_by": flow_run.get_id(),
-                                                             "detail": "its process ended without closing the run"})
+        Timeline().emit(
+            CrisisEvent.TRAINING_STOPPED,
+            model,
+            {"reason": StopKind.KILLED.value, "run_id": killed, "found_by": flow_run.get_id(), "detail": "its process ended without closing the run"},
+        )
     decision, resume_from = resume_point(client, model, key, policy.epochs) if resume else (NOTHING_TO_RESUME, None)
     if decision.refusal is not None:
         logger.warning("%s", decision)
@@ -175,7 +178,9 @@ def _train_in_run(
     client, run_id: str, data: TrainingData, policy: TrainingPolicy, model: str, stop: StopCondition, key: ResumeKey, resume_from, resumed_run, logger
 ) -> TrainingOutcome:
     client.log_batch(run_id, params=[Param(key, str(value)[:500]) for key, value in policy.model_dump(exclude={"block_type_slug"}).items()])
-    Timeline().emit(CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run})
+    Timeline().emit(
+        CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run}
+    )
     progress_id = create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}")
 
     def on_epoch(progress) -> None:
@@ -216,7 +221,7 @@ def _flow_run_is_over(flow_run_id: str) -> bool:
     try:
         with get_client(sync_client=True) as prefect:
             run = prefect.read_flow_run(UUID(flow_run_id))
-    except Exception:  # noqa: BLE001 - not found here, a malformed id, a server that cannot say: not known to be over
+    except Exception:
         return False
     return run.state is not None and run.state.is_final()
 
@@ -240,7 +245,12 @@ def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: T
         client.set_tag(resumed_run, TagKey.RESUMED_BY, run_id)
     client.set_terminated(run_id, RunStatus.to_string(_RUN_STATUS.get(reason.kind, RunStatus.FINISHED)))
     checkpointed = client.get_run(run_id).data.tags.get(TagKey.CHECKPOINT) == "true"
-    payload = {"reason": reason.kind.value, "detail": reason.detail, "run_id": run_id, "checkpoint_uri": f"runs:/{run_id}/checkpoint" if checkpointed else None}
+    payload = {
+        "reason": reason.kind.value,
+        "detail": reason.detail,
+        "run_id": run_id,
+        "checkpoint_uri": f"runs:/{run_id}/checkpoint" if checkpointed else None,
+    }
     if outcome is not None:
         payload.update(epoch=outcome.progress.epoch, batch=outcome.progress.batch_index)
     Timeline().emit(CrisisEvent.TRAINING_STOPPED, model, payload)

@@ -7,7 +7,7 @@ response raises it, `crisis stop` and `crisis resume` raise and lower it.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect.variables import Variable
 
@@ -19,7 +19,7 @@ def stop_flag_name(model: str) -> str:
 
 def set_stop_flag(model: str, reason: str, by: str = "crisis stop") -> None:
     """Raise the stop flag: running training of `model` halts at its next mini-batch."""
-    value = {"reason": reason, "by": by, "at": datetime.now(timezone.utc).isoformat()}
+    value = {"reason": reason, "by": by, "at": datetime.now(UTC).isoformat()}
     Variable.set(stop_flag_name(model), value, overwrite=True)
 
 

@@ -91,7 +91,7 @@ class StopCondition(ABC):
     def __call__(self, progress: TrainingProgress) -> StopReason | None:
         """The reason to stop after this mini-batch, or None to go on."""
 
-    def __or__(self, other: "StopCondition") -> "StopCondition":
+    def __or__(self, other: StopCondition) -> StopCondition:
         return stop_any(self, other)
 
 
@@ -118,9 +118,7 @@ class stop_when_flag_set(StopCondition):
     once per `poll_seconds` of the clock, so the loop stays fast.
     """
 
-    def __init__(
-        self, read_flag: Callable[[], str | None], poll_seconds: float = 0.2, clock: Callable[[], float] = time.monotonic
-    ):
+    def __init__(self, read_flag: Callable[[], str | None], poll_seconds: float = 0.2, clock: Callable[[], float] = time.monotonic):
         self.read_flag = read_flag
         self.poll_seconds = poll_seconds
         self.clock = clock
@@ -155,9 +153,7 @@ class stop_on_divergence(StopCondition):
         if progress.batches_seen <= self.warmup_batches or not math.isfinite(progress.best_loss):
             return None
         if progress.smoothed_loss > self.factor * progress.best_loss:
-            return StopReason(
-                StopKind.DIVERGED, f"loss {progress.smoothed_loss:.4g} is over {self.factor:g}x the best {progress.best_loss:.4g}"
-            )
+            return StopReason(StopKind.DIVERGED, f"loss {progress.smoothed_loss:.4g} is over {self.factor:g}x the best {progress.best_loss:.4g}")
         return None
 
 
@@ -185,9 +181,7 @@ class stop_after_seconds(StopCondition):
         return None
 
 
-def policy_stop_condition(
-    policy: TrainingPolicy, read_flag: Callable[[], str | None], clock: Callable[[], float] = time.monotonic
-) -> StopCondition:
+def policy_stop_condition(policy: TrainingPolicy, read_flag: Callable[[], str | None], clock: Callable[[], float] = time.monotonic) -> StopCondition:
     """The stop hook a policy asks for: the stop flag (read through `read_flag`), a non-finite loss, and the
     guards the policy sets (divergence, stall, time budget).
 

@@ -1,7 +1,7 @@
 """Training's Prefect tasks: thin wrappers over `run_training` and `gate_candidate`.
 
-    run = train_model(data, policy, registry)                       # stoppable, resumable
-    result = register_and_gate(run, data, registry, policy)        # champion if the gate holds
+run = train_model(data, policy, registry)                       # stoppable, resumable
+result = register_and_gate(run, data, registry, policy)        # champion if the gate holds
 """
 
 from __future__ import annotations
@@ -47,8 +47,14 @@ def register_and_gate(training, data, registry, policy: TrainingPolicy, validati
     """Evaluate on the holdout and the golden set, register the version as challenger, promote it to champion if
     the policy's gate holds (see `gate_candidate`)."""
     result = gate_candidate(
-        registry, training.run_id, training.outcome.estimator, data, policy,
-        validation=validation, flow_run_id=flow_run.get_id() or "", batches=training.outcome.progress.batches_seen,
+        registry,
+        training.run_id,
+        training.outcome.estimator,
+        data,
+        policy,
+        validation=validation,
+        flow_run_id=flow_run.get_id() or "",
+        batches=training.outcome.progress.batches_seen,
     )
     promoted = "promoted to champion" if result.decision.promote else "kept as challenger"
     get_run_logger().info("v%s: %s (%s)", result.version, promoted, result.decision.reason)

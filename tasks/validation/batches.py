@@ -33,9 +33,7 @@ def load_frame(uri: str) -> pd.DataFrame:
         if lowered.endswith((".csv", ".csv.gz")):
             return pd.read_csv(uri)
     except (OSError, ValueError) as error:
-        raise DataInputError(
-            InputErrorReason.UNREADABLE_SOURCE, f"cannot read batch {uri!r}: {error}"
-        ) from error
+        raise DataInputError(InputErrorReason.UNREADABLE_SOURCE, f"cannot read batch {uri!r}: {error}") from error
     raise DataInputError(
         InputErrorReason.UNREADABLE_SOURCE,
         f"cannot read batch {uri!r}: expected a .parquet or .csv file",

@@ -82,7 +82,7 @@ def _failures(findings: _Findings, index: pd.Index) -> tuple[CheckFailure, ...]:
     for reason, column, mask in findings.masks:
         positions = np.flatnonzero(mask)
         examples = tuple(index[positions[:EXAMPLES_PER_FAILURE]].tolist())
-        failures.append(CheckFailure(reason, column, int(len(positions)), examples))
+        failures.append(CheckFailure(reason, column, len(positions), examples))
     return tuple(failures)
 
 
@@ -90,15 +90,8 @@ def _drift(contract: ContractSpec, columns: dict[str, CoercedColumn], reference:
     """Drift of every checked column, on every row's value in it: a shift that puts values beyond the
     fences or outside the codes is what drift is, and must not hide by being quarantined (rank-based
     tests barely move for a few corrupt values; missing and unparsed ones are left out)."""
-    specs = [
-        spec
-        for spec in contract.columns
-        if checks_drift(spec, contract) and spec.name in columns and spec.name in reference.columns
-    ]
-    live = {
-        spec.name: (lambda spec=spec: columns[spec.name].values if spec.is_numeric else columns[spec.name].series)
-        for spec in specs
-    }
+    specs = [spec for spec in contract.columns if checks_drift(spec, contract) and spec.name in columns and spec.name in reference.columns]
+    live = {spec.name: (lambda spec=spec: columns[spec.name].values if spec.is_numeric else columns[spec.name].series) for spec in specs}
     kinds = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
     return frame_drift(reference, live, kinds, DriftSettings.from_contract(contract))
 
@@ -113,9 +106,7 @@ def _kept_values(spec: ColumnSpec, column: CoercedColumn, kept: np.ndarray) -> n
     return values
 
 
-def validate_data(
-    frame: pd.DataFrame, contract: ContractSpec, reference: pd.DataFrame | None = None
-) -> ValidationResult:
+def validate_data(frame: pd.DataFrame, contract: ContractSpec, reference: pd.DataFrame | None = None) -> ValidationResult:
     """Validate a batch against a contract; quarantine failing rows, never drop them.
 
     Args:
@@ -154,11 +145,9 @@ def validate_data(
     rejection_reasons.extend(column_mismatches(frame, contract))
 
     present = [spec for spec in contract.columns if spec.name in frame.columns]
-    checked = parallel_map(
-        lambda spec: coerce_and_check(spec, frame[spec.name], contract, reference), present, parallel=rows >= 20_000
-    )
+    checked = parallel_map(lambda spec: coerce_and_check(spec, frame[spec.name], contract, reference), present, parallel=rows >= 20_000)
     columns: dict[str, CoercedColumn] = {}
-    for spec, (column, column_findings) in zip(present, checked):
+    for spec, (column, column_findings) in zip(present, checked, strict=True):
         columns[spec.name] = column
         for reason, name, mask in column_findings:
             findings.add(reason, name, mask)
@@ -192,16 +181,12 @@ def validate_data(
     flagged = findings.flagged()
     quarantine_ratio = flagged.sum() / rows
     if quarantine_ratio > contract.max_quarantine_ratio:
-        rejection_reasons.append(
-            f"quarantine ratio {quarantine_ratio:.2%} is above the contract's limit {contract.max_quarantine_ratio:.2%}"
-        )
+        rejection_reasons.append(f"quarantine ratio {quarantine_ratio:.2%} is above the contract's limit {contract.max_quarantine_ratio:.2%}")
 
     drift = _drift(contract, columns, reference) if reference is not None else {}
     drifted = [name for name, figures in drift.items() if figures.drifted]
     if contract.max_drifted_features is not None and len(drifted) > contract.max_drifted_features:
-        rejection_reasons.append(
-            f"{len(drifted)} drifted features {drifted} exceed the contract's limit of {contract.max_drifted_features}"
-        )
+        rejection_reasons.append(f"{len(drifted)} drifted features {drifted} exceed the contract's limit of {contract.max_drifted_features}")
 
     if rejection_reasons:
         verdict = Verdict.REJECT
@@ -214,9 +199,7 @@ def validate_data(
 
     quarantined_positions = np.flatnonzero(flagged)
     quarantined = frame.iloc[quarantined_positions].copy()
-    quarantined[REASONS_COLUMN] = pd.Series(
-        _reasons_per_row(findings, quarantined_positions), index=quarantined.index, dtype=str
-    )
+    quarantined[REASONS_COLUMN] = pd.Series(_reasons_per_row(findings, quarantined_positions), index=quarantined.index, dtype=str)
     kept = frame.iloc[np.flatnonzero(~flagged)]
     coerced = {name: column for name, column in columns.items() if column.coercion is not None}
     if coerced:

@@ -109,7 +109,7 @@ def constant_changed(spec: ColumnSpec, column: CoercedColumn, flagged: np.ndarra
             spec.name,
             f"column {spec.name!r} was constant {spec.constant_value:g} in the reference; {len(positions)} rows hold "
             f"other values ({seen}), {kept} of them kept: a model trained on the reference never learnt from it",
-            int(len(positions)),
+            len(positions),
             tuple(index[positions[:EXAMPLES_PER_FAILURE]].tolist()),
         )
     ]

@@ -19,7 +19,6 @@ from pandas.api import types as ptypes
 from prefect_crisis.core.contract_spec import ColumnSpec
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
 
-
 # What a bool column's values mean. Numbers equal to 1 and 0 (1.0, numpy's integers)
 # find the bool keys, since 1 == True and hash(1) == hash(True): a key 1 beside True
 # would be the same key written twice. Text is stripped and lowercased first.
@@ -48,8 +47,7 @@ class CoercedColumn:
 def _all_null_error(spec: ColumnSpec) -> DataInputError:
     return DataInputError(
         InputErrorReason.ALL_NULL_COLUMN,
-        f"column {spec.name!r} has no values at all: check the feed that fills it, "
-        "or drop it from the contract",
+        f"column {spec.name!r} has no values at all: check the feed that fills it, or drop it from the contract",
         column=spec.name,
     )
 

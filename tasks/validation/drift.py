@@ -273,7 +273,7 @@ class DriftSettings:
     sample_size: int | None = 100_000
 
     @classmethod
-    def from_contract(cls, contract) -> "DriftSettings":
+    def from_contract(cls, contract) -> DriftSettings:
         return cls(
             contract.psi_bins,
             contract.psi_threshold,
@@ -344,12 +344,20 @@ def numeric_drift(feature: str, reference: np.ndarray, current: np.ndarray, sett
     ks_decides = ks_statistic > settings.ks_statistic_threshold and ks_pvalue * _PERMUTATION_DRAWS < 1
     # A KS p-value below the finest the splits can give decides the feature alone: a few splits do.
     pvalue = binned_homogeneity_pvalue(reference_sample, current_sample, bins, _PERMUTATION_FIRST if ks_decides else None)
-    combined = feature_pvalue(
-        [(pvalue, psi > settings.psi_threshold), (ks_pvalue, ks_statistic > settings.ks_statistic_threshold)]
-    )
+    combined = feature_pvalue([(pvalue, psi > settings.psi_threshold), (ks_pvalue, ks_statistic > settings.ks_statistic_threshold)])
     return FeatureDrift(
-        feature, "numeric", psi, ks_statistic, ks_pvalue, combined < settings.significance, len(reference), len(current),
-        pvalue, len(edges) + 1, combined, combined,
+        feature,
+        "numeric",
+        psi,
+        ks_statistic,
+        ks_pvalue,
+        combined < settings.significance,
+        len(reference),
+        len(current),
+        pvalue,
+        len(edges) + 1,
+        combined,
+        combined,
     )
 
 
@@ -365,8 +373,18 @@ def categorical_drift(feature: str, reference: pd.Series, current: pd.Series, se
     pvalue = homogeneity_pvalue(reference_counts, current_counts)
     combined = feature_pvalue([(pvalue, psi > settings.psi_threshold)])
     return FeatureDrift(
-        feature, "categorical", psi, None, None, combined < settings.significance, len(reference), len(current), pvalue,
-        len(reference_counts), combined, combined,
+        feature,
+        "categorical",
+        psi,
+        None,
+        None,
+        combined < settings.significance,
+        len(reference),
+        len(current),
+        pvalue,
+        len(reference_counts),
+        combined,
+        combined,
     )
 
 
@@ -375,7 +393,7 @@ def holm_drift(figures: list[FeatureDrift], settings: DriftSettings) -> list[Fea
     tested = [index for index, feature in enumerate(figures) if feature.feature_pvalue is not None]
     adjusted = holm_adjusted([figures[index].feature_pvalue for index in tested])
     judged = list(figures)
-    for index, pvalue in zip(tested, adjusted):
+    for index, pvalue in zip(tested, adjusted, strict=True):
         judged[index] = replace(figures[index], adjusted_pvalue=pvalue, drifted=pvalue < settings.significance)
     return judged
 
@@ -411,5 +429,8 @@ def frame_drift(
 def dataframe_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings | None = None) -> dict[str, FeatureDrift]:
     """Drift of every column the two frames share: numeric or categorical by dtype."""
     shared = [name for name in current.columns if name in reference.columns]
-    kinds = {name: "numeric" if pd.api.types.is_numeric_dtype(current[name]) and not pd.api.types.is_bool_dtype(current[name]) else "categorical" for name in shared}
+    kinds = {
+        name: "numeric" if pd.api.types.is_numeric_dtype(current[name]) and not pd.api.types.is_bool_dtype(current[name]) else "categorical"
+        for name in shared
+    }
     return frame_drift(reference, {name: (lambda name=name: current[name]) for name in shared}, kinds, settings or DriftSettings())

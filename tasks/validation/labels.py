@@ -68,7 +68,7 @@ def training_input_findings(
                 FindingReason.NULL_LABEL,
                 label_column,
                 f"label {label_column!r} is missing in {len(positions)} of {len(frame)} rows: fill or drop them before training",
-                int(len(positions)),
+                len(positions),
                 tuple(frame.index[positions[:EXAMPLES_PER_FAILURE]].tolist()),
             )
         )

@@ -20,7 +20,6 @@ import pyarrow as pa
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
 from prefect_crisis.tasks.validation.report import ValidationReport, ValidationResult, Verdict
 
-
 _MARKDOWN_FAILURES = 12
 
 
@@ -41,9 +40,7 @@ def storage_uri(root: str, *parts: str) -> str:
     """
     for part in parts:
         if not part or part in {".", ".."} or "/" in part or "\\" in part:
-            raise DataInputError(
-                InputErrorReason.INVALID_NAME, f"storage path part {part!r} would leave {root!r}: use a plain name"
-            )
+            raise DataInputError(InputErrorReason.INVALID_NAME, f"storage path part {part!r} would leave {root!r}: use a plain name")
     if "://" in root:
         return "/".join([root.rstrip("/"), *parts])
     path = Path(root).joinpath(*parts)
@@ -139,7 +136,12 @@ def render_markdown(report: ValidationReport, model: str, batch_id: str, persist
             lines.append(f"\n{len(report.failures) - len(worst)} more check/column pairs in the failures table artifact.")
         lines.append("")
     if report.findings:
-        lines += ["## Findings (no row quarantined for them)", "", *[f"- `{finding.reason.value}`: {finding.message}" for finding in report.findings], ""]
+        lines += [
+            "## Findings (no row quarantined for them)",
+            "",
+            *[f"- `{finding.reason.value}`: {finding.message}" for finding in report.findings],
+            "",
+        ]
     if report.coercions:
         lines += ["## Coerced columns", "", *[f"- `{name}`: {what}" for name, what in report.coercions.items()], ""]
     if report.drift:
@@ -153,9 +155,7 @@ def render_markdown(report: ValidationReport, model: str, batch_id: str, persist
             ks = "-" if figures.ks_statistic is None else f"{figures.ks_statistic:.3f}"
             pvalue = "-" if figures.ks_pvalue is None else f"{figures.ks_pvalue:.2g}"
             adjusted = "-" if figures.adjusted_pvalue is None else f"{figures.adjusted_pvalue:.2g}"
-            lines.append(
-                f"| {figures.feature} | {figures.psi:.3f} | {ks} | {pvalue} | {adjusted} | {'**yes**' if figures.drifted else 'no'} |"
-            )
+            lines.append(f"| {figures.feature} | {figures.psi:.3f} | {ks} | {pvalue} | {adjusted} | {'**yes**' if figures.drifted else 'no'} |")
         lines.append("")
     if persisted is not None:
         lines += ["## Where the rows went", "", f"- kept: `{persisted.kept_uri}`"]

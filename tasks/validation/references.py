@@ -13,7 +13,6 @@ from prefect_crisis.core.contract_inference import MIN_REFERENCE_ROWS  # an empt
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
 from prefect_crisis.tasks.validation.batches import load_frame
 
-
 _CACHE_SIZE = 4
 _cache: dict[tuple[str, tuple[int, int] | None], pd.DataFrame] = {}
 _lock = threading.Lock()

@@ -106,8 +106,7 @@ class ValidationReport:
             "quarantine_ratio": round(self.quarantine_ratio, 6),
             "reasons": self.check_counts,
             "failures": [
-                {"reason": f.reason.value, "column": f.column, "rows": f.rows, "examples": [str(e) for e in f.examples]}
-                for f in self.failures
+                {"reason": f.reason.value, "column": f.column, "rows": f.rows, "examples": [str(e) for e in f.examples]} for f in self.failures
             ],
             "coercions": dict(self.coercions),
             "drifted_features": self.drifted_features,

@@ -42,9 +42,7 @@ def synthetic_batch(condition: SyntheticCondition, rows: int, seed: int) -> pd.D
 
 
 @task(name="load-batch", cache_policy=NO_CACHE)
-def load_batch(
-    batch_path: str | None, synthetic_condition: SyntheticCondition = "clean", rows: int = 5_000, seed: int = 0
-) -> pd.DataFrame:
+def load_batch(batch_path: str | None, synthetic_condition: SyntheticCondition = "clean", rows: int = 5_000, seed: int = 0) -> pd.DataFrame:
     """Read `batch_path`, or make a synthetic batch when it is None."""
     if batch_path is None:
         return synthetic_batch(synthetic_condition, rows, seed)
@@ -53,9 +51,7 @@ def load_batch(
 
 # Batches can be millions of rows: hashing them for a cache key would cost more than validating.
 @task(name="validate-data", task_run_name="validate-data-{model}", cache_policy=NO_CACHE)
-def validate_data_task(
-    frame: pd.DataFrame, contract: DataContract, model: str, reference: pd.DataFrame | None = None
-) -> ValidationResult:
+def validate_data_task(frame: pd.DataFrame, contract: DataContract, model: str, reference: pd.DataFrame | None = None) -> ValidationResult:
     """Run `validate_data` as a Prefect task (see it for arguments)."""
     return validate_data(frame, contract, reference)
 

@@ -21,6 +21,7 @@ import pytest
 from prefect_crisis.core.errors import StackError
 from prefect_crisis.deployments.postgres import find_binaries
 
+
 def postgres_bin() -> Path:
     try:
         return find_binaries()
@@ -48,8 +49,7 @@ class PostgresServer:
         return f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/postgres"
 
     def pg_ctl(self, *args: str, timeout: float = 60) -> None:
-        done = subprocess.run([*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.data), *args], capture_output=True, text=True, timeout=timeout)
         assert done.returncode == 0, f"pg_ctl {' '.join(args)}: {done.stdout}{done.stderr}"
 
     def start(self) -> None:
@@ -77,16 +77,31 @@ def postgres_server():
     if run_as:
         os.chown(secret_file, account.pw_uid, account.pw_gid)
     server = PostgresServer(binaries, data, free_port(), "crisis", password, run_as)
-    made = subprocess.run([*run_as, str(binaries / "initdb"), "-D", str(data), "-U", "crisis", f"--pwfile={secret_file}",
-                           "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"], capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [
+            *run_as,
+            str(binaries / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "crisis",
+            f"--pwfile={secret_file}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     secret_file.unlink()
     server.start()
     try:
         yield server
     finally:
-        subprocess.run([*run_as, str(binaries / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate", "-w"],
-                       capture_output=True, timeout=60)
+        subprocess.run([*run_as, str(binaries / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate", "-w"], capture_output=True, timeout=60)
         pid_file = data / "postmaster.pid"
         if pid_file.exists():  # pg_ctl could not stop it: kill the postmaster we started
             try:

@@ -16,8 +16,8 @@ from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.deployments.runner import serving
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.training.checkpoints import load_checkpoint, training_experiment
 from prefect_crisis.tasks.drills.synthetic import synthetic_contract
+from prefect_crisis.tasks.training.checkpoints import load_checkpoint, training_experiment
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "mlflow_tracking_uri")]

@@ -23,13 +23,13 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
-from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
 from prefect_crisis.core.timeline import emit_crisis_event
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent
 from prefect_crisis.deployments.postgres import read_cluster
+from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
 from prefect_crisis.tasks.serving.router import FallbackRouter
 from prefect_crisis.tasks.training.stop_flag import read_stop_flag
-from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.e2e.test_stack import free_port
 from tests.helpers import FEATURES, poisoned_after_stable, register, wait_for
 from tests.unit.test_serving_swap import register_fallback
@@ -47,11 +47,15 @@ def stack(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "CRISIS_"))}
     env.update(CRISIS_HOME=str(home), PREFECT_HOME=str(work / "client-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="200")
     # the server on the stack's private PostgreSQL: on SQLite each automation action waits ~2 s for the database lock
-    up = subprocess.run([*CLI, "up", "--worker", "--postgres", "--port", str(free_port())], env=env, cwd=work, capture_output=True, text=True, timeout=240)
+    up = subprocess.run(
+        [*CLI, "up", "--worker", "--postgres", "--port", str(free_port())], env=env, cwd=work, capture_output=True, text=True, timeout=240
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     try:
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in subprocess.run(
-            [*CLI, "env"], env=env, cwd=work, capture_output=True, text=True, timeout=60).stdout.splitlines())
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in subprocess.run([*CLI, "env"], env=env, cwd=work, capture_output=True, text=True, timeout=60).stdout.splitlines()
+        )
         exports = {name: value.strip("'") for name, value in exports.items()}
         deploy = subprocess.run([*CLI, "deploy"], env={**env, **exports}, cwd=work, capture_output=True, text=True, timeout=600)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
@@ -92,7 +96,7 @@ def serve(registry: ModelRegistry, log: InferenceLog, rows: int = 300, seed: int
     batch = make_batch(rows, seed=seed)
     answer = router.predict(batch[FEATURES])
     router.close()
-    keys = list(zip(answer["request_id"], answer["row_id"].astype(str)))
+    keys = list(zip(answer["request_id"], answer["row_id"].astype(str), strict=True))
     return keys, batch["label"].tolist()
 
 
@@ -152,8 +156,8 @@ def test_two_models_breaching_in_the_same_second_both_recover(stack):
         record_labels(log, keys, labels, emit=False)  # the window the response reads; no monitor run
     for registry, _good, bad in registries:  # back to back: the same second
         emit_crisis_event(CrisisEvent.BREACH_CRITICAL, registry.model_name, {"metric": "error_rate", "value": 0.32, "threshold": 0.19}, version=bad)
-    for registry, good, bad in registries:
-        moves = wait_for(lambda: rolled_back(registry), bool, timeout=LOOP_TIMEOUT, every=0.5)
+    for registry, good, _bad in registries:
+        moves = wait_for(lambda registry=registry: rolled_back(registry), bool, timeout=LOOP_TIMEOUT, every=0.5)
         assert moves and moves[-1].to_version == good, f"{registry.model_name} was not rolled back"
     assert all(len(response_runs(registry.model_name)) == 1 for registry, _, _ in registries)
 
@@ -274,8 +278,19 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     assert mistyped.returncode == 2 and "no drill scenario 'latency-spik'" in mistyped.stderr + mistyped.stdout
     assert "Traceback" not in mistyped.stderr
 
-    scenarios = ["corrupted-batch", "poisoned-retrain", "concept-drift", "primary-raising", "latency-spike", "registry-unavailable",
-                 "training-killed", "duplicate-event", "real-bad-release", "real-poisoned-retrain", "real-rejected-batch"]
+    scenarios = [
+        "corrupted-batch",
+        "poisoned-retrain",
+        "concept-drift",
+        "primary-raising",
+        "latency-spike",
+        "registry-unavailable",
+        "training-killed",
+        "duplicate-event",
+        "real-bad-release",
+        "real-poisoned-retrain",
+        "real-rejected-batch",
+    ]
     done = drill_cli(stack, *scenarios, "--seed", "3", "--json", timeout=1400)
     assert done.returncode == 0, drill_failures(done)
     report = json.loads(done.stdout)
@@ -285,8 +300,16 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     for name in scenarios:
         assert rows[name]["detect_p50_s"] is not None, name
         assert rows[name]["mitigate_p50_s"] is not None or name == "training-killed", name  # a killed training has nothing to mitigate
-    for name in ("poisoned-retrain", "duplicate-event", "primary-raising", "latency-spike", "registry-unavailable", "training-killed",
-                 "real-bad-release", "real-poisoned-retrain"):
+    for name in (
+        "poisoned-retrain",
+        "duplicate-event",
+        "primary-raising",
+        "latency-spike",
+        "registry-unavailable",
+        "training-killed",
+        "real-bad-release",
+        "real-poisoned-retrain",
+    ):
         assert rows[name]["recover_p50_s"] is not None, name
     assert runs_outage_s(report) >= 2.5  # the store was unwritable while the response ran, and the rollback still landed once
     runs = {run["scenario"]: run for run in report["runs"]}
@@ -304,8 +327,15 @@ def test_recovery_drills_of_every_scenario_recover_through_the_real_ladder(stack
     for name in ("corrupted-batch", "real-rejected-batch", "primary-raising", "latency-spike"):  # none by design, or one warning
         assert runs[name]["facts"]["incidents"] <= 1, (name, runs[name]["facts"])
     assert runs["training-killed"]["facts"]["incidents"] == 0
-    for name in ("poisoned-retrain", "registry-unavailable", "duplicate-event", "real-bad-release", "real-poisoned-retrain",
-                 "corrupted-batch", "real-rejected-batch"):  # back on (or never off) the version that served before the fault
+    for name in (
+        "poisoned-retrain",
+        "registry-unavailable",
+        "duplicate-event",
+        "real-bad-release",
+        "real-poisoned-retrain",
+        "corrupted-batch",
+        "real-rejected-batch",
+    ):  # back on (or never off) the version that served before the fault
         assert runs[name]["facts"]["end_version"] == runs[name]["facts"]["pre_version"], (name, runs[name]["facts"])
     for name in ("corrupted-batch", "real-rejected-batch"):  # a rejected batch never reaches serving or stops training
         assert runs[name]["facts"]["stop_flag"] is False and runs[name]["facts"]["kept_for_training"] == 0, name
@@ -357,7 +387,6 @@ def test_the_silent_monitor_drill_waits_out_the_deployed_window(stack):
     assert run["facts"]["incidents"] == 1 and run["facts"]["end_accuracy"] == run["facts"]["pre_accuracy"]
 
 
-
 @pytest.mark.timeout(600)
 def test_a_breach_sent_while_the_server_restarts_reaches_the_response(stack):
     """The Prefect server goes down as a breach is emitted and comes back on the same database and port: the
@@ -386,8 +415,11 @@ def test_a_breach_sent_while_the_server_restarts_reaches_the_response(stack):
     EventsWorker.drain_all(timeout=60)
 
     def ours():  # the event itself, sent again (the schedule's sweep may raise a breach of its own meanwhile)
-        return [event for event in model_events(model, [CrisisEvent.BREACH_CRITICAL], sent.occurred)
-                if abs((event.occurred - sent.occurred).total_seconds()) < 0.001]
+        return [
+            event
+            for event in model_events(model, [CrisisEvent.BREACH_CRITICAL], sent.occurred)
+            if abs((event.occurred - sent.occurred).total_seconds()) < 0.001
+        ]
 
     assert wait_for(ours, bool, timeout=60, every=0.5), "the breach emitted during the outage never reached the restarted server"
     moves = wait_for(lambda: rolled_back(registry), bool, timeout=LOOP_TIMEOUT, every=0.5)

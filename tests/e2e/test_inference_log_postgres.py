@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from prefect_crisis.blocks import InferenceLog
-from prefect_crisis.tasks.serving.log_store import predictions
 from prefect_crisis.tasks.serving.inference_log import LogStats, RequestError, open_inference_log, read_window, record_labels
+from prefect_crisis.tasks.serving.log_store import predictions
 from tests.unit.test_inference_log import NOW, Clock, batch, wait_until
 
 pytestmark = pytest.mark.e2e

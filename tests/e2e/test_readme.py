@@ -109,7 +109,7 @@ def test_every_readme_block_runs_as_written(tmp_path):
     ran, skipped = [], []
     started = time.monotonic()
     try:
-        for page, line, lang, code in [(page, *block) for page in doc_pages() for block in readme_blocks(page.read_text())]:
+        for page, line, lang, code in [(doc, *block) for doc in doc_pages() for block in readme_blocks(doc.read_text())]:
             where = f"{page.relative_to(REPO)} line {line}"
             if PLACEHOLDER in code:
                 skipped.append(where)
@@ -118,8 +118,9 @@ def test_every_readme_block_runs_as_written(tmp_path):
             log_path = tmp_path / f"block-{page.stem}-{line}.log"
             # output to a file, not a pipe: a process the block leaves in the background keeps its pipes open
             with open(log_path, "w") as log:
-                process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.PIPE, stdout=log,
-                                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                process = subprocess.Popen(
+                    command, cwd=folder, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+                )
                 groups.append(process.pid)
                 process.stdin.write(code)
                 process.stdin.close()

@@ -15,14 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_crisis.blocks import ModelRegistry
-from prefect_crisis.tasks.serving.inference_log import read_window
+from prefect_crisis.blocks import InferenceLog, ModelRegistry
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.tasks.drills.synthetic import make_batch
-from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401 - fixtures
-from prefect_crisis.blocks import InferenceLog
 from prefect_crisis.tasks.serving.confidence_routing import fit_routing
+from prefect_crisis.tasks.serving.inference_log import read_window
 from prefect_crisis.tasks.serving.routing_artifact import log_routing
+from tests.e2e.test_stack import CRISIS, cli_env, crisis, free_port  # noqa: F401 - fixtures
 from tests.helpers import FEATURES, register, wait_for
 from tests.unit.test_serving_swap import register_fallback
 
@@ -43,8 +42,14 @@ def trained(cli_env):
     holdout = make_batch(1_000, seed=5)
     primary_model = load_sklearn_model(registry.client, "churn", version)
     fallback_model = load_sklearn_model(registry.client, "churn", fallback)
-    routing = fit_routing(primary_model, fallback_model, holdout[FEATURES].to_numpy(), holdout[FEATURES[:3]].to_numpy(),
-                          holdout["label"].to_numpy(), fallback_version=fallback)
+    routing = fit_routing(
+        primary_model,
+        fallback_model,
+        holdout[FEATURES].to_numpy(),
+        holdout[FEATURES[:3]].to_numpy(),
+        holdout["label"].to_numpy(),
+        fallback_version=fallback,
+    )
     log_routing(registry.client, registry.version(version).run_id, routing)
     return registry, version, fallback
 
@@ -75,7 +80,7 @@ def strict(response: httpx.Response):
 
 
 def test_the_scoring_server_routes_rows_and_survives_bad_input(cli_env, trained):
-    registry, version, fallback = trained
+    _registry, version, fallback = trained
     port = free_port()
     process, url = start_serving(cli_env, "churn", "--port", str(port))
     try:

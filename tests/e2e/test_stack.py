@@ -71,8 +71,18 @@ def test_up_status_demo_down(cli_env, tmp_path):
         demo = crisis(cli_env, "demo", "--rows", "2000")
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "artifacts visible through the Prefect API" in demo.stdout
-        for verdict in ("accept_with_quarantine", "reject", "f01, f03", "v1 promoted to champion", "Stopped", "stop-flag", "Recovered", "rollback: champion",
-                        "fallback v2 registered", "fallback; champion v3 -> v2"):
+        for verdict in (
+            "accept_with_quarantine",
+            "reject",
+            "f01, f03",
+            "v1 promoted to champion",
+            "Stopped",
+            "stop-flag",
+            "Recovered",
+            "rollback: champion",
+            "fallback v2 registered",
+            "fallback; champion v3 -> v2",
+        ):
             assert verdict in demo.stdout
         assert re.search(r"audit .* rollback: champion v4 -> v[13] ", demo.stdout)  # the poisoned v4 is rolled back (v2: the fallback model)
         assert re.search(r"champion of 'synthetic-[0-9a-f-]+' is v[13]\b", demo.stdout)
@@ -148,7 +158,11 @@ def test_the_server_on_its_private_postgresql_as_an_operator_tries_it(cli_env):
     both = crisis(cli_env, "up", "--postgres", "--database", "sqlite+aiosqlite:///elsewhere.db")
     assert both.returncode == 2 and "pass one of them" in (both.stdout + both.stderr)
     sync_driver = crisis(cli_env, "up", "--database", "postgresql://ops:s3cret@db.internal/prefect")
-    assert sync_driver.returncode == 2 and "postgresql+asyncpg://" in (sync_driver.stdout + sync_driver.stderr) and "s3cret" not in (sync_driver.stdout + sync_driver.stderr)
+    assert (
+        sync_driver.returncode == 2
+        and "postgresql+asyncpg://" in (sync_driver.stdout + sync_driver.stderr)
+        and "s3cret" not in (sync_driver.stdout + sync_driver.stderr)
+    )
 
     port = free_port()
     try:

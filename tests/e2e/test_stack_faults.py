@@ -96,7 +96,13 @@ def test_a_server_record_with_a_reused_pid_is_stale_even_for_a_prefect_server(cl
     fake_cli.write_text("import time\ntime.sleep(600)\n")
     impostor = subprocess.Popen([sys.executable, str(fake_cli), "server", "start", "--port", str(port)], start_new_session=True)
     try:
-        record = {"pid": impostor.pid, "api_url": f"http://127.0.0.1:{port}/api", "home": str(home), "log": "", "started_at": psutil.Process(impostor.pid).create_time() - 3600}
+        record = {
+            "pid": impostor.pid,
+            "api_url": f"http://127.0.0.1:{port}/api",
+            "home": str(home),
+            "log": "",
+            "started_at": psutil.Process(impostor.pid).create_time() - 3600,
+        }
         (home / "server.json").write_text(json.dumps(record))
         result = crisis(cli_env, "down", timeout=60)
         assert result.returncode == 0 and "started at a different time" in result.stdout, result.stdout + result.stderr
@@ -116,7 +122,9 @@ def test_two_ups_on_one_port_only_one_is_ready(cli_env, tmp_path):
     bystander = None
     try:
         launched = [
-            subprocess.Popen([*CRISIS, "up", "--port", str(port)], env=home_env(cli_env, home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(
+                [*CRISIS, "up", "--port", str(port)], env=home_env(cli_env, home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             for home in homes
         ]
         outputs = [process.communicate(timeout=240)[0] for process in launched]
@@ -135,7 +143,9 @@ def test_two_ups_on_one_port_only_one_is_ready(cli_env, tmp_path):
         third = tmp_path / "stack-c"
         third.mkdir()
         bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)
-        (third / "server.json").write_text(json.dumps({"pid": bystander.pid, "api_url": f"http://127.0.0.1:{port}/api", "home": str(third), "log": ""}))
+        (third / "server.json").write_text(
+            json.dumps({"pid": bystander.pid, "api_url": f"http://127.0.0.1:{port}/api", "home": str(third), "log": ""})
+        )
         stale = crisis(home_env(cli_env, third), "up", "--port", str(port), timeout=120)
         assert stale.returncode == ExitCode.STACK, stale.stdout
         assert "already running" not in stale.stdout and f"port {port} on 127.0.0.1 is in use" in stale.stdout
@@ -228,7 +238,9 @@ def test_the_next_up_marks_what_a_dead_stack_left_running_as_crashed(cli_env, tm
         training = subprocess.Popen(
             [sys.executable, str(script), tracking_uri],
             env={**cli_env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"},
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         line = training.stdout.readline()  # bounded by the script's own 600 s sleep and pytest-timeout
         assert line.startswith("RUNNING"), line

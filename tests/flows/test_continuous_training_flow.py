@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from mlflow import MlflowClient
@@ -16,12 +16,12 @@ from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
-from prefect_crisis.tasks.training.promotion import log_candidate
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
+from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
+from prefect_crisis.tasks.training.loop import learner_of
+from prefect_crisis.tasks.training.promotion import log_candidate
 from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
 from prefect_crisis.tasks.training.stopping import StopKind
-from prefect_crisis.tasks.training.loop import learner_of
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
@@ -60,7 +60,11 @@ def test_first_training_registers_and_promotes_with_events(model, contract_block
     assert registry.version_by_alias("fallback").version == "2"
     events = wait_for(lambda: read_crisis_events(model), lambda found: len(found) >= 6)
     assert [e.event for e in events] == [
-        "ml.data.validated", "ml.training.started", "ml.training.completed", "ml.model.registered", "ml.model.promoted",
+        "ml.data.validated",
+        "ml.training.started",
+        "ml.training.completed",
+        "ml.model.registered",
+        "ml.model.promoted",
         "ml.model.registered",  # the fallback: registered, not engaged
     ]
     promoted = events[-2]
@@ -73,8 +77,12 @@ def test_stop_flag_halts_within_one_mini_batch_with_a_loadable_checkpoint(model,
     set_stop_flag(model, "labels are late")
     try:
         state = continuous_training(
-            model_name=model, contract_block=contract_block, policy_block=policy_block(model), synthetic_rows=3_000,
-            storage=str(tmp_path), return_state=True,
+            model_name=model,
+            contract_block=contract_block,
+            policy_block=policy_block(model),
+            synthetic_rows=3_000,
+            storage=str(tmp_path),
+            return_state=True,
         )
     finally:
         clear_stop_flag(model)
@@ -100,7 +108,9 @@ def test_resume_continues_from_the_checkpoint_and_registers_once(model, contract
     stopped_run = latest_checkpoint_run(MlflowClient(), model)
     assert stopped_run is not None
 
-    state = continuous_training(model_name=model, contract_block=contract_block, policy_block=policy, synthetic_rows=3_000, storage=str(tmp_path), return_state=True)
+    state = continuous_training(
+        model_name=model, contract_block=contract_block, policy_block=policy, synthetic_rows=3_000, storage=str(tmp_path), return_state=True
+    )
     assert state.is_completed() and state.name == "Completed"
     first, second = training_runs(model)
     assert second.data.tags["crisis.resumed_from"] == stopped_run == first.info.run_id
@@ -127,7 +137,9 @@ def test_flag_raised_while_training_runs_stops_it_early(model, contract_block, t
     raiser = threading.Thread(target=raise_flag_once_training_runs)
     raiser.start()
     try:
-        state = continuous_training(model_name=model, contract_block=contract_block, policy_block=policy, synthetic_rows=2_000, storage=str(tmp_path), return_state=True)
+        state = continuous_training(
+            model_name=model, contract_block=contract_block, policy_block=policy, synthetic_rows=2_000, storage=str(tmp_path), return_state=True
+        )
     finally:
         raiser.join()
         clear_stop_flag(model)
@@ -138,7 +150,9 @@ def test_flag_raised_while_training_runs_stops_it_early(model, contract_block, t
 
 def test_nan_loss_stops_training_as_failed_and_registers_nothing(model, contract_block, tmp_path):
     policy = policy_block(model, estimator_params={"learning_rate": "constant", "eta0": 1e308})
-    state = continuous_training(model_name=model, contract_block=contract_block, policy_block=policy, synthetic_rows=2_000, storage=str(tmp_path), return_state=True)
+    state = continuous_training(
+        model_name=model, contract_block=contract_block, policy_block=policy, synthetic_rows=2_000, storage=str(tmp_path), return_state=True
+    )
     assert state.is_failed() and state.name == "Stopped" and "non-finite-loss" in state.message
     (run,) = training_runs(model)
     assert run.info.status == "FAILED" and run.data.tags[TagKey.STOP_KIND] == StopKind.NON_FINITE_LOSS
@@ -148,14 +162,16 @@ def test_nan_loss_stops_training_as_failed_and_registers_nothing(model, contract
 
 
 def test_a_rejected_batch_trains_nothing(model, contract_block, tmp_path):
-    state = continuous_training(model_name=model, contract_block=contract_block, synthetic_condition="broken", storage=str(tmp_path), return_state=True)
+    state = continuous_training(
+        model_name=model, contract_block=contract_block, synthetic_condition="broken", storage=str(tmp_path), return_state=True
+    )
     assert state.name == "Skipped" and "quarantine ratio" in state.message
     assert training_runs(model) == []
 
 
 def test_audit_answers_what_was_serving_when_after_two_promotions(model):
     client = MlflowClient()
-    clock_now = [datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)]
+    clock_now = [datetime(2026, 11, 1, 12, 0, tzinfo=UTC)]
     registry = ModelRegistry(model_name=model).use(clock=lambda: clock_now[0])
     X = make_batch(500, seed=1)[["f00", "f01"]].to_numpy()
     y = (X[:, 0] > 0).astype(int)
@@ -183,7 +199,9 @@ def test_audit_answers_what_was_serving_when_after_two_promotions(model):
     assert [(m.from_version, m.to_version, m.reason, m.incident) for m in moves] == [(None, "1", "first model", None), ("1", "2", "better", "inc-7")]
 
     assert [(m.action, m.alias, m.to_version) for m in registry.history("1")] == [
-        ("register", "", "1"), ("promote", "champion", "1"), ("promote", "champion", "2"),
+        ("register", "", "1"),
+        ("promote", "champion", "1"),
+        ("promote", "champion", "2"),
     ]
 
     registry.retire("1", "poisoned data")

@@ -9,9 +9,9 @@ import re
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
-from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -19,17 +19,15 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
 from prefect_crisis.blocks import InferenceLog, MetricRule, ModelRegistry, RollbackPolicy
+from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
 from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.core.vocabulary import Responder
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from prefect_crisis.tasks.response.incident import response_limit
 from prefect_crisis.tasks.serving.inference_log import PredictionBatch, open_inference_log, record_labels
-from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import poisoned_after_stable, register, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
-
-
 
 
 @pytest.fixture
@@ -40,14 +38,14 @@ def model():
 @pytest.fixture
 def window_path(tmp_path):
     window = make_batch(3_000, seed=42)
-    window["timestamp"] = pd.date_range(datetime.now(timezone.utc) - timedelta(hours=1), periods=3_000, freq="s")
+    window["timestamp"] = pd.date_range(datetime.now(UTC) - timedelta(hours=1), periods=3_000, freq="s")
     path = tmp_path / "window.parquet"
     window.to_parquet(path)
     return str(path)
 
 
 def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_path):
-    registry, good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
+    _registry, good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
 
     state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-1", return_state=True)
     assert state.is_completed() and state.name == "Recovered", state.message
@@ -96,10 +94,12 @@ def test_poisoned_champion_is_rolled_back_to_the_stable_version(model, window_pa
 
 def test_an_error_rate_policy_rolls_back_a_poisoned_champion_whose_registry_records_accuracy(model, window_path):
     # The champion's registered metrics are accuracy/f1/log loss; before, an error_rate rule was skipped: Hold.
-    registry, good, poisoned = poisoned_after_stable(model, seeds=(6, 7))
+    _registry, good, _poisoned = poisoned_after_stable(model, seeds=(6, 7))
     RollbackPolicy(rules=[MetricRule(metric="error_rate", tolerance=0.02)]).save(f"errors-{model}")
 
-    state = crisis_response(model_name=model, window_path=window_path, incident_id="inc-errors", rollback_policy_block=f"errors-{model}", return_state=True)
+    state = crisis_response(
+        model_name=model, window_path=window_path, incident_id="inc-errors", rollback_policy_block=f"errors-{model}", return_state=True
+    )
     assert state.name == "Recovered", state.message
     assert ModelRegistry(model_name=model).champion().version == good
     assert ModelRegistry(model_name=model).audit_trail("champion")[-1].reason.startswith("rollback: degraded (error_rate ")
@@ -115,7 +115,7 @@ def test_with_no_stable_version_and_no_fallback_recovery_fails_and_leaves_the_re
     assert state.is_failed() and state.name == "Not recovered"
     assert registry.champion().version == poisoned and len(registry.audit_trail()) == audit_before
     events = wait_for(lambda: read_crisis_events(model), lambda found: any(e.event == "ml.recovery.failed" for e in found))
-    failed = [e for e in events if e.event == "ml.recovery.failed"][0]
+    failed = next(e for e in events if e.event == "ml.recovery.failed")
     assert failed.payload["attempts"] == [] and "no version to return to and no fallback" in failed.payload["reason"]
 
 
@@ -148,18 +148,27 @@ def test_a_response_waits_while_another_holds_the_models_slot(model, window_path
 def log_served_window(log: InferenceLog, model: str, rows: int = 3_000, per_request: int = 100) -> None:
     """What serving would have logged over the last 50 minutes, and the labels that came in later."""
     window = make_batch(rows, seed=42)
-    start = datetime.now(timezone.utc) - timedelta(minutes=50)
+    start = datetime.now(UTC) - timedelta(minutes=50)
     writer = open_inference_log(log)
     try:
         for number, first in enumerate(range(0, rows, per_request)):
-            part = window.iloc[first:first + per_request]
+            part = window.iloc[first : first + per_request]
             inputs = part.drop(columns=["label"])
-            writer.submit(PredictionBatch(
-                request_id=f"{model}-{number}", model=model, received_at=start + timedelta(minutes=number), latency_ms=3.0,
-                inputs=inputs, row_ids=[str(i) for i in range(len(part))], predictions=[0] * len(part),
-                answered_by=[Responder.PRIMARY.value] * len(part), versions=["2"] * len(part), confidence=[0.6] * len(part),
-                errors=[None] * len(part),
-            ))
+            writer.submit(
+                PredictionBatch(
+                    request_id=f"{model}-{number}",
+                    model=model,
+                    received_at=start + timedelta(minutes=number),
+                    latency_ms=3.0,
+                    inputs=inputs,
+                    row_ids=[str(i) for i in range(len(part))],
+                    predictions=[0] * len(part),
+                    answered_by=[Responder.PRIMARY.value] * len(part),
+                    versions=["2"] * len(part),
+                    confidence=[0.6] * len(part),
+                    errors=[None] * len(part),
+                )
+            )
         assert writer.flush(timeout=60) and writer.stats.written == rows, writer.stats
     finally:
         writer.close()
@@ -168,7 +177,7 @@ def log_served_window(log: InferenceLog, model: str, rows: int = 3_000, per_requ
 
 
 def test_without_a_window_path_the_response_reads_the_labelled_window_from_the_default_inference_log(model, crisis_home):
-    registry, good, poisoned = poisoned_after_stable(model, seeds=(8, 9))
+    _registry, good, poisoned = poisoned_after_stable(model, seeds=(8, 9))
     log_served_window(InferenceLog(), model)  # the default log: $CRISIS_HOME/inference.db
 
     state = crisis_response(model_name=model, incident_id="inc-log", return_state=True)

@@ -55,7 +55,7 @@ def test_emergency_stop_stops_training_rolls_back_to_the_stable_version_and_reso
         assert client.read_deployment(other_deployment).paused is False
     assert EmergencyRecord.read(model).paused_deployments == [str(deployment_id)]
     events = wait_for(lambda: read_crisis_events(model), lambda found: any(e.event == "ml.emergency.stopped" for e in found))
-    stopped = [e for e in events if e.event == "ml.emergency.stopped"][0]
+    stopped = next(e for e in events if e.event == "ml.emergency.stopped")
     assert stopped.payload["steps"]["cancel-training"]["changed"] == [str(run_id)]
     assert any(r.id == "ml.incident.inc-e1" for r in stopped.related)
 
@@ -78,7 +78,7 @@ def test_emergency_stop_stops_training_rolls_back_to_the_stable_version_and_reso
 
 def test_a_failing_step_fails_the_run_and_the_others_still_run(monkeypatch):
     model = f"emergency-{uuid.uuid4().hex[:8]}"
-    registry, good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
+    registry, good, _poisoned = poisoned_after_stable(model, seeds=(1, 2))
     simple = register(registry, False, seed=3)
     registry.move_alias(registry.fallback_alias, simple, "the simple model")
     with get_client(sync_client=True) as client:

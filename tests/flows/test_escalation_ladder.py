@@ -123,7 +123,10 @@ def test_a_failed_recovery_runs_the_emergency_stop_and_a_success_resolves_it(dep
     runs = wait_for_runs(deployment_ids[EMERGENCY_STOP], failing)
     assert len(runs) == 1
     assert runs[0].parameters == {
-        "model_name": failing, "incident_id": str(failed.id), "triggering_event_id": str(failed.id), "reason": "ml.recovery.failed",
+        "model_name": failing,
+        "incident_id": str(failed.id),
+        "triggering_event_id": str(failed.id),
+        "reason": "ml.recovery.failed",
     }
     emit(CrisisEvent.RECOVERY_SUCCEEDED, failing, **{EMERGENCY_LABEL: "true"})
     runs = wait_for_runs(deployment_ids[EMERGENCY_STOP], failing, count=2)

@@ -7,7 +7,7 @@ and the registry says `ml.fallback.engaged`; a clean retrain then beats it."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -33,7 +33,12 @@ def model():
 
 def train(model: str, condition: str, seed: int):
     return continuous_training(
-        model_name=model, contract_block=model, policy_block=model, synthetic_condition=condition, synthetic_rows=3_000, seed=seed,
+        model_name=model,
+        contract_block=model,
+        policy_block=model,
+        synthetic_condition=condition,
+        synthetic_rows=3_000,
+        seed=seed,
         return_state=True,
     )
 
@@ -49,7 +54,7 @@ def test_with_no_stable_version_the_response_falls_back_to_the_fallback_model(mo
     assert (registry.champion().version, registry.version_by_alias("fallback").version) == ("3", "2")
 
     window = make_batch(3_000, seed=42)
-    window["timestamp"] = pd.date_range(datetime.now(timezone.utc) - timedelta(hours=1), periods=3_000, freq="s")
+    window["timestamp"] = pd.date_range(datetime.now(UTC) - timedelta(hours=1), periods=3_000, freq="s")
     window.to_parquet(tmp_path / "window.parquet")
     state = crisis_response(
         model_name=model, window_path=str(tmp_path / "window.parquet"), incident_id="inc-fb", rollback_policy_block=model, return_state=True

@@ -6,34 +6,36 @@ gives no breach; a model whose sweep fails does not stop the others."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
 from prefect_crisis.blocks import InferenceLog, ModelRegistry
-from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import MonitoringError
 from prefect_crisis.core.timeline import ListSink, Timeline, utc_now
 from prefect_crisis.core.vocabulary import CrisisEvent
 from prefect_crisis.flows.health_monitor import health_monitor
+from prefect_crisis.tasks.drills.synthetic import make_batch
 from prefect_crisis.tasks.monitoring import sweep as monitoring  # the module the flow sweeps with (patched below)
 from prefect_crisis.tasks.response.report import read_events
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, record_labels
 from prefect_crisis.tasks.serving.router import FallbackRouter
-from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import poisoned_after_stable, register, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 
 
 def events_of(model: str, *names: CrisisEvent):
-    now = datetime.now(timezone.utc)
-    return read_events(EventFilter(
-        occurred=EventOccurredFilter(since=now - timedelta(hours=1), until=now + timedelta(minutes=1)),
-        event=EventNameFilter(name=[name.value for name in names]),
-        resource=EventResourceFilter(id=[f"ml.model.{model}"]),
-    ))
+    now = datetime.now(UTC)
+    return read_events(
+        EventFilter(
+            occurred=EventOccurredFilter(since=now - timedelta(hours=1), until=now + timedelta(minutes=1)),
+            event=EventNameFilter(name=[name.value for name in names]),
+            resource=EventResourceFilter(id=[f"ml.model.{model}"]),
+        )
+    )
 
 
 def serve_and_label(registry: ModelRegistry, log: InferenceLog, requests: int = 12, rows: int = 25, prefix: str = "") -> None:

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -24,22 +24,20 @@ from prefect_crisis.core.errors import ExitCode
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
 from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.tasks.response.report import incident_events, incident_report
 from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.response.report import incident_events, incident_report
 from tests.helpers import poisoned_after_stable, wait_for
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
 STEPS = ["ml.incident.opened", "ml.diagnosis.done", "ml.decision.taken", "ml.model.rolled-back", "ml.recovery.succeeded"]
 
 
-
-
 @pytest.fixture
 def poisoned_model(tmp_path):
     """A model whose champion v2 was trained on flipped labels, after a stable v1; and a labelled window."""
     model = f"timeline-{uuid.uuid4().hex[:8]}"
-    registry, good, poisoned = poisoned_after_stable(model)
-    now = datetime.now(timezone.utc)
+    _registry, good, poisoned = poisoned_after_stable(model)
+    now = datetime.now(UTC)
     window = make_batch(3_000, seed=42)
     window["timestamp"] = pd.date_range(now - timedelta(hours=1), periods=3_000, freq="s")
     path = tmp_path / "window.parquet"
@@ -132,7 +130,7 @@ def test_crisis_incident_show_and_list_and_an_unknown_id(poisoned_model, mlflow_
 
 
 def test_a_planted_secret_is_in_no_log_event_artifact_or_mlflow_tag(poisoned_model, mlflow_tracking_uri, caplog):
-    model, good, poisoned, window_path = poisoned_model
+    model, _good, _poisoned, window_path = poisoned_model
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     block = f"secret-registry-{uuid.uuid4().hex[:6]}"
     ModelRegistry(model_name=model, tracking_uri=mlflow_tracking_uri, tracking_password=secret).save(block)

@@ -6,7 +6,7 @@ block's store, and MLflow never creates a store in the working folder."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import mlflow.tracking._tracking_service.utils as tracking_utils
 import pandas as pd
@@ -15,10 +15,9 @@ from mlflow import MlflowClient
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.tasks.response.incident import predict_with
 from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.response.incident import predict_with
 from tests.helpers import register
-
 
 
 @pytest.fixture
@@ -35,8 +34,6 @@ def no_global_store(tmp_path, monkeypatch):
     return work
 
 
-
-
 def registered_names(uri: str) -> set[str]:
     return {model.name for model in MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()}
 
@@ -46,7 +43,7 @@ def test_two_registries_on_two_stores_each_touch_only_their_own(no_global_store,
     for side in uris:
         (tmp_path / side).mkdir()
     names = {side: f"stores-{side}-{uuid.uuid4().hex[:6]}" for side in uris}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     window = make_batch(3_000, seed=42)
     window["timestamp"] = pd.date_range(now - timedelta(hours=1), periods=3_000, freq="s")
     window_path = tmp_path / "window.parquet"
@@ -55,7 +52,7 @@ def test_two_registries_on_two_stores_each_touch_only_their_own(no_global_store,
     versions = {}
     for side, uri in uris.items():
         clock = [now - timedelta(hours=3)]
-        registry = ModelRegistry(model_name=names[side], tracking_uri=uri).use(clock=lambda: clock[0])
+        registry = ModelRegistry(model_name=names[side], tracking_uri=uri).use(clock=lambda clock=clock: clock[0])
         good, poisoned = register(registry, False, seed=1), register(registry, True, seed=2)
         registry.promote(good, "first model")
         clock[0] = now - timedelta(minutes=10)
@@ -68,7 +65,9 @@ def test_two_registries_on_two_stores_each_touch_only_their_own(no_global_store,
         block = ModelRegistry(model_name=names[side], tracking_uri=uri)
         block_name = f"registry-{names[side]}"
         block.save(block_name)
-        state = crisis_response(model_name=names[side], window_path=str(window_path), incident_id=f"inc-{side}", registry_block=block_name, return_state=True)
+        state = crisis_response(
+            model_name=names[side], window_path=str(window_path), incident_id=f"inc-{side}", registry_block=block_name, return_state=True
+        )
         assert state.name == "Recovered", state.message
         good, poisoned = versions[side]
         assert block.champion().version == good

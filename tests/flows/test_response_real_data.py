@@ -12,15 +12,22 @@ from datetime import timedelta
 
 import pytest
 
-from prefect_crisis.blocks import ModelRegistry, RollbackPolicy
+from prefect_crisis.blocks import RollbackPolicy
 from prefect_crisis.core.vocabulary import AliasAction
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.flows.crisis_response import crisis_response
 from prefect_crisis.flows.emergency_stop import emergency_stop
 from prefect_crisis.tasks.drills.datasets import DATASET_NAMES
-from prefect_crisis.tasks.response.episodes import read_episode
+from prefect_crisis.tasks.drills.real_models import (
+    back_dated,
+    build_real_stack,
+    register_estimator,
+    release_poisoned,
+    scaled_logistic,
+    serving_accuracy,
+)
 from prefect_crisis.tasks.loading import bind_policy, block_name_of
-from prefect_crisis.tasks.drills.real_models import back_dated, build_real_stack, register_estimator, release_poisoned, scaled_logistic, serving_accuracy
+from prefect_crisis.tasks.response.episodes import read_episode
 from prefect_crisis.tasks.training.stop_flag import clear_stop_flag
 from tests.helpers import wait_for
 
@@ -45,8 +52,13 @@ def test_an_emergency_on_a_bad_release_rolls_back_to_the_good_version_not_to_the
     poisoned = release_poisoned(stack)
     assert serving_accuracy(stack.registry, stack.fresh())[1] < 0.5  # the emergency line is crossed
     try:
-        state = emergency_stop(model_name=stack.registry.model_name, incident_id=f"inc-{dataset}", reason="ml.breach.emergency",
-                               window_path=window_file(stack, tmp_path), return_state=True)
+        state = emergency_stop(
+            model_name=stack.registry.model_name,
+            incident_id=f"inc-{dataset}",
+            reason="ml.breach.emergency",
+            window_path=window_file(stack, tmp_path),
+            return_state=True,
+        )
     finally:
         clear_stop_flag(stack.registry.model_name)
     assert state.is_completed(), state.message
@@ -63,7 +75,9 @@ def test_the_critical_response_verifies_the_rollback_against_the_targets_own_bas
     _, before = serving_accuracy(stack.registry, stack.fresh())
     release_poisoned(stack)  # records a higher accuracy than the good version's: judged by it, the good version would fail
 
-    state = crisis_response(model_name=stack.registry.model_name, window_path=window_file(stack, tmp_path), incident_id=f"inc-c-{dataset}", return_state=True)
+    state = crisis_response(
+        model_name=stack.registry.model_name, window_path=window_file(stack, tmp_path), incident_id=f"inc-c-{dataset}", return_state=True
+    )
 
     assert state.name == "Recovered", state.message
     recovery = state.result()["recovery"]
@@ -80,7 +94,9 @@ def test_the_models_own_rollback_policy_binds_the_response(tmp_path):
     bound = bind_policy(RollbackPolicy, stack.registry.model_name)
     assert bound.policy.stability_window_minutes == 30 and "saved under the model's name" in bound.source
 
-    state = crisis_response(model_name=stack.registry.model_name, window_path=window_file(stack, tmp_path), incident_id="inc-policy", return_state=True)
+    state = crisis_response(
+        model_name=stack.registry.model_name, window_path=window_file(stack, tmp_path), incident_id="inc-policy", return_state=True
+    )
 
     assert state.name == "Recovered", state.message
     reason = state.result()["decision"]["reason"]
@@ -105,7 +121,9 @@ def test_the_fallback_serving_is_a_stopgap_the_next_response_returns_to_a_versio
     stack.registry.move_alias(stack.registry.champion_alias, stack.fallback, "an earlier emergency", "inc-old", action=AliasAction.FALLBACK)
     _, stopgap = serving_accuracy(stack.registry, stack.fresh())
 
-    state = crisis_response(model_name=stack.registry.model_name, window_path=window_file(stack, tmp_path), incident_id=f"inc-s-{dataset}", return_state=True)
+    state = crisis_response(
+        model_name=stack.registry.model_name, window_path=window_file(stack, tmp_path), incident_id=f"inc-s-{dataset}", return_state=True
+    )
 
     assert state.name == "Recovered", state.message
     version, after = serving_accuracy(stack.registry, stack.fresh())
@@ -118,8 +136,9 @@ def test_with_nothing_measured_better_serving_is_left_as_it_was(dataset, tmp_pat
     and no version is there to roll back to: the weak fallback is measured worse, so serving stays and a person is asked."""
     name = model_name(dataset)
     stack = build_real_stack(name, dataset, seed=5)
-    boastful = register_estimator(back_dated(stack.registry, timedelta(hours=1)), scaled_logistic(stack.parts["train"], list(stack.features)),
-                                  list(stack.features), 0.9999)
+    boastful = register_estimator(
+        back_dated(stack.registry, timedelta(hours=1)), scaled_logistic(stack.parts["train"], list(stack.features)), list(stack.features), 0.9999
+    )
     stack.registry.retire(stack.good, "superseded")
     back_dated(stack.registry, timedelta(hours=1)).promote(boastful, "retrained")
     before = serving_accuracy(stack.registry, stack.fresh())
@@ -140,7 +159,9 @@ def test_a_persisting_breach_is_one_incident_per_episode(tmp_path):
     second = crisis_response(model_name=name, window_path=window, incident_id="evt-2", triggering_event_id="evt-2", return_state=True)
     again = crisis_response(model_name=name, window_path=window, incident_id="evt-2", triggering_event_id="evt-2", return_state=True)
     try:
-        stop = emergency_stop(model_name=name, incident_id="evt-3", triggering_event_id="evt-3", reason="ml.breach.emergency", window_path=window, return_state=True)
+        stop = emergency_stop(
+            model_name=name, incident_id="evt-3", triggering_event_id="evt-3", reason="ml.breach.emergency", window_path=window, return_state=True
+        )
     finally:
         clear_stop_flag(name)
 

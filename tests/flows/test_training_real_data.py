@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 
 from prefect_crisis.blocks import DataContract, ModelRegistry
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.drills.datasets import load_dataset
 from prefect_crisis.tasks.serving.fallback_model import MEETS_BAR_TAG
+from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.training.promotion import GOLDEN_VERSION_TAG
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")

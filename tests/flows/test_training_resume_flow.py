@@ -14,12 +14,12 @@ from prefect import flow
 
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
-from prefect_crisis.tasks.training.stopping import StopCondition, TrainingProgress
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
-from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
-from prefect_crisis.tasks.training.loop import learner_of
+from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
 from prefect_crisis.tasks.training.data import split_training_data
+from prefect_crisis.tasks.training.loop import learner_of
+from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
+from prefect_crisis.tasks.training.stopping import StopCondition, TrainingProgress
 from prefect_crisis.tasks.training.tasks import train_model
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
@@ -41,9 +41,7 @@ def save_policy(name: str, **fields) -> str:
 
 
 def train(model: str, policy: str, **parameters):
-    return continuous_training(
-        model_name=model, contract_block=model, policy_block=policy, synthetic_rows=ROWS, return_state=True, **parameters
-    )
+    return continuous_training(model_name=model, contract_block=model, policy_block=policy, synthetic_rows=ROWS, return_state=True, **parameters)
 
 
 def assert_same_model(resumed, uninterrupted) -> None:
@@ -184,10 +182,14 @@ def test_a_pickled_checkpoint_left_in_the_store_is_refused_not_loaded(model, tmp
     import pickle
 
     client = MlflowClient()
-    run_id = client.create_run(training_experiment(client, model), tags={"crisis.status": "stopped", "crisis.stop_reason": "stop-flag: pause"}).info.run_id
+    run_id = client.create_run(
+        training_experiment(client, model), tags={"crisis.status": "stopped", "crisis.stop_reason": "stop-flag: pause"}
+    ).info.run_id
     marker, folder = tmp_path / "code-ran", tmp_path / "checkpoint"
     folder.mkdir()
-    (folder / "state.json").write_text(json.dumps({"epoch": 0, "batch_index": 1, "fingerprint": "batch-3", "losses": [0.5], "estimator": "SGDClassifier"}))
+    (folder / "state.json").write_text(
+        json.dumps({"epoch": 0, "batch_index": 1, "fingerprint": "batch-3", "losses": [0.5], "estimator": "SGDClassifier"})
+    )
     (folder / "estimator.pkl").write_bytes(pickle.dumps(WritesAFile(marker)))
     client.log_artifacts(run_id, str(folder), artifact_path="checkpoint")
     client.set_tag(run_id, "crisis.checkpoint", "true")
@@ -233,8 +235,13 @@ def test_a_training_killed_outright_resumes_losing_at_most_the_mini_batch_in_fli
     from prefect.settings import PREFECT_API_URL
     from prefect.states import Crashed
 
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD.format(rows=ROWS), model], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD.format(rows=ROWS), model],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+    )
     said = []
     for line in child.stdout:
         if line.strip().isdigit():
@@ -267,6 +274,7 @@ def test_a_training_killed_outright_resumes_losing_at_most_the_mini_batch_in_fli
 def test_a_training_run_of_a_live_flow_run_is_never_taken_over(model):
     """A RUNNING training run whose flow run has not ended is someone's training in progress: left alone."""
     from prefect import get_client as _unused  # noqa: F401
+
     from prefect_crisis.tasks.training.checkpoints import close_killed_runs
 
     client = MlflowClient()
@@ -287,7 +295,9 @@ def test_a_resumed_run_killed_before_its_first_checkpoint_leaves_the_earlier_che
         clear_stop_flag(model)
     client = MlflowClient()
     earlier = stopped.run_id
-    killed = client.create_run(training_experiment(client, model), tags={"crisis.flow_run_id": str(uuid.uuid4()), "crisis.resumed_from": earlier}).info.run_id
+    killed = client.create_run(
+        training_experiment(client, model), tags={"crisis.flow_run_id": str(uuid.uuid4()), "crisis.resumed_from": earlier}
+    ).info.run_id
     client.set_tag(earlier, "crisis.resumed_by", killed)
     assert close_killed_runs(client, model, lambda flow_run_id: True) == [killed]
     assert latest_checkpoint_run(client, model) == earlier  # not lost with the run that never wrote one

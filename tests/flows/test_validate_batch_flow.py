@@ -10,11 +10,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from prefect_crisis.core.errors import ContractError, ContractErrorReason
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
 from prefect_crisis.flows.validate_batch import validate_batch
-from prefect_crisis.core.errors import ContractError, ContractErrorReason
-from prefect_crisis.tasks.validation.quarantine import write_parquet
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
+from prefect_crisis.tasks.validation.quarantine import write_parquet
 from prefect_crisis.tasks.validation.report import REASONS_COLUMN, Verdict
 from tests.helpers import wait_for
 
@@ -105,7 +105,5 @@ def test_artifact_key_holds_the_latest_report(tmp_path, model, contract_block):
     for condition in ("clean", "corrupted"):
         validate_batch(model_name=model, contract_block=contract_block, synthetic_condition=condition, storage=str(tmp_path))
     with get_client(sync_client=True) as client:
-        latest = client.read_latest_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"validation-{model}"]))
-        )
+        latest = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"validation-{model}"])))
     assert len(latest) == 1 and "accept_with_quarantine" in latest[0].data

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import os
 import subprocess
 import threading
@@ -68,7 +69,10 @@ def warm_pool(prefect_server, monkeypatch):
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type=WARM_TYPE, base_job_template=WarmWorker.get_default_base_job_template()))
         deployment = client.create_deployment(
-            flow_id=client.create_flow_from_name("warm-echo"), name=pool, entrypoint=f"{__name__}:echo", work_pool_name=pool,
+            flow_id=client.create_flow_from_name("warm-echo"),
+            name=pool,
+            entrypoint=f"{__name__}:echo",
+            work_pool_name=pool,
         )
     yield pool, deployment
     with get_client(sync_client=True) as client:
@@ -78,14 +82,16 @@ def warm_pool(prefect_server, monkeypatch):
 
 def start(deployment, label: str, seconds: float = 0.0, env: dict | None = None):
     with get_client(sync_client=True) as client:
-        return client.create_flow_run_from_deployment(deployment, parameters={"label": label, "seconds": seconds},
-                                                      job_variables={"env": env} if env else None)
+        return client.create_flow_run_from_deployment(
+            deployment, parameters={"label": label, "seconds": seconds}, job_variables={"env": env} if env else None
+        )
 
 
 def final(run_id, timeout: float = 60.0):
     def read():
         with get_client(sync_client=True) as client:
             return client.read_flow_run(run_id)
+
     return wait_for(read, lambda run: run.state is not None and run.state.is_final(), timeout=timeout, every=0.2)
 
 
@@ -100,7 +106,7 @@ def test_runs_execute_in_threads_of_the_worker_process_at_the_same_time(warm_poo
     assert len({SEEN[label]["thread"] for label in labels}) == 3
     # they ran at the same time: some run started before another one had ended (not one after another)
     spans = sorted((SEEN[label]["at"], SEEN[label]["done"]) for label in labels)
-    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans
     assert all(run.infrastructure_pid.startswith("crisis-warm:") for run in finished)
     assert all(SEEN[label]["home"] == "/srv/stack-a" for label in labels)
 

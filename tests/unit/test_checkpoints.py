@@ -11,11 +11,17 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from prefect_crisis.tasks.training.checkpoints import load_checkpoint, read_checkpoint_files, save_checkpoint, training_experiment, write_checkpoint_files
 from prefect_crisis.core.errors import TrainingError
+from prefect_crisis.tasks.training.checkpoints import (
+    load_checkpoint,
+    read_checkpoint_files,
+    save_checkpoint,
+    training_experiment,
+    write_checkpoint_files,
+)
+from prefect_crisis.tasks.training.loop import Checkpoint, learner_of, make_estimator, train_with_stop_hook
 from prefect_crisis.tasks.training.resume import ResumeKey, ResumeRefusal, decide_resume
 from prefect_crisis.tasks.training.stopping import StopKind, stop_after_seconds, stop_when_flag_set
-from prefect_crisis.tasks.training.loop import Checkpoint, learner_of, make_estimator, train_with_stop_hook
 
 CLASSES = np.array([0, 1])
 KEY = ResumeKey("fp", "label", ("f0", "f1"), 0.2, "sgd", "{}", 100, 0)
@@ -32,7 +38,12 @@ def stopped_at_batch(kind: str, params: dict, batch: int) -> Checkpoint:
     saved: list[Checkpoint] = []
     calls = iter(range(1_000))
     train_with_stop_hook(
-        make_estimator(kind, params), X, y, classes=CLASSES, epochs=2, batch_size=100,
+        make_estimator(kind, params),
+        X,
+        y,
+        classes=CLASSES,
+        epochs=2,
+        batch_size=100,
         stop=stop_when_flag_set(lambda: "stop" if next(calls) == batch else None, poll_seconds=0),
         on_stop=lambda c: saved.append(c) or "ck",
     )
@@ -66,7 +77,9 @@ def test_a_pickle_in_the_artifact_store_is_never_loaded(tmp_path):
 
 
 @pytest.mark.usefixtures("mlflow_tracking_uri")
-@pytest.mark.parametrize(("kind", "params"), [("sgd", {}), ("sgd", {"average": True}), ("mlp", {"learning_rate_init": 0.01}), ("mlp", {"solver": "sgd"})])
+@pytest.mark.parametrize(
+    ("kind", "params"), [("sgd", {}), ("sgd", {"average": True}), ("mlp", {"learning_rate_init": 0.01}), ("mlp", {"solver": "sgd"})]
+)
 def test_a_checkpoint_through_mlflow_resumes_exactly_like_an_uninterrupted_run(kind, params):
     X, y = data()
     uninterrupted = train_with_stop_hook(make_estimator(kind, params), X, y, classes=CLASSES, epochs=2, batch_size=100, stop=stop_after_seconds(60))
@@ -96,7 +109,7 @@ def test_a_skops_file_naming_an_untrusted_type_is_refused(tmp_path):
     checkpoint = stopped_at_batch("sgd", {}, 3)
     checkpoint.estimator.extra_ = NotAnEstimatorPart()
     write_checkpoint_files(tmp_path, checkpoint, KEY)
-    with pytest.raises(ValueError, match="not trusted.*NotAnEstimatorPart"):
+    with pytest.raises(ValueError, match=r"not trusted.*NotAnEstimatorPart"):
         read_checkpoint_files(tmp_path)
 
 
@@ -203,8 +216,16 @@ def test_periodic_checkpoints_follow_the_interval_and_never_repeat_a_position():
     written: list[Checkpoint] = []
     ticks = iter(range(10_000))
     outcome = train_with_stop_hook(
-        make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100, stop=stop_after_seconds(1e9),
-        on_stop=lambda c: written.append(c) or "ck", clock=lambda: float(next(ticks)), checkpoint_every_seconds=0,
+        make_estimator(),
+        X,
+        y,
+        classes=CLASSES,
+        epochs=2,
+        batch_size=100,
+        stop=stop_after_seconds(1e9),
+        on_stop=lambda c: written.append(c) or "ck",
+        clock=lambda: float(next(ticks)),
+        checkpoint_every_seconds=0,
     )
     assert outcome.completed and outcome.progress.batches_seen == 40
     positions = [(c.position.epoch, c.position.batch_index) for c in written]
@@ -214,12 +235,29 @@ def test_periodic_checkpoints_follow_the_interval_and_never_repeat_a_position():
     written.clear()
     ticks = iter(range(10_000))
     train_with_stop_hook(
-        make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100, stop=stop_after_seconds(1e9),
-        on_stop=lambda c: written.append(c) or "ck", clock=lambda: float(next(ticks)), checkpoint_every_seconds=10,
+        make_estimator(),
+        X,
+        y,
+        classes=CLASSES,
+        epochs=2,
+        batch_size=100,
+        stop=stop_after_seconds(1e9),
+        on_stop=lambda c: written.append(c) or "ck",
+        clock=lambda: float(next(ticks)),
+        checkpoint_every_seconds=10,
     )
     assert 5 <= len(written) <= 10  # a few clock reads a mini-batch: one write every few mini-batches
 
     written.clear()
-    train_with_stop_hook(make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100, stop=stop_after_seconds(1e9),
-                         on_stop=lambda c: written.append(c) or "ck", checkpoint_every_seconds=None)
+    train_with_stop_hook(
+        make_estimator(),
+        X,
+        y,
+        classes=CLASSES,
+        epochs=2,
+        batch_size=100,
+        stop=stop_after_seconds(1e9),
+        on_stop=lambda c: written.append(c) or "ck",
+        checkpoint_every_seconds=None,
+    )
     assert written == []  # None: only a stop writes

@@ -42,6 +42,8 @@ def test_a_recorded_server_that_does_not_answer_is_not_used(tmp_path, monkeypatc
     probe = subprocess.run(
         [sys.executable, "-c", "from prefect_crisis.core.connection import connect_to_local_stack; print(connect_to_local_stack())"],
         env={**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "CRISIS_"))}, "CRISIS_HOME": str(tmp_path)},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert probe.stdout.strip() == "None", probe.stderr[-2000:]

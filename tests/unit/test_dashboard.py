@@ -14,18 +14,29 @@ from tests.unit.test_recovery import START, clock, registry, serve, sink  # noqa
 
 
 def sweep(at, severity, error_rate=0.3, version="3", samples=300, fallback=0.02):
-    return {"at": pd.Timestamp(at), "version": version, "severity": severity, "error_rate": error_rate,
-            "error_rate_samples": samples, "fallback_share": fallback, "failed_row_share": 0.0, "latency_p95_ms": 4.2}
+    return {
+        "at": pd.Timestamp(at),
+        "version": version,
+        "severity": severity,
+        "error_rate": error_rate,
+        "error_rate_samples": samples,
+        "fallback_share": fallback,
+        "failed_row_share": 0.0,
+        "latency_p95_ms": 4.2,
+    }
 
 
-@pytest.mark.parametrize(("emergency", "severity", "moved_after", "level"), [
-    (None, None, False, "ok"),
-    (None, "warning", False, "warning"),
-    (None, "critical", False, "critical"),
-    (None, "critical", True, "ok"),  # the response moved the champion after the sweep that breached
-    ({"incident": "inc-9"}, None, False, "emergency"),
-    ({"incident": "inc-9"}, "warning", True, "emergency"),
-])
+@pytest.mark.parametrize(
+    ("emergency", "severity", "moved_after", "level"),
+    [
+        (None, None, False, "ok"),
+        (None, "warning", False, "warning"),
+        (None, "critical", False, "critical"),
+        (None, "critical", True, "ok"),  # the response moved the champion after the sweep that breached
+        ({"incident": "inc-9"}, None, False, "emergency"),
+        ({"incident": "inc-9"}, "warning", True, "emergency"),
+    ],
+)
 def test_the_level_now(emergency, severity, moved_after, level):
     latest = {"severity": severity, "at": START.isoformat()}
     moved = START + timedelta(minutes=5) if moved_after else START - timedelta(minutes=5)
@@ -44,12 +55,25 @@ def test_a_breach_after_the_last_move_is_a_crisis_and_a_rollback_after_it_ends_i
 
     clock[0] += timedelta(minutes=2)
     registry.move_alias(registry.champion_alias, "1", "rollback: degraded", "inc-1", action=AliasAction.ROLLBACK)
-    after = read_dashboard(registry, history, incidents=[{"id": "inc-1", "severity": "critical", "opened_at": breached.isoformat(),
-                                                         "time_to_detect_s": 1.2, "time_to_recover_s": 1.9, "flow_run": "abcdef12-x",
-                                                         "link": "http://127.0.0.1:4200/runs/flow-run/abcdef12-x"}])
+    after = read_dashboard(
+        registry,
+        history,
+        incidents=[
+            {
+                "id": "inc-1",
+                "severity": "critical",
+                "opened_at": breached.isoformat(),
+                "time_to_detect_s": 1.2,
+                "time_to_recover_s": 1.9,
+                "flow_run": "abcdef12-x",
+                "link": "http://127.0.0.1:4200/runs/flow-run/abcdef12-x",
+            }
+        ],
+    )
     assert after.level == "ok" and not after.in_crisis
-    unseen = read_dashboard(registry, history, incidents=[{"id": "inc-1", "opened_at": (clock[0] - timedelta(seconds=3)).isoformat(),
-                                                          "time_to_recover_s": None}])
+    unseen = read_dashboard(
+        registry, history, incidents=[{"id": "inc-1", "opened_at": (clock[0] - timedelta(seconds=3)).isoformat(), "time_to_recover_s": None}]
+    )
     assert unseen.incidents[0]["time_to_recover_s"] == 3.0  # the recovery's events not read yet: the audit's move says it
     assert after.versions["champion"]["version"] == "1" and after.versions["fallback"]["version"] is None
     assert after.actions[0]["action"] == "rollback" and (after.actions[0]["from"], after.actions[0]["to"]) == ("3", "1")

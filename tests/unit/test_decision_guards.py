@@ -207,15 +207,16 @@ def test_the_emergency_stop_matches_only_runs_naming_the_model():
     assert of_model(None, "churn") is False
     assert of_model({"model_name": "fraud"}, "churn") is False
 
-    runs = [SimpleNamespace(id="r-churn", parameters={"model_name": "churn"}, state=None),
-            SimpleNamespace(id="r-none", parameters={}, state=None)]
+    runs = [SimpleNamespace(id="r-churn", parameters={"model_name": "churn"}, state=None), SimpleNamespace(id="r-none", parameters={}, state=None)]
     cancelled: list[str] = []
     client = SimpleNamespace(read_flow_runs=lambda **_: runs, set_flow_run_state=lambda run_id, state, force: cancelled.append(run_id))
     assert cancel_training_runs(client, "churn").changed == ["r-churn"]
     assert cancelled == ["r-churn"]
 
-    deployments = [SimpleNamespace(id="d-churn", parameters={"model_name": "churn"}, paused=False),
-                   SimpleNamespace(id="d-none", parameters={}, paused=False)]
+    deployments = [
+        SimpleNamespace(id="d-churn", parameters={"model_name": "churn"}, paused=False),
+        SimpleNamespace(id="d-none", parameters={}, paused=False),
+    ]
     paused: list[str] = []
     client = SimpleNamespace(read_deployments=lambda **_: deployments, pause_deployment=paused.append)
     assert pause_training(client, "churn").changed == ["d-churn"]

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +17,7 @@ from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
 from prefect_crisis.core.vocabulary import DecisionKind, Severity
 from prefect_crisis.tasks.response.rollback import Candidate, LiveWindow, decide_rollback, eligible_versions, served_for
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 POLICY = RollbackPolicy(rules=[MetricRule(metric="accuracy", tolerance=0.02)], stability_window_minutes=60)
 ROWS = 400
 
@@ -34,23 +34,26 @@ def histories(draw):
     for number in range(1, count + 1):
         served = draw(st.booleans())
         minutes = draw(st.integers(1, 300))
-        candidates.append(Candidate(
-            version=str(number),
-            served_from=start if served else None,
-            served_until=start + timedelta(minutes=minutes) if served else None,
-            metrics={"accuracy": draw(st.floats(0.6, 0.99))},
-            incident=draw(st.booleans()) if served else False,
-            retired=draw(st.sampled_from([False, False, False, True])),
-        ))
+        candidates.append(
+            Candidate(
+                version=str(number),
+                served_from=start if served else None,
+                served_until=start + timedelta(minutes=minutes) if served else None,
+                metrics={"accuracy": draw(st.floats(0.6, 0.99))},
+                incident=draw(st.booleans()) if served else False,
+                retired=draw(st.sampled_from([False, False, False, True])),
+            )
+        )
         if served:
             start += timedelta(minutes=minutes)
     fallback = Candidate(str(count + 1), None, None, {"accuracy": draw(st.floats(0.3, 0.9))}, fallback=True, holds_fallback_alias=True)
     champion_is_fallback = draw(st.booleans()) and draw(st.booleans())
     champion = (
-        Candidate(fallback.version, start, None, fallback.metrics, fallback=True, holds_fallback_alias=True) if champion_is_fallback
+        Candidate(fallback.version, start, None, fallback.metrics, fallback=True, holds_fallback_alias=True)
+        if champion_is_fallback
         else Candidate(str(count + 2), start, None, {"accuracy": draw(st.floats(0.8, 0.99))})
     )
-    versions = [*candidates, champion] if not champion_is_fallback else [*candidates, champion]
+    versions = [*candidates, champion]
     if not champion_is_fallback:
         versions.append(fallback)
     measured = {}
@@ -91,9 +94,16 @@ def test_every_decision_holds_the_invariants(history):
     # rollback before fallback: a stable version not measured failing its own baseline, when the champion is degraded
     stable = [c for c in eligible_versions(candidates, champion.version) if served_for(c, NOW) >= timedelta(minutes=POLICY.stability_window_minutes)]
     # (with a labelled window, a version is judged by its measurement; only with nothing measured does history decide)
-    sound = [c for c in stable if not measured and c.version not in measured
-             or c.version in measured and measured_score[c.version] >= c.metrics["accuracy"] - 0.02
-             and measured_score[c.version] > measured_score[champion.version] + 0.25]
+    sound = [
+        c
+        for c in stable
+        if (not measured and c.version not in measured)
+        or (
+            c.version in measured
+            and measured_score[c.version] >= c.metrics["accuracy"] - 0.02
+            and measured_score[c.version] > measured_score[champion.version] + 0.25
+        )
+    ]
     if decision.violations and not champion.fallback and sound:
         assert decision.kind is DecisionKind.ROLLBACK, decision
 
@@ -102,11 +112,25 @@ def test_an_emergency_without_a_violation_moves_only_to_something_measured_bette
     stable = Candidate("1", NOW - timedelta(hours=5), NOW - timedelta(hours=1), {"accuracy": 0.9})
     champion = Candidate("2", NOW - timedelta(hours=1), None, {"accuracy": 0.45})  # a model that always was this weak
     fallback = Candidate("3", None, None, {"accuracy": 0.4}, fallback=True, holds_fallback_alias=True)
-    worse = decide_rollback(window(0.45), champion, [stable, champion, fallback], POLICY, now=NOW, severity=Severity.EMERGENCY,
-                            measured={"1": window(0.40), "3": window(0.30)})
+    worse = decide_rollback(
+        window(0.45),
+        champion,
+        [stable, champion, fallback],
+        POLICY,
+        now=NOW,
+        severity=Severity.EMERGENCY,
+        measured={"1": window(0.40), "3": window(0.30)},
+    )
     assert worse.kind is DecisionKind.HOLD and worse.degraded
-    better = decide_rollback(window(0.45), champion, [stable, champion, fallback], POLICY, now=NOW, severity=Severity.EMERGENCY,
-                             measured={"1": window(0.91), "3": window(0.30)})
+    better = decide_rollback(
+        window(0.45),
+        champion,
+        [stable, champion, fallback],
+        POLICY,
+        now=NOW,
+        severity=Severity.EMERGENCY,
+        measured={"1": window(0.91), "3": window(0.30)},
+    )
     assert (better.kind, better.target_version) == (DecisionKind.ROLLBACK, "1")
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
-from prefect_crisis.tasks.response.diagnostics import Action, OperationalContext, diagnose
 from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.response.diagnostics import Action, OperationalContext, diagnose
 
 ROWS = 6_000
 
@@ -52,7 +52,7 @@ def test_drift_in_the_culprit_feature_recommends_retraining_on_recent_data():
 
 def test_no_drift_and_a_new_version_recommends_rollback():
     y, predicted, live, timestamps, reference = crafted(drift=())
-    context = OperationalContext(new_version_since=datetime(2026, 11, 24, 10, tzinfo=timezone.utc))
+    context = OperationalContext(new_version_since=datetime(2026, 11, 24, 10, tzinfo=UTC))
     report = diagnose(y, predicted, features=live, timestamps=timestamps, reference=reference, context=context)
     assert report.drifted_features == []
     assert [r.action for r in report.recommendations] == [Action.ROLL_BACK]
@@ -85,7 +85,7 @@ def test_regression_reports_its_errors():
 def test_a_new_version_far_worse_than_before_it_went_live_recommends_rollback():
     y = np.array([0, 1] * 500)
     predicted = np.where(np.arange(1_000) % 2 == 0, 1 - y, y)  # 50% wrong from the first row on
-    context = OperationalContext(new_version_since=datetime(2026, 11, 27, tzinfo=timezone.utc), baseline_error_rate=0.12)
+    context = OperationalContext(new_version_since=datetime(2026, 11, 27, tzinfo=UTC), baseline_error_rate=0.12)
     report = diagnose(y, predicted, timestamps=pd.date_range("2026-11-27", periods=1_000, freq="s"), context=context)
     rollback = [r for r in report.recommendations if r.action is Action.ROLL_BACK]
     assert rollback and "error rate 50.0% vs 12.0% before it went live" in rollback[0].reason

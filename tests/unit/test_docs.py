@@ -70,22 +70,32 @@ def test_every_block_is_run_or_says_why_not(page):
     for line, language, code in fenced_blocks(page.read_text()):
         where = f"{page.name} line {line}"
         assert language in RUN_LANGUAGES | SHOWN_LANGUAGES, (
-            f"{where}: a block needs a language: python or bash (run by the tests) or text / mermaid (shown)")
+            f"{where}: a block needs a language: python or bash (run by the tests) or text / mermaid (shown)"
+        )
         if language in RUN_LANGUAGES and PLACEHOLDER in code:
             reason = code.split(PLACEHOLDER, 1)[1].split("\n", 1)[0].strip()
             assert reason, f"{where}: `{PLACEHOLDER}` needs the reason the block is not run"
 
 
 def test_the_pages_run_blocks():
-    runnable = [(page, line) for page in PAGES for line, language, code in fenced_blocks(page.read_text())
-                if language in RUN_LANGUAGES and PLACEHOLDER not in code]
+    runnable = [
+        (page, line)
+        for page in PAGES
+        for line, language, code in fenced_blocks(page.read_text())
+        if language in RUN_LANGUAGES and PLACEHOLDER not in code
+    ]
     assert len(runnable) >= 20
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
 def test_every_path_named_exists(page):
-    missing = sorted({match["path"] for match in REPO_PATH.finditer(page.read_text())
-                      if not GENERATED.match(match["path"]) and not (REPO / match["path"].rstrip("/")).exists()})
+    missing = sorted(
+        {
+            match["path"]
+            for match in REPO_PATH.finditer(page.read_text())
+            if not GENERATED.match(match["path"]) and not (REPO / match["path"].rstrip("/")).exists()
+        }
+    )
     assert not missing, f"{page.name} names paths the tree does not have: {missing}"
 
 

@@ -12,20 +12,35 @@ from prefect.events.actions import RunDeployment, SendNotification
 from prefect_crisis.blocks import EscalationPolicy, LadderStep
 from prefect_crisis.core.errors import PolicyError, StackError
 from prefect_crisis.deployments.automations import (
-    CRISIS_RESPONSE, EMERGENCY_STOP, EVENT_ID, HEALTH_MONITOR, LADDER_DEPLOYMENTS, MODEL, apply_ladder, is_unchanged, ladder,
+    CRISIS_RESPONSE,
+    EMERGENCY_STOP,
+    EVENT_ID,
+    HEALTH_MONITOR,
+    LADDER_DEPLOYMENTS,
+    MODEL,
+    apply_ladder,
+    is_unchanged,
+    ladder,
 )
 
 IDS = {name: uuid4() for name in LADDER_DEPLOYMENTS}
 
 
-def by_name(policy: EscalationPolicy = EscalationPolicy(), notification=None) -> dict:
+def by_name(policy: EscalationPolicy | None = None, notification=None) -> dict:
+    policy = policy or EscalationPolicy()
     return {automation.name: automation for automation in ladder(policy, IDS, notification)}
 
 
 def test_every_step_is_one_automation_per_model_on_model_events():
     automations = by_name()
     assert list(automations) == [
-        "crisis-warning", "crisis-critical", "crisis-escalate-warnings", "crisis-emergency", "crisis-resolved", "crisis-monitor-silent", "crisis-stopgap",
+        "crisis-warning",
+        "crisis-critical",
+        "crisis-escalate-warnings",
+        "crisis-emergency",
+        "crisis-resolved",
+        "crisis-monitor-silent",
+        "crisis-stopgap",
         "crisis-evidence",
     ]
     for automation in automations.values():
@@ -35,7 +50,9 @@ def test_every_step_is_one_automation_per_model_on_model_events():
 
 
 def test_triggers_thresholds_and_windows_follow_the_policy():
-    policy = EscalationPolicy(warnings_to_escalate=4, escalation_window_minutes=15, cooldown_minutes=45, monitor_interval_seconds=30, dead_man_intervals=3)
+    policy = EscalationPolicy(
+        warnings_to_escalate=4, escalation_window_minutes=15, cooldown_minutes=45, monitor_interval_seconds=30, dead_man_intervals=3
+    )
     automations = by_name(policy)
     critical, escalate = automations["crisis-critical"].trigger, automations["crisis-escalate-warnings"].trigger
     assert (critical.expect, critical.threshold, critical.within) == ({"ml.breach.critical"}, 1, timedelta(minutes=45))
@@ -61,7 +78,11 @@ def test_actions_run_the_right_deployment_with_templated_parameters():
     warning = automations["crisis-warning"].actions[0]
     assert isinstance(warning, RunDeployment) and warning.deployment_id == IDS[CRISIS_RESPONSE]
     assert warning.parameters == {
-        "model_name": MODEL, "incident_id": EVENT_ID, "triggering_event_id": EVENT_ID, "severity": "warning", "diagnose_only": True,
+        "model_name": MODEL,
+        "incident_id": EVENT_ID,
+        "triggering_event_id": EVENT_ID,
+        "severity": "warning",
+        "diagnose_only": True,
     }
     assert MODEL == "{{ event.resource['ml.model.name'] }}" and EVENT_ID == "{{ event.id | string }}"
     assert automations["crisis-critical"].actions[0].parameters["severity"] == "critical"
@@ -85,7 +106,11 @@ def test_pages_only_when_a_block_is_named_on_the_same_triggers_blind_to_drill_mo
     for step in steps:  # the step itself acts for every model, its page fires the same way except for drills
         acting, page = automations[step], automations[f"{step}-page"]
         assert not any(isinstance(a, SendNotification) for a in acting.actions)
-        assert (page.trigger.expect, page.trigger.within, page.trigger.threshold) == (acting.trigger.expect, acting.trigger.within, acting.trigger.threshold)
+        assert (page.trigger.expect, page.trigger.within, page.trigger.threshold) == (
+            acting.trigger.expect,
+            acting.trigger.within,
+            acting.trigger.threshold,
+        )
         match = ResourceSpecification(page.trigger.match.model_dump())  # Prefect's own matcher, as the server runs it
         assert match.matches(Resource({"prefect.resource.id": "ml.model.churn", "ml.model.name": "churn"}))
         assert not match.matches(Resource({"prefect.resource.id": "ml.model.drill-latency-spike-1", "ml.model.name": "drill-latency-spike-1"}))
@@ -97,7 +122,12 @@ def test_pages_of_a_policy_that_no_longer_names_a_block_are_deleted():
         client.create_automation(automation)
     outcomes = apply_ladder(EscalationPolicy(), client)
     assert {name for name, outcome in outcomes if outcome == "deleted"} == {
-        "crisis-warning-page", "crisis-critical-page", "crisis-escalate-warnings-page", "crisis-emergency-page", "crisis-monitor-silent-page"}
+        "crisis-warning-page",
+        "crisis-critical-page",
+        "crisis-escalate-warnings-page",
+        "crisis-emergency-page",
+        "crisis-monitor-silent-page",
+    }
     assert sorted(automation.name for automation in client.automations.values()) == sorted(a.name for a in ladder(EscalationPolicy(), IDS))
 
 
@@ -172,4 +202,3 @@ def test_the_dead_mans_switch_watches_every_model_but_drill_models_other_than_th
 
     assert watched("churn") and watched("drill-monitor-silent-1a2b3c")
     assert not watched("drill-poisoned-retrain-1a2b3c") and not watched("drill-concept-drift-9")
-

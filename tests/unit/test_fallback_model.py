@@ -5,7 +5,7 @@ Over a real SQLite MLflow registry with an injected event sink: no Prefect serve
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -19,17 +19,17 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import RegistryError, TrainingError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, TagKey, VersionRole
-from prefect_crisis.tasks.serving.fallback_model import fit_fallback, keep_fallback, select_fallback_features
-from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.drills.synthetic import COLUMN_SHAPES, customer_table, make_batch
 from prefect_crisis.tasks.response.incident import predict_with
-from prefect_crisis.tasks.training.gate import decide_promotion, evaluate
-from prefect_crisis.tasks.training.promotion import champion_metrics_on, log_candidate
 from prefect_crisis.tasks.response.reading import candidates_from_registry
 from prefect_crisis.tasks.response.rollback import LiveWindow, decide_rollback
-from prefect_crisis.tasks.drills.synthetic import COLUMN_SHAPES, customer_table, make_batch
+from prefect_crisis.tasks.serving.fallback_model import fit_fallback, keep_fallback, select_fallback_features
+from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.training.data import split_training_data
+from prefect_crisis.tasks.training.gate import decide_promotion, evaluate
+from prefect_crisis.tasks.training.promotion import champion_metrics_on, log_candidate
 
-START = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
 
 # -- picking columns ------------------------------------------------------------
@@ -122,7 +122,9 @@ def clock():
 @pytest.fixture
 def registry(tmp_path, sink, clock):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    registry = ModelRegistry(model_name="churn", tracking_uri=uri).use(client=MlflowClient(tracking_uri=uri, registry_uri=uri), clock=lambda: clock[0])
+    registry = ModelRegistry(model_name="churn", tracking_uri=uri).use(
+        client=MlflowClient(tracking_uri=uri, registry_uri=uri), clock=lambda: clock[0]
+    )
     return registry.use(timeline=Timeline(clock=registry.now, sink=sink))
 
 
@@ -235,7 +237,9 @@ def test_a_fallback_champion_is_found_and_judged_on_its_own_columns_so_a_retrain
     assert champion_metrics_on(registry, later.X_holdout, later.y_holdout, later.classes)[1] == recorded
 
     retrain = LogisticRegression(max_iter=500).fit(later.X_train, later.y_train)
-    decision = decide_promotion(evaluate(retrain, later.X_holdout, later.y_holdout, later.classes), scored, TrainingPolicy(), holdout_rows=len(later.y_holdout))
+    decision = decide_promotion(
+        evaluate(retrain, later.X_holdout, later.y_holdout, later.classes), scored, TrainingPolicy(), holdout_rows=len(later.y_holdout)
+    )
     assert decision.promote, decision.reason
 
 

@@ -31,4 +31,9 @@ def test_unknown_synthetic_condition_is_refused_before_the_run():
 def test_health_monitor_parameters_validate_as_an_automation_passes_them():
     validated = health_monitor.validate_parameters({"model_name": "churn", "model_names": ["a", "b"]})
     assert validated["model_name"] == "churn" and validated["model_names"] == ["a", "b"]
-    assert set(health_monitor.parameters.model_dump()["properties"]) == {"model_names", "model_name", "monitoring_policy_block", "inference_log_block"}
+    assert set(health_monitor.parameters.model_dump()["properties"]) == {
+        "model_names",
+        "model_name",
+        "monitoring_policy_block",
+        "inference_log_block",
+    }

@@ -4,7 +4,7 @@ version; a model with no sweep, or a panel with no measurement, says so instead 
 from __future__ import annotations
 
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -21,12 +21,18 @@ def history(sweeps: int = 40, labelled: bool = True) -> tuple[pd.DataFrame, list
     rng = np.random.default_rng(3)
     at = pd.date_range("2026-12-03T10:00Z", periods=sweeps, freq="1min")
     versions = ["1"] * 15 + ["2"] * 12 + ["1"] * (sweeps - 27)
-    frame = pd.DataFrame({
-        "at": at, "version": versions,
-        "error_rate": [rng.binomial(150, 0.08 if v == "1" else 0.3) / 150 for v in versions] if labelled else np.nan,
-        "fallback_share": rng.beta(1, 30, sweeps), "failed_row_share": 0.0, "latency_p95_ms": rng.standard_t(3, sweeps).__abs__() * 5 + 8,
-        "limit:error_rate:critical": [0.18 if v == "1" else 0.17 for v in versions], "limit:fallback_share:warning": 0.3,
-    })
+    frame = pd.DataFrame(
+        {
+            "at": at,
+            "version": versions,
+            "error_rate": [rng.binomial(150, 0.08 if v == "1" else 0.3) / 150 for v in versions] if labelled else np.nan,
+            "fallback_share": rng.beta(1, 30, sweeps),
+            "failed_row_share": 0.0,
+            "latency_p95_ms": rng.standard_t(3, sweeps).__abs__() * 5 + 8,
+            "limit:error_rate:critical": [0.18 if v == "1" else 0.17 for v in versions],
+            "limit:fallback_share:warning": 0.3,
+        }
+    )
     actions = [
         {"at": str(at[15]), "action": "promote", "alias": "champion", "from": "1", "to": "2", "outcome": "applied"},
         {"at": str(at[27] - pd.Timedelta(seconds=20)), "action": "rollback", "alias": "champion", "from": "2", "to": "1", "outcome": "applied"},
@@ -50,7 +56,7 @@ def test_the_plot_is_a_small_png_of_four_panels():
 
 def test_a_model_never_swept_gets_a_short_picture_that_says_so():
     width, height = size(plot_health("churn", pd.DataFrame()))
-    full_width, full_height = size(plot_health("churn", history()[0], history()[1]))
+    _full_width, full_height = size(plot_health("churn", history()[0], history()[1]))
     assert height < full_height / 3 and width > 500
 
 
@@ -71,12 +77,19 @@ def test_no_labels_yet_draws_the_other_panels():
 
 
 def test_each_sweep_records_the_lines_it_was_judged_against(tmp_path):
-    at = datetime(2026, 12, 3, 10, tzinfo=timezone.utc)
+    at = datetime(2026, 12, 3, 10, tzinfo=UTC)
     policy = MonitoringPolicy()
     for minute, baseline in enumerate((0.08, 0.11)):
         metrics = WindowMetrics(minutes=10)
-        health = ModelHealth("churn", "1", at + timedelta(minutes=minute), metrics, metrics, {"error_rate": baseline},
-                             limits=rule_limits(policy, {"error_rate": baseline}))
+        health = ModelHealth(
+            "churn",
+            "1",
+            at + timedelta(minutes=minute),
+            metrics,
+            metrics,
+            {"error_rate": baseline},
+            limits=rule_limits(policy, {"error_rate": baseline}),
+        )
         append_history(health, keep=10, folder=tmp_path)
     recorded = metric_history("churn", tmp_path)
     assert recorded["limit:error_rate:critical"].round(4).tolist() == [0.18, 0.21]

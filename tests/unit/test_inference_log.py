@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -21,24 +21,44 @@ import pytest
 from sqlalchemy import create_engine, event, func, select
 
 from prefect_crisis.blocks import InferenceLog
-from prefect_crisis.tasks.serving.log_store import create_tables, insert_predictions, predictions
 from prefect_crisis.core.errors import DataInputError, InferenceLogError, InputErrorReason
 from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.tasks.serving.inference_log import (
-    InferenceLogWriter, LogStats, PredictionBatch, RequestError, labelled_window, open_inference_log, read_window, record_labels,
+    InferenceLogWriter,
+    LogStats,
+    PredictionBatch,
+    RequestError,
+    labelled_window,
+    open_inference_log,
+    read_window,
+    record_labels,
 )
+from prefect_crisis.tasks.serving.log_store import create_tables, insert_predictions, predictions
 
 LOGGER = "prefect_crisis.inference_log"
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def batch(request_id: str, rows: int = 1, *, model: str = "churn", at: datetime = NOW, first: int = 0) -> PredictionBatch:
-    inputs = pd.DataFrame({"id": [f"{request_id}-{i}" for i in range(rows)], "x": [float(first + i) for i in range(rows)],
-                           "city": ["oslo" if i % 2 else "lima" for i in range(rows)]})
+    inputs = pd.DataFrame(
+        {
+            "id": [f"{request_id}-{i}" for i in range(rows)],
+            "x": [float(first + i) for i in range(rows)],
+            "city": ["oslo" if i % 2 else "lima" for i in range(rows)],
+        }
+    )
     return PredictionBatch(
-        request_id=request_id, model=model, received_at=at, latency_ms=2.5, inputs=inputs,
-        row_ids=[str(i) for i in range(rows)], predictions=[i % 2 for i in range(rows)],
-        answered_by=[Responder.PRIMARY.value] * rows, versions=["3"] * rows, confidence=[0.75] * rows, errors=[None] * rows,
+        request_id=request_id,
+        model=model,
+        received_at=at,
+        latency_ms=2.5,
+        inputs=inputs,
+        row_ids=[str(i) for i in range(rows)],
+        predictions=[i % 2 for i in range(rows)],
+        answered_by=[Responder.PRIMARY.value] * rows,
+        versions=["3"] * rows,
+        confidence=[0.75] * rows,
+        errors=[None] * rows,
     )
 
 
@@ -81,8 +101,13 @@ def writers():
 @pytest.fixture
 def log(tmp_path) -> InferenceLog:
     (tmp_path / "db").mkdir()
-    return InferenceLog(url=f"sqlite:///{tmp_path / 'db' / 'inference.db'}", spool_path=str(tmp_path / "spool"),
-                        flush_seconds=0.05, retry_seconds=60, timeout_seconds=0.2)
+    return InferenceLog(
+        url=f"sqlite:///{tmp_path / 'db' / 'inference.db'}",
+        spool_path=str(tmp_path / "spool"),
+        flush_seconds=0.05,
+        retry_seconds=60,
+        timeout_seconds=0.2,
+    )
 
 
 def make_db_folder_unusable(log: InferenceLog) -> Path:
@@ -204,8 +229,13 @@ def test_a_locked_database_counts_as_down_until_the_lock_goes(log, writers):
 
 
 def test_a_full_spool_drops_exactly_what_is_over_its_bound_and_says_so(tmp_path, writers, caplog):
-    log = InferenceLog(url=f"sqlite:///{tmp_path / 'file' / 'inference.db'}", spool_path=str(tmp_path / "spool"),
-                       spool_max_records=50, flush_seconds=0.05, retry_seconds=60)
+    log = InferenceLog(
+        url=f"sqlite:///{tmp_path / 'file' / 'inference.db'}",
+        spool_path=str(tmp_path / "spool"),
+        spool_max_records=50,
+        flush_seconds=0.05,
+        retry_seconds=60,
+    )
     (tmp_path / "file").write_text("not a folder")
     caplog.set_level(logging.INFO, logger=LOGGER)
     writer = open_inference_log(log, clock=Clock())
@@ -233,8 +263,14 @@ def test_records_spooled_by_a_process_that_stopped_are_flushed_by_the_next_write
         "print(writer.stats.spooled, flush=True)\n"
         "os._exit(0)  # stops without closing: its segment is left open\n"
     )
-    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).parents[2], env={**os.environ, "CRISIS_NO_AUTOCONNECT": "1"})
+    ran = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "CRISIS_NO_AUTOCONNECT": "1"},
+    )
     assert ran.returncode == 0 and ran.stdout.split()[-1] == "42", ran.stdout + ran.stderr
     assert [path.suffix for path in log.spool_folder.iterdir() if path.name != "database.txt"] == [".open"]
 
@@ -289,8 +325,9 @@ def test_a_backlog_past_the_queue_bound_spills_to_the_spool_and_nothing_is_lost(
 def test_a_malformed_batch_costs_its_own_records_only(log, writers):
     writer = open_inference_log(log)
     writers.append(writer)
-    broken = PredictionBatch("broken", "churn", NOW, 1.0, pd.DataFrame({"x": [1, 2]}), ["0", "1"], [1], [Responder.PRIMARY.value],
-                             ["1"], [0.5], [None])  # one prediction for two rows
+    broken = PredictionBatch(
+        "broken", "churn", NOW, 1.0, pd.DataFrame({"x": [1, 2]}), ["0", "1"], [1], [Responder.PRIMARY.value], ["1"], [0.5], [None]
+    )  # one prediction for two rows
     writer.submit(broken)
     writer.submit(object())  # not even a batch
     writer.submit(batch("fine", rows=3))
@@ -309,8 +346,11 @@ def test_labels_before_and_after_their_predictions_are_joined_on_read(log, write
     assert record_labels(log, [("late", "0"), ("late", "2")], ["yes", "no"]) == 2
     assert record_labels(log, [("late", "2")], ["yes"]) == 1  # a correction replaces the first label
     window = read_window(log, "churn")
-    assert list(zip(window.request_id, window.row_id, window.label)) == [
-        ("early", "0", 1), ("early", "1", 1), ("late", "0", "yes"), ("late", "2", "yes"),
+    assert list(zip(window.request_id, window.row_id, window.label, strict=True)) == [
+        ("early", "0", 1),
+        ("early", "1", 1),
+        ("late", "0", "yes"),
+        ("late", "2", "yes"),
     ]
     with pytest.raises(InferenceLogError, match="2 keys but 1 labels"):
         record_labels(log, ["a", "b"], [1])
@@ -323,16 +363,41 @@ def test_read_window_gives_the_features_back_with_the_logs_columns_within_the_ti
     writer.submit(batch("recent", rows=2, at=NOW - timedelta(minutes=30), first=10))
     writer.submit(batch("edge", at=NOW))
     writer.submit(batch("other-model", model="fraud", at=NOW - timedelta(minutes=30)))
-    failed = PredictionBatch("failed", "churn", NOW - timedelta(minutes=20), 9.0, pd.DataFrame({"x": [1.0]}), ["0"], [None],
-                             [Responder.NONE.value], [None], [math.nan], ["both models raised"])
+    failed = PredictionBatch(
+        "failed",
+        "churn",
+        NOW - timedelta(minutes=20),
+        9.0,
+        pd.DataFrame({"x": [1.0]}),
+        ["0"],
+        [None],
+        [Responder.NONE.value],
+        [None],
+        [math.nan],
+        ["both models raised"],
+    )
     writer.submit(failed)
     assert writer.flush()
     record_labels(log, ["old", "recent", "edge", "other-model", "failed"], [0, 1, 1, 1, 0])
 
     window = read_window(log, "churn", NOW - timedelta(hours=1), NOW)  # [start, end): "edge" is out
     assert window.request_id.tolist() == ["recent", "recent", "failed"]
-    assert list(window.columns) == ["id", "x", "city", "label", "timestamp", "prediction", "answered_by", "version",
-                                    "confidence", "latency_ms", "error", "reason", "request_id", "row_id"]
+    assert list(window.columns) == [
+        "id",
+        "x",
+        "city",
+        "label",
+        "timestamp",
+        "prediction",
+        "answered_by",
+        "version",
+        "confidence",
+        "latency_ms",
+        "error",
+        "reason",
+        "request_id",
+        "row_id",
+    ]
     assert window.x.tolist()[:2] == [10.0, 11.0] and window.city.tolist()[:2] == ["lima", "oslo"]
     assert window.timestamp.iloc[0] == pd.Timestamp(NOW - timedelta(minutes=30))
     assert window.prediction.tolist()[:2] == [0, 1] and pd.isna(window.prediction.iloc[2])
@@ -367,8 +432,12 @@ def closed_port() -> int:
 
 def test_a_password_is_in_no_log_line_error_repr_or_spool_file(tmp_path, writers, caplog):
     secret = f"pw-{uuid.uuid4().hex}"
-    log = InferenceLog(url=f"postgresql+psycopg://crisis:{secret}@127.0.0.1:{closed_port()}/crisis",
-                       spool_path=str(tmp_path / "spool"), flush_seconds=0.05, timeout_seconds=1)
+    log = InferenceLog(
+        url=f"postgresql+psycopg://crisis:{secret}@127.0.0.1:{closed_port()}/crisis",
+        spool_path=str(tmp_path / "spool"),
+        flush_seconds=0.05,
+        timeout_seconds=1,
+    )
     assert log.url == log.url.replace(secret, "") and log.password.get_secret_value() == secret
     assert secret not in log.display_url and "***" in log.display_url
     assert secret not in repr(log) and secret not in str(log.model_dump())
@@ -401,9 +470,20 @@ def test_the_routing_reason_of_each_row_is_stored_and_read_back(log, writers):
     from prefect_crisis.tasks.serving.row_routing import route_reason_of
 
     why = f"{RouteReason.PRIMARY_INPUT_INVALID}: 'x' is missing"
-    routed = PredictionBatch("routed", "churn", NOW, 3.0, pd.DataFrame({"x": [1.0, None]}), ["0", "1"], [1, 0],
-                             [Responder.PRIMARY.value, Responder.FALLBACK.value], ["2", "1"], [0.9, 0.7], [None, None],
-                             reasons=pd.Series([None, why], dtype=object))
+    routed = PredictionBatch(
+        "routed",
+        "churn",
+        NOW,
+        3.0,
+        pd.DataFrame({"x": [1.0, None]}),
+        ["0", "1"],
+        [1, 0],
+        [Responder.PRIMARY.value, Responder.FALLBACK.value],
+        ["2", "1"],
+        [0.9, 0.7],
+        [None, None],
+        reasons=pd.Series([None, why], dtype=object),
+    )
     writer = open_inference_log(log)
     writers.append(writer)
     writer.submit(routed)
@@ -423,10 +503,13 @@ def test_a_log_written_before_the_reason_column_opens_and_gains_it(log, writers)
         connection.execute(text("ALTER TABLE predictions DROP COLUMN reason"))
         assert "reason" not in {column["name"] for column in inspect(connection).get_columns("predictions")}
         insert_predictions(connection, [])
-        connection.execute(text(
-            "INSERT INTO predictions (request_id, row_id, model, received_at, position, request_rows, answered_by) "
-            "VALUES ('old', '0', 'churn', :at, 0, 1, 'primary')"
-        ), {"at": NOW.replace(tzinfo=None)})
+        connection.execute(
+            text(
+                "INSERT INTO predictions (request_id, row_id, model, received_at, position, request_rows, answered_by) "
+                "VALUES ('old', '0', 'churn', :at, 0, 1, 'primary')"
+            ),
+            {"at": NOW.replace(tzinfo=None)},
+        )
     engine.dispose()
     assert read_window(log, "churn", labelled_only=False).reason.isna().tolist() == [True]  # opened: the column is added
     writer = open_inference_log(log)

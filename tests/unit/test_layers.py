@@ -207,5 +207,8 @@ def test_the_domain_rule_catches_a_planted_framework_import(module: str, source:
     ids=["top", "lazy", "relative"],
 )
 def test_the_cycle_rule_catches_a_planted_cycle(source: str):
-    cyclic = {"prefect_crisis.tasks.serving.router": "from prefect_crisis.tasks.serving.tasks import x\n", "prefect_crisis.tasks.serving.tasks": source}
+    cyclic = {
+        "prefect_crisis.tasks.serving.router": "from prefect_crisis.tasks.serving.tasks import x\n",
+        "prefect_crisis.tasks.serving.tasks": source,
+    }
     assert import_cycles(parse({**BASE, **cyclic})) == [["prefect_crisis.tasks.serving.router", "prefect_crisis.tasks.serving.tasks"]]

@@ -5,7 +5,7 @@ the metric history, and ml.labels.recorded from recording labels."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -18,34 +18,78 @@ from prefect_crisis.core.errors import MonitoringError, PolicyError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, Responder, Severity
 from prefect_crisis.tasks.monitoring.health_rules import Measure, WindowMetrics, check_any, check_rule_on_windows, judge_long, policy_checks
-from prefect_crisis.tasks.serving.inference_log import PredictionBatch, RequestError, logged_models, open_inference_log, record_labels
 from prefect_crisis.tasks.monitoring.sweep import (
-    ModelHealth, append_history, metric_history, model_metrics, read_champion, report_health, split_windows, sweep_model,
+    ModelHealth,
+    append_history,
+    metric_history,
+    model_metrics,
+    read_champion,
+    report_health,
+    split_windows,
+    sweep_model,
 )
 from prefect_crisis.tasks.response.rollback import LiveWindow, judge_rules
+from prefect_crisis.tasks.serving.inference_log import PredictionBatch, RequestError, logged_models, open_inference_log, record_labels
 
-NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 def log_frame(rows: list[dict]) -> pd.DataFrame:
-    base = {"x": 1.0, "label": None, "prediction": 1, "answered_by": Responder.PRIMARY.value, "version": "1",
-            "confidence": 0.9, "latency_ms": 10.0, "error": None, "row_id": "0"}
+    base = {
+        "x": 1.0,
+        "label": None,
+        "prediction": 1,
+        "answered_by": Responder.PRIMARY.value,
+        "version": "1",
+        "confidence": 0.9,
+        "latency_ms": 10.0,
+        "error": None,
+        "row_id": "0",
+    }
     frame = pd.DataFrame([{**base, **row} for row in rows])
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     return frame
 
 
 def test_model_metrics_of_a_crafted_window():
-    frame = log_frame([
-        {"request_id": "a", "row_id": "0", "label": 1, "prediction": 1, "latency_ms": 100.0, "timestamp": NOW, "confidence": 0.2},
-        {"request_id": "a", "row_id": "1", "label": 0, "prediction": 1, "latency_ms": 100.0, "timestamp": NOW, "confidence": 0.4},
-        {"request_id": "a", "row_id": "2", "label": 0, "prediction": 0, "latency_ms": 100.0, "timestamp": NOW,
-         "answered_by": Responder.FALLBACK.value, "confidence": 0.6, "x": None},
-        {"request_id": "b", "row_id": "0", "prediction": None, "answered_by": Responder.NONE.value, "error": "no answer",
-         "latency_ms": 10.0, "timestamp": NOW, "confidence": None},
-        {"request_id": "c", "row_id": "*", "prediction": None, "answered_by": Responder.NONE.value, "error": "bad input",
-         "latency_ms": None, "timestamp": NOW, "confidence": None, "x": None},
-    ])
+    frame = log_frame(
+        [
+            {"request_id": "a", "row_id": "0", "label": 1, "prediction": 1, "latency_ms": 100.0, "timestamp": NOW, "confidence": 0.2},
+            {"request_id": "a", "row_id": "1", "label": 0, "prediction": 1, "latency_ms": 100.0, "timestamp": NOW, "confidence": 0.4},
+            {
+                "request_id": "a",
+                "row_id": "2",
+                "label": 0,
+                "prediction": 0,
+                "latency_ms": 100.0,
+                "timestamp": NOW,
+                "answered_by": Responder.FALLBACK.value,
+                "confidence": 0.6,
+                "x": None,
+            },
+            {
+                "request_id": "b",
+                "row_id": "0",
+                "prediction": None,
+                "answered_by": Responder.NONE.value,
+                "error": "no answer",
+                "latency_ms": 10.0,
+                "timestamp": NOW,
+                "confidence": None,
+            },
+            {
+                "request_id": "c",
+                "row_id": "*",
+                "prediction": None,
+                "answered_by": Responder.NONE.value,
+                "error": "bad input",
+                "latency_ms": None,
+                "timestamp": NOW,
+                "confidence": None,
+                "x": None,
+            },
+        ]
+    )
     measures = model_metrics(frame, 60).measures
     assert (measures["requests"].samples, measures["rows"].samples) == (3, 4)  # the refused request is no row
     # the champion's errors are the primary's rows only; the fallback's row is judged apart
@@ -121,7 +165,9 @@ def test_the_quality_rule_breaches_exactly_when_the_rollback_decision_finds_the_
         trials = int(rng.integers(1, 400))
         wrong = int(rng.binomial(trials, rng.uniform(0.02, 0.6)))
         accuracy = float(rng.uniform(0.7, 0.97))
-        monitor = judge_long(rule, WindowMetrics(60, {"error_rate": Measure(wrong / trials, trials, wrong)}), {"error_rate": round(1 - accuracy, 12)}, 0.95)
+        monitor = judge_long(
+            rule, WindowMetrics(60, {"error_rate": Measure(wrong / trials, trials, wrong)}), {"error_rate": round(1 - accuracy, 12)}, 0.95
+        )
         decision = judge_rules(LiveWindow({"accuracy": trials - wrong}, {"accuracy": trials}), {"accuracy": accuracy}, rollback)
         agreed += monitor.breached == bool(decision.violations)
         breached += monitor.breached
@@ -169,9 +215,17 @@ def test_an_unreachable_registry_is_a_one_line_monitoring_error_and_no_champion_
 
 def labelled_batch(request_id: str, rows: int, at: datetime, model: str = "churn") -> PredictionBatch:
     return PredictionBatch(
-        request_id=request_id, model=model, received_at=at, latency_ms=5.0, inputs=pd.DataFrame({"x": np.arange(rows, dtype=float)}),
-        row_ids=[str(i) for i in range(rows)], predictions=[1] * rows, answered_by=[Responder.PRIMARY.value] * rows,
-        versions=["1"] * rows, confidence=[0.9] * rows, errors=[None] * rows,
+        request_id=request_id,
+        model=model,
+        received_at=at,
+        latency_ms=5.0,
+        inputs=pd.DataFrame({"x": np.arange(rows, dtype=float)}),
+        row_ids=[str(i) for i in range(rows)],
+        predictions=[1] * rows,
+        answered_by=[Responder.PRIMARY.value] * rows,
+        versions=["1"] * rows,
+        confidence=[0.9] * rows,
+        errors=[None] * rows,
     )
 
 
@@ -187,9 +241,13 @@ def write(log: InferenceLog, *items) -> None:
 
 def test_recording_labels_emits_labels_recorded_per_model(tmp_path):
     log = InferenceLog(url=f"sqlite:///{tmp_path / 'log.db'}", spool_path=str(tmp_path / "spool"))
-    at = datetime.now(timezone.utc)
-    write(log, labelled_batch("a", 3, at), labelled_batch("b", 2, at, model="fraud"),
-          RequestError(request_id="c", model="churn", received_at=at, reason="bad input", rows=4))
+    at = datetime.now(UTC)
+    write(
+        log,
+        labelled_batch("a", 3, at),
+        labelled_batch("b", 2, at, model="fraud"),
+        RequestError(request_id="c", model="churn", received_at=at, reason="bad input", rows=4),
+    )
     sink = ListSink()
     assert record_labels(log, ["a", ("b", "1"), "c", "unknown"], [1, 0, 1, 1], timeline=Timeline(sink=sink)) == 4
     figures = {event.resource["ml.model.name"]: (event.event, event.payload) for event in sink}
@@ -205,7 +263,7 @@ def test_recording_labels_emits_labels_recorded_per_model(tmp_path):
 
 def test_a_sweep_of_a_logged_poisoned_model_reports_a_critical_breach_and_its_history(tmp_path):
     log = InferenceLog(url=f"sqlite:///{tmp_path / 'log.db'}", spool_path=str(tmp_path / "spool"))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     write(log, *[labelled_batch(f"r{i}", 4, now - timedelta(minutes=30 - i / 10)) for i in range(100)])
     record_labels(log, [f"r{i}" for i in range(100)], [int(i % 2) for i in range(100)], emit=False)  # predictions are all 1: 50% wrong
     champion = type("Champion", (), {"version": "1", "metrics": {"accuracy": 0.9}})()  # the version that answered
@@ -240,17 +298,32 @@ def test_a_health_line_names_the_model_and_says_healthy_when_it_is():
 
 
 def test_one_sweep_reports_each_metric_once_at_its_worst_severity():
-    from prefect_crisis.core.timeline import ListSink, Timeline
-    from prefect_crisis.core.vocabulary import CrisisEvent, Severity
+    from prefect_crisis.core.vocabulary import Severity
     from prefect_crisis.tasks.monitoring.health_rules import Breach
     from prefect_crisis.tasks.monitoring.sweep import escalated
 
     def breach(rule, metric, severity):
-        return Breach(rule=rule, metric=metric, severity=severity, value=0.9, threshold=0.5, samples=100, bound=0.8,
-                      short_value=0.9, short_samples=20, long_window_minutes=60, short_window_minutes=5, baseline=0.1)
+        return Breach(
+            rule=rule,
+            metric=metric,
+            severity=severity,
+            value=0.9,
+            threshold=0.5,
+            samples=100,
+            bound=0.8,
+            short_value=0.9,
+            short_samples=20,
+            long_window_minutes=60,
+            short_window_minutes=5,
+            baseline=0.1,
+        )
 
-    found = (breach("q-w", "error_rate", Severity.WARNING), breach("q-e", "error_rate", Severity.EMERGENCY),
-             breach("q-c", "error_rate", Severity.CRITICAL), breach("f-w", "fallback_share", Severity.WARNING))
+    found = (
+        breach("q-w", "error_rate", Severity.WARNING),
+        breach("q-e", "error_rate", Severity.EMERGENCY),
+        breach("q-c", "error_rate", Severity.CRITICAL),
+        breach("f-w", "fallback_share", Severity.WARNING),
+    )
     kept = escalated(found)
     assert sorted((b.metric, b.severity) for b in kept) == [("error_rate", Severity.EMERGENCY), ("fallback_share", Severity.WARNING)]
 
@@ -259,7 +332,7 @@ def test_the_schedule_sweeps_a_drill_model_only_while_its_drill_runs(tmp_path):
     from prefect_crisis.tasks.monitoring.sweep import models_to_sweep
 
     log = InferenceLog(url=f"sqlite:///{tmp_path / 'log.db'}", spool_path=str(tmp_path / "spool"))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     write(log, labelled_batch("a", 5, now, model="churn"), labelled_batch("b", 5, now, model="drill-latency-spike-1a2b3c"))
     assert models_to_sweep(log, now + timedelta(seconds=1), 60, drill_minutes=5) == ["churn", "drill-latency-spike-1a2b3c"]  # its drill runs
     assert models_to_sweep(log, now + timedelta(minutes=10), 60, drill_minutes=5) == ["churn"]  # the drill is over
@@ -295,6 +368,7 @@ def test_a_promoted_champion_is_judged_no_looser_than_the_version_it_replaced():
 
 
 # -- a rule's direction and what its threshold is relative to -------------------------------
+
 
 def windows_of(metric: str, value: float, samples: int = 200) -> tuple[WindowMetrics, WindowMetrics]:
     return WindowMetrics(60, {metric: Measure(value, samples)}), WindowMetrics(5, {metric: Measure(value, samples)})

@@ -13,7 +13,7 @@ Run `python -m pytest tests/unit/test_monitoring_rates.py -q -s` to print the ra
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from prefect_crisis.core.vocabulary import Responder, Severity
 from prefect_crisis.tasks.monitoring.health_rules import policy_checks
 from prefect_crisis.tasks.monitoring.sweep import baseline_of, window_pair
 
-NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 LATENCY_MEDIAN_MS, LATENCY_SIGMA = 20.0, 0.6
 HONEST_ERROR, POISONED_ERROR = 0.10, 0.50
 HEALTHY_WINDOWS, POISONED_WINDOWS = 1_000, 300
@@ -53,12 +53,21 @@ def simulated_window(rng: np.random.Generator, error: float, labelled: int, labe
     latency = np.exp(np.log(LATENCY_MEDIAN_MS) + LATENCY_SIGMA * rng.standard_normal(requests))[request_of_row]
     x = rng.normal(size=rows)
     x[rng.random(rows) < 0.01] = np.nan
-    return pd.DataFrame({
-        "x": x, "label": label, "timestamp": timestamps, "prediction": prediction, "answered_by": answered_by,
-        "version": "3", "confidence": np.where(failed, np.nan, confidence), "latency_ms": latency,
-        "error": np.where(failed, "no answer", None), "request_id": [f"r{i}" for i in request_of_row],
-        "row_id": [str(i) for i in range(rows)],
-    })
+    return pd.DataFrame(
+        {
+            "x": x,
+            "label": label,
+            "timestamp": timestamps,
+            "prediction": prediction,
+            "answered_by": answered_by,
+            "version": "3",
+            "confidence": np.where(failed, np.nan, confidence),
+            "latency_ms": latency,
+            "error": np.where(failed, "no answer", None),
+            "request_id": [f"r{i}" for i in request_of_row],
+            "row_id": [str(i) for i in range(rows)],
+        }
+    )
 
 
 def worst_severity(rng: np.random.Generator, error: float, policy: MonitoringPolicy) -> Severity | None:

@@ -9,7 +9,7 @@ window the response reads carries the requests' latency."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -25,15 +25,30 @@ from prefect_crisis.core.errors import RegistryUnavailableError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, Responder, Severity, TagKey, VersionRole
 from prefect_crisis.deployments.status_cli import print_model_status
-from prefect_crisis.tasks.monitoring.dashboard import dashboard_markdown, read_dashboard
 from prefect_crisis.tasks.drills.datasets import load_dataset
+from prefect_crisis.tasks.monitoring.dashboard import dashboard_markdown, read_dashboard
 from prefect_crisis.tasks.monitoring.health_rules import judge_long
-from prefect_crisis.tasks.serving.inference_log import LATENCY_COLUMN, PredictionBatch, labelled_window, latencies_of, open_inference_log, read_window, record_labels
 from prefect_crisis.tasks.monitoring.sweep import (
-    SERVING_LABEL, Serving, append_history, baseline_of, metric_history, report_health, sweep_model, window_pair,
+    SERVING_LABEL,
+    Serving,
+    append_history,
+    baseline_of,
+    metric_history,
+    report_health,
+    sweep_model,
+    window_pair,
+)
+from prefect_crisis.tasks.serving.inference_log import (
+    LATENCY_COLUMN,
+    PredictionBatch,
+    labelled_window,
+    latencies_of,
+    open_inference_log,
+    read_window,
+    record_labels,
 )
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MOVED_AT = NOW - timedelta(minutes=20)  # the champion moved by hand from v1 to v2
 ROUTE_BELOW = 0.6  # a primary answer less confident than this goes to the fallback, as the router does
 LATENCY_MS = {"1": 21.0, "2": 7.0, "3": 2.0}
@@ -99,8 +114,17 @@ def log(tmp_path) -> InferenceLog:
     return InferenceLog(url=f"sqlite:///{tmp_path / 'inference.db'}", spool_path=str(tmp_path / "spool"))
 
 
-def serve(log: InferenceLog, served: Served, rows: pd.DataFrame, primary: str, start: datetime, minutes: float,
-          fallback: str | None = "3", prefix: str = "r", rows_per_request: int = 4) -> list[str]:
+def serve(
+    log: InferenceLog,
+    served: Served,
+    rows: pd.DataFrame,
+    primary: str,
+    start: datetime,
+    minutes: float,
+    fallback: str | None = "3",
+    prefix: str = "r",
+    rows_per_request: int = 4,
+) -> list[str]:
     """Answer `rows` as the router would (primary `primary`, its unsure rows to `fallback`), spread over
     `minutes` from `start`, written to the real inference log, then label them; returns the request ids."""
     X = rows[list(served.features)].to_numpy() / 16.0
@@ -118,20 +142,26 @@ def serve(log: InferenceLog, served: Served, rows: pd.DataFrame, primary: str, s
             request_id = f"{prefix}{number}"
             at = start + timedelta(minutes=minutes * number / len(requests))
             by_fallback = routed[members]
-            writer.submit(PredictionBatch(
-                request_id=request_id, model="digits", received_at=at,
-                latency_ms=LATENCY_MS[fallback] if by_fallback.all() else LATENCY_MS[primary],
-                inputs=rows.iloc[members][list(served.features)].reset_index(drop=True), row_ids=[str(i) for i in range(len(members))],
-                predictions=[int(value) for value in answer[members]],
-                answered_by=[(Responder.FALLBACK if flag else Responder.PRIMARY).value for flag in by_fallback],
-                versions=[fallback if flag else primary for flag in by_fallback], confidence=confidence[members].tolist(),
-                errors=[None] * len(members),
-            ))
+            writer.submit(
+                PredictionBatch(
+                    request_id=request_id,
+                    model="digits",
+                    received_at=at,
+                    latency_ms=LATENCY_MS[fallback] if by_fallback.all() else LATENCY_MS[primary],
+                    inputs=rows.iloc[members][list(served.features)].reset_index(drop=True),
+                    row_ids=[str(i) for i in range(len(members))],
+                    predictions=[int(value) for value in answer[members]],
+                    answered_by=[(Responder.FALLBACK if flag else Responder.PRIMARY).value for flag in by_fallback],
+                    versions=[fallback if flag else primary for flag in by_fallback],
+                    confidence=confidence[members].tolist(),
+                    errors=[None] * len(members),
+                )
+            )
             ids.append(request_id)
         assert writer.flush()
     finally:
         writer.close(timeout=5)
-    keys = [(request_id, str(row)) for request_id, members in zip(ids, requests) for row in range(len(members))]
+    keys = [(request_id, str(row)) for request_id, members in zip(ids, requests, strict=True) for row in range(len(members))]
     labels = [int(rows["label"].iloc[index]) for members in requests for index in members]
     record_labels(log, keys, labels, emit=False)
     return ids
@@ -213,13 +243,21 @@ def test_a_champion_that_is_the_fallback_version_is_reported_as_served_by_its_fa
     try:
         for number in range(0, len(rows), 3):  # the serving loads @champion (the fallback) as its primary
             members = list(range(number, min(number + 3, len(rows))))
-            writer.submit(PredictionBatch(
-                request_id=f"f{number}", model="digits", received_at=NOW - timedelta(minutes=25) + timedelta(seconds=4 * number),
-                latency_ms=2.0, inputs=rows.iloc[members][list(served.features)].reset_index(drop=True),
-                row_ids=[str(i) for i in range(len(members))], predictions=[int(v) for v in weak.predict(X[members, :32])],
-                answered_by=[Responder.PRIMARY.value] * len(members), versions=["3"] * len(members), confidence=[0.7] * len(members),
-                errors=[None] * len(members),
-            ))
+            writer.submit(
+                PredictionBatch(
+                    request_id=f"f{number}",
+                    model="digits",
+                    received_at=NOW - timedelta(minutes=25) + timedelta(seconds=4 * number),
+                    latency_ms=2.0,
+                    inputs=rows.iloc[members][list(served.features)].reset_index(drop=True),
+                    row_ids=[str(i) for i in range(len(members))],
+                    predictions=[int(v) for v in weak.predict(X[members, :32])],
+                    answered_by=[Responder.PRIMARY.value] * len(members),
+                    versions=["3"] * len(members),
+                    confidence=[0.7] * len(members),
+                    errors=[None] * len(members),
+                )
+            )
         assert writer.flush()
     finally:
         writer.close(timeout=5)
@@ -232,7 +270,7 @@ def test_a_champion_that_is_the_fallback_version_is_reported_as_served_by_its_fa
     assert "(its fallback)" in health.line() and not health.line().endswith("healthy")
     sink = ListSink()
     report_health(health, Timeline(sink=sink))
-    reported = [event for event in sink if event.event == CrisisEvent.HEALTH_REPORTED][0]
+    reported = next(event for event in sink if event.event == CrisisEvent.HEALTH_REPORTED)
     assert reported.payload["serving"] == "fallback" and reported.resource[SERVING_LABEL] == "fallback"
 
     append_history(health, keep=10, folder=tmp_path / "monitoring")

@@ -42,7 +42,10 @@ def test_an_old_module_reads_the_same_objects_as_the_new_place():
         warnings.simplefilter("ignore", DeprecationWarning)
         old = importlib.import_module("prefect_crisis.tasks.rollback")
     new = importlib.import_module(MOVED_MODULES["prefect_crisis.tasks.rollback"])
-    assert old.decide_rollback is getattr(new, "decide_rollback", None) or old.decide_rollback is importlib.import_module("prefect_crisis.tasks.response").decide_rollback
+    assert (
+        old.decide_rollback is getattr(new, "decide_rollback", None)
+        or old.decide_rollback is importlib.import_module("prefect_crisis.tasks.response").decide_rollback
+    )
 
 
 def test_a_name_no_module_ever_had_is_an_attribute_error():

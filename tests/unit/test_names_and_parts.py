@@ -10,8 +10,6 @@ import pyarrow as pa
 import pytest
 
 from prefect_crisis.blocks import ModelRegistry
-from prefect_crisis.deployments.cli import exit_code
-from prefect_crisis.tasks.drills.synthetic import check_demo_rows, demo_model_name
 from prefect_crisis.core.errors import (
     ContractError,
     ContractErrorReason,
@@ -22,9 +20,11 @@ from prefect_crisis.core.errors import (
     StackError,
 )
 from prefect_crisis.core.paths import validate_model_name
-from prefect_crisis.tasks.validation.quarantine import storage_uri, write_parquet
+from prefect_crisis.deployments.cli import exit_code
+from prefect_crisis.tasks.drills.synthetic import check_demo_rows, demo_model_name
 from prefect_crisis.tasks.run_logs import ExpectedErrorFilter
 from prefect_crisis.tasks.training.stop_flag import stop_flag_name
+from prefect_crisis.tasks.validation.quarantine import storage_uri, write_parquet
 
 BAD_NAMES = ["../../../../outside", "a b/../x", "a/b", "a:b", "..", "", "Churn", "-x", "x-", "a b", "x" * 101]
 GOOD_NAMES = ["synthetic", "a-b-x", "churn_v2", "m", "a--b", "0", "x" * 100]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import mlflow
 
-from prefect_crisis.deployments.stack import server_environment
 from prefect_crisis.core.paths import default_storage, default_tracking_uri
+from prefect_crisis.deployments.stack import server_environment
 
 
 def test_embedded_defaults_live_under_the_crisis_home(crisis_home, monkeypatch):

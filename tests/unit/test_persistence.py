@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from prefect_crisis.core.timeline import model_resource, related_resources
 from prefect_crisis.core.paths import artifact_key
-from prefect_crisis.tasks.validation.quarantine import persist_parts, render_markdown, write_parquet
+from prefect_crisis.core.timeline import model_resource, related_resources
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.validation import REASONS_COLUMN, validate_data
+from prefect_crisis.tasks.validation.quarantine import persist_parts, render_markdown, write_parquet
 
 
 def test_kept_and_quarantined_parts_round_trip_through_parquet(tmp_path):

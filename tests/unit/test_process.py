@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import httpx
 import psutil
@@ -56,8 +55,16 @@ def test_wait_ready_gives_up_on_the_budget_and_on_an_exit_without_real_time(tmp_
 def test_free_port_is_free_and_a_listener_is_seen_on_its_port():
     port = free_port()
     assert port_free("127.0.0.1", port)
-    listener = subprocess.Popen([sys.executable, "-c", f"import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('up', flush=True); time.sleep(60)"],
-                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); print('up', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert listener.stdout.readline().strip() == "up"
         assert not port_free("127.0.0.1", port)
@@ -177,8 +184,10 @@ def test_deploy_says_workers_run_when_they_do(tmp_path, monkeypatch):
     from prefect_crisis.deployments import connect_cli, worker
 
     assert connect_cli.workers_hint(tmp_path, "http://127.0.0.1:1/api").startswith("start the workers")
-    states = [worker.WorkerState(10, worker.POOL, "http://127.0.0.1:1/api", "", 0.0, "process"),
-              worker.WorkerState(11, worker.WARM_POOL, "http://127.0.0.1:1/api", "", 0.0, "warm")]
+    states = [
+        worker.WorkerState(10, worker.POOL, "http://127.0.0.1:1/api", "", 0.0, "process"),
+        worker.WorkerState(11, worker.WARM_POOL, "http://127.0.0.1:1/api", "", 0.0, "warm"),
+    ]
     monkeypatch.setattr(worker, "read_workers", lambda home: states)
     monkeypatch.setattr(worker, "worker_alive", lambda state: True)
     hint = connect_cli.workers_hint(tmp_path, "http://127.0.0.1:1/api")

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from prefect_crisis.blocks import ColumnSpec, DataContract
-from prefect_crisis.tasks.validation.drift import DriftSettings, categorical_drift, numeric_drift
 from prefect_crisis.core.errors import ContractError, ContractErrorReason
 from prefect_crisis.tasks.drills.synthetic import CATEGORIES, CATEGORY_SHARES, COLUMN_SHAPES, customer_table
 from prefect_crisis.tasks.validation import REASONS_COLUMN, Verdict, validate_data
+from prefect_crisis.tasks.validation.drift import DriftSettings, categorical_drift, numeric_drift
 
 SIGNIFICANCE = DriftSettings().significance
 SHAPES = COLUMN_SHAPES
@@ -67,13 +67,8 @@ def test_a_half_standard_deviation_shift_is_flagged_at_500_rows_per_side():
 def test_a_clean_90_row_batch_passes_a_contract_that_allows_one_drifted_feature():
     rng = np.random.default_rng(5)
     reference = pd.DataFrame({f"f{i}": rng.normal(size=5_000) for i in range(10)})
-    contract = DataContract(
-        columns=[ColumnSpec(name=f"f{i}") for i in range(10)], max_drifted_features=1, max_quarantine_ratio=0.2
-    )
-    verdicts = [
-        validate_data(pd.DataFrame({f"f{i}": rng.normal(size=90) for i in range(10)}), contract, reference).report.verdict
-        for _ in range(30)
-    ]
+    contract = DataContract(columns=[ColumnSpec(name=f"f{i}") for i in range(10)], max_drifted_features=1, max_quarantine_ratio=0.2)
+    verdicts = [validate_data(pd.DataFrame({f"f{i}": rng.normal(size=90) for i in range(10)}), contract, reference).report.verdict for _ in range(30)]
     assert Verdict.REJECT not in verdicts
 
 
@@ -173,9 +168,7 @@ def test_from_reference_learns_types_nulls_ranges_categories_and_identifiers(lea
 
 def test_from_reference_marks_nullable_columns_and_leaves_free_text_open():
     rng = np.random.default_rng(1)
-    reference = pd.DataFrame(
-        {"income": np.where(rng.random(500) < 0.1, np.nan, rng.lognormal(10, 1, 500)), "note": [f"n{i}" for i in range(500)]}
-    )
+    reference = pd.DataFrame({"income": np.where(rng.random(500) < 0.1, np.nan, rng.lognormal(10, 1, 500)), "note": [f"n{i}" for i in range(500)]})
     contract = DataContract.from_reference(reference, reference_uri="/data/reference.parquet")
     assert contract.column("income").nullable and contract.column("income").dtype == "float"
     assert contract.column("note").allowed_values is None

@@ -4,7 +4,7 @@ injected parts, so nothing here needs a Prefect server or waits."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from mlflow import MlflowClient
@@ -12,11 +12,11 @@ from mlflow import MlflowClient
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.timeline import Incident, ListSink, Timeline
 from prefect_crisis.core.vocabulary import EMERGENCY_LABEL, AliasAction, CrisisEvent, DecisionKind, Severity, Strategy, TagKey, ViolationType
-from prefect_crisis.tasks.response.recovery import Verification, execute_recovery
 from prefect_crisis.tasks.response.reading import candidates_from_registry
+from prefect_crisis.tasks.response.recovery import Verification, execute_recovery
 from prefect_crisis.tasks.response.rollback import RollbackDecision
 
-START = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -81,8 +81,12 @@ def test_a_rollback_that_verifies_ends_the_recovery_with_events_in_order(registr
     sink.clear()
     verified, stops = [], []
     outcome = execute_recovery(
-        registry, rollback_to("1"), ViolationType.QUALITY, incident(),
-        lambda version: verified.append(version) or Verification(True, "ok", {"accuracy": 0.9}), stops.append,
+        registry,
+        rollback_to("1"),
+        ViolationType.QUALITY,
+        incident(),
+        lambda version: verified.append(version) or Verification(True, "ok", {"accuracy": 0.9}),
+        stops.append,
         timeline=registry.timeline(incident()),
     )
     assert (outcome.recovered, outcome.champion_before, outcome.champion_after) == (True, "3", "1")
@@ -100,12 +104,19 @@ def test_a_rollback_that_does_not_verify_falls_back_and_the_fallback_is_engaged(
     registry.move_alias(registry.fallback_alias, "2", "simple model")
     sink.clear()
     outcome = execute_recovery(
-        registry, rollback_to("1"), ViolationType.QUALITY, incident(),
-        lambda version: Verification(version == "2", f"v{version}"), lambda reason: None,
+        registry,
+        rollback_to("1"),
+        ViolationType.QUALITY,
+        incident(),
+        lambda version: Verification(version == "2", f"v{version}"),
+        lambda reason: None,
         emergency_in_force=lambda model: model == registry.model_name,
     )
     assert outcome.recovered and outcome.champion_after == "2"
-    assert [(a.strategy, a.version, a.verification.passed) for a in outcome.attempts] == [(Strategy.ROLLBACK, "1", False), (Strategy.FALLBACK, "2", True)]
+    assert [(a.strategy, a.version, a.verification.passed) for a in outcome.attempts] == [
+        (Strategy.ROLLBACK, "1", False),
+        (Strategy.FALLBACK, "2", True),
+    ]
     assert [e.event for e in sink] == [CrisisEvent.MODEL_ROLLED_BACK, CrisisEvent.FALLBACK_ENGAGED, CrisisEvent.RECOVERY_SUCCEEDED]
     assert sink[-1].resource[EMERGENCY_LABEL] == "true"  # the ladder's crisis-resolved matches on it
 
@@ -114,8 +125,12 @@ def test_data_integrity_raises_the_stop_flag_through_the_hook_and_moves_nothing(
     serve(registry, clock, "3", 0)
     stops = []
     outcome = execute_recovery(
-        registry, rollback_to("1"), ViolationType.DATA_INTEGRITY, incident(ViolationType.DATA_INTEGRITY),
-        lambda version: pytest.fail("nothing to verify"), stops.append,
+        registry,
+        rollback_to("1"),
+        ViolationType.DATA_INTEGRITY,
+        incident(ViolationType.DATA_INTEGRITY),
+        lambda version: pytest.fail("nothing to verify"),
+        stops.append,
     )
     assert outcome.recovered and stops == ["incident inc-1: degraded"]
     assert registry.champion().version == "3"
@@ -123,7 +138,14 @@ def test_data_integrity_raises_the_stop_flag_through_the_hook_and_moves_nothing(
 
 def test_with_nowhere_to_go_recovery_fails_and_a_second_run_of_a_handled_incident_changes_nothing(registry, clock, sink):
     serve(registry, clock, "3", 0)
-    failed = execute_recovery(registry, RollbackDecision(DecisionKind.FALLBACK, "degraded"), ViolationType.QUALITY, "inc-2", lambda v: Verification(True, ""), lambda r: None)
+    failed = execute_recovery(
+        registry,
+        RollbackDecision(DecisionKind.FALLBACK, "degraded"),
+        ViolationType.QUALITY,
+        "inc-2",
+        lambda v: Verification(True, ""),
+        lambda r: None,
+    )
     assert not failed.recovered and [a.note for a in failed.attempts] == ["no rollback target", "no fallback target"]
     assert sink[-1].event is CrisisEvent.RECOVERY_FAILED
 
@@ -135,6 +157,7 @@ def test_with_nowhere_to_go_recovery_fails_and_a_second_run_of_a_handled_inciden
 
 
 # -- verification is judged from values, and unknown is not recovered ---------------------------------------
+
 
 def test_a_verification_on_a_window_too_thin_to_judge_does_not_pass():
     from prefect_crisis.blocks import MetricRule, RollbackPolicy
@@ -166,6 +189,7 @@ def test_the_fallback_verifies_against_what_served_before_never_its_own_baseline
 
 
 # -- the emergency stop: the champion alias moves to the fallback; a run without the model's name is not the model's
+
 
 def test_serve_fallback_moves_the_champion_alias_to_the_fallback_version(registry, clock):
     from prefect_crisis.tasks.response.emergency import serve_fallback

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -66,8 +66,10 @@ class FaultAt(MlflowClient):
 
 def later(registry: ModelRegistry) -> ModelRegistry:
     """The same registry read a few minutes on (a pending row younger than its grace may still be in flight)."""
-    ahead = datetime.now(timezone.utc) + timedelta(minutes=5)
-    return ModelRegistry(model_name=registry.model_name, tracking_uri=registry.tracking_uri).use(clock=lambda: ahead, timeline=Timeline(sink=ListSink()))
+    ahead = datetime.now(UTC) + timedelta(minutes=5)
+    return ModelRegistry(model_name=registry.model_name, tracking_uri=registry.tracking_uri).use(
+        clock=lambda: ahead, timeline=Timeline(sink=ListSink())
+    )
 
 
 def rollbacks(registry: ModelRegistry) -> list:
@@ -86,8 +88,10 @@ def test_a_store_that_stays_unavailable_is_retried_then_given_up_with_the_alias_
 
 
 def test_a_store_back_within_the_retry_budget_completes_the_move_once(store):
-    registry, db, first, second = store
-    registry = ModelRegistry(model_name="fragile", tracking_uri=registry.tracking_uri, unavailable_retry_seconds=10.0).use(timeline=Timeline(sink=ListSink()))
+    registry, db, _first, second = store
+    registry = ModelRegistry(model_name="fragile", tracking_uri=registry.tracking_uri, unavailable_retry_seconds=10.0).use(
+        timeline=Timeline(sink=ListSink())
+    )
     chattr(db, "+i")
     threading.Timer(1.5, chattr, args=(db, "-i")).start()
     started = time.monotonic()
@@ -98,9 +102,10 @@ def test_a_store_back_within_the_retry_budget_completes_the_move_once(store):
 
 
 def test_a_store_lost_right_after_the_alias_moved_leaves_an_intent_the_next_read_settles_applied(store):
-    registry, db, first, second = store
+    registry, db, _first, second = store
     faulty = ModelRegistry(model_name="fragile", tracking_uri=registry.tracking_uri, unavailable_retry_seconds=1.0).use(
-        client=FaultAt(registry.tracking_uri, db, "after"), timeline=Timeline(sink=ListSink()))
+        client=FaultAt(registry.tracking_uri, db, "after"), timeline=Timeline(sink=ListSink())
+    )
     faulty.move_alias(registry.champion_alias, second, "rollback drill", action=AliasAction.ROLLBACK)  # done: the alias moved
     chattr(db, "-i")
     assert registry.champion().version == second
@@ -116,7 +121,8 @@ def test_a_store_lost_right_after_the_alias_moved_leaves_an_intent_the_next_read
 def test_a_store_lost_before_the_alias_moved_fails_the_move_and_the_row_settles_failed(store):
     registry, db, first, second = store
     faulty = ModelRegistry(model_name="fragile", tracking_uri=registry.tracking_uri, unavailable_retry_seconds=1.0).use(
-        client=FaultAt(registry.tracking_uri, db, "before"), timeline=Timeline(sink=ListSink()))
+        client=FaultAt(registry.tracking_uri, db, "before"), timeline=Timeline(sink=ListSink())
+    )
     with pytest.raises(RegistryError, match="could not move 'champion' of 'fragile' to v2"):
         faulty.move_alias(registry.champion_alias, second, "rollback drill", action=AliasAction.ROLLBACK)
     chattr(db, "-i")
@@ -125,4 +131,4 @@ def test_a_store_lost_before_the_alias_moved_fails_the_move_and_the_row_settles_
     assert ahead.settle_audit() == 1
     settled = rollbacks(ahead)
     assert len(settled) == 1 and settled[0].outcome.startswith("failed") and not settled[0].applied
-    assert registry.serving_at(datetime.now(timezone.utc) + timedelta(minutes=10)) == first
+    assert registry.serving_at(datetime.now(UTC) + timedelta(minutes=10)) == first

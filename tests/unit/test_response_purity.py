@@ -30,7 +30,9 @@ def test_adapters_name_existing_submodules_and_the_domain_part_is_not_empty():
 def test_a_domain_module_imports_neither_prefect_nor_mlflow(name):
     module = f"prefect_crisis.tasks.response.{name}"
     found = subprocess.run([sys.executable, "-c", PROBE, module], capture_output=True, text=True, check=True)
-    assert json.loads(found.stdout.strip().splitlines()[-1]) == [], f"{module} loads {found.stdout.strip()} (move the import to an adapter or under TYPE_CHECKING)"
+    assert json.loads(found.stdout.strip().splitlines()[-1]) == [], (
+        f"{module} loads {found.stdout.strip()} (move the import to an adapter or under TYPE_CHECKING)"
+    )
 
 
 def test_every_export_resolves_where_the_package_says():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import doctest
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -11,13 +11,13 @@ import pytest
 import prefect_crisis.blocks.rollback_policy
 from prefect_crisis.blocks import MetricRule, RollbackPolicy
 from prefect_crisis.core.errors import PolicyError
-from prefect_crisis.tasks.response.incident import live_window
 from prefect_crisis.core.vocabulary import DecisionKind, Severity
 from prefect_crisis.tasks.response.candidates import Candidate
+from prefect_crisis.tasks.response.incident import live_window
 from prefect_crisis.tasks.response.rollback import decide_rollback
 from prefect_crisis.tasks.response.rules import LiveWindow, check_rule, wilson_interval
 
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 POLICY = RollbackPolicy(rules=[MetricRule(metric="accuracy", tolerance=0.02, min_samples=200)], stability_window_minutes=60, cooldown_minutes=30)
 
 

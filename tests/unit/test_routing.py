@@ -51,7 +51,19 @@ def test_a_calibration_survives_strict_json():
     assert again.rows == 300 and 0.0 <= again.ece <= 1.0
 
 
-@pytest.mark.parametrize("broken", [{}, {"format": 99}, {"format": 1, "holdout": {}}, {"format": 1, "holdout": {"rows": 1, "primary_accuracy": 1, "served_accuracy": 1}, "confidence_map": {"method": "magic", "score": "probability"}}])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {},
+        {"format": 99},
+        {"format": 1, "holdout": {}},
+        {
+            "format": 1,
+            "holdout": {"rows": 1, "primary_accuracy": 1, "served_accuracy": 1},
+            "confidence_map": {"method": "magic", "score": "probability"},
+        },
+    ],
+)
 def test_an_unreadable_calibration_is_a_one_line_serving_error(broken):
     with pytest.raises(ServingError) as raised:
         RoutingCalibration.from_dict(broken)
@@ -59,7 +71,10 @@ def test_an_unreadable_calibration_is_a_one_line_serving_error(broken):
 
 
 def test_maps_are_monotone_and_finite():
-    for confidence_map in (ConfidenceMap("decision", "isotonic", (0.0, 1.0, 3.0), (0.4, 0.7, 0.99)), ConfidenceMap("decision", "sigmoid", slope=2.0, intercept=-1.0)):
+    for confidence_map in (
+        ConfidenceMap("decision", "isotonic", (0.0, 1.0, 3.0), (0.4, 0.7, 0.99)),
+        ConfidenceMap("decision", "sigmoid", slope=2.0, intercept=-1.0),
+    ):
         values = confidence_map(np.array([-5.0, 0.0, 0.5, 2.0, 1e6]))
         assert np.all(np.diff(values) >= 0) and np.all((values >= 0) & (values <= 1))
 
@@ -104,7 +119,9 @@ def test_a_primary_without_predict_proba_gets_a_calibrated_decision_margin():
 
 def test_the_plan_follows_the_calibration_and_refuses_a_different_fallback():
     primary = LogisticRegression().fit(*separable())
-    routing = RoutingCalibration(ConfidenceMap("probability", "isotonic", (0.5, 1.0), (0.6, 0.99)), 0.7, "on: test", 300, 0.9, 0.8, 0.93, fallback_version="2")
+    routing = RoutingCalibration(
+        ConfidenceMap("probability", "isotonic", (0.5, 1.0), (0.6, 0.99)), 0.7, "on: test", 300, 0.9, 0.8, 0.93, fallback_version="2"
+    )
     plan = plan_routing(primary, routing, version="4", fallback_version="2")
     assert plan.threshold == 0.7 and plan.confidence_map is routing.confidence_map and "on: test" in plan.note
     moved = plan_routing(primary, routing, version="4", fallback_version="3")
@@ -135,12 +152,16 @@ def test_strict_json_bodies():
     assert strict == {"predictions": [{"confidence": None, "version": None, "row_id": 0, "error": "x is NaN"}]}
     plain = b'{"predictions": [{"confidence": 0.5}]}'
     assert strict_body(200, plain) is plain  # already strict: passed through untouched
-    mlflow_error = json.dumps({
-        "error_code": "INVALID_PARAMETER_VALUE",
-        "message": "Failed to predict data '   f00\n0  1.0'. \nError: the input lacks column(s) f01: the served models read 2 columns (f00, f01)",
-        "stack_trace": "Traceback (most recent call last):\n  File ...",
-    }).encode()
+    mlflow_error = json.dumps(
+        {
+            "error_code": "INVALID_PARAMETER_VALUE",
+            "message": "Failed to predict data '   f00\n0  1.0'. \nError: the input lacks column(s) f01: the served models read 2 columns (f00, f01)",
+            "stack_trace": "Traceback (most recent call last):\n  File ...",
+        }
+    ).encode()
     error = json.loads(strict_body(400, mlflow_error))
     assert error == {"error_code": "INVALID_PARAMETER_VALUE", "message": "the input lacks column(s) f01: the served models read 2 columns (f00, f01)"}
     assert json.loads(strict_body(504, b"Request processing time exceeded limit")) == {
-        "error_code": "INTERNAL_ERROR", "message": "Request processing time exceeded limit"}
+        "error_code": "INTERNAL_ERROR",
+        "message": "Request processing time exceeded limit",
+    }

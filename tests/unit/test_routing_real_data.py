@@ -33,8 +33,8 @@ from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.tasks.drills.datasets import load_dataset
-from prefect_crisis.tasks.serving.fallback_model import fit_fallback
 from prefect_crisis.tasks.serving.confidence_routing import RoutingCalibration, fit_routing
+from prefect_crisis.tasks.serving.fallback_model import fit_fallback
 from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
 from prefect_crisis.tasks.training.data import TrainingData
 
@@ -44,6 +44,8 @@ TOLERANCE = 0.01  # served accuracy may trail the primary's own by at most one p
 def raw_sgd(seed: int = 0) -> SGDClassifier:
     """The project's default learner as it was when issues 22 and 26 were found: log-loss SGD on raw features."""
     return SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed)
+
+
 FALLBACK_COLUMNS = ("pixel_2_3", "pixel_4_4", "pixel_5_2")  # three informative pixels of digits
 
 
@@ -109,7 +111,7 @@ def fitted(family: str, binary: bool, labels: str):
 
 @functools.cache
 def fallback_of(binary: bool, labels: str):
-    frame, features = digits()
+    _frame, features = digits()
     X, y = task(binary, labels)
     columns = [features.index(name) for name in FALLBACK_COLUMNS]
     return LogisticRegression(max_iter=1_000).fit(X[::2][:, columns], y[::2])
@@ -134,7 +136,7 @@ def test_saturated_probabilities_disagree_with_predict_so_the_property_has_teeth
 )
 def test_rows_the_primary_answers_are_exactly_its_predict(family, binary, labels, start, count, threshold, missing):
     X, _ = task(binary, labels)
-    frame, features = digits()
+    _frame, features = digits()
     served_rows = X[1::2][start : start + count]
     if not len(served_rows):
         return
@@ -166,7 +168,7 @@ def test_rows_the_primary_answers_are_exactly_its_predict(family, binary, labels
 
 
 def test_a_model_without_predict_proba_is_served_without_confidence_routing_and_says_so(caplog):
-    X, y = task(False, "strings")
+    X, _y = task(False, "strings")
     _, features = digits()
     primary = fitted("linear-svc", False, "strings")
     served = router(primary, features, fallback_of(False, "strings"), FALLBACK_COLUMNS, confidence_threshold=0.99)

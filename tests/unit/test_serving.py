@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from prefect_crisis.blocks import ModelRegistry
-from prefect_crisis.tasks.serving.inference_log import open_inference_log, read_window
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import ServingInputError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import BreakerState, CrisisEvent, Responder
+from prefect_crisis.tasks.serving.inference_log import open_inference_log, read_window
 from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion, confidence_of
 
 
@@ -216,7 +216,7 @@ def test_concurrent_requests_all_get_answers():
         for _ in range(50):
             try:
                 answered.append(len(served.predict(rows(0.9, 0.5))))
-            except Exception as error:  # noqa: BLE001 - counted
+            except Exception as error:
                 failures.append(error)
 
     threads = [threading.Thread(target=client) for _ in range(4)]
@@ -257,8 +257,15 @@ def test_every_row_and_every_refused_request_reaches_the_inference_log(tmp_path)
 
 def test_a_burst_of_serving_errors_emits_one_event_per_window():
     clock, sink = Clock(), ListSink()
-    served = router(primary=Crafted(fail=RuntimeError("down")), fallback=Constant(fail=ValueError("down too")),
-                    clock=clock, sink=sink, error_burst_rows=10, error_burst_seconds=5, failure_threshold=1000)
+    served = router(
+        primary=Crafted(fail=RuntimeError("down")),
+        fallback=Constant(fail=ValueError("down too")),
+        clock=clock,
+        sink=sink,
+        error_burst_rows=10,
+        error_burst_seconds=5,
+        failure_threshold=1000,
+    )
     served.start(refresh_in_background=False)
     for _ in range(4):
         served.predict(rows(0.9, 0.9, 0.9))  # 3 failed rows each: the 4th request makes 12 within 5 s

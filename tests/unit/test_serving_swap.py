@@ -12,10 +12,10 @@ from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import ServingError
 from prefect_crisis.core.timeline import ListSink, Timeline
 from prefect_crisis.core.vocabulary import TagKey
+from prefect_crisis.tasks.drills.synthetic import make_batch
+from prefect_crisis.tasks.serving.router import FallbackRouter
 from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.training.promotion import log_candidate
-from prefect_crisis.tasks.serving.router import FallbackRouter
-from prefect_crisis.tasks.drills.synthetic import make_batch
 from tests.helpers import FEATURES, register
 
 FALLBACK_FEATURES = FEATURES[:3]
@@ -75,7 +75,7 @@ def test_an_alias_move_is_swapped_in_with_requests_in_flight(served_registry):
                 if (out["answered_by"] == "none").any():
                     failures.append(out["error"].dropna().iloc[0])
                 versions.append(frozenset(out.loc[out["answered_by"] == "primary", "version"]))
-            except Exception as error:  # noqa: BLE001 - counted
+            except Exception as error:
                 failures.append(repr(error))
 
     threads = [threading.Thread(target=client) for _ in range(3)]

@@ -10,6 +10,7 @@ import pytest
 from prefect_crisis.blocks import TrainingPolicy
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.tasks.training.gate import decide_promotion
+from prefect_crisis.tasks.training.loop import Checkpoint, learner_of, make_estimator, train_with_stop_hook
 from prefect_crisis.tasks.training.stopping import (
     StopKind,
     TrainingProgress,
@@ -20,7 +21,6 @@ from prefect_crisis.tasks.training.stopping import (
     stop_on_stall,
     stop_when_flag_set,
 )
-from prefect_crisis.tasks.training.loop import Checkpoint, learner_of, make_estimator, train_with_stop_hook
 
 CLASSES = np.array([0, 1])
 
@@ -62,7 +62,6 @@ def test_divergence_waits_for_warmup_then_compares_with_the_best():
     assert reason.kind is StopKind.DIVERGED and "over 3x the best 0.1" in reason.detail
 
 
-
 def test_stall_stops_at_exactly_patience_mini_batches_without_a_new_best():
     stop = stop_on_stall(3)
     assert progress_with([0.5, 0.5]).batches_since_best == 1  # an equal loss is no new best
@@ -76,6 +75,7 @@ def test_divergence_boundaries_first_batch_after_warmup_and_a_loss_at_exactly_fa
     assert stop(progress_with([0.25, 0.5])) is None  # the warm-up's last batch
     assert stop(progress_with([0.25, 0.3, 0.5])) is None  # 0.5 is exactly 2x the best: not over it
     assert stop(progress_with([0.25, 0.3, 0.5001])).kind is StopKind.DIVERGED
+
 
 def test_flag_is_read_at_most_once_per_poll_interval_of_the_clock():
     clock, reads = FakeClock(), []
@@ -108,8 +108,14 @@ def test_flag_stops_training_exactly_at_the_next_check_and_checkpoints_position(
     flag = lambda: "operator said stop" if len(seen) >= batches_before_flag else seen.append(1)  # noqa: E731
     saved: list[Checkpoint] = []
     outcome = train_with_stop_hook(
-        make_estimator(), X, y, classes=CLASSES, epochs=3, batch_size=100,
-        stop=stop_when_flag_set(flag, poll_seconds=0), on_stop=lambda c: saved.append(c) or "uri://checkpoint",
+        make_estimator(),
+        X,
+        y,
+        classes=CLASSES,
+        epochs=3,
+        batch_size=100,
+        stop=stop_when_flag_set(flag, poll_seconds=0),
+        on_stop=lambda c: saved.append(c) or "uri://checkpoint",
     )
     assert outcome.stop_reason.kind is StopKind.FLAG and outcome.stop_reason.detail == "operator said stop"
     assert outcome.progress.batches_seen == batches_before_flag + 1
@@ -122,9 +128,7 @@ def test_exploding_learning_rate_is_stopped_by_the_nonfinite_loss_guard():
     X, y = data()
     X[::50] *= 1e200  # a few absurd rows make the weights overflow
     estimator = make_estimator("sgd", {"learning_rate": "constant", "eta0": 1e10})
-    outcome = train_with_stop_hook(
-        estimator, X, y, classes=CLASSES, epochs=5, batch_size=100, stop=stop_on_nonfinite_loss(), on_stop=lambda c: "ck"
-    )
+    outcome = train_with_stop_hook(estimator, X, y, classes=CLASSES, epochs=5, batch_size=100, stop=stop_on_nonfinite_loss(), on_stop=lambda c: "ck")
     assert outcome.stop_reason.kind is StopKind.NON_FINITE_LOSS
     assert outcome.progress.batches_seen < 100
 
@@ -135,7 +139,12 @@ def test_resuming_from_a_checkpoint_equals_training_without_the_stop():
     saved: list[Checkpoint] = []
     calls = iter(range(1_000))
     stopped = train_with_stop_hook(
-        make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100,
+        make_estimator(),
+        X,
+        y,
+        classes=CLASSES,
+        epochs=2,
+        batch_size=100,
         stop=stop_when_flag_set(lambda: "stop" if next(calls) == 24 else None, poll_seconds=0),
         on_stop=lambda c: saved.append(c) or "ck",
     )
@@ -195,8 +204,14 @@ def test_an_interruption_from_outside_writes_the_checkpoint_then_propagates():
     saved: list[Checkpoint] = []
     with pytest.raises(KeyboardInterrupt):
         train_with_stop_hook(
-            make_estimator(), X, y, classes=CLASSES, epochs=2, batch_size=100,
-            stop=interrupt_at_batch_12, on_stop=lambda c: saved.append(c) or "ck",
+            make_estimator(),
+            X,
+            y,
+            classes=CLASSES,
+            epochs=2,
+            batch_size=100,
+            stop=interrupt_at_batch_12,
+            on_stop=lambda c: saved.append(c) or "ck",
         )
     (checkpoint,) = saved
     assert (checkpoint.position.epoch, checkpoint.position.batch_index) == (0, 12)  # 12 batches trained

@@ -17,14 +17,14 @@ from sklearn.preprocessing import StandardScaler
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.timeline import ListSink, Timeline
-from prefect_crisis.tasks.training.checkpoints import training_experiment
 from prefect_crisis.tasks.drills.datasets import DATASET_NAMES, load_dataset
 from prefect_crisis.tasks.serving.fallback_model import MEETS_BAR_TAG, fit_fallback, keep_fallback
+from prefect_crisis.tasks.training.checkpoints import training_experiment
+from prefect_crisis.tasks.training.data import holdout_rows, policy_estimator, split_training_data
 from prefect_crisis.tasks.training.gate import evaluate
+from prefect_crisis.tasks.training.loop import train_with_stop_hook
 from prefect_crisis.tasks.training.promotion import GOLDEN_VERSION_TAG, LABEL_FINDING_TAG, gate_candidate, read_golden_set
 from prefect_crisis.tasks.training.stopping import stop_after_seconds
-from prefect_crisis.tasks.training.loop import train_with_stop_hook
-from prefect_crisis.tasks.training.data import holdout_rows, policy_estimator, split_training_data
 
 
 def cross_validated_logistic(name: str) -> float:
@@ -37,8 +37,14 @@ def cross_validated_logistic(name: str) -> float:
 
 def train_default(data, policy: TrainingPolicy):
     return train_with_stop_hook(
-        policy_estimator(policy, data), data.X_train, data.y_train, classes=data.classes, epochs=policy.epochs,
-        batch_size=policy.batch_size, stop=stop_after_seconds(600), seed=policy.seed,
+        policy_estimator(policy, data),
+        data.X_train,
+        data.y_train,
+        classes=data.classes,
+        epochs=policy.epochs,
+        batch_size=policy.batch_size,
+        stop=stop_after_seconds(600),
+        seed=policy.seed,
     )
 
 
@@ -97,16 +103,21 @@ def test_a_missed_bar_is_said_with_its_figures(trained):
 @pytest.mark.parametrize(
     ("spoil", "finding"),
     [
-        (lambda frame: frame[frame["label"] == 1], "label 'label' is constant: every labelled row is class 1; a classifier needs at least two classes"),
+        (
+            lambda frame: frame[frame["label"] == 1],
+            "label 'label' is constant: every labelled row is class 1; a classifier needs at least two classes",
+        ),
         (lambda frame: frame.assign(label=0), "label 'label' is constant: every labelled row is class 0"),
-        (lambda frame: frame.assign(label=frame["label"].astype(float).where(frame.index % 10 != 0)),
-         "label 'label' is missing in 18 of 178 rows: fill or drop them before training"),
+        (
+            lambda frame: frame.assign(label=frame["label"].astype(float).where(frame.index % 10 != 0)),
+            "label 'label' is missing in 18 of 178 rows: fill or drop them before training",
+        ),
         (lambda frame: frame.iloc[:-1].assign(label=[0] * 176 + [1]), "class 1 of label 'label' has 1 row, fewer than 2"),
     ],
     ids=["one class", "constant label", "missing labels", "a class of one row"],
 )
 def test_a_batch_that_cannot_train_a_sane_model_is_refused_before_training(spoil, finding):
-    with pytest.raises(TrainingError, match="^training refused before it started: ") as refused:
+    with pytest.raises(TrainingError, match=r"^training refused before it started: ") as refused:
         split_training_data(spoil(load_dataset("wine").frame), TrainingPolicy(), "wine")
     assert finding in str(refused.value) and "\n" not in str(refused.value)
 
@@ -151,9 +162,7 @@ def poisoned(frame, share: float, permute: bool, seed: int = 5):
     return frame.assign(label=np.where(hit, classes[(position + shift) % len(classes)], frame["label"]))
 
 
-@pytest.mark.parametrize(
-    ("dataset", "share", "permute"), [("digits", 1.0, True), ("digits", 0.5, False), ("breast-cancer", 0.6, True)]
-)
+@pytest.mark.parametrize(("dataset", "share", "permute"), [("digits", 1.0, True), ("digits", 0.5, False), ("breast-cancer", 0.6, True)])
 def test_a_retrain_on_poisoned_labels_is_blocked_by_the_golden_set_and_a_clean_one_is_promoted(registry, dataset, share, permute):
     first, later = load_dataset(dataset).split(seed=3, parts=(0.3, 0.7))
     policy = TrainingPolicy()
@@ -171,7 +180,9 @@ def test_a_retrain_on_poisoned_labels_is_blocked_by_the_golden_set_and_a_clean_o
     assert reason.startswith(f"label-quality finding: champion v{champion.version} scores ") and reason == bad.label_finding
     assert "on this batch's holdout" in reason and "registered and" in reason and f"on the golden set ({len(golden)} rows)" in reason
     assert registry.version(bad.version).tags[LABEL_FINDING_TAG] == reason
-    no_fallback = keep_fallback(registry, data, policy.model_copy(update={"replace_fallback": True}), primary_metrics=bad.metrics, label_finding=bad.label_finding)
+    no_fallback = keep_fallback(
+        registry, data, policy.model_copy(update={"replace_fallback": True}), primary_metrics=bad.metrics, label_finding=bad.label_finding
+    )
     assert not no_fallback.registered and "label-quality finding" in no_fallback.detail
 
     _, clean = train_and_gate(registry, later, policy, "clean")
@@ -213,14 +224,49 @@ def test_the_holdout_and_data_modules_docstring_examples_run(name):
 @pytest.mark.parametrize(
     ("old", "names"),
     [
-        ("prefect_crisis.tasks.training_run", ["TrainingData", "TrainingRun", "build_stop_condition", "findings_before_training",
-                                               "holdout_rows", "policy_estimator", "resume_key", "resume_point",
-                                               "smallest_judged_batch", "split_training_data", "stratified_holdout", "train_model"]),
-        ("prefect_crisis.tasks.promotion", ["CandidateResult", "GOLDEN_DIR", "GOLDEN_FILE", "GOLDEN_VERSION_TAG", "LABEL_CHECK_CONFIDENCE",
-                                           "LABEL_FINDING_TAG", "PIP_REQUIREMENTS", "PromotionDecision", "TrustedFigures", "accuracy_on",
-                                           "champion_metrics_on", "columns_of", "decide_promotion", "evaluate", "freeze_golden_set",
-                                           "gate_candidate", "holdout_refusal", "label_quality_finding", "log_candidate",
-                                           "read_golden_set", "register_and_gate"]),
+        (
+            "prefect_crisis.tasks.training_run",
+            [
+                "TrainingData",
+                "TrainingRun",
+                "build_stop_condition",
+                "findings_before_training",
+                "holdout_rows",
+                "policy_estimator",
+                "resume_key",
+                "resume_point",
+                "smallest_judged_batch",
+                "split_training_data",
+                "stratified_holdout",
+                "train_model",
+            ],
+        ),
+        (
+            "prefect_crisis.tasks.promotion",
+            [
+                "CandidateResult",
+                "GOLDEN_DIR",
+                "GOLDEN_FILE",
+                "GOLDEN_VERSION_TAG",
+                "LABEL_CHECK_CONFIDENCE",
+                "LABEL_FINDING_TAG",
+                "PIP_REQUIREMENTS",
+                "PromotionDecision",
+                "TrustedFigures",
+                "accuracy_on",
+                "champion_metrics_on",
+                "columns_of",
+                "decide_promotion",
+                "evaluate",
+                "freeze_golden_set",
+                "gate_candidate",
+                "holdout_refusal",
+                "label_quality_finding",
+                "log_candidate",
+                "read_golden_set",
+                "register_and_gate",
+            ],
+        ),
     ],
 )
 def test_the_flat_modules_split_in_training_still_give_their_names(old, names):

@@ -14,7 +14,8 @@ from prefect_crisis.core.contract_spec import ColumnSpec
 from prefect_crisis.tasks.validation.columns import TRUTH_VALUES, coerce_column
 
 ROOT = Path(__file__).resolve().parents[2]
-VALIDATION_MODULES = sorted((ROOT / "tasks" / "validation").glob("*.py")) + [
+VALIDATION_MODULES = [
+    *sorted((ROOT / "tasks" / "validation").glob("*.py")),
     ROOT / "core" / "contract_spec.py",
     ROOT / "core" / "contract_inference.py",
     ROOT / "blocks" / "contract.py",

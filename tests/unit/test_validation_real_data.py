@@ -130,7 +130,7 @@ def corrupt(batch: pd.DataFrame, contract: DataContract, reference: pd.DataFrame
     positive = [name for name in features if reference[name].min() >= 0]
     rows = rng.choice(len(batch), len(CORRUPTIONS), replace=False)
     done = []
-    for row, kind in zip(rows, CORRUPTIONS):
+    for row, kind in zip(rows, CORRUPTIONS, strict=True):
         label = batch.index[row]
         if kind == "unseen-class":
             column, value = LABEL, max(contract.column(LABEL).allowed_values) + 1

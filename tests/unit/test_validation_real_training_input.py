@@ -58,7 +58,9 @@ def test_every_class_with_fewer_rows_than_the_minimum_is_named():
     assert (finding.reason, finding.rows) == (FindingReason.RARE_CLASS, 1)
     assert finding.message.startswith("class 2 of label 'label' has 1 row, fewer than 2")
     findings = training_input_findings(batch, LABEL, min_rows_per_class=40)  # a stricter minimum
-    assert [(f.reason, f.rows) for f in findings] == [(FindingReason.RARE_CLASS, (batch[LABEL] == c).sum()) for c in (0, 1, 2) if (batch[LABEL] == c).sum() < 40]
+    assert [(f.reason, f.rows) for f in findings] == [
+        (FindingReason.RARE_CLASS, (batch[LABEL] == c).sum()) for c in (0, 1, 2) if (batch[LABEL] == c).sum() < 40
+    ]
 
 
 def test_expected_classes_the_batch_lacks_or_exceeds_are_findings():

@@ -75,12 +75,15 @@ def test_exponential_wait_is_capped_and_stop_never_never_stops():
     assert not stop_never()(Attempt(10**6, 10**9))
 
 
-@pytest.mark.parametrize("name", [
-    "prefect_crisis.core.waiting",
-    "prefect_crisis.deployments.process",
-    "prefect_crisis.deployments.warm_worker",
-    "prefect_crisis.deployments.serve_cli",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "prefect_crisis.core.waiting",
+        "prefect_crisis.deployments.process",
+        "prefect_crisis.deployments.warm_worker",
+        "prefect_crisis.deployments.serve_cli",
+    ],
+)
 def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
