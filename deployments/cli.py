@@ -37,7 +37,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from prefect_crisis.core.errors import CrisisError, DataInputError, DemoError, ExitCode, InputErrorReason, StackError
-from prefect_crisis.core.paths import crisis_home, validate_model_name
+from prefect_crisis.core.paths import crisis_home, default_tracking_uri, validate_model_name
 from prefect_crisis.core.uris import mask_uri
 from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.commands import LONG_COMMAND, SHORT_COMMAND
@@ -168,7 +168,7 @@ def _report_mlflow_ui(launch) -> None:
     from prefect_crisis.deployments.mlflow_ui import is_remote
 
     if launch is None:
-        tracking = stack.default_tracking_uri()
+        tracking = default_tracking_uri()
         if is_remote(tracking):
             console.print(f"MLflow UI: {mask_uri(tracking)} (the tracking server named by MLFLOW_TRACKING_URI)")
         return
