@@ -46,7 +46,7 @@ class DataContract(Block, ContractSpec):
     _block_type_name = "Crisis Data Contract"
     _block_type_slug = "crisis-data-contract"
     _description = "What a model's input batch must look like, and when to quarantine or reject it."
-    _documentation_url = "https://pypi.org/project/prefect-crisis/"
+    _documentation_url = "https://pypi.org/project/prefect-crisis/"  # type: ignore[assignment]  # Prefect's stub: HttpUrl; a str is what its blocks set
 
     @classmethod
     def from_reference(

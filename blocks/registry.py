@@ -10,7 +10,6 @@ serving at time T". Versions are never deleted; they are retired by tag.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -46,6 +45,7 @@ from prefect_crisis.core.paths import default_tracking_uri, ensure_experiment, v
 from prefect_crisis.core.timeline import Incident, Timeline, utc_now
 from prefect_crisis.core.uris import mask_uri, password_moved_apart, with_password
 from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, CrisisEvent, TagKey, VersionRole
+from prefect_crisis.core.waiting import Retrying, stop_before_delay, wait_exponential
 
 __all__ = [
     "MOVE_EVENTS",
@@ -422,23 +422,27 @@ class ModelRegistry(Block):
             RegistryUnavailableError: the store stayed unavailable (one line saying for how long).
             MlflowException: MLflow refused (not worth retrying).
         """
-        deadline = time.monotonic() + self.unavailable_retry_seconds
-        delay, tries = 0.2, 0
-        while True:
-            try:
-                return call(*args, **kwargs)
-            except (MlflowException, OSError) as error:
-                tries += 1
-                if not is_unavailable(error):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise unavailable_error(
-                        self.display_tracking_uri, what, self.model_name, error, tries=tries, seconds=self.unavailable_retry_seconds
-                    ) from error
-                logger.warning("%s: MLflow store unavailable (%s); retrying %s in %.1f s", self.model_name, store_error_line(error), what, delay)
-                reset_store_connections(self.client)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        tries = 0
+
+        def attempt() -> T:
+            nonlocal tries
+            tries += 1
+            return call(*args, **kwargs)
+
+        def before_sleep(error: BaseException, pause: float) -> None:
+            logger.warning("%s: MLflow store unavailable (%s); retrying %s in %.1f s", self.model_name, store_error_line(error), what, pause)
+            reset_store_connections(self.client)
+
+        # from 0.2 s, doubling to 2 s; never sleeps past the budget (gives up when the next pause would end beyond it)
+        policy = Retrying(stop=stop_before_delay(self.unavailable_retry_seconds), wait=wait_exponential(0.2, maximum=2.0))
+        try:
+            return policy.call(attempt, retry_on=(MlflowException, OSError), retry_if=is_unavailable, before_sleep=before_sleep)
+        except (MlflowException, OSError) as error:
+            if not is_unavailable(error):
+                raise
+            raise unavailable_error(
+                self.display_tracking_uri, what, self.model_name, error, tries=tries, seconds=self.unavailable_retry_seconds
+            ) from error
 
     def _alias_reads(self, alias: str) -> str | None:
         """The version `alias` points at now, or None when it cannot be read."""

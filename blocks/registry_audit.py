@@ -126,7 +126,7 @@ def read_audit(client: MlflowClient, experiment_name: str, model: str, alias: st
     query = f"tags.`{TagKey.MODEL}` = '{model}'"
     if alias is not None:
         query += f" and tags.`{TagKey.ALIAS}` = '{alias}'"
-    runs = []
+    runs: list[Any] = []  # MLflow Runs, page after page
     page_token = None
     while True:
         page = client.search_runs([experiment.experiment_id], query, max_results=1000, order_by=["attributes.start_time ASC"], page_token=page_token)

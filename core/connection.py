@@ -74,11 +74,11 @@ def connect_to_local_stack() -> StackConnection | None:
             return None
     except httpx.HTTPError:
         return None
-    from prefect.context import refresh_global_settings_context
+    from prefect_crisis.core.prefect_compat import refresh_settings
 
     os.environ["PREFECT_API_URL"] = api_url
     os.environ["CRISIS_HOME"] = str(home)
-    refresh_global_settings_context()  # Prefect read its settings at import; let it see the variable
+    refresh_settings()  # Prefect read its settings at import; let it see the variable
     return StackConnection(api_url=api_url, home=home)
 
 
@@ -96,9 +96,10 @@ def connect() -> StackConnection | None:
     connection = connect_to_local_stack()
     if connection is not None:
         from prefect.logging import get_logger
-        from prefect.logging.configuration import ensure_logging_setup
 
-        ensure_logging_setup()  # Prefect configures its loggers lazily; the line must show in a plain script
+        from prefect_crisis.core.prefect_compat import ensure_logging
+
+        ensure_logging()  # Prefect configures its loggers lazily; the line must show in a plain script
         get_logger("crisis").info(
             "using the local stack: Prefect %s, state folder %s (found in %s)",
             connection.api_url,

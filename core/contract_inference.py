@@ -100,9 +100,9 @@ def learn_kind(name: str, series: pd.Series, *, key_column: str | None, label_co
             classes = sorted(series.dropna().astype(str).unique().tolist())
             spec["allowed_values"] = classes if len(classes) <= max_categories else None
         elif dtype in ("int", "float"):
-            classes = _codes(_finite(series), dtype, max_categories, min_rows=1)
-            if classes is not None:
-                spec.update(allowed_values=classes, check_outliers=False)
+            codes = _codes(_finite(series), dtype, max_categories, min_rows=1)
+            if codes is not None:
+                spec.update(allowed_values=codes, check_outliers=False)
         return spec
     if dtype == "string":
         spec["allowed_values"] = known_categories(series, max_categories)

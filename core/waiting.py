@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -37,10 +37,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Attempt:
-    """Where a loop stands: the attempt about to run (1-based) and the seconds since the first began."""
+    """Where a loop stands: the attempt about to run (1-based) and the seconds since the first began; asked whether to
+    give up, also the pause the policy would take before the next attempt (`upcoming_sleep`)."""
 
     number: int
     elapsed: float
+    upcoming_sleep: float = 0.0
 
 
 class Stop:
@@ -80,6 +82,21 @@ class stop_after_delay(Stop):
 
     def __call__(self, attempt: Attempt) -> bool:
         return attempt.elapsed >= self.seconds
+
+
+@dataclass(frozen=True)
+class stop_before_delay(Stop):
+    """Give up when the next pause would end more than `seconds` after the first attempt began: never sleeps past the budget.
+
+    Example:
+        >>> stop_before_delay(1)(Attempt(3, 0.7, upcoming_sleep=0.4)), stop_before_delay(1)(Attempt(3, 0.6, upcoming_sleep=0.4))
+        (True, False)
+    """
+
+    seconds: float
+
+    def __call__(self, attempt: Attempt) -> bool:
+        return attempt.elapsed + attempt.upcoming_sleep > self.seconds
 
 
 @dataclass(frozen=True)
@@ -147,9 +164,10 @@ class Retrying:
 
     def _pause(self, attempt: Attempt) -> float | None:
         """Seconds to wait before the next attempt, or None to give up."""
-        if self.stop(attempt):
+        pause = max(0.0, self.wait(attempt))
+        if self.stop(replace(attempt, upcoming_sleep=pause)):
             return None
-        return max(0.0, self.wait(attempt))
+        return pause
 
     def attempts(self) -> Iterator[Attempt]:
         """Attempt after attempt, the policy's pause between them, until the loop breaks or the budget is spent."""
@@ -184,15 +202,26 @@ class Retrying:
                 break
         return answer  # type: ignore[return-value]
 
-    def call(self, fn: Callable[[], T], retry_on: tuple[type[BaseException], ...] = (Exception,)) -> T:
-        """`fn()`, called again while it raises one of `retry_on`; the last error is raised when the budget is spent."""
+    def call(
+        self,
+        fn: Callable[[], T],
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retry_if: Callable[[BaseException], bool] | None = None,
+        before_sleep: Callable[[BaseException, float], None] | None = None,
+    ) -> T:
+        """`fn()`, called again while it raises one of `retry_on` (and, given `retry_if`, one it accepts); the last error
+        is raised when the budget is spent. `before_sleep(error, pause)` runs before each pause (a log line, a reset)."""
         started, number = self.clock(), 1
         while True:
             try:
                 return fn()
-            except retry_on:
+            except retry_on as error:
+                if retry_if is not None and not retry_if(error):
+                    raise
                 pause = self._pause(Attempt(number, self.clock() - started))
                 if pause is None:
                     raise
+                if before_sleep is not None:
+                    before_sleep(error, pause)
             self.sleep(pause)
             number += 1

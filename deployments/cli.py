@@ -152,14 +152,17 @@ def up(
     _report_mlflow_ui(ui_launch)
     home_flag = f" --home {state.home}" if home is not None else ""
     console.print(f'connect a shell or a Python process: eval "$(crisis env{home_flag})"', soft_wrap=True)
+    from prefect_crisis.deployments.leftovers import mark_dead_train_runs_crashed, mark_leftovers_crashed
+
+    # Before the workers start: a run a fresh worker picks up is live, never a leftover to crash.
+    if already_running is None:
+        leftovers = mark_leftovers_crashed(state.api_url, store_uri(stack_home))
+    else:
+        leftovers = mark_dead_train_runs_crashed(state.api_url, store_uri(stack_home))
+    if leftovers.flow_runs or leftovers.training_runs:
+        console.print(leftovers.summary())
     if worker:
         _start_worker(state.api_url, home)
-    if already_running is None:
-        from prefect_crisis.deployments.leftovers import mark_leftovers_crashed
-
-        leftovers = mark_leftovers_crashed(state.api_url, store_uri(stack_home))
-        if leftovers.flow_runs or leftovers.training_runs:
-            console.print(leftovers.summary())
 
 
 def _report_mlflow_ui(launch) -> None:
@@ -260,6 +263,8 @@ def down(
 def status(model: str | None = None, *, json: JsonOption = False, home: HomeOption = None) -> None:
     """Say what runs (server, its database, workers, MLflow store); with MODEL, its crisis picture too: exit 3 when it is in crisis."""
     report = stack.stack_status(home)
+    if report["prefect"]["healthy"]:
+        _mark_dead_train_runs(home, quiet=json)
     if model is not None:
         from prefect_crisis.deployments.status_cli import print_model_status, read_model_dashboard, read_policy_sources
 
@@ -277,6 +282,24 @@ def status(model: str | None = None, *, json: JsonOption = False, home: HomeOpti
         _print_stack(report, home)
     if report["prefect"]["source"] != NO_SERVER and not report["prefect"]["healthy"]:
         sys.exit(ExitCode.STACK)  # a server is recorded or configured and cannot be used: said above, exit 4
+
+
+def _mark_dead_train_runs(home: Path | None, quiet: bool) -> None:
+    """Mark Crashed the runs of a killed `crisis train` (a warning, not a failed status, when the server will not say)."""
+    from prefect_crisis.deployments.leftovers import mark_dead_train_runs_crashed
+    from prefect_crisis.deployments.mlflow_ui import store_uri
+
+    api_url = stack.resolve_api_url(home)
+    if api_url is None:
+        return
+    try:
+        with stack.use_stack(home, **SHORT_COMMAND):
+            marked = mark_dead_train_runs_crashed(api_url, store_uri(home))
+    except (StackError, httpx.HTTPError) as error:
+        console.print(f"[yellow]runs of a killed `crisis train` not checked: {escape(str(error))}[/yellow]", soft_wrap=True)
+        return
+    if (marked.flow_runs or marked.training_runs) and not quiet:
+        console.print(marked.summary())
 
 
 def _print_stack(report: dict, home: Path | None) -> None:
@@ -479,18 +502,31 @@ def train(
     validate_model_name(model)
     batch_path = _existing_batch(batch) if batch else None
     with stack.use_stack(home, **LONG_COMMAND):  # before the slow imports: a dead server is told at once
+        from prefect.exceptions import TerminationSignal
+
+        from prefect_crisis.deployments.live_runs import crash_dead_train_runs, record_train_process, signals_end_the_run
         from prefect_crisis.flows.continuous_training import continuous_training
         from prefect_crisis.tasks.loading import load_contract, load_policy
 
         load_contract(contract)  # missing blocks are one clear line here, not a failed run
         load_policy(policy)
-        state = continuous_training(
-            model_name=model,
-            contract_block=contract,
-            policy_block=policy,
-            batch_path=batch_path,
-            return_state=True,
-        )
+        # a killed earlier `crisis train` left its run Running: Crashed now, so this run resumes its checkpoint
+        for dead in crash_dead_train_runs():
+            console.print(f"flow run {dead} of a `crisis train` that was killed marked Crashed")
+        try:
+            with signals_end_the_run():
+                state = continuous_training.with_options(on_running=[record_train_process])(
+                    model_name=model,
+                    contract_block=contract,
+                    policy_block=policy,
+                    batch_path=batch_path,
+                    return_state=True,
+                )
+        except TerminationSignal as received:
+            console.print(
+                f"terminated by signal {received.signal}: the flow run is marked Crashed; `crisis train --model {model}` resumes its last checkpoint"
+            )
+            sys.exit(ExitCode.INTERRUPTED)
     if state.name in {"Skipped", "Stopped"}:
         console.print(f"{state.name}: {state.message}", soft_wrap=True)
         sys.exit(ExitCode.REJECTED)
@@ -584,9 +620,9 @@ def main(argv: list[str] | None = None) -> None:
 def _send_pending_events(timeout: float = 5.0) -> None:
     """Let queued events (block loads, run events) go before exiting, so the
     exit does not add Prefect's "still processing items" warning to the one line."""
-    from prefect.events.worker import EventsWorker
+    from prefect_crisis.core.prefect_compat import drain_events
 
-    EventsWorker.drain_all(timeout=timeout, at_exit=False)
+    drain_events(timeout)
 
 
 if __name__ == "__main__":

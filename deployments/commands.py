@@ -25,9 +25,9 @@ SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one 
 @contextmanager
 def quiet_console(level: int = logging.WARNING):
     """Keep Prefect's INFO run logs off the terminal (they still go to the runs); print the story instead."""
-    from prefect.logging.handlers import PrefectConsoleHandler
+    from prefect_crisis.core.prefect_compat import prefect_console_handlers
 
-    handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, PrefectConsoleHandler)]
+    handlers = prefect_console_handlers()
     previous = [handler.level for handler in handlers]
     for handler in handlers:
         handler.setLevel(level)

@@ -13,9 +13,14 @@ Why this is safe for these flows: none of them keeps process-global MLflow or
 Prefect state (the store and client are passed along), plots use matplotlib's
 object API, and each run's incident, timeline and emitter are its own.
 
+A cancelled run stops: while a run's thread works, the worker reads the run's
+state every half second, and on Cancelling raises Prefect's TerminationSignal in
+that thread (at its next Python instruction: a long call into native code
+finishes first), which ends the run as a cancel does under a process worker; the
+worker then marks it Cancelled.
+
 What a thread cannot do, and why training stays on the process pool:
-- a running flow run cannot be killed; cancelling one that has not started
-  works, a started crisis flow ends on its own (they take seconds);
+- a run blocked in native code cannot be stopped before that call returns;
 - per-run environment variables cannot be applied to one thread: the worker
   takes the variables of a run's job variables (`CRISIS_HOME` in ours) that its
   own environment lacks, and from then on refuses a run that names another
@@ -31,21 +36,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import importlib
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import InfrastructureNotAvailable
-from prefect.flow_engine import run_flow
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import InfrastructureNotAvailable, ObjectNotFound, TerminationSignal
 from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.states import Cancelled
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
+from prefect_crisis.core.prefect_compat import run_flow_in_this_process
 from prefect_crisis.core.waiting import Retrying, stop_never, wait_exponential
 from prefect_crisis.deployments.pools import WARM_POOL
 from prefect_crisis.deployments.process import recorded
@@ -54,6 +64,8 @@ WARM_MODULE = __spec__.name  # this module, as `python -m` names it on the worke
 
 WARM_TYPE = "crisis-warm"
 DEFAULT_LIMIT = 8
+CANCEL_POLL_SECONDS = 0.5  # how often a running run's state is read for a cancel
+CANCEL_REPEAT_SECONDS = 5.0  # a cancel raised again this often while the thread still runs (code that swallowed it)
 # Imported at start, so the first incident finds them warm: the deployments' entrypoint modules, and
 # what their steps import only when they first run (the diagnosis plot, parquet windows).
 WARM_MODULES = (
@@ -155,18 +167,85 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         task_status.started(infrastructure_id())
         logger = self.get_flow_run_logger(flow_run)
 
+        thread_ids: list[int] = []
+
         def execute() -> int:
+            thread_ids.append(threading.get_ident())
             try:
-                run_flow(flow, flow_run=flow_run, return_type="state", error_logger=logger)
+                run_flow_in_this_process(flow, flow_run, return_type="state", error_logger=logger)
                 return 0
             except BaseException:  # the engine already logged it; the worker marks the run Crashed
                 return 1
 
-        status = await anyio.to_thread.run_sync(execute)
+        cancel = CancelWatch(thread_ids)
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(self._watch_for_cancel, flow_run, cancel)
+            status = await anyio.to_thread.run_sync(execute)
+            watching.cancel_scope.cancel()
+        if cancel.raised:
+            with contextlib.suppress(ObjectNotFound):
+                await self.client.set_flow_run_state(
+                    flow_run.id, Cancelled(message="cancelled: the warm worker stopped the run's thread"), force=True
+                )
+            logger.info("flow run %s cancelled: its thread was stopped", flow_run.id)
+            status = 0  # the run's final state is set: nothing for the worker to mark
         return WarmWorkerResult(status_code=status, identifier=infrastructure_id())
 
+    async def _watch_for_cancel(self, flow_run: FlowRun, cancel: CancelWatch) -> None:
+        """Until cancelled by `run`: read the run's state, and stop its thread when it is Cancelling."""
+        while True:
+            await anyio.sleep(CANCEL_POLL_SECONDS)
+            try:
+                current = await self.client.read_flow_run(flow_run.id)
+            except ObjectNotFound:
+                return
+            if current.state is not None and current.state.type in (StateType.CANCELLING, StateType.CANCELLED):
+                cancel.stop(time.monotonic())
+
     async def kill_infrastructure(self, infrastructure_pid: str, configuration: WarmJobConfiguration, grace_seconds: int = 30) -> None:
-        raise InfrastructureNotAvailable(f"{infrastructure_pid} runs flows in threads: a started crisis flow ends on its own")
+        raise InfrastructureNotAvailable(f"{infrastructure_pid} runs flows in threads: the warm worker stops a cancelled run's thread itself")
+
+
+class WarmRunCancelled(TerminationSignal):
+    """Raised in a run's thread when the run is cancelled: the engine and the crisis flows treat it as the
+    SIGTERM a process worker's cancel sends (a training records its stop as cancelled)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+
+
+def raise_in_thread(thread_id: int, exception: type[BaseException]) -> bool:
+    """Raise `exception` in thread `thread_id` at its next Python instruction; False when no such thread runs."""
+    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception))
+    if changed > 1:  # more than one thread state touched: undo, as CPython's documentation asks
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+        return False
+    return changed == 1
+
+
+@dataclass
+class CancelWatch:
+    """The cancel of one run: its thread (once it started), and when its stop was last raised there.
+
+    Example:
+        >>> watch = CancelWatch(thread_ids=[])
+        >>> watch.stop(now=0.0), watch.raised  # no thread yet: raised once it has started
+        (False, False)
+    """
+
+    thread_ids: list[int]
+    last_raised: float | None = None
+    raised: bool = False
+    raise_in: Callable[[int, type[BaseException]], bool] = field(default=raise_in_thread, repr=False)
+
+    def stop(self, now: float) -> bool:
+        """Raise WarmRunCancelled in the run's thread, unless that was done less than CANCEL_REPEAT_SECONDS ago."""
+        if not self.thread_ids or (self.last_raised is not None and now - self.last_raised < CANCEL_REPEAT_SECONDS):
+            return False
+        if not self.raise_in(self.thread_ids[0], WarmRunCancelled):
+            return False
+        self.last_raised, self.raised = now, True
+        return True
 
 
 def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> float:
@@ -187,6 +266,13 @@ def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> float:
 
 def _is_warm_worker(pid: int) -> bool:
     return recorded("warm worker", pid, None, lambda cmdline: WARM_MODULE in cmdline).why_not_ours() is None
+
+
+def warm_worker_alive(infrastructure_pid: str | None) -> bool:
+    """True when `infrastructure_pid` names a warm worker of this host that still runs."""
+    kind, _, rest = (infrastructure_pid or "").partition(":")
+    run_host, _, pid = rest.rpartition(":")
+    return kind == WARM_TYPE and run_host == socket.gethostname() and pid.isdigit() and _is_warm_worker(int(pid))
 
 
 def crash_orphans(pool: str) -> int:

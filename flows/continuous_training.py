@@ -78,8 +78,7 @@ def continuous_training(
     training = train_model(data, policy, registry, resume)
     # A refused resume is news the person who asked for it must see in the run's message.
     refused = f"; {training.resume}" if training.resume.refusal else ""
-    if not training.outcome.completed:
-        reason = training.outcome.stop_reason
+    if (reason := training.outcome.stop_reason) is not None:  # not completed
         message = f"training stopped ({reason}); checkpoint {training.outcome.checkpoint_uri}; nothing registered{refused}"
         return Failed(name="Stopped", message=message) if reason.kind.is_failure else Completed(name="Stopped", message=message)
 

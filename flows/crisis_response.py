@@ -17,7 +17,7 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import DataInputError, InputErrorReason, PolicyError, RegistryError
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
-from prefect_crisis.tasks.loading import bind_policy
+from prefect_crisis.tasks.loading import bind_policy, saved_block
 from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
 from prefect_crisis.tasks.response.incident import (
     close_episode,
@@ -77,7 +77,7 @@ def crisis_response(
         diagnose_only: stop after the diagnosis (a Completed state named "Diagnosed"): the warning step of the ladder.
     """
     quiet_expected_errors()  # expected errors are one log line wherever the flow runs
-    registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
+    registry = saved_block(ModelRegistry, registry_block) if registry_block else ModelRegistry(model_name=model_name)
     try:
         bound = bind_policy(RollbackPolicy, registry.model_name, rollback_policy_block)
     except PolicyError as error:  # a named block that is not saved: no response with guessed rules, but never a silent one
@@ -156,7 +156,7 @@ def crisis_response(
                 if diagnose_only:
                     return Completed(
                         name="Diagnosed",
-                        message=f"incident {incident.id}: diagnosed only (error rate {report.error_rate:.2%})",
+                        message=f"incident {incident.id}: diagnosed only (error rate {report.shown_error_rate})",
                         data=report.to_dict(),
                     )
                 live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))

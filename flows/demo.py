@@ -24,6 +24,7 @@ by the fallback model) fails with a `DemoError`.
 """
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
@@ -145,7 +146,8 @@ def _serve_and_label(model_name: str, rows: int, seed: int) -> int:
 def _sweep(model_name: str, step: str) -> tuple[dict, str | None]:
     """One health-monitor run for the model: (summary row, the worst breach's severity or None)."""
     state = health_monitor(model_name=model_name, return_state=True)
-    breaches = (state.result(raise_on_failure=False) or {}).get("swept", {}).get(model_name, []) if state.is_completed() else []
+    result = state.result(raise_on_failure=False) if state.is_completed() else None
+    breaches: list[dict[str, Any]] = result.get("swept", {}).get(model_name, []) if isinstance(result, dict) else []
     order = [severity.value for severity in Severity]
     worst = max((breach["severity"] for breach in breaches), key=order.index, default=None)
     print(f"{step}: {state.name}: {state.message}")

@@ -20,7 +20,7 @@ from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.core.errors import CrisisError, DataInputError, PolicyError
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Severity, is_drill_model
-from prefect_crisis.tasks.loading import BoundPolicy, bind_policy
+from prefect_crisis.tasks.loading import BoundPolicy, bind_policy, saved_block
 from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
 from prefect_crisis.tasks.response.emergency import (
     EmergencyRecord,
@@ -114,10 +114,10 @@ def repair_serving(
         live = live_window(window[label_column].to_numpy(), y_pred, latencies_of(window))
         measured, unscorable = measure_versions(registry, audit, window, label_column, timeline)
     else:
-        moved = [move for move in audit.of_alias(registry.champion_alias) if move.incident == incident.id and move.applied]
-        if moved and moved[-1].to_version == champion.version and not champion.is_fallback:
+        moves = [move for move in audit.of_alias(registry.champion_alias) if move.incident == incident.id and move.applied]
+        if moves and moves[-1].to_version == champion.version and not champion.is_fallback:
             return StepResult(
-                "serve", True, f"v{champion.version} keeps serving: this incident's {moved[-1].action} put it there (nothing measured since)"
+                "serve", True, f"v{champion.version} keeps serving: this incident's {moves[-1].action} put it there (nothing measured since)"
             )
         live, measured, unscorable = LiveWindow({}, {}), {}, frozenset()
     decision = decide_rollback_task(registry, policy, live, incident, audit, timeline, measured, unscorable)
@@ -209,7 +209,7 @@ def emergency_stop(
         window_path: parquet/CSV of recent labelled rows to measure on instead of the inference log's window.
     """
     quiet_expected_errors()  # expected errors are one log line wherever the flow runs
-    registry = ModelRegistry.load(registry_block) if registry_block else ModelRegistry(model_name=model_name)
+    registry = saved_block(ModelRegistry, registry_block) if registry_block else ModelRegistry(model_name=model_name)
     model = registry.model_name
     logger = get_run_logger()
     with get_client(sync_client=True) as client:

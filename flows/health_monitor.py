@@ -11,17 +11,19 @@ model whose champion is its fallback version is named as such in the result
 (`on_fallback`) and in its report (`serving: "fallback"`).
 """
 
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
+from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.timeline import utc_now
 from prefect_crisis.core.vocabulary import Serving
-from prefect_crisis.tasks.loading import bind_policy
+from prefect_crisis.tasks.loading import bind_policy, saved_block
 from prefect_crisis.tasks.monitoring.dashboard import dashboard_due, refresh_dashboard
 from prefect_crisis.tasks.monitoring.sweep import load_drift_reference, metric_history, models_to_sweep, sweep_model_task, system_metrics
 from prefect_crisis.tasks.run_logs import quiet_expected_errors
@@ -47,8 +49,8 @@ def health_monitor(
     """
     quiet_expected_errors()  # expected errors are one log line wherever the flow runs
     logger = get_run_logger()
-    policy = MonitoringPolicy.load(monitoring_policy_block) if monitoring_policy_block else MonitoringPolicy()
-    log = InferenceLog.load(inference_log_block) if inference_log_block else InferenceLog()
+    policy = saved_block(MonitoringPolicy, monitoring_policy_block) if monitoring_policy_block else MonitoringPolicy()
+    log = saved_block(InferenceLog, inference_log_block) if inference_log_block else InferenceLog()
     now = utc_now()
     models = models_to_sweep(log, now, policy.long_window_minutes, model_names, model_name, drill_minutes=policy.short_window_minutes)
     if not models:
@@ -57,7 +59,7 @@ def health_monitor(
     contract, reference = load_drift_reference(MonitoringPolicy())
     system = system_metrics()
     swept, failed, on_fallback = {}, {}, []
-    references = {None: (contract, reference)}
+    references: dict[str | None, tuple[DataContract | None, pd.DataFrame | None]] = {None: (contract, reference)}
     for model in models:
         try:
             bound = bind_policy(MonitoringPolicy, model, monitoring_policy_block)

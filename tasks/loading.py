@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from prefect.blocks.core import Block
 
@@ -15,11 +15,23 @@ from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.errors import ContractError, ContractErrorReason, RegistryError, TrainingError
 from prefect_crisis.core.paths import validate_model_name
 
+P = TypeVar("P", bound=Block)
+
+
+def saved_block(kind: type[P], name: str) -> P:
+    """The saved `kind` block `name`: Prefect's `Block.load` is sync-compatible (typed as maybe a coroutine), and from
+    the sync code that calls this it returns the block itself.
+
+    Raises:
+        ValueError: no block document of that name (Prefect's).
+    """
+    return cast(P, kind.load(name))
+
 
 def load_contract(name: str) -> DataContract:
     """Load a saved DataContract block, with an error that says how to make one."""
     try:
-        return DataContract.load(name)
+        return saved_block(DataContract, name)
     except ValueError as error:
         raise ContractError(
             ContractErrorReason.NOT_FOUND,
@@ -33,7 +45,7 @@ def load_policy(name: str | None) -> TrainingPolicy:
     if not name:
         return TrainingPolicy()
     try:
-        return TrainingPolicy.load(name)
+        return saved_block(TrainingPolicy, name)
     except ValueError as error:
         raise TrainingError(
             f"no TrainingPolicy block named {name!r} on the Prefect server: save one with "
@@ -46,14 +58,13 @@ def load_registry(name: str | None, model_name: str) -> ModelRegistry:
     if not name:
         return ModelRegistry(model_name=validate_model_name(model_name))
     try:
-        registry = ModelRegistry.load(name)
+        registry = saved_block(ModelRegistry, name)
     except ValueError as error:
         raise RegistryError(f"no ModelRegistry block named {name!r} on the Prefect server: save one, or leave it out") from error
     validate_model_name(registry.model_name)
     return registry
 
 
-P = TypeVar("P", bound=Block)
 # The field of the model's EscalationPolicy that may name a block of each kind.
 NAMED_IN_ESCALATION = {"RollbackPolicy": "rollback_policy", "MonitoringPolicy": "monitoring_policy", "FallbackPolicy": "fallback_policy"}
 
@@ -80,7 +91,7 @@ class BoundPolicy(Generic[P]):
 
 def _load(kind: type[P], name: str) -> P | None:
     try:
-        return kind.load(name)
+        return saved_block(kind, name)
     except ValueError:  # Prefect: no block document of that name
         return None
 
@@ -101,7 +112,7 @@ def bind_policy(kind: type[P], model: str, named: str | None = None) -> BoundPol
     own = block_name_of(model)
     field = NAMED_IN_ESCALATION.get(kind.__name__)
     escalation = _load(EscalationPolicy, own) if field else None
-    if escalation is not None and (in_escalation := getattr(escalation, field)):
+    if field and escalation is not None and (in_escalation := getattr(escalation, field)):
         policy = _load(kind, in_escalation)
         if policy is None:
             raise PolicyError(f"the escalation policy {own!r} names {label} {in_escalation!r}, which is not saved: save it, or empty {field}")

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect.events.worker import EventsWorker
 
 from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.paths import default_storage
+from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.tasks.drills.faults import Served, all_flipped, concept_drifted, keyed, positives_flipped, serve_rows, true_labels
 from prefect_crisis.tasks.drills.real_models import RealModelStack, build_real_stack
@@ -156,7 +156,7 @@ def serve_and_label(drill: Drill[Any], batch: pd.DataFrame, name: str, emit: boo
     drill.inject_now()
     record_labels(log, served.keys, served.labels, emit=emit)
     if emit:
-        EventsWorker.drain_all()
+        drain_events()
     drill.facts.update(rows_served=served.rows_sent, rows_lost=drill.facts.get("rows_lost", 0) + served.rows_lost)
     return served
 

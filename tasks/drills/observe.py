@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.schemas.events import ReceivedEvent
-from prefect.events.worker import EventsWorker
 
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
 from prefect_crisis.core.errors import IncidentError
+from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, INCIDENT_ROLE, MODEL_RESOURCE, AliasAction, CrisisEvent
 from prefect_crisis.tasks.drills.catalogue import FRESH_ROWS
 from prefect_crisis.tasks.drills.end_state import EndState, FreshRows, MeasuredAccuracy, judge_accuracy, judge_incidents, judge_rows_lost
@@ -163,7 +163,7 @@ def check_end_state(drill: Drill[Any], end: EndState) -> None:
         known = drill.incident is None or drill.incident in {incident_of(event) for event in opened}
         return (opened,) if len(opened) >= fewest and known else None  # a tuple: none opened is an answer too
 
-    EventsWorker.drain_all()
+    drain_events()
     settled = wait_until(counted, INCIDENTS_SETTLE)
     opened = settled[0] if settled else incidents_opened(drill.model, drill.injected_at)
     judge_incidents(drill, end, [str(event.payload.get("severity")) for event in opened])

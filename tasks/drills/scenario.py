@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
 from prefect_crisis.tasks.drills.end_state import EndState
 
 if TYPE_CHECKING:
@@ -33,14 +34,23 @@ def seconds(since: datetime, at: datetime | None) -> float | None:
     return None if at is None else round((at - since).total_seconds(), 3)
 
 
-def wait_until(read: Callable[[], Any], limit: float, every: float = 0.25) -> Any:
-    """Poll `read` until it gives something truthy or `limit` seconds pass; returns its last value."""
-    deadline = time.monotonic() + limit
-    value = read()
-    while not value and time.monotonic() < deadline:
-        time.sleep(every)
-        value = read()
-    return value
+def wait_until(
+    read: Callable[[], Any],
+    limit: float,
+    every: float = 0.25,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Poll `read` until it gives something truthy or `limit` seconds pass; returns its last value.
+
+    Example:
+        >>> from prefect_crisis.core.waiting import FakeClock
+        >>> fake, answers = FakeClock(), iter([None, 0, "up"])
+        >>> wait_until(lambda: next(answers), 5, every=1, clock=fake, sleep=fake.sleep), fake.now
+        ('up', 2.0)
+    """
+    return Retrying(stop=stop_after_delay(limit), wait=wait_fixed(every), clock=clock, sleep=sleep).poll(read)
 
 
 @dataclass

@@ -203,6 +203,8 @@ def recent_incidents(model: str, limit: int = 5, ui_url: str | None = None) -> l
             "link": f"{ui_url}/runs/flow-run/{runs[0]}" if ui_url and runs else None,
         }
         try:  # the times only: the audit's rows (the report's other steps) are read once, by read_dashboard
+            if identifier is None:
+                raise IncidentError("the incident's opening event names no incident id: no report to time")
             symptom = first_symptom(model, opened, opened.payload.get("triggering_event_id"))
             report = build_report(incident_events(identifier), symptom_at=symptom).to_dict()
             entry.update(time_to_detect_s=report["time_to_detect_s"], time_to_recover_s=report["time_to_recover_s"])
@@ -252,8 +254,8 @@ def gather_dashboard(registry: ModelRegistry) -> tuple[Dashboard, pd.DataFrame]:
     if incidents:
         runs = incident_runs(registry.client, registry.model_name)
         for entry in incidents:
-            experiment_id, run_id = runs.get(entry["id"], (None, None))
-            entry.update(mlflow_run=run_id, mlflow_link=mlflow_run_link(ui, experiment_id, run_id) if run_id else None)
+            run = runs.get(entry["id"])  # (experiment id, run id)
+            entry.update(mlflow_run=run[1] if run else None, mlflow_link=mlflow_run_link(ui, *run) if run else None)
     board = read_dashboard(registry, history, incidents, asdict(record) if record else None, mlflow_ui=ui)
     return board, history
 

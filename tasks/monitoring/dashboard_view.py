@@ -105,8 +105,8 @@ def crisis_level(
     if emergency is not None:
         return "emergency"
     floor = "warning" if served_by_fallback else "ok"
-    severity = (latest or {}).get("severity")
-    if not severity or severity not in LEVELS:
+    severity = latest.get("severity") if latest is not None else None
+    if latest is None or not severity or severity not in LEVELS:
         return floor
     swept_at = pd.Timestamp(latest["at"])
     if champion_moved_at is not None and pd.Timestamp(champion_moved_at) > swept_at:

@@ -18,6 +18,7 @@ refresh, so its size is kept to tens of kilobytes.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -65,7 +66,7 @@ def version_segments(history: pd.DataFrame, champion_moves: list[dict[str, Any]]
 def plot_health(
     model: str,
     history: pd.DataFrame | None,
-    actions: list[dict[str, Any]] = (),
+    actions: Sequence[dict[str, Any]] = (),
     champion_alias: str = "champion",
     now: Any = None,
     dpi: int = 72,

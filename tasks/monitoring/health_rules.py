@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from prefect_crisis.core.errors import MonitoringError
 from prefect_crisis.core.metrics import METRICS, MetricSpec
 from prefect_crisis.core.vocabulary import Severity
 from prefect_crisis.tasks.response.rules import LiveWindow, check_rule
@@ -50,9 +51,9 @@ class WindowMetrics:
         measure = self.measures.get(metric)
         return None if measure is None or math.isnan(measure.value) else measure
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None]:
         """Flat values: `<metric>` and `<metric>_samples` (NaN as None, for JSON payloads)."""
-        flat: dict[str, float | int] = {}
+        flat: dict[str, float | int | None] = {}
         for name, measure in self.measures.items():
             flat[name] = None if math.isnan(measure.value) else round(float(measure.value), 6)
             flat[f"{name}_samples"] = int(measure.samples)
@@ -204,9 +205,13 @@ class check_rule_on_windows(HealthCheck):
         judged = judge_long(self.rule, long, baseline, self.confidence)
         if not judged.breached:
             return ()
+        if judged.value is None or judged.limit is None:
+            raise MonitoringError(f"rule {self.rule.name!r}: judged breached on the long window without a value and a limit")
         confirmed = judge_short(self.rule, short, judged.limit, self.short_min_samples)
         if not confirmed.breached:
             return ()
+        if confirmed.value is None:
+            raise MonitoringError(f"rule {self.rule.name!r}: judged breached on the short window without a value")
         return (
             Breach(
                 self.rule.name,
@@ -229,7 +234,9 @@ class check_any(HealthCheck):
     """Every breach of every check (a flat composition, like `stop_any`)."""
 
     def __init__(self, *checks: HealthCheck):
-        self.checks = tuple(part for check in checks for part in (check.checks if isinstance(check, check_any) else (check,)))
+        self.checks: tuple[HealthCheck, ...] = tuple(
+            part for check in checks for part in (check.checks if isinstance(check, check_any) else (check,))
+        )
 
     def __call__(self, long: WindowMetrics, short: WindowMetrics, baseline: dict[str, float]) -> tuple[Breach, ...]:
         return tuple(breach for check in self.checks for breach in check(long, short, baseline))

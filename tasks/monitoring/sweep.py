@@ -40,6 +40,7 @@ from prefect_crisis.core.errors import CrisisError, MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import SERVING_LABEL, CrisisEvent, Responder, Serving, Severity, TagKey, VersionRole, is_drill_model
+from prefect_crisis.tasks.loading import saved_block
 from prefect_crisis.tasks.monitoring.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
 from prefect_crisis.tasks.monitoring.windows import (  # noqa: F401 - the windows' functions, imported from here before
     HISTORY_BASELINE_METRICS,
@@ -342,12 +343,12 @@ def rule_limits(policy: MonitoringPolicy, baseline: dict[str, float]) -> dict[st
     return limits
 
 
-def escalated(breaches) -> list:
+def escalated(breaches: Iterable[Breach]) -> list[Breach]:
     """Per metric, only its most severe breach: an error rate past the emergency line is not also a
     warning and a critical, or one sweep would start a diagnosis, a rollback and an emergency stop
     at once, racing each other for the champion alias."""
     order = list(Severity)
-    kept: dict[str, object] = {}
+    kept: dict[str, Breach] = {}
     for breach in breaches:
         held = kept.get(breach.metric)
         if held is None or order.index(breach.severity) > order.index(held.severity):
@@ -449,7 +450,7 @@ def load_drift_reference(policy: MonitoringPolicy) -> tuple[DataContract | None,
     """
     if not policy.contract_block:
         return None, None
-    contract = DataContract.load(policy.contract_block)
+    contract = saved_block(DataContract, policy.contract_block)
     if not contract.reference_uri:
         raise MonitoringError(
             f"data contract {policy.contract_block!r} has no reference_uri: drift needs one (or drop contract_block from the policy)"

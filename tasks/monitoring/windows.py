@@ -6,7 +6,9 @@ against. Reading the log, the registry and the host is tasks/monitoring/sweep.py
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ from prefect_crisis.tasks.monitoring.health_rules import Measure, WindowMetrics
 from prefect_crisis.tasks.response.rules import baseline_value
 from prefect_crisis.tasks.serving.log_store import ERROR_ROW_ID, LOG_COLUMNS
 from prefect_crisis.tasks.validation.column_checks import checks_drift
-from prefect_crisis.tasks.validation.drift import DriftSettings, frame_drift
+from prefect_crisis.tasks.validation.drift import DriftKind, DriftSettings, frame_drift
 
 if TYPE_CHECKING:
     from prefect_crisis.blocks.contract import DataContract
@@ -111,8 +113,9 @@ def input_drift(frame: pd.DataFrame, contract: DataContract, reference: pd.DataF
     """How many of the contract's drift-checked features drifted in the window's inputs against the
     reference (the validation step's drift code and settings), and which."""
     specs = [spec for spec in contract.columns if checks_drift(spec, contract) and spec.name in frame.columns and spec.name in reference.columns]
-    kinds = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
-    drift = frame_drift(reference, {name: (lambda name=name: frame[name]) for name in kinds}, kinds, DriftSettings.from_contract(contract))
+    kinds: dict[str, DriftKind] = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
+    columns: dict[str, Callable[[], pd.Series]] = {name: functools.partial(frame.__getitem__, name) for name in kinds}
+    drift = frame_drift(reference, columns, kinds, DriftSettings.from_contract(contract))
     drifted = tuple(sorted(name for name, figures in drift.items() if figures.drifted))
     return Measure(float(len(drifted)), len(frame)), drifted
 

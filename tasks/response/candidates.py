@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from prefect_crisis.core.errors import IncidentError
 from prefect_crisis.core.metrics import METRICS
 from prefect_crisis.core.vocabulary import AliasAction, AuditOutcome, MetricKind, TagKey
 from prefect_crisis.tasks.response.rules import baseline_value
@@ -109,15 +110,27 @@ def served_for(candidate: Candidate, now: datetime) -> timedelta:
     return (candidate.served_until or now) - candidate.served_from if candidate.served_from else timedelta(0)
 
 
+def last_served(candidate: Candidate) -> datetime:
+    """When the version last served: when it stopped serving, else when it started (the recency order of served versions).
+
+    Raises:
+        IncidentError: it never served (only served versions are ordered by recency: `eligible_versions`).
+    """
+    moment = candidate.served_until or candidate.served_from
+    if moment is None:
+        raise IncidentError(f"v{candidate.version} never served: it has no place among the served versions")
+    return moment
+
+
 def by_preference(stable: Sequence[Candidate], policy: RollbackPolicy) -> list[Candidate]:
     """Stable versions in the policy's order of preference: the most recent first, or the best on the first rule's metric."""
-    recent = sorted(stable, key=lambda c: c.served_until or c.served_from, reverse=True)
+    recent = sorted(stable, key=last_served, reverse=True)
     if policy.prefer == "best-metric" and policy.rules:
         rule = policy.rules[0]
         sign = 1 if rule.higher_is_better else -1
-        scored = [c for c in recent if baseline_value(rule.metric, c.metrics) is not None]
+        scored = [(value, c) for c in recent if (value := baseline_value(rule.metric, c.metrics)) is not None]
         unscored = [c for c in recent if baseline_value(rule.metric, c.metrics) is None]
-        return sorted(scored, key=lambda c: -sign * baseline_value(rule.metric, c.metrics)) + unscored
+        return [c for _, c in sorted(scored, key=lambda pair: -sign * pair[0])] + unscored
     return recent
 
 

@@ -102,6 +102,16 @@ class DiagnosticReport:
     def drifted_features(self) -> list[str]:
         return [name for name, figures in self.drift.items() if figures.drifted]
 
+    @property
+    def shown_error_rate(self) -> str:
+        """The error rate as a percentage; a regression report has none (its errors are in `regression`).
+
+        Example:
+            >>> DiagnosticReport("classification", 4, error_rate=0.25).shown_error_rate, DiagnosticReport("regression", 4).shown_error_rate
+            ('25.00%', 'n/a (regression)')
+        """
+        return "n/a (regression)" if self.error_rate is None else f"{self.error_rate:.2%}"
+
     def to_dict(self) -> dict:
         payload = asdict(self)
         payload["drift"] = {name: figures.to_dict() for name, figures in self.drift.items()}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import task
@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, State
 from prefect.variables import Variable
 
 from prefect_crisis.blocks.registry import ModelRegistry
@@ -75,7 +75,7 @@ class EmergencyRecord:
 
     @staticmethod
     def clear(model: str) -> bool:
-        return Variable.unset(record_name(model))
+        return cast(bool, Variable.unset(record_name(model)))  # sync code: Prefect's sync-compatible unset returns the bool
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def cancel_training_runs(client: Any, model: str) -> StepResult:
     cancelled = []
     for run in (run for run in runs if of_model(run.parameters, model)):
         scheduled = run.state is not None and run.state.type == StateType.SCHEDULED
-        state = Cancelled(message="emergency stop: never started") if scheduled else Cancelling(message=f"emergency stop of {model!r}")
+        state: State = Cancelled(message="emergency stop: never started") if scheduled else Cancelling(message=f"emergency stop of {model!r}")
         client.set_flow_run_state(run.id, state, force=True)
         cancelled.append(str(run.id))
     return StepResult("cancel-training", True, f"cancelled {len(cancelled)} training run(s)", cancelled)

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_ru
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, CrisisEvent, Severity, TagKey, ViolationType
 from prefect_crisis.tasks.models import load_sklearn_model
-from prefect_crisis.tasks.response.candidates import ServingHistory, eligible_versions
+from prefect_crisis.tasks.response.candidates import ServingHistory, eligible_versions, last_served
 from prefect_crisis.tasks.response.diagnostics import DiagnosticReport, OperationalContext, diagnose
 from prefect_crisis.tasks.response.emergency import EmergencyRecord
 from prefect_crisis.tasks.response.episodes import Episode, EpisodeState, new_episode, read_episode, write_episode
@@ -92,9 +93,9 @@ def tag_response_run(incident: Incident) -> None:
     if not run_id:
         return
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(run_id)
+        run = client.read_flow_run(UUID(run_id))
         if incident.run_tag not in run.tags:
-            client.update_flow_run(run_id, tags=[*run.tags, incident.run_tag])
+            client.update_flow_run(UUID(run_id), tags=[*run.tags, incident.run_tag])
 
 
 def predict_with(registry: ModelRegistry, version: str, window: pd.DataFrame, info: VersionInfo | None = None):
@@ -116,7 +117,7 @@ def live_window(y_true: np.ndarray, y_pred: np.ndarray, latencies_ms=()) -> Live
 
 def render_diagnosis(report: DiagnosticReport, model: str, version: str, run_link: str | None, plot_png: bytes | None = None) -> str:
     """The diagnosis artifact's markdown; `run_link`: the incident's run in the MLflow UI (None: no UI known)."""
-    lines = [f"# Diagnosis of `{model}` v{version}", "", f"{report.rows:,} labelled predictions, error rate **{report.error_rate:.2%}**", ""]
+    lines = [f"# Diagnosis of `{model}` v{version}", "", f"{report.rows:,} labelled predictions, error rate **{report.shown_error_rate}**", ""]
     if plot_png:  # embedded: the Prefect UI renders a data: URI image, not a file:// path
         lines += [f"![Confusion matrix and error over time](data:image/png;base64,{base64.b64encode(plot_png).decode()})", ""]
     if run_link:
@@ -223,7 +224,7 @@ def diagnose_model(
         },
         version=version,
     )
-    logger.info("diagnosis: error rate %.2f%%; %s", 100 * report.error_rate, "; ".join(findings) or "no recommendation")
+    logger.info("diagnosis: error rate %s; %s", report.shown_error_rate, "; ".join(findings) or "no recommendation")
     return report, y_pred
 
 
@@ -277,7 +278,7 @@ def measure_versions(
     champion, candidates = history.champion, history.candidates
     logger = timeline.logger(get_run_logger(), registry.model_name, champion.version if champion else None)
     current = champion.version if champion else None
-    served = sorted(eligible_versions(candidates, current), key=lambda c: c.served_until or c.served_from, reverse=True)[:MEASURED_VERSIONS]
+    served = sorted(eligible_versions(candidates, current), key=last_served, reverse=True)[:MEASURED_VERSIONS]
     fallback = [c for c in candidates if c.holds_fallback_alias and c.version != current]
     truth = window[label].to_numpy()
     measured: dict[str, LiveWindow] = {}

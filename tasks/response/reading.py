@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, is_unavailable, reset_store_connections
 from prefect_crisis.tasks.response.candidates import Candidate, ServingHistory, features_of, serving_history
 
-STORE_RETRY_DELAYS = [1, 2, 4, 8]  # seconds between a response step's tries while the MLflow store is unavailable (15 s in all)
+STORE_RETRY_DELAYS: list[float] = [1, 2, 4, 8]  # seconds between a response step's tries while the MLflow store is unavailable (15 s in all)
 
 
 def store_unavailable(task: Any, task_run: Any, state: Any) -> bool:

@@ -183,7 +183,7 @@ def execute_recovery(
         escalate: a failed recovery emits `ml.recovery.failed` (the ladder's emergency step listens); the emergency step
             itself passes False, so its own failure does not start it again (its `ml.emergency.stopped` says so).
     """
-    identifier = getattr(incident, "id", incident)  # an Incident, or its id
+    identifier = incident if isinstance(incident, str) else incident.id  # an Incident, or its id
     timeline = timeline or registry.timeline(incident)
     champion = champion if champion is not None else registry.champion()
     before_version = champion.version if champion else None

@@ -10,7 +10,6 @@ what came out; and the durations that matter: time to detect (first symptom
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +22,7 @@ from prefect.events.schemas.events import ReceivedEvent
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import IncidentError
 from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
 
 EVENT_NAMESPACE = INCIDENT_RESOURCE.partition(".")[0] + "."  # the namespace of every event prefect-crisis emits, cut from a step's name
 
@@ -200,11 +200,9 @@ def incident_report(incident_id: str) -> IncidentReport:
 
 def wait_for_incident_end(incident_id: str, timeout: float = 30.0, every: float = 0.5) -> IncidentReport:
     """The incident's report once its recovery outcome reached the server (events are persisted in batches)."""
-    from prefect.events.worker import EventsWorker
+    from prefect_crisis.core.prefect_compat import drain_events
 
-    EventsWorker.drain_all()
+    drain_events()
     ends = {CrisisEvent.RECOVERY_SUCCEEDED.value, CrisisEvent.RECOVERY_FAILED.value}
-    deadline = time.monotonic() + timeout
-    while not any(event.event in ends for event in incident_events(incident_id)) and time.monotonic() < deadline:
-        time.sleep(every)
+    Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(every)).poll(lambda: any(event.event in ends for event in incident_events(incident_id)))
     return incident_report(incident_id)

@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect_crisis.core.metrics import METRICS
 from prefect_crisis.core.vocabulary import DecisionKind, MetricKind, Severity
-from prefect_crisis.tasks.response.candidates import Candidate, by_preference, eligible_versions, guarded_baseline, served_for
+from prefect_crisis.tasks.response.candidates import Candidate, by_preference, eligible_versions, guarded_baseline, last_served, served_for
 from prefect_crisis.tasks.response.rules import EMERGENCY_MIN_SAMPLES, LiveWindow, Violation, accuracy_of, judge_rules
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def decide_rollback(
         baseline = guarded_baseline(champion, candidates)
     results = judge_rules(live, baseline, policy, min_samples_cap=EMERGENCY_MIN_SAMPLES if emergency else None)
     violations, undecided = results.violations, results.undecided
-    judged = {"violations": violations, "undecided": undecided, "not_measured": results.not_measured, "measured": _shown(scores)}
+    judged: dict[str, Any] = {"violations": violations, "undecided": undecided, "not_measured": results.not_measured, "measured": _shown(scores)}
     unmeasured = f"; not measured: {', '.join(results.not_measured)}" if results.not_measured else ""
     if not violations and not emergency:
         if undecided:
@@ -227,7 +227,7 @@ def _repair(
     window = timedelta(minutes=policy.stability_window_minutes)
     eligible = [c for c in eligible_versions(candidates, champion.version) if c.version not in unscorable]
     stable = by_preference([c for c in eligible if served_for(c, now) >= window], policy)
-    recent = sorted([c for c in eligible if served_for(c, now) < window], key=lambda c: c.served_until or c.served_from, reverse=True)
+    recent = sorted([c for c in eligible if served_for(c, now) < window], key=last_served, reverse=True)
     serving, fallback_score = scores.get(champion.version), (scores.get(fallback.version) if fallback else None)
     windowed = bool(measured)  # versions were scored on a labelled window: decide on measurements, not on history
     # an emergency without a violation moves only to something measured clearly better
@@ -343,7 +343,7 @@ def _leave_the_fallback(
     window = timedelta(minutes=policy.stability_window_minutes)
     eligible = eligible_versions(candidates, champion.version)
     ordered = by_preference([c for c in eligible if served_for(c, now) >= window], policy) + sorted(
-        [c for c in eligible if served_for(c, now) < window], key=lambda c: c.served_until or c.served_from, reverse=True
+        [c for c in eligible if served_for(c, now) < window], key=last_served, reverse=True
     )
     for candidate in ordered:
         window_of = measured.get(candidate.version)

@@ -12,18 +12,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy import stats
 
-from prefect_crisis.core.metrics import METRICS
+from prefect_crisis.core.errors import PolicyError
+from prefect_crisis.core.metrics import METRICS, MetricSpec
 from prefect_crisis.core.vocabulary import MetricKind
 
 if TYPE_CHECKING:
-    from prefect_crisis.blocks.rollback_policy import MetricRule, RollbackPolicy
+    from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 
 EMERGENCY_MIN_SAMPLES = 10  # an emergency judges a window this small (the Wilson bound asks it for a large gap)
+
+
+class JudgedRule(Protocol):
+    """What judging one metric reads of a rule: a rollback `MetricRule`, or the health monitor's `RateRule`."""
+
+    @property
+    def metric(self) -> str: ...
+    @property
+    def kind(self) -> str | None: ...
+    @property
+    def higher_is_better(self) -> bool | None: ...
+    @property
+    def tolerance(self) -> float: ...
+    @property
+    def relative(self) -> bool: ...
+    @property
+    def spec(self) -> MetricSpec: ...
 
 
 @dataclass(frozen=True)
@@ -54,12 +72,15 @@ class LiveWindow:
             return ((trials - self.successes.get(complement, 0)) / trials if trials else math.nan), trials
         return None
 
-    def value(self, rule: MetricRule) -> tuple[float, int] | None:
+    def value(self, rule: JudgedRule) -> tuple[float, int] | None:
         """(value, samples) of the rule's metric; None when the window does not measure it."""
         if rule.kind == MetricKind.LATENCY:
             if not self.latencies_ms:
                 return None
-            return float(np.percentile(self.latencies_ms, rule.spec.percentile)), len(self.latencies_ms)
+            percentile = rule.spec.percentile
+            if percentile is None:
+                raise PolicyError(f"{rule.metric} is a latency without a percentile: add one to its MetricSpec")
+            return float(np.percentile(np.asarray(self.latencies_ms), percentile)), len(self.latencies_ms)
         return self.rate(rule.metric)
 
 
@@ -126,7 +147,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     return centre - half, centre + half
 
 
-def allowed_value(rule: MetricRule, baseline: float) -> float:
+def allowed_value(rule: JudgedRule, baseline: float) -> float:
     """The worst value the rule still accepts: the baseline moved by the tolerance (a fraction of it when `relative`).
 
     Example:
@@ -140,7 +161,7 @@ def allowed_value(rule: MetricRule, baseline: float) -> float:
     return baseline - slack if rule.higher_is_better else baseline + slack
 
 
-def check_rule(rule: MetricRule, live: LiveWindow, baseline: float, confidence: float) -> Violation | None:
+def check_rule(rule: JudgedRule, live: LiveWindow, baseline: float, confidence: float) -> Violation | None:
     """A violation when the live metric is worse than allowed beyond doubt.
 
     For rates the *optimistic* end of the Wilson interval must still be worse

@@ -454,9 +454,8 @@ def plan_routing(
         True
     """
     scores = available_scores(estimator)
-    usable = calibration is not None and calibration.confidence_map is not None and calibration.confidence_map.score in scores
-    if usable:
-        confidence_map = calibration.confidence_map
+    confidence_map = calibration.confidence_map if calibration is not None else None
+    if calibration is not None and confidence_map is not None and confidence_map.score in scores:  # usable
         if explicit_threshold is not None:
             return RoutingPlan(
                 confidence_map.score,

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prefect import get_run_logger, task
@@ -68,6 +69,9 @@ from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.training.data import TrainingData
 from prefect_crisis.tasks.training.gate import CandidateResult, columns_of, evaluate
 from prefect_crisis.tasks.training.promotion import log_candidate
+
+if TYPE_CHECKING:
+    from prefect_crisis.tasks.serving.confidence_routing import RoutingCalibration
 
 # Tags of a fallback version (to join TagKey): whether it reaches fallback_min_ratio of the primary, and the figures when not.
 MEETS_BAR_TAG = TagKey.FALLBACK_MEETS_BAR
@@ -328,7 +332,7 @@ def keep_fallback(
         return FallbackResult(current.version if current else None, False, f"not replaced: {refusal}" if current else refusal)
     fallback = fit_fallback(data, policy, (primary_metrics or {}).get("accuracy"))
     client = registry.client
-    tags = {TagKey.ROLE: VersionRole.FALLBACK.value, TagKey.FINGERPRINT: data.fingerprint, TagKey.FLOW_RUN_ID: flow_run_id}
+    tags: dict[str, str] = {TagKey.ROLE: VersionRole.FALLBACK.value, TagKey.FINGERPRINT: data.fingerprint, TagKey.FLOW_RUN_ID: flow_run_id}
     if fallback.meets_bar is not None:
         tags[MEETS_BAR_TAG] = str(fallback.meets_bar).lower()
     if fallback.shortfall():
@@ -338,7 +342,9 @@ def keep_fallback(
     run_id = client.create_run(experiment, tags={TagKey.MODEL: registry.model_name, **tags}, run_name=f"fallback-{registry.model_name}").info.run_id
     client.log_param(run_id, "fallback_model", fallback.kind)
     client.log_param(run_id, "fallback_features", ",".join(fallback.features)[:500])
-    figures = {**fallback.metrics, **({"primary_accuracy": fallback.primary_accuracy, "accuracy_ratio": fallback.ratio} if fallback.ratio else {})}
+    ratio = fallback.ratio  # not None: the primary's accuracy is known (and not 0)
+    known = {"primary_accuracy": fallback.primary_accuracy, "accuracy_ratio": ratio} if ratio and fallback.primary_accuracy else {}
+    figures: dict[str, float] = {**fallback.metrics, **known}
     for name, value in figures.items():
         client.log_metric(run_id, name, value)
     columns = [data.features.index(name) for name in fallback.features]
@@ -372,7 +378,9 @@ def keep_fallback_model(
 # -- routing between the candidate and its fallback ---------------------------------------------
 
 
-def calibrate_candidate_routing(registry: ModelRegistry, run_id: str, primary, data: TrainingData, fallback_version: str | None, seed: int = 0):
+def calibrate_candidate_routing(
+    registry: ModelRegistry, run_id: str, primary, data: TrainingData, fallback_version: str | None, seed: int = 0
+) -> RoutingCalibration:
     """Fit the candidate's confidence routing to the fallback on the holdout (`prefect_crisis.tasks.serving.confidence_routing.fit_routing`)
     and log it as `routing.json` to the candidate's run; returns the `RoutingCalibration`.
 
@@ -401,7 +409,9 @@ def calibrate_candidate_routing(registry: ModelRegistry, run_id: str, primary, d
 
 
 @task(name="calibrate-routing", cache_policy=NO_CACHE)
-def calibrate_routing(registry: ModelRegistry, training, data: TrainingData, fallback: FallbackResult, policy: TrainingPolicy):
+def calibrate_routing(
+    registry: ModelRegistry, training, data: TrainingData, fallback: FallbackResult, policy: TrainingPolicy
+) -> RoutingCalibration | None:
     """After the candidate and its fallback are trained: fit and log the candidate's `routing.json`
     (see `calibrate_candidate_routing`). A failure is logged, never fails the training: serving then routes
     without a calibration (no confidence routing)."""

@@ -42,6 +42,7 @@ from prefect_crisis.core.errors import DataInputError, InputErrorReason
 from prefect_crisis.core.paths import validate_model_name
 from prefect_crisis.core.timeline import Timeline, utc_now
 from prefect_crisis.core.vocabulary import CrisisEvent, Responder
+from prefect_crisis.tasks.loading import saved_block
 from prefect_crisis.tasks.serving.log_database import read_models, read_rows, store_labels, writer_for
 from prefect_crisis.tasks.serving.log_store import LOG_COLUMNS
 from prefect_crisis.tasks.serving.log_writer import InferenceLogWriter, LogStats, PredictionBatch, RequestError
@@ -182,7 +183,7 @@ def read_labelled_window(
     latency_version: str | None = None,
 ) -> pd.DataFrame:
     """`labelled_window` from the InferenceLog block named `log_block` (the default log when None)."""
-    log = InferenceLog.load(log_block) if log_block else InferenceLog()
+    log = saved_block(InferenceLog, log_block) if log_block else InferenceLog()
     window = labelled_window(log, model, minutes, label_column, now=now, latency_version=latency_version)
     get_run_logger().info(
         "labelled window: %d rows of %r from the last %g minutes of %s, %d latency samples",

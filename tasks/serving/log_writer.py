@@ -174,6 +174,12 @@ class InferenceLogWriter:
         with self._handled:
             return self._handled.wait_for(lambda: self._handled_items >= target, timeout=timeout)
 
+    def wait_for(self, condition: Callable[[LogStats], bool], timeout: float = 10.0) -> bool:
+        """Wait until `condition(stats)` holds, asked again after each pass of the background thread (one at least every
+        flush_seconds: a spool retry that falls due is seen); False on timeout. No polling: the thread wakes it."""
+        with self._handled:
+            return self._handled.wait_for(lambda: condition(self.stats), timeout=timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Write or spool what is queued, then stop the thread (later submits are counted as dropped)."""
         with self._lock:

@@ -28,6 +28,8 @@ import mlflow.pyfunc
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+from pydantic import SecretStr
 
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.registry import ModelRegistry, VersionInfo, first_line
@@ -75,6 +77,12 @@ def _log_sink(event: TimelineEvent) -> None:
     logger.warning("%s %s %s", event.event.value, event.resource.get(MODEL_NAME_LABEL), event.payload)
 
 
+def _secret(variable: str) -> SecretStr | None:
+    """The environment variable's value as a secret; None when it is unset or empty."""
+    value = os.environ.get(variable)
+    return SecretStr(value) if value else None
+
+
 def router_from_config(config: dict[str, Any]) -> FallbackRouter:
     """The router a served wrapper runs, built from its stored configuration and the process's environment."""
     from prefect.settings import PREFECT_API_URL
@@ -82,7 +90,7 @@ def router_from_config(config: dict[str, Any]) -> FallbackRouter:
     registry = ModelRegistry(
         model_name=config["model_name"],
         tracking_uri=config["tracking_uri"],
-        tracking_password=os.environ.get(PASSWORD_ENV) or None,
+        tracking_password=_secret(PASSWORD_ENV),
         champion_alias=config.get("champion_alias", "champion"),
         fallback_alias=config.get("fallback_alias", "fallback"),
     )
@@ -93,7 +101,7 @@ def router_from_config(config: dict[str, Any]) -> FallbackRouter:
         from prefect_crisis.blocks.inference_log import InferenceLog
         from prefect_crisis.tasks.serving.inference_log import open_inference_log
 
-        log = open_inference_log(InferenceLog(url=config.get("inference_log_url"), password=os.environ.get(LOG_PASSWORD_ENV) or None))
+        log = open_inference_log(InferenceLog(url=config.get("inference_log_url"), password=_secret(LOG_PASSWORD_ENV)))
     return FallbackRouter(registry, FallbackPolicy(**config.get("policy", {})), log=log, timeline=timeline, close_log=True)
 
 
@@ -114,7 +122,7 @@ def flush_on(signum: int, router: FallbackRouter) -> None:
         signal.signal(signum, handler)
 
 
-class CrisisModel(mlflow.pyfunc.PythonModel):
+class CrisisModel(PythonModel):
     """The serving router as a pyfunc: `predict` returns, per row, the prediction,
     which model answered, its version, the confidence, an error (or None), why
     the fallback answered (or None), the request id and the row id."""
@@ -203,6 +211,7 @@ def serving_version(
     """
     policy = policy or FallbackPolicy()
     digest = config_digest(serving_config(registry, policy, log=log, log_url=log_url))
+    found: list[Any]  # Mlflow's PagedList of ModelVersion, or none
     try:
         found = registry.client.search_model_versions(
             f"name='{serving_model_name(registry.model_name)}'", order_by=["version_number DESC"], max_results=1

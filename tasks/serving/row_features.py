@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prefect_crisis.core.errors import ServingInputError
+from prefect_crisis.core.errors import ServingError, ServingInputError
 from prefect_crisis.core.vocabulary import Responder
 
 PRIMARY, FALLBACK, NONE = 0, 1, 2  # codes of the answered_by column
@@ -138,6 +138,8 @@ def invalid_reasons(features: Features, rows: np.ndarray, columns: list[int], ne
 
     Built per distinct (column, cause), not per row: a feed that drops a column sends thousands of such rows.
     """
+    if features.valid is None:
+        raise ServingError("invalid_reasons called for features whose every cell is valid: there is no invalid cell to explain")
     columns_array = np.asarray(columns)
     column = columns_array[np.argmin(features.valid[np.ix_(rows, columns_array)], axis=1)]
     cause = np.where(np.isnan(features.values[rows, column]), MISSING, NOT_FINITE)

@@ -94,11 +94,14 @@ def route_rows(
     why = np.full(rows, None, dtype=object)  # why a row is not the primary's: set where it is routed
     to_fallback = np.zeros(rows, dtype=bool)
     has_answer = np.zeros(rows, dtype=bool)  # the primary gave a usable answer
+    live: slice | np.ndarray  # the rows the primary reads: all of them (a slice) or their indices
+    primary_valid: np.ndarray | None
+    fallback_valid: np.ndarray | None
     if features.valid is None:
         live, primary_valid, fallback_valid = slice(None), None, None
     else:
-        primary_valid = features.valid[:, :width].all(axis=1)
-        fallback_valid = features.valid[:, fallback_columns].all(axis=1) if fallback else np.zeros(rows, dtype=bool)
+        primary_valid = np.asarray(features.valid[:, :width].all(axis=1))  # asarray: the array itself, typed as one
+        fallback_valid = np.asarray(features.valid[:, fallback_columns].all(axis=1)) if fallback else np.zeros(rows, dtype=bool)
         invalid = np.flatnonzero(~primary_valid)
         if len(invalid):
             to_fallback[invalid] = True
@@ -118,7 +121,7 @@ def route_rows(
                 breaker.record_failure(primary_failure)
             else:
                 breaker.record_success()
-                predictions = answers if live_rows == rows else placed(answers, live, rows)
+                predictions = answers if isinstance(live, slice) or live_rows == rows else placed(answers, live, rows)
                 has_answer[live] = True
                 if output is not None:
                     _judge_confidence(plan, output, live, confidence, to_fallback, has_answer, why, confidence_measure)
@@ -148,7 +151,7 @@ def route_rows(
             fallback_alias,
         )
         why[codes != FALLBACK] = None  # the reason column explains the fallback's rows; a failed row's is its error
-    readable = rows if primary_valid is None else int(np.count_nonzero(primary_valid | fallback_valid))
+    readable = rows if primary_valid is None or fallback_valid is None else int(np.count_nonzero(primary_valid | fallback_valid))
     return RoutedRows(codes, predictions, confidence, why, errors, primary_failure, readable)
 
 
@@ -156,7 +159,7 @@ def _judge_confidence(plan: RoutingPlan, output, live, confidence, to_fallback, 
     """Confidence of the primary's rows (calibrated when the plan has a map); routes the ones under the threshold
     and the ones whose output is not finite (blown-up weights: their answer is not one)."""
     if plan.confidence_map is not None:
-        row_confidence = plan.confidence_map(raw_confidence(output, plan.score))
+        row_confidence = plan.confidence_map(raw_confidence(output, plan.confidence_map.score))  # the plan's score is its map's
     else:
         row_confidence = confidence_of(np.asarray(output, dtype=np.float64), measure)
     confidence[live] = row_confidence

@@ -74,6 +74,8 @@ def read_golden_set(client: MlflowClient, model: str) -> tuple[str | None, pd.Da
         return None, None
     try:
         run_id = client.get_model_version(model, version).run_id
+        if run_id is None:
+            raise RegistryError(f"the golden set of v{version} of {model!r} cannot be read (the version has no run)")
         with tempfile.TemporaryDirectory() as folder:
             local = client.download_artifacts(run_id, f"{GOLDEN_DIR}/{GOLDEN_FILE}", folder)
             return version, pd.read_parquet(local)

@@ -30,6 +30,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
+from uuid import UUID
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
@@ -163,7 +165,7 @@ def run_training(
         _record_stop(client, run_id, model, StopReason(StopKind.CRASHED, f"{type(error).__name__}: {error}"[:500]), None, resumed_run)
         raise
     _log_losses(client, run_id, outcome.progress.losses)
-    if outcome.completed:
+    if outcome.stop_reason is None:  # completed
         client.set_tag(run_id, TagKey.STATUS, RunStatusTag.COMPLETED.value)
         if resumed_run:
             client.set_tag(resumed_run, TagKey.RESUMED_BY, run_id)
@@ -181,7 +183,8 @@ def _train_in_run(
     Timeline().emit(
         CrisisEvent.TRAINING_STARTED, model, {"run_id": run_id, "epochs": policy.epochs, "rows": len(data.X_train), "resumed_from": resumed_run}
     )
-    progress_id = create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}")
+    # called from sync code: Prefect's sync-compatible function returns the artifact's id, not a coroutine
+    progress_id = cast(UUID, create_progress_artifact(progress=0.0, description=f"Training {model}: epochs done / {policy.epochs}"))
 
     def on_epoch(progress) -> None:
         update_progress_artifact(progress_id, progress=100.0 * (progress.epoch + 1) / policy.epochs)
@@ -245,7 +248,7 @@ def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: T
         client.set_tag(resumed_run, TagKey.RESUMED_BY, run_id)
     client.set_terminated(run_id, RunStatus.to_string(_RUN_STATUS.get(reason.kind, RunStatus.FINISHED)))
     checkpointed = client.get_run(run_id).data.tags.get(TagKey.CHECKPOINT) == "true"
-    payload = {
+    payload: dict[str, Any] = {
         "reason": reason.kind.value,
         "detail": reason.detail,
         "run_id": run_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import cast
 
 from prefect.variables import Variable
 
@@ -25,7 +26,7 @@ def set_stop_flag(model: str, reason: str, by: str = "crisis stop") -> None:
 
 def clear_stop_flag(model: str) -> bool:
     """Lower the stop flag; True if it was raised."""
-    return Variable.unset(stop_flag_name(model))
+    return cast(bool, Variable.unset(stop_flag_name(model)))  # sync code: Prefect's sync-compatible unset returns the bool
 
 
 def read_stop_flag(model: str) -> str | None:

@@ -99,7 +99,7 @@ class stop_any(StopCondition):
     """Stop when any of the conditions says so (the first one's reason wins)."""
 
     def __init__(self, *conditions: StopCondition):
-        self.conditions = tuple(
+        self.conditions: tuple[StopCondition, ...] = tuple(
             part for condition in conditions for part in (condition.conditions if isinstance(condition, stop_any) else (condition,))
         )
 

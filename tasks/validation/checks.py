@@ -22,6 +22,8 @@ report's values in `report`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +35,7 @@ from prefect_crisis.core.parallel import parallel_map
 from prefect_crisis.core.vocabulary import RowReason
 from prefect_crisis.tasks.validation.column_checks import checks_drift, coerce_and_check, constant_changed
 from prefect_crisis.tasks.validation.columns import CoercedColumn
-from prefect_crisis.tasks.validation.drift import DriftSettings, FeatureDrift, frame_drift
+from prefect_crisis.tasks.validation.drift import DriftKind, DriftSettings, FeatureDrift, frame_drift
 from prefect_crisis.tasks.validation.duplicates import batch_fingerprint, duplicate_row_mask, row_hashes
 from prefect_crisis.tasks.validation.inputs import check_contract, check_input, column_mismatches
 from prefect_crisis.tasks.validation.references import load_reference
@@ -86,13 +88,20 @@ def _failures(findings: _Findings, index: pd.Index) -> tuple[CheckFailure, ...]:
     return tuple(failures)
 
 
+def _drift_values(column: CoercedColumn, numeric: bool) -> np.ndarray | pd.Series:
+    """What drift reads of a column: its numbers, or its values as they are."""
+    return column.numbers if numeric else column.series
+
+
 def _drift(contract: ContractSpec, columns: dict[str, CoercedColumn], reference: pd.DataFrame) -> dict[str, FeatureDrift]:
     """Drift of every checked column, on every row's value in it: a shift that puts values beyond the
     fences or outside the codes is what drift is, and must not hide by being quarantined (rank-based
     tests barely move for a few corrupt values; missing and unparsed ones are left out)."""
     specs = [spec for spec in contract.columns if checks_drift(spec, contract) and spec.name in columns and spec.name in reference.columns]
-    live = {spec.name: (lambda spec=spec: columns[spec.name].values if spec.is_numeric else columns[spec.name].series) for spec in specs}
-    kinds = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
+    live: dict[str, Callable[[], np.ndarray | pd.Series]] = {
+        spec.name: functools.partial(_drift_values, columns[spec.name], spec.is_numeric) for spec in specs
+    }
+    kinds: dict[str, DriftKind] = {spec.name: "numeric" if spec.is_numeric else "categorical" for spec in specs}
     return frame_drift(reference, live, kinds, DriftSettings.from_contract(contract))
 
 

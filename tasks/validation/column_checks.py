@@ -57,7 +57,7 @@ def check_column(spec: ColumnSpec, column: CoercedColumn, contract: ContractSpec
     if not spec.nullable:
         findings.append((RowReason.NULL, spec.name, column.null))
     if spec.is_numeric:
-        values = column.values
+        values = column.numbers
         finite = np.isfinite(values)
         findings.append((RowReason.NOT_FINITE, spec.name, ~finite & ~column.null & ~wrong_type))
         out_of_range = np.zeros(len(values), dtype=bool)
@@ -95,7 +95,7 @@ def coerce_and_check(
 
 def constant_changed(spec: ColumnSpec, column: CoercedColumn, flagged: np.ndarray, index: pd.Index) -> list[Finding]:
     """A finding when a column constant in the reference holds other values."""
-    values = column.values
+    values = column.numbers
     with np.errstate(invalid="ignore"):
         other = np.isfinite(values) & (values != spec.constant_value)
     if not other.any():

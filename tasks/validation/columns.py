@@ -43,6 +43,19 @@ class CoercedColumn:
     wrong_type: np.ndarray | None = None
     coercion: str | None = None
 
+    @property
+    def numbers(self) -> np.ndarray:
+        """`values` of a numeric column (the checks that read numbers ask for them here).
+
+        Raises:
+            DataInputError: the column was not coerced to numbers.
+        """
+        if self.values is None:
+            raise DataInputError(
+                InputErrorReason.TEXT_IN_NUMERIC_COLUMN, f"column {self.series.name!r} holds no numbers to check", column=str(self.series.name)
+            )
+        return self.values
+
 
 def _all_null_error(spec: ColumnSpec) -> DataInputError:
     return DataInputError(

@@ -29,6 +29,7 @@ KS distance is about 0.003, far below any threshold worth alerting on.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -40,6 +41,7 @@ from scipy import stats
 
 from prefect_crisis.core.parallel import parallel_map
 
+DriftKind = Literal["numeric", "categorical"]  # how a column's drift is measured
 # Floor for an empty bin's share, so PSI stays finite (a common convention).
 _PSI_EPSILON = 1e-4
 # Expected values of the smaller side per bin that the chi-square approximation needs.
@@ -391,7 +393,7 @@ def categorical_drift(feature: str, reference: pd.Series, current: pd.Series, se
 def holm_drift(figures: list[FeatureDrift], settings: DriftSettings) -> list[FeatureDrift]:
     """The features judged together: each tested feature's `adjusted_pvalue` and `drifted` after Holm's correction."""
     tested = [index for index, feature in enumerate(figures) if feature.feature_pvalue is not None]
-    adjusted = holm_adjusted([figures[index].feature_pvalue for index in tested])
+    adjusted = holm_adjusted([p for feature in figures if (p := feature.feature_pvalue) is not None])  # those of `tested`
     judged = list(figures)
     for index, pvalue in zip(tested, adjusted, strict=True):
         judged[index] = replace(figures[index], adjusted_pvalue=pvalue, drifted=pvalue < settings.significance)
@@ -405,7 +407,7 @@ def _as_float(values) -> np.ndarray:
 def frame_drift(
     reference: pd.DataFrame,
     current: Mapping[str, Callable[[], np.ndarray | pd.Series]],
-    kinds: Mapping[str, Literal["numeric", "categorical"]],
+    kinds: Mapping[str, DriftKind],
     settings: DriftSettings,
 ) -> dict[str, FeatureDrift]:
     """Drift of every feature in `kinds`, the features on a few threads, judged together (Holm).
@@ -429,8 +431,9 @@ def frame_drift(
 def dataframe_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings | None = None) -> dict[str, FeatureDrift]:
     """Drift of every column the two frames share: numeric or categorical by dtype."""
     shared = [name for name in current.columns if name in reference.columns]
-    kinds = {
+    kinds: dict[str, DriftKind] = {
         name: "numeric" if pd.api.types.is_numeric_dtype(current[name]) and not pd.api.types.is_bool_dtype(current[name]) else "categorical"
         for name in shared
     }
-    return frame_drift(reference, {name: (lambda name=name: current[name]) for name in shared}, kinds, settings or DriftSettings())
+    columns: dict[str, Callable[[], pd.Series]] = {name: functools.partial(current.__getitem__, name) for name in shared}
+    return frame_drift(reference, columns, kinds, settings or DriftSettings())

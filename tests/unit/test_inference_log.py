@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -69,15 +70,6 @@ def count_rows(url: str) -> int:
             return connection.execute(select(func.count()).select_from(predictions)).scalar_one()
     finally:
         engine.dispose()
-
-
-def wait_until(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 class Clock:
@@ -200,7 +192,7 @@ def test_an_unusable_database_folder_spools_with_exact_counts_and_the_flush_adds
     assert writer.flush()
     assert writer.stats.spooled == 32 and writer.stats.written == 10
     clock.now += 61
-    assert wait_until(lambda: writer.stats.flushed == 32), writer.stats
+    assert writer.wait_for(lambda current: current.flushed == 32, timeout=15), writer.stats
     assert writer.stats == LogStats(written=10, spooled=32, flushed=32, in_spool=0)
     assert count_rows(log.url) == 10 + 20 + 2
     assert "database up" in caplog.text and "32 flushed" in caplog.text
@@ -224,7 +216,7 @@ def test_a_locked_database_counts_as_down_until_the_lock_goes(log, writers):
         blocker.execute("ROLLBACK")
         blocker.close()
     clock.now += 61
-    assert wait_until(lambda: writer.stats.flushed == 18), writer.stats
+    assert writer.wait_for(lambda current: current.flushed == 18, timeout=15), writer.stats
     assert count_rows(log.url) == 19
 
 
@@ -277,7 +269,7 @@ def test_records_spooled_by_a_process_that_stopped_are_flushed_by_the_next_write
     bring_db_folder_back(folder)
     writer = open_inference_log(log, clock=Clock())
     writers.append(writer)
-    assert wait_until(lambda: writer.stats.flushed == 42), writer.stats
+    assert writer.wait_for(lambda current: current.flushed == 42, timeout=15), writer.stats
     assert count_rows(log.url) == 42 and writer.stats.in_spool == 0
     assert not [path for path in log.spool_folder.iterdir() if path.name != "database.txt"]
 
@@ -293,7 +285,7 @@ def test_a_closed_writer_leaves_its_spool_to_the_next_writer_of_the_same_process
     bring_db_folder_back(folder)
     second = open_inference_log(log, clock=Clock())
     writers.append(second)
-    assert wait_until(lambda: second.stats.flushed == 5), second.stats
+    assert second.wait_for(lambda current: current.flushed == 5, timeout=15), second.stats
     assert count_rows(log.url) == 5
 
 
@@ -301,24 +293,25 @@ def test_a_backlog_past_the_queue_bound_spills_to_the_spool_and_nothing_is_lost(
     url = f"sqlite:///{tmp_path / 'inference.db'}"
     engine = create_engine(url)
     slow = {"first": True}
-    release = __import__("threading").Event()
+    held, release = threading.Event(), threading.Event()
 
     @event.listens_for(engine, "before_cursor_execute")
     def _hold_the_first_insert(conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("INSERT INTO predictions") and slow.pop("first", False):
+            held.set()
             release.wait(20)  # the database is slow while requests keep coming
 
     writer = InferenceLogWriter(engine, tmp_path / "spool", batch_rows=10, flush_seconds=0.05, max_queue_rows=5)
     writers.append(writer)
     writer.submit(batch("first"))
-    assert wait_until(lambda: not slow)
+    assert held.wait(15)
     for number in range(50):
         writer.submit(batch(f"r{number}"))
     release.set()
     assert writer.flush()
     stats = writer.stats
     assert stats.spooled >= 30 and stats.written + stats.spooled == 51 and stats.dropped == 0
-    assert wait_until(lambda: writer.stats.flushed == stats.spooled), writer.stats
+    assert writer.wait_for(lambda current: current.flushed == stats.spooled, timeout=15), writer.stats
     assert count_rows(url) == 51
 
 

@@ -212,3 +212,44 @@ def test_the_cycle_rule_catches_a_planted_cycle(source: str):
         "prefect_crisis.tasks.serving.tasks": source,
     }
     assert import_cycles(parse({**BASE, **cyclic})) == [["prefect_crisis.tasks.serving.router", "prefect_crisis.tasks.serving.tasks"]]
+
+
+def private_prefect_uses(source: str) -> list[str]:
+    """Imports of Prefect's internals (and Python's private exit hook) in `source`."""
+    from prefect_crisis.core.prefect_compat import PRIVATE_MODULES, PRIVATE_NAMES
+
+    wrong = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module in PRIVATE_MODULES or (
+                node.module.split(".")[0] == "prefect" and any(part.startswith("_") for part in node.module.split("."))
+            ):
+                wrong.append(f"line {node.lineno}: from {node.module}")
+            wrong += [f"line {node.lineno}: {alias.name}" for alias in node.names if alias.name in PRIVATE_NAMES]
+        elif isinstance(node, ast.Import):
+            wrong += [f"line {node.lineno}: import {alias.name}" for alias in node.names if alias.name in PRIVATE_MODULES]
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_NAMES:
+            wrong.append(f"line {node.lineno}: .{node.attr}")
+    return wrong
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_prefect_internals_only_in_the_compatibility_module(path: Path):
+    if path == ROOT / "core" / "prefect_compat.py":
+        return
+    wrong = private_prefect_uses(path.read_text())
+    assert not wrong, f"{path.relative_to(ROOT)}: " + "; ".join(wrong) + " (go through prefect_crisis.core.prefect_compat)"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from prefect.events.worker import EventsWorker\n",
+        "def later():\n    from prefect.flow_engine import run_flow\n",
+        "import threading\nthreading._register_atexit(print)\n",
+        "from prefect._internal.concurrency import x\n",
+        "from prefect.context import refresh_global_settings_context\n",
+    ],
+)
+def test_the_internals_rule_catches_a_planted_import(source: str):
+    assert private_prefect_uses(source)

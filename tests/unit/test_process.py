@@ -198,7 +198,7 @@ def test_deploy_says_workers_run_when_they_do(tmp_path, monkeypatch):
 
 
 def test_the_exit_flush_waits_for_the_queue_to_empty_on_a_fake_clock():
-    from prefect_crisis.core.timeline import queue_emptied
+    from prefect_crisis.core.prefect_compat import queue_emptied
 
     class Queue:
         def __init__(self, sizes):

@@ -14,6 +14,7 @@ from prefect_crisis.core.waiting import (
     Retrying,
     stop_after_attempt,
     stop_after_delay,
+    stop_before_delay,
     stop_never,
     wait_exponential,
     wait_fixed,
@@ -55,6 +56,32 @@ def test_call_retries_only_the_named_errors_and_reraises_the_last():
         policy(FakeClock(), stop=stop_after_attempt(3)).call(lambda: int("x"), retry_on=(OSError,))
 
 
+def test_call_retries_only_what_retry_if_accepts_and_says_so_before_each_pause():
+    clock, notes = FakeClock(), []
+    errors = iter([OSError("locked"), OSError("locked"), OSError("refused")])
+
+    def store():
+        raise next(errors)
+
+    with pytest.raises(OSError, match="refused"):  # retry_if refuses it: raised at once, no third pause
+        policy(clock, stop=stop_after_attempt(9), wait=wait_fixed(1)).call(
+            store,
+            retry_on=(OSError,),
+            retry_if=lambda error: str(error) == "locked",
+            before_sleep=lambda error, pause: notes.append((str(error), pause)),
+        )
+    assert notes == [("locked", 1), ("locked", 1)] and clock.sleeps == [1, 1]
+
+
+def test_stop_before_delay_never_sleeps_past_the_budget():
+    clock = FakeClock()
+    with pytest.raises(OSError):
+        policy(clock, stop=stop_before_delay(1), wait=wait_exponential(0.2, maximum=2)).call(
+            lambda: (_ for _ in ()).throw(OSError("down")), retry_on=(OSError,)
+        )
+    assert clock.sleeps == [0.2, 0.4] and clock.now <= 1  # a third pause (0.8 s) would have ended at 1.4 s
+
+
 def test_attempts_number_and_time_each_pass():
     clock = FakeClock()
     seen = [(attempt.number, attempt.elapsed) for attempt in policy(clock, stop=stop_after_attempt(3), wait=wait_fixed(2)).attempts()]
@@ -79,6 +106,7 @@ def test_exponential_wait_is_capped_and_stop_never_never_stops():
     "name",
     [
         "prefect_crisis.core.waiting",
+        "prefect_crisis.tasks.drills.scenario",
         "prefect_crisis.deployments.process",
         "prefect_crisis.deployments.warm_worker",
         "prefect_crisis.deployments.serve_cli",

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect.events.worker import EventsWorker
-
+from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Severity
 from prefect_crisis.tasks.drills.end_state import EndState, FreshRows
@@ -123,7 +122,7 @@ class MonitorSilent(Scenario[Silent]):
 
     def inject(self, drill: Drill[Silent]) -> None:
         Timeline().emit(CrisisEvent.HEALTH_REPORTED, drill.model, {"breaches": 0, "drill": True})
-        EventsWorker.drain_all()
+        drain_events()
         drill.inject_now()  # its last report: from now on the monitor is silent
 
     def expect(self, drill: Drill[Silent]) -> None:

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect.events.worker import EventsWorker
-
 from prefect_crisis.core.errors import CrisisError
+from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent
 from prefect_crisis.tasks.drills.injections import synthetic_champion
@@ -80,7 +79,7 @@ class RegistryUnavailable(Scenario[Outage]):
         Timeline().emit(
             CrisisEvent.BREACH_CRITICAL, model, {"metric": "error_rate", "value": 0.4, "threshold": 0.2, "drill": True}, version=state.poisoned
         )
-        EventsWorker.drain_all()
+        drain_events()
 
         def restore() -> None:
             try:

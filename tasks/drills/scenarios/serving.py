@@ -3,18 +3,17 @@ answers them from the fallback, and lets the primary back once it is fixed; the 
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect.events.worker import EventsWorker
-
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.timeline import Timeline, TimelineEvent, prefect_sink
 from prefect_crisis.core.vocabulary import CrisisEvent
+from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
 from prefect_crisis.tasks.drills.end_state import EndState
 from prefect_crisis.tasks.drills.faults import FaultyEstimator, Served, inject_into_primary, serve_rows
 from prefect_crisis.tasks.drills.injections import stable_champion
@@ -89,10 +88,15 @@ class ServingFault(Scenario[ServingState]):
         served.extend(serve_rows(router, make_batch(300, seed=drill.seed + 701), prefix=f"{drill.model}-fault", pause=0.02))
         drill.cleared_at = datetime.now(UTC)
         faulty.fault = None  # the primary is fixed (a restarted dependency, a deploy rolled back)
-        deadline = time.monotonic() + drill.limit
         batch = make_batch(100, seed=drill.seed + 702)
-        while time.monotonic() < deadline and state.recorder.first(CrisisEvent.FALLBACK_RELEASED, drill.cleared_at) is None:
+
+        def released_or_serve() -> bool:  # traffic keeps coming until the fallback is released (or the limit)
+            if state.recorder.first(CrisisEvent.FALLBACK_RELEASED, drill.cleared_at) is not None:
+                return True
             served.extend(serve_rows(router, batch, prefix=f"{drill.model}-after-{uuid.uuid4().hex[:4]}", pause=0.02))
+            return False
+
+        Retrying(stop=stop_after_delay(drill.limit), wait=wait_fixed(0)).poll(released_or_serve)
         state.served = served
 
     def expect(self, drill: Drill[ServingState]) -> None:
@@ -113,7 +117,7 @@ class ServingFault(Scenario[ServingState]):
         moves = champion_moves(drill.registry, drill.injected_at)
         drill.require(not moves, f"a serving fault moved the champion {len(moves)} time(s): the router alone answers it")
         self.clean_up(drill)
-        EventsWorker.drain_all()
+        drain_events()
         on_server = wait_until(lambda: first_event(drill.model, [CrisisEvent.FALLBACK_RELEASED], drill.injected_at), 15)
         drill.require(on_server, "ml.fallback.released did not reach the Prefect server")
 
