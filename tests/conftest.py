@@ -53,7 +53,10 @@ def crisis_home(tmp_path, monkeypatch):
 
 def pytest_collection_modifyitems(config, items):
     """Under `pytest -n 2 --dist loadgroup` (`make test`) the end-to-end tests run one after another in one worker
-    (they start servers on ports and share the MLflow UI's default port); the rest spread over both workers."""
+    (they start servers on ports and share the MLflow UI's default port), except the docs' blocks: that run (about
+    7 minutes, one stack of its own on free ports) goes to the other worker, beside the unit and flow tests, which
+    would otherwise finish minutes before the end-to-end worker does."""
     for item in items:
         if item.get_closest_marker("e2e") is not None:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+            alone = item.nodeid.startswith("tests/e2e/test_readme.py")
+            item.add_marker(pytest.mark.xdist_group("e2e-docs" if alone else "e2e"))

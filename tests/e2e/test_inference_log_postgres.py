@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, func, select, text
 from prefect_crisis.blocks import InferenceLog
 from prefect_crisis.tasks.serving.inference_log import LogStats, RequestError, open_inference_log, read_window, record_labels
 from prefect_crisis.tasks.serving.log_store import predictions
-from tests.unit.test_inference_log import NOW, Clock, batch, wait_until
+from tests.unit.test_inference_log import NOW, Clock, batch
 
 pytestmark = pytest.mark.e2e
 
@@ -90,10 +90,10 @@ def test_a_server_stopped_mid_stream_spools_exactly_and_the_flush_after_restart_
 
         streamer = threading.Thread(target=stream, daemon=True)
         streamer.start()
-        assert wait_until(lambda: writer.stats.written >= 150)  # some of the stream is in the database
+        assert writer.wait_for(lambda stats: stats.written >= 150)  # some of the stream is in the database
         postgres_server.stop()
         try:
-            assert wait_until(lambda: writer.stats.spooled >= 100)  # and some of it is on disk
+            assert writer.wait_for(lambda stats: stats.spooled >= 100)  # and some of it is on disk
             stop_streaming.set()
             streamer.join(10)
             writer.submit(batch("before-0", rows=10))  # written before the outage, sent again during it
@@ -109,7 +109,7 @@ def test_a_server_stopped_mid_stream_spools_exactly_and_the_flush_after_restart_
         finally:
             postgres_server.start()
         clock.now += 61
-        assert wait_until(lambda: writer.stats.flushed == stats.spooled, timeout=30), writer.stats
+        assert writer.wait_for(lambda now: now.flushed == stats.spooled, timeout=30), writer.stats
         assert counts(postgres_server) == (100 + streamed, 100 + streamed)  # N rows, no duplicate
         assert writer.stats.in_spool == 0
         assert postgres_server.password not in caplog.text
