@@ -38,7 +38,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import TerminationSignal
 from prefect.states import Crashed
 
-from prefect_crisis.deployments.process import START_TIME_TOLERANCE, recorded
+from prefect_crisis.deployments.process import START_TIME_TOLERANCE, command_line, recorded
 
 TRAIN_KIND = "crisis-train"
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
@@ -121,7 +121,7 @@ def _worker_child_alive(flow_run: FlowRun) -> bool:
         return False
     try:
         process = psutil.Process(int(pid))
-        if process.status() == psutil.STATUS_ZOMBIE or not any("prefect" in part for part in process.cmdline()):
+        if process.status() == psutil.STATUS_ZOMBIE or not any("prefect" in part for part in command_line(process)):
             return False
         created = process.create_time()
     except psutil.Error:

@@ -38,6 +38,14 @@ START_TIME_TOLERANCE = 1.0  # seconds: psutil's create_time of one process read 
 
 
 NO_SERVER = "none"  # the source a stack report names when no server is recorded or configured
+EXEC_WINDOW = Retrying(stop=stop_after_delay(1.0), wait=wait_fixed(0.01))
+
+
+def command_line(process: psutil.Process, policy: Retrying = EXEC_WINDOW) -> list[str]:
+    """`process`'s command line. A process caught between fork and the end of exec (a parent's `Popen` returns
+    before the kernel has set up the new program's arguments) shows an empty one for a few milliseconds; a live
+    process that runs a program always has one, so an empty answer is read again within `policy`'s budget."""
+    return policy.poll(process.cmdline)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -145,7 +153,7 @@ class ManagedProcess:
             process = psutil.Process(self.pid)
             if process.status() == psutil.STATUS_ZOMBIE:
                 return f"pid {self.pid} has exited"
-            cmdline, created = process.cmdline(), process.create_time()
+            cmdline, created = command_line(process), process.create_time()
         except psutil.NoSuchProcess:
             return f"pid {self.pid} is not running"
         except psutil.AccessDenied:

@@ -15,7 +15,7 @@ import pytest
 from prefect_crisis.core.errors import StackError
 from prefect_crisis.core.waiting import FakeClock, Retrying, stop_after_delay, wait_fixed
 from prefect_crisis.deployments import stack
-from prefect_crisis.deployments.process import ManagedProcess, free_port, port_free, recorded
+from prefect_crisis.deployments.process import ManagedProcess, command_line, free_port, port_free, recorded
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -37,6 +37,42 @@ def test_a_spawned_process_is_ours_until_stopped_and_a_stale_record_never_is(tmp
     finally:
         assert process.stop(grace=5)
     assert not process.alive() and "is not running" in recorded("sleeper", process.pid, None, process.matches).why_not_ours()
+
+
+def test_a_child_just_started_is_known_by_its_command_line_not_mistaken_for_another_program():
+    """Popen returns before the kernel has set up the child's arguments: read at once, its command line is empty
+    for a few milliseconds (seen failing CI). The read waits that window out; a fresh spawn is ours at once."""
+    for _ in range(40):
+        child = subprocess.Popen([*SLEEPER, "prefect-flow-run"])
+        try:
+            assert command_line(psutil.Process(child.pid))[-1] == "prefect-flow-run"
+        finally:
+            child.kill()
+            child.wait()
+        process = ManagedProcess.spawn("sleeper", SLEEPER, log=None, matches=lambda cmdline: "time.sleep(60)" in " ".join(cmdline))
+        try:
+            assert process.why_not_ours() is None
+        finally:
+            process.stop(grace=5)
+
+
+def test_an_empty_command_line_is_read_again_within_its_budget_and_only_then_given_up():
+    class Execing:  # a process whose arguments appear on the third read
+        reads = 0
+
+        def cmdline(self) -> list[str]:
+            self.reads += 1
+            return ["prefect"] if self.reads >= 3 else []
+
+    clock, policy = fake_waiting(seconds=5)
+    assert command_line(Execing(), policy) == ["prefect"] and clock.now == 2.0
+
+    class KernelThread:
+        def cmdline(self) -> list[str]:
+            return []
+
+    clock, policy = fake_waiting(seconds=5)
+    assert command_line(KernelThread(), policy) == [] and clock.now == 5.0
 
 
 def test_wait_ready_gives_up_on_the_budget_and_on_an_exit_without_real_time(tmp_path):
