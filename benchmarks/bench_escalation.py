@@ -415,7 +415,7 @@ def phase_medians(rows: list[dict]) -> dict:
     return medians
 
 
-def import_cost(module: str = "prefect_crisis.flows.crisis_response", repeats: int = 3) -> dict:
+def import_cost(module: str = "prefect_crisis.flows.response", repeats: int = 3) -> dict:
     """Seconds to import `module` in a fresh interpreter (median of `repeats`), and the bare interpreter with prefect."""
 
     def timed(code: str) -> float:

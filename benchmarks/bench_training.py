@@ -49,7 +49,7 @@ from sklearn.linear_model import SGDClassifier
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.deployments.runner import serving
-from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.training import continuous_training
 from prefect_crisis.tasks.drills.synthetic import feature_names, make_batch, synthetic_contract
 from prefect_crisis.tasks.training.checkpoints import load_checkpoint, training_experiment
 from prefect_crisis.tasks.training.data import split_training_data

@@ -433,7 +433,7 @@ def validate(
     home: HomeOption = None,
 ) -> None:
     """Validate one parquet or CSV batch against a saved DataContract block."""
-    from prefect_crisis.flows.validate_batch import validate_batch
+    from prefect_crisis.flows.validation import validate_batch
     from prefect_crisis.tasks.loading import load_contract
     from prefect_crisis.tasks.validation.report import Verdict
 
@@ -505,7 +505,7 @@ def train(
         from prefect.exceptions import TerminationSignal
 
         from prefect_crisis.deployments.live_runs import crash_dead_train_runs, record_train_process, signals_end_the_run
-        from prefect_crisis.flows.continuous_training import continuous_training
+        from prefect_crisis.flows.training import continuous_training
         from prefect_crisis.tasks.loading import load_contract, load_policy
 
         load_contract(contract)  # missing blocks are one clear line here, not a failed run

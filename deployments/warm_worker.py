@@ -69,9 +69,9 @@ CANCEL_REPEAT_SECONDS = 5.0  # a cancel raised again this often while the thread
 # Imported at start, so the first incident finds them warm: the deployments' entrypoint modules, and
 # what their steps import only when they first run (the diagnosis plot, parquet windows).
 WARM_MODULES = (
-    "prefect_crisis.flows.crisis_response",
-    "prefect_crisis.flows.emergency_stop",
-    "prefect_crisis.flows.health_monitor",
+    "prefect_crisis.flows.response",
+    "prefect_crisis.flows.emergency",
+    "prefect_crisis.flows.monitoring",
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",
     "PIL.PngImagePlugin",

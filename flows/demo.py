@@ -36,10 +36,10 @@ from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.errors import DemoError
 from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
 from prefect_crisis.core.vocabulary import Severity
-from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.flows.health_monitor import health_monitor
-from prefect_crisis.flows.validate_batch import validate_batch
+from prefect_crisis.flows.monitoring import health_monitor
+from prefect_crisis.flows.response import crisis_response
+from prefect_crisis.flows.training import continuous_training
+from prefect_crisis.flows.validation import validate_batch
 from prefect_crisis.tasks.drills.synthetic import check_demo_rows, demo_model_name, make_batch, synthetic_contract
 from prefect_crisis.tasks.response.report import wait_for_incident_end
 from prefect_crisis.tasks.run_logs import quiet_expected_errors

@@ -40,7 +40,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.paths import artifact_key, crisis_home
-from prefect_crisis.flows.validate_batch import validate_batch
+from prefect_crisis.flows.validation import validate_batch
 from prefect_crisis.tasks.drills.catalogue import PROGRESS, drill_model_name, load_scenarios, scenario_names
 from prefect_crisis.tasks.drills.observe import check_end_state
 from prefect_crisis.tasks.drills.report import describe, summarize, write_report

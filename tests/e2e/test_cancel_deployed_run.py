@@ -15,7 +15,7 @@ from prefect.states import Cancelling
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.deployments.inspect import read_crisis_events
 from prefect_crisis.deployments.runner import serving
-from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.training import continuous_training
 from prefect_crisis.tasks.drills.synthetic import synthetic_contract
 from prefect_crisis.tasks.training.checkpoints import load_checkpoint, training_experiment
 from tests.helpers import wait_for

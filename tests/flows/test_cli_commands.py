@@ -18,9 +18,9 @@ from prefect.settings import PREFECT_API_URL
 from prefect.variables import Variable
 
 from prefect_crisis.core.errors import DataInputError, ExitCode
-from prefect_crisis.flows.continuous_training import continuous_training
 from prefect_crisis.flows.demo import crisis_demo
-from prefect_crisis.flows.validate_batch import validate_batch
+from prefect_crisis.flows.training import continuous_training
+from prefect_crisis.flows.validation import validate_batch
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.validation.quarantine import write_parquet
 

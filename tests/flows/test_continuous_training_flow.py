@@ -15,7 +15,7 @@ from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_crisis_events
-from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.training import continuous_training
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
 from prefect_crisis.tasks.training.loop import learner_of

@@ -21,7 +21,7 @@ from prefect.concurrency.sync import concurrency
 from prefect_crisis.blocks import InferenceLog, MetricRule, ModelRegistry, RollbackPolicy
 from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
-from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.flows.response import crisis_response
 from prefect_crisis.tasks.drills.synthetic import make_batch
 from prefect_crisis.tasks.response.incident import response_limit
 from prefect_crisis.tasks.serving.inference_log import PredictionBatch, open_inference_log, record_labels

@@ -14,7 +14,7 @@ from prefect.states import Running
 
 from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.deployments.inspect import read_crisis_events
-from prefect_crisis.flows.emergency_stop import emergency_stop
+from prefect_crisis.flows.emergency import emergency_stop
 from prefect_crisis.tasks.response.emergency import TRAINING_FLOW, EmergencyRecord
 from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, read_stop_flag
 from tests.helpers import poisoned_after_stable, register, wait_for

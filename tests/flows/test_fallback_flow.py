@@ -14,8 +14,8 @@ import pytest
 
 from prefect_crisis.blocks import ModelRegistry, RollbackPolicy, TrainingPolicy
 from prefect_crisis.deployments.inspect import read_crisis_events
-from prefect_crisis.flows.continuous_training import continuous_training
-from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.flows.response import crisis_response
+from prefect_crisis.flows.training import continuous_training
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 from tests.helpers import wait_for
 

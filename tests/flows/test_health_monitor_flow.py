@@ -16,7 +16,7 @@ from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.core.errors import MonitoringError
 from prefect_crisis.core.timeline import ListSink, Timeline, utc_now
 from prefect_crisis.core.vocabulary import CrisisEvent
-from prefect_crisis.flows.health_monitor import health_monitor
+from prefect_crisis.flows.monitoring import health_monitor
 from prefect_crisis.tasks.drills.synthetic import make_batch
 from prefect_crisis.tasks.monitoring import sweep as monitoring  # the module the flow sweeps with (patched below)
 from prefect_crisis.tasks.response.report import read_events

@@ -23,7 +23,7 @@ from prefect_crisis.blocks import ModelRegistry
 from prefect_crisis.core.errors import ExitCode
 from prefect_crisis.core.vocabulary import TagKey
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run
-from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.flows.response import crisis_response
 from prefect_crisis.tasks.drills.synthetic import make_batch
 from prefect_crisis.tasks.response.report import incident_events, incident_report
 from tests.helpers import poisoned_after_stable, wait_for

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
-from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.training import continuous_training
 from prefect_crisis.tasks.drills.synthetic import synthetic_contract
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prefect_crisis.blocks import ModelRegistry
-from prefect_crisis.flows.crisis_response import crisis_response
+from prefect_crisis.flows.response import crisis_response
 from prefect_crisis.tasks.drills.synthetic import make_batch
 from prefect_crisis.tasks.response.incident import predict_with
 from tests.helpers import register

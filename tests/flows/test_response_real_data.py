@@ -15,8 +15,8 @@ import pytest
 from prefect_crisis.blocks import RollbackPolicy
 from prefect_crisis.core.vocabulary import AliasAction
 from prefect_crisis.deployments.inspect import read_crisis_events
-from prefect_crisis.flows.crisis_response import crisis_response
-from prefect_crisis.flows.emergency_stop import emergency_stop
+from prefect_crisis.flows.emergency import emergency_stop
+from prefect_crisis.flows.response import crisis_response
 from prefect_crisis.tasks.drills.datasets import DATASET_NAMES
 from prefect_crisis.tasks.drills.real_models import (
     back_dated,

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prefect_crisis.blocks import DataContract, ModelRegistry
-from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.training import continuous_training
 from prefect_crisis.tasks.drills.datasets import load_dataset
 from prefect_crisis.tasks.serving.fallback_model import MEETS_BAR_TAG
 from prefect_crisis.tasks.training.checkpoints import training_experiment

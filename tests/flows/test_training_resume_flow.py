@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from prefect import flow
 
 from prefect_crisis.blocks import ModelRegistry, TrainingPolicy
-from prefect_crisis.flows.continuous_training import continuous_training
+from prefect_crisis.flows.training import continuous_training
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, load_checkpoint, training_experiment
 from prefect_crisis.tasks.training.data import split_training_data

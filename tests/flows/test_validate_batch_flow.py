@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from prefect_crisis.core.errors import ContractError, ContractErrorReason
 from prefect_crisis.deployments.inspect import read_artifacts_of_flow_run, read_crisis_events
-from prefect_crisis.flows.validate_batch import validate_batch
+from prefect_crisis.flows.validation import validate_batch
 from prefect_crisis.tasks.drills.synthetic import make_batch, synthetic_contract
 from prefect_crisis.tasks.validation.quarantine import write_parquet
 from prefect_crisis.tasks.validation.report import REASONS_COLUMN, Verdict

@@ -11,7 +11,7 @@ from prefect.flows import load_flow_from_entrypoint
 import prefect_crisis.deployments as deployments_package
 
 PREFECT_YAML = Path(deployments_package.__file__).parent / "prefect.yaml"
-HEALTH_MONITOR = "prefect_crisis.flows.health_monitor:health_monitor"
+HEALTH_MONITOR = "prefect_crisis.flows.monitoring:health_monitor"
 
 
 def test_every_deployment_entrypoint_is_a_module_path_that_loads_its_flow():
@@ -29,7 +29,7 @@ def test_every_deployment_entrypoint_is_a_module_path_that_loads_its_flow():
 
 def test_the_ladder_deployments_are_declared_and_the_monitor_sweeps_every_minute_without_parameters():
     deployments = {deployment["name"]: deployment for deployment in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
-    assert deployments["emergency-stop"]["entrypoint"] == "prefect_crisis.flows.emergency_stop:emergency_stop"
+    assert deployments["emergency-stop"]["entrypoint"] == "prefect_crisis.flows.emergency:emergency_stop"
     monitor = deployments["health-monitor"]
     assert monitor["entrypoint"] == HEALTH_MONITOR and not monitor.get("parameters")
     assert monitor["schedules"] == [{"interval": 60}]
