@@ -18,8 +18,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.registry import AuditSnapshot, ModelRegistry, VersionInfo, first_line
@@ -28,6 +26,7 @@ from prefect_crisis.core.errors import CrisisError, RegistryError
 from prefect_crisis.core.paths import artifact_key, ensure_experiment, mlflow_run_link, mlflow_ui_url
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import INCIDENT_EXPERIMENT, CrisisEvent, Severity, TagKey, ViolationType
+from prefect_crisis.tasks.model_slots import response_limit
 from prefect_crisis.tasks.models import load_sklearn_model
 from prefect_crisis.tasks.response.candidates import ServingHistory, eligible_versions, last_served
 from prefect_crisis.tasks.response.diagnostics import DiagnosticReport, OperationalContext, diagnose
@@ -492,14 +491,3 @@ def close_episode(registry: ModelRegistry, episode: Episode) -> Episode:
 
 def new_incident_id() -> str:
     return f"inc-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-
-
-def response_limit(model: str) -> str:
-    """Name of the model's concurrency limit, created (limit 1) if missing."""
-    name = f"crisis-response-{model}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return name

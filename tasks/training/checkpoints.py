@@ -257,6 +257,18 @@ def latest_checkpoint_run(client: MlflowClient, model: str) -> str | None:
     return None
 
 
+def resuming_run(client: MlflowClient, model: str, run_id: str) -> str | None:
+    """The model's training run that is resuming `run_id`'s checkpoint now (still RUNNING), if any: its claim, made
+    when it was created (its `resumed_from` tag), holds until it ends. A run killed before its first checkpoint is
+    closed by `close_killed_runs` first, and the checkpoint it claimed is free again."""
+    runs = client.search_runs(
+        [training_experiment(client, model)],
+        f"attributes.status = 'RUNNING' AND tags.`{TagKey.RESUMED_FROM}` = '{run_id}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def close_killed_runs(client: MlflowClient, model: str, is_over: Callable[[str], bool]) -> list[str]:
     """Close the model's training runs that a killed process left RUNNING; returns their ids.
 
@@ -272,6 +284,9 @@ def close_killed_runs(client: MlflowClient, model: str, is_over: Callable[[str],
         flow_run_id = run.data.tags.get(TagKey.FLOW_RUN_ID, "")
         if not is_over(flow_run_id):
             continue  # still training, or not known to be over: never taken from a live run
+        if run.data.tags.get(TagKey.STATUS) == RunStatusTag.COMPLETED:  # trained to the end, its flow run ended before closing it
+            client.set_terminated(run.info.run_id, "FINISHED")
+            continue
         record_killed(client, run.info.run_id, f"its process ended without closing the run (flow run {flow_run_id} is over)")
         closed.append(run.info.run_id)
     return closed

@@ -34,6 +34,7 @@ class ResumeRefusal(str, Enum):
     OTHER_BATCH_LAYOUT = "other-batch-layout"
     FAILURE_STOP = "failure-stop"
     NOT_RESUMABLE = "not-resumable"
+    RESUMED_ELSEWHERE = "resumed-elsewhere"  # another training of the model is resuming it now
 
 
 # Which refusal a difference in each field of the key stands for.

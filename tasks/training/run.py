@@ -36,6 +36,7 @@ from uuid import UUID
 import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
@@ -44,12 +45,14 @@ from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.errors import TrainingError
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, RunStatusTag, TagKey
+from prefect_crisis.tasks.model_slots import training_limit
 from prefect_crisis.tasks.training.checkpoints import (
     CheckpointWriter,
     close_killed_runs,
     latest_checkpoint_run,
     load_checkpoint,
     load_checkpoint_state,
+    resuming_run,
     stop_kind_of,
     training_experiment,
 )
@@ -58,6 +61,8 @@ from prefect_crisis.tasks.training.loop import Checkpoint, TrainingOutcome, trai
 from prefect_crisis.tasks.training.resume import NOTHING_TO_RESUME, ResumeDecision, ResumeKey, ResumeRefusal, decide_resume
 from prefect_crisis.tasks.training.stop_flag import read_stop_flag
 from prefect_crisis.tasks.training.stopping import StopCondition, StopKind, StopReason, policy_stop_condition
+
+CLAIM_LEASE_SECONDS = 60  # the training slot's lease: what a process killed while claiming holds it for at most
 
 
 def build_stop_condition(policy: TrainingPolicy, model: str, clock: Callable[[], float] = time.monotonic) -> StopCondition:
@@ -92,6 +97,9 @@ def resume_point(client, model: str, key: ResumeKey, epochs: int) -> tuple[Resum
     decision = decide_resume(run_id, stored_key, stop_kind_of(client.get_run(run_id).data.tags), key, position.epoch, epochs)
     if not decision.resume:
         return decision, None
+    claimant = resuming_run(client, model, run_id)
+    if claimant is not None:
+        return ResumeDecision(run_id, ResumeRefusal.RESUMED_ELSEWHERE, f"training run {claimant} is resuming it now"), None
     try:
         return decision, load_checkpoint(client, run_id)
     except TrainingError as error:
@@ -123,32 +131,13 @@ def run_training(
     model = registry.model_name
     client = registry.client
     key = resume_key(policy, data)
-    for killed in close_killed_runs(client, model, _flow_run_is_over) if resume else ():
-        logger.warning("training run %s was killed (its flow run is over and it never closed): recorded as stopped", killed)
-        Timeline().emit(
-            CrisisEvent.TRAINING_STOPPED,
-            model,
-            {"reason": StopKind.KILLED.value, "run_id": killed, "found_by": flow_run.get_id(), "detail": "its process ended without closing the run"},
-        )
-    decision, resume_from = resume_point(client, model, key, policy.epochs) if resume else (NOTHING_TO_RESUME, None)
-    if decision.refusal is not None:
-        logger.warning("%s", decision)
-    elif resume_from is not None:
-        logger.info("resuming from run %s at epoch %d, batch %d", decision.run_id, resume_from.position.epoch, resume_from.position.batch_index)
-    resumed_run = decision.run_id if decision.resume else None
-    run = client.create_run(
-        training_experiment(client, model),
-        tags={
-            TagKey.MODEL: model,
-            TagKey.STATUS: RunStatusTag.RUNNING.value,
-            TagKey.FINGERPRINT: data.fingerprint,
-            TagKey.FLOW_RUN_ID: flow_run.get_id() or "",
-            TagKey.RESUMED_FROM: resumed_run or "",
-            **({TagKey.RESUME_REFUSED: f"{decision.refusal.value}: {decision.detail}"[:5000]} if decision.refusal else {}),
-        },
-        run_name=f"train-{model}",
-    )
+    # Choosing the checkpoint and claiming it (the new run's `resumed_from` tag) is one step per model: a second
+    # training started at the same moment sees the claim and trains from scratch instead of resuming it twice.
+    # The section is short (a few store reads and one write); its lease frees the slot if the process dies in it.
+    with concurrency(training_limit(model), occupy=1, strict=True, lease_duration=CLAIM_LEASE_SECONDS):
+        decision, resume_from, run = _claim_and_create_run(client, model, key, policy, data, resume, logger)
     run_id = run.info.run_id
+    resumed_run = decision.run_id if decision.resume else None
     stop = build_stop_condition(policy, model)
     if also_stop_when is not None:
         stop = stop | also_stop_when
@@ -174,6 +163,36 @@ def run_training(
     _record_stop(client, run_id, model, outcome.stop_reason, outcome, resumed_run)
     logger.warning("training stopped (%s); checkpoint %s", outcome.stop_reason, outcome.checkpoint_uri)
     return TrainingRun(run_id, outcome, decision)
+
+
+def _claim_and_create_run(client, model: str, key: ResumeKey, policy: TrainingPolicy, data: TrainingData, resume: bool, logger):
+    """Close the model's killed runs, choose the checkpoint to resume, and create the run that claims it."""
+    for killed in close_killed_runs(client, model, _flow_run_is_over) if resume else ():
+        logger.warning("training run %s was killed (its flow run is over and it never closed): recorded as stopped", killed)
+        Timeline().emit(
+            CrisisEvent.TRAINING_STOPPED,
+            model,
+            {"reason": StopKind.KILLED.value, "run_id": killed, "found_by": flow_run.get_id(), "detail": "its process ended without closing the run"},
+        )
+    decision, resume_from = resume_point(client, model, key, policy.epochs) if resume else (NOTHING_TO_RESUME, None)
+    if decision.refusal is not None:
+        logger.warning("%s", decision)
+    elif resume_from is not None:
+        logger.info("resuming from run %s at epoch %d, batch %d", decision.run_id, resume_from.position.epoch, resume_from.position.batch_index)
+    resumed_run = decision.run_id if decision.resume else None
+    run = client.create_run(
+        training_experiment(client, model),
+        tags={
+            TagKey.MODEL: model,
+            TagKey.STATUS: RunStatusTag.RUNNING.value,
+            TagKey.FINGERPRINT: data.fingerprint,
+            TagKey.FLOW_RUN_ID: flow_run.get_id() or "",
+            TagKey.RESUMED_FROM: resumed_run or "",
+            **({TagKey.RESUME_REFUSED: f"{decision.refusal.value}: {decision.detail}"[:5000]} if decision.refusal else {}),
+        },
+        run_name=f"train-{model}",
+    )
+    return decision, resume_from, run
 
 
 def _train_in_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import uuid
 
 import numpy as np
@@ -301,3 +302,56 @@ def test_a_resumed_run_killed_before_its_first_checkpoint_leaves_the_earlier_che
     client.set_tag(earlier, "crisis.resumed_by", killed)
     assert close_killed_runs(client, model, lambda flow_run_id: True) == [killed]
     assert latest_checkpoint_run(client, model) == earlier  # not lost with the run that never wrote one
+
+
+def test_two_trainings_started_at_once_resume_one_checkpoint_once(model):
+    """Both find the same stopped run's checkpoint; choosing and claiming it is one step per model (the training
+    slot), so one resumes it and the other, seeing the claim, trains from scratch and says why."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    set_stop_flag(model, "pause")
+    try:
+        stopped = train_once(model)
+    finally:
+        clear_stop_flag(model)
+    both_training = threading.Barrier(2, timeout=120)
+
+    class MeetOnce(StopCondition):  # after its first mini-batch, each waits until the other trains too: they overlap
+        def __init__(self) -> None:
+            self.met = False
+
+        def __call__(self, progress):
+            if not self.met:
+                self.met = True
+                both_training.wait()
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(train_once, model, also_stop_when=MeetOnce()) for _ in range(2)]
+        trainings = [future.result(timeout=240) for future in futures]
+    resumed = [training for training in trainings if training.resumed_from == stopped.run_id]
+    refused = [training for training in trainings if training.resume.refusal is not None]
+    assert len(resumed) == 1 and len(refused) == 1, [str(training.resume) for training in trainings]
+    assert refused[0].resume.refusal.value == "resumed-elsewhere" and resumed[0].run_id in refused[0].resume.detail
+    assert all(training.outcome.completed for training in trainings)
+    tags = MlflowClient().get_run(refused[0].run_id).data.tags
+    assert tags["crisis.resumed_from"] == "" and tags["crisis.resume_refused"].startswith("resumed-elsewhere")
+
+
+def test_a_checkpoint_claimed_by_a_run_killed_before_its_first_checkpoint_is_resumed_by_the_next(model):
+    from prefect_crisis.tasks.training.checkpoints import close_killed_runs, resuming_run
+
+    set_stop_flag(model, "pause")
+    try:
+        stopped = train_once(model)
+    finally:
+        clear_stop_flag(model)
+    client = MlflowClient()
+    claimant = client.create_run(
+        training_experiment(client, model), tags={"crisis.flow_run_id": str(uuid.uuid4()), "crisis.resumed_from": stopped.run_id}
+    ).info.run_id  # a training that claimed it, then died
+    assert resuming_run(client, model, stopped.run_id) == claimant  # its claim holds while it may live
+    assert close_killed_runs(client, model, lambda flow_run_id: flow_run_id != "") == [claimant]  # its flow run is over: closed
+    assert resuming_run(client, model, stopped.run_id) is None
+    resumed = train_once(model)
+    assert resumed.resumed_from == stopped.run_id and resumed.outcome.completed
+    assert client.get_run(claimant).data.tags["crisis.stop_kind"] == "killed"
