@@ -279,7 +279,7 @@ class ModelRegistry(Block):
             self._info(
                 item,
                 tuple(alias for alias, version in alias_map.items() if str(version) == str(item.version)),
-                metrics.get(item.run_id, {}),
+                metrics.get(item.run_id, {}) if item.run_id else {},
             )
             for item in found
         ]

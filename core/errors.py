@@ -101,6 +101,11 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+class DrillError(CrisisError):
+    """A drill scenario's steps ran out of order (a registry read before setup made one, a time read before inject
+    stamped it): a bug in the scenario, recorded as the iteration's failure."""
+
+
 class DemoError(CrisisError):
     """The demo's story did not happen as told: a bug or a broken stack, not bad input."""
 

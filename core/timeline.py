@@ -10,11 +10,12 @@ in production and a list in unit tests.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect_crisis.core.vocabulary import (
     INCIDENT_RESOURCE,
@@ -28,6 +29,10 @@ from prefect_crisis.core.vocabulary import (
     Severity,
     ViolationType,
 )
+
+if TYPE_CHECKING:
+    from prefect.types import DateTime
+    from pydantic import TypeAdapter
 
 
 def utc_now() -> datetime:
@@ -77,6 +82,24 @@ class Incident:
 def model_resource(model: str) -> dict[str, str]:
     """The resource every crisis event is about."""
     return {"prefect.resource.id": f"{MODEL_RESOURCE}{model}", "prefect.resource.name": model, MODEL_NAME_LABEL: model}
+
+
+@functools.cache
+def _prefect_datetimes() -> TypeAdapter[DateTime]:
+    from prefect.types import DateTime
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(DateTime)
+
+
+def prefect_datetime(at: datetime) -> DateTime:
+    """`at` as the datetime type Prefect's events and event filters declare (what their validation makes of it anyway).
+
+    Example:
+        >>> prefect_datetime(datetime(2024, 1, 1, tzinfo=UTC)).isoformat()
+        '2024-01-01T00:00:00+00:00'
+    """
+    return _prefect_datetimes().validate_python(at)
 
 
 def related_resources(model: str, version: str | int | None = None, incident: str | None = None) -> list[dict[str, str]]:

@@ -159,7 +159,7 @@ class Retrying:
     stop: Stop
     wait: Callable[[Attempt], float] = wait_fixed(0.5)
     clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], object] = time.sleep  # its answer is ignored: `threading.Event.wait` sleeps until set
     asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def _pause(self, attempt: Attempt) -> float | None:

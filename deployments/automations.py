@@ -17,14 +17,14 @@ a recovery drill goes through the real ladder and pages nobody.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
-from prefect.events.actions import RunDeployment, SendNotification
+from prefect.events.actions import ActionTypesOrUnknown, RunDeployment, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
 from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
@@ -59,8 +59,8 @@ def model_trigger(
     *,
     threshold: int = 1,
     within: timedelta = timedelta(0),
-    posture: Posture = Posture.Reactive,
-    after: set[CrisisEvent] = frozenset(),
+    posture: Literal[Posture.Reactive, Posture.Proactive] = Posture.Reactive,
+    after: Iterable[CrisisEvent] = (),
     labels: dict[str, str | list[str]] | None = None,
 ) -> EventTrigger:
     """A trigger on `events` about any model, counted per model (`for_each` on the model name label).
@@ -81,12 +81,22 @@ def run(deployment_ids: dict[str, UUID], deployment: str, parameters: dict[str, 
     """RunDeployment of `deployment` (flow-name/deployment-name) with templated parameters."""
     if deployment not in deployment_ids:
         raise StackError(f"deployment {deployment!r} is not on the server: run `crisis deploy` first")
-    return RunDeployment(source="selected", deployment_id=deployment_ids[deployment], parameters=parameters)
+    return RunDeployment(source="selected", deployment_id=deployment_ids[deployment], parameters=parameters, job_variables=None)
 
 
-def response_parameters(severity: Severity, *, diagnose_only: bool = False, incident: bool = True, **extra: Any) -> dict[str, Any]:
-    """crisis-response parameters for the triggering event's model; the event id is the incident id unless `incident` is False."""
-    parameters = {"model_name": MODEL, "severity": severity.value, "triggering_event_id": EVENT_ID, "diagnose_only": diagnose_only, **extra}
+def response_parameters(
+    severity: Severity, *, diagnose_only: bool = False, incident: bool = True, defaults: Mapping[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """crisis-response parameters for the triggering event's model; the event id is the incident id unless `incident` is False;
+    `defaults`: the deployment's default policy blocks."""
+    parameters = {
+        "model_name": MODEL,
+        "severity": severity.value,
+        "triggering_event_id": EVENT_ID,
+        "diagnose_only": diagnose_only,
+        **extra,
+        **(defaults or {}),
+    }
     if incident:
         parameters["incident_id"] = EVENT_ID
     return parameters
@@ -98,7 +108,7 @@ class Notifier:
 
     block_document_id: UUID | None
 
-    def __call__(self, what: str) -> list[SendNotification]:
+    def __call__(self, what: str) -> list[ActionTypesOrUnknown]:
         if self.block_document_id is None:
             return []
         return [SendNotification(block_document_id=self.block_document_id, subject=f"prefect-crisis: {what}", body=NOTIFICATION_BODY + what)]
@@ -132,26 +142,26 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
     # (the flow itself joins the model's open incident after that, so a breach that persists stays one incident)
     emergency_debounce = timedelta(seconds=policy.monitor_interval_seconds)
     # step -> (description, its trigger (given further label matches), its actions, what its page says or None)
-    steps: dict[LadderStep, tuple[str, Callable[..., EventTrigger], list, str | None]] = {
+    steps: dict[LadderStep, tuple[str, Callable[..., EventTrigger], list[ActionTypesOrUnknown], str | None]] = {
         LadderStep.WARNING: (
             "A warning breach or a rejected batch: diagnose the model (crisis-response, diagnose_only) without acting. A rejected "
             "batch blocks training on that batch only (the training flow refuses it); it never touches serving.",
             partial(model_trigger, {CrisisEvent.BREACH_WARNING, CrisisEvent.DATA_REJECTED}),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True, **defaults))],
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.WARNING, diagnose_only=True, defaults=defaults))],
             "warning: diagnosing",
         ),
         LadderStep.CRITICAL: (
             f"A critical breach: the full response (diagnose, decide rollback, recover, verify). Cool-down: no second response "
             f"for the same model within {policy.cooldown_minutes:g} minutes.",
             partial(model_trigger, {CrisisEvent.BREACH_CRITICAL}, within=policy.cooldown),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, **defaults))],
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, defaults=defaults))],
             "critical: responding",
         ),
         LadderStep.ESCALATE_WARNINGS: (
             f"{policy.warnings_to_escalate} warning breaches of one model within {policy.escalation_window_minutes:g} minutes: "
             "escalate to the full (critical) response.",
             partial(model_trigger, {CrisisEvent.BREACH_WARNING}, threshold=policy.warnings_to_escalate, within=policy.escalation_window),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, **defaults))],
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, defaults=defaults))],
             "repeated warnings: escalated to critical",
         ),
         LadderStep.EMERGENCY: (
@@ -205,7 +215,9 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
                 run(
                     deployment_ids,
                     CRISIS_RESPONSE,
-                    response_parameters(Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value, **defaults),
+                    response_parameters(
+                        Severity.WARNING, diagnose_only=True, incident=False, violation=ViolationType.ERRORS.value, defaults=defaults
+                    ),
                 )
             ],
             "the health monitor went silent for this model",
@@ -216,7 +228,7 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
             lambda labels=None: model_trigger(
                 {CrisisEvent.HEALTH_REPORTED}, within=policy.cooldown, labels={SERVING_LABEL: Serving.FALLBACK.value, **(labels or {})}
             ),
-            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, **defaults))],
+            [run(deployment_ids, CRISIS_RESPONSE, response_parameters(Severity.CRITICAL, defaults=defaults))],
             None,
         ),
         LadderStep.EVIDENCE: (

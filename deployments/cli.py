@@ -197,7 +197,7 @@ def _check_same_database(running: stack.ServerState, home: Path, postgres: bool,
         raise StackError(f"the running server uses {running.database}, not the stack's PostgreSQL: `crisis down`, then `crisis up --postgres`")
     if database and mask_uri(database) != running.database:
         raise StackError(f"the running server uses {running.database}, not {mask_uri(database)}: `crisis down` first")
-    if on_cluster and not cluster.running():
+    if on_cluster and cluster is not None and not cluster.running():
         raise StackError(
             f"the stack's PostgreSQL (port {cluster.port}) is not running, so the server cannot read or write: "
             "`crisis down`, then `crisis up --postgres`"
@@ -302,7 +302,7 @@ def _mark_dead_train_runs(home: Path | None, quiet: bool) -> None:
         console.print(marked.summary())
 
 
-def _print_stack(report: dict, home: Path | None) -> None:
+def _print_stack(report: stack.StackStatus, home: Path | None) -> None:
     table = Table(show_header=False, box=None)
     prefect = report["prefect"]
     table.add_row("home", str(report["home"]))
@@ -367,7 +367,10 @@ def demo(
         registry.settle_audit()  # shown settled: reading the audit never writes
         for move in registry.audit_trail(registry.champion_alias)[-3:]:
             console.print(f"  audit {move.at:%H:%M:%S} {move.action}: champion v{move.from_version or '-'} -> v{move.to_version} ({move.reason})")
-        artifacts = read_artifacts_of_flow_run(state.state_details.flow_run_id)
+        demo_run = state.state_details.flow_run_id
+        if demo_run is None:
+            raise DemoError("the demo's final state names no flow run: its artifacts cannot be read back")
+        artifacts = read_artifacts_of_flow_run(demo_run)
         console.print(f"{len(artifacts)} artifacts visible through the Prefect API for this demo and its subflows:")
         kinds = Counter((artifact.key or "(unkeyed)", artifact.type) for artifact in artifacts)
         for (key, kind), count in sorted(kinds.items()):

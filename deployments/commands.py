@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
+from typing import TypedDict
 
 from rich.console import Console
 
@@ -13,13 +14,21 @@ from prefect_crisis.core.errors import CrisisError, ExitCode
 
 console = Console(highlight=False)
 
+
+class CallBounds(TypedDict):
+    """`use_stack`'s bounds on each Prefect API call: seconds per request, retries after the first try."""
+
+    request_timeout: float
+    max_retries: int
+
+
 # Bounds on every Prefect API call a command makes, for this CLI's process only (Prefect's
 # defaults, 60 s and 5 retries with back-off, make a frozen server look like minutes of silence).
-LONG_COMMAND = {
+LONG_COMMAND: CallBounds = {
     "request_timeout": 20.0,
     "max_retries": 3,
 }  # demo, train, validate: flows with many calls; a busy SQLite server answers 503 for seconds
-SHORT_COMMAND = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
+SHORT_COMMAND: CallBounds = {"request_timeout": 5.0, "max_retries": 0}  # stop, resume: one or two calls, never a hang
 
 
 @contextmanager

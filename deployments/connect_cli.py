@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import cyclopts
 
@@ -26,6 +26,9 @@ from prefect_crisis.core.errors import CrisisError, PolicyError, StackError
 from prefect_crisis.core.paths import crisis_home
 from prefect_crisis.deployments import stack
 from prefect_crisis.deployments.worker import POOL, WARM_POOL
+
+if TYPE_CHECKING:
+    from prefect.workers.base import BaseWorker
 
 PREFECT_YAML = Path(__file__).parent / "prefect.yaml"
 
@@ -53,7 +56,7 @@ def env(*, home: HomeOption = None) -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
-def ensure_work_pool(api_url: str, name: str, worker: type) -> bool:
+def ensure_work_pool(api_url: str, name: str, worker: type[BaseWorker[Any, Any, Any]]) -> bool:
     """Create the work pool `name` of `worker`'s type (a Prefect worker class) on the server unless it exists; True when created."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -82,10 +85,11 @@ def apply_escalation_ladder(api_url: str, policy_block: str | None = None) -> li
 
     from prefect_crisis.blocks.escalation_policy import EscalationPolicy
     from prefect_crisis.deployments.automations import apply_ladder
+    from prefect_crisis.tasks.loading import saved_block
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         try:
-            policy = EscalationPolicy.load(policy_block) if policy_block else EscalationPolicy()
+            policy = saved_block(EscalationPolicy, policy_block) if policy_block else EscalationPolicy()
         except ValueError:
             raise PolicyError(f"no EscalationPolicy block named {policy_block!r} on the server: save one, or leave --escalation-policy out") from None
         with get_client(sync_client=True) as client:

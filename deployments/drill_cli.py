@@ -62,7 +62,11 @@ def check_stack_can_respond() -> None:
         missing = [step.automation_name for step in LadderStep if not client.read_automations_by_name(step.automation_name)]
         if missing:
             raise StackError(f"automation(s) {', '.join(missing)} not on the server: run `crisis deploy`")
-        check_workers(client, {client.read_deployment(deployment_id).work_pool_name for deployment_id in ids.values()})
+        pools = {name: client.read_deployment(deployment_id).work_pool_name for name, deployment_id in ids.items()}
+        unpooled = sorted(name for name, pool in pools.items() if pool is None)
+        if unpooled:
+            raise StackError(f"deployment(s) {', '.join(unpooled)} run on no work pool, so no worker runs the response: run `crisis deploy`")
+        check_workers(client, {pool for pool in pools.values() if pool is not None})
 
 
 class _Terminal(logging.Handler):

@@ -17,6 +17,7 @@ from prefect.client.schemas.objects import Artifact
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.events.schemas.events import ReceivedEvent
 
+from prefect_crisis.core.timeline import prefect_datetime
 from prefect_crisis.core.vocabulary import EVENT_PREFIX, MODEL_RESOURCE
 from prefect_crisis.tasks.response.report import read_events
 
@@ -43,7 +44,7 @@ def read_crisis_events(model: str, prefix: str = EVENT_PREFIX, since: timedelta 
     """Events about `model` whose name starts with `prefix`, oldest first (at most about `limit`)."""
     now = datetime.now(UTC)
     event_filter = EventFilter(
-        occurred=EventOccurredFilter(since=now - since, until=now + timedelta(minutes=1)),
+        occurred=EventOccurredFilter(since=prefect_datetime(now - since), until=prefect_datetime(now + timedelta(minutes=1))),
         event=EventNameFilter(prefix=[prefix]),
         resource=EventResourceFilter(id=[f"{MODEL_RESOURCE}{model}"]),
     )

@@ -21,6 +21,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Required, TypedDict
 from urllib.parse import urlsplit
 
 from prefect_crisis.core.errors import StackError
@@ -107,16 +108,17 @@ class Launch:
         Raises:
             StackError: it exited or did not answer within `timeout` (stopped, its log named).
         """
-        if self.already_running or self.process is None:
+        process = self.process
+        if self.already_running or process is None:
             return self.state
         port = self.state.port or 0
         waiting = waiting or Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.5))
-        if self.process.wait_ready(lambda: self.process.listens_on(port) and is_answering(self.state.url), waiting):
+        if process.wait_ready(lambda: process.listens_on(port) and is_answering(self.state.url), waiting):
             (self.home / MLFLOW_UI_STATE).write_text(json.dumps(asdict(self.state)))
             return self.state
-        why = "exited" if self.process.exit_code() is not None else f"did not answer within {timeout:.0f}s"
+        why = "exited" if process.exit_code() is not None else f"did not answer within {timeout:.0f}s"
         self.abandon()
-        lines = [line.strip() for line in self.process.log_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in process.log_text().splitlines() if line.strip()]
         raise StackError(f"the MLflow UI server {why}; its log says: {(lines[-1] if lines else '(empty log)')[:200]} (log {self.state.log})")
 
     def abandon(self) -> None:
@@ -184,7 +186,17 @@ def stop_mlflow_ui(home: Path | None = None, timeout: float = 15.0) -> MlflowUiS
     return state if stopped else None
 
 
-def mlflow_ui_status(home: Path | None = None) -> dict[str, object]:
+class MlflowUiStatus(TypedDict, total=False):
+    """What `crisis status` says of the MLflow UI: where it comes from and whether it answers (the rest when known)."""
+
+    source: Required[str]
+    healthy: Required[bool]
+    url: str
+    pid: int
+    problem: str | None
+
+
+def mlflow_ui_status(home: Path | None = None) -> MlflowUiStatus:
     """What `crisis status` says of the MLflow UI."""
     store = store_uri(home)
     if is_remote(store):

@@ -49,9 +49,9 @@ def find_binaries() -> Path:
     found = shutil.which("pg_ctl")
     if found and (Path(found).resolve().parent / "initdb").exists():
         return Path(found).resolve().parent
-    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (folder / "pg_ctl").exists() and (folder / "initdb").exists():
-            return folder
+    for versioned in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (versioned / "pg_ctl").exists() and (versioned / "initdb").exists():
+            return versioned
     raise StackError("PostgreSQL's initdb and pg_ctl are not installed: `apt-get install postgresql`, or pass --database URL for a server you run")
 
 

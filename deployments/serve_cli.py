@@ -249,6 +249,8 @@ def serve(
 def _serve(model: str, port: int, policy: str | None, no_log: bool, timeout: float, home: Path | None, release: Callable[[], None]) -> None:
     from prefect_crisis.blocks.fallback_policy import FallbackPolicy
     from prefect_crisis.blocks.registry import ModelRegistry
+    from prefect_crisis.core.errors import RegistryError
+    from prefect_crisis.tasks.loading import saved_block
 
     try:
         api_url = stack.require_server(home)
@@ -262,7 +264,7 @@ def _serve(model: str, port: int, policy: str | None, no_log: bool, timeout: flo
 
         with temporary_settings({PREFECT_API_URL: api_url}):
             try:
-                fallback_policy = FallbackPolicy.load(policy)
+                fallback_policy = saved_block(FallbackPolicy, policy)
             except ValueError:
                 raise DataInputError(
                     InputErrorReason.INVALID_NAME, f"no FallbackPolicy block {policy!r}: save one first (FallbackPolicy(...).save({policy!r}))"
@@ -278,6 +280,8 @@ def _serve(model: str, port: int, policy: str | None, no_log: bool, timeout: flo
 
     version, registered = serving_version(registry, fallback_policy, log=not no_log)
     champion, fallback = registry.champion(), registry.version_by_alias(registry.fallback_alias)
+    if champion is None:  # serving_version found one; a demotion since leaves nothing to serve
+        raise RegistryError(f"{model!r} has no @{registry.champion_alias}: train and promote a version before serving it")
     uri = f"models:/{serving_model_name(model)}/{version}"
     console.print(
         f"{'registered' if registered else 'reusing'} {uri}: @champion v{champion.version}, @fallback {'v' + fallback.version if fallback else 'none'}"

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING, Required, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
@@ -37,6 +38,9 @@ from prefect_crisis.core.paths import crisis_home
 from prefect_crisis.core.uris import mask_uri
 from prefect_crisis.core.waiting import Retrying, stop_after_delay, stop_never, wait_fixed
 from prefect_crisis.deployments.process import NO_SERVER, ManagedProcess, http_ok, port_free, recorded, terminate_group  # noqa: F401 (port_free, terminate_group: the CLI's)
+
+if TYPE_CHECKING:
+    from prefect_crisis.deployments.mlflow_ui import MlflowUiStatus  # at run time imported where used (stack_status)
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
@@ -393,11 +397,33 @@ def home_exported(home: Path | None) -> Iterator[None]:
             os.environ["CRISIS_HOME"] = previous
 
 
-def stack_status(home: Path | None = None) -> dict[str, object]:
+class PrefectStatus(TypedDict, total=False):
+    """What `crisis status` says of the Prefect server: where it comes from and whether it can be used (the rest when known)."""
+
+    source: Required[str]
+    healthy: Required[bool]
+    api_url: str
+    ui_url: str
+    pid: int
+    database: str
+    problem: str | None
+
+
+class StackStatus(TypedDict):
+    """What `crisis status` says of the stack: its home, the Prefect server, the MLflow store and its UI."""
+
+    home: str
+    prefect: PrefectStatus
+    mlflow_tracking_uri: str
+    mlflow_ui: MlflowUiStatus
+
+
+def stack_status(home: Path | None = None) -> StackStatus:
     """What runs: the Prefect server (configured or local) and the MLflow store; credentials masked."""
     home = (home or crisis_home()).resolve()
     configured = configured_api_url()
     state = read_state(home)
+    prefect: PrefectStatus
     if configured:
         problem = None if is_healthy(configured) else "not answering its health check"
         problem = problem or query_problem(configured)

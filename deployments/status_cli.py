@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json as _json
 import sys
+from collections.abc import Mapping
 
 from rich.console import Console
 from rich.table import Table
@@ -95,7 +96,9 @@ def print_champion_health(board, champion: str | None, console: Console) -> None
     )
 
 
-def print_model_status(board, console: Console, as_json: bool, stack_report: dict | None = None, policies: dict[str, str] | None = None) -> None:
+def print_model_status(
+    board, console: Console, as_json: bool, stack_report: Mapping[str, object] | None = None, policies: dict[str, str] | None = None
+) -> None:
     """Print the dashboard and which policies bind the model; exit 3 when the model is in crisis."""
     if as_json:
         print(_json.dumps({"stack": stack_report, "model": {**board.to_dict(), "policies": policies or {}}}, default=str))

@@ -157,7 +157,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self,
         flow_run: FlowRun,
         configuration: WarmJobConfiguration,
-        task_status: anyio.abc.TaskStatus[str] | None = None,
+        # Prefect's BaseWorker.run says TaskStatus[int], yet records str() of what is started as the flow run's
+        # infrastructure_pid: this worker's id is a host:pid string.
+        task_status: anyio.abc.TaskStatus[str] | None = None,  # type: ignore[override]
     ) -> WarmWorkerResult:
         task_status = task_status or anyio.TASK_STATUS_IGNORED
         refused = bind_environment(configuration.env, os.environ)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ import pandas as pd
 from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.core.errors import DrillError
 from prefect_crisis.core.paths import default_storage
 from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.vocabulary import TagKey
@@ -43,6 +44,7 @@ __all__ = [
     "lift_emergency",
     "positives_flipped",
     "real_champion",
+    "real_stack",
     "register_fallback",
     "register_synthetic",
     "save_drill_contract",
@@ -56,6 +58,15 @@ FEATURES = feature_names(20)
 FALLBACK_FEATURES = ["f00", "f01", "f02"]
 DRILL_CONTRACT = "drill-stream"
 SERVED_ROWS = 300
+
+
+class HoldsRealStack(Protocol):
+    """A drill state that keeps the real model `real_champion` built."""
+
+    stack: RealModelStack | None
+
+
+RealStateT = TypeVar("RealStateT", bound=HoldsRealStack)
 
 
 # -- versions ---------------------------------------------------------------------------
@@ -107,8 +118,12 @@ def synthetic_champion(drill: Drill[Any]) -> None:
     """The drill's model as a synthetic champion that served 3 h with its fallback: `drill.registry`, and the
     versions in the drill's state (a `ChampionState`)."""
     state: ChampionState = drill.state
-    drill.registry, state.good = stable_champion(drill.model, drill.seed)
-    state.fallback = drill.registry.version_by_alias(drill.registry.fallback_alias).version
+    registry, state.good = stable_champion(drill.model, drill.seed)
+    drill.registry = registry
+    fallback = registry.version_by_alias(registry.fallback_alias)
+    if fallback is None:
+        raise DrillError(f"drill model {drill.model!r} has no {registry.fallback_alias!r} version after its setup registered one")
+    state.fallback = fallback.version
 
 
 def real_champion(drill: Drill[Any], dataset: str) -> RealModelStack:
@@ -121,6 +136,17 @@ def real_champion(drill: Drill[Any], dataset: str) -> RealModelStack:
     state: ChampionState = drill.state
     state.good, state.fallback = stack.good, stack.fallback
     return stack
+
+
+def real_stack(drill: Drill[RealStateT]) -> RealModelStack:
+    """The real model the drill's setup built (its state's `stack`, from `real_champion`).
+
+    Raises:
+        DrillError: the scenario read it before its setup built one.
+    """
+    if drill.state.stack is None:
+        raise DrillError(f"drill {drill.scenario!r} has no real model yet: its setup builds one (real_champion)")
+    return drill.state.stack
 
 
 def save_drill_contract(drill: Drill[Any], name: str = DRILL_CONTRACT, keyed_rows: bool = True) -> None:
@@ -147,7 +173,7 @@ def serve_and_label(drill: Drill[Any], batch: pd.DataFrame, name: str, emit: boo
     the stack's inference log, then record the true labels (with `emit`, `ml.labels.recorded`: the evidence the ladder
     acts on). Stamps the injection time at the labels."""
     log = InferenceLog()
-    router = FallbackRouter(drill.registry, log=open_inference_log(log), close_log=True).start(refresh_in_background=False)
+    router = FallbackRouter(drill.model_registry, log=open_inference_log(log), close_log=True).start(refresh_in_background=False)
     try:
         served = serve_rows(router, batch, prefix=f"{drill.model}-{name}")
     finally:

@@ -15,10 +15,11 @@ from prefect.events.schemas.events import ReceivedEvent
 from prefect_crisis.blocks.registry import AliasMove, ModelRegistry
 from prefect_crisis.core.errors import IncidentError
 from prefect_crisis.core.prefect_compat import drain_events
+from prefect_crisis.core.timeline import prefect_datetime
 from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, INCIDENT_ROLE, MODEL_RESOURCE, AliasAction, CrisisEvent
 from prefect_crisis.tasks.drills.catalogue import FRESH_ROWS
 from prefect_crisis.tasks.drills.end_state import EndState, FreshRows, MeasuredAccuracy, judge_accuracy, judge_incidents, judge_rows_lost
-from prefect_crisis.tasks.drills.injections import synthetic_rows
+from prefect_crisis.tasks.drills.injections import real_stack, synthetic_rows
 from prefect_crisis.tasks.drills.real_models import serving_accuracy, version_accuracy
 from prefect_crisis.tasks.drills.scenario import Drill, wait_until
 from prefect_crisis.tasks.response.report import read_events, wait_for_incident_end
@@ -35,7 +36,9 @@ def model_events(model: str, names: Iterable[CrisisEvent], since: datetime) -> l
     """The model's events of these names since `since`, oldest first."""
     return read_events(
         EventFilter(
-            occurred=EventOccurredFilter(since=since - timedelta(seconds=1), until=datetime.now(UTC) + timedelta(minutes=1)),
+            occurred=EventOccurredFilter(
+                since=prefect_datetime(since - timedelta(seconds=1)), until=prefect_datetime(datetime.now(UTC) + timedelta(minutes=1))
+            ),
             event=EventNameFilter(name=[name.value for name in names]),
             resource=EventResourceFilter(id=[f"{MODEL_RESOURCE}{model}"]),
         )
@@ -89,7 +92,7 @@ def ladder_runs(model: str, since: datetime, deployment: str = "crisis-response"
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
-            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since - timedelta(seconds=5))),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=prefect_datetime(since - timedelta(seconds=5)))),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=200,
         )
@@ -148,31 +151,32 @@ def check_timeline(drill: Drill[Any], incident: str | None, steps: tuple[str, ..
 def fresh_rows(drill: Drill[Any], fresh: FreshRows) -> pd.DataFrame:
     """The fresh labelled rows the end state is measured on (the response never saw them)."""
     if fresh is FreshRows.REAL:
-        return drill.state.stack.fresh()
+        return real_stack(drill).fresh()
     return synthetic_rows(drill.seed + 900, FRESH_ROWS, drift=fresh is FreshRows.DRIFTED)
 
 
 def check_end_state(drill: Drill[Any], end: EndState) -> None:
     """Read the end state from the stack and judge it (`EndState`): `pre_accuracy`, `end_accuracy` and `incidents` in the facts."""
-    if not drill.require(drill.injected_at, "the fault was never injected: no end state to judge"):
+    injected_at = drill.injected_at
+    if not drill.require(injected_at, "the fault was never injected: no end state to judge"):
         return
     fewest, _ = end.incidents
 
-    def counted():  # the server persists events in batches: wait for the incidents the drill already knows of
-        opened = incidents_opened(drill.model, drill.injected_at)
+    def counted() -> tuple[list[ReceivedEvent]] | None:  # the server persists events in batches: wait for the incidents the drill already knows of
+        opened = incidents_opened(drill.model, injected_at)
         known = drill.incident is None or drill.incident in {incident_of(event) for event in opened}
         return (opened,) if len(opened) >= fewest and known else None  # a tuple: none opened is an answer too
 
     drain_events()
     settled = wait_until(counted, INCIDENTS_SETTLE)
-    opened = settled[0] if settled else incidents_opened(drill.model, drill.injected_at)
+    opened = settled[0] if settled else incidents_opened(drill.model, injected_at)
     judge_incidents(drill, end, [str(event.payload.get("severity")) for event in opened])
     measured = None
     if end.fresh is not None:
         rows = fresh_rows(drill, end.fresh)
         good = drill.state.good
-        before = version_accuracy(drill.registry, good, rows)
-        version, after = serving_accuracy(drill.registry, rows)
+        before = version_accuracy(drill.model_registry, good, rows)
+        version, after = serving_accuracy(drill.model_registry, rows)
         measured = MeasuredAccuracy(good, before, version, after, len(rows))
     judge_accuracy(drill, end, measured)
     judge_rows_lost(drill)

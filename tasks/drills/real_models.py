@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.vocabulary import TagKey, VersionRole
 from prefect_crisis.tasks.drills.datasets import LABEL, RealDataset, load_dataset
 from prefect_crisis.tasks.models import load_sklearn_model
@@ -51,7 +52,7 @@ def register_estimator(registry: ModelRegistry, estimator, features: list[str], 
     client.set_terminated(run.info.run_id)
     example = np.zeros((2, len(features)))
     info = log_candidate(estimator, example, run.info.run_id, client)
-    tags = {TagKey.FEATURES: ",".join(features)}
+    tags: dict[str, str] = {TagKey.FEATURES: ",".join(features)}
     if role:
         tags[TagKey.ROLE] = role
     return registry.register_version(info.model_uri, run.info.run_id, info.model_id, tags).version
@@ -136,8 +137,14 @@ def back_dated(registry: ModelRegistry, ago: timedelta) -> ModelRegistry:
 
 
 def serving_accuracy(registry: ModelRegistry, frame: pd.DataFrame) -> tuple[str, float]:
-    """(version, accuracy) of what `@champion` serves now, on labelled rows: the end state of a response."""
+    """(version, accuracy) of what `@champion` serves now, on labelled rows: the end state of a response.
+
+    Raises:
+        RegistryError: the model has no champion: nothing serves to measure.
+    """
     champion = registry.champion()
+    if champion is None:
+        raise RegistryError(f"{registry.model_name!r} has no champion to measure: promote a version first")
     features = champion.tags[TagKey.FEATURES].split(",")
     model = load_sklearn_model(registry.client, registry.model_name, champion.version)
     return champion.version, accuracy(model, frame, features)

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
 
+from prefect_crisis.core.errors import DrillError
 from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
 from prefect_crisis.tasks.drills.end_state import EndState
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from prefect_crisis.blocks.registry import ModelRegistry
 
 StateT = TypeVar("StateT")
+ValueT = TypeVar("ValueT")
 
 
 def seconds(since: datetime, at: datetime | None) -> float | None:
@@ -35,13 +37,13 @@ def seconds(since: datetime, at: datetime | None) -> float | None:
 
 
 def wait_until(
-    read: Callable[[], Any],
+    read: Callable[[], ValueT],
     limit: float,
     every: float = 0.25,
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-) -> Any:
+) -> ValueT:
     """Poll `read` until it gives something truthy or `limit` seconds pass; returns its last value.
 
     Example:
@@ -86,8 +88,8 @@ class Drill(Generic[StateT]):
     failures: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
 
-    def require(self, condition: Any, failure: str) -> bool:
-        """Record `failure` unless `condition` holds; returns whether it held."""
+    def require(self, condition: ValueT | None, failure: str) -> TypeGuard[ValueT]:
+        """Record `failure` unless `condition` holds; returns whether it held (so a value that held is not None)."""
         if not condition:
             self.failures.append(failure)
         return bool(condition)
@@ -95,6 +97,50 @@ class Drill(Generic[StateT]):
     def inject_now(self) -> datetime:
         self.injected_at = datetime.now(UTC)
         return self.injected_at
+
+    @property
+    def model_registry(self) -> ModelRegistry:
+        """The drill model's registry, once `setup` made it.
+
+        Raises:
+            DrillError: the scenario read it before its setup made one.
+        """
+        if self.registry is None:
+            raise DrillError(f"drill {self.scenario!r} has no registry yet: its setup makes one (synthetic_champion, real_champion)")
+        return self.registry
+
+    @property
+    def fault_injected_at(self) -> datetime:
+        """When the fault went in, once `inject_now` stamped it.
+
+        Raises:
+            DrillError: the scenario read it before its inject step stamped it.
+        """
+        if self.injected_at is None:
+            raise DrillError(f"drill {self.scenario!r} has no injection time yet: its inject step stamps it (inject_now)")
+        return self.injected_at
+
+    @property
+    def batch_validation(self) -> Callable[..., Any]:
+        """The validation flow a batch scenario sends its batches through (`validate_batch`).
+
+        Raises:
+            DrillError: the drill was made without one (the crisis-drill flow hands it down).
+        """
+        if self.validate_batch is None:
+            raise DrillError(f"drill {self.scenario!r} has no validation flow to send batches through: the crisis-drill flow hands it down")
+        return self.validate_batch
+
+    @property
+    def fault_cleared_at(self) -> datetime:
+        """When the fault was lifted, once the inject step stamped it.
+
+        Raises:
+            DrillError: the scenario read it before its inject step stamped it.
+        """
+        if self.cleared_at is None:
+            raise DrillError(f"drill {self.scenario!r} has no clearing time yet: its inject step stamps it (cleared_at)")
+        return self.cleared_at
 
     def since(self, at: datetime | None) -> float | None:
         return seconds(self.injected_at, at) if self.injected_at else None

@@ -21,6 +21,7 @@ from prefect.events.schemas.events import ReceivedEvent
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.core.errors import IncidentError
+from prefect_crisis.core.timeline import prefect_datetime
 from prefect_crisis.core.vocabulary import INCIDENT_RESOURCE, MODEL_NAME_LABEL, MODEL_RESOURCE, CrisisEvent
 from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
 
@@ -96,14 +97,14 @@ def read_events(event_filter: EventFilter, limit: int = 1_000) -> list[ReceivedE
         page = client.read_events(filter=event_filter, limit=50)  # the API's largest page
         events.extend(page.events)
         while page.next_page and len(events) < limit:
-            page = client.read_events_page(page.next_page)
+            page = client.read_events_page(str(page.next_page))
             events.extend(page.events)
     return sorted(events, key=lambda event: event.occurred)
 
 
 def _window(now: datetime | None = None) -> EventOccurredFilter:
     now = now or datetime.now(UTC)
-    return EventOccurredFilter(since=now - LOOK_BACK, until=now + timedelta(minutes=1))
+    return EventOccurredFilter(since=prefect_datetime(now - LOOK_BACK), until=prefect_datetime(now + timedelta(minutes=1)))
 
 
 def incident_events(incident_id: str) -> list[ReceivedEvent]:
@@ -185,13 +186,15 @@ def incident_report(incident_id: str) -> IncidentReport:
     """Read one incident back from the Prefect server and the model's MLflow audit.
 
     Raises:
-        IncidentError: no event of the Prefect server names this incident.
+        IncidentError: no event of the Prefect server names this incident, or its opening names no model.
     """
     events = incident_events(incident_id)
     opened = next((e for e in events if e.event == CrisisEvent.INCIDENT_OPENED.value), None)
     if opened is None:
         raise IncidentError(f"no incident {incident_id!r} on this Prefect server: list them with `crisis incident list`")
     model = opened.payload.get("model") or opened.resource.get(MODEL_NAME_LABEL)
+    if not model:
+        raise IncidentError(f"incident {incident_id!r} names no model (its ml.incident.opened event {opened.id} has none)")
     registry = ModelRegistry(model_name=model)
     registry.settle_audit()  # shown settled: reading the audit never writes
     audit = [move for move in registry.audit_trail() if move.incident == incident_id]

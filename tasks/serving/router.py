@@ -175,7 +175,7 @@ class FallbackRouter:
                 logger.info(
                     "serving %s: @%s moved v%s -> v%s, swapped in", self.registry.model_name, self.registry.champion_alias, old, champion.version
                 )
-        elif champion is not None and self.primary.routing is None and champion.version in self._loaded:
+        elif champion is not None and self.primary is not None and self.primary.routing is None and champion.version in self._loaded:
             arrived = self._loaded.routing_arrived(champion)
             if arrived is not None:
                 self.primary, changed = arrived, True

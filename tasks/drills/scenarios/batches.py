@@ -18,6 +18,7 @@ from prefect_crisis.tasks.drills.injections import (
     DRILL_CONTRACT,
     lift_emergency,
     real_champion,
+    real_stack,
     save_drill_contract,
     serve_and_label,
     synthetic_champion,
@@ -44,11 +45,12 @@ def expect_rejected(drill: Drill[Any], report: Any, what: str) -> None:
     serving: no emergency stop, no stop flag, no move of the champion. Detect and mitigate: the rejection reaching the
     server (the batch is kept from training from then on)."""
     drill.require(report.verdict.value == "reject" and report.kept == 0, f"{what}: {report.verdict.value}, kept {report.kept}")
-    rejected = wait_until(lambda: first_event(drill.model, [CrisisEvent.DATA_REJECTED], drill.injected_at), 15)
+    injected_at = drill.fault_injected_at
+    rejected = wait_until(lambda: first_event(drill.model, [CrisisEvent.DATA_REJECTED], injected_at), 15)
     if drill.require(rejected, "no ml.data.rejected event reached the server"):
         drill.detect_s = drill.mitigate_s = drill.since(rejected.occurred)
     warned = wait_until(
-        lambda: [run for run in ladder_runs(drill.model, drill.injected_at) if run.state and run.state.is_final()],
+        lambda: [run for run in ladder_runs(drill.model, injected_at) if run.state and run.state.is_final()],
         min(drill.limit, WARNING_WAIT),
         every=0.5,
     )
@@ -59,10 +61,10 @@ def expect_rejected(drill: Drill[Any], report: Any, what: str) -> None:
             f"the rejected batch started a {run.parameters.get('severity')} response, not a diagnose-only warning",
         )
         drill.incident = drill.incident or run.parameters.get("incident_id")
-    registry, good = drill.registry, drill.state.good
-    stops = ladder_runs(drill.model, drill.injected_at, "emergency-stop")
+    registry, good = drill.model_registry, drill.state.good
+    stops = ladder_runs(drill.model, injected_at, "emergency-stop")
     drill.require(not stops, f"the rejected batch started {len(stops)} emergency stop(s): a rejected batch never reaches serving")
-    moves = champion_moves(registry, drill.injected_at)
+    moves = champion_moves(registry, injected_at)
     drill.require(not moves, "the rejected batch moved the champion: " + "; ".join(f"{m.action} v{m.from_version} -> v{m.to_version}" for m in moves))
     champion = registry.champion()
     drill.require(champion is not None and champion.version == good, f"the champion is v{champion.version if champion else None}, not v{good}")
@@ -100,7 +102,7 @@ class CorruptedBatch(Scenario[CorruptedBatches]):
             uri = storage_uri(storage, drill.model, f"drill-{name}-{drill.iteration}.parquet")
             write_parquet(batch, uri)
             batches[name] = (uri, len(batch))
-        validate = drill.validate_batch
+        validate = drill.batch_validation
         state = drill.state
         state.light = validate(model_name=drill.model, contract_block=DRILL_CONTRACT, batch_path=batches["light"][0], storage=storage)
         drill.inject_now()  # the heavy batch: 35% broken, over the contract's 10%: rejected whole
@@ -167,13 +169,13 @@ class RealRejectedBatch(Scenario[RealRejected]):
     def inject(self, drill: Drill[RealRejected]) -> None:
         """The next training's batch (the retrain rows) arrives with NaN, text in a numeric column, a class never seen and
         values far out of range on OVER_THE_LIMIT more of its rows than the contract's quarantine limit."""
-        state = drill.state
-        batch = state.stack.parts["retrain"]
+        state, stack = drill.state, real_stack(drill)
+        batch = stack.parts["retrain"]
         broken = math.ceil(len(batch) * (state.limit + OVER_THE_LIMIT))
         uri = storage_uri(default_storage(), drill.model, f"drill-real-{drill.iteration}.parquet")
-        write_parquet(corrupt_real(batch, broken, drill.seed, state.stack.data.classes), uri)
+        write_parquet(corrupt_real(batch, broken, drill.seed, stack.data.classes), uri)
         drill.inject_now()
-        state.report = drill.validate_batch(model_name=drill.model, contract_block=REAL_CONTRACT, batch_path=uri, storage=default_storage())
+        state.report = drill.batch_validation(model_name=drill.model, contract_block=REAL_CONTRACT, batch_path=uri, storage=default_storage())
         state.sent, state.broken = len(batch), broken
 
     def expect(self, drill: Drill[RealRejected]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prefect_crisis.core.errors import DrillError
 from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent, DecisionKind, Severity
@@ -35,24 +36,23 @@ class ConceptDrift(Scenario[ChampionState]):
         (verified, no escalation); else the response holds, emits `ml.recovery.failed`, and the emergency step stops
         training and holds serving. Either way at most one move of the champion, and the end state is no worse than
         doing nothing (pre_accuracy here: the pre-crisis version on fresh rows of the new concept)."""
-        registry, good, fallback = drill.registry, drill.state.good, drill.state.fallback
-        breach = wait_until(
-            lambda: first_event(drill.model, [CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY], drill.injected_at), drill.limit
-        )
+        registry, good, fallback = drill.model_registry, drill.state.good, drill.state.fallback
+        injected_at = drill.fault_injected_at
+        breach = wait_until(lambda: first_event(drill.model, [CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY], injected_at), drill.limit)
         if not drill.require(breach, f"the drift was not detected within {drill.limit:g} s"):
             return
         drill.detect_s = drill.since(breach.occurred)
 
         def settled():
-            return first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], drill.injected_at) or applied_moves(
-                registry, AliasAction.FALLBACK, drill.injected_at
+            return first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], injected_at) or applied_moves(
+                registry, AliasAction.FALLBACK, injected_at
             )
 
         if not drill.require(wait_until(settled, drill.limit), f"neither a stopgap nor an emergency stop within {drill.limit:g} s"):
             return
-        moves = champion_moves(registry, drill.injected_at)
+        moves = champion_moves(registry, injected_at)
         drill.require(len(moves) <= 1, f"{len(moves)} champion moves: a storm")
-        decisions = [event.payload for event in model_events(drill.model, [CrisisEvent.DECISION_TAKEN], drill.injected_at)]
+        decisions = [event.payload for event in model_events(drill.model, [CrisisEvent.DECISION_TAKEN], injected_at)]
         chosen = next(
             (decision for decision in decisions if decision.get("decision") == DecisionKind.FALLBACK.value), decisions[0] if decisions else {}
         )
@@ -69,13 +69,16 @@ class ConceptDrift(Scenario[ChampionState]):
             )
             return
         drill.facts["response"] = "held"
-        failed = first_event(drill.model, [CrisisEvent.RECOVERY_FAILED], drill.injected_at)
+        failed = first_event(drill.model, [CrisisEvent.RECOVERY_FAILED], injected_at)
         drill.require(failed, "the response held without emitting ml.recovery.failed")
-        stopped = first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], drill.injected_at)
+        stopped = first_event(drill.model, [CrisisEvent.EMERGENCY_STOPPED], injected_at)
         if drill.require(stopped, "the ladder did not escalate to the emergency stop"):
             drill.mitigate_s = drill.since(stopped.occurred)
             drill.incident = incident_of(stopped)
-        drill.require(not moves and registry.champion().version == good, f"the champion moved from v{good} with nothing measured better")
+        champion = registry.champion()
+        drill.require(
+            not moves and champion is not None and champion.version == good, f"the champion moved from v{good} with nothing measured better"
+        )
         drill.require(read_stop_flag(drill.model), "training was not stopped while the concept changed")
 
     def clean_up(self, drill: Drill[ChampionState]) -> None:
@@ -99,16 +102,21 @@ def dead_man_window() -> float:
         StackError: the automation is not on the server.
     """
     from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import EventTrigger
 
     from prefect_crisis.blocks.escalation_policy import LadderStep
+    from prefect_crisis.core.errors import StackError
 
     with get_client(sync_client=True) as client:
         found = client.read_automations_by_name(LadderStep.MONITOR_SILENT.automation_name)
     if not found:
-        from prefect_crisis.core.errors import StackError
-
         raise StackError("the crisis-monitor-silent automation is not on the server: run `crisis deploy`")
-    return found[0].trigger.within.total_seconds()
+    trigger = found[0].trigger
+    if not isinstance(trigger, EventTrigger):  # the ladder deploys it as one; a hand-edited automation may not be
+        raise StackError(
+            f"the crisis-monitor-silent automation on the server has a {trigger.type} trigger, not an event trigger: run `crisis deploy`"
+        )
+    return trigger.within.total_seconds()
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,15 @@ class MonitorSilent(Scenario[Silent]):
 
     def expect(self, drill: Drill[Silent]) -> None:
         window = drill.state.window
-        runs = wait_until(lambda: response_runs(drill.model, drill.injected_at), window + drill.limit, every=1.0)
+        injected_at = drill.fault_injected_at
+        runs = wait_until(lambda: response_runs(drill.model, injected_at), window + drill.limit, every=1.0)
         if not drill.require(runs, f"no warning response within {window + drill.limit:g} s of the last health report (window {window:g} s)"):
             return
         run = runs[-1]
-        drill.detect_s = drill.mitigate_s = drill.since(run.created)
-        drill.require(drill.detect_s >= window - 1, f"the warning came {drill.detect_s:.1f} s after the last report, before the {window:g} s window")
+        detected = drill.detect_s = drill.mitigate_s = drill.since(run.created)
+        if detected is None:
+            raise DrillError(f"the warning response {run.id} has no creation time on the server")
+        drill.require(detected >= window - 1, f"the warning came {detected:.1f} s after the last report, before the {window:g} s window")
         drill.require(
             (run.parameters.get("severity"), run.parameters.get("diagnose_only")) == (Severity.WARNING.value, True),
             f"the silent monitor started a {run.parameters.get('severity')} response, not a diagnose-only warning",

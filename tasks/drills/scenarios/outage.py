@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect_crisis.core.errors import CrisisError
+from prefect_crisis.core.errors import CrisisError, DrillError
 from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent
@@ -72,10 +72,12 @@ class RegistryUnavailable(Scenario[Outage]):
         import contextvars
         import time
 
-        state, model = drill.state, drill.model
-        chattr(state.store, "+i")
+        state, model, store = drill.state, drill.model, drill.state.store
+        if store is None:
+            raise DrillError(f"drill {drill.scenario!r} has no MLflow store to make unwritable: its setup finds it (sqlite_store)")
+        chattr(store, "+i")
         state.outage = True
-        drill.inject_now()
+        injected_at = drill.inject_now()
         Timeline().emit(
             CrisisEvent.BREACH_CRITICAL, model, {"metric": "error_rate", "value": 0.4, "threshold": 0.2, "drill": True}, version=state.poisoned
         )
@@ -84,15 +86,13 @@ class RegistryUnavailable(Scenario[Outage]):
         def restore() -> None:
             try:
                 wait_until(
-                    lambda: any(
-                        (run.state_type and run.state_type.value == "RUNNING") or run.end_time for run in response_runs(model, drill.injected_at)
-                    ),
+                    lambda: any((run.state_type and run.state_type.value == "RUNNING") or run.end_time for run in response_runs(model, injected_at)),
                     drill.limit / 2,
                     every=0.2,
                 )
                 time.sleep(OUTAGE_AFTER_RESPONSE_STARTS)
             finally:
-                chattr(state.store, "-i")
+                chattr(store, "-i")
                 state.outage = False
                 state.restored_at = datetime.now(UTC)
 
@@ -101,17 +101,19 @@ class RegistryUnavailable(Scenario[Outage]):
         state.restorer.start()
 
     def expect(self, drill: Drill[Outage]) -> None:
-        state = drill.state
+        state, registry, injected_at = drill.state, drill.model_registry, drill.fault_injected_at
+        if state.restorer is None:
+            raise DrillError(f"drill {drill.scenario!r} started nothing to bring the store back: its inject step does")
         state.restorer.join(drill.limit)
         expect_rollback(drill)
-        drill.registry.settle_audit()  # reading the audit never settles it: the rows the outage left pending, settled first
-        moves = [move for move in drill.registry.audit_trail(drill.registry.champion_alias) if move.at >= drill.injected_at]
+        registry.settle_audit()  # reading the audit never settles it: the rows the outage left pending, settled first
+        moves = [move for move in registry.audit_trail(registry.champion_alias) if move.at >= injected_at]
         unsettled = [f"{move.action} v{move.to_version}: {move.outcome}" for move in moves if not move.applied]
         rollbacks = [move for move in moves if move.action == AliasAction.ROLLBACK]
         drill.require(len(rollbacks) == 1, f"{len(moves)} champion moves after the outage began")
         drill.require(not unsettled, f"audit rows not applied: {'; '.join(unsettled)}")
         if state.restored_at:
-            drill.facts["outage_s"] = seconds(drill.injected_at, state.restored_at)
+            drill.facts["outage_s"] = seconds(injected_at, state.restored_at)
             if rollbacks:  # the rollback as seen from the store's return: what the retries add to the outage
                 drill.facts["recover_after_store_back_s"] = seconds(state.restored_at, rollbacks[0].at)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from prefect_crisis.core.timeline import model_resource, related_resources
+from prefect_crisis.core.timeline import model_resource, prefect_datetime, related_resources
 from prefect_crisis.core.vocabulary import AliasAction, CrisisEvent
 from prefect_crisis.tasks.drills.datasets import LABEL
 from prefect_crisis.tasks.drills.end_state import EndState, FreshRows
@@ -21,6 +21,7 @@ from prefect_crisis.tasks.drills.injections import (
     SERVED_ROWS,
     lift_emergency,
     real_champion,
+    real_stack,
     register_synthetic,
     serve_and_label,
     synthetic_champion,
@@ -44,27 +45,32 @@ class Poisoned(ChampionState):
     poisoned: str | None = None
 
 
+PoisonedT = TypeVar("PoisonedT", bound=Poisoned)
+
+
 def expect_rollback(drill: Drill[Any]) -> None:
     """A critical or emergency breach, then a rollback within the limit to the stable version, its incident's timeline whole."""
-    registry, good = drill.registry, drill.state.good
-    moves = wait_until(lambda: applied_moves(registry, AliasAction.ROLLBACK, drill.injected_at), drill.limit, every=0.2)
-    breach = first_event(drill.model, [CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY], drill.injected_at)
+    registry, good, injected_at = drill.model_registry, drill.state.good, drill.fault_injected_at
+    moves = wait_until(lambda: applied_moves(registry, AliasAction.ROLLBACK, injected_at), drill.limit, every=0.2)
+    breach = first_event(drill.model, [CrisisEvent.BREACH_CRITICAL, CrisisEvent.BREACH_EMERGENCY], injected_at)
     drill.detect_s = drill.since(breach.occurred) if breach else None
     drill.require(breach, "no critical or emergency breach was raised")
     if not drill.require(moves, f"no rollback within {drill.limit:g} s of the labels"):
         return
     drill.recover_s = drill.mitigate_s = drill.since(moves[0].at)
+    champion = registry.champion()
+    serving = champion.version if champion is not None else None
     drill.require(
-        moves[0].to_version == good and registry.champion().version == good,
-        f"rolled back to v{moves[0].to_version}, champion v{registry.champion().version}; the stable version is v{good}",
+        moves[0].to_version == good and serving == good,
+        f"rolled back to v{moves[0].to_version}, champion v{serving}; the stable version is v{good}",
     )
     check_timeline(drill, moves[0].incident)
 
 
-def promote_poisoned_and_label(drill: Drill[Poisoned]) -> None:
+def promote_poisoned_and_label(drill: Drill[PoisonedT]) -> None:
     """Promote a retrain on positives flipped upstream (past any gate) and serve it a labelled window without the
     monitor's evidence (`emit=False`): the window a response reads."""
-    registry = drill.registry
+    registry = drill.model_registry
     poisoned = register_synthetic(registry, drill.seed + 1, positives_flipped)
     registry.promote(poisoned, "retrained on the latest batch")
     drill.state.poisoned = poisoned
@@ -83,7 +89,7 @@ class PoisonedRetrain(Scenario[Poisoned]):
         synthetic_champion(drill)
 
     def inject(self, drill: Drill[Poisoned]) -> None:
-        registry = drill.registry
+        registry = drill.model_registry
         poisoned = register_synthetic(registry, drill.seed + 1, positives_flipped)
         holdout = registry.version(poisoned).metrics.get("accuracy")
         registry.promote(poisoned, f"retrained on the latest batch (holdout accuracy {holdout:.3f} on its own labels)")
@@ -117,24 +123,24 @@ class DuplicateEvent(Scenario[Duplicated]):
         """One critical breach delivered twice (the same event, id and all, posted again: a sender's retry after a lost
         acknowledgement), then a late one that happened a minute earlier (out of order)."""
         from prefect.client.orchestration import get_client
-        from prefect.events import Event
+        from prefect.events import Event, RelatedResource, Resource
 
         model, poisoned = drill.model, drill.state.poisoned
         payload = {"metric": "error_rate", "value": 0.4, "threshold": 0.2, "window": "drill", "samples": SERVED_ROWS, "drill": True}
-        drill.inject_now()
+        injected_at = drill.inject_now()
         breach = Event(
             event=CrisisEvent.BREACH_CRITICAL.value,
-            resource=model_resource(model),
-            related=related_resources(model, poisoned),
+            resource=Resource(model_resource(model)),
+            related=[RelatedResource(related) for related in related_resources(model, poisoned)],
             payload=payload,
-            occurred=drill.injected_at,
+            occurred=prefect_datetime(injected_at),
         )
         late = Event(
             event=CrisisEvent.BREACH_CRITICAL.value,
-            resource=model_resource(model),
-            related=related_resources(model, poisoned),
+            resource=Resource(model_resource(model)),
+            related=[RelatedResource(related) for related in related_resources(model, poisoned)],
             payload=payload,
-            occurred=drill.injected_at - timedelta(minutes=1),
+            occurred=prefect_datetime(injected_at - timedelta(minutes=1)),
         )
         with get_client(sync_client=True) as client:  # the events API, as any sender posts them
             for event in (breach, breach, late):
@@ -144,8 +150,8 @@ class DuplicateEvent(Scenario[Duplicated]):
     def expect(self, drill: Drill[Duplicated]) -> None:
         expect_rollback(drill)
         time.sleep(5)  # a second response would have started by now
-        runs = response_runs(drill.model, drill.injected_at)
-        moves = applied_moves(drill.registry, AliasAction.ROLLBACK, drill.injected_at)
+        runs = response_runs(drill.model, drill.fault_injected_at)
+        moves = applied_moves(drill.model_registry, AliasAction.ROLLBACK, drill.fault_injected_at)
         drill.require(len(runs) == 1, f"{len(runs)} responses to one breach sent twice and a late copy")
         drill.require(len(moves) == 1, f"{len(moves)} rollbacks")
         # the server orders events by when they happened: the late copy may be the one that opened the incident
@@ -179,7 +185,7 @@ class RealRollback(Scenario[RealRelease]):
         drill.state.stack = real_champion(drill, self.dataset)
 
     def inject(self, drill: Drill[RealRelease]) -> None:
-        stack = drill.state.stack
+        stack = real_stack(drill)
         if self.release == "rotated":
             drill.state.poisoned = release_poisoned(stack)
         else:
@@ -191,7 +197,7 @@ class RealRollback(Scenario[RealRelease]):
 
     def expect(self, drill: Drill[RealRelease]) -> None:
         expect_rollback(drill)
-        stopgaps = applied_moves(drill.registry, AliasAction.FALLBACK, drill.injected_at)
+        stopgaps = applied_moves(drill.model_registry, AliasAction.FALLBACK, drill.fault_injected_at)
         drill.require(not stopgaps, f"the weak fallback v{drill.state.fallback} served though the good v{drill.state.good} was there")
 
     def clean_up(self, drill: Drill[RealRelease]) -> None:

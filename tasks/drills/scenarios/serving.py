@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect_crisis.blocks.fallback_policy import FallbackPolicy
 from prefect_crisis.blocks.inference_log import InferenceLog
+from prefect_crisis.core.errors import DrillError
 from prefect_crisis.core.prefect_compat import drain_events
 from prefect_crisis.core.timeline import Timeline, TimelineEvent, prefect_sink
 from prefect_crisis.core.vocabulary import CrisisEvent
@@ -39,7 +39,7 @@ SERVING_DRILL_POLICY = FallbackPolicy(
 class Recorder:
     """The router's timeline sink: every event to Prefect, and its time kept here (the router sends from a thread)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seen: list[TimelineEvent] = []
 
     def __call__(self, event: TimelineEvent) -> None:
@@ -54,7 +54,7 @@ class Recorder:
 class ServingState(ChampionState):
     """The drill's own router (with its timeline recorder), the fault switch in front of its primary, and the traffic sent."""
 
-    router: Any = None
+    router: FallbackRouter | None = None
     recorder: Recorder = field(default_factory=Recorder)
     faulty: FaultyEstimator | None = None
     served: Served = field(default_factory=lambda: Served([], []))
@@ -72,26 +72,28 @@ class ServingFault(Scenario[ServingState]):
     def setup(self, drill: Drill[ServingState]) -> None:
         state = drill.state
         drill.registry, state.good = stable_champion(drill.model, drill.seed)
-        state.router = FallbackRouter(
+        router = state.router = FallbackRouter(
             drill.registry, SERVING_DRILL_POLICY, log=open_inference_log(InferenceLog()), close_log=True, timeline=Timeline(sink=state.recorder)
         ).start(refresh_in_background=False)
-        warm = serve_rows(state.router, make_batch(200, seed=drill.seed + 700), prefix=f"{drill.model}-warm")
+        warm = serve_rows(router, make_batch(200, seed=drill.seed + 700), prefix=f"{drill.model}-warm")
         drill.require(warm.rows_by_fallback < 100, f"before the fault the fallback answered {warm.rows_by_fallback} of 200 rows")
 
     def inject(self, drill: Drill[ServingState]) -> None:
         state = drill.state
         router = state.router
+        if router is None:
+            raise DrillError(f"drill {drill.scenario!r} has no router to break: its setup starts one")
         faulty = state.faulty = inject_into_primary(router)
         served = Served([], [])
         drill.inject_now()
         faulty.fault = self.fault
         served.extend(serve_rows(router, make_batch(300, seed=drill.seed + 701), prefix=f"{drill.model}-fault", pause=0.02))
-        drill.cleared_at = datetime.now(UTC)
+        cleared_at = drill.cleared_at = datetime.now(UTC)
         faulty.fault = None  # the primary is fixed (a restarted dependency, a deploy rolled back)
         batch = make_batch(100, seed=drill.seed + 702)
 
         def released_or_serve() -> bool:  # traffic keeps coming until the fallback is released (or the limit)
-            if state.recorder.first(CrisisEvent.FALLBACK_RELEASED, drill.cleared_at) is not None:
+            if state.recorder.first(CrisisEvent.FALLBACK_RELEASED, cleared_at) is not None:
                 return True
             served.extend(serve_rows(router, batch, prefix=f"{drill.model}-after-{uuid.uuid4().hex[:4]}", pause=0.02))
             return False
@@ -101,24 +103,27 @@ class ServingFault(Scenario[ServingState]):
 
     def expect(self, drill: Drill[ServingState]) -> None:
         recorder, served, faulty = drill.state.recorder, drill.state.served, drill.state.faulty
+        injected_at, cleared_at = drill.fault_injected_at, drill.fault_cleared_at
+        if faulty is None:
+            raise DrillError(f"drill {drill.scenario!r} put no fault switch in front of the primary: its inject step does")
         drill.require(
             served.failed_requests == 0 and served.rows_failed == 0,
             f"{served.failed_requests} of {served.requests} requests and {served.rows_failed} rows failed to the client",
         )
-        engaged = recorder.first(CrisisEvent.FALLBACK_ENGAGED, drill.injected_at)
-        released = recorder.first(CrisisEvent.FALLBACK_RELEASED, drill.cleared_at)
+        engaged = recorder.first(CrisisEvent.FALLBACK_ENGAGED, injected_at)
+        released = recorder.first(CrisisEvent.FALLBACK_RELEASED, cleared_at)
         if drill.require(engaged, "the fallback was never engaged while the primary failed"):
             drill.detect_s = drill.mitigate_s = drill.since(engaged)
         if drill.require(released, f"the fallback was not released within {drill.limit:g} s of the primary's repair"):
-            drill.recover_s = seconds(drill.cleared_at, released)
+            drill.recover_s = seconds(cleared_at, released)
         drill.facts.update(
             requests=served.requests, rows_by_fallback=served.rows_by_fallback, primary_calls_faulted=faulty.faulted_calls, rows_lost=served.rows_lost
         )
-        moves = champion_moves(drill.registry, drill.injected_at)
+        moves = champion_moves(drill.model_registry, injected_at)
         drill.require(not moves, f"a serving fault moved the champion {len(moves)} time(s): the router alone answers it")
         self.clean_up(drill)
         drain_events()
-        on_server = wait_until(lambda: first_event(drill.model, [CrisisEvent.FALLBACK_RELEASED], drill.injected_at), 15)
+        on_server = wait_until(lambda: first_event(drill.model, [CrisisEvent.FALLBACK_RELEASED], injected_at), 15)
         drill.require(on_server, "ml.fallback.released did not reach the Prefect server")
 
     def clean_up(self, drill: Drill[ServingState]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from prefect_crisis.blocks.registry import ModelRegistry
 from prefect_crisis.blocks.training_policy import TrainingPolicy
-from prefect_crisis.core.errors import CrisisError
+from prefect_crisis.core.errors import CrisisError, DrillError
 from prefect_crisis.core.vocabulary import CrisisEvent, TagKey
 from prefect_crisis.tasks.drills.end_state import EndState
 from prefect_crisis.tasks.drills.injections import save_drill_contract
@@ -33,6 +33,7 @@ class KilledTraining:
 
 def start_training(drill: Drill[KilledTraining]) -> str:
     """A run of the deployed continuous-training flow for the drill model (as its schedule starts one); its id."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     parameters = {
@@ -42,7 +43,10 @@ def start_training(drill: Drill[KilledTraining]) -> str:
         "synthetic_rows": TRAINING_ROWS,
         "seed": drill.seed,
     }
-    return str(run_deployment(TRAINING_DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=False).id)
+    flow_run = run_deployment(TRAINING_DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=False)
+    if not isinstance(flow_run, FlowRun):  # run_deployment hands back its async twin's coroutine inside an event loop
+        raise DrillError("the training drill starts its run synchronously: run it outside an event loop")
+    return str(flow_run.id)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class TrainingKilled(Scenario[KilledTraining]):
         save_drill_contract(drill, DRILL_TRAINING_CONTRACT, keyed_rows=False)  # the synthetic batches the deployment makes have no key
         policy = TrainingPolicy(epochs=10, batch_size=64)  # the default checkpoint interval
         policy.save(DRILL_POLICY, overwrite=True)
+        if policy.checkpoint_every_seconds is None:
+            raise DrillError("the training drill's policy writes no periodic checkpoint: a killed run would have none to resume")
         drill.state.interval = policy.checkpoint_every_seconds
 
     def inject(self, drill: Drill[KilledTraining]) -> None:
@@ -66,7 +72,11 @@ class TrainingKilled(Scenario[KilledTraining]):
 
         def checkpointed():
             found = next(
-                (run for run in training_runs(drill.registry) if run.data.tags.get(TagKey.CHECKPOINT) == "true" and run.info.status == "RUNNING"),
+                (
+                    run
+                    for run in training_runs(drill.model_registry)
+                    if run.data.tags.get(TagKey.CHECKPOINT) == "true" and run.info.status == "RUNNING"
+                ),
                 None,
             )
             return found or ("ended" if flow_run_ended(flow_run_id) else None)
@@ -92,15 +102,18 @@ class TrainingKilled(Scenario[KilledTraining]):
         run, which resumes its last checkpoint (written within the policy's interval of the kill) and completes."""
         from prefect_crisis.tasks.training.checkpoints import load_checkpoint_state, load_checkpoint_written_at
 
-        client, killed_id, interval = drill.registry.client, drill.state.killed_run, drill.state.interval
-        ended = wait_until(lambda: flow_run_ended(drill.state.killed_flow_run), 60, every=0.2)
+        registry, interval = drill.model_registry, drill.state.interval
+        client, killed_flow_run, killed_id = registry.client, drill.state.killed_flow_run, drill.state.killed_run
+        if killed_flow_run is None or killed_id is None:
+            raise DrillError(f"drill {drill.scenario!r} killed no training run: its inject step records the one it kills")
+        ended = wait_until(lambda: flow_run_ended(killed_flow_run), 60, every=0.2)
         if not drill.require(ended, "Prefect did not record the killed training run as over within 60 s"):
             return
         drill.require(ended.state.is_crashed(), f"the killed training run ended {ended.state.name}, not Crashed")
         drill.detect_s = drill.since(ended.state.timestamp)
         written_at = load_checkpoint_written_at(client, killed_id)
         if drill.require(written_at, f"training run {killed_id} has no readable checkpoint"):
-            lost = drill.injected_at.timestamp() - written_at
+            lost = drill.fault_injected_at.timestamp() - written_at
             drill.facts["work_lost_s"] = round(lost, 3)
             # the interval, plus a write and the mini-batch in flight, with room for a loaded machine
             drill.require(lost <= interval + 2.0, f"its last checkpoint was written {lost:.1f} s before the kill (interval {interval:g} s)")
@@ -119,14 +132,15 @@ class TrainingKilled(Scenario[KilledTraining]):
             (killed.info.status, killed.data.tags.get(TagKey.STOP_KIND)) == ("FAILED", "killed"),
             f"the killed MLflow run is {killed.info.status}, stop kind {killed.data.tags.get(TagKey.STOP_KIND)}",
         )
-        resumed = next((run for run in training_runs(drill.registry) if run.data.tags.get(TagKey.RESUMED_FROM) == killed_id), None)
+        resumed = next((run for run in training_runs(registry) if run.data.tags.get(TagKey.RESUMED_FROM) == killed_id), None)
         drill.require(resumed, f"no training run resumed the checkpoint of {killed_id}")
-        started = first_event(drill.model, [CrisisEvent.TRAINING_STARTED], drill.injected_at)
-        if drill.require(started and started.payload.get("resumed_from") == killed_id, "no ml.training.started resumed the killed run"):
-            drill.recover_s = drill.since(started.occurred)
-        stopped = first_event(drill.model, [CrisisEvent.TRAINING_STOPPED], drill.injected_at)
+        started = first_event(drill.model, [CrisisEvent.TRAINING_STARTED], drill.fault_injected_at)
+        resumed_start = started if started is not None and started.payload.get("resumed_from") == killed_id else None
+        if drill.require(resumed_start, "no ml.training.started resumed the killed run"):
+            drill.recover_s = drill.since(resumed_start.occurred)
+        stopped = first_event(drill.model, [CrisisEvent.TRAINING_STOPPED], drill.fault_injected_at)
         drill.require(stopped and stopped.payload.get("reason") == "killed", "no ml.training.stopped recorded the kill")
-        drill.require(drill.registry.champion() is not None, "the resumed training registered no champion")
+        drill.require(registry.champion() is not None, "the resumed training registered no champion")
 
     def clean_up(self, drill: Drill[KilledTraining]) -> None:
         """Leave no training of the drill running (a failed drill may have left one): processes still running one of its
