@@ -2,8 +2,10 @@
 
 Pure (neither Prefect nor MLflow): `windows` (the inference log's windows and their metrics), `health_rules`
 (a rule judged on two windows), `dashboard_view` (the
-dashboard's values and markdown), `health_plot`; adapters (`ADAPTERS`): `sweep` (reads the log, the registry,
-the host; reports events), `dashboard` (gathers the dashboard, publishes its artifacts).
+dashboard's values and markdown), `health_plot`, `model_health` (one sweep's result), `serving_window` (the
+version a sweep judges and its rows); adapters (`ADAPTERS`): `sweep` (reads the log, the registry, the host;
+reports events), `sweep_history` (the sweeps' parquet history), `dashboard` (gathers the dashboard, publishes its
+artifacts).
 
 Names are imported on first use (PEP 562), so importing one part does not load the rest."""
 
@@ -11,7 +13,7 @@ from prefect_crisis.core.lazy import lazy_exports
 
 # The submodules that may import Prefect or MLflow (directly, or through prefect_crisis.blocks, core.timeline,
 # core.connection or core.paths); every other submodule is pure (tests/unit/test_layers.py checks it).
-ADAPTERS = frozenset({"dashboard", "sweep"})
+ADAPTERS = frozenset({"dashboard", "sweep", "sweep_history"})
 
 _EXPORTS = {
     "Dashboard": "dashboard_view",
@@ -54,24 +56,24 @@ _EXPORTS = {
     "HISTORY_BASELINE_METRICS": "windows",
     "LABELLED_METRICS": "windows",
     "MIN_HISTORY_SWEEPS": "windows",
-    "ModelHealth": "sweep",
-    "ServingVersion": "sweep",
-    "append_history": "sweep",
+    "ModelHealth": "model_health",
+    "ServingVersion": "serving_window",
+    "append_history": "sweep_history",
     "baseline_of": "windows",
-    "champion_began": "sweep",
+    "champion_began": "serving_window",
     "error_rate": "windows",
-    "escalated": "sweep",
-    "history_path": "sweep",
+    "escalated": "model_health",
+    "history_path": "sweep_history",
     "input_drift": "windows",
     "load_drift_reference": "sweep",
-    "metric_history": "sweep",
+    "metric_history": "sweep_history",
     "model_metrics": "windows",
     "models_to_sweep": "sweep",
     "read_champion": "sweep",
     "read_serving": "sweep",
     "report_health": "sweep",
     "rule_limits": "sweep",
-    "serving_rows": "sweep",
+    "serving_rows": "serving_window",
     "split_windows": "windows",
     "sweep_model": "sweep",
     "sweep_model_task": "sweep",

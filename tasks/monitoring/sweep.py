@@ -13,19 +13,17 @@ While the champion is the model's fallback version, the sweep says so
 The windows and their metrics are plain functions over plain data
 (tasks/monitoring/windows.py), the rules plain values (tasks/monitoring/health_rules.py);
 this module reads the log, the registry and the host, and reports.
+
+The sweep's result is `model_health`, the version it judges and its rows `serving_window`, the metric history
+`sweep_history`; their names still import from here.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import psutil
 from mlflow.exceptions import MlflowException
@@ -35,13 +33,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect_crisis.blocks.contract import DataContract
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.blocks.monitoring_policy import MonitoringPolicy
-from prefect_crisis.blocks.registry import AliasMove, ModelRegistry, first_line
+from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.core.errors import CrisisError, MonitoringError
 from prefect_crisis.core.paths import crisis_home, validate_model_name
 from prefect_crisis.core.timeline import Timeline
-from prefect_crisis.core.vocabulary import SERVING_LABEL, CrisisEvent, Responder, Serving, Severity, TagKey, VersionRole, is_drill_model
+from prefect_crisis.core.vocabulary import SERVING_LABEL, CrisisEvent, Serving, Severity, TagKey, VersionRole, is_drill_model
 from prefect_crisis.tasks.loading import saved_block
-from prefect_crisis.tasks.monitoring.health_rules import Breach, HealthCheck, Measure, WindowMetrics, policy_checks, worst
+from prefect_crisis.tasks.monitoring.health_rules import HealthCheck, Measure, policy_checks
+from prefect_crisis.tasks.monitoring.model_health import ModelHealth, escalated
+from prefect_crisis.tasks.monitoring.serving_window import ServingVersion, champion_began, serving_rows
+from prefect_crisis.tasks.monitoring.sweep_history import append_history, history_path, metric_history  # noqa: F401 - imported from here before the split
 from prefect_crisis.tasks.monitoring.windows import (  # noqa: F401 - the windows' functions, imported from here before
     HISTORY_BASELINE_METRICS,
     LABELLED_METRICS,
@@ -59,6 +60,16 @@ from prefect_crisis.tasks.monitoring.windows import (  # noqa: F401 - the window
 from prefect_crisis.tasks.response.candidates import promotion_guarded, promotions_over
 from prefect_crisis.tasks.serving.inference_log import logged_models, read_window
 from prefect_crisis.tasks.validation.references import load_reference
+
+# tests/unit/test_docstrings.py runs this module's examples; those of the modules split out of it run with them.
+__test__ = {
+    "split_out": """
+>>> import doctest
+>>> from prefect_crisis.tasks.monitoring import model_health, serving_window, sweep_history
+>>> [doctest.testmod(module, verbose=False, optionflags=doctest.ELLIPSIS).failed for module in (model_health, serving_window, sweep_history)]
+[0, 0, 0]
+"""
+}
 
 BREACH_EVENTS = {
     Severity.WARNING: CrisisEvent.BREACH_WARNING,
@@ -78,72 +89,6 @@ def system_metrics(path: Path | None = None) -> dict[str, Measure]:
         "memory_percent": Measure(float(psutil.virtual_memory().percent), 1),
         "disk_percent": Measure(float(psutil.disk_usage(str(folder)).percent), 1),
     }
-
-
-@dataclass(frozen=True)
-class ModelHealth:
-    """One sweep of one model: both windows' metrics, the baselines, the confirmed breaches, and what
-    served in the window (`serving`: a Serving value, None without a champion; `serving_since`: when the
-    window's version began serving; `rows_left_out`: rows of the long window answered by another version
-    or before it began serving)."""
-
-    model: str
-    version: str | None
-    at: datetime
-    long: WindowMetrics
-    short: WindowMetrics
-    baseline: dict[str, float]
-    breaches: tuple[Breach, ...] = ()
-    drifted_features: tuple[str, ...] = ()
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    limits: dict[str, float] = field(default_factory=dict)  # "<metric>:<severity>" -> the line judged against (plots)
-    serving: Serving | None = None
-    serving_since: datetime | None = None
-    rows_left_out: int = 0
-
-    @property
-    def severity(self) -> Severity | None:
-        return worst(self.breaches)
-
-    @property
-    def healthy(self) -> bool:
-        """No breach, and a model version serves (a model served by its fallback is never healthy)."""
-        return not self.breaches and self.serving is not Serving.FALLBACK
-
-    def payload(self) -> dict[str, Any]:
-        """The `ml.health.reported` payload."""
-        return {
-            "metrics": self.long.to_dict(),
-            "short_metrics": self.short.to_dict(),
-            "baseline": self.baseline,
-            "window_minutes": {"long": self.long.minutes, "short": self.short.minutes},
-            "version": self.version,
-            "breaches": [breach.rule for breach in self.breaches],
-            "severity": self.severity.value if self.severity else None,
-            "drifted_features": list(self.drifted_features),
-            "notes": list(self.notes),
-            "at": self.at.isoformat(),
-            "serving": self.serving.value if self.serving else None,
-            "serving_since": self.serving_since.isoformat() if self.serving_since else None,
-            "rows_left_out": self.rows_left_out,
-        }
-
-    def line(self) -> str:
-        """One log line."""
-        metrics = self.long.to_dict()
-
-        def shown(name: str, spec: str) -> str:
-            value = metrics.get(name)
-            return "n/a" if value is None else format(value, spec)
-
-        verdict = "; ".join(str(breach) for breach in self.breaches) or ("served by its fallback" if self.serving is Serving.FALLBACK else "healthy")
-        return (
-            f"{self.model} v{self.version or '-'}{' (its fallback)' if self.serving is Serving.FALLBACK else ''}: "
-            f"{int(metrics.get('requests') or 0)} requests, {int(metrics.get('rows') or 0)} rows, "
-            f"error rate {shown('error_rate', '.2%')} of {metrics.get('error_rate_samples', 0)} labelled, "
-            f"fallback {shown('fallback_share', '.1%')} (error rate {shown('fallback_error_rate', '.2%')} of {metrics.get('fallback_error_rate_samples', 0)}), "
-            f"failed {shown('failed_row_share', '.1%')}, p95 {shown('latency_p95_ms', '.1f')} ms: {verdict}"
-        )
 
 
 def _replaced_metrics(registry: ModelRegistry, version: str) -> dict[str, float] | None:
@@ -173,36 +118,6 @@ def read_champion(registry: ModelRegistry) -> tuple[str | None, dict[str, float]
             "(check the registry server and MLFLOW_TRACKING_URI)"
         ) from None
     return None, {}
-
-
-@dataclass(frozen=True)
-class ServingVersion:
-    """The version a sweep judges: the champion, its baseline figures, since when it serves (the audit's
-    move onto the alias; None when the audit does not say), and whether it is the model's fallback."""
-
-    version: str | None
-    registered: dict[str, float]
-    since: datetime | None = None
-    serving: Serving | None = None
-    notes: tuple[str, ...] = ()
-
-
-def champion_began(moves: Iterable[AliasMove], alias: str, version: str) -> datetime | None:
-    """When `version` took `alias` for the stint it serves now: the alias's latest applied move, when that
-    move went to `version` (None otherwise: the alias was moved outside the audit).
-
-    Example:
-        >>> def move(to, minute, outcome="applied"):
-        ...     at = datetime(2026, 1, 1, 10, minute, tzinfo=UTC)
-        ...     return AliasMove("move", "champion", None, to, "", None, None, at, outcome, "run")
-        >>> champion_began([move("2", 0), move("1", 5), move("2", 9), move("3", 12, "failed: refused")], "champion", "2").minute
-        9
-        >>> champion_began([move("2", 0), move("1", 5)], "champion", "2") is None
-        True
-    """
-    applied = [move for move in moves if move.alias == alias and move.applied]
-    latest = max(applied, key=lambda move: move.at, default=None)
-    return latest.at if latest is not None and latest.to_version == str(version) else None
 
 
 def _is_fallback(registry: ModelRegistry, version: str) -> bool:
@@ -238,40 +153,6 @@ def read_serving(registry: ModelRegistry) -> ServingVersion:
             "(check the registry server and MLFLOW_TRACKING_URI)"
         ) from None
     return ServingVersion(version, registered, since, serving, tuple(notes))
-
-
-def serving_rows(frame: pd.DataFrame, version: str | None, since: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
-    """The rows of `version`'s serving window and when it starts: the rows logged since `version` began
-    serving (`since`; without it, after the newest row the primary answered at another version), without
-    the rows the primary answered at another version (a server still on the old one). Fallback-answered,
-    failed and refused rows of that time stay: the metrics count them apart.
-
-    Example:
-        >>> frame = pd.DataFrame({
-        ...     "timestamp": pd.to_datetime(["2026-01-01T10:00Z", "2026-01-01T10:05Z", "2026-01-01T10:06Z", "2026-01-01T10:07Z"]),
-        ...     "answered_by": ["primary", "primary", "fallback", "primary"], "version": ["2", "1", "9", "2"]})
-        >>> rows, start = serving_rows(frame, "2", None)  # not in the audit: after the last row v1 answered
-        >>> rows["version"].tolist(), start.isoformat()
-        (['9', '2'], '2026-01-01T10:05:00+00:00')
-        >>> serving_rows(frame, "2", datetime(2026, 1, 1, 9, 0, tzinfo=UTC))[0]["version"].tolist()
-        ['2', '9', '2']
-    """
-    if version is None or frame.empty:
-        return frame, since
-    other = ((frame["answered_by"].astype(object) == Responder.PRIMARY) & (frame["version"].astype(str) != str(version))).to_numpy()
-    stamps = frame["timestamp"]
-    if since is not None:
-        start = pd.Timestamp(since)
-        start = start.tz_localize(UTC) if start.tzinfo is None else start
-        keep = (stamps >= start).to_numpy()
-        began: datetime | None = start.to_pydatetime()
-    elif other.any():
-        start = stamps[other].max()
-        keep = (stamps > start).to_numpy()
-        began = start.to_pydatetime()
-    else:
-        keep, began = np.ones(len(frame), dtype=bool), None
-    return frame[keep & ~other], began
 
 
 def sweep_model(
@@ -343,77 +224,12 @@ def rule_limits(policy: MonitoringPolicy, baseline: dict[str, float]) -> dict[st
     return limits
 
 
-def escalated(breaches: Iterable[Breach]) -> list[Breach]:
-    """Per metric, only its most severe breach: an error rate past the emergency line is not also a
-    warning and a critical, or one sweep would start a diagnosis, a rollback and an emergency stop
-    at once, racing each other for the champion alias."""
-    order = list(Severity)
-    kept: dict[str, Breach] = {}
-    for breach in breaches:
-        held = kept.get(breach.metric)
-        if held is None or order.index(breach.severity) > order.index(held.severity):
-            kept[breach.metric] = breach
-    return list(kept.values())
-
-
 def report_health(health: ModelHealth, timeline: Timeline) -> None:
     """One `ml.breach.<severity>` per breaching metric (its most severe rule), then `ml.health.reported`."""
     for breach in escalated(health.breaches):
         timeline.emit(BREACH_EVENTS[breach.severity], health.model, breach.payload(), version=health.version)
     labels = {SERVING_LABEL: health.serving.value} if health.serving else None
     timeline.emit(CrisisEvent.HEALTH_REPORTED, health.model, health.payload(), version=health.version, labels=labels)
-
-
-# -- metric history -------------------------------------------------------------------------------
-
-
-def history_path(model: str, folder: Path | None = None) -> Path:
-    return Path(folder or crisis_home() / "monitoring") / f"{validate_model_name(model)}.parquet"
-
-
-def metric_history(model: str, folder: Path | None = None) -> pd.DataFrame:
-    """The model's recorded sweeps, oldest first: `at`, `version`, `severity`, `breaches`, the long
-    window's metrics (`<metric>`, `<metric>_samples`), `serving`, `serving_since` (ISO) and
-    `rows_left_out` (see ModelHealth); empty before the first sweep."""
-    path = history_path(model, folder)
-    if not path.exists():
-        return pd.DataFrame()
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as error:
-        raise MonitoringError(f"cannot read the metric history {path}: {first_line(str(error))} (delete it to start a new one)") from None
-
-
-def append_history(health: ModelHealth, keep: int, folder: Path | None = None) -> Path:
-    """Add the sweep to the model's history, keep the last `keep` sweeps; written atomically."""
-    path = history_path(health.model, folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    row = pd.DataFrame(
-        [
-            {
-                "at": pd.Timestamp(health.at),
-                "version": health.version,
-                "severity": health.severity.value if health.severity else None,
-                "breaches": ",".join(breach.rule for breach in health.breaches),
-                **health.long.to_dict(),
-                "serving": health.serving.value if health.serving else None,
-                "serving_since": health.serving_since.isoformat() if health.serving_since else None,
-                "rows_left_out": health.rows_left_out,
-                **{f"limit:{key}": value for key, value in health.limits.items()},
-            }
-        ]
-    )
-    past = metric_history(health.model, folder)
-    frame = (pd.concat([past, row], ignore_index=True) if len(past) else row).tail(keep).reset_index(drop=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".parquet")
-    os.close(handle)
-    try:
-        frame.to_parquet(temporary, index=False)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
 
 
 # -- the sweep of many models, and its tasks ------------------------------------------------------

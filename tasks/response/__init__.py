@@ -7,7 +7,7 @@ from prefect_crisis.core.lazy import lazy_exports
 # The submodules that talk to Prefect or MLflow (tasks, the registry's reads, Prefect variables and events). Every
 # other submodule is the Prefect-free domain part: plain functions and values, importing neither, even transitively
 # (tests/unit/test_response_purity.py checks it in a fresh interpreter).
-ADAPTERS = frozenset({"emergency", "episodes", "incident", "reading", "report"})
+ADAPTERS = frozenset({"emergency", "episodes", "incident", "reading", "report", "scoring", "tasks"})
 
 _EXPORTS = {
     "Action": "diagnostics",
@@ -53,27 +53,27 @@ _EXPORTS = {
     "new_episode": "episodes",
     "read_episode": "episodes",
     "write_episode": "episodes",
-    "MEASURED_VERSIONS": "incident",
+    "MEASURED_VERSIONS": "scoring",
     "STORE_RETRY_DELAYS": "reading",
-    "TOP_FINDINGS": "incident",
+    "TOP_FINDINGS": "tasks",
     "close_episode": "incident",
-    "decide_rollback_task": "incident",
-    "diagnose_model": "incident",
-    "execute_recovery_task": "incident",
+    "decide_rollback_task": "tasks",
+    "diagnose_model": "tasks",
+    "execute_recovery_task": "tasks",
     "join_or_open_incident": "incident",
-    "live_window": "incident",
-    "measure_versions": "incident",
+    "live_window": "scoring",
+    "measure_versions": "scoring",
     "model_features": "reading",
     "new_incident_id": "incident",
     "open_incident": "incident",
-    "plot_diagnosis": "incident",
-    "predict_with": "incident",
-    "render_diagnosis": "incident",
+    "plot_diagnosis": "diagnosis_view",
+    "predict_with": "scoring",
+    "render_diagnosis": "diagnosis_view",
     "response_limit": "incident",
-    "scorable_rows": "incident",
+    "scorable_rows": "scoring",
     "store_unavailable": "reading",
     "tag_response_run": "incident",
-    "verifier": "incident",
+    "verifier": "scoring",
     "Attempt": "recovery",
     "RecoveryOutcome": "recovery",
     "STRATEGIES": "recovery",

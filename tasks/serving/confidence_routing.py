@@ -25,220 +25,67 @@ fixed threshold lowered served accuracy (95.5 % -> 88.0 % on digits). So:
 Without a calibration, serving does no confidence routing (unless the policy
 sets a threshold explicitly); invalid input and a failing primary still go to
 the fallback.
+
+The parts: the raw scores and the confidence map in `confidence`, the stored value in `routing_calibration`,
+serving's plan in `routing_plan`, the fitting here; every name still imports from this module.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from prefect_crisis.core.errors import ServingError
+from prefect_crisis.tasks.serving.confidence import (
+    DECISION,
+    ISOTONIC,
+    METHODS,
+    PROBABILITY,
+    SIGMOID,
+    UNCALIBRATED,
+    ConfidenceMap,
+    available_scores,
+    raw_confidence,
+    score_output,
+    top_two,
+)
+from prefect_crisis.tasks.serving.routing_calibration import FORMAT, ROUTING_ARTIFACT, RoutingCalibration
+from prefect_crisis.tasks.serving.routing_plan import RoutingPlan, plan_routing
 
-ROUTING_ARTIFACT = "routing.json"
-FORMAT = 1
-PROBABILITY, DECISION = "probability", "decision"  # the primary output a confidence is read from
-UNCALIBRATED, ISOTONIC, SIGMOID = "none", "isotonic", "sigmoid"  # how a raw score becomes a confidence
-METHODS = (UNCALIBRATED, ISOTONIC, SIGMOID)
+__all__ = [
+    "DECISION",
+    "FORMAT",
+    "ISOTONIC",
+    "METHODS",
+    "PROBABILITY",
+    "ROUTING_ARTIFACT",
+    "SIGMOID",
+    "UNCALIBRATED",
+    "ConfidenceMap",
+    "RoutingCalibration",
+    "RoutingPlan",
+    "available_scores",
+    "best_threshold",
+    "expected_calibration_error",
+    "fit_map",
+    "fit_routing",
+    "plan_routing",
+    "raw_confidence",
+    "score_output",
+    "top_two",
+]
 
-
-def top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the largest and second largest value of a (rows, classes) matrix (NaN propagates).
-
-    Column by column: numpy's reductions along rows of 2-10 classes are far slower than
-    elementwise passes over the columns, and serving runs this on every request.
-
-    Example:
-        >>> top, second = top_two(np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]))
-        >>> top.tolist(), second.tolist()
-        ([0.5, 0.6], [0.3, 0.3])
-    """
-    top = scores[:, 0].astype(np.float64, copy=True)
-    second = np.full(len(scores), -np.inf)
-    for j in range(1, scores.shape[1]):
-        column = scores[:, j]
-        np.maximum(second, np.minimum(top, column), out=second)
-        np.maximum(top, column, out=top)
-    return top, second
-
-
-def raw_confidence(output: np.ndarray, score: str) -> np.ndarray:
-    """The raw per-row score a confidence map reads: the top probability of `predict_proba`'s output, or the
-    decision margin of `decision_function`'s (|d| for two classes, top minus second otherwise); NaN where not finite.
-
-    Example:
-        >>> raw_confidence(np.array([[0.9, 0.1], [np.nan, 0.5]]), "probability").tolist()
-        [0.9, nan]
-        >>> raw_confidence(np.array([-3.0, 0.5]), "decision").tolist(), raw_confidence(np.array([[4.0, 1.0, -2.0]]), "decision").tolist()
-        ([3.0, 0.5], [3.0])
-    """
-    output = np.asarray(output, dtype=np.float64)
-    if output.ndim == 1:
-        raw = np.abs(output)
-    elif score == PROBABILITY:
-        raw, _ = top_two(output)
-    else:
-        top, second = top_two(output)
-        raw = top - second if output.shape[1] > 1 else np.abs(top)
-    raw = np.where(np.isfinite(raw), raw, np.nan)
-    if output.ndim == 2 and output.shape[1] > 1:  # a NaN beside a finite top: the row is not finite either
-        raw[~np.isfinite(output).all(axis=1)] = np.nan
-    return raw
-
-
-def score_output(estimator: Any, X: np.ndarray, score: str) -> np.ndarray:
-    """The estimator's output a score reads: `predict_proba` for probability, `decision_function` for decision."""
-    return estimator.predict_proba(X) if score == PROBABILITY else estimator.decision_function(X)
-
-
-def available_scores(estimator: Any) -> tuple[str, ...]:
-    """The scores an estimator offers (a Pipeline offers its last step's; SGD with hinge loss has no probability)."""
-    return tuple(score for score, method in ((PROBABILITY, "predict_proba"), (DECISION, "decision_function")) if hasattr(estimator, method))
-
-
-@dataclass(frozen=True)
-class ConfidenceMap:
-    """A monotone map from a raw score of the primary to the probability that it is right on the row.
-
-    `none` passes a probability through; `isotonic` interpolates its knots `x` -> `y`; `sigmoid` is
-    1 / (1 + exp(-(slope * raw + intercept))).
-
-    Example:
-        >>> ConfidenceMap("decision", "isotonic", x=(0.0, 2.0), y=(0.5, 0.9))(np.array([1.0, 5.0, np.nan])).tolist()
-        [0.7, 0.9, nan]
-    """
-
-    score: str
-    method: str
-    x: tuple[float, ...] = ()
-    y: tuple[float, ...] = ()
-    slope: float = 0.0
-    intercept: float = 0.0
-
-    @functools.cached_property
-    def _knots(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.x, dtype=np.float64), np.asarray(self.y, dtype=np.float64)
-
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
-        if self.method == ISOTONIC:
-            return np.interp(raw, *self._knots)  # NaN stays NaN; beyond the knots: the end values
-        if self.method == SIGMOID:
-            with np.errstate(over="ignore"):
-                return 1.0 / (1.0 + np.exp(-(self.slope * raw + self.intercept)))
-        return raw
-
-    def to_dict(self) -> dict[str, Any]:
-        parameters = (
-            {"x": list(self.x), "y": list(self.y)}
-            if self.method == ISOTONIC
-            else ({"slope": self.slope, "intercept": self.intercept} if self.method == SIGMOID else {})
-        )
-        return {"score": self.score, "method": self.method, **parameters}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConfidenceMap:
-        method, score = data.get("method"), data.get("score")
-        if method not in METHODS or score not in (PROBABILITY, DECISION) or (method == UNCALIBRATED and score != PROBABILITY):
-            raise ValueError(f"unknown confidence map {method!r} on {score!r}")
-        x, y = tuple(float(v) for v in data.get("x", ())), tuple(float(v) for v in data.get("y", ()))
-        if method == ISOTONIC and (not x or len(x) != len(y)):
-            raise ValueError("an isotonic map needs as many x as y knots, at least one")
-        return cls(score, method, x, y, float(data.get("slope", 0.0)), float(data.get("intercept", 0.0)))
-
-
-@dataclass(frozen=True)
-class RoutingCalibration:
-    """How one primary version's rows are routed, fitted on a holdout (`fit_routing`); stored as `routing.json`.
-
-    Attributes:
-        confidence_map: raw score -> calibrated confidence, or None when the primary offers no score.
-        threshold: rows whose calibrated confidence is under it go to the fallback; None: routing off.
-        reason: why routing is on or off, in one line.
-        rows: holdout rows it was fitted on.
-        primary_accuracy, fallback_accuracy, served_accuracy: on the holdout (served: cross-validated, with routing).
-        ece_raw, ece: expected calibration error of the raw top probability and of the map (out of fold).
-        fallback_version: the fallback the threshold was chosen against; serving another one turns routing off.
-
-    Example:
-        >>> calibration = RoutingCalibration(ConfidenceMap("probability", "none"), None, "no gain", 300, 0.95, 0.6, 0.95)
-        >>> import json
-        >>> RoutingCalibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration, calibration.method
-        (True, 'none')
-    """
-
-    confidence_map: ConfidenceMap | None
-    threshold: float | None
-    reason: str
-    rows: int
-    primary_accuracy: float
-    fallback_accuracy: float | None
-    served_accuracy: float
-    ece_raw: float | None = None
-    ece: float | None = None
-    fallback_version: str | None = None
-
-    @property
-    def method(self) -> str:
-        return self.confidence_map.method if self.confidence_map else UNCALIBRATED
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (no NaN: unknown figures are None)."""
-
-        def number(value: float | None) -> float | None:
-            return None if value is None or not math.isfinite(value) else round(float(value), 6)
-
-        return {
-            "format": FORMAT,
-            "confidence_map": self.confidence_map.to_dict() if self.confidence_map else None,
-            "threshold": number(self.threshold),
-            "reason": self.reason,
-            "holdout": {
-                "rows": int(self.rows),
-                "primary_accuracy": number(self.primary_accuracy),
-                "fallback_accuracy": number(self.fallback_accuracy),
-                "served_accuracy": number(self.served_accuracy),
-                "ece_raw": number(self.ece_raw),
-                "ece": number(self.ece),
-            },
-            "fallback_version": self.fallback_version,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RoutingCalibration:
-        """The value back from `to_dict`'s output.
-
-        Raises:
-            ServingError: not a routing calibration this version of prefect-crisis reads.
-        """
-        try:
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-            holdout = data["holdout"]
-            mapping = data.get("confidence_map")
-
-            def optional(value: Any) -> float | None:
-                return None if value is None else float(value)
-
-            return cls(
-                ConfidenceMap.from_dict(mapping) if mapping else None,
-                optional(data.get("threshold")),
-                str(data.get("reason", "")),
-                int(holdout["rows"]),
-                float(holdout["primary_accuracy"]),
-                optional(holdout.get("fallback_accuracy")),
-                float(holdout["served_accuracy"]),
-                optional(holdout.get("ece_raw")),
-                optional(holdout.get("ece")),
-                None if data.get("fallback_version") is None else str(data["fallback_version"]),
-            )
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise ServingError(f"unreadable {ROUTING_ARTIFACT} ({error}): fit it again with fit_routing and log_routing") from None
-
-
-# -- fitting ---------------------------------------------------------------------------------
+# tests/unit/test_routing.py runs this module's examples; those of the modules split out of it run with them.
+__test__ = {
+    "split_out": """
+>>> import doctest
+>>> from prefect_crisis.tasks.serving import confidence, routing_calibration, routing_plan
+>>> [doctest.testmod(module, verbose=False, optionflags=doctest.ELLIPSIS).failed for module in (confidence, routing_calibration, routing_plan)]
+[0, 0, 0]
+"""
+}
 
 
 def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
@@ -416,83 +263,4 @@ def fit_routing(
         f"on: rows under calibrated confidence {threshold:.4g} go to the fallback; cross-validated holdout "
         f"accuracy {primary_accuracy:.4f} -> {served:.4f} ({won} rows won, {lost} lost)",
         served=served,
-    )
-
-
-# -- serving's plan ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RoutingPlan:
-    """How serving routes one primary's rows on confidence: which output it reads, the map, the threshold (None: no
-    confidence routing) and why, in one line (logged once per primary/fallback pair)."""
-
-    score: str | None
-    confidence_map: ConfidenceMap | None
-    threshold: float | None
-    note: str
-
-
-def plan_routing(
-    estimator: Any,
-    calibration: RoutingCalibration | None,
-    *,
-    version: str,
-    explicit_threshold: float | None = None,
-    fallback_version: str | None = None,
-    missing: str = f"no {ROUTING_ARTIFACT} in its run",
-) -> RoutingPlan:
-    """Decide how to route a primary's rows: its fitted calibration, else no confidence routing (never lower accuracy),
-    unless the policy sets a threshold explicitly.
-
-    Example:
-        >>> from sklearn.linear_model import SGDClassifier
-        >>> hinge = SGDClassifier(loss="hinge").fit([[0.0], [1.0]], [0, 1])
-        >>> plan_routing(hinge, None, version="3").note
-        'v3 has no predict_proba and no routing calibration: served without confidence routing'
-        >>> plan_routing(SGDClassifier(loss="log_loss").fit([[0.0], [1.0]], [0, 1]), None, version="4").threshold is None
-        True
-    """
-    scores = available_scores(estimator)
-    confidence_map = calibration.confidence_map if calibration is not None else None
-    if calibration is not None and confidence_map is not None and confidence_map.score in scores:  # usable
-        if explicit_threshold is not None:
-            return RoutingPlan(
-                confidence_map.score,
-                confidence_map,
-                explicit_threshold,
-                f"v{version}: the policy's confidence_threshold {explicit_threshold:g} on the calibrated confidence "
-                f"(the fitted one: {calibration.threshold if calibration.threshold is not None else 'off'})",
-            )
-        if calibration.threshold is None:
-            return RoutingPlan(confidence_map.score, confidence_map, None, f"v{version}: confidence routing {calibration.reason}")
-        if calibration.fallback_version is not None and fallback_version != calibration.fallback_version:
-            return RoutingPlan(
-                confidence_map.score,
-                confidence_map,
-                None,
-                f"v{version}: confidence routing off: its threshold was fitted against fallback v{calibration.fallback_version}, "
-                f"the fallback served is {'v' + fallback_version if fallback_version else 'none'}",
-            )
-        return RoutingPlan(confidence_map.score, confidence_map, calibration.threshold, f"v{version}: confidence routing {calibration.reason}")
-    why = (
-        missing
-        if calibration is None
-        else f"its {ROUTING_ARTIFACT} reads {calibration.confidence_map.score if calibration.confidence_map else 'no'} score"
-    )
-    if PROBABILITY not in scores:
-        return RoutingPlan(None, None, None, f"v{version} has no predict_proba and no routing calibration: served without confidence routing")
-    if explicit_threshold is not None:
-        return RoutingPlan(
-            PROBABILITY,
-            None,
-            explicit_threshold,
-            f"v{version}: no usable routing calibration ({why}); the policy's confidence_threshold {explicit_threshold:g} on raw confidence",
-        )
-    return RoutingPlan(
-        PROBABILITY,
-        None,
-        None,
-        f"v{version}: confidence routing off: no usable routing calibration ({why}); fit_routing + log_routing at training "
-        "turn it on (or set FallbackPolicy.confidence_threshold)",
     )
