@@ -37,7 +37,8 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
     from prefect_crisis.tasks.serving.fallback_model import fit_fallback
     from prefect_crisis.tasks.serving.router import FallbackRouter, ServedVersion
     from prefect_crisis.tasks.training.data import policy_estimator, split_training_data
-    from prefect_crisis.tasks.training.loop import train_with_stop_hook
+    from prefect_crisis.tasks.training.family import choose_family
+    from prefect_crisis.tasks.training.loop import make_estimator, train_with_stop_hook
     from prefect_crisis.tasks.training.stopping import stop_any
 
     data = load_dataset(name)
@@ -45,13 +46,29 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
     batch, fresh = data.split(seed=seed, parts=(0.8, 0.2))
     policy = TrainingPolicy(seed=seed)
     training = split_training_data(batch, policy, fingerprint=f"{name}-{seed}")
+    chosen_family = policy.estimator
     if primary_kind == "raw-sgd":  # the old default: SGD on raw features, a weak primary (routing has something to win)
         from sklearn.linear_model import SGDClassifier
 
         primary = SGDClassifier(loss="log_loss", alpha=1e-4, random_state=seed).fit(training.X_train, training.y_train)
     else:
+        estimator = policy_estimator(policy, training)
+        if primary_kind == "auto":  # TrainingPolicy(estimator="auto"): the family chosen on the training part's folds
+            choice = choose_family(
+                training.X_train,
+                training.y_train,
+                training.classes,
+                epochs=policy.epochs,
+                batch_size=policy.batch_size,
+                seed=seed,
+                scale=policy.scale_features,
+                impute=training.imputes,
+                stop=stop_any(),
+            )
+            chosen_family = choice.family
+            estimator = make_estimator(chosen_family, None, seed, scale=policy.scale_features, impute=training.imputes)
         primary = train_with_stop_hook(
-            policy_estimator(policy, training),
+            estimator,
             training.X_train,
             training.y_train,
             classes=training.classes,
@@ -91,6 +108,7 @@ def one_seed(name: str, seed: int, primary_kind: str = "default") -> dict:
         "served_routing_on": on,
         "routed_share": routed,
         "routing_on": routing.threshold is not None,
+        "family": chosen_family if primary_kind != "raw-sgd" else "raw-sgd",
     }
 
 
@@ -99,9 +117,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument(
         "--primary",
-        choices=("default", "raw-sgd"),
+        choices=("default", "auto", "raw-sgd"),
         default="default",
-        help="the primary: the default policy's, or an SGD on raw features (the old default, weak)",
+        help="the primary: the default policy's, the family estimator='auto' chooses, or an SGD on raw features (the old default, weak)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -123,14 +141,15 @@ def main() -> None:
     gaps = frame.assign(gap=frame.reference_cv - frame.primary_fresh, served_gap=frame.served_routing_on - frame.primary_fresh)
     table["primary_worst_gap"] = gaps.groupby("data set", sort=False)["gap"].max()
     table["served_on_minus_own_worst"] = gaps.groupby("data set", sort=False)["served_gap"].min()
+    families = frame.groupby("data set", sort=False)["family"].agg(lambda chosen: ", ".join(f"{f} {n}" for f, n in chosen.value_counts().items()))
     print(f"{args.seeds} seeds per data set; primary: {args.primary}; 80 % batch (TrainingPolicy() defaults) / 20 % fresh rows")
     print(
-        "| data set | scaled logistic (5-fold CV) | default primary, fresh | worst gap | fallback, fresh (columns) | served, routing off | served, routing on (on in) | worst served - own |"
+        "| data set | scaled logistic (5-fold CV) | primary, fresh | worst gap | family (seeds) | fallback, fresh (columns) | served, routing off | served, routing on (on in) | worst served - own |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for name, row in table.iterrows():
         print(
-            f"| {name} | {row.reference_cv:.3f} | {row.primary_fresh:.3f} | {row.primary_worst_gap:+.3f} | {row.fallback_fresh:.3f} ({row.fallback_columns:.1f}) | "
+            f"| {name} | {row.reference_cv:.3f} | {row.primary_fresh:.3f} | {row.primary_worst_gap:+.3f} | {families[name]} | {row.fallback_fresh:.3f} ({row.fallback_columns:.1f}) | "
             f"{row.served_off:.3f} | {row.served_on:.3f} ({int(row.routing_on)}/{args.seeds}) | {row.served_on_minus_own_worst:+.3f} |"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,8 @@ class TagKey(StrEnum):
     STATUS = TAG_PREFIX + "status"
     RESUMED_FROM = TAG_PREFIX + "resumed_from"
     RESUMED_BY = TAG_PREFIX + "resumed_by"
+    FAMILY = TAG_PREFIX + "family"  # the learner a training chose (`estimator="auto"`) or was told to use
+    FAMILY_CHOICE = TAG_PREFIX + "family_choice"  # why: each family's cross-validated accuracy
     RESUME_REFUSED = TAG_PREFIX + "resume_refused"
     STOP_REASON = TAG_PREFIX + "stop_reason"
     STOP_KIND = TAG_PREFIX + "stop_kind"

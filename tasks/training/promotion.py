@@ -25,6 +25,7 @@ from prefect_crisis.blocks.training_policy import TrainingPolicy
 from prefect_crisis.core.errors import RegistryError
 from prefect_crisis.core.vocabulary import CrisisEvent, TagKey
 from prefect_crisis.tasks.models import load_sklearn_model, log_sklearn_model
+from prefect_crisis.tasks.training.family import family_of
 from prefect_crisis.tasks.training.gate import (
     CandidateResult,
     PromotionDecision,
@@ -147,7 +148,10 @@ def gate_candidate(
         TagKey.FLOW_RUN_ID: flow_run_id,
         TagKey.FEATURES: ",".join(data.features),
         TagKey.VALIDATION: json.dumps(validation or {})[:4_000],
+        TagKey.FAMILY: family_of(estimator),
     }
+    if choice := client.get_run(run_id).data.tags.get(TagKey.FAMILY_CHOICE):  # estimator="auto": why this family
+        tags[TagKey.FAMILY_CHOICE] = choice
     version = registry.register_version(info.model_uri, run_id, info.model_id, tags)
     registry.move_alias(registry.challenger_alias, version.version, "new candidate")  # emits ml.model.registered and the move
 

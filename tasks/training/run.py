@@ -57,10 +57,11 @@ from prefect_crisis.tasks.training.checkpoints import (
     training_experiment,
 )
 from prefect_crisis.tasks.training.data import TrainingData, policy_estimator, resume_key
-from prefect_crisis.tasks.training.loop import Checkpoint, TrainingOutcome, train_with_stop_hook
+from prefect_crisis.tasks.training.family import choose_family, family_of
+from prefect_crisis.tasks.training.loop import Checkpoint, TrainingOutcome, make_estimator, train_with_stop_hook
 from prefect_crisis.tasks.training.resume import NOTHING_TO_RESUME, ResumeDecision, ResumeKey, ResumeRefusal, decide_resume
 from prefect_crisis.tasks.training.stop_flag import read_stop_flag
-from prefect_crisis.tasks.training.stopping import StopCondition, StopKind, StopReason, policy_stop_condition
+from prefect_crisis.tasks.training.stopping import StopCondition, StopKind, StopReason, TrainingProgress, policy_stop_condition
 
 CLAIM_LEASE_SECONDS = 60  # the training slot's lease: what a process killed while claiming holds it for at most
 
@@ -209,8 +210,11 @@ def _train_in_run(
         update_progress_artifact(progress_id, progress=100.0 * (progress.epoch + 1) / policy.epochs)
         logger.info("epoch %d/%d: loss %.4f (best %.4f)", progress.epoch + 1, policy.epochs, progress.loss, progress.best_loss)
 
+    estimator = _chosen_estimator(client, run_id, policy, data, stop, resume_from, logger)
+    if isinstance(estimator, StopReason):  # stopped while the families were compared: nothing trained, nothing to resume
+        return TrainingOutcome(None, TrainingProgress(), estimator)
     return train_with_stop_hook(
-        policy_estimator(policy, data),
+        estimator,
         data.X_train,
         data.y_train,
         classes=data.classes,
@@ -224,6 +228,40 @@ def _train_in_run(
         seed=policy.seed,
         checkpoint_every_seconds=policy.checkpoint_every_seconds,
     )
+
+
+def _chosen_estimator(client, run_id: str, policy: TrainingPolicy, data: TrainingData, stop: StopCondition, resume_from, logger):
+    """The estimator this run trains, its family recorded on the run (`crisis.family`): the policy's; with
+    `estimator="auto"` the family chosen on the training part's folds (`crisis.family_choice`, a metric per family);
+    resuming, the checkpoint's own. A StopReason when `stop` fired while the families were compared."""
+    if resume_from is not None:
+        client.set_tag(run_id, TagKey.FAMILY, family_of(resume_from.estimator))
+        return resume_from.estimator  # the loop continues it as it is
+    if policy.estimator != "auto":
+        client.set_tag(run_id, TagKey.FAMILY, policy.estimator)
+        return policy_estimator(policy, data)
+    choice = choose_family(
+        data.X_train,
+        data.y_train,
+        data.classes,
+        epochs=policy.epochs,
+        batch_size=policy.batch_size,
+        seed=policy.seed,
+        scale=policy.scale_features,
+        impute=data.imputes,
+        stop=stop,
+    )
+    if isinstance(choice, StopReason):
+        return choice
+    logger.info("family: %s", choice)
+    client.log_batch(run_id, metrics=[Metric(f"cv_accuracy_{family}", choice.mean(family), _now_ms(), 0) for family in choice.fold_scores])
+    client.set_tag(run_id, TagKey.FAMILY, choice.family)
+    client.set_tag(run_id, TagKey.FAMILY_CHOICE, str(choice)[:5000])
+    return make_estimator(choice.family, None, policy.seed, scale=policy.scale_features, impute=data.imputes)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _flow_run_is_over(flow_run_id: str) -> bool:

@@ -20,7 +20,7 @@ from prefect_crisis.tasks.training.checkpoints import latest_checkpoint_run, loa
 from prefect_crisis.tasks.training.data import split_training_data
 from prefect_crisis.tasks.training.loop import learner_of
 from prefect_crisis.tasks.training.stop_flag import clear_stop_flag, set_stop_flag
-from prefect_crisis.tasks.training.stopping import StopCondition, TrainingProgress
+from prefect_crisis.tasks.training.stopping import StopCondition, StopKind, StopReason, TrainingProgress
 from prefect_crisis.tasks.training.tasks import train_model
 
 pytestmark = pytest.mark.usefixtures("mlflow_tracking_uri")
@@ -355,3 +355,53 @@ def test_a_checkpoint_claimed_by_a_run_killed_before_its_first_checkpoint_is_res
     resumed = train_once(model)
     assert resumed.resumed_from == stopped.run_id and resumed.outcome.completed
     assert client.get_run(claimant).data.tags["crisis.stop_kind"] == "killed"
+
+
+class CountCalls(StopCondition):
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls, self.stop_after = 0, stop_after
+
+    def __call__(self, progress):
+        self.calls += 1
+        if self.stop_after is not None and self.calls > self.stop_after:
+            return StopReason(StopKind.FLAG, "asked by the test")
+        return None
+
+
+def test_with_the_family_chosen_by_the_policy_a_stopped_training_resumes_in_that_family_exactly(model):
+    """estimator="auto": the comparison runs once; a stop during the training proper leaves a checkpoint of the
+    chosen family, which the next run resumes (no second comparison) to the very model an uninterrupted run trains."""
+    from prefect_crisis.tasks.training.family import choose_family, family_of
+
+    policy = TrainingPolicy(estimator="auto", epochs=2, batch_size=50, flag_poll_seconds=0.0)
+    data = split_training_data(make_batch(ROWS, seed=3), policy, fingerprint="batch-3")
+    counting = CountCalls()
+    choice = choose_family(data.X_train, data.y_train, data.classes, epochs=2, batch_size=50, seed=0, scale=True, impute=data.imputes, stop=counting)
+    stopped = train_once(model, also_stop_when=CountCalls(stop_after=counting.calls + 5), estimator="auto")
+    assert stopped.outcome.stop_reason is not None and stopped.outcome.stop_reason.kind is StopKind.FLAG
+    client = MlflowClient()
+    tags = client.get_run(stopped.run_id).data.tags
+    assert tags["crisis.family"] == choice.family and tags["crisis.checkpoint"] == "true"
+    assert tags["crisis.family_choice"] == str(choice)
+
+    resumed = train_once(model, estimator="auto")
+    assert resumed.resumed_from == stopped.run_id and resumed.outcome.completed
+    resumed_tags = client.get_run(resumed.run_id).data.tags
+    assert resumed_tags["crisis.family"] == choice.family and "crisis.family_choice" not in resumed_tags  # no second comparison
+    uninterrupted = train_once(model, resume=False, estimator="auto")
+    assert family_of(resumed.outcome.estimator) == family_of(uninterrupted.outcome.estimator) == choice.family
+    np.testing.assert_array_equal(
+        resumed.outcome.estimator.predict_proba(data.X_holdout), uninterrupted.outcome.estimator.predict_proba(data.X_holdout)
+    )
+
+
+def test_a_stop_flag_raised_before_the_comparison_ends_stops_the_run_with_nothing_to_resume(model):
+    set_stop_flag(model, "pause")
+    try:
+        stopped = train_once(model, estimator="auto")
+    finally:
+        clear_stop_flag(model)
+    assert stopped.outcome.stop_reason is not None and stopped.outcome.checkpoint_uri is None
+    tags = MlflowClient().get_run(stopped.run_id).data.tags
+    assert tags["crisis.status"] == "stopped" and tags["crisis.stop_kind"] == "stop-flag" and "crisis.family" not in tags
+    assert latest_checkpoint_run(MlflowClient(), model) is None
