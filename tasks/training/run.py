@@ -135,24 +135,33 @@ def run_training(
     # Choosing the checkpoint and claiming it (the new run's `resumed_from` tag) is one step per model: a second
     # training started at the same moment sees the claim and trains from scratch instead of resuming it twice.
     # The section is short (a few store reads and one write); its lease frees the slot if the process dies in it.
-    with concurrency(training_limit(model), occupy=1, strict=True, lease_duration=CLAIM_LEASE_SECONDS):
-        decision, resume_from, run = _claim_and_create_run(client, model, key, policy, data, resume, logger)
-    run_id = run.info.run_id
-    resumed_run = decision.run_id if decision.resume else None
-    stop = build_stop_condition(policy, model)
-    if also_stop_when is not None:
-        stop = stop | also_stop_when
+    claimed: list[tuple[ResumeDecision, Checkpoint | None, Any]] = []
+
+    def record(reason: StopReason) -> None:  # a stop before or during training, once the run exists
+        if claimed:
+            decision, _, run = claimed[0]
+            _record_stop(client, run.info.run_id, model, reason, None, decision.run_id if decision.resume else None)
+
     try:
+        with concurrency(training_limit(model), occupy=1, strict=True, lease_duration=CLAIM_LEASE_SECONDS):
+            claimed.append(_claim_and_create_run(client, model, key, policy, data, resume, logger))
+        decision, resume_from, run = claimed[0]
+        run_id = run.info.run_id
+        resumed_run = decision.run_id if decision.resume else None
+        stop = build_stop_condition(policy, model)
+        if also_stop_when is not None:
+            stop = stop | also_stop_when
         outcome = _train_in_run(client, run_id, data, policy, model, stop, key, resume_from, resumed_run, logger)
     except TerminationSignal:
-        # Cancelled: the loop has written its checkpoint if it had started; record why, let Prefect cancel.
-        _record_stop(client, run_id, model, StopReason(StopKind.CANCELLED, "the flow run was cancelled"), None, resumed_run)
+        # Cancelled (also while the slot was being released): the loop has written its checkpoint if it had
+        # started; record why, let Prefect cancel.
+        record(StopReason(StopKind.CANCELLED, "the flow run was cancelled"))
         raise
     except (KeyboardInterrupt, SystemExit) as error:
-        _record_stop(client, run_id, model, StopReason(StopKind.INTERRUPTED, f"training was interrupted ({type(error).__name__})"), None, resumed_run)
+        record(StopReason(StopKind.INTERRUPTED, f"training was interrupted ({type(error).__name__})"))
         raise
     except Exception as error:
-        _record_stop(client, run_id, model, StopReason(StopKind.CRASHED, f"{type(error).__name__}: {error}"[:500]), None, resumed_run)
+        record(StopReason(StopKind.CRASHED, f"{type(error).__name__}: {error}"[:500]))
         raise
     _log_losses(client, run_id, outcome.progress.losses)
     if outcome.stop_reason is None:  # completed

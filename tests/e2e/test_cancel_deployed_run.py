@@ -47,6 +47,8 @@ def test_cancel_stops_training_with_a_checkpoint_and_ends_cancelled(served_train
         timeout=0,
     )
     assert wait_for(lambda: running_training_run(model), lambda run: run is not None, timeout=90) is not None
+    # the run record exists once the checkpoint is claimed; cancel once the training proper has begun
+    assert wait_for(lambda: read_crisis_events(model, prefix="ml.training.started"), lambda found: len(found) >= 1, timeout=60)
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
