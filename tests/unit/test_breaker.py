@@ -129,3 +129,60 @@ def test_a_zero_cooldown_lets_a_trial_through_at_once(clock):
     breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=0, clock=clock)
     breaker.record_failure("boom")
     assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+
+
+def test_the_defaults_open_at_five_failures_in_a_minute_and_try_again_after_thirty_seconds(clock):
+    breaker = CircuitBreaker(clock=clock)
+    assert (breaker.failure_threshold, breaker.window_seconds, breaker.cooldown_seconds) == (5, 60.0, 30.0)
+    for _ in range(4):
+        breaker.record_failure("boom")
+    assert breaker.state is BreakerState.CLOSED
+    clock.now = 60.0  # the first four are exactly a minute old: still counted
+    breaker.record_failure("boom")
+    assert breaker.state is BreakerState.OPEN
+    clock.now = 89.9
+    assert not breaker.allow()
+    clock.now = 90.0
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+
+
+def test_failures_while_open_neither_reopen_it_nor_restart_the_cooldown(clock):
+    heard = []
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=5, clock=clock, listeners=[heard.append])
+    breaker.record_failure("first")
+    clock.now = 3.0
+    breaker.record_failure("while open")  # a call that was already in flight
+    assert (len(heard), breaker.opened_count) == (1, 1)
+    clock.now = 5.0  # five seconds after the first failure, two after the second
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+
+
+def test_a_success_while_closed_changes_nothing(clock):
+    heard = []
+    breaker = CircuitBreaker(failure_threshold=2, window_seconds=10, cooldown_seconds=5, clock=clock, listeners=[heard.append])
+    breaker.record_failure("a")
+    breaker.record_success()  # closed: the failure still counts
+    breaker.record_failure("b")
+    assert breaker.state is BreakerState.OPEN and [change.new for change in heard] == [BreakerState.OPEN]
+
+
+def test_every_cycle_gets_its_own_trial_call(clock):
+    """A trial that answered, and one that failed, both free the next half-open state for a new trial."""
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=5, clock=clock)
+    for cycle in range(3):
+        breaker.record_failure(f"cycle {cycle}")
+        clock.now += 5
+        assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+        breaker.record_success()
+        assert breaker.state is BreakerState.CLOSED
+    assert breaker.opened_count == 3
+
+
+def test_listeners_given_and_added_all_hear_each_change_at_the_clocks_time(clock):
+    given, added = [], []
+    breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cooldown_seconds=5, clock=clock, listeners=(given.append,))
+    breaker.add_listener(added.append)
+    clock.now = 7.5
+    breaker.record_failure("timeout")
+    assert given == added and [(change.old, change.new, change.at) for change in given] == [(BreakerState.CLOSED, BreakerState.OPEN, 7.5)]
+    assert given[0].reason == "1 failures within 10 s (last: timeout)"
