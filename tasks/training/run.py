@@ -135,19 +135,17 @@ def run_training(
     # Choosing the checkpoint and claiming it (the new run's `resumed_from` tag) is one step per model: a second
     # training started at the same moment sees the claim and trains from scratch instead of resuming it twice.
     # The section is short (a few store reads and one write); its lease frees the slot if the process dies in it.
-    claimed: list[tuple[ResumeDecision, Checkpoint | None, Any]] = []
+    run_id: str | None = None
+    resumed_run: str | None = None
 
     def record(reason: StopReason) -> None:  # a stop before or during training, once the run exists
-        if claimed:
-            decision, _, run = claimed[0]
-            _record_stop(client, run.info.run_id, model, reason, None, decision.run_id if decision.resume else None)
+        if run_id is not None:
+            _record_stop(client, run_id, model, reason, None, resumed_run)
 
     try:
         with concurrency(training_limit(model), occupy=1, strict=True, lease_duration=CLAIM_LEASE_SECONDS):
-            claimed.append(_claim_and_create_run(client, model, key, policy, data, resume, logger))
-        decision, resume_from, run = claimed[0]
-        run_id = run.info.run_id
-        resumed_run = decision.run_id if decision.resume else None
+            decision, resume_from, run = _claim_and_create_run(client, model, key, policy, data, resume, logger)
+            run_id, resumed_run = run.info.run_id, decision.run_id if decision.resume else None
         stop = build_stop_condition(policy, model)
         if also_stop_when is not None:
             stop = stop | also_stop_when
@@ -327,7 +325,7 @@ def _record_stop(client, run_id: str, model: str, reason: StopReason, outcome: T
 
 def _log_losses(client, run_id: str, losses: list[float], most: int = 1_000) -> None:
     step = max(1, len(losses) // most)
-    now = int(time.time() * 1000)
+    now = _now_ms()
     metrics = [Metric("batch_loss", float(loss), now, index) for index, loss in enumerate(losses) if index % step == 0 and np.isfinite(loss)]
     for start in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[start : start + 500])
