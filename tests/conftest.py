@@ -51,11 +51,13 @@ def crisis_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under `pytest -n 2 --dist loadgroup` (`make test`) the end-to-end tests run one after another in one worker
     (they start servers on ports and share the MLflow UI's default port), except the docs' blocks: that run (about
     7 minutes, one stack of its own on free ports) goes to the other worker, beside the unit and flow tests, which
-    would otherwise finish minutes before the end-to-end worker does."""
+    would otherwise finish minutes before the end-to-end worker does. It runs first: xdist's worker reads the groups
+    in its own hook of the same name (suffixing the node ids), and a group added after it would be ignored."""
     for item in items:
         if item.get_closest_marker("e2e") is not None:
             alone = item.nodeid.startswith("tests/e2e/test_readme.py")
