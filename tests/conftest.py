@@ -51,14 +51,42 @@ def crisis_home(tmp_path, monkeypatch):
     return home
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n 2 --dist loadgroup` (`make test`) the end-to-end tests run one after another in one worker
-    (they start servers on ports and share the MLflow UI's default port), except the docs' blocks: that run (about
-    7 minutes, one stack of its own on free ports) goes to the other worker, beside the unit and flow tests, which
-    would otherwise finish minutes before the end-to-end worker does. It runs first: xdist's worker reads the groups
-    in its own hook of the same name (suffixing the node ids), and a group added after it would be ignored."""
-    for item in items:
-        if item.get_closest_marker("e2e") is not None:
-            alone = item.nodeid.startswith("tests/e2e/test_readme.py")
-            item.add_marker(pytest.mark.xdist_group("e2e-docs" if alone else "e2e"))
+# `make test` runs `pytest -n 3`: three workers on the 2-core machine, since most of an end-to-end test's time is spent
+# waiting for servers, runs and events. A test goes to a worker with the rest of its unit of work: its module (so a
+# module's fixtures start once), or for the end-to-end tests one of three groups, each run one test after another in one
+# worker: the stack commands (`crisis up`, serve, the faults), the closed loop (the ladder on a live stack), and the docs'
+# blocks (one long test). The groups come first in collection order and are handed out first, so the longest work
+# starts at once; the modules fill in around them.
+E2E_GROUPS = {
+    "tests/e2e/test_readme.py": "e2e-docs",
+    "tests/e2e/test_closed_loop.py": "e2e-loop",
+    "tests/e2e/test_cancel_deployed_run.py": "e2e-loop",
+    "tests/e2e/test_worker_deploy.py": "e2e-loop",
+}
+
+
+def unit_of_work(nodeid: str) -> str:
+    """The scheduling unit of a test: its end-to-end group, else its module.
+
+    Example:
+        >>> unit_of_work("tests/e2e/test_stack.py::test_up_status_demo_down"), unit_of_work("tests/unit/test_rules.py::test_x[1]")
+        ('e2e-stack', 'tests/unit/test_rules.py')
+    """
+    module = nodeid.split("::", 1)[0]
+    if module.startswith("tests/e2e/"):
+        return E2E_GROUPS.get(module, "e2e-stack")
+    return module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduler over `unit_of_work`, in collection order (the end-to-end groups first)."""
+    if config.getvalue("dist") == "each":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    config.option.loadscopereorder = False
+    return UnitScheduling(config, log)
