@@ -201,8 +201,10 @@ def incident_report(incident_id: str) -> IncidentReport:
     return build_report(events, audit, first_symptom(model, opened, opened.payload.get("triggering_event_id")))
 
 
-def wait_for_incident_end(incident_id: str, timeout: float = 30.0, every: float = 0.5) -> IncidentReport:
-    """The incident's report once its recovery outcome reached the server (events are persisted in batches)."""
+def wait_for_incident_end(incident_id: str, timeout: float = 120.0, every: float = 0.5) -> IncidentReport:
+    """The incident's report once its recovery outcome reached the server (events are persisted in batches; on a busy
+    machine a flow's last events may take half a minute to be stored, so the default wait is generous: it returns as
+    soon as the outcome is there)."""
     from prefect_crisis.core.prefect_compat import drain_events
 
     drain_events()
