@@ -221,7 +221,8 @@ def test_the_dashboard_and_the_response_read_right_in_a_real_browser(stack, labe
     model = sick.model_name
     key = f"crisis-dashboard-{model}"
     wait_for(lambda: Artifact.get(key), lambda found: found is not None and f"| champion | v{good} |" in found.data, timeout=60)
-    runs = [run for run in response_runs(model) if run.state_name == "Recovered"]
+    # the registry moved before the response run ends (it still writes its report): wait for its final state
+    runs = wait_for(lambda: [run for run in response_runs(model) if run.state_name == "Recovered"], bool, timeout=LOOP_TIMEOUT, every=0.5)
     assert runs, "no recovered response run"
     incident = runs[0].parameters["incident_id"]
     ui = PREFECT_API_URL.value().removesuffix("/api")
@@ -249,12 +250,13 @@ def test_the_dashboard_and_the_response_read_right_in_a_real_browser(stack, labe
         page.screenshot(path=str(shots / "response-run.png"))
 
         assert mlflow_link, "the dashboard does not link the incident's MLflow run"
-        page.goto(mlflow_link, wait_until="load")  # the MLflow UI polls: never network-idle
-        page.get_by_text("Artifacts", exact=True).first.click()
-        page.get_by_text("health.png").first.click()
+        # the run's Artifacts tab by its address (the MLflow UI polls: never network-idle); on a loaded machine the UI's
+        # bundle and the artifact listing take longer than Playwright's default 30 s
+        page.goto(f"{mlflow_link}/artifacts", wait_until="load")
+        page.get_by_text("health.png").first.click(timeout=120_000)
         shown = page.locator("img[src^='blob:']").first  # the MLflow UI shows an artifact image from a blob URL
-        shown.wait_for()
-        page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=shown.element_handle())
+        shown.wait_for(timeout=120_000)
+        page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=shown.element_handle(), timeout=120_000)
         page.screenshot(path=str(shots / "mlflow-incident-run.png"))
     print(f"screenshots in {shots}")
 
