@@ -25,6 +25,9 @@ class LadderStep(StrEnum):
     MONITOR_SILENT = "monitor-silent"  # the dead man's switch: the monitor stopped reporting a model
     STOPGAP = "stopgap"  # the fallback serves: look again for a good version, once per cool-down
     EVIDENCE = "evidence"  # new labels or serving errors: run the monitor at once
+    STALLED = "stalled"  # a response or emergency stop stopped sending heartbeats (its worker died): mark it Crashed
+    RETRY_RESPONSE = "retry-response"  # a crashed response: run it again, same parameters, same incident
+    RETRY_EMERGENCY = "retry-emergency"  # a crashed emergency stop: run it again
 
     @property
     def automation_name(self) -> str:

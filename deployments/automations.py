@@ -10,21 +10,31 @@ so one model's breach never answers (or silences) another's; a reactive
 trigger stays quiet for the rest of its `within` window after firing, which is
 the cool-down of `crisis-critical` and the debounce of `crisis-evidence`.
 Prefect automations cannot emit custom events, so every step acts by running a
-deployment. When a notification block is named, each paging step gets a twin,
+deployment. Three steps watch the ladder's own runs instead of a model: a
+response or emergency stop whose heartbeats stop (its worker was killed) is
+marked Crashed (`crisis-stalled`), and a crashed one runs again with the same
+parameters (`crisis-retry-response`, `crisis-retry-emergency`); the flow joins
+the crashed run's incident and gives up to the emergency rung after
+`RESPONSE_ATTEMPTS` runs, so a cool-down never outlives a response that did
+not finish. When a notification block is named, each paging step gets a twin,
 `crisis-<step>-page`, on the same trigger but blind to drill models (`drill-*`):
 a recovery drill goes through the real ladder and pages nobody.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 from functools import partial
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect.events.actions import ActionTypesOrUnknown, RunDeployment, SendNotification
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ActionTypesOrUnknown, ChangeFlowRunState, RunDeployment, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
 from prefect_crisis.blocks.escalation_policy import EscalationPolicy, LadderStep
@@ -41,6 +51,7 @@ from prefect_crisis.core.vocabulary import (
     Severity,
     ViolationType,
 )
+from prefect_crisis.deployments.pools import HEARTBEAT_SECONDS, STALLED_AFTER_HEARTBEATS
 
 CRISIS_RESPONSE = "crisis-response/crisis-response"
 EMERGENCY_STOP = "emergency-stop/emergency-stop"
@@ -75,6 +86,71 @@ def model_trigger(
         threshold=threshold,
         within=within,
     )
+
+
+# what ends a flow run's heartbeats (a run that is cancelling is not retried: it stops on purpose)
+RUN_ENDED = ("Completed", "Failed", "Crashed", "Cancelled", "Cancelling")
+
+
+def flow_run_trigger(
+    events: Iterable[str],
+    deployment_ids: Iterable[UUID],
+    *,
+    after: Iterable[str] = (),
+    within: timedelta = timedelta(0),
+    posture: Literal[Posture.Reactive, Posture.Proactive] = Posture.Reactive,
+) -> EventTrigger:
+    """A trigger on `prefect.flow-run.<event>` of the runs of these deployments, counted per flow run."""
+    return EventTrigger(
+        after={f"prefect.flow-run.{event}" for event in after},
+        expect={f"prefect.flow-run.{event}" for event in events},
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related={"prefect.resource.role": "deployment", "prefect.resource.id": [f"prefect.deployment.{id}" for id in deployment_ids]},
+        for_each={"prefect.resource.id"},
+        posture=posture,
+        threshold=1,
+        within=within,
+    )
+
+
+def jinja_literal(value: Any) -> str:
+    """`value` as a Jinja literal (a flow parameter's default in a template).
+
+    Example:
+        >>> [jinja_literal(value) for value in (None, True, 60, 0.5, "churn")]
+        ['none', 'true', '60', '0.5', '"churn"']
+    """
+    if isinstance(value, Enum):
+        value = value.value
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    raise TypeError(f"no Jinja literal for a default of type {type(value).__name__}")
+
+
+def retry_parameters(function: Callable[..., Any]) -> dict[str, str]:
+    """Parameters of a run that repeats the crashed run of the triggering event: each of the flow function's parameters
+    as that run had it (its default when it was not given), `retry_of` the crashed run's id and `attempt` one more.
+    Each value is one template expression, so it renders with its JSON type (Prefect's `| tojson` wrapping).
+
+    Example:
+        >>> def flow_function(model_name: str, window_minutes: float = 60, retry_of: str | None = None, attempt: int = 1): ...
+        >>> retry_parameters(flow_function)["window_minutes"], retry_parameters(flow_function)["attempt"]
+        ("{{ flow_run.parameters.get('window_minutes', 60) }}", "{{ (flow_run.parameters.get('attempt', 1) + 1) }}")
+    """
+    parameters = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        default = None if parameter.default is inspect.Parameter.empty else parameter.default
+        parameters[name] = "{{ flow_run.parameters.get(" + repr(name) + ", " + jinja_literal(default) + ") }}"
+    parameters["retry_of"] = "{{ flow_run.id | string }}"
+    # in parentheses: Prefect appends `| tojson` to a single expression, and a filter binds tighter than `+`
+    parameters["attempt"] = "{{ (flow_run.parameters.get('attempt', 1) + 1) }}"
+    return parameters
 
 
 def run(deployment_ids: dict[str, UUID], deployment: str, parameters: dict[str, Any]) -> RunDeployment:
@@ -141,6 +217,13 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
     # the scheduled and the evidence-triggered sweep may report one breach in the same second: one stop per sweep interval
     # (the flow itself joins the model's open incident after that, so a breach that persists stays one incident)
     emergency_debounce = timedelta(seconds=policy.monitor_interval_seconds)
+    # the ladder's own runs: lost with their worker -> Crashed -> run again (the flows join the incident and count attempts)
+    from prefect_crisis.flows.emergency import emergency_stop
+    from prefect_crisis.flows.response import crisis_response
+    from prefect_crisis.tasks.response.episodes import RESPONSE_ATTEMPTS
+
+    stalled = timedelta(seconds=HEARTBEAT_SECONDS * STALLED_AFTER_HEARTBEATS)
+    responders = [deployment_ids[name] for name in (CRISIS_RESPONSE, EMERGENCY_STOP) if name in deployment_ids]
     # step -> (description, its trigger (given further label matches), its actions, what its page says or None)
     steps: dict[LadderStep, tuple[str, Callable[..., EventTrigger], list[ActionTypesOrUnknown], str | None]] = {
         LadderStep.WARNING: (
@@ -237,6 +320,34 @@ def ladder(policy: EscalationPolicy, deployment_ids: dict[str, UUID], notificati
                 model_trigger, {CrisisEvent.LABELS_RECORDED, CrisisEvent.SERVING_ERRORS}, within=timedelta(seconds=policy.monitor_interval_seconds)
             ),
             [run(deployment_ids, HEALTH_MONITOR, {"model_names": [MODEL]})],
+            None,
+        ),
+        LadderStep.STALLED: (
+            f"A crisis response or emergency stop sent no heartbeat for {stalled.total_seconds():g} s ({STALLED_AFTER_HEARTBEATS} "
+            f"heartbeats of {HEARTBEAT_SECONDS} s) and did not end: its worker died with it. Mark the run Crashed (not forced: a run "
+            "that ended meanwhile keeps its state), so crisis-retry-* runs it again.",
+            lambda: flow_run_trigger((*RUN_ENDED, "heartbeat"), responders, after={"heartbeat"}, within=stalled, posture=Posture.Proactive),
+            [
+                ChangeFlowRunState(
+                    state=StateType.CRASHED,
+                    name="Crashed",
+                    force=False,
+                    message=f"no heartbeat for {stalled.total_seconds():g} s: its worker is gone",
+                )
+            ],
+            None,
+        ),
+        LadderStep.RETRY_RESPONSE: (
+            f"A crisis response crashed (its worker died): run it again with the same parameters; it joins the crashed run's "
+            f"incident, and after {RESPONSE_ATTEMPTS} runs hands the incident to the emergency step (ml.recovery.failed).",
+            lambda: flow_run_trigger({"Crashed"}, [deployment_ids[CRISIS_RESPONSE]]),
+            [run(deployment_ids, CRISIS_RESPONSE, retry_parameters(crisis_response.fn))],
+            None,
+        ),
+        LadderStep.RETRY_EMERGENCY: (
+            f"An emergency stop crashed (its worker died): run it again with the same parameters, at most {RESPONSE_ATTEMPTS} runs.",
+            lambda: flow_run_trigger({"Crashed"}, [deployment_ids[EMERGENCY_STOP]]),
+            [run(deployment_ids, EMERGENCY_STOP, retry_parameters(emergency_stop.fn))],
             None,
         ),
     }

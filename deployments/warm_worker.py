@@ -52,12 +52,13 @@ import anyio
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import InfrastructureNotAvailable, ObjectNotFound, TerminationSignal
 from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.settings import get_current_settings
 from prefect.states import Cancelled
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from prefect_crisis.core.prefect_compat import run_flow_in_this_process
 from prefect_crisis.core.waiting import Retrying, stop_never, wait_exponential
-from prefect_crisis.deployments.pools import WARM_POOL
+from prefect_crisis.deployments.pools import HEARTBEAT_SECONDS, WARM_POOL
 from prefect_crisis.deployments.process import recorded
 
 WARM_MODULE = __spec__.name  # this module, as `python -m` names it on the worker's command line (worker.WARM_MODULE)
@@ -310,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     seconds = warm_up()
     print(f"imported the crisis flows in {seconds:.1f} s", flush=True)
+    if not get_current_settings().flows.heartbeat_frequency:
+        print(
+            f"heartbeats are off: set PREFECT_FLOWS_HEARTBEAT_FREQUENCY={HEARTBEAT_SECONDS} so a run lost with this worker is "
+            "marked Crashed and run again by the ladder (crisis-stalled, crisis-retry-*); `crisis up --worker` sets it",
+            flush=True,
+        )
 
     def start() -> None:
         orphans = crash_orphans(options.pool)

@@ -23,7 +23,7 @@ from pathlib import Path
 from prefect_crisis.core.errors import StackError
 from prefect_crisis.core.paths import crisis_home
 from prefect_crisis.core.waiting import Retrying, stop_after_delay, wait_fixed
-from prefect_crisis.deployments.pools import POOL, WARM_POOL  # re-exported
+from prefect_crisis.deployments.pools import HEARTBEAT_SECONDS, POOL, WARM_POOL  # POOL, WARM_POOL re-exported
 from prefect_crisis.deployments.process import ManagedProcess, recorded
 
 WARM_MODULE = "prefect_crisis.deployments.warm_worker"  # how the warm worker is started, and recognised on a command line
@@ -102,6 +102,8 @@ def start_worker(
         PREFECT_API_URL=api_url,
         PREFECT_WORKER_QUERY_SECONDS=kind.query_seconds,
         PREFECT_WORKER_PREFETCH_SECONDS="5",
+        # its runs' heartbeats: the ladder's crisis-stalled marks a response Crashed after STALLED_AFTER_HEARTBEATS missed
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
         CRISIS_HOME=str(home),
         CRISIS_NO_AUTOCONNECT="1",
     )

@@ -12,7 +12,6 @@ another failed; the run ends Failed, with one line naming the failed steps.
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
@@ -33,6 +32,7 @@ from prefect_crisis.tasks.response.emergency import (
     resume_training_task,
     violation_of,
 )
+from prefect_crisis.tasks.response.episodes import Retry
 from prefect_crisis.tasks.response.incident import (
     close_episode,
     decide_rollback_task,
@@ -43,7 +43,7 @@ from prefect_crisis.tasks.response.incident import (
     model_features,
     new_incident_id,
     predict_with,
-    response_limit,
+    response_slot,
     scorable_rows,
     tag_response_run,
 )
@@ -187,6 +187,8 @@ def emergency_stop(
     window_minutes: float = 60,
     label_column: str = "label",
     window_path: str | None = None,
+    retry_of: str | None = None,
+    attempt: int = 1,
 ) -> State:
     """Stop a model's training and repair its serving; with `resolve`, undo the stop.
 
@@ -207,14 +209,23 @@ def emergency_stop(
         window_minutes: how far back that window goes.
         label_column: the label's column in that window.
         window_path: parquet/CSV of recent labelled rows to measure on instead of the inference log's window.
+        retry_of: the flow run this one repeats (the ladder's crisis-retry-emergency runs it when a stop crashed with its
+            worker): it joins that run's incident and acts on what serves now.
+        attempt: which run of the stop this is; past `RESPONSE_ATTEMPTS` it ends Failed without trying again (the
+            emergency was paged when it began).
     """
     quiet_expected_errors()  # expected errors are one log line wherever the flow runs
     registry = saved_block(ModelRegistry, registry_block) if registry_block else ModelRegistry(model_name=model_name)
     model = registry.model_name
     logger = get_run_logger()
+    retry = Retry.of_parameters(retry_of, attempt)
+    if retry is not None and retry.exhausted:
+        why = f"{'resolving the ' if resolve else ''}emergency stop of {model!r} crashed with its worker {retry.attempt - 1} times (last run {retry.of})"
+        logger.error("%s: not trying again", why)
+        return Failed(name="Gave up", message=f"{why}: not trying again")
     with get_client(sync_client=True) as client:
         if resolve:
-            with concurrency(response_limit(model), occupy=1, strict=True):  # never beside a stop that writes the record
+            with response_slot(model):  # never beside a stop that writes the record
                 record = EmergencyRecord.read(model)
                 if record is None:
                     return Completed(name="Nothing to resolve", message=f"{model!r} has no emergency stop in force")
@@ -239,7 +250,7 @@ def emergency_stop(
             logger.error("%s: acting on the default rollback policy", error)
             bound = BoundPolicy(RollbackPolicy(), f"defaults ({first_line(str(error))})")
         identifier = incident_id or new_incident_id()
-        with concurrency(response_limit(model), occupy=1, strict=True):
+        with response_slot(model):
             record = EmergencyRecord.read(model)
             joined = join_or_open_incident(
                 model,
@@ -251,11 +262,12 @@ def emergency_stop(
                 clock=registry.now,
                 incident_id=identifier,
                 fallback_serves=champion_is_fallback(registry),
+                retry=retry,
             )
             if joined is None:
                 return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")
             incident, timeline, episode = joined
-            tag_response_run(incident)
+            tag_response_run(incident, retry)
             registry.use(timeline=timeline)
             logger.info("emergency of %r (%s); rollback policy: %s", model, reason, bound.source)
             results = [
@@ -275,7 +287,7 @@ def emergency_stop(
                     inference_log_block,
                     window_minutes,
                     label_column,
-                    incident.id == identifier,
+                    incident.id == identifier and retry is None,
                     window_path,
                     return_state=True,
                 )

@@ -9,7 +9,6 @@ the model (`crisis-response-<model>`).
 """
 
 from prefect import flow, get_run_logger, tags
-from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed, State
 
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
@@ -19,6 +18,7 @@ from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, DecisionKind, Severity, ViolationType, is_drill_model
 from prefect_crisis.tasks.loading import bind_policy, saved_block
 from prefect_crisis.tasks.monitoring.dashboard import refresh_dashboard
+from prefect_crisis.tasks.response.episodes import Retry
 from prefect_crisis.tasks.response.incident import (
     close_episode,
     decide_rollback_task,
@@ -30,7 +30,7 @@ from prefect_crisis.tasks.response.incident import (
     model_features,
     new_incident_id,
     read_serving_history,
-    response_limit,
+    response_slot,
     scorable_rows,
     tag_response_run,
 )
@@ -56,6 +56,8 @@ def crisis_response(
     inference_log_block: str | None = None,
     window_minutes: float = 60,
     diagnose_only: bool = False,
+    retry_of: str | None = None,
+    attempt: int = 1,
 ) -> State:
     """Respond to one incident of one model.
 
@@ -75,6 +77,10 @@ def crisis_response(
             given; empty: the default log (`$CRISIS_HOME/inference.db`).
         window_minutes: how far back that window goes.
         diagnose_only: stop after the diagnosis (a Completed state named "Diagnosed"): the warning step of the ladder.
+        retry_of: the flow run this one repeats (the ladder's crisis-retry-response runs it when a response crashed with
+            its worker): it joins that run's incident and acts on what serves now, even where the crashed run moved an alias.
+        attempt: which run of the response this is; past `RESPONSE_ATTEMPTS` it gives the incident to the emergency step
+            (ml.recovery.failed) instead of trying again.
     """
     quiet_expected_errors()  # expected errors are one log line wherever the flow runs
     registry = saved_block(ModelRegistry, registry_block) if registry_block else ModelRegistry(model_name=model_name)
@@ -86,12 +92,13 @@ def crisis_response(
         raise
     policy = bound.policy
     identifier = incident_id or new_incident_id()
+    retry = Retry.of_parameters(retry_of, attempt)
     timeline = None
     try:
-        with concurrency(response_limit(registry.model_name), occupy=1, strict=True):
+        with response_slot(registry.model_name):
             # read once, the rows a lost store left pending settled first; every step of the incident uses this snapshot
             audit = registry.settled_snapshot()
-            if audit.handled(identifier) and (triggering_event_id is None or triggering_event_id == identifier):
+            if retry is None and audit.handled(identifier) and (triggering_event_id is None or triggering_event_id == identifier):
                 return Completed(name="Already handled", message=f"incident {identifier} was handled before; nothing changed")
             champion = registry.champion()
             if champion is None:
@@ -109,10 +116,16 @@ def crisis_response(
                 clock=registry.now,
                 incident_id=identifier,
                 fallback_serves=champion.is_fallback,
+                retry=retry,
             )
             if joined is None:
                 return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")
             incident, timeline, episode = joined
+            tag_response_run(incident, retry)
+            if retry is not None and retry.exhausted and not diagnose_only:  # the emergency step (a person, paged) takes it
+                why = f"the response crashed with its worker {retry.attempt - 1} times (last run {retry.of}): not trying again"
+                timeline.emit(CrisisEvent.RECOVERY_FAILED, registry.model_name, {"reason": why, "attempts": []}, version=champion.version)
+                return Failed(name="Not recovered", message=f"incident {incident.id}: {why}")
             logger = timeline.logger(get_run_logger(), registry.model_name, champion.version)
             logger.info(
                 "using %s; labelled window %s; rollback policy: %s",
@@ -120,7 +133,6 @@ def crisis_response(
                 window_path or "from the inference log",
                 bound.source,
             )
-            tag_response_run(incident)
             try:
                 window = (
                     load_frame(window_path)
@@ -182,7 +194,7 @@ def crisis_response(
                     audit,
                     timeline,
                     live,
-                    skip_if_handled=incident.id == identifier,
+                    skip_if_handled=incident.id == identifier and retry is None,
                     history=history,
                 )
                 close_episode(registry, episode)

@@ -12,8 +12,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 
@@ -34,6 +38,19 @@ def model_slot(purpose: str, model: str) -> str:
 def response_limit(model: str) -> str:
     """Name of the model's response limit (a response, an emergency stop), created (limit 1) if missing."""
     return model_slot("response", model)
+
+
+# A held slot's lease, renewed while its holder lives: a response killed with its worker frees the model's slot within this
+# long (Prefect's default, 300 s, would hold the retry of that response for five minutes).
+RESPONSE_LEASE_SECONDS = 60
+
+
+@contextmanager
+def response_slot(model: str) -> Iterator[None]:
+    """Hold the model's response slot: one response or emergency stop of a model at a time. A lease renewal that fails (the
+    server away for a moment) does not end the response; the lease then lapses after RESPONSE_LEASE_SECONDS."""
+    with concurrency(response_limit(model), occupy=1, strict=True, lease_duration=RESPONSE_LEASE_SECONDS, raise_on_lease_renewal_failure=False):
+        yield
 
 
 def training_limit(model: str) -> str:

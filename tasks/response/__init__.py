@@ -70,6 +70,7 @@ _EXPORTS = {
     "predict_with": "scoring",
     "render_diagnosis": "diagnosis_view",
     "response_limit": "incident",
+    "response_slot": "incident",
     "scorable_rows": "scoring",
     "store_unavailable": "reading",
     "tag_response_run": "incident",

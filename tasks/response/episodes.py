@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from prefect.variables import Variable
 
+RESPONSE_ATTEMPTS = 3  # runs of one response (or emergency stop) whose workers died, before the incident goes up the ladder
 EVENTS_KEPT = 20  # triggering events remembered per episode: a late duplicate of an older one is rare, and is held by the cool-down
 
 
@@ -67,6 +68,29 @@ class Episode:
     def touched(self, now: datetime, event_id: str | None, state: EpisodeState | None = None) -> Episode:
         events = self.events if not event_id or event_id in self.events else (*self.events, event_id)[-EVENTS_KEPT:]
         return replace(self, updated_at=now.isoformat(), events=events, state=state or self.state)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A run that repeats a crashed one (the ladder's crisis-retry-* automations): the crashed run's id and this run's attempt.
+
+    Example:
+        >>> Retry.of_parameters(None, 1) is None, Retry.of_parameters("run-1", 2).exhausted, Retry("run-2", 4).exhausted
+        (True, False, True)
+    """
+
+    of: str
+    attempt: int
+
+    @classmethod
+    def of_parameters(cls, retry_of: str | None, attempt: int) -> Retry | None:
+        """The retry a flow's `retry_of` and `attempt` parameters describe; None for a first run."""
+        return cls(retry_of, attempt) if retry_of else None
+
+    @property
+    def exhausted(self) -> bool:
+        """This run is past RESPONSE_ATTEMPTS: it must not try again."""
+        return self.attempt > RESPONSE_ATTEMPTS
 
 
 def episode_name(model: str) -> str:

@@ -11,15 +11,16 @@ from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.core.errors import CrisisError
 from prefect_crisis.core.timeline import Incident, Timeline
 from prefect_crisis.core.vocabulary import CrisisEvent, Severity, ViolationType
-from prefect_crisis.tasks.model_slots import response_limit
+from prefect_crisis.tasks.model_slots import response_limit, response_slot
 from prefect_crisis.tasks.response.diagnosis_view import plot_diagnosis, render_diagnosis
-from prefect_crisis.tasks.response.episodes import Episode, EpisodeState, new_episode, read_episode, write_episode
+from prefect_crisis.tasks.response.episodes import Episode, EpisodeState, Retry, new_episode, read_episode, write_episode
 from prefect_crisis.tasks.response.reading import STORE_RETRY_DELAYS, model_features, read_serving_history, store_unavailable
 from prefect_crisis.tasks.response.scoring import MEASURED_VERSIONS, live_window, measure_versions, predict_with, scorable_rows, verifier
 from prefect_crisis.tasks.response.tasks import TOP_FINDINGS, decide_rollback_task, diagnose_model, execute_recovery_task
@@ -43,6 +44,7 @@ __all__ = [
     "read_serving_history",
     "render_diagnosis",
     "response_limit",
+    "response_slot",
     "scorable_rows",
     "store_unavailable",
     "tag_response_run",
@@ -60,24 +62,34 @@ def open_incident(
     drill: bool = False,
     timeline: Timeline | None = None,
     clock: Callable[[], datetime] | None = None,
+    retry: Retry | None = None,
 ) -> tuple[Incident, Timeline]:
-    """Open the incident once, emit `ml.incident.opened`, and give the timeline bound to it."""
+    """Open the incident once, emit `ml.incident.opened` (naming the crashed run a `retry` repeats), and give the timeline
+    bound to it."""
     base = timeline or Timeline(clock=clock)
     incident = Incident(incident_id, model, Severity(severity), ViolationType(violation), base.clock(), triggering_event_id, drill)
     bound = base.bound(incident)
-    bound.emit(CrisisEvent.INCIDENT_OPENED, model, {"flow_run_id": flow_run.get_id(), **incident.to_dict()})
+    bound.emit(CrisisEvent.INCIDENT_OPENED, model, {"flow_run_id": flow_run.get_id(), **incident.to_dict(), **retried(retry)})
     return incident, bound
 
 
-def tag_response_run(incident: Incident) -> None:
-    """Add the tag `incident:<id>` to the current flow run (an automation cannot name it in advance)."""
-    run_id = flow_run.get_id()
-    if not run_id:
-        return
+def retried(retry: Retry | None) -> dict[str, str | int]:
+    """What an incident event says of the crashed run a retry repeats (nothing for a first run)."""
+    return {"retry_of": retry.of, "attempt": retry.attempt} if retry is not None else {}
+
+
+def tag_response_run(incident: Incident, retry: Retry | None = None) -> None:
+    """Add the tag `incident:<id>` to the current flow run (an automation cannot name it in advance), and to the crashed run
+    a `retry` repeats (it may have crashed before it knew its incident): the incident's runs are one filter in the UI."""
+    run_ids = [run_id for run_id in (flow_run.get_id(), retry.of if retry is not None else None) if run_id]
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(UUID(run_id))
-        if incident.run_tag not in run.tags:
-            client.update_flow_run(UUID(run_id), tags=[*run.tags, incident.run_tag])
+        for run_id in run_ids:
+            try:
+                run = client.read_flow_run(UUID(run_id))
+            except (ObjectNotFound, ValueError):  # a retry_of that names no run (a hand-made retry): tag this run only
+                continue
+            if incident.run_tag not in run.tags:
+                client.update_flow_run(UUID(run_id), tags=[*run.tags, incident.run_tag])
 
 
 def join_or_open_incident(
@@ -91,15 +103,18 @@ def join_or_open_incident(
     clock: Callable[[], datetime],
     incident_id: str | None = None,
     fallback_serves: bool = False,
+    retry: Retry | None = None,
 ) -> tuple[Incident, Timeline, Episode] | None:
     """The incident this response belongs to: the model's current episode when it is joinable (one incident per episode;
     `ml.incident.joined` says so), else a new one (`ml.incident.opened`). None: the triggering event was answered already.
-    Call it holding the model's concurrency slot."""
+    A `retry` (a run repeating a crashed one) answers the crashed run's event again and joins its incident when it is the
+    episode's. Call it holding the model's concurrency slot."""
     now = clock()
     episode = read_episode(model)
-    if episode is not None and episode.answered(event_id):
+    if episode is not None and episode.answered(event_id) and retry is None:
         return None
-    if episode is not None and episode.joinable(now, quiet_minutes, fallback_serves):
+    retrying = retry is not None and episode is not None and episode.incident == (incident_id or event_id)
+    if episode is not None and (retrying or episode.joinable(now, quiet_minutes, fallback_serves)):
         incident = Incident(
             episode.incident,
             model,
@@ -118,12 +133,20 @@ def join_or_open_incident(
                 "triggering_event_id": event_id,
                 "severity": Severity(severity).value,
                 "episode_state": episode.state.value,
+                **retried(retry),
             },
         )
         episode = episode.touched(now, event_id)
     else:
         incident, timeline = open_incident(
-            model, incident_id or event_id or new_incident_id(), severity, violation, triggering_event_id=event_id, drill=drill, clock=clock
+            model,
+            incident_id or event_id or new_incident_id(),
+            severity,
+            violation,
+            triggering_event_id=event_id,
+            drill=drill,
+            clock=clock,
+            retry=retry,
         )
         episode = new_episode(incident.id, incident.severity.value, incident.violation.value, now, event_id, incident.drill)
     write_episode(model, episode)

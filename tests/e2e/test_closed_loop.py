@@ -389,6 +389,74 @@ def test_the_silent_monitor_drill_waits_out_the_deployed_window(stack):
     assert run["facts"]["incidents"] == 1 and run["facts"]["end_accuracy"] == run["facts"]["pre_accuracy"]
 
 
+def up_workers(home) -> subprocess.CompletedProcess:
+    """`crisis up --worker --postgres` on the module's running stack: it starts the workers that are gone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+    env.update(CRISIS_HOME=str(home), COLUMNS="200")
+    return subprocess.run([*CLI, "up", "--worker", "--postgres"], env=env, capture_output=True, text=True, timeout=240)
+
+
+def heartbeats_of(run_id) -> list:
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            EventFilter(
+                event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+            ),
+            limit=50,  # the client's default (100) is over the server's maximum
+        )
+    return page.events
+
+
+@pytest.mark.timeout(900)
+def test_a_response_killed_with_its_worker_is_marked_crashed_run_again_and_recovers_in_one_incident(stack):
+    """kill -9 of the warm worker while a response runs (held at the model's slot, so it is mid-run for sure): its
+    heartbeats stop, crisis-stalled marks it Crashed, crisis-retry-response runs it again once `crisis up --worker` has
+    a worker back; the retry rolls the degraded champion back, in the crashed run's incident, both runs tagged with it."""
+    import signal
+
+    from prefect.concurrency.sync import concurrency
+
+    from prefect_crisis.deployments.worker import WARM, read_worker
+    from prefect_crisis.tasks.model_slots import response_limit
+    from prefect_crisis.tasks.response.report import wait_for_incident_end
+
+    model = f"killed-{uuid.uuid4().hex[:6]}"
+    registry, good, bad = poisoned_after_stable(model, swapped=("f00", "f05"))
+    keys, labels = serve(registry, InferenceLog(), seed=530)
+    record_labels(InferenceLog(), keys, labels, emit=False)  # the window the response reads
+    warm = read_worker(stack, WARM)
+    assert warm is not None
+    with concurrency(response_limit(model), occupy=1, strict=True):  # another response of this model holds the slot
+        emit_crisis_event(CrisisEvent.BREACH_CRITICAL, model, {"metric": "error_rate", "value": 0.32, "threshold": 0.19}, version=bad)
+        first = wait_for(lambda: [run for run in response_runs(model) if run.state_name == "Running"], bool, timeout=LOOP_TIMEOUT, every=0.5)
+        assert first, "no response run started"
+        assert wait_for(lambda: heartbeats_of(first[0].id), bool, timeout=60, every=1), "a response in the warm worker sends no heartbeat"
+        os.kill(warm.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    crashed = wait_for(lambda: [run for run in response_runs(model) if run.state_name == "Crashed"], bool, timeout=300, every=2)
+    assert crashed and crashed[0].id == first[0].id, "the response lost with its worker was not marked Crashed"
+    print(f"killed worker -> response marked Crashed by crisis-stalled after {time.monotonic() - killed_at:.0f} s (90 s without heartbeat)")
+    up = up_workers(stack)
+    assert up.returncode == 0, up.stdout + up.stderr
+    moves = wait_for(lambda: rolled_back(registry), bool, timeout=LOOP_TIMEOUT, every=0.5)
+    assert moves and moves[-1].to_version == good and registry.champion().version == good
+    runs = wait_for(lambda: response_runs(model), lambda runs: any(run.state_name == "Recovered" for run in runs), timeout=LOOP_TIMEOUT, every=1)
+    retry = [run for run in runs if run.state_name == "Recovered"]
+    assert len(runs) == 2 and retry, [(run.state_name, run.parameters.get("attempt")) for run in runs]
+    assert (retry[0].parameters["retry_of"], retry[0].parameters["attempt"]) == (str(first[0].id), 2)
+    incident = first[0].parameters["incident_id"]  # the breach event's id
+    assert retry[0].parameters["incident_id"] == incident and retry[0].parameters["window_minutes"] == 60
+    assert moves[-1].incident == incident
+    assert all(f"incident:{incident}" in run.tags for run in response_runs(model)), "both runs are the incident's"
+    report = wait_for_incident_end(incident, timeout=60)
+    assert {"incident.opened", "model.rolled-back", "recovery.succeeded"} <= {step.step for step in report.steps}
+    code, board = status_of(stack, model)
+    assert code == 0 and len(board["incidents"]) == 1
+
+
 @pytest.mark.timeout(600)
 def test_a_breach_sent_while_the_server_restarts_reaches_the_response(stack):
     """The Prefect server goes down as a breach is emitted and comes back on the same database and port: the

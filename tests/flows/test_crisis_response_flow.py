@@ -197,3 +197,60 @@ def test_an_empty_labelled_window_in_a_named_log_fails_the_response_in_one_line_
     message = state.message or ""
     assert "no labelled predictions" in message and "window_path" in message and "record labels" in message, message
     assert str(tmp_path / "inference.db") in message and registry.champion() is not None
+
+
+def test_a_retry_of_a_crashed_response_acts_in_its_incident_where_a_first_run_would_call_the_event_answered(model, window_path):
+    """The crashed run opened the incident for its event and died before acting: the event is in the episode, so a
+    second delivery changes nothing; the ladder's retry (retry_of, attempt) acts on what serves now, in that incident."""
+    _registry, good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
+    crashed = crisis_response(
+        model_name=model, window_path=window_path, incident_id="ev-1", triggering_event_id="ev-1", diagnose_only=True, return_state=True
+    )
+    assert crashed.name == "Diagnosed"
+    again = crisis_response(model_name=model, window_path=window_path, incident_id="ev-1", triggering_event_id="ev-1", return_state=True)
+    assert again.name == "Already handled" and ModelRegistry(model_name=model).champion().version == poisoned
+
+    crashed_run = str(crashed.state_details.flow_run_id)
+    retry = crisis_response(
+        model_name=model,
+        window_path=window_path,
+        incident_id="ev-1",
+        triggering_event_id="ev-1",
+        retry_of=crashed_run,
+        attempt=2,
+        return_state=True,
+    )
+    assert retry.name == "Recovered", retry.message
+    live = ModelRegistry(model_name=model)
+    last = live.audit_trail("champion")[-1]
+    assert (live.champion().version, last.from_version, last.to_version, last.incident) == (good, poisoned, good, "ev-1")
+    events = wait_for(lambda: read_crisis_events(model, prefix="ml.incident"), lambda found: any(e.event == "ml.incident.joined" for e in found))
+    assert [e.event for e in events].count("ml.incident.opened") == 1  # one incident: the retry joined it
+    joined = next(e for e in events if e.event == "ml.incident.joined" and e.payload.get("retry_of"))
+    assert (joined.payload["retry_of"], joined.payload["attempt"]) == (crashed_run, 2)
+    with get_client(sync_client=True) as client:
+        assert "incident:ev-1" in client.read_flow_run(retry.state_details.flow_run_id).tags
+
+
+def test_a_response_past_its_attempts_hands_the_incident_to_the_emergency_step_and_moves_nothing(model, window_path):
+    from prefect_crisis.tasks.response.episodes import RESPONSE_ATTEMPTS
+
+    _registry, _good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
+    with get_client(sync_client=True) as client:  # the crashed run: it died before it knew its incident
+        crashed = client.create_flow_run(crisis_response, parameters={"model_name": model})
+    state = crisis_response(
+        model_name=model,
+        window_path=window_path,
+        incident_id="ev-2",
+        triggering_event_id="ev-2",
+        retry_of=str(crashed.id),
+        attempt=RESPONSE_ATTEMPTS + 1,
+        return_state=True,
+    )
+    assert state.is_failed() and f"crashed with its worker {RESPONSE_ATTEMPTS} times" in state.message, state.message
+    assert ModelRegistry(model_name=model).champion().version == poisoned
+    events = wait_for(lambda: read_crisis_events(model, prefix="ml."), lambda found: any(e.event == "ml.recovery.failed" for e in found))
+    failed = next(e for e in events if e.event == "ml.recovery.failed")
+    assert "not trying again" in failed.payload["reason"]
+    with get_client(sync_client=True) as client:  # the crashed run is the incident's too: one filter shows both
+        assert "incident:ev-2" in client.read_flow_run(crashed.id).tags

@@ -100,3 +100,13 @@ def test_a_failing_step_fails_the_run_and_the_others_still_run(monkeypatch):
             assert client.read_deployment(deployment_id).paused is True
     finally:
         clear_stop_flag(model)
+
+
+def test_an_emergency_stop_past_its_attempts_gives_up_without_acting():
+    from prefect_crisis.tasks.response.episodes import RESPONSE_ATTEMPTS
+
+    model = f"emergency-{uuid.uuid4().hex[:8]}"
+    registry, _good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
+    state = emergency_stop(model_name=model, incident_id="ev-3", retry_of=str(uuid.uuid4()), attempt=RESPONSE_ATTEMPTS + 1, return_state=True)
+    assert state.is_failed() and state.name == "Gave up" and f"{RESPONSE_ATTEMPTS} times" in state.message
+    assert read_stop_flag(model) is None and registry.champion().version == poisoned

@@ -31,19 +31,23 @@ def by_name(policy: EscalationPolicy | None = None, notification=None) -> dict:
     return {automation.name: automation for automation in ladder(policy, IDS, notification)}
 
 
+MODEL_STEPS = [
+    "crisis-warning",
+    "crisis-critical",
+    "crisis-escalate-warnings",
+    "crisis-emergency",
+    "crisis-resolved",
+    "crisis-monitor-silent",
+    "crisis-stopgap",
+    "crisis-evidence",
+]
+RUN_STEPS = ["crisis-stalled", "crisis-retry-response", "crisis-retry-emergency"]  # on the ladder's own flow runs
+
+
 def test_every_step_is_one_automation_per_model_on_model_events():
     automations = by_name()
-    assert list(automations) == [
-        "crisis-warning",
-        "crisis-critical",
-        "crisis-escalate-warnings",
-        "crisis-emergency",
-        "crisis-resolved",
-        "crisis-monitor-silent",
-        "crisis-stopgap",
-        "crisis-evidence",
-    ]
-    for automation in automations.values():
+    assert list(automations) == MODEL_STEPS + RUN_STEPS
+    for automation in (automations[name] for name in MODEL_STEPS):
         assert automation.trigger.for_each == {"ml.model.name"}
         assert automation.trigger.match.model_dump()["prefect.resource.id"] == "ml.model.*"
         assert automation.enabled
@@ -202,3 +206,65 @@ def test_the_dead_mans_switch_watches_every_model_but_drill_models_other_than_th
 
     assert watched("churn") and watched("drill-monitor-silent-1a2b3c")
     assert not watched("drill-poisoned-retrain-1a2b3c") and not watched("drill-concept-drift-9")
+
+
+def test_a_response_whose_heartbeats_stop_is_marked_crashed_and_a_crashed_one_runs_again():
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+
+    automations = by_name()
+    responders = {f"prefect.deployment.{IDS[name]}" for name in (CRISIS_RESPONSE, EMERGENCY_STOP)}
+    stalled = automations["crisis-stalled"]
+    trigger = stalled.trigger
+    assert (trigger.posture, trigger.after, trigger.within, trigger.for_each) == (
+        "Proactive",
+        {"prefect.flow-run.heartbeat"},
+        timedelta(seconds=90),  # three missed heartbeats of 30 s
+        {"prefect.resource.id"},
+    )
+    # the next heartbeat or any end keeps it quiet; a run cancelling on purpose is never marked Crashed
+    assert trigger.expect == {f"prefect.flow-run.{name}" for name in ("heartbeat", "Completed", "Failed", "Crashed", "Cancelled", "Cancelling")}
+    related = trigger.match_related if isinstance(trigger.match_related, list) else [trigger.match_related]
+    assert set(related[0].model_dump()["prefect.resource.id"]) == responders and str(IDS[HEALTH_MONITOR]) not in str(related)
+    (action,) = stalled.actions
+    assert isinstance(action, ChangeFlowRunState) and action.state == StateType.CRASHED and action.force is False
+    for name, deployment in (("crisis-retry-response", CRISIS_RESPONSE), ("crisis-retry-emergency", EMERGENCY_STOP)):
+        retry = automations[name]
+        assert retry.trigger.expect == {"prefect.flow-run.Crashed"} and retry.trigger.posture == "Reactive"
+        related = retry.trigger.match_related if isinstance(retry.trigger.match_related, list) else [retry.trigger.match_related]
+        assert related[0].model_dump()["prefect.resource.id"] == [f"prefect.deployment.{IDS[deployment]}"]
+        assert retry.actions[0].deployment_id == IDS[deployment]
+
+
+@pytest.mark.parametrize("deployment", [CRISIS_RESPONSE, EMERGENCY_STOP])
+def test_a_retry_repeats_every_parameter_of_the_crashed_run_as_prefect_renders_it(deployment):
+    """Prefect's own server-side rendering of the retry's parameters against a crashed run: the run's values with their
+    types, the flow's defaults for what it was not given, the crashed run's id and the next attempt."""
+    import inspect
+    from uuid import uuid4
+
+    from prefect.server.events.actions import RunDeployment as ServerRunDeployment
+    from prefect.server.schemas.core import FlowRun
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    from prefect_crisis.flows.emergency import emergency_stop
+    from prefect_crisis.flows.response import crisis_response
+
+    function = (crisis_response if deployment == CRISIS_RESPONSE else emergency_stop).fn
+    name = "crisis-retry-response" if deployment == CRISIS_RESPONSE else "crisis-retry-emergency"
+    parameters = dict(by_name()[name].actions[0].parameters)
+    assert set(parameters) == set(inspect.signature(function).parameters)
+    given = {"model_name": "churn", "incident_id": "ev-1", "triggering_event_id": "ev-1", "window_minutes": 15.5}
+    crashed = FlowRun(id=uuid4(), flow_id=uuid4(), parameters={**given, "attempt": 2})
+    ServerRunDeployment._upgrade_v1_templates(parameters)
+    rendered = hydrate(parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"flow_run": crashed}))
+    assert {key: rendered[key] for key in given} == given
+    assert rendered["retry_of"] == str(crashed.id) and rendered["attempt"] == 3
+    defaults = {
+        key: p.default for key, p in inspect.signature(function).parameters.items() if key not in given and key not in ("retry_of", "attempt")
+    }
+    assert {key: rendered[key] for key in defaults} == {key: getattr(value, "value", value) for key, value in defaults.items()}
+    first = FlowRun(id=uuid4(), flow_id=uuid4(), parameters={"model_name": "churn"})  # a first run has no attempt parameter
+    parameters = dict(by_name()[name].actions[0].parameters)
+    ServerRunDeployment._upgrade_v1_templates(parameters)
+    assert hydrate(parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"flow_run": first}))["attempt"] == 2
