@@ -29,11 +29,11 @@ demo: $(STAMP)
 	if [ -n "$(KEEP)" ]; then $(BIN)/crisis status; echo "the stack stays up: open the URLs above; '$(BIN)/crisis down' stops it"; \
 	else $(BIN)/crisis down; fi; exit $$status
 
-# Four workers on two cores (the end-to-end tests mostly wait on servers): each of the four end-to-end groups
-# (the stack commands, the closed loop, the deployed runs, the docs' blocks) one test after another in one worker, the
-# modules of the unit and flow tests around them (tests/conftest.py, unit_of_work); the slowest 20 are listed at the end.
+# Three workers on two cores (the end-to-end tests mostly wait on servers): each of the three end-to-end groups
+# (the stack commands, the closed loop, the docs' blocks) one test after another in one worker, the modules of the
+# unit and flow tests around them (tests/conftest.py, unit_of_work); the slowest 20 are listed at the end.
 test: lint
-	$(BIN)/python -m pytest -n 4 --durations=20
+	$(BIN)/python -m pytest -n 3 --durations=20
 
 # ruff (lint, import order, format) and mypy against its baseline (.ci/typecheck): part of make test.
 lint: $(STAMP)

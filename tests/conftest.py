@@ -51,17 +51,17 @@ def crisis_home(tmp_path, monkeypatch):
     return home
 
 
-# `make test` runs `pytest -n 4`: four workers on the 2-core machine, since most of an end-to-end test's time is spent
+# `make test` runs `pytest -n 3`: three workers on the 2-core machine, since most of an end-to-end test's time is spent
 # waiting for servers, runs and events. A test goes to a worker with the rest of its unit of work: its module (so a
-# module's fixtures start once), or for the end-to-end tests one of four groups, each run one test after another in one
-# worker: the stack commands (`crisis up`, serve, the faults), the closed loop (the ladder on a live stack), the deployed
-# runs on the process worker (cancel, a worker elsewhere), and the docs' blocks (one long test). The groups come first in
-# collection order and are handed out first, so the longest work starts at once; the modules fill in around them.
+# module's fixtures start once), or for the end-to-end tests one of three groups, each run one test after another in one
+# worker: the stack commands (`crisis up`, serve, the faults), the closed loop (the ladder on a live stack), and the docs'
+# blocks (one long test). The groups come first in collection order and are handed out first, so the longest work
+# starts at once; the modules fill in around them.
 E2E_GROUPS = {
     "tests/e2e/test_readme.py": "e2e-docs",
     "tests/e2e/test_closed_loop.py": "e2e-loop",
-    "tests/e2e/test_cancel_deployed_run.py": "e2e-workers",
-    "tests/e2e/test_worker_deploy.py": "e2e-workers",
+    "tests/e2e/test_cancel_deployed_run.py": "e2e-loop",
+    "tests/e2e/test_worker_deploy.py": "e2e-loop",
 }
 
 
