@@ -27,6 +27,7 @@ them; it is not a feature (drop it before scoring or slicing by features).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from prefect_crisis.blocks.inference_log import InferenceLog
 from prefect_crisis.core.errors import DataInputError, InputErrorReason
@@ -43,7 +45,7 @@ from prefect_crisis.core.paths import validate_model_name
 from prefect_crisis.core.timeline import Timeline, utc_now
 from prefect_crisis.core.vocabulary import CrisisEvent, Responder
 from prefect_crisis.tasks.loading import saved_block
-from prefect_crisis.tasks.serving.log_database import read_models, read_rows, store_labels, writer_for
+from prefect_crisis.tasks.serving.log_database import label_spool_folder, read_models, read_rows, store_labels, writer_for
 from prefect_crisis.tasks.serving.log_store import LOG_COLUMNS
 from prefect_crisis.tasks.serving.log_writer import InferenceLogWriter, LogStats, PredictionBatch, RequestError
 
@@ -82,14 +84,30 @@ def record_labels(log: InferenceLog, keys: Iterable[Any], labels: Iterable[Any],
     labelled, `requests`, `labels`), so an automation can run the health monitor for that model at once;
     labels of predictions not logged yet emit nothing. `timeline`: where the events go (default: Prefect events).
 
+    While the log's database is down the labels are spooled to disk like predictions (a warning says where) and
+    written, after the labels spooled before them, by the next `record_labels` or a serving writer of the same log
+    once the database answers; the health monitor's next sweep reads them.
+
     Raises:
-        InferenceLogError: not one label per key, or the log's database cannot be written.
+        InferenceLogError: not one label per key, or the database is down and the label spool cannot keep them all.
     """
-    count, covered = store_labels(log.settings(), keys, labels, utc_now().replace(tzinfo=None), by_model=emit)
+    settings = log.settings()
+    stored = store_labels(settings, keys, labels, utc_now().replace(tzinfo=None), by_model=emit)
+    if stored.spooled:
+        try:
+            logger: logging.Logger | logging.LoggerAdapter = get_run_logger()
+        except MissingContextError:  # outside a flow run: the inference log's own logger (serving's)
+            logger = logging.getLogger("prefect_crisis.inference_log")
+        logger.warning(
+            "inference log %s is down: %d labels spooled to %s; they are written when it answers",
+            settings.display_url,
+            stored.spooled,
+            label_spool_folder(settings),
+        )
     timeline = timeline or Timeline()
-    for model, figures in covered.items():
+    for model, figures in stored.covered.items():
         timeline.emit(CrisisEvent.LABELS_RECORDED, model, figures)
-    return count
+    return stored.count
 
 
 def logged_models(log: InferenceLog, start: datetime | None = None, end: datetime | None = None) -> list[str]:

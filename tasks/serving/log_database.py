@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -17,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from prefect_crisis.core.errors import InferenceLogError
+from prefect_crisis.tasks.serving.log_spool import Spool
 from prefect_crisis.tasks.serving.log_store import (
     create_tables,
     label_rows,
@@ -55,6 +58,7 @@ def writer_for(settings: InferenceLogSettings, clock: Callable[[], float] = time
         database_engine(settings),
         settings.spool_folder,
         spool_max_records=settings.spool_max_records,
+        label_spool_folder=label_spool_folder(settings),
         batch_rows=settings.batch_rows,
         flush_seconds=settings.flush_seconds,
         retry_seconds=settings.retry_seconds,
@@ -76,6 +80,73 @@ def failure(settings: InferenceLogSettings, doing: str, error: BaseException) ->
     )
 
 
+def label_spool_folder(settings: InferenceLogSettings) -> Path:
+    """Where labels wait while the log's database is down: beside its predictions' spool, one folder per database."""
+    return settings.spool_folder.with_name(settings.spool_folder.name + "-labels")
+
+
+@dataclass(frozen=True)
+class LabelsStored:
+    """What `store_labels` did: `count` labels given; `spooled` of them kept on disk because the database is down;
+    `flushed` labels spooled earlier and written now (before the new ones: a newer label of a key replaces an older);
+    `covered`: per model, what the labels written now cover in the logged predictions (with `by_model`)."""
+
+    count: int
+    covered: dict[str, dict[str, int]] = field(default_factory=dict)
+    spooled: int = 0
+    flushed: int = 0
+
+
+def upsert_label_segment(engine: Engine, rows: list[dict]) -> None:
+    """One spooled segment of labels in one transaction: a segment is deleted only once its labels are committed."""
+    with engine.begin() as connection:
+        create_tables(connection)
+        upsert_labels(connection, rows)
+
+
+def flush_label_spool(settings: InferenceLogSettings, engine: Engine) -> list[dict]:
+    """Write the labels spooled while the database was down, oldest first; returns them (none when nothing waits).
+
+    Raises:
+        the database's error when it fails again (what is not written stays spooled).
+    """
+    folder = label_spool_folder(settings)
+    if not folder.is_dir():
+        return []
+    written: list[dict] = []
+
+    def insert(rows: list[dict]) -> None:
+        upsert_label_segment(engine, rows)
+        written.extend(rows)
+
+    Spool(folder, settings.spool_max_records, database=settings.display_url).drain(insert)
+    return written
+
+
+def spool_labels(settings: InferenceLogSettings, rows: list[dict], error: BaseException) -> int:
+    """Keep labels the database refused on disk until it answers; returns how many.
+
+    Raises:
+        InferenceLogError: the spool cannot keep all of them (full, or its folder unusable): record them again later.
+    """
+    folder = label_spool_folder(settings)
+    try:
+        spool = Spool(folder, settings.spool_max_records, database=settings.display_url)
+        kept, dropped = spool.append(rows)
+        spool.close()
+    except OSError as spool_error:
+        raise InferenceLogError(
+            f"{failure(settings, 'write labels to', error)}; the label spool {folder} is unusable too "
+            f"({type(spool_error).__name__}): nothing kept, record these {len(rows)} labels again later"
+        ) from None
+    if dropped:
+        raise InferenceLogError(
+            f"{failure(settings, 'write labels to', error)}; the label spool {folder} is full ({settings.spool_max_records} "
+            f"records): {kept} of {len(rows)} labels kept, record them again later (a label given twice counts once)"
+        )
+    return kept
+
+
 def store_labels(
     settings: InferenceLogSettings,
     keys: Iterable[Any],
@@ -83,12 +154,12 @@ def store_labels(
     labelled_at: datetime,
     *,
     by_model: bool = True,
-) -> tuple[int, dict[str, dict[str, int]]]:
-    """Write labels (see `record_labels`): how many, and with `by_model` what they cover per model in the
-    logged predictions (`labelled_by_model`; empty without).
+) -> LabelsStored:
+    """Write labels (see `record_labels`), after any the database refused earlier; while it is down they are spooled
+    to disk (`label_spool_folder`) and written by the next `store_labels` or by a serving writer once it answers.
 
     Raises:
-        InferenceLogError: not one label per key, or the database cannot be written.
+        InferenceLogError: not one label per key, or the database is down and the spool cannot keep them.
     """
     keys, labels = list(keys), list(labels)
     if len(keys) != len(labels):
@@ -96,15 +167,16 @@ def store_labels(
     rows = label_rows(keys, labels, labelled_at)
     engine = database_engine(settings)
     try:
+        earlier = flush_label_spool(settings, engine)
         with engine.begin() as connection:
             create_tables(connection)
             upsert_labels(connection, rows)
-            covered = labelled_by_model(connection, rows) if by_model else {}
+            covered = labelled_by_model(connection, earlier + rows) if by_model else {}
     except UNREACHABLE as error:
-        raise failure(settings, "write labels to", error) from None
+        return LabelsStored(len(rows), spooled=spool_labels(settings, rows, error))
     finally:
         engine.dispose()
-    return len(rows), covered
+    return LabelsStored(len(rows), covered, flushed=len(earlier))
 
 
 def read_models(settings: InferenceLogSettings, start: datetime | None = None, end: datetime | None = None) -> list[str]:

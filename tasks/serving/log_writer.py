@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,12 +25,13 @@ from sqlalchemy.engine import Engine
 
 from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.tasks.serving.log_spool import Spool
-from prefect_crisis.tasks.serving.log_store import batch_rows, create_tables, error_row, insert_predictions
+from prefect_crisis.tasks.serving.log_store import batch_rows, create_tables, error_row, insert_predictions, upsert_labels
 
 # A database that is down, unreachable or too slow: the records go to the spool.
 DATABASE_DOWN = (sa_exc.DBAPIError, sa_exc.TimeoutError, TimeoutError, ConnectionError)
 REPORT_EVERY_SECONDS = 10.0
 INSERT_CHUNK_ROWS = 10_000
+LABEL_CHECK_SECONDS = 5.0  # how often a writer looks for labels spooled by `record_labels` while the database was down
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +98,8 @@ class InferenceLogWriter:
         engine: the database (SQLAlchemy engine; nothing connects until the first write).
         spool_folder: where records wait while the database is down.
         spool_max_records: the spool's bound; records beyond it are dropped and counted.
+        label_spool_folder: where labels recorded while the database was down wait (`record_labels`); the writer writes
+            them once its own spool is flushed, so each label lands after the predictions it may label.
         batch_rows: rows per insert; the thread waits up to `flush_seconds` to fill a batch.
         retry_seconds: how long a database that failed is left alone before it is tried again.
         max_queue_rows: rows waiting in memory beyond which new batches go to the spool
@@ -111,6 +115,7 @@ class InferenceLogWriter:
         spool_folder,
         *,
         spool_max_records: int = 100_000,
+        label_spool_folder=None,
         batch_rows: int = 1_000,
         flush_seconds: float = 1.0,
         retry_seconds: float = 30.0,
@@ -123,6 +128,8 @@ class InferenceLogWriter:
         self._engine = engine
         self._spool_folder = spool_folder
         self._spool_max_records = spool_max_records
+        self._label_spool_folder = label_spool_folder
+        self._next_label_check = float("-inf")
         self._spool: Spool | None = None
         self._batch_rows = max(int(batch_rows), 1)
         self._flush_seconds = max(float(flush_seconds), 0.0)
@@ -310,20 +317,46 @@ class InferenceLogWriter:
         self._mark_up()
 
     def _retry_spool(self) -> None:
-        """Flush the spool while the database takes it and no new requests wait."""
-        if self._spool is None or self._spool.records == 0 or self._is_down():
+        """Flush the spool while the database takes it and no new requests wait; then the labels spooled meanwhile."""
+        if self._spool is None or self._is_down():
             return
         with self._lock:
             if self._submitted_rows - self._handled_rows > self._batch_rows:
                 return
+        if self._spool.records:
+            try:
+                flushed, unreadable = self._spool.drain(self._insert, limit=self._max_queue_rows)
+            except DATABASE_DOWN as error:
+                self._mark_down(error)
+                return
+            with self._lock:
+                self._flushed += flushed
+                self._dropped += unreadable
+        if self._spool.records == 0 and self._clock() >= self._next_label_check:
+            self._next_label_check = self._clock() + LABEL_CHECK_SECONDS
+            self._flush_labels()
+
+    def _flush_labels(self) -> None:
+        """Write the labels spooled while the database was down (`record_labels`), once the predictions' spool is empty."""
+        folder = self._label_spool_folder
+        if folder is None or not any(path.name != "database.txt" for path in Path(folder).glob("*")):
+            return
         try:
-            flushed, unreadable = self._spool.drain(self._insert, limit=self._max_queue_rows)
+            spool = Spool(folder, self._spool_max_records, database=self._display_url)
+            flushed, _ = spool.drain(self._insert_labels)
         except DATABASE_DOWN as error:
             self._mark_down(error)
             return
-        with self._lock:
-            self._flushed += flushed
-            self._dropped += unreadable
+        except OSError as error:
+            self._logger.error("inference log %s: label spool %s unreadable: %s", self._display_url, folder, self._scrub(error))
+            return
+        if flushed:
+            self._logger.info("inference log %s: %d spooled labels written", self._display_url, flushed)
+
+    def _insert_labels(self, rows: list[dict]) -> None:
+        with self._engine.begin() as connection:
+            create_tables(connection)
+            upsert_labels(connection, rows)
 
     def _to_spool(self, rows: list[dict]) -> None:
         spooled, dropped = self._spool.append(rows) if self._spool is not None else (0, len(rows))

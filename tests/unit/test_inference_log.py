@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, event, func, select
 
 from prefect_crisis.blocks import InferenceLog
 from prefect_crisis.core.errors import DataInputError, InferenceLogError, InputErrorReason
+from prefect_crisis.core.timeline import Timeline
 from prefect_crisis.core.vocabulary import Responder
 from prefect_crisis.tasks.serving.inference_log import (
     InferenceLogWriter,
@@ -34,7 +35,9 @@ from prefect_crisis.tasks.serving.inference_log import (
     read_window,
     record_labels,
 )
+from prefect_crisis.tasks.serving.log_database import label_spool_folder
 from prefect_crisis.tasks.serving.log_store import create_tables, insert_predictions, predictions
+from tests.helpers import wait_for
 
 LOGGER = "prefect_crisis.inference_log"
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -446,9 +449,67 @@ def test_a_password_is_in_no_log_line_error_repr_or_spool_file(tmp_path, writers
     assert secret not in repr(writer)
     spooled = "".join(path.read_text() for path in log.spool_folder.rglob("*") if path.is_file())
     assert "r0" in spooled and secret not in spooled
+    caplog.clear()
+    assert record_labels(log, ["r0"], [1]) == 1  # the database is down: the label is spooled, not refused
+    assert "labels spooled" in caplog.text and secret not in caplog.text
+    labels = "".join(path.read_text() for path in label_spool_folder(log.settings()).rglob("*") if path.is_file())
+    assert '"r0"' in labels and secret not in labels
+    full = log.model_copy(update={"spool_max_records": 1})  # the label spool holds one already: this one is refused
     with pytest.raises(InferenceLogError) as raised:
-        record_labels(log, ["r0"], [1])
+        record_labels(full, ["r1"], [0])
     assert secret not in str(raised.value) and "\n" not in str(raised.value) and "***" in str(raised.value)
+    assert "full" in str(raised.value) and "again later" in str(raised.value)
+
+
+def test_labels_recorded_while_the_database_is_down_are_spooled_and_land_after_their_predictions(log, writers, caplog):
+    """The outage the issue measured: predictions and labels both during it. Nothing is refused or lost; the serving
+    writer flushes its predictions, then the labels, so every label joins its prediction; labels given again later
+    replace the spooled ones, not the other way round."""
+    folder = make_db_folder_unusable(log)
+    clock = Clock()
+    writer = open_inference_log(log, clock=clock)
+    writers.append(writer)
+    for number in range(5):
+        writer.submit(batch(f"out-{number}", rows=4))
+    assert writer.flush() and writer.stats.spooled == 20
+    caplog.set_level(logging.WARNING)
+    keys = [(f"out-{number}", str(row)) for number in range(5) for row in range(4)]
+    assert record_labels(log, keys, [row % 2 for row in range(20)]) == 20  # not an error: spooled
+    assert "20 labels spooled" in caplog.text
+    spooled = label_spool_folder(log.settings())
+    assert sum(len(path.read_text().splitlines()) for path in spooled.iterdir() if path.name != "database.txt") == 20
+
+    bring_db_folder_back(folder)
+    clock.now += 61  # the writer's retry is due: predictions first, then the labels
+    assert writer.wait_for(lambda current: current.flushed == 20, timeout=15), writer.stats
+    window = wait_for(lambda: read_window(log, "churn"), lambda rows: len(rows) == 20, timeout=15)
+    assert len(window) == 20 and window["label"].astype(int).tolist().count(1) == 10
+    assert not [path for path in spooled.iterdir() if path.name != "database.txt"]
+
+
+def test_labels_spooled_earlier_are_written_before_newer_ones_by_the_next_record_labels(log, writers):
+    writer = open_inference_log(log, clock=Clock())
+    writers.append(writer)
+    writer.submit(batch("r1", rows=2))
+    assert writer.flush() and writer.stats.written == 2
+    writer.close()
+    folder = make_db_folder_unusable(log)
+    events = []
+    timeline = Timeline(sink=events.append)
+    assert record_labels(log, ["r1"], [0], timeline=timeline) == 1  # spooled: nothing to say yet
+    assert events == []
+    bring_db_folder_back(folder)
+    from prefect_crisis.tasks.serving.log_store import batch_rows
+
+    engine = create_engine(log.url)  # the database file is new: its predictions come again (no writer: it would flush the labels)
+    with engine.begin() as connection:
+        create_tables(connection)
+        insert_predictions(connection, batch_rows(batch("r1", rows=2)))
+    engine.dispose()
+    assert record_labels(log, [("r1", "0")], [1], timeline=timeline) == 1  # after the spooled request-wide label
+    window = read_window(log, "churn")
+    assert window.sort_values("row_id")["label"].astype(int).tolist() == [1, 0]  # the row's own label, then the request's
+    assert [event.payload["rows"] for event in events] == [2]  # one event: both labels, written now, cover two rows
 
 
 def test_the_default_log_lives_under_the_state_folder(crisis_home):
