@@ -20,7 +20,7 @@ T = TypeVar("T")
 FEATURES = feature_names(20)
 
 
-def wait_for(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 30.0, every: float = 0.25) -> T:
+def wait_for(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 30.0, every: float = 0.5) -> T:
     """Poll `read()` until `done(value)`: events reach the server asynchronously
     (emitted over a websocket, then persisted in batches). Returns the last value."""
     EventsWorker.drain_all()
