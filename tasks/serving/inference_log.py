@@ -99,10 +99,12 @@ def record_labels(log: InferenceLog, keys: Iterable[Any], labels: Iterable[Any],
         except MissingContextError:  # outside a flow run: the inference log's own logger (serving's)
             logger = logging.getLogger("prefect_crisis.inference_log")
         logger.warning(
-            "inference log %s is down: %d labels spooled to %s; they are written when it answers",
+            "inference log %s is down: %d labels spooled to %s (%d of %d waiting there); they are written when it answers",
             settings.display_url,
             stored.spooled,
             label_spool_folder(settings),
+            stored.in_spool,
+            settings.spool_max_records,
         )
     timeline = timeline or Timeline()
     for model, figures in stored.covered.items():

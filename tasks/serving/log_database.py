@@ -95,6 +95,7 @@ class LabelsStored:
     covered: dict[str, dict[str, int]] = field(default_factory=dict)
     spooled: int = 0
     flushed: int = 0
+    in_spool: int = 0  # labels waiting in the spool after this call (its bound: the log's spool_max_records)
 
 
 def upsert_label_segment(engine: Engine, rows: list[dict]) -> None:
@@ -123,8 +124,8 @@ def flush_label_spool(settings: InferenceLogSettings, engine: Engine) -> list[di
     return written
 
 
-def spool_labels(settings: InferenceLogSettings, rows: list[dict], error: BaseException) -> int:
-    """Keep labels the database refused on disk until it answers; returns how many.
+def spool_labels(settings: InferenceLogSettings, rows: list[dict], error: BaseException) -> tuple[int, int]:
+    """Keep labels the database refused on disk until it answers: (how many, how many wait in the spool now).
 
     Raises:
         InferenceLogError: the spool cannot keep all of them (full, or its folder unusable): record them again later.
@@ -144,7 +145,7 @@ def spool_labels(settings: InferenceLogSettings, rows: list[dict], error: BaseEx
             f"{failure(settings, 'write labels to', error)}; the label spool {folder} is full ({settings.spool_max_records} "
             f"records): {kept} of {len(rows)} labels kept, record them again later (a label given twice counts once)"
         )
-    return kept
+    return kept, spool.records
 
 
 def store_labels(
@@ -173,7 +174,8 @@ def store_labels(
             upsert_labels(connection, rows)
             covered = labelled_by_model(connection, earlier + rows) if by_model else {}
     except UNREACHABLE as error:
-        return LabelsStored(len(rows), spooled=spool_labels(settings, rows, error))
+        spooled, waiting = spool_labels(settings, rows, error)
+        return LabelsStored(len(rows), spooled=spooled, in_spool=waiting)
     finally:
         engine.dispose()
     return LabelsStored(len(rows), covered, flushed=len(earlier))

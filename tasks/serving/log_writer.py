@@ -31,6 +31,7 @@ from prefect_crisis.tasks.serving.log_store import batch_rows, create_tables, er
 DATABASE_DOWN = (sa_exc.DBAPIError, sa_exc.TimeoutError, TimeoutError, ConnectionError)
 REPORT_EVERY_SECONDS = 10.0
 INSERT_CHUNK_ROWS = 10_000
+SPOOL_WARN_AT = (0.5, 0.8, 0.95)  # fractions of the spool's bound at which the writer warns, once each while it fills
 LABEL_CHECK_SECONDS = 5.0  # how often a writer looks for labels spooled by `record_labels` while the database was down
 
 
@@ -130,6 +131,7 @@ class InferenceLogWriter:
         self._spool_max_records = spool_max_records
         self._label_spool_folder = label_spool_folder
         self._next_label_check = float("-inf")
+        self._warned_fill = 0.0  # the highest SPOOL_WARN_AT mark warned of since the spool was last below the first
         self._spool: Spool | None = None
         self._batch_rows = max(int(batch_rows), 1)
         self._flush_seconds = max(float(flush_seconds), 0.0)
@@ -332,6 +334,7 @@ class InferenceLogWriter:
             with self._lock:
                 self._flushed += flushed
                 self._dropped += unreadable
+            self._warn_filling()  # below the first mark again: the next fill warns anew
         if self._spool.records == 0 and self._clock() >= self._next_label_check:
             self._next_label_check = self._clock() + LABEL_CHECK_SECONDS
             self._flush_labels()
@@ -363,6 +366,29 @@ class InferenceLogWriter:
         with self._lock:
             self._spooled += spooled
             self._dropped += dropped
+        self._warn_filling()
+
+    def _warn_filling(self) -> None:
+        """A warning each time the spool passes a mark of its bound (SPOOL_WARN_AT), before it drops anything."""
+        if self._spool is None:
+            return
+        fill = self._spool.records / self._spool_max_records
+        if fill < SPOOL_WARN_AT[0]:
+            self._warned_fill = 0.0
+            return
+        mark = max(level for level in SPOOL_WARN_AT if fill >= level)
+        if mark <= self._warned_fill:
+            return
+        self._warned_fill = mark
+        self._logger.warning(
+            "inference log %s: the spool is %d%% full (%d of %d records, %s): at its bound new records are dropped; bring the "
+            "database back or raise spool_max_records",
+            self._display_url,
+            int(fill * 100),
+            self._spool.records,
+            self._spool_max_records,
+            self._spool_folder,
+        )
 
     def _is_down(self) -> bool:
         return self._down_until is not None and self._clock() < self._down_until

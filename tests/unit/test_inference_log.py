@@ -242,6 +242,7 @@ def test_a_full_spool_drops_exactly_what_is_over_its_bound_and_says_so(tmp_path,
     lines = sum(len(path.read_text().splitlines()) for path in log.spool_folder.iterdir() if path.name != "database.txt")
     assert lines == 50
     assert "50 records spooled" in caplog.text and "30 dropped" in caplog.text
+    assert "the spool is 100% full (50 of 50 records" in caplog.text and "raise spool_max_records" in caplog.text
 
 
 def test_records_spooled_by_a_process_that_stopped_are_flushed_by_the_next_writer(log, writers):
@@ -475,7 +476,7 @@ def test_labels_recorded_while_the_database_is_down_are_spooled_and_land_after_t
     caplog.set_level(logging.WARNING)
     keys = [(f"out-{number}", str(row)) for number in range(5) for row in range(4)]
     assert record_labels(log, keys, [row % 2 for row in range(20)]) == 20  # not an error: spooled
-    assert "20 labels spooled" in caplog.text
+    assert "20 labels spooled" in caplog.text and "(20 of 100000 waiting there)" in caplog.text
     spooled = label_spool_folder(log.settings())
     assert sum(len(path.read_text().splitlines()) for path in spooled.iterdir() if path.name != "database.txt") == 20
 
