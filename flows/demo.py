@@ -30,10 +30,10 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from prefect_crisis.blocks.inference_log import InferenceLog
-from prefect_crisis.blocks.registry import ModelRegistry
+from prefect_crisis.blocks.registry import ModelRegistry, first_line
 from prefect_crisis.blocks.rollback_policy import RollbackPolicy
 from prefect_crisis.blocks.training_policy import TrainingPolicy
-from prefect_crisis.core.errors import DemoError
+from prefect_crisis.core.errors import DemoError, IncidentError
 from prefect_crisis.core.paths import artifact_key, default_storage, validate_model_name
 from prefect_crisis.core.vocabulary import Severity
 from prefect_crisis.flows.monitoring import health_monitor
@@ -276,5 +276,10 @@ def crisis_demo(model_name: str | None = None, rows: int = 5_000, storage: str |
     summary.extend(_fallback_story(second_model, rows, storage))
     create_table_artifact(key=artifact_key("demo", model_name), table=summary, description="The demo, step by step")
     for incident in (rollback_incident, summary[-1]["condition"]):  # `crisis incident show` of the rollback, then of the fallback
-        print("\n".join(wait_for_incident_end(incident).lines()))
+        try:
+            print("\n".join(wait_for_incident_end(incident).lines()))
+        except IncidentError as error:  # the story happened (the summary says so); only its timeline is late on the server
+            print(
+                f"the timeline of incident {incident} is not on the server yet ({first_line(str(error))}): `crisis incident show {incident}` shows it once its events are stored"
+            )
     return summary

@@ -241,7 +241,8 @@ def test_the_dashboard_and_the_response_read_right_in_a_real_browser(stack, labe
         page.set_viewport_size({"width": 1400, "height": 2800})  # the UI scrolls inside its own pane: a tall window shows it all
         page.screenshot(path=str(shots / "dashboard.png"))
         page.set_viewport_size({"width": 1400, "height": 1000})
-        mlflow_link = page.locator("a[href*='/#/experiments/']").first.get_attribute("href")
+        # the MLflow link of this incident's row (the dashboard lists the model's incidents, newest first)
+        mlflow_link = page.locator("tr", has_text=incident).locator("a[href*='/#/experiments/']").first.get_attribute("href")
 
         page.goto(f"{ui}/runs/flow-run/{runs[0].id}", wait_until="networkidle")
         page.get_by_text("Recovered").first.wait_for()
