@@ -94,6 +94,7 @@ def crisis_response(
     identifier = incident_id or new_incident_id()
     retry = Retry.of_parameters(retry_of, attempt)
     timeline = None
+    plotted_for = identifier  # the incident whose MLflow run gets the health plot: the one this response joined, once known
     try:
         with response_slot(registry.model_name):
             # read once, the rows a lost store left pending settled first; every step of the incident uses this snapshot
@@ -121,6 +122,7 @@ def crisis_response(
             if joined is None:
                 return Completed(name="Already handled", message=f"event {triggering_event_id} was answered before; nothing changed")
             incident, timeline, episode = joined
+            plotted_for = incident.id
             tag_response_run(incident, retry)
             if retry is not None and retry.exhausted and not diagnose_only:  # the emergency step (a person, paged) takes it
                 why = f"the response crashed with its worker {retry.attempt - 1} times (last run {retry.of}): not trying again"
@@ -214,4 +216,4 @@ def crisis_response(
         raise
     finally:
         # the crisis-dashboard artifact follows every response; the health plot goes to the incident's MLflow run
-        refresh_dashboard(registry, get_run_logger(), incident=identifier)
+        refresh_dashboard(registry, get_run_logger(), incident=plotted_for)

@@ -224,7 +224,9 @@ def test_the_dashboard_and_the_response_read_right_in_a_real_browser(stack, labe
     # the registry moved before the response run ends (it still writes its report): wait for its final state
     runs = wait_for(lambda: [run for run in response_runs(model) if run.state_name == "Recovered"], bool, timeout=LOOP_TIMEOUT, every=0.5)
     assert runs, "no recovered response run"
-    incident = runs[0].parameters["incident_id"]
+    # the incident the response acted in: its tag (a response that joined the model's open episode acts in that incident,
+    # not in the one its parameters name)
+    incident = next(tag.removeprefix("incident:") for tag in runs[0].tags if tag.startswith("incident:"))
     ui = PREFECT_API_URL.value().removesuffix("/api")
     shots = screenshot_folder()
     with browser_page() as page:

@@ -254,3 +254,22 @@ def test_a_response_past_its_attempts_hands_the_incident_to_the_emergency_step_a
     assert "not trying again" in failed.payload["reason"]
     with get_client(sync_client=True) as client:  # the crashed run is the incident's too: one filter shows both
         assert "incident:ev-2" in client.read_flow_run(crashed.id).tags
+
+
+def test_a_response_that_joins_the_open_incident_puts_the_health_plot_in_that_incidents_run(model, window_path):
+    """The dashboard links each incident to its MLflow run: the plot of a response that joined an open episode goes to the
+    run of the incident it joined, not to one named after its own triggering event."""
+    from prefect_crisis.tasks.monitoring.dashboard import incident_runs
+
+    _registry, good, _poisoned = poisoned_after_stable(model, seeds=(1, 2))
+    warned = crisis_response(
+        model_name=model, window_path=window_path, incident_id="ev-warn", triggering_event_id="ev-warn", diagnose_only=True, return_state=True
+    )
+    assert warned.name == "Diagnosed"
+    state = crisis_response(model_name=model, window_path=window_path, incident_id="ev-crit", triggering_event_id="ev-crit", return_state=True)
+    assert state.name == "Recovered" and ModelRegistry(model_name=model).champion().version == good
+    client = ModelRegistry(model_name=model).client
+    runs = incident_runs(client, model)
+    assert "ev-crit" not in runs  # no run for an incident that was never opened
+    artifacts = [artifact.path for artifact in client.list_artifacts(runs["ev-warn"][1])]
+    assert "health.png" in artifacts, artifacts
