@@ -199,14 +199,20 @@ def test_an_empty_labelled_window_in_a_named_log_fails_the_response_in_one_line_
     assert str(tmp_path / "inference.db") in message and registry.champion() is not None
 
 
+def diagnosed(model: str, window_path: str, event: str):
+    """A warning-step response to `event`: it opens the incident `event` and acts on nothing."""
+    state = crisis_response(
+        model_name=model, window_path=window_path, incident_id=event, triggering_event_id=event, diagnose_only=True, return_state=True
+    )
+    assert state.name == "Diagnosed", state.message
+    return state
+
+
 def test_a_retry_of_a_crashed_response_acts_in_its_incident_where_a_first_run_would_call_the_event_answered(model, window_path):
     """The crashed run opened the incident for its event and died before acting: the event is in the episode, so a
     second delivery changes nothing; the ladder's retry (retry_of, attempt) acts on what serves now, in that incident."""
     _registry, good, poisoned = poisoned_after_stable(model, seeds=(1, 2))
-    crashed = crisis_response(
-        model_name=model, window_path=window_path, incident_id="ev-1", triggering_event_id="ev-1", diagnose_only=True, return_state=True
-    )
-    assert crashed.name == "Diagnosed"
+    crashed = diagnosed(model, window_path, "ev-1")
     again = crisis_response(model_name=model, window_path=window_path, incident_id="ev-1", triggering_event_id="ev-1", return_state=True)
     assert again.name == "Already handled" and ModelRegistry(model_name=model).champion().version == poisoned
 
@@ -262,10 +268,7 @@ def test_a_response_that_joins_the_open_incident_puts_the_health_plot_in_that_in
     from prefect_crisis.tasks.monitoring.dashboard import incident_runs
 
     _registry, good, _poisoned = poisoned_after_stable(model, seeds=(1, 2))
-    warned = crisis_response(
-        model_name=model, window_path=window_path, incident_id="ev-warn", triggering_event_id="ev-warn", diagnose_only=True, return_state=True
-    )
-    assert warned.name == "Diagnosed"
+    diagnosed(model, window_path, "ev-warn")
     state = crisis_response(model_name=model, window_path=window_path, incident_id="ev-crit", triggering_event_id="ev-crit", return_state=True)
     assert state.name == "Recovered" and ModelRegistry(model_name=model).champion().version == good
     client = ModelRegistry(model_name=model).client
