@@ -29,7 +29,7 @@ from prefect_crisis.tasks.serving.log_store import (
     window_frame,
     window_query,
 )
-from prefect_crisis.tasks.serving.log_writer import InferenceLogWriter
+from prefect_crisis.tasks.serving.log_writer import InferenceLogWriter, drain_label_spool
 
 if TYPE_CHECKING:
     from prefect_crisis.blocks.inference_log import InferenceLogSettings
@@ -88,40 +88,13 @@ def label_spool_folder(settings: InferenceLogSettings) -> Path:
 @dataclass(frozen=True)
 class LabelsStored:
     """What `store_labels` did: `count` labels given; `spooled` of them kept on disk because the database is down;
-    `flushed` labels spooled earlier and written now (before the new ones: a newer label of a key replaces an older);
-    `covered`: per model, what the labels written now cover in the logged predictions (with `by_model`)."""
+    `covered`: per model, what the labels written now (the spooled earlier ones first) cover in the logged predictions
+    (with `by_model`)."""
 
     count: int
     covered: dict[str, dict[str, int]] = field(default_factory=dict)
     spooled: int = 0
-    flushed: int = 0
     in_spool: int = 0  # labels waiting in the spool after this call (its bound: the log's spool_max_records)
-
-
-def upsert_label_segment(engine: Engine, rows: list[dict]) -> None:
-    """One spooled segment of labels in one transaction: a segment is deleted only once its labels are committed."""
-    with engine.begin() as connection:
-        create_tables(connection)
-        upsert_labels(connection, rows)
-
-
-def flush_label_spool(settings: InferenceLogSettings, engine: Engine) -> list[dict]:
-    """Write the labels spooled while the database was down, oldest first; returns them (none when nothing waits).
-
-    Raises:
-        the database's error when it fails again (what is not written stays spooled).
-    """
-    folder = label_spool_folder(settings)
-    if not folder.is_dir():
-        return []
-    written: list[dict] = []
-
-    def insert(rows: list[dict]) -> None:
-        upsert_label_segment(engine, rows)
-        written.extend(rows)
-
-    Spool(folder, settings.spool_max_records, database=settings.display_url).drain(insert)
-    return written
 
 
 def spool_labels(settings: InferenceLogSettings, rows: list[dict], error: BaseException) -> tuple[int, int]:
@@ -168,7 +141,7 @@ def store_labels(
     rows = label_rows(keys, labels, labelled_at)
     engine = database_engine(settings)
     try:
-        earlier = flush_label_spool(settings, engine)
+        earlier = drain_label_spool(label_spool_folder(settings), engine, settings.spool_max_records, settings.display_url)
         with engine.begin() as connection:
             create_tables(connection)
             upsert_labels(connection, rows)
@@ -178,7 +151,7 @@ def store_labels(
         return LabelsStored(len(rows), spooled=spooled, in_spool=waiting)
     finally:
         engine.dispose()
-    return LabelsStored(len(rows), covered, flushed=len(earlier))
+    return LabelsStored(len(rows), covered)
 
 
 def read_models(settings: InferenceLogSettings, start: datetime | None = None, end: datetime | None = None) -> list[str]:

@@ -341,25 +341,18 @@ class InferenceLogWriter:
 
     def _flush_labels(self) -> None:
         """Write the labels spooled while the database was down (`record_labels`), once the predictions' spool is empty."""
-        folder = self._label_spool_folder
-        if folder is None or not any(path.name != "database.txt" for path in Path(folder).glob("*")):
+        if self._label_spool_folder is None:
             return
         try:
-            spool = Spool(folder, self._spool_max_records, database=self._display_url)
-            flushed, _ = spool.drain(self._insert_labels)
+            flushed = drain_label_spool(self._label_spool_folder, self._engine, self._spool_max_records, self._display_url)
         except DATABASE_DOWN as error:
             self._mark_down(error)
             return
         except OSError as error:
-            self._logger.error("inference log %s: label spool %s unreadable: %s", self._display_url, folder, self._scrub(error))
+            self._logger.error("inference log %s: label spool %s unreadable: %s", self._display_url, self._label_spool_folder, self._scrub(error))
             return
         if flushed:
-            self._logger.info("inference log %s: %d spooled labels written", self._display_url, flushed)
-
-    def _insert_labels(self, rows: list[dict]) -> None:
-        with self._engine.begin() as connection:
-            create_tables(connection)
-            upsert_labels(connection, rows)
+            self._logger.info("inference log %s: %d spooled labels written", self._display_url, len(flushed))
 
     def _to_spool(self, rows: list[dict]) -> None:
         spooled, dropped = self._spool.append(rows) if self._spool is not None else (0, len(rows))
@@ -434,6 +427,27 @@ class InferenceLogWriter:
             self._spool.records if self._spool else 0,
             self._spool_folder,
         )
+
+
+def drain_label_spool(folder, engine: Engine, max_records: int, display_url: str = "") -> list[dict]:
+    """Write the labels spooled in `folder` while the database was down, oldest segment first, each segment in its own
+    transaction (deleted once committed); returns the labels written (none when nothing waits).
+
+    Raises:
+        the database's error when it fails again (what is not written stays spooled).
+    """
+    if not any(path.name != "database.txt" for path in Path(folder).glob("*")):
+        return []
+    written: list[dict] = []
+
+    def insert(rows: list[dict]) -> None:
+        with engine.begin() as connection:
+            create_tables(connection)
+            upsert_labels(connection, rows)
+        written.extend(rows)
+
+    Spool(folder, max_records, database=display_url).drain(insert)
+    return written
 
 
 _STOP = object()  # close(): deliver what is queued, then end the thread
